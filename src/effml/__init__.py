@@ -1,0 +1,34 @@
+"""effml: what a model costs on a target, whether that prediction is true, and how to make it cheaper.
+
+The public API is imported lazily so that `effml --help` and small commands stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute"
+_EXPORTS = {
+    "profile": "effml.cost.counter:profile",
+    "Profile": "effml.cost.profile:Profile",
+    "Stats": "effml.cost.profile:Stats",
+    "EffmlError": "effml.errors:EffmlError",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        target = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'effml' has no attribute {name!r}") from None
+    module, attr = target.split(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))

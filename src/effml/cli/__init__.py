@@ -1,0 +1,49 @@
+"""`effml` command line: thin. Each subcommand lives in its own module with `add_parser` and `run`.
+
+Command modules import only argparse at module level; the heavy work (torch, transformers) is imported
+inside `run`, so `effml --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from effml.errors import EffmlError
+
+# subcommand -> module defining add_parser(subparsers) and run(args) -> int
+COMMANDS: dict[str, str] = {
+    "profile": "effml.cli.profile_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="effml",
+        description="What does this model cost there, is that prediction true, how do I make it cheaper.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except EffmlError as exc:
+        if args.debug:
+            raise
+        print(f"effml {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"effml {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from effml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""Presentation helpers shared by the subcommands: one JSON object for --json, rich tables otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from effml.errors import ConfigError
+
+
+def add_json_flag(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+
+
+def console():
+    from rich.console import Console
+
+    return Console()
+
+
+def parse_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]:
+    """'1,3,224,224' -> (1, 3, 224, 224); anything else is a one-line error naming the flag."""
+    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of integers (e.g. 1,3,224,224)") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise ConfigError(f"{flag} {text!r} must list positive sizes (e.g. 1,3,224,224)")
+    return shape

@@ -1,0 +1,98 @@
+"""A tiny GPT (nanoGPT layout): pre-norm blocks, causal SDPA, tied input/output embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effml.errors import ConfigError
+from effml.zoo.registry import zoo_model
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 65  # the KJV corpus has 65 distinct characters
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
+            if getattr(self, field) <= 0:
+                raise ConfigError(f"GPTConfig.{field} must be positive, got {getattr(self, field)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    def non_embedding_params(self) -> int:
+        """(4 + 2·mlp_ratio)·L·d² (= 12·L·d² at ratio 4) plus biases and norms: the N of Kaplan et al. 2020."""
+        d, L = self.n_embd, self.n_layer
+        per_block = 3 * d * d + d * d + 2 * self.mlp_ratio * d * d  # qkv, proj, mlp weights
+        per_block += 3 * d + d + self.mlp_ratio * d + d + 4 * d  # biases (qkv, proj, fc, fc-out) and 2 LayerNorms
+        return L * per_block + 2 * d  # + the final LayerNorm
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd), nn.GELU(),
+                                 nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: one tensor, counted once
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # idx: (B, T) int64
+        T = idx.shape[1]
+        if T > self.cfg.block_size:
+            raise ConfigError(f"sequence length {T} exceeds GPTConfig.block_size={self.cfg.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))  # (B, T, vocab)
+
+
+@zoo_model("tiny_gpt", input_shape=(1, 64), vocab=65)
+def tiny_gpt(**overrides) -> nn.Module:
+    """Tiny character-level GPT (4 layers, d=128, causal SDPA, tied embeddings)."""
+    return GPT(GPTConfig(**overrides))
