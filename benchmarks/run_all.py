@@ -1,4 +1,7 @@
-"""`make bench`: run every benchmarks/bench_*.py in its own process; fail if any claim fails."""
+"""`make bench`: run every benchmark script in benchmarks/ in its own process; fail if any claim fails.
+
+`python benchmarks/run_all.py NAME ...` runs only the named scripts (file stems).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+NOT_BENCHMARKS = {"common", "run_all"}
 
 
 def main(argv: list[str]) -> int:
     wanted = set(argv)
-    scripts = sorted(p for p in HERE.glob("bench_*.py") if not wanted or p.stem in wanted)
+    scripts = sorted(p for p in HERE.glob("*.py")
+                     if p.stem not in NOT_BENCHMARKS and (not wanted or p.stem in wanted))
     failed = []
     for script in scripts:
         print(f"\n=== {script.stem} ===", flush=True)
