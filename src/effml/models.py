@@ -1,0 +1,152 @@
+"""Resolve what the user named into a model plus example inputs: a bundled/HF config, or `package.module:callable`.
+
+    spec = resolve(config="llama-2-7b", seq=2048)           # on meta: shapes only
+    spec = resolve(model="effml.zoo:lenet5", batch=32)      # on cpu, input from the zoo entry
+    out = spec.model(*spec.args, **spec.kwargs)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from effml import configs
+from effml.configs import ModelConfig
+from effml.errors import ConfigError, ModelError
+from effml.units import dtype_name, torch_dtype
+
+DEFAULT_SEED = 0
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+@dataclass
+class ModelSpec:
+    """A model ready to run: model(*args, **kwargs); source says where it came from."""
+
+    name: str
+    model: nn.Module
+    args: tuple
+    kwargs: dict
+    source: str  # 'config:llama-2-7b' or 'callable:effml.zoo:lenet5'
+    config: ModelConfig | None = field(default=None, repr=False)  # set when resolved from a config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Name, source and the example inputs' shapes and dtypes (JSON-ready)."""
+        def desc(t):
+            return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} \
+                if isinstance(t, torch.Tensor) else repr(t)
+        return {"name": self.name, "source": self.source, "args": [desc(a) for a in self.args],
+                "kwargs": {k: desc(v) if isinstance(v, torch.Tensor) else v for k, v in self.kwargs.items()},
+                "published_params": self.config.published_params if self.config else None}
+
+
+def resolve(config: str | None = None, model: str | None = None, *, input_shape: tuple[int, ...] | None = None,
+            batch: int = 1, seq: int | None = None, dtype: str = "fp32", device: str | None = None) -> ModelSpec:
+    """Exactly one of `config` (name or config path; default device meta) or `model` (module:callable; cpu)."""
+    if (config is None) == (model is None):
+        raise ConfigError("give exactly one of a model config (--config, e.g. llama-2-7b) "
+                          "or a model callable (--model, e.g. effml.zoo:lenet5)")
+    dtype_name(dtype)  # validates the name early with a clear message
+    if config is not None:
+        return _from_config(config, input_shape, batch, seq, dtype, device or "meta")
+    return _from_callable(model, input_shape, batch, seq, dtype, device or "cpu")
+
+
+def _from_config(name: str, input_shape, batch, seq, dtype, device) -> ModelSpec:
+    if input_shape is not None:
+        raise ConfigError(f"--input-shape does not apply to config {name!r}: use batch and seq instead")
+    cfg = configs.load(name)
+    args, kwargs = configs.example_inputs(cfg, batch=batch, seq=seq, device=device, dtype=dtype)
+    m = configs.build(cfg, dtype=dtype, device=device)
+    return ModelSpec(cfg.name, m, args, kwargs, f"config:{cfg.name}", cfg)
+
+
+def load_callable(spec: str):
+    """Import `package.module:callable` and return the attribute; ConfigError naming what was wrong."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise ConfigError(f"model spec {spec!r} must look like package.module:callable (e.g. effml.zoo:lenet5)")
+    mod_name, attr = (s.strip() for s in spec.split(":"))
+    if not _DOTTED.match(mod_name):
+        raise ConfigError(f"model spec {spec!r}: {mod_name!r} is not a module path like package.module")
+    if not _DOTTED.match(attr):
+        raise ConfigError(f"model spec {spec!r}: {attr!r} is not a callable name (e.g. lenet5)")
+    module = _import(mod_name, spec)
+    obj: Any = module
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            owner = ".".join([mod_name] + attr.split(".")[:i]) if i else mod_name
+            public = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, public, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"model spec {spec!r}: {owner!r} has no attribute {part!r}{hint}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"model spec {spec!r}: {attr!r} is not callable (it is of type {type(obj).__name__})")
+    return obj
+
+
+def _import(mod_name: str, spec: str):
+    cwd_added = os.getcwd() not in sys.path and "" not in sys.path
+    if cwd_added:  # let `effml profile --model mymodels:net` find ./mymodels.py, as `python -m` would
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
+            raise ConfigError(f"model spec {spec!r}: no module named {e.name!r} "
+                              "(is it installed, or in the current directory?)") from None
+        raise ConfigError(f"model spec {spec!r}: importing {mod_name!r} failed: {e}") from None
+    except Exception as e:  # the module exists but raised while importing
+        raise ModelError(f"model spec {spec!r}: importing {mod_name!r} raised {type(e).__name__}: {e}") from e
+    finally:
+        if cwd_added:
+            sys.path.remove(os.getcwd())
+
+
+def _from_callable(spec: str, input_shape, batch, seq, dtype, device) -> ModelSpec:
+    fn = load_callable(spec)
+    entry = getattr(fn, "zoo_entry", None)
+    if seq is not None:
+        raise ConfigError(f"seq does not apply to model spec {spec!r}: give the full --input-shape instead")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ConfigError(f"batch must be a positive integer, got {batch!r}")
+    try:
+        with torch.device(device):
+            m = fn()
+    except Exception as e:
+        raise ModelError(f"model spec {spec!r}: calling it with no arguments raised {type(e).__name__}: {e}") from e
+    if not isinstance(m, nn.Module):
+        raise ConfigError(f"model spec {spec!r} returned a {type(m).__name__}, not a torch.nn.Module")
+    m = m.to(device=device, dtype=torch_dtype(dtype)).eval()  # .to(dtype) casts only floating-point tensors
+    args = _callable_inputs(spec, entry, input_shape, batch, device)
+    args = tuple(a.to(torch_dtype(dtype)) if a.is_floating_point() else a for a in args)
+    name = entry.name if entry is not None else spec.split(":")[1]
+    return ModelSpec(name, m, args, {}, f"callable:{spec}")
+
+
+def _callable_inputs(spec, entry, input_shape, batch, device) -> tuple[torch.Tensor, ...]:
+    if input_shape is not None:
+        shape = tuple(int(d) for d in input_shape)
+        if not shape or any(d <= 0 for d in shape):
+            raise ConfigError(f"input shape {input_shape!r} must list positive sizes (e.g. 1,3,224,224)")
+        if entry is not None:  # token models keep int64 ids in [0, vocab)
+            return tuple(entry.example_inputs(device=device, seed=DEFAULT_SEED, shape=shape))
+        if str(device) == "meta":
+            return (torch.empty(shape, device="meta"),)
+        gen = torch.Generator().manual_seed(DEFAULT_SEED)
+        return (torch.randn(shape, generator=gen).to(device),)
+    if entry is None:
+        raise ConfigError(f"model spec {spec!r} has no zoo_entry to say what input it takes: "
+                          "--input-shape is required (e.g. --input-shape 1,3,224,224)")
+    return tuple(entry.example_inputs(batch=batch, device=device, seed=DEFAULT_SEED))
+
+
+__all__ = ["ModelSpec", "load_callable", "resolve"]
