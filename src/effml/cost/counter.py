@@ -1,0 +1,227 @@
+"""`effml.profile`: count every aten op a model runs, at the PyTorch dispatch level.
+
+A TorchDispatchMode sees each aten op after autograd and after composite ops were decomposed, whatever
+module or functional made it, on any device (meta included: huge models cost no memory). Attention is the
+one exception: `F.scaled_dot_product_attention` is counted where it is called, by a TorchFunctionMode,
+before the dispatcher picks a backend (flash, efficient, or the math decomposition that meta and some CPU
+paths use and that would otherwise be seen as bmm over the full L x S square). Its forward and backward
+kernels are then treated as fused: the ops they decompose into are neither counted again nor tracked
+as live memory, except their outputs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from effml.cost import formulas  # noqa: F401  (registers the formulas)
+from effml.cost.formulas.linalg import AttentionShape
+from effml.cost.profile import OpEvent, Profile
+from effml.cost.registry import OpCost, bytes_of, lookup, tensors
+from effml.cost.tracking import LiveMemory, ModuleTracker
+from effml.errors import EffmlError, ModelError
+from effml.units import dtype_name
+
+SDPA = torch.nn.functional.scaled_dot_product_attention
+SDPA_OP = "aten.scaled_dot_product_attention"
+
+
+def _dtype_label(tree) -> str:
+    ts = tensors(tree)
+    for t in ts:
+        if t.is_floating_point():
+            return dtype_name(t.dtype)
+    return str(ts[0].dtype).removeprefix("torch.") if ts else "none"
+
+
+class _Counter:
+    """Shared state of one counted run: events, unsupported ops, phase, suppression depth."""
+
+    def __init__(self, tracker: ModuleTracker, memory: LiveMemory):
+        self.tracker, self.memory = tracker, memory
+        self.events: list[OpEvent] = []
+        self.unsupported: Counter[str] = Counter()
+        self.phase = "forward"
+        self.suppress = 0  # > 0 inside a fused attention kernel
+        self._hooks: list = []
+
+    def add(self, op: str, category: str, cost: OpCost | None, read: int, written: int, dtype: str) -> None:
+        self.events.append(OpEvent(
+            op=op, category=category, phase=self.phase,
+            modules=self.tracker.current(self.phase == "backward"),
+            flops=None if cost is None else cost.flops, macs=0 if cost is None else cost.macs,
+            bytes_read=read, bytes_written=written, dtype=dtype))
+
+    def record(self, func, args, kwargs, out) -> None:
+        entry = lookup(func)
+        op = str(func.overloadpacket)
+        if entry is None:
+            self.unsupported[op] += 1
+            self.add(op, "unsupported", None, bytes_of((args, kwargs)), bytes_of(out), _dtype_label((args, out)))
+        else:
+            cost = entry.formula(args, kwargs, out)
+            read = bytes_of((args, kwargs)) if cost.bytes_read is None else cost.bytes_read
+            written = bytes_of(out) if cost.bytes_written is None else cost.bytes_written
+            self.add(op, entry.category, cost, read, written, _dtype_label((args, out)))
+        self.memory.track(out)
+
+    # ---- fused attention ---------------------------------------------------------------------------
+    def attention(self, func, args, kwargs):
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+        b = {**dict(zip(names, args)), **kwargs}
+        q, k, v, mask = b["query"], b["key"], b["value"], b.get("attn_mask")
+        dropout = bool(b.get("dropout_p", 0.0))
+        shape = AttentionShape.of(q, k, v, bool(b.get("is_causal", False)))
+        self.suppress += 1
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.suppress -= 1
+        self.add(SDPA_OP, "attention", shape.forward(mask is not None, dropout),
+                 bytes_of([q, k, v, mask]), bytes_of(out), _dtype_label(q))
+        self.memory.track(out)
+        if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            self._fuse_backward(out, [q, k, v, mask], shape.backward(dropout), bytes_of([q, k, v, out, out]),
+                                bytes_of([q, k, v]), _dtype_label(q))
+        return out
+
+    def _fuse_backward(self, out, inputs, cost, read, written, dtype) -> None:
+        """Count attention's backward once, when its first node runs, and mute the nodes it is made of."""
+        stop = {t.grad_fn for t in inputs if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+        root = out.grad_fn
+        region: dict = {}  # the autograd nodes the attention call created, in discovery order
+        todo = [root]
+        while todo:
+            node = todo.pop()
+            if node is None or node in stop or node in region or "AccumulateGrad" in node.name():
+                continue
+            region[node] = None
+            todo.extend(nxt for nxt, _ in node.next_functions)
+
+        def pre(node):
+            def hook(grad_outputs):
+                if node is root:
+                    self.add(SDPA_OP, "attention", cost, read, written, dtype)
+                self.suppress += 1
+            return hook
+
+        def post(node):
+            exits = [i for i, (nxt, _) in enumerate(node.next_functions) if nxt is not None and nxt not in region]
+
+            def hook(grad_inputs, grad_outputs):
+                self.suppress -= 1
+                self.memory.track([grad_inputs[i] for i in exits if grad_inputs[i] is not None])
+            return hook
+
+        for node in region:
+            self._hooks.append(node.register_prehook(pre(node)))
+            self._hooks.append(node.register_hook(post(node)))
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self.memory.close()
+
+
+class _DispatchMode(TorchDispatchMode):
+    def __init__(self, counter: _Counter):
+        super().__init__()
+        self.counter = counter
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.counter.suppress:
+            self.counter.record(func, args, kwargs, out)
+        return out
+
+
+class _AttentionMode(TorchFunctionMode):
+    def __init__(self, counter: _Counter):
+        super().__init__()
+        self.counter = counter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is SDPA and not self.counter.suppress:
+            return self.counter.attention(func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+def profile(model: nn.Module, *example_inputs, backward: bool = False, forward_kwargs: dict | None = None,
+            name: str | None = None) -> Profile:
+    """Count FLOPs, MACs, bytes and live memory of one forward (and, with backward=True, backward) pass.
+
+    Runs `model(*example_inputs, **forward_kwargs)` once, on whatever device the model and inputs are on
+    (`meta` costs no memory). Forward-only runs under `torch.no_grad()`, as inference does; backward=True
+    back-propagates ones from the first differentiable output, leaving the model's `.grad`s as they were.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"profile() needs an nn.Module, got {type(model).__name__}")
+    forward_kwargs = dict(forward_kwargs or {})
+    params = list(model.parameters())
+    buffers = list(model.buffers())
+    inputs = tensors((example_inputs, forward_kwargs))
+    tracker = ModuleTracker(model)
+    counter = _Counter(tracker, LiveMemory(params + buffers + inputs))
+    saved_grads = [p.grad for p in params]
+    try:
+        with torch.set_grad_enabled(backward), tracker, _AttentionMode(counter), _DispatchMode(counter):
+            out = _forward(model, example_inputs, forward_kwargs, tracker)
+            if backward:
+                _backward(out, counter)
+                del out
+        peak = counter.memory.peak
+    finally:
+        counter.close()
+        if backward:
+            for p, g in zip(params, saved_grads):
+                p.grad = g
+    return Profile(
+        events=counter.events,
+        params=sum(p.numel() for p in params),
+        modules=tracker.info,
+        peak_activation_bytes=peak,
+        unsupported=dict(counter.unsupported),
+        param_bytes=sum(p.numel() * p.element_size() for p in params),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in buffers),
+        meta={
+            "model": name or type(model).__name__,
+            "inputs": [list(t.shape) for t in inputs],
+            "dtype": _dtype_label(params) if params else _dtype_label(inputs),
+            "device": str((params or inputs)[0].device) if (params or inputs) else "cpu",
+            "backward": backward,
+            "torch": torch.__version__,
+        },
+    )
+
+
+def _forward(model, args, kwargs, tracker: ModuleTracker):
+    try:
+        return model(*args, **kwargs)
+    except EffmlError:
+        raise
+    except Exception as exc:
+        where = tracker.innermost()
+        module = f"module '{where}' ({tracker.info[where].type})" if where else "the model"
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors((args, kwargs))) or "no tensors"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(f"{module} raised {type(exc).__name__} on the example input [{shapes}]: {detail}") from exc
+
+
+def _backward(out, counter: _Counter) -> None:
+    roots = out.to_tuple() if hasattr(out, "to_tuple") else out
+    root = next((t for t in tensors(roots) if t.is_floating_point() and t.requires_grad), None)
+    if root is None:
+        raise ModelError("backward=True, but no floating-point output of the model requires grad "
+                         "(are the parameters frozen, or the model run under no_grad?)")
+    counter.suppress += 1  # the seed gradient is not part of the model's cost
+    seed = torch.ones_like(root)
+    counter.suppress -= 1
+    counter.phase = "backward"
+    torch.autograd.backward([root], [seed])

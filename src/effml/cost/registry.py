@@ -1,0 +1,149 @@
+"""The per-op formula registry, keyed by aten overload packet, and the byte accounting every op shares.
+
+A formula receives the op's (args, kwargs, out) and returns an `OpCost`. Bytes default to the generic
+rule: every tensor argument is read once and every tensor output written once, at its own dtype, counting
+the distinct elements a tensor addresses (a broadcast bias with stride 0 is read once, not per row).
+A formula overrides bytes only where that rule is wrong (embedding reads the gathered rows, not the table).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+from effml.errors import CountError
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class OpCost:
+    flops: int
+    macs: int = 0
+    bytes_read: int | None = None  # None: generic rule
+    bytes_written: int | None = None
+
+
+Formula = Callable[[tuple, dict, Any], OpCost]
+
+
+@dataclass(frozen=True)
+class Entry:
+    formula: Formula
+    category: str
+
+
+FORMULAS: dict[Any, Entry] = {}
+FREE = OpCost(0, 0, 0, 0)  # metadata-only ops: views, aliases, shape queries
+
+
+def _packets(names_or_packets) -> list:
+    out = []
+    for item in names_or_packets:
+        if isinstance(item, str):
+            for name in (item, item + "_"):  # the in-place variant is a separate overload packet
+                pkt = getattr(aten, name, None)
+                if pkt is not None:
+                    out.append(pkt)
+        else:
+            out.append(item)
+    return out
+
+
+def formula(*ops, category: str):
+    """Register `fn(args, kwargs, out) -> OpCost` for aten ops (packets, or names: 'relu' adds 'relu_')."""
+
+    def wrap(fn: Formula) -> Formula:
+        for pkt in _packets(ops):
+            if pkt in FORMULAS:
+                raise CountError(f"two formulas registered for {pkt}")
+            FORMULAS[pkt] = Entry(fn, category)
+        return fn
+
+    return wrap
+
+
+def lookup(func) -> Entry | None:
+    return FORMULAS.get(func.overloadpacket)
+
+
+# ---- tensors and bytes -----------------------------------------------------------------------------
+def tensors(tree) -> list[torch.Tensor]:
+    leaves, _ = tree_flatten(tree)
+    return [t for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def first_tensor(tree) -> torch.Tensor:
+    for t in tensors(tree):
+        return t
+    raise CountError("op returned no tensor")
+
+
+def distinct_elems(t: torch.Tensor) -> int:
+    """Elements a tensor addresses in memory: broadcast (stride-0) dimensions count once."""
+    if t.layout != torch.strided:
+        return t.numel()
+    n = 1
+    for size, stride in zip(t.shape, t.stride()):
+        if stride != 0:
+            n *= size
+    return n
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return distinct_elems(t) * t.element_size()
+
+
+def bytes_of(tree) -> int:
+    return sum(nbytes(t) for t in tensors(tree))
+
+
+def numel(t: torch.Tensor) -> int:
+    return t.numel()
+
+
+def out_numel(out) -> int:
+    return first_tensor(out).numel()
+
+
+def prod(xs) -> int:
+    return math.prod(int(x) for x in xs)
+
+
+def bind(func, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Arguments by schema name, defaults filled: robust to the positional layout of each overload."""
+    bound: dict[str, Any] = {}
+    for i, arg in enumerate(func._schema.arguments):
+        if i < len(args) and not arg.kwarg_only:
+            bound[arg.name] = args[i]
+        elif arg.name in kwargs:
+            bound[arg.name] = kwargs[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+        else:
+            bound[arg.name] = None
+    return bound
+
+
+# ---- registration helpers for the simple families --------------------------------------------------
+def per_output_element(table: dict[str, int], category: str) -> None:
+    """Ops costing a fixed number of FLOPs per output element (the count sits in the table)."""
+    for name, k in table.items():
+        formula(name, category=category)(lambda a, kw, out, k=k: OpCost(k * out_numel(out)))
+
+
+def per_input_element(table: dict[str, int], category: str) -> None:
+    """Reductions: a fixed number of FLOPs per element of the (first) input."""
+    for name, k in table.items():
+        formula(name, category=category)(lambda a, kw, out, k=k: OpCost(k * numel(first_tensor(a))))
+
+
+def zero_flops(names, category: str, free: bool = False) -> None:
+    """Data movement (bytes, no FLOPs) or, with free=True, metadata-only ops (no bytes either)."""
+    cost = FREE if free else OpCost(0)
+    for pkt in _packets(names):
+        formula(pkt, category=category)(lambda a, kw, out, c=cost: c)
