@@ -21,7 +21,7 @@ from torch import nn
 from effml import configs
 from effml.configs import ModelConfig
 from effml.errors import ConfigError, ModelError
-from effml.units import dtype_name, torch_dtype
+from effml.units import torch_dtype
 
 DEFAULT_SEED = 0
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -54,7 +54,8 @@ def resolve(config: str | None = None, model: str | None = None, *, input_shape:
     if (config is None) == (model is None):
         raise ConfigError("give exactly one of a model config (--config, e.g. llama-2-7b) "
                           "or a model callable (--model, e.g. effml.zoo:lenet5)")
-    dtype_name(dtype)  # validates the name early with a clear message
+    if not torch_dtype(dtype).is_floating_point:  # also rejects unknown names with a clear message
+        raise ConfigError(f"dtype {dtype!r}: a model is resolved in a float dtype (fp32, bf16, fp16); quantize after")
     if config is not None:
         return _from_config(config, input_shape, batch, seq, dtype, device or "meta")
     return _from_callable(model, input_shape, batch, seq, dtype, device or "cpu")
