@@ -1,0 +1,80 @@
+"""Roofline time of one op call on one device (DESIGN.md 3).
+
+    time = overhead(category) + max(FLOPs / (peak(dtype) x eta_c), bytes / (bw(bytes) x eta_m))
+
+For catalog devices eta_c = eta_m = 1, overhead = 0 and bw is the datasheet figure: the textbook
+roofline, a lower bound on time. For `local`, `effml calibrate` measures a per-category overhead, a
+bandwidth-vs-working-set curve (caches are faster than DRAM) and per-category efficiencies, so the same
+formula predicts measured eager-PyTorch latency.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+from effml.hardware.catalog import Device
+
+FLOAT_DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8")
+MODULE_CALL = "module_call"  # overhead_s key: Python cost of one nn.Module __call__ (eager frameworks)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Seconds of one op call: its compute term, memory term and fixed overhead."""
+
+    compute_s: float
+    memory_s: float
+    overhead_s: float = 0.0
+
+    @property
+    def roofline_s(self) -> float:
+        return max(self.compute_s, self.memory_s)
+
+    @property
+    def time_s(self) -> float:
+        return self.overhead_s + self.roofline_s
+
+    @property
+    def bound(self) -> str:
+        """'compute' when FLOPs / peak >= bytes / bandwidth, else 'memory' (DESIGN.md 3)."""
+        return "compute" if self.compute_s >= self.memory_s else "memory"
+
+
+def bandwidth_at(device: Device, nbytes: float) -> float:
+    """Bytes/s for an op that moves `nbytes`: log-log interpolation on the calibrated curve if any."""
+    curve = device.bw_curve.value if device.bw_curve is not None else None
+    if not curve:
+        return device.bandwidth
+    sizes = [p[0] for p in curve]
+    if nbytes <= sizes[0]:
+        return float(curve[0][1])
+    if nbytes >= sizes[-1]:
+        return float(curve[-1][1])
+    i = bisect.bisect_right(sizes, nbytes)
+    (x0, y0), (x1, y1) = curve[i - 1], curve[i]
+    t = (math.log(nbytes) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return float(math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0))))
+
+
+def overhead(device: Device, category: str) -> float:
+    """Fixed seconds per op call of this category (0 for catalog devices: a pure roofline)."""
+    fig = device.overhead_s.get(category) or device.overhead_s.get("default")
+    return float(fig.value) if fig is not None else 0.0
+
+
+def efficiency(device: Device, category: str) -> tuple[float, float]:
+    """(fraction of peak FLOP/s, fraction of bandwidth) this op category reaches; (1, 1) if uncalibrated."""
+    fig = device.efficiency.get(category) or device.efficiency.get("default")
+    if fig is None:
+        return 1.0, 1.0
+    return float(fig.value.get("compute", 1.0)), float(fig.value.get("memory", 1.0))
+
+
+def op_cost(device: Device, category: str, dtype: str, flops: float, nbytes: float) -> OpCost:
+    """Roofline cost of one op call; `dtype` must be one the device has (peak_flops raises otherwise)."""
+    eta_c, eta_m = efficiency(device, category)
+    compute = flops / (device.peak_flops(dtype) * eta_c) if flops else 0.0
+    memory = nbytes / (bandwidth_at(device, nbytes) * eta_m) if nbytes else 0.0
+    return OpCost(compute, memory, overhead(device, category))
