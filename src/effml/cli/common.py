@@ -26,9 +26,13 @@ def _default(o: Any) -> Any:
 
 
 def console():
+    """A rich console; when stdout is not a terminal (a pipe, CI), wide enough for the tables."""
     from rich.console import Console
 
-    return Console()
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=140)
+    return con
 
 
 def parse_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]:
