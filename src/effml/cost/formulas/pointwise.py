@@ -124,8 +124,10 @@ def _rms_norm(args, kwargs, out):
 def _batch_norm(training: bool):
     def cost(args, kwargs, out):
         x, w, bias = args[0], args[1], args[2]
-        per = NORMALIZE + _affine(w, bias) if training else BN_EVAL
-        return OpCost(per * numel(x))
+        if training:
+            return OpCost((NORMALIZE + _affine(w, bias)) * numel(x))
+        # inference writes y only; the saved-statistics outputs are placeholders (empty on CPU, (C,) on meta)
+        return OpCost(BN_EVAL * numel(x), bytes_written=nbytes(first_tensor(out)))
     return cost
 
 
