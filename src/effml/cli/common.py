@@ -36,8 +36,8 @@ def console():
 
 
 def parse_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]:
-    """'1,3,224,224' -> (1, 3, 224, 224); anything else is a one-line error naming the flag."""
-    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    """'1,3,224,224' (or '1x3x224x224') -> (1, 3, 224, 224); anything else is an error naming the flag."""
+    parts = [p.strip() for p in text.split("," if "," in text else "x")]  # 1,3,224,224 or 1x3x224x224
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
