@@ -38,7 +38,10 @@ class OpCost:
 
     @property
     def bound(self) -> str:
-        """'compute' when FLOPs / peak >= bytes / bandwidth, else 'memory' (DESIGN.md 3)."""
+        """'compute' when FLOPs / peak >= bytes / bandwidth, else 'memory' (DESIGN.md 3); 'none' for a
+        call that neither computes nor moves bytes (a view: only its overhead, if any)."""
+        if self.compute_s == 0 and self.memory_s == 0:
+            return "none"
         return "compute" if self.compute_s >= self.memory_s else "memory"
 
 

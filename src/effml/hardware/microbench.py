@@ -1,0 +1,173 @@
+"""Micro-benchmarks for calibration: a registry of small op workloads per op category, all fp32.
+
+Each `Case` is a callable plus its inputs. Calibration counts it with `effml.profile` (so its FLOPs, bytes
+and category are exactly what the counter reports inside real models), times it, and fits that category's
+overhead and efficiencies from the cases. Shapes span what CNNs and transformers run at batch 1 to 32:
+tiny (overhead-dominated), cache-resident and DRAM-sized. `quick=True` keeps one or two cases each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+CASES: dict[str, Callable[[bool], list["Case"]]] = {}
+
+
+@dataclass
+class Case:
+    category: str
+    label: str
+    fn: Callable[..., torch.Tensor]
+    inputs: tuple
+
+
+class FnModule(torch.nn.Module):
+    """Wrap a function so `effml.profile` can count it."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+def case_set(category: str):
+    def wrap(fn: Callable[[bool], list[Case]]):
+        CASES[category] = fn
+        return fn
+    return wrap
+
+
+def _r(*shape) -> torch.Tensor:
+    return torch.randn(*shape)
+
+
+@case_set("view")
+def _view(quick: bool) -> list[Case]:
+    return [Case("view", "view(-1)", lambda x: x.view(-1), (_r(64, 64),)),
+            Case("view", "transpose", lambda x: x.transpose(0, 1), (_r(64, 64),))]
+
+
+@case_set("matmul")
+def _matmul(quick: bool) -> list[Case]:
+    shapes = [(1, 64, 64), (1, 1024, 1024), (64, 512, 512), (256, 1024, 1024)] if quick else \
+        [(1, 64, 64), (8, 256, 256), (1, 1024, 1024), (1, 4096, 2048), (32, 768, 768), (64, 512, 512),
+         (128, 768, 3072), (256, 1024, 1024), (1024, 1024, 1024)]
+    out = []
+    for m, k, n in shapes:  # F.linear: (m, k) @ (k, n) + bias, as nn.Linear runs it
+        out.append(Case("matmul", f"linear {m}x{k}x{n}", F.linear, (_r(m, k), _r(n, k), _r(n))))
+    if not quick:
+        out.append(Case("matmul", "bmm 12x32x64x32", torch.bmm, (_r(12, 32, 64), _r(12, 64, 32))))
+    return out
+
+
+@case_set("conv")
+def _conv(quick: bool) -> list[Case]:
+    # (batch, c_in, hw, c_out, kernel, groups)
+    shapes = [(1, 3, 32, 16, 3, 1), (1, 64, 32, 64, 3, 1), (8, 64, 32, 64, 3, 1), (1, 96, 56, 96, 3, 96)] if quick else \
+        [(1, 1, 28, 6, 5, 1), (1, 3, 32, 16, 3, 1), (1, 64, 32, 64, 3, 1), (8, 64, 32, 64, 3, 1),
+         (8, 3, 32, 64, 3, 1), (1, 256, 8, 256, 3, 1), (4, 256, 28, 64, 1, 1), (8, 128, 16, 128, 3, 1),
+         (1, 96, 56, 96, 3, 96), (8, 144, 28, 144, 3, 144), (1, 32, 112, 32, 3, 32)]
+    out = []
+    for b, ci, hw, co, k, g in shapes:
+        w = _r(co, ci // g, k, k)
+        out.append(Case("conv", f"conv {b}x{ci}x{hw}x{hw}->{co} k{k} g{g}",
+                        lambda x, w, g=g, p=k // 2: F.conv2d(x, w, None, 1, p, 1, g), (_r(b, ci, hw, hw), w)))
+    return out
+
+
+@case_set("attention")
+def _attention(quick: bool) -> list[Case]:
+    shapes = [(1, 4, 64, 32), (8, 12, 32, 64)] if quick else \
+        [(1, 4, 64, 32), (8, 4, 64, 32), (1, 12, 32, 64), (8, 12, 32, 64), (32, 12, 32, 64), (1, 12, 256, 64)]
+    return [Case("attention", f"sdpa {b}x{h}x{t}x{d} causal", lambda q, k, v: F.scaled_dot_product_attention(
+        q, k, v, is_causal=True), (_r(b, h, t, d), _r(b, h, t, d), _r(b, h, t, d))) for b, h, t, d in shapes]
+
+
+def _sizes(quick: bool) -> list[int]:
+    return [64, 65536, 1 << 20] if quick else [64, 4096, 65536, 1 << 18, 1 << 20, 1 << 22]
+
+
+@case_set("elementwise")
+def _elementwise(quick: bool) -> list[Case]:
+    out = [Case("elementwise", f"add {n}", torch.add, (_r(n), _r(n))) for n in _sizes(quick)]
+    if not quick:
+        out += [Case("elementwise", f"mul {n}", torch.mul, (_r(n), _r(n))) for n in (4096, 1 << 20)]
+    return out
+
+
+@case_set("activation")
+def _activation(quick: bool) -> list[Case]:
+    out = [Case("activation", f"relu {n}", F.relu, (_r(n),)) for n in _sizes(quick)]
+    if not quick:
+        out += [Case("activation", f"gelu {n}", F.gelu, (_r(n),)) for n in (4096, 1 << 20)]
+        out += [Case("activation", f"relu6 {n}", F.relu6, (_r(n),)) for n in (4096, 1 << 20)]
+    return out
+
+
+@case_set("norm")
+def _norm(quick: bool) -> list[Case]:
+    rows = [1, 64, 2048] if quick else [1, 32, 256, 2048]
+    out = [Case("norm", f"layer_norm {r}x768", lambda x: F.layer_norm(x, (768,)), (_r(r, 768),)) for r in rows]
+    bn = [(1, 16, 32), (8, 64, 32)] if quick else [(1, 16, 32), (1, 64, 32), (8, 64, 32), (8, 256, 14)]
+    for b, c, hw in bn:
+        mean, var = torch.zeros(c), torch.ones(c)
+        out.append(Case("norm", f"batch_norm {b}x{c}x{hw}x{hw}", lambda x, m, v: F.batch_norm(
+            x, m, v, None, None, False), (_r(b, c, hw, hw), mean, var)))
+    return out
+
+
+@case_set("softmax")
+def _softmax(quick: bool) -> list[Case]:
+    rows = [4, 1024] if quick else [4, 64, 1024, 8192]
+    return [Case("softmax", f"softmax {r}x128", lambda x: torch.softmax(x, -1), (_r(r, 128),)) for r in rows]
+
+
+@case_set("reduction")
+def _reduction(quick: bool) -> list[Case]:
+    out = [Case("reduction", f"sum {n}", torch.sum, (_r(n),)) for n in ((64, 1 << 20) if quick else (64, 65536, 1 << 22))]
+    out += [Case("reduction", f"mean(2,3) {b}x512x4x4", lambda x: x.mean(dim=(2, 3)), (_r(b, 512, 4, 4),))
+            for b in ((1,) if quick else (1, 32))]
+    return out
+
+
+@case_set("pool")
+def _pool(quick: bool) -> list[Case]:
+    shapes = [(1, 16, 32), (8, 64, 32)] if quick else [(1, 6, 28), (1, 64, 32), (8, 64, 32), (8, 256, 16)]
+    out = [Case("pool", f"max_pool2d {b}x{c}x{hw}", lambda x: F.max_pool2d(x, 2), (_r(b, c, hw, hw),))
+           for b, c, hw in shapes]
+    out += [Case("pool", f"adaptive_avg_pool {b}x{c}x{hw}", lambda x: F.adaptive_avg_pool2d(x, 1),
+                 (_r(b, c, hw, hw),)) for b, c, hw in ((1, 64, 8), (8, 512, 7))[: 1 if quick else 2]]
+    return out
+
+
+@case_set("memory")
+def _memory(quick: bool) -> list[Case]:
+    ns = [64, 1 << 20] if quick else [64, 65536, 1 << 20, 1 << 22]
+    out = [Case("memory", f"contiguous {n}", lambda x: x.t().contiguous(), (_r(n // 64, 64),)) for n in ns]
+    if not quick:
+        out += [Case("memory", f"cat {n}", lambda a, b: torch.cat([a, b]), (_r(n // 2), _r(n // 2)))
+                for n in (4096, 1 << 20)]
+    return out
+
+
+@case_set("embedding")
+def _embedding(quick: bool) -> list[Case]:
+    rows = [1, 512] if quick else [1, 64, 1024]
+    return [Case("embedding", f"embedding {r} of 30000x768", F.embedding,
+                 (torch.randint(0, 30000, (r,)), _r(30000, 768))) for r in rows]
+
+
+def cases(quick: bool = False, categories: tuple[str, ...] | None = None) -> list[Case]:
+    """All micro-benchmark cases (seeded: torch.manual_seed(0) first)."""
+    torch.manual_seed(0)
+    out: list[Case] = []
+    for cat, make in CASES.items():
+        if categories is None or cat in categories:
+            out.extend(make(quick))
+    return out

@@ -1,0 +1,191 @@
+"""`measure(model, inputs)`: warm up, then time calls until the median's confidence interval is tight or the
+time budget ends; report p50/p90/p99, throughput, peak memory, threads and the CPU's vector capability.
+
+The stopping rule uses a distribution-free CI of the median (binomial order statistics): latency has a
+long right tail, so the mean's t-interval would chase outliers. Stop when (upper - lower) / 2 <= ci_rel x
+median, after at least `min_repeats` timed calls; or when `budget_s` of timing has been spent; or after
+`max_repeats`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from effml.errors import ConfigError
+from effml.measure.memory import PeakMemory, PeakTracker
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    warmup: int = 2
+    min_repeats: int = 7
+    max_repeats: int = 10_000
+    budget_s: float = 5.0
+    ci_rel: float = 0.02  # target half-width of the 95% CI of the median, relative to the median
+    confidence: float = 0.95
+    memory: bool = True
+
+    def __post_init__(self):
+        if self.warmup < 0:
+            raise ConfigError(f"MeasureConfig.warmup must be >= 0, got {self.warmup}")
+        if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
+            raise ConfigError(f"MeasureConfig needs 1 <= min_repeats <= max_repeats, got "
+                              f"{self.min_repeats}, {self.max_repeats}")
+        if self.budget_s <= 0:
+            raise ConfigError(f"MeasureConfig.budget_s must be > 0, got {self.budget_s}")
+        if not 0 < self.ci_rel < 1 or not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"MeasureConfig needs 0 < ci_rel < 1 and 0.5 <= confidence < 1, got "
+                              f"{self.ci_rel}, {self.confidence}")
+
+
+def percentile(sorted_xs: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of an ascending list."""
+    if not sorted_xs:
+        raise ValueError("percentile of an empty list")
+    pos = (len(sorted_xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def median_ci(sorted_xs: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free CI of the median from order statistics; None when n is too small for it."""
+    from scipy.stats import binom
+
+    n = len(sorted_xs)
+    a = (1 - confidence) / 2
+    lo = int(binom.ppf(a, n, 0.5))  # number of samples below the lower bound
+    hi = n - lo - 1
+    if lo < 1 or hi >= n or lo > hi:
+        return None
+    return sorted_xs[lo - 1], sorted_xs[hi]
+
+
+@dataclass
+class Measurement:
+    """Timed calls of one model on one input batch (seconds)."""
+
+    times_s: list[float]
+    batch: int
+    warmup: int
+    stop: str  # "ci" | "budget" | "max_repeats"
+    ci_s: tuple[float, float] | None
+    threads: int
+    cpu_capability: str
+    device: str
+    memory: PeakMemory | None = None
+    prediction: dict | None = None  # the `local` prediction next to it (see `compare`)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sorted(self) -> list[float]:
+        return sorted(self.times_s)
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.sorted, 50)
+
+    @property
+    def p90(self) -> float:
+        return percentile(self.sorted, 90)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.sorted, 99)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.times_s) / len(self.times_s)
+
+    @property
+    def throughput_per_s(self) -> float:
+        """Inferences per second at the median latency: batch / p50."""
+        return self.batch / self.p50
+
+    @property
+    def error_pct(self) -> float | None:
+        """(predicted - measured p50) / measured x 100, when a prediction is attached."""
+        if not self.prediction or self.prediction.get("time_s") is None:
+            return None
+        return (self.prediction["time_s"] - self.p50) / self.p50 * 100
+
+    def to_dict(self, times: bool = False) -> dict:
+        d = {"batch": self.batch, "p50_s": self.p50, "p90_s": self.p90, "p99_s": self.p99, "mean_s": self.mean,
+             "min_s": min(self.times_s), "ci95_median_s": list(self.ci_s) if self.ci_s else None,
+             "repeats": len(self.times_s), "warmup": self.warmup, "stop": self.stop,
+             "throughput_per_s": self.throughput_per_s, "threads": self.threads,
+             "cpu_capability": self.cpu_capability, "device": self.device,
+             "memory": self.memory.to_dict() if self.memory else None,
+             "prediction": self.prediction, "error_pct": self.error_pct, **self.extra}
+        if times:
+            d["times_s"] = list(self.times_s)
+        return d
+
+
+def _batch_of(inputs) -> int:
+    for t in inputs:
+        shape = getattr(t, "shape", None)
+        if shape is not None and len(shape) > 0:
+            return int(shape[0])
+    return 1
+
+
+def time_calls(fn: Callable[[], Any], config: MeasureConfig, sync: Callable[[], None] = lambda: None
+               ) -> tuple[list[float], str, tuple[float, float] | None]:
+    """The timing loop shared by `measure` and calibration: (times, stop reason, CI of the median)."""
+    for _ in range(config.warmup):
+        fn()
+    sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    stop, ci = "max_repeats", None
+    while len(times) < config.max_repeats:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= config.min_repeats:
+            xs = sorted(times)
+            ci = median_ci(xs, config.confidence)
+            if ci is not None and (ci[1] - ci[0]) / 2 <= config.ci_rel * percentile(xs, 50):
+                stop = "ci"
+                break
+            if time.perf_counter() - start >= config.budget_s:
+                stop = "budget"
+                break
+    return times, stop, ci
+
+
+def measure(model, inputs, *, kwargs: dict | None = None, batch: int | None = None,
+            config: MeasureConfig | None = None) -> Measurement:
+    """Time `model(*inputs, **kwargs)` under inference mode; `inputs` a tensor or a tuple of them."""
+    import torch
+
+    config = config or MeasureConfig()
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    kwargs = dict(kwargs or {})
+    first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+    device = str(first.device) if first is not None else "cpu"
+    if device == "meta":
+        raise ConfigError("measure() needs real tensors: the inputs are on the meta device (use predict for meta)")
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def call():
+        with torch.inference_mode():
+            model(*inputs, **kwargs)
+
+    tracker = PeakTracker(device) if config.memory else None
+    if tracker is not None:
+        with tracker:
+            times, stop, ci = time_calls(call, config, sync)
+    else:
+        times, stop, ci = time_calls(call, config, sync)
+    return Measurement(times, int(batch if batch is not None else _batch_of(inputs)), config.warmup, stop, ci,
+                       torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), device,
+                       tracker.result if tracker is not None else None)
+
+
+def config_dict(config: MeasureConfig) -> dict:
+    return asdict(config)
