@@ -156,10 +156,13 @@ class Device:
                 yield f"{group}.{k}", fig
 
     def to_dict(self) -> dict:
+        """The catalog.json entry (plus its key): `device_from_dict(key, d)` rebuilds the device."""
         d = {"key": self.key, "name": self.name, "kind": self.kind, "aliases": list(self.aliases),
              "memory_level": self.memory_level, "energy_ref_dtype": self.energy_ref_dtype}
+        schema = {v: k for k, v in {**_SCALARS, **_GROUPS}.items()}  # field -> JSON key (catalog.json)
         for path, fig in self.figures():
             group, _, sub = path.partition(".")
+            group = schema.get(group, group)
             if sub:
                 d.setdefault(group, {})[sub] = fig.to_dict()
             else:

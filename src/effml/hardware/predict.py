@@ -114,6 +114,10 @@ class Prediction:
         return self.time_s / self.batch * 1e6 * self.price_per_hour / 3600
 
     @property
+    def fits(self) -> bool:
+        return self.fit.fits
+
+    @property
     def lower_bound(self) -> bool:
         """True when some op had no FLOP formula: the compute terms miss those calls."""
         return bool(self.unsupported)

@@ -1,0 +1,311 @@
+"""`calibrate()`: measure this machine and save it as the `local` device (same schema as catalog.json).
+
+Measures, in about 30 s (about 5 s with quick=True):
+  1. matmul peak per dtype: fp32 torch.mm at several sizes (best); bf16 through F.linear/mm (a kernel
+     exists everywhere, but without AVX512-BF16/AMX it converts to fp32 and is slow: the source says which
+     CPU capability it ran on); int8 only where a real int8 GEMM exists: the fbgemm/x86 dynamic-quantized
+     Linear (qint8 weights, int8 activations quantized per call). torch._int_mm on CPU is a reference loop
+     (~1 GOP/s), so it is not used as "the int8 peak".
+  2. bandwidth: a STREAM-like triad a = b + s*c at working sets from L1-sized to DRAM-sized; the curve is
+     kept (ops that fit in cache run faster than DRAM) and the largest is `mem_bw`. Copy is recorded too.
+  3. overheads: per op category, fitted with an efficiency pair from the micro-benchmarks of
+     `microbench.py` (counted with effml.profile, so the FLOPs/bytes match what real models report); and the
+     Python cost of one nn.Module call. The fit minimises squared log error of the roofline formula
+     (roofline.op_cost) over each category's cases: a per-op-type correction learned here, not on models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from effml.errors import ConfigError
+from effml.hardware.catalog import LOCAL, Device, device_from_dict, local_device_path
+
+Progress = Callable[[str, float], None]  # (what is running, fraction done)
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    quick: bool = False  # a few seconds, fewer sizes: for tests and smoke runs
+    threads: int | None = None  # torch threads while measuring (default: as configured)
+    sample_s: float = 0.002  # target duration of one timed sample (inner loop grows to reach it)
+    samples: int = 5
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"CalibrateConfig.threads must be >= 1, got {self.threads}")
+        if self.sample_s <= 0 or self.samples < 1:
+            raise ConfigError(f"CalibrateConfig needs sample_s > 0 and samples >= 1, got {self.sample_s}, {self.samples}")
+
+
+@dataclass
+class Calibration:
+    device: Device
+    raw: dict  # the JSON entry saved as devices.local
+    cases: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"device": self.raw, "cases": self.cases, "elapsed_s": self.elapsed_s}
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write {"devices": {"local": ...}} to `path` (default: the user cache dir); return the path."""
+        p = Path(path) if path is not None else local_device_path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps({"_about": "effml local device, measured by `effml calibrate`",
+                                 "devices": {LOCAL: self.raw}}, indent=2) + "\n")
+        return p
+
+
+# ---- timing ------------------------------------------------------------------------------------------
+def time_per_call(fn: Callable[[], object], config: CalibrateConfig) -> float:
+    """Median seconds per call; each sample loops `fn` long enough to last ~sample_s."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, min(10_000, int(config.sample_s / once)))
+    xs = []
+    for _ in range(config.samples):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        xs.append((time.perf_counter() - t0) / inner)
+    xs.sort()
+    return xs[len(xs) // 2]
+
+
+def _fig(value, how: str, stamp: str) -> dict:
+    return {"value": value, "source": f"measured by effml calibrate ({stamp}): {how}"}
+
+
+# ---- 1. matmul peaks ---------------------------------------------------------------------------------
+def _peak_fp32(config) -> tuple[float, str]:
+    import torch
+
+    best, at = 0.0, 0
+    for n in ((512, 1024) if config.quick else (512, 1024, 1536)):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        f = 2 * n**3 / time_per_call(lambda: torch.mm(a, b), config)
+        if f > best:
+            best, at = f, n
+    return best, f"fp32 torch.mm, best of square sizes, at {at}x{at}x{at}"
+
+
+def _peak_bf16(config) -> tuple[float, str]:
+    import torch
+    import torch.nn.functional as F
+
+    m, n = (128, 512) if config.quick else (256, 1024)
+    x, w = torch.randn(m, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    f = max(2 * m * n * n / time_per_call(lambda: F.linear(x, w), config),
+            2 * m * n * n / time_per_call(lambda: torch.mm(x, w), config))
+    cap = torch.backends.cpu.get_cpu_capability()
+    return f, f"bf16 F.linear / torch.mm {m}x{n}x{n} (best) on a {cap} CPU"
+
+
+def _peak_int8(config) -> tuple[float, str] | None:
+    import torch
+
+    engines = set(torch.backends.quantized.supported_engines)
+    if not engines & {"fbgemm", "x86"}:
+        return None
+    m, n = (128, 512) if config.quick else (256, 1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+        q = QLinear(n, n, dtype=torch.qint8)
+    x = torch.randn(m, n)
+    f = 2 * m * n * n / time_per_call(lambda: q(x), config)
+    return f, f"int8 fbgemm dynamic-quantized Linear {m}x{n}x{n} (qint8 weights; a real int8 GEMM kernel)"
+
+
+# ---- 2. bandwidth ------------------------------------------------------------------------------------
+def _bandwidth(config) -> tuple[list[list[float]], float]:
+    """Triad curve [[working-set bytes, bytes/s], ...] and the copy bandwidth at the largest size."""
+    import torch
+
+    elems = (4096, 1 << 18, 1 << 22) if config.quick else (1024, 8192, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)
+    curve = []
+    for n in elems:
+        a, b, c = torch.empty(n), torch.randn(n), torch.randn(n)
+        t = time_per_call(lambda: torch.add(b, c, alpha=3.0, out=a), config)
+        curve.append([3 * n * 4, 3 * n * 4 / t])  # reads b, c; writes a
+    n = elems[-1]
+    a, b = torch.empty(n), torch.randn(n)
+    copy = 2 * n * 4 / time_per_call(lambda: a.copy_(b), config)
+    return curve, copy
+
+
+# ---- 3. per-category overhead and efficiency ---------------------------------------------------------
+def _count(case):
+    import torch
+
+    from effml.cost.counter import profile
+    from effml.hardware.microbench import FnModule
+
+    with torch.no_grad():
+        return profile(FnModule(case.fn), *case.inputs).events
+
+
+BOUNDS = {"overhead_s": (1e-8, 1e-3), "compute": (0.02, 2.0), "memory": (0.02, 5.0)}
+
+
+def _fit_category(rows: list[dict], peak: float, bw: Callable[[float], float]) -> dict:
+    """Overhead o, compute efficiency eta, memory efficiency mu minimising sum (log pred - log t)^2.
+
+    eta is fitted only if some case is compute-bound at eta = mu = 1, mu only if some case is memory-bound
+    (otherwise the data says nothing about it and it stays 1); all three are clamped to BOUNDS.
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+
+    def clamp(x, key):
+        lo, hi = BOUNDS[key]
+        return min(max(x, lo), hi)
+
+    any_c = any(f / peak >= b / bw(b) for r in rows for f, b in r["ops"] if f)
+    any_m = any(b / bw(b) > f / peak for r in rows for f, b in r["ops"] if b)
+
+    def unpack(params):
+        o = clamp(math.exp(params[0]), "overhead_s")
+        eta = clamp(math.exp(params[1]), "compute") if any_c else 1.0
+        mu = clamp(math.exp(params[2]), "memory") if any_m else 1.0
+        return o, eta, mu
+
+    def pred(params, r):
+        o, eta, mu = unpack(params)
+        t = r["known_s"]
+        for f, b in r["ops"]:
+            t += o + max(f / (peak * eta) if f else 0.0, b / (bw(b) * mu) if b else 0.0)
+        return t
+
+    def loss(params):
+        return sum((math.log(max(pred(params, r), 1e-9)) - math.log(r["time_s"])) ** 2 for r in rows)
+
+    smallest = min(rows, key=lambda r: r["time_s"])
+    o0 = max((smallest["time_s"] - smallest["known_s"]) / max(1, len(smallest["ops"])) * 0.8, 1e-7)
+    best = min((minimize(loss, np.log([o0, e0, m0]), method="Nelder-Mead",
+                         options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 2000})
+                for e0, m0 in ((0.5, 0.5), (1.0, 2.0))), key=lambda res: res.fun)
+    o, eta, mu = unpack(best.x)
+    return {"overhead_s": o, "compute": eta, "memory": mu, "rms_log_error": math.sqrt(best.fun / len(rows))}
+
+
+def calibrate(config: CalibrateConfig | None = None, progress: Progress | None = None) -> Calibration:
+    """Measure this machine; return a Calibration whose `.save()` makes it the `local` device."""
+    import psutil
+    import torch
+
+    from effml.hardware.microbench import FnModule, cases
+    from effml.hardware.roofline import MODULE_CALL
+
+    config = config or CalibrateConfig()
+    progress = progress or (lambda what, frac: None)
+    old_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    t_start = time.perf_counter()
+    stamp = f"{time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+    try:
+        progress("matmul fp32", 0.0)
+        peak = {"fp32": _fig(*_peak_fp32(config), stamp=stamp)}
+        progress("matmul bf16", 0.1)
+        peak["bf16"] = _fig(*_peak_bf16(config), stamp=stamp)
+        progress("matmul int8", 0.15)
+        i8 = _peak_int8(config)
+        if i8 is not None:
+            peak["int8"] = _fig(*i8, stamp=stamp)
+        progress("bandwidth (triad, copy)", 0.2)
+        curve, copy_bw = _bandwidth(config)
+        from effml.hardware.roofline import bandwidth_at
+
+        probe = Device(LOCAL, LOCAL, "cpu", {"fp32": _figure(peak["fp32"])},
+                       _figure(_fig(curve[-1][1], "", stamp)), memory_bytes=_figure(_fig(1, "", stamp)),
+                       bw_curve=_figure(_fig(curve, "", stamp)))
+        p32 = float(peak["fp32"]["value"])
+
+        def bw(b: float) -> float:
+            return bandwidth_at(probe, b)
+
+        # module-call overhead: a chain of 64 identity modules
+        chain = torch.nn.Sequential(*[torch.nn.Identity() for _ in range(64)])
+        x = torch.randn(4)
+        module_call = time_per_call(lambda: chain(x), config) / 65
+        all_cases = cases(config.quick)
+        overhead: dict[str, dict] = {MODULE_CALL: _fig(module_call, "nn.Module __call__ of an Identity", stamp)}
+        efficiency: dict[str, dict] = {}
+        rows_by_cat: dict[str, list[dict]] = {}
+        for i, case in enumerate(all_cases):
+            progress(f"{case.category}: {case.label}", 0.3 + 0.65 * i / len(all_cases))
+            events = _count(case)
+            mod = FnModule(case.fn)
+            t = time_per_call(lambda: mod(*case.inputs), config) - module_call
+            rows_by_cat.setdefault(case.category, []).append(
+                {"label": case.label, "time_s": max(t, 1e-8), "events": events})
+        # views first: their overhead is then known inside every other case
+        view_rows = rows_by_cat.pop("view", [])
+        view_o = sorted(r["time_s"] for r in view_rows)[len(view_rows) // 2] if view_rows else 0.0
+        overhead["view"] = _fig(view_o, "median time of a view/transpose call", stamp)
+        report = [{"category": "view", "label": r["label"], "time_s": r["time_s"]} for r in view_rows]
+        for cat, rows in rows_by_cat.items():
+            for r in rows:
+                r["ops"] = [(float(e.flops or 0), float(e.bytes_read + e.bytes_written))
+                            for e in r["events"] if e.category == cat]
+                r["known_s"] = view_o * sum(e.category != cat for e in r["events"])
+            rows = [r for r in rows if r["ops"]]
+            if not rows:
+                continue
+            fit = _fit_category(rows, p32, bw)
+            how = f"fit over {len(rows)} {cat} micro-benchmarks (rms log error {fit['rms_log_error']:.2f})"
+            overhead[cat] = _fig(fit["overhead_s"], how, stamp)
+            efficiency[cat] = _fig({"compute": fit["compute"], "memory": fit["memory"]}, how, stamp)
+            report += [{"category": cat, "label": r["label"], "time_s": r["time_s"], "ops": r["ops"]} for r in rows]
+        overhead["default"] = _fig(sorted(float(f["value"]) for k, f in overhead.items() if k != MODULE_CALL)[
+            len(overhead) // 2], "median of the per-category overheads (ops with no micro-benchmark)", stamp)
+        progress("done", 1.0)
+    finally:
+        torch.set_num_threads(old_threads)
+    cpu = _cpu_name()
+    raw = {
+        "name": f"local ({cpu}, {torch.backends.cpu.get_cpu_capability()}, {config.threads or old_threads} threads)",
+        "kind": "cpu", "memory_level": "dram", "energy_ref_dtype": "fp32",
+        "peak_flops": peak,
+        "mem_bw": _fig(curve[-1][1], f"triad a = b + s*c over {fmt_mb(curve[-1][0])} (DRAM-sized)", stamp),
+        "bw_curve": _fig(curve, "triad bandwidth vs working-set bytes", stamp),
+        "memory_bytes": _fig(float(psutil.virtual_memory().total), "psutil.virtual_memory().total", stamp),
+        "overhead_s": overhead, "efficiency": efficiency,
+        "meta": {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                 "threads": config.threads or old_threads, "torch": torch.__version__, "quick": config.quick,
+                 "copy_bw": copy_bw, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "int8_kernel": peak.get("int8", {}).get("source", "none: no fbgemm/x86 quantized engine")},
+    }
+    return Calibration(device_from_dict(LOCAL, raw), raw, report, time.perf_counter() - t_start)
+
+
+def _figure(d: dict):
+    from effml.hardware.catalog import Figure
+
+    return Figure(d["value"], d["source"] or "probe")
+
+
+def fmt_mb(n: float) -> str:
+    return f"{n / 1e6:.3g} MB"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
