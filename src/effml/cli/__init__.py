@@ -15,6 +15,10 @@ from effml.errors import EffmlError
 # subcommand -> module defining add_parser(subparsers) and run(args) -> int
 COMMANDS: dict[str, str] = {
     "profile": "effml.cli.profile_cmd",
+    "hw": "effml.cli.hw_cmd",
+    "predict": "effml.cli.predict_cmd",
+    "calibrate": "effml.cli.calibrate_cmd",
+    "bench": "effml.cli.bench_cmd",
 }
 
 

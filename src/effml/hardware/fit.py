@@ -20,6 +20,7 @@ class FitCheck:
     memory: str
     need_bytes: float
     have_bytes: float
+    binary: bool = False  # MCU SRAM/flash are sized in KiB/MiB: print them that way
 
     @property
     def fits(self) -> bool:
@@ -31,10 +32,10 @@ class FitCheck:
 
     @property
     def message(self) -> str:
-        need, have = fmt_bytes(self.need_bytes), fmt_bytes(self.have_bytes)
+        need, have = fmt_bytes(self.need_bytes, self.binary), fmt_bytes(self.have_bytes, self.binary)
         if self.fits:
             return f"{self.memory}: {need} of {have} ({self.need_bytes / self.have_bytes:.0%})"
-        return (f"{self.memory}: needs {need} but has {have}: misses by {fmt_bytes(self.short_by_bytes)} "
+        return (f"{self.memory}: needs {need} but has {have}: misses by {fmt_bytes(self.short_by_bytes, self.binary)} "
                 f"({self.need_bytes / self.have_bytes:.2f}x the capacity)")
 
     def to_dict(self) -> dict:
@@ -65,8 +66,8 @@ class Fit:
 def check_fit(device: Device, weights_bytes: float, activation_bytes: float, kv_cache_bytes: float = 0.0) -> Fit:
     """Weights + activations + KV cache vs memory; MCUs: weights vs flash, the rest vs SRAM."""
     if device.kind == "mcu":
-        checks = (FitCheck("flash", weights_bytes, float(device.flash_bytes.value)),
-                  FitCheck("SRAM", activation_bytes + kv_cache_bytes, float(device.sram_bytes.value)))
+        checks = (FitCheck("flash", weights_bytes, float(device.flash_bytes.value), True),
+                  FitCheck("SRAM", activation_bytes + kv_cache_bytes, float(device.sram_bytes.value), True))
     else:
         checks = (FitCheck("memory", weights_bytes + activation_bytes + kv_cache_bytes,
                            float(device.memory_bytes.value)),)

@@ -60,6 +60,8 @@ class Prediction:
     fit: Fit
     ridge_point: float
     price_per_hour: float | None
+    peak_flops: float = 0.0  # dense peak of the run dtype (roof of the roofline)
+    bandwidth: float = 0.0  # main-memory bytes/s (the slope)
     module_overhead_s: float = 0.0
     unsupported: dict[str, int] = field(default_factory=dict)
 
@@ -141,7 +143,7 @@ class Prediction:
              "throughput_per_s": self.batch / self.time_s if self.time_s else None,
              "bound": self.bound, "compute_s": self.compute_s, "memory_s": self.memory_s,
              "overhead_s": self.overhead_s, "flops": self.flops, "bytes": self.bytes, "intensity": self.intensity,
-             "ridge_point": self.ridge_point,
+             "ridge_point": self.ridge_point, "peak_flops": self.peak_flops, "bandwidth": self.bandwidth,
              "energy_j": {**e.to_dict(), "per_inference": e.total / self.batch},
              "energy_scale": self.energy_scale.to_dict(),
              "power_w": e.total / self.time_s if self.time_s else None,
@@ -208,7 +210,7 @@ def predict(profile, hw: "str | Device", dtype: str | None = None, batch: int | 
     module_overhead = module_calls * float(mod_fig.value) if mod_fig is not None else 0.0
     price = price_per_hour if price_per_hour is not None else device.price_per_hour
     return Prediction(device.name, device.key, run, batch, ops, scale, fit, device.ridge_point(run), price,
-                      module_overhead, dict(profile.unsupported))
+                      device.peak_flops(run), device.bandwidth, module_overhead, dict(profile.unsupported))
 
 
 def predict_many(profile, devices, dtype: str | None = None, batch: int | None = None,

@@ -56,11 +56,10 @@ def median_ci(sorted_xs: list[float], confidence: float = 0.95) -> tuple[float, 
 
     n = len(sorted_xs)
     a = (1 - confidence) / 2
-    lo = int(binom.ppf(a, n, 0.5))  # number of samples below the lower bound
-    hi = n - lo - 1
-    if lo < 1 or hi >= n or lo > hi:
+    lo = int(binom.ppf(a, n, 0.5))  # 1-based rank of the lower bound: P(Binom(n, 1/2) < lo) <= a
+    if lo < 1 or n - lo < lo - 1:
         return None
-    return sorted_xs[lo - 1], sorted_xs[hi]
+    return sorted_xs[lo - 1], sorted_xs[n - lo]  # ranks lo and n - lo + 1 (symmetric)
 
 
 @dataclass

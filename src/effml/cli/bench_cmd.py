@@ -1,0 +1,62 @@
+"""`effml bench`: measured latency percentiles and throughput vs batch, beside the `local` prediction."""
+
+from __future__ import annotations
+
+from effml.cli.common import add_json_flag, console, parse_shape, print_json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure latency/throughput vs batch on this machine, beside the prediction",
+                       description="Warm up, time until the median's 95%% CI is within --ci or the budget ends; "
+                                   "p50/p90/p99, throughput, peak RSS, threads; each row beside the `local` "
+                                   "prediction (run `effml calibrate` once) and its error.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="package.module:callable (e.g. effml.zoo:vgg)")
+    src.add_argument("--config", help="a bundled model config, built with random weights on the CPU (e.g. gpt2)")
+    p.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1), e.g. 1,8,32")
+    p.add_argument("--seq", type=int, help="sequence length for --config")
+    p.add_argument("--input-shape", help="input shape for --model without a zoo entry (batch from --batch)")
+    p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")
+    p.add_argument("--budget", type=float, default=5.0, help="seconds of timing per batch size (default 5)")
+    p.add_argument("--ci", type=float, default=0.02, help="stop when the 95%% CI half-width <= this x median")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--hw", default="local", help="device to predict on (default local)")
+    add_json_flag(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from effml.measure import MeasureConfig, bench, parse_batches
+    from effml.models import resolve
+
+    batches = parse_batches(args.batch)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    cfg = MeasureConfig(budget_s=args.budget, ci_rel=args.ci)
+
+    def make(b: int):
+        s = (b, *shape[1:]) if shape else None
+        return resolve(config=args.config, model=args.model, input_shape=s, batch=b, seq=args.seq,
+                       dtype=args.dtype, device="cpu")
+
+    if args.json:
+        print_json(bench(make, batches, config=cfg, hw=args.hw).to_dict())
+        return 0
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("bench", total=1.0)
+        res = bench(make, batches, config=cfg, hw=args.hw,
+                    progress=lambda what, frac: bar.update(task, completed=frac, description=what))
+    from effml.hardware.present import bench_table
+
+    con = console()
+    con.print(bench_table(res))
+    r0 = res.rows[0]
+    con.print(f"{r0.threads} threads, CPU capability {r0.cpu_capability}; p50 is compared with the prediction")
+    if res.note:
+        con.print(f"no prediction: {res.note}")
+    return 0

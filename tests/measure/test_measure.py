@@ -1,0 +1,76 @@
+"""measure(): percentiles, CI of the median, stopping rules, memory, recorded threads (no timed assertions)."""
+
+import pytest
+import torch
+from torch import nn
+
+from effml.errors import EffmlError
+from effml.measure import MeasureConfig, measure, median_ci, parse_batches, percentile
+from effml.measure.memory import PeakTracker
+
+
+def test_percentile_interpolates():
+    xs = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert percentile(xs, 50) == 3.0
+    assert percentile(xs, 90) == pytest.approx(4.6)  # position 0.9 x 4 = 3.6 -> 4 + 0.6 x (5 - 4)
+    assert percentile(xs, 0) == 1.0 and percentile(xs, 100) == 5.0
+
+
+def test_median_ci_order_statistics():
+    xs = [float(i) for i in range(1, 21)]  # n = 20
+    # binomial(20, 0.5): P(X <= 5) = 0.0207 < 0.025 <= P(X <= 6) = 0.0577 -> ppf = 6: bounds x(6), x(15)
+    assert median_ci(xs, 0.95) == (6.0, 15.0)
+    assert median_ci([1.0, 2.0, 3.0], 0.95) is None  # too few samples for a 95% interval
+
+
+def test_measure_records_percentiles_threads_and_capability():
+    model = nn.Linear(16, 4)
+    cfg = MeasureConfig(warmup=1, min_repeats=7, max_repeats=7, budget_s=10)
+    m = measure(model, torch.randn(3, 16), config=cfg)
+    assert len(m.times_s) == 7 and m.stop in ("ci", "max_repeats")
+    assert m.batch == 3  # dim 0 of the input
+    assert min(m.times_s) <= m.p50 <= m.p90 <= m.p99 <= max(m.times_s)
+    assert m.throughput_per_s == pytest.approx(3 / m.p50)
+    assert m.threads == torch.get_num_threads()
+    assert m.cpu_capability == torch.backends.cpu.get_cpu_capability()
+    d = m.to_dict()
+    assert {"p50_s", "p90_s", "p99_s", "throughput_per_s", "threads", "memory", "error_pct"} <= set(d)
+    assert d["memory"]["torch_peak_bytes"] is None  # CPU: the allocator keeps no statistics
+
+
+def test_budget_stops_the_loop():
+    cfg = MeasureConfig(warmup=0, min_repeats=1, max_repeats=10_000, budget_s=0.05, ci_rel=1e-9)
+    m = measure(nn.Identity(), torch.randn(2), config=cfg)
+    assert m.stop == "budget"  # ci_rel 1e-9 is never reached
+
+
+def test_error_pct_against_a_prediction():
+    m = measure(nn.Identity(), torch.randn(2), config=MeasureConfig(warmup=0, min_repeats=5, max_repeats=5))
+    m.prediction = {"time_s": 1.5 * m.p50}
+    assert m.error_pct == pytest.approx(50.0)
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with PeakTracker() as t:
+        x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched by the fill
+        del x
+    # the allocation was freed before exit, the high-water mark still saw it (minus allocator slack)
+    assert t.result.rss_delta_bytes >= 48 * 1024 * 1024
+    assert t.result.method in ("vmhwm", "sampled")
+
+
+def test_config_validation_and_meta_inputs():
+    with pytest.raises(EffmlError, match="min_repeats"):
+        MeasureConfig(min_repeats=0)
+    with pytest.raises(EffmlError, match="budget_s"):
+        MeasureConfig(budget_s=0)
+    with pytest.raises(EffmlError, match="meta"):
+        measure(nn.Identity(), torch.empty(2, device="meta"))
+
+
+def test_parse_batches():
+    assert parse_batches("1,8,32") == [1, 8, 32]
+    with pytest.raises(EffmlError, match="--batch"):
+        parse_batches("1,x")
+    with pytest.raises(EffmlError, match="--batch"):
+        parse_batches("0")
