@@ -34,3 +34,13 @@ def test_llama_2_7b_params_and_bf16_weights():
     p = effml.profile(spec.model, *spec.args, forward_kwargs=spec.kwargs)
     assert p.params == 6_738_415_616  # the published count
     assert p.memory("bf16") == 2 * 6_738_415_616 == p.param_bytes  # profiled in bf16: 13.48 GB
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert-base", "vit-base", "resnet-50", "mobilenet-v2", "smollm2-135m"])
+def test_every_op_of_the_bundled_architectures_has_a_formula(name):
+    """Forward and backward of each architecture family (Llama via SmolLM2) leave nothing unsupported."""
+    task = configs.load(name).task
+    spec = resolve(config=name, seq=None if task == "image-classification" else 16)
+    p = effml.profile(spec.model, *spec.args, forward_kwargs=spec.kwargs, backward=True)
+    assert p.unsupported == {}
+    assert 1.9 < p.total("backward").macs / p.total("forward").macs <= 2.0  # backward ≈ 2x forward

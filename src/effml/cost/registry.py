@@ -45,10 +45,10 @@ def _packets(names_or_packets) -> list:
     out = []
     for item in names_or_packets:
         if isinstance(item, str):
-            for name in (item, item + "_"):  # the in-place variant is a separate overload packet
-                pkt = getattr(aten, name, None)
-                if pkt is not None:
-                    out.append(pkt)
+            found = [getattr(aten, n, None) for n in (item, item + "_")]  # in-place is its own packet
+            if not any(found):
+                raise CountError(f"no aten op named {item!r} (nor {item + '_'!r}) in this torch")
+            out.extend(pkt for pkt in found if pkt is not None)
         else:
             out.append(item)
     return out

@@ -20,7 +20,7 @@ zero_flops((
     "numpy_T", "lift_fresh", "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset",
     "is_same_size", "is_nonzero", "set_", "resize_", "_resize_output_", "_assert_async", "_assert_scalar",
     "_functional_assert_async", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
-    "_to_copy_if_needed", "_has_compatible_shallow_copy_type", "record_stream", "_reshape_copy_if_needed",
+    "_has_compatible_shallow_copy_type", "record_stream",
     "unsafe_split", "unsafe_chunk", "split_copy", "_nested_tensor_size",
 ), category="view", free=True)
 
@@ -33,6 +33,9 @@ zero_flops((
     "lift_fresh_copy", "alias_copy", "view_copy", "transpose_copy", "permute_copy", "expand_copy",
     "unsqueeze_copy", "squeeze_copy", "t_copy", "nonzero", "pixel_shuffle", "pixel_unshuffle", "col2im",
     "im2col", "upsample_nearest2d", "_upsample_nearest_exact2d", "one_hot",
+    # backward of views and gathers: a zero-filled gradient with the incoming one copied into place
+    "slice_backward", "select_backward", "index_select_backward", "diagonal_backward", "unfold_backward",
+   
 ), category="memory")
 
 
