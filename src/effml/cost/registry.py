@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch.utils._pytree import tree_flatten
 
 from effml.errors import CountError
 
@@ -73,8 +72,22 @@ def lookup(func) -> Entry | None:
 
 # ---- tensors and bytes -----------------------------------------------------------------------------
 def tensors(tree) -> list[torch.Tensor]:
-    leaves, _ = tree_flatten(tree)
-    return [t for t in leaves if isinstance(t, torch.Tensor)]
+    """The tensors in nested tuples, lists and dicts (op arguments, module outputs), in order."""
+    out: list[torch.Tensor] = []
+    _collect(tree, out)
+    return out
+
+
+def _collect(x, out: list) -> None:
+    # a hand-rolled flatten: torch's pytree costs ~15% of a counted 7B forward
+    if isinstance(x, torch.Tensor):
+        out.append(x)
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            _collect(y, out)
+    elif isinstance(x, dict):
+        for y in x.values():
+            _collect(y, out)
 
 
 def first_tensor(tree) -> torch.Tensor:
