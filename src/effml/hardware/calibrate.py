@@ -17,7 +17,6 @@ Measures, in about 30 s (about 5 s with quick=True):
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
 import warnings
@@ -27,6 +26,7 @@ from typing import Callable
 
 from effml.errors import ConfigError
 from effml.hardware.catalog import LOCAL, Device, device_from_dict, local_device_path
+from effml.hardware.fitting import fit_op_model
 
 Progress = Callable[[str, float], None]  # (what is running, fraction done)
 
@@ -37,6 +37,7 @@ class CalibrateConfig:
     threads: int | None = None  # torch threads while measuring (default: as configured)
     sample_s: float = 0.002  # target duration of one timed sample (inner loop grows to reach it)
     samples: int = 5
+    categories: tuple[str, ...] | None = None  # micro-benchmark only these op categories (tests)
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -91,7 +92,7 @@ def _peak_fp32(config) -> tuple[float, str]:
     import torch
 
     best, at = 0.0, 0
-    for n in ((512, 1024) if config.quick else (512, 1024, 1536)):
+    for n in ((512,) if config.quick else (512, 1024, 1536)):
         a, b = torch.randn(n, n), torch.randn(n, n)
         f = 2 * n**3 / time_per_call(lambda: torch.mm(a, b), config)
         if f > best:
@@ -103,7 +104,7 @@ def _peak_bf16(config) -> tuple[float, str]:
     import torch
     import torch.nn.functional as F
 
-    m, n = (128, 512) if config.quick else (256, 1024)
+    m, n = (64, 256) if config.quick else (256, 1024)
     x, w = torch.randn(m, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
     f = max(2 * m * n * n / time_per_call(lambda: F.linear(x, w), config),
             2 * m * n * n / time_per_call(lambda: torch.mm(x, w), config))
@@ -133,12 +134,17 @@ def _bandwidth(config) -> tuple[list[list[float]], float]:
     """Triad curve [[working-set bytes, bytes/s], ...] and the copy bandwidth at the largest size."""
     import torch
 
-    elems = (4096, 1 << 18, 1 << 22) if config.quick else (1024, 8192, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)
+    elems = (4096, 1 << 16, 1 << 21) if config.quick else (1024, 8192, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)
+
+    def triad(n: int) -> float:
+        a, b, c = torch.empty(n), torch.randn(n), torch.randn(n)
+        return time_per_call(lambda: torch.add(b, c, alpha=3.0, out=a), config)
+
+    call = triad(16)  # a 16-element triad is all call overhead: subtract it, or small sizes look slow
     curve = []
     for n in elems:
-        a, b, c = torch.empty(n), torch.randn(n), torch.randn(n)
-        t = time_per_call(lambda: torch.add(b, c, alpha=3.0, out=a), config)
-        curve.append([3 * n * 4, 3 * n * 4 / t])  # reads b, c; writes a
+        t = triad(n)
+        curve.append([3 * n * 4, 3 * n * 4 / max(t - call, 0.25 * t)])  # reads b, c; writes a
     n = elems[-1]
     a, b = torch.empty(n), torch.randn(n)
     copy = 2 * n * 4 / time_per_call(lambda: a.copy_(b), config)
@@ -154,50 +160,6 @@ def _count(case):
 
     with torch.no_grad():
         return profile(FnModule(case.fn), *case.inputs).events
-
-
-BOUNDS = {"overhead_s": (1e-8, 1e-3), "compute": (0.02, 2.0), "memory": (0.02, 5.0)}
-
-
-def _fit_category(rows: list[dict], peak: float, bw: Callable[[float], float]) -> dict:
-    """Overhead o, compute efficiency eta, memory efficiency mu minimising sum (log pred - log t)^2.
-
-    eta is fitted only if some case is compute-bound at eta = mu = 1, mu only if some case is memory-bound
-    (otherwise the data says nothing about it and it stays 1); all three are clamped to BOUNDS.
-    """
-    import numpy as np
-    from scipy.optimize import minimize
-
-    def clamp(x, key):
-        lo, hi = BOUNDS[key]
-        return min(max(x, lo), hi)
-
-    any_c = any(f / peak >= b / bw(b) for r in rows for f, b in r["ops"] if f)
-    any_m = any(b / bw(b) > f / peak for r in rows for f, b in r["ops"] if b)
-
-    def unpack(params):
-        o = clamp(math.exp(params[0]), "overhead_s")
-        eta = clamp(math.exp(params[1]), "compute") if any_c else 1.0
-        mu = clamp(math.exp(params[2]), "memory") if any_m else 1.0
-        return o, eta, mu
-
-    def pred(params, r):
-        o, eta, mu = unpack(params)
-        t = r["known_s"]
-        for f, b in r["ops"]:
-            t += o + max(f / (peak * eta) if f else 0.0, b / (bw(b) * mu) if b else 0.0)
-        return t
-
-    def loss(params):
-        return sum((math.log(max(pred(params, r), 1e-9)) - math.log(r["time_s"])) ** 2 for r in rows)
-
-    smallest = min(rows, key=lambda r: r["time_s"])
-    o0 = max((smallest["time_s"] - smallest["known_s"]) / max(1, len(smallest["ops"])) * 0.8, 1e-7)
-    best = min((minimize(loss, np.log([o0, e0, m0]), method="Nelder-Mead",
-                         options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 2000})
-                for e0, m0 in ((0.5, 0.5), (1.0, 2.0))), key=lambda res: res.fun)
-    o, eta, mu = unpack(best.x)
-    return {"overhead_s": o, "compute": eta, "memory": mu, "rms_log_error": math.sqrt(best.fun / len(rows))}
 
 
 def calibrate(config: CalibrateConfig | None = None, progress: Progress | None = None) -> Calibration:
@@ -240,7 +202,7 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         chain = torch.nn.Sequential(*[torch.nn.Identity() for _ in range(64)])
         x = torch.randn(4)
         module_call = time_per_call(lambda: chain(x), config) / 65
-        all_cases = cases(config.quick)
+        all_cases = cases(config.quick, config.categories)
         overhead: dict[str, dict] = {MODULE_CALL: _fig(module_call, "nn.Module __call__ of an Identity", stamp)}
         efficiency: dict[str, dict] = {}
         rows_by_cat: dict[str, list[dict]] = {}
@@ -256,21 +218,15 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         view_o = sorted(r["time_s"] for r in view_rows)[len(view_rows) // 2] if view_rows else 0.0
         overhead["view"] = _fig(view_o, "median time of a view/transpose call", stamp)
         report = [{"category": "view", "label": r["label"], "time_s": r["time_s"]} for r in view_rows]
-        for cat, rows in rows_by_cat.items():
-            for r in rows:
-                r["ops"] = [(float(e.flops or 0), float(e.bytes_read + e.bytes_written))
-                            for e in r["events"] if e.category == cat]
-                r["known_s"] = view_o * sum(e.category != cat for e in r["events"])
-            rows = [r for r in rows if r["ops"]]
-            if not rows:
-                continue
-            fit = _fit_category(rows, p32, bw)
-            how = f"fit over {len(rows)} {cat} micro-benchmarks (rms log error {fit['rms_log_error']:.2f})"
-            overhead[cat] = _fig(fit["overhead_s"], how, stamp)
-            efficiency[cat] = _fig({"compute": fit["compute"], "memory": fit["memory"]}, how, stamp)
-            report += [{"category": cat, "label": r["label"], "time_s": r["time_s"], "ops": r["ops"]} for r in rows]
-        overhead["default"] = _fig(sorted(float(f["value"]) for k, f in overhead.items() if k != MODULE_CALL)[
-            len(overhead) // 2], "median of the per-category overheads (ops with no micro-benchmark)", stamp)
+        for key, fit in fit_op_model(rows_by_cat, view_o, p32, bw).items():
+            how = (f"fit over {fit['n']} micro-benchmark(s) of {key} (rms log error {fit['rms_log_error']:.2f})")
+            overhead[key] = _fig(fit["overhead_s"], how, stamp)
+            efficiency[key] = _fig({"compute": fit["compute"], "memory": fit["memory"]}, how, stamp)
+        report += [{"category": cat, "label": r["label"], "time_s": r["time_s"], "ops": r["ops"]}
+                   for cat, rows in rows_by_cat.items() for r in rows]
+        cats = sorted(float(f["value"]) for k, f in overhead.items() if k != MODULE_CALL and "." not in k)
+        overhead["default"] = _fig(cats[len(cats) // 2], "median of the per-category overheads (ops of a "
+                                   "category with no micro-benchmark)", stamp)
         progress("done", 1.0)
     finally:
         torch.set_num_threads(old_threads)

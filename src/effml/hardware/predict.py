@@ -194,7 +194,7 @@ def predict(profile, hw: "str | Device", dtype: str | None = None, batch: int | 
         else:
             cdt = ev.dtype if device.has_dtype(ev.dtype) else run
         flops = float(ev.flops or 0)
-        cost = op_cost(device, ev.category, cdt, flops, nbytes)
+        cost = op_cost(device, ev.category, cdt, flops, nbytes, ev.op)
         en = op_energy(flops, nbytes, cdt, device.memory_level, scale.factor)
         ops.append(OpPrediction(i, ev.op, ev.category, ev.modules[-1] if ev.modules else "", cdt, flops, nbytes,
                                 cost, en))

@@ -61,23 +61,31 @@ def bandwidth_at(device: Device, nbytes: float) -> float:
     return float(math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0))))
 
 
-def overhead(device: Device, category: str) -> float:
-    """Fixed seconds per op call of this category (0 for catalog devices: a pure roofline)."""
-    fig = device.overhead_s.get(category) or device.overhead_s.get("default")
+def _lookup(table: dict, category: str, op: str | None):
+    """Most specific calibrated entry: the aten op ("aten.max_pool2d"), its category, then "default"."""
+    for key in (op, category, "default"):
+        if key is not None and key in table:
+            return table[key]
+    return None
+
+
+def overhead(device: Device, category: str, op: str | None = None) -> float:
+    """Fixed seconds per op call (0 for catalog devices: a pure roofline)."""
+    fig = _lookup(device.overhead_s, category, op)
     return float(fig.value) if fig is not None else 0.0
 
 
-def efficiency(device: Device, category: str) -> tuple[float, float]:
-    """(fraction of peak FLOP/s, fraction of bandwidth) this op category reaches; (1, 1) if uncalibrated."""
-    fig = device.efficiency.get(category) or device.efficiency.get("default")
+def efficiency(device: Device, category: str, op: str | None = None) -> tuple[float, float]:
+    """(fraction of peak FLOP/s, fraction of bandwidth) the op reaches; (1, 1) if uncalibrated."""
+    fig = _lookup(device.efficiency, category, op)
     if fig is None:
         return 1.0, 1.0
     return float(fig.value.get("compute", 1.0)), float(fig.value.get("memory", 1.0))
 
 
-def op_cost(device: Device, category: str, dtype: str, flops: float, nbytes: float) -> OpCost:
+def op_cost(device: Device, category: str, dtype: str, flops: float, nbytes: float, op: str | None = None) -> OpCost:
     """Roofline cost of one op call; `dtype` must be one the device has (peak_flops raises otherwise)."""
-    eta_c, eta_m = efficiency(device, category)
+    eta_c, eta_m = efficiency(device, category, op)
     compute = flops / (device.peak_flops(dtype) * eta_c) if flops else 0.0
     memory = nbytes / (bandwidth_at(device, nbytes) * eta_m) if nbytes else 0.0
-    return OpCost(compute, memory, overhead(device, category))
+    return OpCost(compute, memory, overhead(device, category, op))
