@@ -1,0 +1,194 @@
+"""A real, small scaling study: tiny character-level GPTs trained on the King James Bible at several (N, D).
+
+Each run trains one `GPT` from scratch on D training tokens (D = steps · batch · block, a fraction of one
+epoch of the 3.7 M-character training split, so no token is seen twice) with AdamW and a cosine schedule whose
+length matches D (Chinchilla's point: a schedule longer than the run overestimates the loss at D). The final
+loss is measured on the same fixed, seeded validation windows for every run, so the comparison between runs
+does not carry sampling noise of its own.
+
+N is the non-embedding parameter count (Kaplan et al. 2020): at these sizes the 65×d token and T×d position
+tables are a large, size-independent share that bends a power law in total parameters. The total is kept too.
+Compute is reported as 6·N·D (the law's C); the attention term 6·L·T·d per token is reported separately.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from effml.errors import ConfigError
+
+# (n_layer, n_embd) of the model sizes the benchmark uses; head size 16 (d/16 heads)
+DEMO_SIZES = ((1, 32), (2, 48), (2, 64), (3, 96))
+DEMO_TOKENS = (250_000, 500_000, 1_000_000)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a model shape and a token budget; the recipe is shared by all runs."""
+
+    n_layer: int
+    n_embd: int
+    tokens: int  # training tokens D (rounded to whole steps)
+    head_size: int = 16
+    batch_size: int = 32
+    block_size: int = 64
+    lr: float = 3e-3  # peak AdamW learning rate
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.1  # cosine decays to lr · min_lr_frac
+    weight_decay: float = 0.0
+    eval_batches: int = 16  # validation windows: eval_batches · batch_size · block_size tokens
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_embd", "tokens", "head_size", "batch_size", "block_size", "eval_batches"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"RunSpec.{name} must be positive, got {getattr(self, name)!r}")
+        if self.n_embd % self.head_size:
+            raise ConfigError(f"RunSpec.n_embd={self.n_embd} is not a multiple of head_size={self.head_size}")
+        if not self.lr > 0 or not 0 <= self.warmup_frac < 1 or not 0 <= self.min_lr_frac <= 1:
+            raise ConfigError(f"RunSpec lr={self.lr}, warmup_frac={self.warmup_frac}, "
+                              f"min_lr_frac={self.min_lr_frac} out of range")
+
+    @property
+    def steps(self) -> int:
+        return max(1, round(self.tokens / (self.batch_size * self.block_size)))
+
+    def gpt_config(self):
+        from effml.zoo.gpt import GPTConfig
+
+        return GPTConfig(vocab_size=65, block_size=self.block_size, n_layer=self.n_layer,
+                         n_head=self.n_embd // self.head_size, n_embd=self.n_embd)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    n_layer: int
+    n_embd: int
+    params: int  # non-embedding parameters, the N of the fit
+    total_params: int
+    tokens: int  # D actually trained on: steps · batch · block
+    steps: int
+    flops: float  # 6·N·D
+    attn_flops: float  # 6·L·T·d·D, not in 6ND
+    train_loss: float  # mean over the last 10% of steps
+    val_loss: float  # nats/char on the fixed validation windows
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_at(step: int, spec: RunSpec) -> float:
+    """Linear warmup then cosine to min_lr_frac·lr, over exactly spec.steps steps."""
+    warm = max(1, int(spec.warmup_frac * spec.steps))
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, spec.steps - warm)
+    return spec.lr * (spec.min_lr_frac + (1 - spec.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_run(spec: RunSpec, corpus=None) -> RunResult:
+    """Train one tiny GPT on KJV for spec.tokens tokens and measure its validation loss."""
+    import torch
+    import torch.nn.functional as F
+
+    from effml.zoo.gpt import GPT
+    from effml.zoo.text import BatchSampler, kjv_corpus
+
+    corpus = corpus if corpus is not None else kjv_corpus()
+    cfg = spec.gpt_config()
+    if spec.tokens > corpus.train.numel():
+        raise ConfigError(f"RunSpec.tokens={spec.tokens} exceeds the {corpus.train.numel()} training tokens "
+                          "(the law assumes no repeated data)")
+    torch.manual_seed(spec.seed)
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=spec.weight_decay)
+    sampler = BatchSampler(corpus.train, spec.batch_size, spec.block_size, seed=spec.seed)
+    t0 = time.perf_counter()
+    tail, tail_from = [], int(0.9 * spec.steps)
+    model.train()
+    for step in range(spec.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, spec)
+        x, y = sampler()  # (B, T), (B, T)
+        logits = model(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step >= tail_from:
+            tail.append(loss.item())
+    val = evaluate(model, corpus.val, spec)
+    seconds = time.perf_counter() - t0
+    N = cfg.non_embedding_params()
+    D = spec.steps * spec.batch_size * spec.block_size
+    return RunResult(spec.n_layer, spec.n_embd, N, sum(p.numel() for p in model.parameters()), D, spec.steps,
+                     6.0 * N * D, 6.0 * spec.n_layer * spec.block_size * spec.n_embd * D,
+                     sum(tail) / len(tail), val, seconds)
+
+
+def evaluate(model, val_tokens, spec: RunSpec) -> float:
+    """Mean cross-entropy (nats/char) on eval_batches fixed windows (seed 1234, the same for every run)."""
+    import torch
+    import torch.nn.functional as F
+
+    from effml.zoo.text import BatchSampler
+
+    sampler = BatchSampler(val_tokens, spec.batch_size, spec.block_size, seed=1234)
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for _ in range(spec.eval_batches):
+            x, y = sampler()  # (B, T), (B, T)
+            logits = model(x)  # (B, T, vocab)
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item()
+    model.train()
+    return total / spec.eval_batches
+
+
+def grid_specs(sizes=DEMO_SIZES, tokens=DEMO_TOKENS, **recipe) -> list[RunSpec]:
+    """Every (size, tokens) pair, smallest compute first."""
+    specs = [RunSpec(L, d, D, **recipe) for (L, d) in sizes for D in tokens]
+    return sorted(specs, key=lambda s: s.gpt_config().non_embedding_params() * s.tokens)
+
+
+def run_grid(specs: list[RunSpec], threads: int = 2, on_result=None) -> list[RunResult]:
+    """Train every spec in turn (torch limited to `threads`); on_result(result) after each, e.g. to log."""
+    import torch
+
+    from effml.zoo.text import kjv_corpus
+
+    torch.set_num_threads(threads)
+    corpus = kjv_corpus()
+    results = []
+    for spec in specs:
+        results.append(train_run(spec, corpus))
+        if on_result is not None:
+            on_result(results[-1])
+    return results
+
+
+def results_to_runs(results: list[RunResult]):
+    """The (N, D, loss) arrays the fitter takes, from val losses."""
+    import numpy as np
+
+    from effml.scaling.fit import Runs
+
+    return Runs(np.array([r.params for r in results], dtype=float), np.array([r.tokens for r in results], dtype=float),
+                np.array([r.val_loss for r in results]))
+
+
+def write_runs_csv(results: list[RunResult], path) -> None:
+    """CSV that `effml scale --fit` reads (params, tokens, loss) plus the rest of each run."""
+    import csv
+
+    keys = list(RunResult.__dataclass_fields__)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["params", "tokens", "loss", *[k for k in keys if k not in ("params", "tokens")]])
+        for r in results:
+            d = r.to_dict()
+            w.writerow([d["params"], d["tokens"], d["val_loss"], *[d[k] for k in keys if k not in ("params", "tokens")]])
