@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "predict": "effml.cli.predict_cmd",
     "calibrate": "effml.cli.calibrate_cmd",
     "bench": "effml.cli.bench_cmd",
+    "scale": "effml.cli.scale_cmd",
 }
 
 
