@@ -1,0 +1,78 @@
+"""The HTML report: content from the runs, and the page rendered in real headless Chromium."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from effml.hardware import predict
+from effml.hardware.plot import roofline_figure
+from effml.study import report
+from effml.study.rows import flatten, frontier_keys, headline
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def test_headline_and_frontier(runs):
+    rows = [flatten(r, ["h100"]) for r in runs]
+    # measured latency frontier: student (0.8 ms, 88%), int8 (1.0 ms, 89.8%), baseline (2.0 ms, 90%);
+    # prune-80% (1.5 ms, 89.5%) is beaten by int8 on both, 'bad' by everything
+    assert frontier_keys(rows, "latency_ms") == ["student", "int8", "baseline"]
+    lines = headline(rows)
+    # within 1 pt: int8 is the fastest (2.0/1.0 = 2×) and prune-80% the smallest (246824/60000 = 4.1×)
+    assert lines[0].startswith("int8 is 4.0× smaller and 2.00× faster (measured) at -0.2 pt")
+    assert lines[1].startswith("prune-80% is 4.1× smaller and 1.33× faster (measured) at -0.5 pt")
+
+
+def _html(runs, lenet_profile):
+    roof = roofline_figure({"h100": predict(lenet_profile, "h100", dtype="fp32")}, "roofline on h100")
+    return report.render(runs, ["h100"], best_profile=lenet_profile, roofline=roof,
+                         meta={"title": "test study", "best": "int8"})
+
+
+def test_report_is_self_contained(runs, lenet_profile):
+    page = _html(runs, lenet_profile)
+    assert "<script src=" not in page and "<link" not in page  # nothing fetched: plotly.js is inlined
+    assert "plotly.js" in page and len(page) > 3_000_000
+    assert page.count('class="plotly-graph-div"') == 4  # pareto, layers, roofline, predicted-vs-measured
+    for name in ("baseline", "prune-80%", "int8", "bad", "student"):
+        assert f">{name}</td>" in page
+    switch = json.loads(page.split("const SWITCH = ")[1].split(";\n")[0])
+    assert set(switch) >= {"latency_ms", "size_bytes", "flops", "pred_ms@h100", "energy_mj@h100", "usd_1m@h100"}
+
+
+def test_report_renders_in_chromium(runs, lenet_profile, tmp_path):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: .ci/run installs it")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path = report.write(tmp_path / "report.html", _html(runs, lenet_profile))
+    errors = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(path.as_uri())
+        page.wait_for_selector("#pareto svg.main-svg")
+        for div in ("pareto", "layers", "roofline", "predicted"):
+            assert page.locator(f"#{div} svg.main-svg").count() >= 1, f"chart {div} did not render"
+        title = page.locator("#pareto .xtitle").text_content()
+        assert title.startswith("latency, measured")
+        page.select_option("#cost-axis", "size_bytes")
+        page.wait_for_function("document.querySelector('#pareto .xtitle').textContent.startsWith('model size')")
+        xs = page.evaluate("document.getElementById('pareto').data[1].x")
+        assert xs == [30_000, 60_000, 62_000, 246_824]  # size frontier: student, prune-80%, int8, baseline
+        first = page.locator("#runs tbody tr td").first.inner_text()
+        page.click("#runs th[data-col='2']")  # sort by accuracy, ascending: 'bad' first
+        assert page.locator("#runs tbody tr td").first.inner_text() == "bad" != first or first == "bad"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(RESULTS / "report_test.png"), full_page=True)
+        browser.close()
+    assert errors == []
