@@ -1,0 +1,78 @@
+"""Which layers a compression touches, validated by name; and the bytes a model takes as stored."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from effml.errors import ConfigError
+
+# type names a config may list in `targets`
+LAYER_TYPES: dict[str, type] = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "Conv3d": nn.Conv3d}
+
+
+def check_fraction(value, field: str) -> float:
+    """A sparsity/ratio must lie in [0, 1): 1 would remove everything."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"{field} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_targets(targets: Iterable[str], field: str) -> tuple[str, ...]:
+    targets = tuple(targets)
+    bad = [t for t in targets if t not in LAYER_TYPES]
+    if bad or not targets:
+        raise ConfigError(f"{field} {bad or targets!r}: layer types must be among {', '.join(LAYER_TYPES)}")
+    return targets
+
+
+def unknown_name_error(name: str, known: Iterable[str], what: str = "layer") -> ConfigError:
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; the model has {', '.join(known[:12])}" + \
+        (" ..." if len(known) > 12 else "")
+    return ConfigError(f"{what} {name!r} does not exist in the model{hint}")
+
+
+def select_layers(model: nn.Module, targets: Iterable[str] = ("Linear", "Conv2d"), names: Iterable[str] | None = None,
+                  exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """name -> module of the weight layers a technique applies to; unknown names are errors."""
+    modules = dict(model.named_modules())
+    types = tuple(LAYER_TYPES[t] for t in targets)
+    for n in list(names or []) + list(exclude):
+        if n not in modules:
+            raise unknown_name_error(n, [k for k, m in modules.items() if isinstance(m, types)])
+    wanted = set(names) if names is not None else None
+    out = {}
+    for name, m in modules.items():
+        if not isinstance(m, types) or name in exclude or (wanted is not None and name not in wanted):
+            continue
+        out[name] = m
+    if names is not None:
+        wrong = [n for n in names if n not in out and n not in exclude]
+        if wrong:
+            raise ConfigError(f"layer {wrong[0]!r} is a {type(modules[wrong[0]]).__name__}, not one of the "
+                              f"target types {', '.join(targets)}")
+    return out
+
+
+def param_bytes(model: nn.Module, bytes_per_param: float = 4.0) -> int:
+    """Bytes of every parameter (each shared tensor once) at bytes_per_param: dense fp32 by default."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return int(total * bytes_per_param)
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters, each shared tensor once."""
+    return sum({id(p): p.numel() for p in model.parameters()}.values())
+
+
+def count_nonzero(model: nn.Module) -> int:
+    return int(sum(int(torch.count_nonzero(p)) for p in {id(p): p for p in model.parameters()}.values()))

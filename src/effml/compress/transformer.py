@@ -1,0 +1,132 @@
+"""Channel groups of transformer blocks: whole attention heads and the MLP intermediate.
+
+Transformers are not FX-traced (HF models do not trace cleanly); instead each rule recognises one block
+layout by its modules and returns the groups. The residual stream (hidden size) is never pruned: its
+LayerNorms normalise over it, so removing features would change every other feature's output.
+
+- `hf-bert`: BertAttention (`self.query/key/value` + `output.dense`): head h = rows h*hd..(h+1)*hd-1 of
+  q, k, v and the same columns of the output projection; `num_attention_heads`/`all_head_size` updated
+  (the forward views heads with -1, so the smaller module runs as is). BertLayer MLP: `intermediate.dense`
+  rows + `output.dense` columns.
+- `effml-gpt`: the zoo GPT's fused `qkv` (segments q|k|v at offsets 0, C, 2C) + `proj`; the attention is
+  replaced by `HeadPrunedAttention` (its forward splits by heads x head_dim, not by C). MLP: `mlp.0` rows +
+  `mlp.2` columns.
+- `llama-mlp`: `gate_proj`/`up_proj` rows + `down_proj` columns (HF Llama, Mistral, SmolLM2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effml.compress.registry import Registry
+from effml.compress.structured import Group, Member
+
+RULES: Registry = Registry("transformer structure rule")
+
+
+class HeadPrunedAttention(nn.Module):
+    """Causal self-attention with n_head heads of head_dim each (n_head * head_dim may be < n_embd)."""
+
+    def __init__(self, n_embd: int, n_head: int, head_dim: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.n_head, self.head_dim, self.dropout = n_head, head_dim, dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_head * head_dim, bias=bias)
+        self.proj = nn.Linear(n_head * head_dim, n_embd, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        inner = self.n_head * self.head_dim
+        q, k, v = self.qkv(x).split(inner, dim=2)  # 3 x (B, T, H*hd)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, T, inner))  # (B, T, C)
+
+
+def _linear_members(name: str, lin: nn.Linear, dim: int, role: str, block: int = 1,
+                    segments: tuple[int, ...] = (0,)) -> list[Member]:
+    mems = [Member(name, "weight", dim, role, block, segments)]
+    if lin.bias is not None and dim == 0:
+        mems.append(Member(name, "bias", 0, role, block, segments))
+    return mems
+
+
+def _join(prefix: str, attr: str) -> str:
+    return f"{prefix}.{attr}" if prefix else attr
+
+
+@RULES.register("hf-bert")
+def bert_groups(model: nn.Module) -> list[Group]:
+    groups = []
+    for name, m in model.named_modules():
+        sa, out, inter = getattr(m, "self", None), getattr(m, "output", None), getattr(m, "intermediate", None)
+        out_dense = getattr(out, "dense", None)
+        if (isinstance(sa, nn.Module) and all(isinstance(getattr(sa, k, None), nn.Linear) for k in ("query", "key", "value"))
+                and hasattr(sa, "num_attention_heads") and isinstance(out_dense, nn.Linear)):
+            hd, heads = sa.attention_head_size, sa.num_attention_heads
+            mems = []
+            for k in ("query", "key", "value"):
+                mems += _linear_members(_join(name, f"self.{k}"), getattr(sa, k), 0, "out", hd)
+            mems += _linear_members(_join(name, "output.dense"), out_dense, 1, "in", hd)
+
+            def fix(model, keep, sa=sa, hd=hd):
+                sa.num_attention_heads = len(keep)
+                sa.all_head_size = len(keep) * hd
+
+            groups.append(Group(name, "heads", heads, mems, [fix]))
+        inter_dense = getattr(inter, "dense", None)
+        if isinstance(inter_dense, nn.Linear) and isinstance(out_dense, nn.Linear):
+            mems = _linear_members(_join(name, "intermediate.dense"), inter_dense, 0, "out")
+            mems += _linear_members(_join(name, "output.dense"), out_dense, 1, "in")
+            groups.append(Group(_join(name, "intermediate"), "mlp", inter_dense.out_features, mems))
+    return groups
+
+
+@RULES.register("effml-gpt")
+def gpt_groups(model: nn.Module) -> list[Group]:
+    from effml.zoo.gpt import CausalSelfAttention
+
+    groups = []
+    for name, m in model.named_modules():
+        if isinstance(m, (CausalSelfAttention, HeadPrunedAttention)):
+            heads = m.n_head
+            hd = m.head_dim if isinstance(m, HeadPrunedAttention) else m.qkv.in_features // heads
+            inner = heads * hd
+            mems = _linear_members(_join(name, "qkv"), m.qkv, 0, "out", hd, (0, inner, 2 * inner))
+            mems += _linear_members(_join(name, "proj"), m.proj, 1, "in", hd)
+
+            def fix(model, keep, name=name, hd=hd):
+                old = model.get_submodule(name)
+                new = HeadPrunedAttention(old.qkv.in_features, len(keep), hd, old.qkv.bias is not None, old.dropout)
+                new.qkv, new.proj = old.qkv, old.proj
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+            groups.append(Group(name, "heads", heads, mems, [fix]))
+        mlp = getattr(m, "mlp", None)
+        if (isinstance(mlp, nn.Sequential) and len(mlp) == 3 and isinstance(mlp[0], nn.Linear)
+                and isinstance(mlp[2], nn.Linear)):
+            mems = _linear_members(_join(name, "mlp.0"), mlp[0], 0, "out")
+            mems += _linear_members(_join(name, "mlp.2"), mlp[2], 1, "in")
+            groups.append(Group(_join(name, "mlp"), "mlp", mlp[0].out_features, mems))
+    return groups
+
+
+@RULES.register("llama-mlp")
+def llama_mlp_groups(model: nn.Module) -> list[Group]:
+    groups = []
+    for name, m in model.named_modules():
+        parts = [getattr(m, k, None) for k in ("gate_proj", "up_proj", "down_proj")]
+        if all(isinstance(p, nn.Linear) for p in parts):
+            mems = _linear_members(_join(name, "gate_proj"), parts[0], 0, "out")
+            mems += _linear_members(_join(name, "up_proj"), parts[1], 0, "out")
+            mems += _linear_members(_join(name, "down_proj"), parts[2], 1, "in")
+            groups.append(Group(name, "mlp", parts[0].out_features, mems))
+    return groups
+
+
+def transformer_groups(model: nn.Module) -> list[Group]:
+    """Groups found by every rule (empty when the model has no transformer block we know)."""
+    return [g for rule in RULES.names() for g in RULES.get(rule)(model)]

@@ -1,0 +1,171 @@
+"""Train and evaluate a classifier: the loop compression fine-tuning, QAT and the study pipeline share.
+
+    res = fit(model, data, epochs=3, lr=1e-3, seed=0)     # data: a DataBundle or any iterable of (x, y)
+    acc = evaluate(model, data.test)                        # top-1 accuracy in [0, 1]
+
+`step_hook()` runs after every optimizer step (e.g. re-apply pruning masks); `callback(what, frac)` reports
+progress (the CLI draws a bar with it). The model's output may be logits or an object with `.logits`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effml.errors import ConfigError
+
+Progress = Callable[[str, float], None]
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: float = 1.0  # fractions allowed: 0.5 = half an epoch
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"
+    label_smoothing: float = 0.0
+    max_steps: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.epochs > 0:
+            raise ConfigError(f"FitConfig.epochs must be > 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"FitConfig.lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"FitConfig.optimizer {self.optimizer!r} unknown; expected one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"FitConfig.schedule {self.schedule!r} unknown; expected one of {SCHEDULES}")
+        if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
+            raise ConfigError("FitConfig needs weight_decay >= 0 and 0 <= label_smoothing < 1")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"FitConfig.max_steps must be positive, got {self.max_steps}")
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs: float
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # mean training loss per epoch (or partial epoch)
+    train_accuracy: float | None = None  # running accuracy over the last epoch's batches
+    test_accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def logits_of(out) -> torch.Tensor:
+    """Model output -> logits tensor: a tensor, an object with .logits, or a tuple whose first item is one."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise ConfigError(f"cannot read logits from a model output of type {type(out).__name__}")
+
+
+def _split(data) -> tuple[Iterable, Iterable | None]:
+    train = getattr(data, "train", data)
+    return train, getattr(data, "test", None)
+
+
+def _optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("fit: the model has no trainable parameters")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fit(model: nn.Module, data, config: FitConfig | None = None, *, step_hook: Callable[[], None] | None = None,
+        callback: Progress | None = None, loss_fn: Callable | None = None, evaluate_after: bool = True,
+        **overrides) -> FitResult:
+    """Train `model` in place with cross-entropy (or `loss_fn(logits, y)`); FitConfig fields as keywords work.
+
+    data: a DataBundle (train on .train, report accuracy on .test) or an iterable of (x, y) batches.
+    """
+    cfg = config or FitConfig(**overrides)
+    if config is not None and overrides:
+        from dataclasses import replace
+
+        cfg = replace(config, **overrides)
+    train, test = _split(data)
+    try:
+        per_epoch = len(train)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError("fit: the training data must have a length (batches per epoch)") from None
+    total = max(1, math.ceil(per_epoch * cfg.epochs))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    torch.manual_seed(cfg.seed)
+    opt = _optimizer(model, cfg)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine" else None)
+    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
+    progress = callback or (lambda what, frac: None)
+    model.train()
+    t0, step, losses = time.perf_counter(), 0, []
+    correct = seen = 0
+    while step < total:
+        running, batches, correct, seen = 0.0, 0, 0, 0
+        for x, y in train:
+            logits = logits_of(model(x))  # (B, classes)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if step_hook is not None:
+                step_hook()
+            running += loss.item()
+            batches += 1
+            correct += int((logits.argmax(-1) == y).sum())
+            seen += len(y)
+            step += 1
+            progress(f"training: loss {running / batches:.3f}", step / total)
+            if step >= total:
+                break
+        losses.append(running / max(batches, 1))
+    model.eval()
+    res = FitResult(step, step / per_epoch, time.perf_counter() - t0, losses, correct / seen if seen else None)
+    if evaluate_after and test is not None:
+        res.test_accuracy = evaluate(model, test)
+    return res
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> float:
+    """Top-1 accuracy in [0, 1] of `model` on (x, y) batches, in eval mode (restores the previous mode)."""
+    was_training = model.training
+    model.eval()
+    correct = seen = 0
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        correct += int((logits_of(model(x)).argmax(-1) == y).sum())
+        seen += len(y)
+    model.train(was_training)
+    if seen == 0:
+        raise ConfigError("evaluate: the data gave no batches")
+    return correct / seen
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, loader: Iterable) -> torch.Tensor:
+    """(N,) predicted classes over the loader (agreement between a model and its compressed copy)."""
+    model.eval()
+    return torch.cat([logits_of(model(x)).argmax(-1) for x, _ in loader])
