@@ -22,7 +22,7 @@ from effml.cost import formulas  # noqa: F401  (registers the formulas)
 from effml.cost.formulas.linalg import AttentionShape
 from effml.cost.profile import OpEvent, Profile
 from effml.cost.registry import OpCost, bytes_of, lookup, tensors
-from effml.cost.tracking import LiveMemory, ModuleTracker
+from effml.cost.tracking import LiveMemory, ModuleTracker, weights
 from effml.errors import EffmlError, ModelError
 from effml.units import dtype_name
 
@@ -30,11 +30,18 @@ SDPA = torch.nn.functional.scaled_dot_product_attention
 SDPA_OP = "aten.scaled_dot_product_attention"
 
 
+_QUANTIZED = {torch.quint8: "int8", torch.qint8: "int8", torch.qint32: "int32", torch.quint4x2: "int4"}
+
+
 def _dtype_label(tree) -> str:
+    """The dtype an op computes in: its first floating tensor's, else a quantized one's, else the first's."""
     ts = tensors(tree)
     for t in ts:
         if t.is_floating_point():
             return dtype_name(t.dtype)
+    for t in ts:
+        if t.dtype in _QUANTIZED:
+            return _QUANTIZED[t.dtype]
     return str(ts[0].dtype).removeprefix("torch.") if ts else "none"
 
 
@@ -66,7 +73,7 @@ class _Counter:
             cost = entry.formula(args, kwargs, out)
             read = bytes_of((args, kwargs)) if cost.bytes_read is None else cost.bytes_read
             written = bytes_of(out) if cost.bytes_written is None else cost.bytes_written
-            self.add(op, entry.category, cost, read, written, _dtype_label((args, out)))
+            self.add(op, entry.category, cost, read, written, cost.dtype or _dtype_label((args, out)))
         self.memory.track(out)
 
     # ---- fused attention ---------------------------------------------------------------------------
@@ -184,11 +191,11 @@ def profile(model: nn.Module, *example_inputs, backward: bool = False, forward_k
                 p.grad = g
     return Profile(
         events=counter.events,
-        params=sum(p.numel() for p in params),
+        params=weights(model)[0],
         modules=tracker.info,
         peak_activation_bytes=peak,
         unsupported=dict(counter.unsupported),
-        param_bytes=sum(p.numel() * p.element_size() for p in params),
+        param_bytes=weights(model)[1],
         buffer_bytes=sum(b.numel() * b.element_size() for b in buffers),
         meta={
             "model": name or type(model).__name__,

@@ -25,6 +25,7 @@ class OpCost:
     macs: int = 0
     bytes_read: int | None = None  # None: generic rule
     bytes_written: int | None = None
+    dtype: str | None = None  # the dtype the op computes in, when not its tensors' (e.g. dynamic int8)
 
 
 Formula = Callable[[tuple, dict, Any], OpCost]

@@ -13,6 +13,24 @@ from effml.cost.profile import ModuleInfo
 from effml.cost.registry import tensors
 
 
+def packed_weights(model: nn.Module) -> list[torch.Tensor]:
+    """Weights and biases hidden in the packed parameters of quantized modules (torch.ao int8)."""
+    from effml.cost.formulas.quantized import unpack
+
+    out = []
+    for mod in model.modules():
+        packed = getattr(mod, "_packed_params", None)
+        if packed is not None and not isinstance(packed, nn.Module):  # the ScriptObject itself, once
+            out.extend(t for t in unpack(packed) if t is not None)
+    return out
+
+
+def weights(model: nn.Module) -> tuple[int, int]:
+    """(count, bytes) of a module's parameters, each tensor once, plus quantized packed weights."""
+    tensors_ = list(model.parameters()) + packed_weights(model)
+    return sum(t.numel() for t in tensors_), sum(t.numel() * t.element_size() for t in tensors_)
+
+
 class ModuleTracker:
     """Names of the modules active at each op: a stack in forward; in backward, the modules whose output
     gradients have arrived and whose input gradients have not (found with multi-grad hooks, as
@@ -24,7 +42,7 @@ class ModuleTracker:
         self.info: dict[str, ModuleInfo] = {}
         for name, mod in model.named_modules():
             self.names[id(mod)] = name
-            self.info[name] = ModuleInfo(type(mod).__name__, sum(p.numel() for p in mod.parameters()))
+            self.info[name] = ModuleInfo(type(mod).__name__, weights(mod)[0])
         self.stack: list[str] = []
         self.backward_active: Counter[str] = Counter()
         self._handles: list = []

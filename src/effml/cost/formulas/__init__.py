@@ -1,3 +1,3 @@
 """Importing this package registers every formula (see effml.cost.registry.FORMULAS)."""
 
-from effml.cost.formulas import linalg, memory, pointwise  # noqa: F401
+from effml.cost.formulas import linalg, memory, pointwise, quantized  # noqa: F401
