@@ -24,17 +24,21 @@ def mlp(in_features: int = 784, hidden: tuple[int, ...] = (300, 100), num_classe
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 for 28x28 inputs (conv 5x5 padded to keep 28x28, as for MNIST): 61,706 parameters."""
+    """LeNet-5 for 28x28 inputs (conv 5x5 padded to keep 28x28, as for MNIST): 61,706 parameters.
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+    `width` scales every hidden layer (6, 16 channels; 120, 84 units), e.g. 0.5 for a distillation student.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: float = 1.0):
         super().__init__()
+        c1, c2, f1, f2 = (max(1, round(n * width)) for n in (6, 16, 120, 84))
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # (B, 6, 14, 14)
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),  # (B, 16, 5, 5)
+            nn.Conv2d(in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # (B, c1, 14, 14)
+            nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),  # (B, c2, 5, 5)
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-            nn.Linear(84, num_classes),
+            nn.Flatten(), nn.Linear(c2 * 5 * 5, f1), nn.ReLU(), nn.Linear(f1, f2), nn.ReLU(),
+            nn.Linear(f2, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, 28, 28)
@@ -42,9 +46,9 @@ class LeNet5(nn.Module):
 
 
 @zoo_model("lenet5", input_shape=(1, 1, 28, 28))
-def lenet5(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+def lenet5(in_channels: int = 1, num_classes: int = 10, width: float = 1.0) -> nn.Module:
     """LeNet-5 (ReLU, max-pool) for 28x28 images such as Fashion-MNIST."""
-    return LeNet5(in_channels, num_classes)
+    return LeNet5(in_channels, num_classes, width)
 
 
 class VGG(nn.Module):
