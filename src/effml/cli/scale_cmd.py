@@ -50,9 +50,11 @@ def _law(spec: str):
 
     if spec.endswith(".json") or Path(spec).is_file():
         try:
-            return ScalingLaw.from_dict(json.loads(Path(spec).read_text()) | {"name": Path(spec).stem})
+            data = json.loads(Path(spec).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"--law {spec}: cannot read a law from it ({exc})") from None
+        data = data.get("law", data) if isinstance(data, dict) else {}
+        return ScalingLaw.from_dict({**data, "name": Path(spec).stem, "source": str(spec)})
     return get_law(spec)
 
 

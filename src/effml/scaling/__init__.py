@@ -10,7 +10,7 @@ Hardware ($, GPU-hours) is reached only through `effml.hardware.get_device` (see
 """
 
 from effml.scaling.budget import Budget, Conversion, Plan, allocate, convert, cost_of, plan_for_params
-from effml.scaling.fit import FitConfig, FitError, FitResult, Interval, Runs, fit, read_runs
+from effml.scaling.fitting import FitConfig, FitError, FitResult, Interval, Runs, fit, read_runs
 from effml.scaling.laws import (CHINCHILLA_TOKENS_PER_PARAM, FLOPS_PER_PARAM_TOKEN, LAWS, Allocation, IsoFlopCurve,
                                 ScalingLaw, compute_optimal, get_law, isoflop, loss, optimal_for_params,
                                 register_law, tokens_per_param_allocation)

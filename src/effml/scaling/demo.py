@@ -22,6 +22,9 @@ from effml.errors import ConfigError
 # (n_layer, n_embd) of the model sizes the benchmark uses; head size 16 (d/16 heads)
 DEMO_SIZES = ((1, 32), (2, 48), (2, 64), (3, 96))
 DEMO_TOKENS = (250_000, 500_000, 1_000_000)
+# peak learning rate = LR_WIDTH / n_embd (μP-style 1/width): the best of a 2× sweep at d = 32 (0.02) and
+# d = 64 (0.01) on 250k KJV tokens
+LR_WIDTH = 0.64
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,9 @@ class RunSpec:
     n_embd: int
     tokens: int  # training tokens D (rounded to whole steps)
     head_size: int = 16
-    batch_size: int = 32
+    batch_size: int = 16
     block_size: int = 64
-    lr: float = 3e-3  # peak AdamW learning rate
+    lr: float | None = None  # peak AdamW learning rate; None = LR_WIDTH / n_embd
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.1  # cosine decays to lr · min_lr_frac
     weight_decay: float = 0.0
@@ -47,9 +50,13 @@ class RunSpec:
                 raise ConfigError(f"RunSpec.{name} must be positive, got {getattr(self, name)!r}")
         if self.n_embd % self.head_size:
             raise ConfigError(f"RunSpec.n_embd={self.n_embd} is not a multiple of head_size={self.head_size}")
-        if not self.lr > 0 or not 0 <= self.warmup_frac < 1 or not 0 <= self.min_lr_frac <= 1:
+        if (self.lr is not None and not self.lr > 0) or not 0 <= self.warmup_frac < 1 or not 0 <= self.min_lr_frac <= 1:
             raise ConfigError(f"RunSpec lr={self.lr}, warmup_frac={self.warmup_frac}, "
                               f"min_lr_frac={self.min_lr_frac} out of range")
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else LR_WIDTH / self.n_embd
 
     @property
     def steps(self) -> int:
@@ -84,9 +91,25 @@ def lr_at(step: int, spec: RunSpec) -> float:
     """Linear warmup then cosine to min_lr_frac·lr, over exactly spec.steps steps."""
     warm = max(1, int(spec.warmup_frac * spec.steps))
     if step < warm:
-        return spec.lr * (step + 1) / warm
+        return spec.peak_lr * (step + 1) / warm
     progress = (step - warm) / max(1, spec.steps - warm)
-    return spec.lr * (spec.min_lr_frac + (1 - spec.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return spec.peak_lr * (spec.min_lr_frac + (1 - spec.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def init_weights(model, std: float = 0.02) -> None:
+    """nanoGPT's initialisation: N(0, 0.02) weights and embeddings, zero biases, residual projections scaled
+    by 1/√(2·n_layer). The zoo GPT keeps PyTorch's defaults, whose N(0, 1) tied embeddings start the loss at
+    ~7 nats instead of ln 65 = 4.17 and cost a visible share of a few-hundred-step run."""
+    import torch
+    from torch import nn
+
+    n_layer = len(model.blocks)
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            scale = 1 / math.sqrt(2 * n_layer) if name.endswith(("attn.proj", "mlp.2")) else 1.0
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            if getattr(module, "bias", None) is not None:
+                torch.nn.init.zeros_(module.bias)
 
 
 def train_run(spec: RunSpec, corpus=None) -> RunResult:
@@ -104,7 +127,8 @@ def train_run(spec: RunSpec, corpus=None) -> RunResult:
                           "(the law assumes no repeated data)")
     torch.manual_seed(spec.seed)
     model = GPT(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=spec.weight_decay)
+    init_weights(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.peak_lr, betas=(0.9, 0.95), weight_decay=spec.weight_decay)
     sampler = BatchSampler(corpus.train, spec.batch_size, spec.block_size, seed=spec.seed)
     t0 = time.perf_counter()
     tail, tail_from = [], int(0.9 * spec.steps)
@@ -175,7 +199,7 @@ def results_to_runs(results: list[RunResult]):
     """The (N, D, loss) arrays the fitter takes, from val losses."""
     import numpy as np
 
-    from effml.scaling.fit import Runs
+    from effml.scaling.fitting import Runs
 
     return Runs(np.array([r.params for r in results], dtype=float), np.array([r.tokens for r in results], dtype=float),
                 np.array([r.val_loss for r in results]))
