@@ -20,6 +20,10 @@ COMMANDS: dict[str, str] = {
     "calibrate": "effml.cli.calibrate_cmd",
     "bench": "effml.cli.bench_cmd",
     "scale": "effml.cli.scale_cmd",
+    "prune": "effml.cli.prune_cmd",
+    "quantize": "effml.cli.quantize_cmd",
+    "study": "effml.cli.study_cmd",
+    "report": "effml.cli.report_cmd",
 }
 
 

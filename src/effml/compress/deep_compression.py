@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from types import MappingProxyType
 from typing import Callable, Mapping
 
 import torch
@@ -61,7 +60,7 @@ class DeepCompressionConfig:
         if self.per_layer is not None:
             for k, v in self.per_layer.items():
                 check_fraction(v, f"DeepCompressionConfig.per_layer[{k!r}]")
-            object.__setattr__(self, "per_layer", MappingProxyType(dict(self.per_layer)))
+            object.__setattr__(self, "per_layer", dict(self.per_layer))  # a copy: later edits do not leak in
         for f in ("conv_bits", "fc_bits", "conv_index_bits", "fc_index_bits", "prune_steps"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -99,9 +98,7 @@ class DeepCompressionResult:
         return next(s for s in self.stages if s.name == name)
 
     def to_dict(self) -> dict:
-        cfg = asdict(self.config)
-        cfg["per_layer"] = dict(self.config.per_layer or {})
-        return {"stages": [s.to_dict() for s in self.stages], "layers": self.layers, "config": cfg}
+        return {"stages": [s.to_dict() for s in self.stages], "layers": self.layers, "config": asdict(self.config)}
 
 
 def layer_storage(w: torch.Tensor, mask: torch.Tensor, bits: int, index_bits: int,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Iterable, Mapping
 
 import torch
@@ -45,7 +44,7 @@ class PruneConfig:
     m: int = 4
     targets: tuple[str, ...] = ("Linear", "Conv2d")
     exclude: tuple[str, ...] = ()  # layer (or group) names left alone
-    index_bits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({"Conv2d": 8, "Linear": 5}))
+    index_bits: Mapping[str, int] = field(default_factory=lambda: {"Conv2d": 8, "Linear": 5})
 
     def __post_init__(self):
         KINDS.get(self.kind)
@@ -55,7 +54,7 @@ class PruneConfig:
                 raise ConfigError("PruneConfig.per_layer must map layer names to sparsities")
             for name, s in self.per_layer.items():
                 check_fraction(s, f"PruneConfig.per_layer[{name!r}]")
-            object.__setattr__(self, "per_layer", MappingProxyType(dict(self.per_layer)))
+            object.__setattr__(self, "per_layer", dict(self.per_layer))  # a copy: later edits do not leak in
         if self.scope not in SCOPES:
             raise ConfigError(f"PruneConfig.scope {self.scope!r} unknown; expected one of {SCOPES}")
         CRITERIA.get(self.criterion)
@@ -219,7 +218,8 @@ def channel_prune(model: nn.Module, config: PruneConfig, *, example_inputs=None,
         s = 0.0 if g.name in skip else per.get(g.name, config.sparsity)
         remove = int(round(s * g.channels))
         if remove >= g.channels:
-            raise ConfigError(f"pruning {s:.0%} of {g.name} would remove every one of its {g.channels} channels")
+            raise ConfigError(f"pruning {g.name} at sparsity {s} would remove every one of its {g.channels} channels "
+                              f"(round({s} x {g.channels}) = {remove}); lower its sparsity")
         if remove == 0:
             continue
         score = CRITERIA.get(config.criterion)(model, g)  # (channels,)

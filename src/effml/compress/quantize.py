@@ -89,6 +89,7 @@ class QuantResult:
     stored_bytes: int
     bits: int
     notes: list[str] = field(default_factory=list)
+    codes: dict[str, dict] | None = field(default=None, repr=False)  # linear/kmeans after freeze (for saving)
 
     @property
     def compression(self) -> float:
@@ -143,9 +144,8 @@ def linear_method(model: nn.Module, config: QuantConfig, **_) -> QuantResult:
     names, stored = _parametrize(model, config, make)
     notes = [f"weights only ({spec.granularity}, {'symmetric' if spec.symmetric else 'asymmetric'}); "
              "activations stay fp32"]
-    if not config.qat:
-        freeze(model)
-    return QuantResult("linear", model, names, count_params(model), dense, stored, config.bits, notes)
+    codes = None if config.qat else freeze(model)
+    return QuantResult("linear", model, names, count_params(model), dense, stored, config.bits, notes, codes)
 
 
 @METHODS.register("kmeans")
@@ -161,9 +161,8 @@ def kmeans_method(model: nn.Module, config: QuantConfig, **_) -> QuantResult:
     notes = [f"k-means weight sharing: {2 ** config.bits} centroids per layer (linear init), "
              f"{'trainable: ' + mode if config.qat else 'post-training'}; pruned zeros are kept out of the "
              "codebook (their positions belong to the sparse format)"]
-    if not config.qat:
-        freeze(model)
-    return QuantResult("kmeans", model, names, count_params(model), dense, stored, config.bits, notes)
+    codes = None if config.qat else freeze(model)
+    return QuantResult("kmeans", model, names, count_params(model), dense, stored, config.bits, notes, codes)
 
 
 @METHODS.register("int8")
