@@ -79,3 +79,21 @@ def test_local_prediction_includes_overheads(quick_local):
     # two adds of 192 B each: overhead 2 o (+ a negligible roofline term) + 3 module calls
     assert p.overhead_s == pytest.approx(2 * o + 3 * m)
     assert p.time_s >= p.overhead_s
+
+
+def test_fit_recovers_an_intensity_dependent_compute_efficiency():
+    from effml.hardware.roofline import compute_efficiency
+
+    peak, bw = 1e11, 1e10
+    truth = {"compute": 0.9, "memory": 1.0, "i_half": 16.0, "p": 1.0}
+    rows = []
+    # GEMM-like calls of rising intensity I (= rows / 2 for few rows): eta(I) = 0.9 I / (I + 16)
+    for i in (4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0):
+        b = 4e6
+        f = i * b
+        eta = compute_efficiency(truth, i)
+        rows.append({"ops": [(f, b)], "known_s": 0.0, "time_s": 3e-6 + max(f / (peak * eta), b / bw)})
+    fit = fit_group(rows, peak, lambda b: bw)
+    assert fit["rms_log_error"] < 0.02
+    for i in (4.0, 16.0, 256.0):  # the fitted curve matches where it was measured
+        assert compute_efficiency(fit, i) == pytest.approx(compute_efficiency(truth, i), rel=0.05)

@@ -74,3 +74,21 @@ def test_parse_batches():
         parse_batches("1,x")
     with pytest.raises(EffmlError, match="--batch"):
         parse_batches("0")
+
+
+def test_cpu_clock_needs_one_thread_and_records_wall_too():
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        cfg = MeasureConfig(warmup=0, min_repeats=5, max_repeats=5, clock="cpu", memory=False)
+        m = measure(nn.Linear(8, 8), torch.randn(2, 8), config=cfg)
+        assert m.clock == "cpu" and len(m.wall_times_s) == 5
+        assert m.to_dict()["wall_p50_s"] > 0
+        if old > 1:
+            torch.set_num_threads(2)
+            with pytest.raises(EffmlError, match="set_num_threads\\(1\\)"):
+                measure(nn.Identity(), torch.randn(2), config=cfg)
+    finally:
+        torch.set_num_threads(old)
+    with pytest.raises(EffmlError, match="clock"):
+        MeasureConfig(clock="sundial")

@@ -38,10 +38,18 @@ class CalibrateConfig:
     sample_s: float = 0.002  # target duration of one timed sample (inner loop grows to reach it)
     samples: int = 5
     categories: tuple[str, ...] | None = None  # micro-benchmark only these op categories (tests)
+    clock: str = "wall"  # "cpu": thread CPU time (needs 1 thread; robust on a shared machine)
+    statistic: str = "min"  # of the samples: "min" (timeit's choice: slower samples are interference) or "median"
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"CalibrateConfig.threads must be >= 1, got {self.threads}")
+        if self.statistic not in ("min", "median"):
+            raise ConfigError(f"CalibrateConfig.statistic must be 'min' or 'median', got {self.statistic!r}")
+        if self.clock not in ("wall", "cpu"):
+            raise ConfigError(f"CalibrateConfig.clock must be 'wall' or 'cpu', got {self.clock!r}")
+        if self.clock == "cpu" and self.threads != 1:
+            raise ConfigError("CalibrateConfig(clock='cpu') needs threads=1: CPU time of several threads is not latency")
         if self.sample_s <= 0 or self.samples < 1:
             raise ConfigError(f"CalibrateConfig needs sample_s > 0 and samples >= 1, got {self.sample_s}, {self.samples}")
 
@@ -67,20 +75,23 @@ class Calibration:
 
 # ---- timing ------------------------------------------------------------------------------------------
 def time_per_call(fn: Callable[[], object], config: CalibrateConfig) -> float:
-    """Median seconds per call; each sample loops `fn` long enough to last ~sample_s."""
+    """Seconds per call (min or median of `samples`); each sample loops `fn` long enough to last ~sample_s."""
+    from effml.measure.timing import clock_fn
+
+    clock = clock_fn(config.clock)
     fn()
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
-    once = max(time.perf_counter() - t0, 1e-7)
+    once = max(clock() - t0, 1e-7)
     inner = max(1, min(10_000, int(config.sample_s / once)))
     xs = []
     for _ in range(config.samples):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(inner):
             fn()
-        xs.append((time.perf_counter() - t0) / inner)
+        xs.append((clock() - t0) / inner)
     xs.sort()
-    return xs[len(xs) // 2]
+    return xs[0] if config.statistic == "min" else xs[len(xs) // 2]
 
 
 def _fig(value, how: str, stamp: str) -> dict:
@@ -151,15 +162,31 @@ def _bandwidth(config) -> tuple[list[list[float]], float]:
     return curve, copy
 
 
+MMAP_THRESHOLD_MAX = 32 << 20  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: larger blocks are always mmapped
+
+
+def _fresh_alloc(config) -> float:
+    """Bytes/s of first-touching fresh pages: add into a new 64 MiB output minus add into an existing one."""
+    import torch
+
+    n = (64 << 20) // 4
+    a, b, c = torch.empty(n), torch.randn(n), torch.randn(n)
+    cfg = CalibrateConfig(samples=3 if not config.quick else 1, sample_s=1e-6, threads=config.threads,
+                          clock=config.clock, statistic=config.statistic)  # one call per sample
+    t_out = time_per_call(lambda: torch.add(b, c, out=a), cfg)
+    t_new = time_per_call(lambda: torch.add(b, c), cfg)
+    return n * 4 / max(t_new - t_out, 0.05 * t_out)
+
+
 # ---- 3. per-category overhead and efficiency ---------------------------------------------------------
 def _count(case):
     import torch
 
     from effml.cost.counter import profile
-    from effml.hardware.microbench import FnModule
+    from effml.hardware.microbench import as_module
 
     with torch.no_grad():
-        return profile(FnModule(case.fn), *case.inputs).events
+        return profile(as_module(case.fn), *case.inputs).events
 
 
 def calibrate(config: CalibrateConfig | None = None, progress: Progress | None = None) -> Calibration:
@@ -167,7 +194,7 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
     import psutil
     import torch
 
-    from effml.hardware.microbench import FnModule, cases
+    from effml.hardware.microbench import as_module, cases
     from effml.hardware.roofline import MODULE_CALL
 
     config = config or CalibrateConfig()
@@ -176,7 +203,8 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
     if config.threads:
         torch.set_num_threads(config.threads)
     t_start = time.perf_counter()
-    stamp = f"{time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+    stamp = (f"{time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, "
+             f"{torch.backends.cpu.get_cpu_capability()}, {config.clock} clock, {config.statistic} of samples")
     try:
         progress("matmul fp32", 0.0)
         peak = {"fp32": _fig(*_peak_fp32(config), stamp=stamp)}
@@ -188,6 +216,7 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
             peak["int8"] = _fig(*i8, stamp=stamp)
         progress("bandwidth (triad, copy)", 0.2)
         curve, copy_bw = _bandwidth(config)
+        alloc_bw = _fresh_alloc(config)
         from effml.hardware.roofline import bandwidth_at
 
         probe = Device(LOCAL, LOCAL, "cpu", {"fp32": _figure(peak["fp32"])},
@@ -209,8 +238,9 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         for i, case in enumerate(all_cases):
             progress(f"{case.category}: {case.label}", 0.3 + 0.65 * i / len(all_cases))
             events = _count(case)
-            mod = FnModule(case.fn)
-            t = time_per_call(lambda: mod(*case.inputs), config) - module_call
+            mod = as_module(case.fn)
+            with torch.no_grad():
+                t = time_per_call(lambda: mod(*case.inputs), config) - module_call
             rows_by_cat.setdefault(case.category, []).append(
                 {"label": case.label, "time_s": max(t, 1e-8), "events": events})
         # views first: their overhead is then known inside every other case
@@ -221,7 +251,7 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         for key, fit in fit_op_model(rows_by_cat, view_o, p32, bw).items():
             how = (f"fit over {fit['n']} micro-benchmark(s) of {key} (rms log error {fit['rms_log_error']:.2f})")
             overhead[key] = _fig(fit["overhead_s"], how, stamp)
-            efficiency[key] = _fig({"compute": fit["compute"], "memory": fit["memory"]}, how, stamp)
+            efficiency[key] = _fig({k: fit[k] for k in ("compute", "memory", "i_half", "p") if k in fit}, how, stamp)
         report += [{"category": cat, "label": r["label"], "time_s": r["time_s"], "ops": r["ops"]}
                    for cat, rows in rows_by_cat.items() for r in rows]
         cats = sorted(float(f["value"]) for k, f in overhead.items() if k != MODULE_CALL and "." not in k)
@@ -239,8 +269,12 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         "bw_curve": _fig(curve, "triad bandwidth vs working-set bytes", stamp),
         "memory_bytes": _fig(float(psutil.virtual_memory().total), "psutil.virtual_memory().total", stamp),
         "overhead_s": overhead, "efficiency": efficiency,
+        "fresh_alloc": _fig({"threshold_bytes": MMAP_THRESHOLD_MAX, "bytes_per_s": alloc_bw},
+                            "torch.add into a new 64 MiB output minus into an existing one (page faults of "
+                            "mmapped blocks; threshold = glibc's 32 MiB mmap maximum)", stamp),
         "meta": {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                  "threads": config.threads or old_threads, "torch": torch.__version__, "quick": config.quick,
+                 "clock": config.clock,
                  "copy_bw": copy_bw, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "int8_kernel": peak.get("int8", {}).get("source", "none: no fbgemm/x86 quantized engine")},
     }

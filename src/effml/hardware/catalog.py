@@ -71,6 +71,7 @@ class Device:
     overhead_s: dict[str, Figure] = field(default_factory=dict)
     bw_curve: Figure | None = None  # value: [[working_set_bytes, bytes_per_s], ...] ascending
     efficiency: dict[str, Figure] = field(default_factory=dict)  # value: {"compute": f, "memory": f}
+    fresh_alloc: Figure | None = None  # value: {"threshold_bytes": n, "bytes_per_s": x} (page faults)
     aliases: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict)
 
@@ -147,7 +148,7 @@ class Device:
     def figures(self) -> Iterator[tuple[str, Figure]]:
         """Every figure with a dotted path, for audits (the source test walks these)."""
         for name in ("mem_bw", "memory_bytes", "sram_bytes", "flash_bytes", "tdp_w", "price", "unit_price",
-                     "clock_hz", "bw_curve"):
+                     "clock_hz", "bw_curve", "fresh_alloc"):
             fig = getattr(self, name)
             if fig is not None:
                 yield name, fig
@@ -175,7 +176,8 @@ class Device:
 # ---- loading ---------------------------------------------------------------------------------------
 _SCALARS = {"mem_bw": "mem_bw", "memory_bytes": "memory_bytes", "sram_bytes": "sram_bytes",
             "flash_bytes": "flash_bytes", "tdp_w": "tdp_w", "price_per_hour": "price",
-            "unit_price_usd": "unit_price", "clock_hz": "clock_hz", "bw_curve": "bw_curve"}
+            "unit_price_usd": "unit_price", "clock_hz": "clock_hz", "bw_curve": "bw_curve",
+            "fresh_alloc": "fresh_alloc"}
 _GROUPS = {"peak_flops": "peak", "sparse_flops": "sparse", "overhead_s": "overhead_s", "efficiency": "efficiency"}
 
 

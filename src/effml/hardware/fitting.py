@@ -3,7 +3,7 @@
 For a group of cases (one op category, or one aten op when it has >= 2 cases of its own), find the
 per-call overhead o, compute efficiency eta and memory efficiency mu minimising the squared log error of
 
-    t_case = known + sum over its calls of [o + max(F / (peak x eta), B / (bw(B) x mu))]
+    t_case = known + sum over its calls of [o + max(F / (peak x eta(I)), B / (bw(B) x mu))]
 
 (`known` = the view calls inside the case, whose overhead was measured first). Log error: a 2x miss on a
 5 us op weighs as much as one on a 50 ms op. Parameters the data cannot identify stay at 1.
@@ -14,36 +14,45 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-BOUNDS = {"overhead_s": (1e-8, 1e-3), "compute": (0.02, 2.0), "memory": (0.02, 5.0)}
+BOUNDS = {"overhead_s": (1e-8, 1e-3), "compute": (0.02, 2.0), "memory": (0.02, 5.0), "i_half": (0.01, 1e4),
+          "p": (0.2, 3.0)}
 
 
 def fit_group(rows: list[dict], peak: float, bw: Callable[[float], float]) -> dict:
-    """Overhead o, compute efficiency eta, memory efficiency mu minimising sum (log pred - log t)^2.
+    """Overhead o, compute efficiency eta(I), memory efficiency mu minimising sum (log pred - log t)^2.
 
     eta is fitted only if some case is compute-bound at eta = mu = 1, mu only if some case is memory-bound
-    (otherwise the data says nothing about it and it stays 1); all three are clamped to BOUNDS.
+    (otherwise the data says nothing about it and it stays 1). With >= 4 compute-bound cases the compute
+    efficiency may fall with intensity I = FLOPs/bytes, eta(I) = eta_max I^p / (I^p + I_half^p): a CPU
+    GEMM with 16 rows reaches a fraction of the 1024-row rate (roofline.compute_efficiency). All
+    parameters are clamped to BOUNDS.
     """
     import numpy as np
     from scipy.optimize import minimize
+
+    from effml.hardware.roofline import compute_efficiency
 
     def clamp(logx, key):  # clamp in log space: Nelder-Mead may wander far out
         lo, hi = BOUNDS[key]
         return min(max(math.exp(min(max(logx, -60.0), 60.0)), lo), hi)
 
-    any_c = any(f / peak >= b / bw(b) for r in rows for f, b in r["ops"] if f)
+    n_c = sum(1 for r in rows if any(f and f / peak >= b / bw(b) for f, b in r["ops"]))
     any_m = any(b / bw(b) > f / peak for r in rows for f, b in r["ops"] if b)
+    curve = n_c >= 4
 
-    def unpack(params):
-        o = clamp(params[0], "overhead_s")
-        eta = clamp(params[1], "compute") if any_c else 1.0
-        mu = clamp(params[2], "memory") if any_m else 1.0
-        return o, eta, mu
+    def unpack(params) -> tuple[float, dict]:
+        eff = {"compute": clamp(params[1], "compute") if n_c else 1.0,
+               "memory": clamp(params[2], "memory") if any_m else 1.0}
+        if curve:
+            eff.update(i_half=clamp(params[3], "i_half"), p=clamp(params[4], "p"))
+        return clamp(params[0], "overhead_s"), eff
 
     def pred(params, r):
-        o, eta, mu = unpack(params)
+        o, eff = unpack(params)
         t = r["known_s"]
         for f, b in r["ops"]:
-            t += o + max(f / (peak * eta) if f else 0.0, b / (bw(b) * mu) if b else 0.0)
+            eta = compute_efficiency(eff, f / b if b else float("inf"))
+            t += o + max(f / (peak * eta) if f else 0.0, b / (bw(b) * eff["memory"]) if b else 0.0)
         return t
 
     def loss(params):
@@ -51,13 +60,12 @@ def fit_group(rows: list[dict], peak: float, bw: Callable[[float], float]) -> di
 
     smallest = min(rows, key=lambda r: r["time_s"])
     o0 = max((smallest["time_s"] - smallest["known_s"]) / max(1, len(smallest["ops"])) * 0.8, 1e-7)
-    best = min((minimize(loss, np.log([o0, e0, m0]), method="Nelder-Mead",
-                         options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 2000})
-                for e0, m0 in ((0.5, 0.5), (1.0, 2.0))), key=lambda res: res.fun)
-    o, eta, mu = unpack(best.x)
-    return {"overhead_s": o, "compute": eta, "memory": mu, "rms_log_error": math.sqrt(best.fun / len(rows))}
-
-
+    starts = [(0.5, 0.5, 10.0, 1.0), (1.0, 2.0, 1.0, 0.5), (0.8, 1.0, 50.0, 1.0)]
+    best = min((minimize(loss, np.log([o0, e0, m0, ih, pp]), method="Nelder-Mead",
+                         options={"xatol": 1e-3, "fatol": 1e-7, "maxiter": 4000})
+                for e0, m0, ih, pp in starts), key=lambda res: res.fun)
+    o, eff = unpack(best.x)
+    return {"overhead_s": o, **eff, "rms_log_error": math.sqrt(best.fun / len(rows))}
 
 
 def dominant_op(events, category: str, peak: float, bw: Callable[[float], float]) -> str | None:

@@ -1,8 +1,10 @@
 """Micro-benchmarks for calibration: a registry of small op workloads per op category, all fp32.
 
-Each `Case` is a callable plus its inputs. Calibration counts it with `effml.profile` (so its FLOPs, bytes
-and category are exactly what the counter reports inside real models), times it, and fits that category's
-overhead and efficiencies from the cases. Shapes span what CNNs and transformers run at batch 1 to 32:
+Each `Case` is a callable plus its inputs: the nn.Module a model would call (nn.Linear, nn.Conv2d,
+nn.BatchNorm2d, ...) so that the Python cost of a real layer's forward is in the per-op overhead, or a
+function for what models write inline (x + y, softmax, SDPA). Calibration counts it with `effml.profile`
+(so its FLOPs, bytes and category are exactly what the counter reports inside real models), times it,
+and fits that category's overhead and efficiencies from the cases. Shapes span what CNNs and transformers run at batch 1 to 32:
 tiny (overhead-dominated), cache-resident and DRAM-sized. `quick=True` keeps one or two cases each.
 """
 
@@ -55,12 +57,14 @@ def _view(quick: bool) -> list[Case]:
 
 @case_set("matmul")
 def _matmul(quick: bool) -> list[Case]:
-    shapes = [(1, 64, 64), (1, 1024, 1024), (64, 512, 512), (256, 1024, 1024)] if quick else \
-        [(1, 64, 64), (8, 256, 256), (1, 1024, 1024), (1, 4096, 2048), (32, 768, 768), (64, 512, 512),
-         (128, 768, 3072), (256, 1024, 1024), (1024, 1024, 1024)]
+    # rows M from 1 (a GEMV: batch-1 Linear) to 1024: small-M GEMMs run far below peak on CPUs
+    shapes = [(1, 64, 64), (1, 1024, 1024), (16, 768, 768), (64, 512, 512), (256, 1024, 1024)] if quick else \
+        [(1, 64, 64), (8, 256, 256), (1, 1024, 1024), (1, 768, 3072), (4, 768, 768), (16, 768, 3072),
+         (16, 3072, 768), (32, 768, 768), (64, 512, 512), (128, 768, 3072), (256, 1024, 1024),
+         (512, 768, 768), (1024, 1024, 1024)]
     out = []
-    for m, k, n in shapes:  # F.linear: (m, k) @ (k, n) + bias, as nn.Linear runs it
-        out.append(Case("matmul", f"linear {m}x{k}x{n}", F.linear, (_r(m, k), _r(n, k), _r(n))))
+    for m, k, n in shapes:  # nn.Linear: (m, k) @ (k, n) + bias
+        out.append(Case("matmul", f"linear {m}x{k}x{n}", torch.nn.Linear(k, n), (_r(m, k),)))
     if not quick:
         out.append(Case("matmul", "bmm 12x32x64x32", torch.bmm, (_r(12, 32, 64), _r(12, 64, 32))))
     return out
@@ -72,12 +76,12 @@ def _conv(quick: bool) -> list[Case]:
     shapes = [(1, 3, 32, 16, 3, 1), (1, 64, 32, 64, 3, 1), (8, 64, 32, 64, 3, 1), (1, 96, 56, 96, 3, 96)] if quick else \
         [(1, 1, 28, 6, 5, 1), (1, 3, 32, 16, 3, 1), (1, 64, 32, 64, 3, 1), (8, 64, 32, 64, 3, 1),
          (8, 3, 32, 64, 3, 1), (1, 256, 8, 256, 3, 1), (4, 256, 28, 64, 1, 1), (8, 128, 16, 128, 3, 1),
-         (1, 96, 56, 96, 3, 96), (8, 144, 28, 144, 3, 144), (1, 32, 112, 32, 3, 32)]
+         (32, 64, 32, 64, 3, 1), (1, 96, 56, 96, 3, 96), (8, 144, 28, 144, 3, 144), (1, 32, 112, 32, 3, 32),
+         (8, 32, 56, 192, 1, 1)]
     out = []
     for b, ci, hw, co, k, g in shapes:
-        w = _r(co, ci // g, k, k)
-        out.append(Case("conv", f"conv {b}x{ci}x{hw}x{hw}->{co} k{k} g{g}",
-                        lambda x, w, g=g, p=k // 2: F.conv2d(x, w, None, 1, p, 1, g), (_r(b, ci, hw, hw), w)))
+        conv = torch.nn.Conv2d(ci, co, k, padding=k // 2, groups=g, bias=False)  # CNNs before a BatchNorm
+        out.append(Case("conv", f"conv {b}x{ci}x{hw}x{hw}->{co} k{k} g{g}", conv, (_r(b, ci, hw, hw),)))
     return out
 
 
@@ -103,22 +107,20 @@ def _elementwise(quick: bool) -> list[Case]:
 
 @case_set("activation")
 def _activation(quick: bool) -> list[Case]:
-    out = [Case("activation", f"relu {n}", F.relu, (_r(n),)) for n in _sizes(quick)]
+    out = [Case("activation", f"relu {n}", torch.nn.ReLU(), (_r(n),)) for n in _sizes(quick)]
     if not quick:
-        out += [Case("activation", f"gelu {n}", F.gelu, (_r(n),)) for n in (4096, 1 << 20)]
-        out += [Case("activation", f"relu6 {n}", F.relu6, (_r(n),)) for n in (4096, 1 << 20)]
+        out += [Case("activation", f"gelu {n}", torch.nn.GELU(), (_r(n),)) for n in (4096, 1 << 20)]
+        out += [Case("activation", f"relu6 {n}", torch.nn.ReLU6(), (_r(n),)) for n in (4096, 1 << 20)]
     return out
 
 
 @case_set("norm")
 def _norm(quick: bool) -> list[Case]:
     rows = [1, 64, 2048] if quick else [1, 32, 256, 2048]
-    out = [Case("norm", f"layer_norm {r}x768", lambda x: F.layer_norm(x, (768,)), (_r(r, 768),)) for r in rows]
+    out = [Case("norm", f"layer_norm {r}x768", torch.nn.LayerNorm(768), (_r(r, 768),)) for r in rows]
     bn = [(1, 16, 32), (8, 64, 32)] if quick else [(1, 16, 32), (1, 64, 32), (8, 64, 32), (8, 256, 14)]
     for b, c, hw in bn:
-        mean, var = torch.zeros(c), torch.ones(c)
-        out.append(Case("norm", f"batch_norm {b}x{c}x{hw}x{hw}", lambda x, m, v: F.batch_norm(
-            x, m, v, None, None, False), (_r(b, c, hw, hw), mean, var)))
+        out.append(Case("norm", f"batch_norm {b}x{c}x{hw}x{hw}", torch.nn.BatchNorm2d(c).eval(), (_r(b, c, hw, hw),)))
     return out
 
 
@@ -139,9 +141,9 @@ def _reduction(quick: bool) -> list[Case]:
 @case_set("pool")
 def _pool(quick: bool) -> list[Case]:
     shapes = [(1, 16, 32), (8, 64, 32)] if quick else [(1, 6, 28), (1, 64, 32), (8, 64, 32), (8, 256, 16)]
-    out = [Case("pool", f"max_pool2d {b}x{c}x{hw}", lambda x: F.max_pool2d(x, 2), (_r(b, c, hw, hw),))
+    out = [Case("pool", f"max_pool2d {b}x{c}x{hw}", torch.nn.MaxPool2d(2), (_r(b, c, hw, hw),))
            for b, c, hw in shapes]
-    out += [Case("pool", f"adaptive_avg_pool {b}x{c}x{hw}", lambda x: F.adaptive_avg_pool2d(x, 1),
+    out += [Case("pool", f"adaptive_avg_pool {b}x{c}x{hw}", torch.nn.AdaptiveAvgPool2d(1),
                  (_r(b, c, hw, hw),)) for b, c, hw in ((1, 64, 8), (8, 512, 7))[: 1 if quick else 2]]
     return out
 
@@ -159,8 +161,13 @@ def _memory(quick: bool) -> list[Case]:
 @case_set("embedding")
 def _embedding(quick: bool) -> list[Case]:
     rows = [1, 512] if quick else [1, 64, 1024]
-    return [Case("embedding", f"embedding {r} of 30000x768", F.embedding,
-                 (torch.randint(0, 30000, (r,)), _r(30000, 768))) for r in rows]
+    return [Case("embedding", f"embedding {r} of 30000x768", torch.nn.Embedding(30000, 768),
+                 (torch.randint(0, 30000, (r,)),)) for r in rows]
+
+
+def as_module(fn) -> torch.nn.Module:
+    """The case's callable as a module (layers as they are, functions wrapped)."""
+    return (fn if isinstance(fn, torch.nn.Module) else FnModule(fn)).eval()
 
 
 def cases(quick: bool = False, categories: tuple[str, ...] | None = None) -> list[Case]:

@@ -187,14 +187,16 @@ def predict(profile, hw: "str | Device", dtype: str | None = None, batch: int | 
     counted_float = None
     for i, ev in enumerate(profile.events):
         nbytes = float(ev.bytes_read + ev.bytes_written)
+        written = float(ev.bytes_written)
         if ev.dtype in FLOAT_DTYPES:
             counted_float = counted_float or ev.dtype
             nbytes *= DTYPE_BYTES[run] / DTYPE_BYTES[ev.dtype]
+            written *= DTYPE_BYTES[run] / DTYPE_BYTES[ev.dtype]
             cdt = run
         else:
             cdt = ev.dtype if device.has_dtype(ev.dtype) else run
         flops = float(ev.flops or 0)
-        cost = op_cost(device, ev.category, cdt, flops, nbytes, ev.op)
+        cost = op_cost(device, ev.category, cdt, flops, nbytes, ev.op, written)
         en = op_energy(flops, nbytes, cdt, device.memory_level, scale.factor)
         ops.append(OpPrediction(i, ev.op, ev.category, ev.modules[-1] if ev.modules else "", cdt, flops, nbytes,
                                 cost, en))

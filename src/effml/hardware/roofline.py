@@ -1,11 +1,12 @@
 """Roofline time of one op call on one device (DESIGN.md 3).
 
-    time = overhead(category) + max(FLOPs / (peak(dtype) x eta_c), bytes / (bw(bytes) x eta_m))
+    time = overhead(category) + max(FLOPs / (peak(dtype) x eta_c(I)), bytes / (bw(bytes) x eta_m))
 
 For catalog devices eta_c = eta_m = 1, overhead = 0 and bw is the datasheet figure: the textbook
 roofline, a lower bound on time. For `local`, `effml calibrate` measures a per-category overhead, a
-bandwidth-vs-working-set curve (caches are faster than DRAM) and per-category efficiencies, so the same
-formula predicts measured eager-PyTorch latency.
+bandwidth-vs-working-set curve (caches are faster than DRAM) and per-category (or per-aten-op)
+efficiencies, the compute one possibly falling with intensity I = FLOPs/bytes, so the same formula
+predicts measured eager-PyTorch latency.
 """
 
 from __future__ import annotations
@@ -75,17 +76,49 @@ def overhead(device: Device, category: str, op: str | None = None) -> float:
     return float(fig.value) if fig is not None else 0.0
 
 
-def efficiency(device: Device, category: str, op: str | None = None) -> tuple[float, float]:
+def compute_efficiency(eff: dict, intensity: float) -> float:
+    """Fraction of peak FLOP/s: eta_max, or eta_max I^p / (I^p + I_half^p) when calibration found that
+    low-intensity calls (a GEMM with few rows) run further below peak (I = FLOPs / bytes)."""
+    eta = float(eff.get("compute", 1.0))
+    i_half = eff.get("i_half")
+    if not i_half or intensity == float("inf"):
+        return eta
+    p = float(eff.get("p", 1.0))
+    x = max(intensity, 1e-6) ** p
+    return eta * x / (x + float(i_half) ** p)
+
+
+def efficiency(device: Device, category: str, op: str | None = None,
+               intensity: float = float("inf")) -> tuple[float, float]:
     """(fraction of peak FLOP/s, fraction of bandwidth) the op reaches; (1, 1) if uncalibrated."""
     fig = _lookup(device.efficiency, category, op)
     if fig is None:
         return 1.0, 1.0
-    return float(fig.value.get("compute", 1.0)), float(fig.value.get("memory", 1.0))
+    return compute_efficiency(fig.value, intensity), float(fig.value.get("memory", 1.0))
 
 
-def op_cost(device: Device, category: str, dtype: str, flops: float, nbytes: float, op: str | None = None) -> OpCost:
-    """Roofline cost of one op call; `dtype` must be one the device has (peak_flops raises otherwise)."""
-    eta_c, eta_m = efficiency(device, category, op)
+def fresh_alloc_s(device: Device, category: str, op: str | None, written: float) -> float:
+    """Seconds the OS spends mapping and zeroing fresh pages for a large new output.
+
+    glibc serves allocations above its mmap threshold (at most 32 MiB on 64-bit) with mmap, and PyTorch's
+    CPU allocator does not cache, so every such output page-faults on first touch (measured by
+    calibration). In-place ops (name ending in '_') and views allocate nothing.
+    """
+    fig = device.fresh_alloc
+    if fig is None or category == "view" or (op or "").endswith("_"):
+        return 0.0
+    if written < fig.value["threshold_bytes"]:
+        return 0.0
+    return written / fig.value["bytes_per_s"]
+
+
+def op_cost(device: Device, category: str, dtype: str, flops: float, nbytes: float, op: str | None = None,
+            written: float = 0.0) -> OpCost:
+    """Roofline cost of one op call; `dtype` must be one the device has (peak_flops raises otherwise).
+
+    `written`: bytes of the output, for the fresh-allocation cost of calibrated CPUs (0: ignore).
+    """
+    eta_c, eta_m = efficiency(device, category, op, flops / nbytes if nbytes else float("inf"))
     compute = flops / (device.peak_flops(dtype) * eta_c) if flops else 0.0
     memory = nbytes / (bandwidth_at(device, nbytes) * eta_m) if nbytes else 0.0
-    return OpCost(compute, memory, overhead(device, category, op))
+    return OpCost(compute, memory, overhead(device, category, op) + fresh_alloc_s(device, category, op, written))

@@ -71,6 +71,13 @@ def bench(make: Callable[[int], object], batches: list[int], *, config: MeasureC
             device = get_device(hw)
         except EffmlError as exc:
             note = str(exc)
+    if device is not None:
+        import torch
+
+        cal_threads = device.meta.get("threads")
+        if cal_threads and cal_threads != torch.get_num_threads():
+            note = (f"{device.name} was calibrated with {cal_threads} threads but this run uses "
+                    f"{torch.get_num_threads()}: re-run `effml calibrate --threads {torch.get_num_threads()}`")
     rows: list[Measurement] = []
     for i, b in enumerate(batches):
         spec = make(b)

@@ -17,6 +17,22 @@ from effml.errors import ConfigError
 from effml.measure.memory import PeakMemory, PeakTracker
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def clock_fn(name: str):
+    """The timer for a clock name. 'cpu' is CPU time of the calling thread (user + system): on a shared
+    machine it excludes the time other processes held the core, so it only measures latency when torch
+    runs single-threaded (the intra-op work then stays on this thread); callers check that."""
+    if name == "cpu":
+        import torch
+
+        if torch.get_num_threads() != 1:
+            raise ConfigError(f"clock 'cpu' needs torch.set_num_threads(1) (CPU time of {torch.get_num_threads()} "
+                              f"threads is not latency); use clock 'wall'")
+    return CLOCKS[name]
+
+
 @dataclass(frozen=True)
 class MeasureConfig:
     warmup: int = 2
@@ -26,6 +42,8 @@ class MeasureConfig:
     ci_rel: float = 0.02  # target half-width of the 95% CI of the median, relative to the median
     confidence: float = 0.95
     memory: bool = True
+    clock: str = "wall"  # "wall" (latency) or "cpu": this thread's CPU time, robust to other processes
+
 
     def __post_init__(self):
         if self.warmup < 0:
@@ -35,6 +53,8 @@ class MeasureConfig:
                               f"{self.min_repeats}, {self.max_repeats}")
         if self.budget_s <= 0:
             raise ConfigError(f"MeasureConfig.budget_s must be > 0, got {self.budget_s}")
+        if self.clock not in CLOCKS:
+            raise ConfigError(f"MeasureConfig.clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
         if not 0 < self.ci_rel < 1 or not 0.5 <= self.confidence < 1:
             raise ConfigError(f"MeasureConfig needs 0 < ci_rel < 1 and 0.5 <= confidence < 1, got "
                               f"{self.ci_rel}, {self.confidence}")
@@ -75,7 +95,9 @@ class Measurement:
     cpu_capability: str
     device: str
     memory: PeakMemory | None = None
-    prediction: dict | None = None  # the `local` prediction next to it (see `compare`)
+    clock: str = "wall"
+    wall_times_s: list[float] | None = None  # the same calls on the wall clock (differs when clock='cpu')
+    prediction: dict | None = None  # the `local` prediction next to it (sweep.attach_prediction)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -115,7 +137,8 @@ class Measurement:
              "min_s": min(self.times_s), "ci95_median_s": list(self.ci_s) if self.ci_s else None,
              "repeats": len(self.times_s), "warmup": self.warmup, "stop": self.stop,
              "throughput_per_s": self.throughput_per_s, "threads": self.threads,
-             "cpu_capability": self.cpu_capability, "device": self.device,
+             "cpu_capability": self.cpu_capability, "device": self.device, "clock": self.clock,
+             "wall_p50_s": percentile(sorted(self.wall_times_s), 50) if self.wall_times_s else None,
              "memory": self.memory.to_dict() if self.memory else None,
              "prediction": self.prediction, "error_pct": self.error_pct, **self.extra}
         if times:
@@ -132,19 +155,23 @@ def _batch_of(inputs) -> int:
 
 
 def time_calls(fn: Callable[[], Any], config: MeasureConfig, sync: Callable[[], None] = lambda: None
-               ) -> tuple[list[float], str, tuple[float, float] | None]:
-    """The timing loop shared by `measure` and calibration: (times, stop reason, CI of the median)."""
+               ) -> tuple[list[float], list[float], str, tuple[float, float] | None]:
+    """The timing loop of `measure`: (times on config.clock, wall times, stop reason, CI of the median).
+    The budget is wall time."""
+    clock = clock_fn(config.clock)
     for _ in range(config.warmup):
         fn()
     sync()
     times: list[float] = []
     start = time.perf_counter()
     stop, ci = "max_repeats", None
+    walls: list[float] = []
     while len(times) < config.max_repeats:
-        t0 = time.perf_counter()
+        w0, t0 = time.perf_counter(), clock()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
+        walls.append(time.perf_counter() - w0)
         if len(times) >= config.min_repeats:
             xs = sorted(times)
             ci = median_ci(xs, config.confidence)
@@ -154,7 +181,7 @@ def time_calls(fn: Callable[[], Any], config: MeasureConfig, sync: Callable[[], 
             if time.perf_counter() - start >= config.budget_s:
                 stop = "budget"
                 break
-    return times, stop, ci
+    return times, walls, stop, ci
 
 
 def measure(model, inputs, *, kwargs: dict | None = None, batch: int | None = None,
@@ -178,12 +205,12 @@ def measure(model, inputs, *, kwargs: dict | None = None, batch: int | None = No
     tracker = PeakTracker(device) if config.memory else None
     if tracker is not None:
         with tracker:
-            times, stop, ci = time_calls(call, config, sync)
+            times, walls, stop, ci = time_calls(call, config, sync)
     else:
-        times, stop, ci = time_calls(call, config, sync)
+        times, walls, stop, ci = time_calls(call, config, sync)
     return Measurement(times, int(batch if batch is not None else _batch_of(inputs)), config.warmup, stop, ci,
                        torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), device,
-                       tracker.result if tracker is not None else None)
+                       tracker.result if tracker is not None else None, clock=config.clock, wall_times_s=walls)
 
 
 def config_dict(config: MeasureConfig) -> dict:
