@@ -18,7 +18,8 @@ from effml.study.store import Run
 TABLE_COLUMNS = [
     ("name", "variant"), ("chain", "techniques"), ("accuracy", "accuracy"), ("params", "params"),
     ("size_bytes", "size (B)"), ("flops", "FLOPs"), ("latency_ms", "latency p50 (ms)"),
-    ("latency_p90_ms", "p90 (ms)"), ("local_pred_ms", "predicted here (ms)"), ("throughput", "samples/s"),
+    ("latency_p90_ms", "p90 (ms)"), ("speedup", "× faster (beside baseline)"),
+    ("local_pred_ms", "predicted here (ms)"), ("throughput", "samples/s"),
     ("peak_mem_bytes", "peak mem (B)"),
 ]
 

@@ -1,0 +1,70 @@
+"""`effml study`: the main job. Writes report.html; `effml report` rebuilds it from the store."""
+
+from __future__ import annotations
+
+from effml.cli.common import add_json_flag, console, print_json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("study", help="train, compress, measure and compare every variant; write report.html",
+                       description="Baseline + pruning, quantization, distillation variants of a model, each "
+                                   "measured here and predicted on catalog devices, on one Pareto frontier.")
+    p.add_argument("--model", default="effml.zoo:lenet5", help="package.module:callable (default effml.zoo:lenet5)")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default) or digits")
+    p.add_argument("--hw", nargs="+", help="catalog devices (name or name:dtype) to predict on")
+    p.add_argument("--study", default="default", help="study name inside the store")
+    p.add_argument("--store", default="runs.db", help="SQLite store (default runs.db); reruns resume")
+    p.add_argument("--out", default="report.html", help="report file (default report.html)")
+    p.add_argument("--epochs", type=float, default=4.0, help="baseline training epochs (default 4)")
+    p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs per variant")
+    p.add_argument("--train-limit", type=int, help="train on a random subset of this size")
+    p.add_argument("--test-limit", type=int, help="evaluate on a random subset of this size")
+    p.add_argument("--measure-batch", type=int, default=256, help="batch size latency is measured at")
+    p.add_argument("--variants", help="comma-separated plan names (default: all)")
+    p.add_argument("--budget-min", type=float, help="start no new variant after N minutes (rerun resumes)")
+    add_json_flag(p)
+    p.set_defaults(run=run_study)
+
+
+
+def _open(path: str):
+    from effml.study.store import Store
+
+    return Store(path)
+
+
+def run_study(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from effml.study.build import build
+    from effml.study.pipeline import DEFAULT_DEVICES, StudyConfig, run_study as run
+    from effml.study.report import write
+
+    cfg = StudyConfig(model=args.model, data=args.data, devices=tuple(args.hw or DEFAULT_DEVICES), study=args.study,
+                      epochs=args.epochs, finetune_epochs=args.finetune_epochs, train_limit=args.train_limit,
+                      test_limit=args.test_limit, measure_batch=args.measure_batch,
+                      plans=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
+                      budget_min=args.budget_min)
+    con = console()
+    with _open(args.store) as store:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), console=con, disable=args.json, transient=True) as bar:
+            task = bar.add_task("starting", total=1.0)
+            res = run(cfg, store, progress=lambda variant, what, frac: bar.update(
+                task, description=f"[bold]{variant}[/]: {what}", completed=min(frac, 1.0)))
+        html, lines = build(store, cfg.study, devices=[d.partition(":")[0] for d in cfg.devices])
+    path = write(args.out, html)
+    if args.json:
+        print_json({"report": str(path), "headline": lines, **res.to_dict()})
+        return 0
+    from effml.study.present import runs_table
+
+    con.print(runs_table(res.runs))
+    if res.data.get("note"):
+        con.print(f"[yellow]data: {res.data['note']}[/]")
+    for line in lines:
+        con.print(f"• {line}")
+    if res.remaining:
+        con.print(f"[yellow]out of budget: {len(res.remaining)} variants left; rerun to resume[/]")
+    con.print(f"report: {path} ({len(res.runs)} variants; {len(res.skipped)} resumed from {args.store})")
+    return 0

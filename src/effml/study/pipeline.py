@@ -1,0 +1,237 @@
+"""`effml study`: train a baseline, make every variant, measure and predict each, store it, resume.
+
+Every finished variant is one store row (see store.py), keyed by its plan and a fingerprint of the study
+settings, so a study that is killed or runs out of budget resumes where it stopped, and a study run with
+other settings never mixes its numbers with this one's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from effml.errors import ConfigError
+from effml.study.store import Run, Store
+from effml.study.variants import PLANS, Plan, StudyContext, apply
+
+DEFAULT_DEVICES = ("stm32f746:int8", "rpi5", "jetson-orin-nano-8gb", "h100-sxm")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    model: str = "effml.zoo:lenet5"  # package.module:callable
+    data: str = "fashion-mnist"
+    devices: tuple[str, ...] = DEFAULT_DEVICES  # catalog names, optionally name:dtype
+    study: str = "default"
+    epochs: float = 4.0
+    finetune_epochs: float = 1.0
+    batch_size: int = 128
+    measure_batch: int = 256  # latency is measured (and predicted) for one batch of this size
+    measure_budget_s: float = 2.0
+    train_limit: int | None = None
+    test_limit: int | None = None
+    plans: tuple[str, ...] | None = None  # default: every plan in PLANS
+    budget_min: float | None = None  # stop starting new variants after this many minutes
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs <= 0 or self.finetune_epochs <= 0:
+            raise ConfigError("StudyConfig.epochs and finetune_epochs must be > 0")
+        for f in ("batch_size", "measure_batch"):
+            if getattr(self, f) <= 0:
+                raise ConfigError(f"StudyConfig.{f} must be positive, got {getattr(self, f)}")
+        unknown = [p for p in (self.plans or ()) if p not in PLANS]
+        if unknown:
+            raise ConfigError(f"unknown variant plan(s) {', '.join(unknown)}; known: {', '.join(PLANS)}")
+        if self.budget_min is not None and self.budget_min <= 0:
+            raise ConfigError(f"StudyConfig.budget_min must be > 0, got {self.budget_min}")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the numbers (not the plan list, devices or budget)."""
+        keys = ("model", "data", "epochs", "finetune_epochs", "batch_size", "measure_batch", "train_limit",
+                "test_limit", "seed")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+@dataclass
+class StudyResult:
+    study: str
+    fingerprint: str
+    runs: list[Run]
+    done: list[str] = field(default_factory=list)  # plan names finished by this call
+    skipped: list[str] = field(default_factory=list)  # already in the store
+    remaining: list[str] = field(default_factory=list)  # not started: out of budget
+    data: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "runs": [r.to_dict() for r in self.runs]}
+
+
+Progress = Callable[[str, str, float], None]  # (variant, message, fraction)
+
+
+def _builder(spec: str):
+    from effml.models import load_callable
+
+    return load_callable(spec)
+
+
+def _build(fn, data, **extra):
+    params = inspect.signature(fn).parameters
+    kw = {k: v for k, v in (("in_channels", data.input_shape[1]), ("num_classes", data.num_classes), *extra.items())
+          if k in params}
+    if extra and not set(extra) <= set(params):
+        raise ConfigError(f"model {fn.__name__} takes no {', '.join(sorted(set(extra) - set(params)))} argument: "
+                          "it has no student family for distillation")
+    return fn(**kw)
+
+
+def _load_data(config: StudyConfig, fn):
+    from effml.zoo import data as zdata
+
+    entry = getattr(fn, "zoo_entry", None)
+    size = entry.input_shape[-1] if entry is not None else None
+    return zdata.load(config.data, batch_size=config.batch_size, seed=config.seed, train_limit=config.train_limit,
+                      test_limit=config.test_limit, image_size=size)
+
+
+def _state_bytes(model) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in model.state_dict().items()})
+
+
+def _load_state(model, blob: bytes) -> None:
+    from safetensors.torch import load
+
+    model.load_state_dict(load(blob))
+
+
+def _machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": platform.processor()}
+
+
+def _devices(specs) -> list[tuple[str, str | None]]:
+    out = []
+    for spec in specs:
+        name, _, dtype = spec.partition(":")
+        out.append((name, dtype or None))
+    return out
+
+
+ROUNDS = 4  # measurement rounds, alternating variant and baseline
+
+
+def measure_beside(model, baseline, x, budget_s: float):
+    """Time `model` and `baseline` in alternating rounds on the same input, so a shared, noisy machine
+    slows both alike: (variant Measurement, speedup = baseline p50 / variant p50 over the same window)."""
+    from effml.measure.timing import MeasureConfig, measure, percentile
+
+    cfg = MeasureConfig(budget_s=budget_s / (2 * ROUNDS), warmup=2, min_repeats=3)
+    mine, theirs = None, []
+    for _ in range(ROUNDS):
+        m = measure(model, (x,), config=cfg)
+        if mine is None:
+            mine = m
+        else:
+            mine.times_s.extend(m.times_s)
+        if baseline is not None:
+            theirs.extend(measure(baseline, (x,), config=cfg).times_s)
+    speedup = percentile(sorted(theirs), 50) / mine.p50 if theirs else 1.0
+    return mine, speedup
+
+
+def evaluate_variant(model, stored_bytes: int, data, config: StudyConfig, devices,
+                     baseline=None) -> tuple[dict, dict, dict]:
+    """(metrics, predictions, profile dict): accuracy, counted cost, measured latency, per-device roofline."""
+    import effml
+    from effml.hardware import DeviceError, predict
+    from effml.zoo.fit import evaluate
+
+    x = data.test.x[: config.measure_batch]
+    prof = effml.profile(model, x)
+    m, speedup = measure_beside(model, baseline, x, config.measure_budget_s)
+    metrics = {"accuracy": evaluate(model, data.test), "params": prof.params, "model_bytes": int(stored_bytes),
+               "flops": prof.total().flops, "macs": prof.total().macs, "bytes_moved": prof.total().bytes,
+               "latency_p50_s": m.p50, "latency_p90_s": m.p90, "throughput": m.throughput_per_s,
+               "speedup_measured": speedup, "peak_mem_bytes": m.memory.rss_delta_bytes if m.memory else None,
+               "batch": config.measure_batch, "lower_bound": prof.is_lower_bound}
+    try:
+        metrics["local_pred_s"] = predict(prof, "local", batch=config.measure_batch).time_s
+    except DeviceError:
+        metrics["local_pred_s"] = None
+    preds = {}
+    for name, dtype in devices:
+        p = predict(prof, name, dtype=dtype, batch=config.measure_batch)
+        preds[name] = {"latency_s": p.time_s, "energy_j": p.energy.total / config.measure_batch,
+                       "usd_per_1m": p.usd_per_1m, "fits": p.fits, "bound": p.bound, "dtype": p.dtype}
+    return metrics, preds, prof.to_dict(events=True)
+
+
+def run_study(config: StudyConfig, store: Store, progress: Progress | None = None) -> StudyResult:
+    """Run (or resume) a study; returns what is in the store for it once this call stops."""
+    progress = progress or (lambda variant, what, frac: None)
+    t0 = time.perf_counter()
+    fp = config.fingerprint()
+    fn = _builder(config.model)
+    data = _load_data(config, fn)
+    devices = _devices(config.devices)
+    for name, dtype in devices:  # fail fast on a bad device, before any training
+        from effml.hardware import get_device
+
+        dev = get_device(name)
+        if dtype:
+            dev.peak_flops(dtype)
+    baseline = _build(fn, data)
+    result = StudyResult(config.study, fp, [], data=data.to_dict())
+    base_key = f"baseline@{fp}"
+    blob = store.get_artifact(config.study, f"weights:{base_key}")
+    if blob is None:
+        from effml.zoo.fit import FitConfig, fit
+
+        fit(baseline, data.train, FitConfig(epochs=config.epochs, lr=2e-3, seed=config.seed),
+            callback=lambda msg, frac: progress("baseline", msg, frac), evaluate_after=False)
+        store.put_artifact(config.study, f"weights:{base_key}", _state_bytes(baseline))
+    else:
+        _load_state(baseline, blob)
+    baseline.eval()
+    example = (data.test.x[:1],)
+    if not store.has(config.study, base_key):
+        progress("baseline", "measuring", 1.0)
+        from effml.compress.layers import param_bytes
+
+        metrics, preds, prof = evaluate_variant(baseline, param_bytes(baseline), data, config, devices)
+        store.put_artifact(config.study, f"profile:{base_key}", json.dumps(prof).encode())
+        store.put(Run(config.study, base_key, "baseline", [], metrics, preds, _machine()))
+        result.done.append("baseline")
+    plans: list[Plan] = [PLANS[n] for n in (config.plans or PLANS)]
+    for i, plan in enumerate(plans):
+        key = f"{plan.key}@{fp}"
+        if store.has(config.study, key):
+            result.skipped.append(plan.name)
+            continue
+        if config.budget_min is not None and time.perf_counter() - t0 > 60 * config.budget_min:
+            result.remaining = [p.name for p in plans[i:] if not store.has(config.study, f"{p.key}@{fp}")]
+            break
+        ctx = StudyContext(data, example, config.finetune_epochs,
+                           student=lambda: _build(fn, data, width=0.5), teacher=baseline,
+                           progress=lambda what, frac, n=plan.name: progress(n, what, frac), seed=config.seed)
+        out = apply(plan, baseline, ctx)
+        progress(plan.name, "measuring", 1.0)
+        metrics, preds, prof = evaluate_variant(out.model, out.stored_bytes, data, config, devices, baseline)
+        metrics["notes"] = out.notes
+        store.put_artifact(config.study, f"profile:{key}", json.dumps(prof).encode())
+        store.put(Run(config.study, key, plan.name, plan.chain(), metrics, preds, _machine()))
+        result.done.append(plan.name)
+    result.runs = [r for r in store.runs(config.study) if r.key.endswith(f"@{fp}")]
+    return result
