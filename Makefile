@@ -27,9 +27,9 @@ data:
 	  else echo "note: not root, Fashion-MNIST not installed; effml falls back to sklearn digits"; fi; \
 	fi
 
+# The main job: baseline + every variant on Fashion-MNIST, measured here, predicted on catalog devices.
 demo: $(STAMP)
-	$(BIN)/effml profile --model effml.zoo:lenet5
-	$(BIN)/effml profile --config llama-2-7b --seq 2048 --dtype bf16 --depth 1
+	$(BIN)/effml study --store runs.db --out report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -11,7 +11,7 @@ from effml.study.pipeline import StudyConfig, run_study
 from effml.study.store import Store
 
 FAST = dict(model="effml.zoo:lenet5", data="digits", epochs=2, finetune_epochs=0.5, measure_batch=16,
-            measure_budget_s=0.2, devices=("stm32f746:int8", "h100-sxm"))
+            measure_budget_s=0.2, devices=("stm32f746:int8", "h100-sxm"), calibrate=False)
 
 
 def test_study_stores_resumes_and_reports(tmp_path):
@@ -38,7 +38,7 @@ def test_cli_study_json_and_report_rebuild(tmp_path, capsys):
     db, out = tmp_path / "runs.db", tmp_path / "report.html"
     argv = ["study", "--model", "effml.zoo:lenet5", "--data", "digits", "--epochs", "1", "--finetune-epochs",
             "0.3", "--measure-batch", "16", "--variants", "linear-4b", "--store", str(db), "--out", str(out),
-            "--hw", "h100-sxm", "--json"]
+            "--hw", "h100-sxm", "--no-calibrate", "--json"]
     assert main(argv) == 0
     d = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in d["runs"]] == ["baseline", "linear-4b"] and out.exists()

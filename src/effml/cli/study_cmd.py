@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--measure-batch", type=int, default=256, help="batch size latency is measured at")
     p.add_argument("--variants", help="comma-separated plan names (default: all)")
     p.add_argument("--budget-min", type=float, help="start no new variant after N minutes (rerun resumes)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="do not calibrate this machine first (local predictions stay empty until `effml calibrate`)")
     add_json_flag(p)
     p.set_defaults(run=run_study)
 
@@ -44,7 +46,7 @@ def run_study(args) -> int:
                       epochs=args.epochs, finetune_epochs=args.finetune_epochs, train_limit=args.train_limit,
                       test_limit=args.test_limit, measure_batch=args.measure_batch,
                       plans=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
-                      budget_min=args.budget_min)
+                      budget_min=args.budget_min, calibrate=not args.no_calibrate)
     con = console()
     with _open(args.store) as store:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),

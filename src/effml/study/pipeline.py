@@ -40,6 +40,7 @@ class StudyConfig:
     test_limit: int | None = None
     plans: tuple[str, ...] | None = None  # default: every plan in PLANS
     budget_min: float | None = None  # stop starting new variants after this many minutes
+    calibrate: bool = True  # calibrate this machine first when it has no `local` device yet
     seed: int = 0
 
     def __post_init__(self):
@@ -178,6 +179,16 @@ def evaluate_variant(model, stored_bytes: int, data, config: StudyConfig, device
     return metrics, preds, prof.to_dict(events=True)
 
 
+def _ensure_local(progress: Progress) -> None:
+    """Calibrate this machine once (~30 s) so every variant gets a `local` prediction beside its measurement."""
+    from effml.hardware import local_device_path
+    from effml.hardware.calibrate import CalibrateConfig, calibrate
+
+    if not local_device_path().exists():
+        cal = calibrate(CalibrateConfig(), progress=lambda what, frac: progress("calibrating this machine", what, frac))
+        cal.save(None)
+
+
 def run_study(config: StudyConfig, store: Store, progress: Progress | None = None) -> StudyResult:
     """Run (or resume) a study; returns what is in the store for it once this call stops."""
     progress = progress or (lambda variant, what, frac: None)
@@ -192,6 +203,8 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
         dev = get_device(name)
         if dtype:
             dev.peak_flops(dtype)
+    if config.calibrate:
+        _ensure_local(progress)
     baseline = _build(fn, data)
     result = StudyResult(config.study, fp, [], data=data.to_dict())
     base_key = f"baseline@{fp}"
