@@ -22,3 +22,10 @@ def test_formatting():
     assert si(14e9, "B") == "14 GB"  # the seed's 7B x fp16
     assert fmt_bytes(2**30, binary=True) == "1 GiB"
     assert si(999) == "999" and si(1.5e12, "FLOPs") == "1.5 TFLOPs"
+
+
+def test_every_public_name_resolves():
+    import effml
+
+    for name in effml._EXPORTS:  # lazy exports: each must point at a real object
+        assert getattr(effml, name) is not None

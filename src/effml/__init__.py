@@ -15,6 +15,18 @@ _EXPORTS = {
     "profile": "effml.cost.counter:profile",
     "Profile": "effml.cost.profile:Profile",
     "Stats": "effml.cost.profile:Stats",
+    "predict": "effml.hardware.predict:predict",
+    "get_device": "effml.hardware.catalog:get_device",
+    "measure": "effml.measure.timing:measure",
+    "prune": "effml.compress.prune:prune",
+    "PruneConfig": "effml.compress.prune:PruneConfig",
+    "quantize": "effml.compress.quantize:quantize",
+    "QuantConfig": "effml.compress.quantize:QuantConfig",
+    "distill": "effml.compress.distill:distill",
+    "DistillConfig": "effml.compress.distill:DistillConfig",
+    "pareto": "effml.study.pareto:pareto",
+    "run_study": "effml.study.pipeline:run_study",
+    "StudyConfig": "effml.study.pipeline:StudyConfig",
     "EffmlError": "effml.errors:EffmlError",
 }
 
