@@ -124,9 +124,13 @@ def _print_plan(plan, law, mode: str) -> None:
         c.print(f"{b.device}: {b.peak_flops:.4g} FLOP/s dense {b.dtype} × MFU {b.mfu:g} = "
                 f"{b.flops_per_gpu_hour:.3g} FLOPs per GPU-hour"
                 + (f", ${b.price_per_hour:g}/GPU-hour" if b.price_per_hour else ", no price in the catalog"))
-    c.print(f"law: L = {law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4g} + {law.B:.4g}/D^{law.beta:.4g}; "
-            f"N_opt ∝ C^{law.a:.3f}, D_opt ∝ C^{law.b:.3f}. The eq.-10 constants ask for far more tokens per "
-            "parameter than Chinchilla's Table 3 (~20); see README.")
+    c.print(f"law {law.name}: L = {law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4g} + {law.B:.4g}/D^{law.beta:.4g}; "
+            f"N_opt ∝ C^{law.a:.3f}, D_opt ∝ C^{law.b:.3f}")
+    ratio = plan.optimal.tokens_per_param / plan.rule_of_thumb.tokens_per_param
+    if not 2 / 3 < ratio < 1.5:
+        c.print(f"note: the law's optimum uses {plan.optimal.tokens_per_param:.0f} tokens/param, "
+                f"{ratio:.1f}× the {plan.rule_of_thumb.tokens_per_param:g} of Chinchilla's Table 3 (approach 1). "
+                "The paper's eq.-10 fit disagrees with its own Table 3; --law besiroglu is the corrected refit.")
 
 
 def _run_fit(args) -> int:

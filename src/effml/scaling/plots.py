@@ -26,9 +26,11 @@ class Series:
     y: tuple[float, ...]
     mode: str = "lines"  # "lines" or "markers"
     dash: bool = False
+    color: int | None = None  # palette index; None = the series' position
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "x": list(self.x), "y": list(self.y), "mode": self.mode, "dash": self.dash}
+        return {"name": self.name, "x": list(self.x), "y": list(self.y), "mode": self.mode, "dash": self.dash,
+                "color": PALETTE[self.color % len(PALETTE)] if self.color is not None else None}
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,14 @@ def frontier_figure(laws=("chinchilla", "besiroglu"), c_min: float = 1e18, c_max
 def fit_figure(runs, law: ScalingLaw) -> Figure:
     """Observed final loss vs D, one colour per N (markers), with the fitted law's curve for each N."""
     series = []
-    for N in sorted(set(runs.params.tolist())):
+    for i, N in enumerate(sorted(set(runs.params.tolist()))):
         mask = runs.params == N
         D = runs.tokens[mask]
         order = np.argsort(D)
-        series.append(Series(f"N = {N:.3g} runs", tuple(D[order]), tuple(runs.loss[mask][order]), mode="markers"))
+        series.append(Series(f"N = {N:.3g} runs", tuple(D[order]), tuple(runs.loss[mask][order]), mode="markers",
+                             color=i))
         grid = np.geomspace(D.min() / 1.5, D.max() * 1.5, 25)  # (25,)
-        series.append(Series(f"N = {N:.3g} fit", tuple(grid), tuple(law.loss(N, grid)), dash=True))
+        series.append(Series(f"N = {N:.3g} fit", tuple(grid), tuple(law.loss(N, grid)), dash=True, color=i))
     return Figure(f"Runs and fitted law (α={law.alpha:.3f}, β={law.beta:.3f})", "training tokens D",
                   "final loss (nats/token)", tuple(series), log_y=False)
 
@@ -96,6 +99,10 @@ def _scale(values, log: bool):
 
 def _ticks(lo: float, hi: float, log: bool) -> list[tuple[float, str]]:
     if log:
+        if hi - lo < 2:  # under two decades: 1, 2, 5 × 10^e
+            ticks = [(math.log10(m) + e, f"{m}e{e}") for e in range(math.floor(lo), math.ceil(hi) + 1)
+                     for m in (1, 2, 5)]
+            return [(t, label) for t, label in ticks if lo <= t <= hi]
         step = max(1, math.ceil((hi - lo) / 8))
         return [(e, f"1e{e}") for e in range(math.ceil(lo), math.floor(hi) + 1, step)]
     span = hi - lo or 1.0
@@ -138,7 +145,7 @@ def render_svg(fig: Figure, y_offset: int = 0) -> str:
     out.append(f'<text transform="translate(16,{MT + ph / 2:.0f}) rotate(-90)" text-anchor="middle">'
                f'{html.escape(fig.y_label)}</text>')
     for i, s in enumerate(fig.series):
-        color = PALETTE[i % len(PALETTE)]
+        color = PALETTE[(i if s.color is None else s.color) % len(PALETTE)]
         pts = list(zip(px(_scale(s.x, fig.log_x)), py(_scale(s.y, fig.log_y))))
         if s.mode == "markers":
             out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>' for x, y in pts)
