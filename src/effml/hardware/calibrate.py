@@ -20,7 +20,7 @@ import json
 import platform
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -171,8 +171,7 @@ def _fresh_alloc(config) -> float:
 
     n = (64 << 20) // 4
     a, b, c = torch.empty(n), torch.randn(n), torch.randn(n)
-    cfg = CalibrateConfig(samples=3 if not config.quick else 1, sample_s=1e-6, threads=config.threads,
-                          clock=config.clock, statistic=config.statistic)  # one call per sample
+    cfg = replace(config, samples=3 if not config.quick else 1, sample_s=1e-6)  # one call per sample
     t_out = time_per_call(lambda: torch.add(b, c, out=a), cfg)
     t_new = time_per_call(lambda: torch.add(b, c), cfg)
     return n * 4 / max(t_new - t_out, 0.05 * t_out)
@@ -251,7 +250,7 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         for key, fit in fit_op_model(rows_by_cat, view_o, p32, bw).items():
             how = (f"fit over {fit['n']} micro-benchmark(s) of {key} (rms log error {fit['rms_log_error']:.2f})")
             overhead[key] = _fig(fit["overhead_s"], how, stamp)
-            efficiency[key] = _fig({k: fit[k] for k in ("compute", "memory", "i_half", "p") if k in fit}, how, stamp)
+            efficiency[key] = _fig({k: fit[k] for k in ("compute", "memory", "i_half", "p", "r") if k in fit}, how, stamp)
         report += [{"category": cat, "label": r["label"], "time_s": r["time_s"], "ops": r["ops"]}
                    for cat, rows in rows_by_cat.items() for r in rows]
         cats = sorted(float(f["value"]) for k, f in overhead.items() if k != MODULE_CALL and "." not in k)

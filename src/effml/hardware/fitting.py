@@ -15,7 +15,7 @@ import math
 from typing import Callable
 
 BOUNDS = {"overhead_s": (1e-8, 1e-3), "compute": (0.02, 2.0), "memory": (0.02, 5.0), "i_half": (0.01, 1e4),
-          "p": (0.2, 3.0)}
+          "p": (0.2, 3.0), "r": (1e-3, 1.5)}
 
 
 def fit_group(rows: list[dict], peak: float, bw: Callable[[float], float]) -> dict:
@@ -23,9 +23,9 @@ def fit_group(rows: list[dict], peak: float, bw: Callable[[float], float]) -> di
 
     eta is fitted only if some case is compute-bound at eta = mu = 1, mu only if some case is memory-bound
     (otherwise the data says nothing about it and it stays 1). With >= 4 compute-bound cases the compute
-    efficiency may fall with intensity I = FLOPs/bytes, eta(I) = eta_max I^p / (I^p + I_half^p): a CPU
-    GEMM with 16 rows reaches a fraction of the 1024-row rate (roofline.compute_efficiency). All
-    parameters are clamped to BOUNDS.
+    efficiency may fall with intensity I = FLOPs/bytes, eta(I) = eta_max I^p / (I^p + knee^p) with
+    knee = I_half (bytes / 1 MB)^r: a CPU GEMM with 16 rows reaches a fraction of the 1024-row rate, less
+    so when its weights are small (roofline.compute_efficiency). All parameters are clamped to BOUNDS.
     """
     import numpy as np
     from scipy.optimize import minimize
@@ -44,14 +44,14 @@ def fit_group(rows: list[dict], peak: float, bw: Callable[[float], float]) -> di
         eff = {"compute": clamp(params[1], "compute") if n_c else 1.0,
                "memory": clamp(params[2], "memory") if any_m else 1.0}
         if curve:
-            eff.update(i_half=clamp(params[3], "i_half"), p=clamp(params[4], "p"))
+            eff.update(i_half=clamp(params[3], "i_half"), p=clamp(params[4], "p"), r=clamp(params[5], "r"))
         return clamp(params[0], "overhead_s"), eff
 
     def pred(params, r):
         o, eff = unpack(params)
         t = r["known_s"]
         for f, b in r["ops"]:
-            eta = compute_efficiency(eff, f / b if b else float("inf"))
+            eta = compute_efficiency(eff, f / b if b else float("inf"), b)
             t += o + max(f / (peak * eta) if f else 0.0, b / (bw(b) * eff["memory"]) if b else 0.0)
         return t
 
@@ -60,10 +60,11 @@ def fit_group(rows: list[dict], peak: float, bw: Callable[[float], float]) -> di
 
     smallest = min(rows, key=lambda r: r["time_s"])
     o0 = max((smallest["time_s"] - smallest["known_s"]) / max(1, len(smallest["ops"])) * 0.8, 1e-7)
-    starts = [(0.5, 0.5, 10.0, 1.0), (1.0, 2.0, 1.0, 0.5), (0.8, 1.0, 50.0, 1.0)]
-    best = min((minimize(loss, np.log([o0, e0, m0, ih, pp]), method="Nelder-Mead",
-                         options={"xatol": 1e-3, "fatol": 1e-7, "maxiter": 4000})
-                for e0, m0, ih, pp in starts), key=lambda res: res.fun)
+    starts = [(0.5, 0.5, 10.0, 1.0, 0.01), (1.0, 2.0, 1.0, 0.5, 0.3), (0.8, 1.0, 50.0, 1.0, 0.01),
+              (0.8, 1.0, 10.0, 1.0, 0.5)]
+    best = min((minimize(loss, np.log([o0, e0, m0, ih, pp, rr]), method="Nelder-Mead",
+                         options={"xatol": 1e-3, "fatol": 1e-7, "maxiter": 6000})
+                for e0, m0, ih, pp, rr in starts), key=lambda res: res.fun)
     o, eff = unpack(best.x)
     return {"overhead_s": o, **eff, "rms_log_error": math.sqrt(best.fun / len(rows))}
 

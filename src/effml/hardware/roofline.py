@@ -76,25 +76,28 @@ def overhead(device: Device, category: str, op: str | None = None) -> float:
     return float(fig.value) if fig is not None else 0.0
 
 
-def compute_efficiency(eff: dict, intensity: float) -> float:
+def compute_efficiency(eff: dict, intensity: float, nbytes: float = 1e6) -> float:
     """Fraction of peak FLOP/s: eta_max, or eta_max I^p / (I^p + I_half^p) when calibration found that
-    low-intensity calls (a GEMM with few rows) run further below peak (I = FLOPs / bytes)."""
+    low-intensity calls (a GEMM with few rows) run further below peak (I = FLOPs / bytes). With `r`, the
+    knee moves with the call's bytes, I_half x (bytes / 1 MB)^r: a 16-row GEMM whose 9 MB of weights
+    stream through the caches runs further below peak than one whose 0.3 MB stay in L2."""
     eta = float(eff.get("compute", 1.0))
     i_half = eff.get("i_half")
     if not i_half or intensity == float("inf"):
         return eta
     p = float(eff.get("p", 1.0))
+    knee = float(i_half) * (max(nbytes, 1.0) / 1e6) ** float(eff.get("r", 0.0))
     x = max(intensity, 1e-6) ** p
-    return eta * x / (x + float(i_half) ** p)
+    return eta * x / (x + knee ** p)
 
 
 def efficiency(device: Device, category: str, op: str | None = None,
-               intensity: float = float("inf")) -> tuple[float, float]:
+               intensity: float = float("inf"), nbytes: float = 1e6) -> tuple[float, float]:
     """(fraction of peak FLOP/s, fraction of bandwidth) the op reaches; (1, 1) if uncalibrated."""
     fig = _lookup(device.efficiency, category, op)
     if fig is None:
         return 1.0, 1.0
-    return compute_efficiency(fig.value, intensity), float(fig.value.get("memory", 1.0))
+    return compute_efficiency(fig.value, intensity, nbytes), float(fig.value.get("memory", 1.0))
 
 
 def fresh_alloc_s(device: Device, category: str, op: str | None, written: float) -> float:
@@ -118,7 +121,7 @@ def op_cost(device: Device, category: str, dtype: str, flops: float, nbytes: flo
 
     `written`: bytes of the output, for the fresh-allocation cost of calibrated CPUs (0: ignore).
     """
-    eta_c, eta_m = efficiency(device, category, op, flops / nbytes if nbytes else float("inf"))
+    eta_c, eta_m = efficiency(device, category, op, flops / nbytes if nbytes else float("inf"), nbytes)
     compute = flops / (device.peak_flops(dtype) * eta_c) if flops else 0.0
     memory = nbytes / (bandwidth_at(device, nbytes) * eta_m) if nbytes else 0.0
     return OpCost(compute, memory, overhead(device, category, op) + fresh_alloc_s(device, category, op, written))
