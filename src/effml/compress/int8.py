@@ -51,21 +51,53 @@ def float_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)]
 
 
-def dynamic_int8(model: nn.Module, skip: tuple[str, ...] = ()) -> tuple[nn.Module, list[str], list[str]]:
-    """(quantized copy, quantized layer names, notes). Only nn.Linear has a dynamic int8 kernel."""
-    engine = pick_engine()
-    targets = {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip}
+def quantize_linear_dynamic(lin: nn.Linear, per_channel: bool = True) -> nn.Module:
+    """One nn.Linear -> PyTorch's dynamic int8 Linear (qint8 weights per output channel or per tensor)."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     w = _quiet()
     try:
-        q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), targets, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear: qconfig}, dtype=torch.qint8)[0]
     finally:
         w.__exit__(None, None, None)
-    notes = [f"dynamic int8 on the {engine!r} engine (CPU capability {torch.backends.cpu.get_cpu_capability()})"]
+
+
+def dynamic_int8(model: nn.Module, skip: tuple[str, ...] = (), per_channel: bool = True,
+                 smooth_alpha: float | None = None, calibration=None) -> tuple[nn.Module, list[str], list[str]]:
+    """(quantized copy, quantized layer names, notes). Only nn.Linear has a dynamic int8 kernel.
+
+    per_channel: a weight scale per output row (else one per tensor). smooth_alpha: SmoothQuant migration
+    strength, calibrated on `calibration` batches (see smooth.py).
+    """
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+    engine = pick_engine()
+    targets = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip)
+    q = copy.deepcopy(model).eval()
+    how = "per-channel" if per_channel else "per-tensor"
+    if smooth_alpha is not None:
+        from effml.compress.smooth import activation_absmax, smooth_linears
+
+        amax = activation_absmax(q, calibration, targets)
+        smooth_linears(q, targets, amax, smooth_alpha, per_channel)
+        how += f" weights, SmoothQuant alpha={smooth_alpha}"
+    else:
+        qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+        w = _quiet()
+        try:
+            q = torch.ao.quantization.quantize_dynamic(q, {n: qconfig for n in targets}, dtype=torch.qint8)
+        finally:
+            w.__exit__(None, None, None)
+        how += " weights"
+    notes = [f"dynamic int8 on the {engine!r} engine ({how}; activations quantized per tensor per call"
+             f"{', 7-bit reduce_range' if engine in ('x86', 'fbgemm') else ''}; CPU capability "
+             f"{torch.backends.cpu.get_cpu_capability()})"]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
     if convs:
         notes.append(f"{len(convs)} conv layer(s) stay fp32: PyTorch has no dynamic int8 conv kernel "
                      "(use mode='static' for convs)")
-    return q, sorted(targets), notes
+    return q, targets, notes
 
 
 def static_int8(model: nn.Module, calibration, example_inputs: tuple, skip: tuple[str, ...] = ()
@@ -86,7 +118,7 @@ def static_int8(model: nn.Module, calibration, example_inputs: tuple, skip: tupl
         prepared = prepare_fx(copy.deepcopy(model).eval(), qmap, example_inputs)
     except Exception as e:  # noqa: BLE001 - FX tracing raises many types
         w.__exit__(None, None, None)
-        q, names, notes = dynamic_int8(model, skip)
+        q, names, notes = dynamic_int8(model, skip, per_channel=True)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         return q, names, [f"static int8: FX could not trace {type(model).__name__} ({reason}); fell back to "
                           "dynamic int8 of the Linear layers"] + notes

@@ -23,6 +23,7 @@ from torch import nn
 
 from effml.compress.int8 import WeightOnlyLinear
 from effml.compress.qlinear import QSpec, dequantize
+from effml.compress.smooth import SmoothInt8Linear
 from effml.compress.structured import resizer_for
 from effml.compress.transformer import HeadPrunedAttention
 from effml.errors import EffmlError
@@ -49,8 +50,12 @@ def _structure(model: nn.Module) -> dict:
         elif isinstance(m, WeightOnlyLinear):
             entry["class"] = {"type": "WeightOnlyLinear", "in": m.in_features, "out": m.out_features, "bits": m.bits,
                               "group_size": m.spec.group_size or 128, "kernel": m.kernel, "bias": m.bias is not None}
+        elif isinstance(m, SmoothInt8Linear):
+            entry["class"] = {"type": "SmoothInt8Linear", "in": m.in_features, "out": m.out_features}
         elif isinstance(m, _dynamic_linear_type()):
-            entry["class"] = {"type": "DynamicInt8Linear", "in": m.in_features, "out": m.out_features}
+            per_channel = m.weight().qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+            entry["class"] = {"type": "DynamicInt8Linear", "in": m.in_features, "out": m.out_features,
+                              "per_channel": per_channel}
         attrs = {a: getattr(m, a) for a in HEAD_ATTRS if isinstance(getattr(m, a, None), int)}
         if attrs:
             entry["attrs"] = attrs
@@ -73,8 +78,12 @@ def save_compressed(model: nn.Module, path: str | Path, codes: dict[str, dict] |
         if isinstance(m, dyn):
             w, b = m._weight_bias()
             tensors[f"{name}.weight.codes"] = w.int_repr().contiguous()
-            tensors[f"{name}.weight.scale"] = torch.tensor([w.q_scale()], dtype=torch.float64)
-            tensors[f"{name}.weight.zero"] = torch.tensor([w.q_zero_point()], dtype=torch.int64)
+            if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                tensors[f"{name}.weight.scale"] = w.q_per_channel_scales().contiguous()
+                tensors[f"{name}.weight.zero"] = w.q_per_channel_zero_points().contiguous()
+            else:
+                tensors[f"{name}.weight.scale"] = torch.tensor([w.q_scale()], dtype=torch.float64)
+                tensors[f"{name}.weight.zero"] = torch.tensor([w.q_zero_point()], dtype=torch.int64)
             if b is not None:
                 tensors[f"{name}.bias"] = b.detach().contiguous()
     dyn_prefixes = tuple(n + "." for n, m in model.named_modules() if isinstance(m, dyn))
@@ -139,13 +148,17 @@ def _rebuild(model: nn.Module, name: str, cls: dict, tensors: dict) -> None:
         lin = nn.Linear(cls["in"], cls["out"], bias=cls["bias"])
         _replace(model, name, WeightOnlyLinear(lin, cls["bits"], cls["group_size"], cls["kernel"], name))
     elif kind == "DynamicInt8Linear":
-        q = _dynamic_linear_type()(cls["in"], cls["out"])
         codes = tensors.pop(f"{name}.weight.codes")
-        scale = float(tensors.pop(f"{name}.weight.scale")[0])
-        zero = int(tensors.pop(f"{name}.weight.zero")[0])
-        qw = torch._make_per_tensor_quantized_tensor(codes, scale, zero)
+        scale, zero = tensors.pop(f"{name}.weight.scale"), tensors.pop(f"{name}.weight.zero")
+        if cls.get("per_channel"):  # one scale per output row
+            qw = torch._make_per_channel_quantized_tensor(codes, scale.double(), zero.long(), 0)
+        else:
+            qw = torch._make_per_tensor_quantized_tensor(codes, float(scale[0]), int(zero[0]))
+        q = _dynamic_linear_type()(cls["in"], cls["out"])
         q.set_weight_bias(qw, tensors.pop(f"{name}.bias", None))
         _replace(model, name, q)
+    elif kind == "SmoothInt8Linear":
+        _replace(model, name, SmoothInt8Linear.empty(cls["in"], cls["out"]))
     else:
         raise CheckpointError(f"{name}: unknown module class {kind!r} in the checkpoint")
 

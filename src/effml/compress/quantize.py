@@ -45,6 +45,8 @@ class QuantConfig:
     granularity: str = "channel"  # linear: tensor | channel | group
     group_size: int | None = None  # linear (granularity="group") and int4-weight (default 128)
     mode: str = "dynamic"  # int8: dynamic | static
+    per_channel: bool = True  # int8 dynamic: a weight scale per output row (False: one per tensor)
+    smooth_alpha: float | None = None  # int8 dynamic: SmoothQuant strength in [0, 1] (needs calibration)
     qat: bool = False  # linear/kmeans: keep trainable (straight-through) until freeze()
     kmeans_train: str = "ste"  # kmeans with qat: "ste" (latent weights) or "centroids" (Deep Compression)
     kernel: str = "packed"  # *-weight: "packed" int kernels or "dequant" (fp32 GEMM on dequantized weights)
@@ -69,6 +71,10 @@ class QuantConfig:
             raise ConfigError(f"QuantConfig.granularity {self.granularity!r} unknown; expected {GRANULARITIES}")
         if self.kmeans_train not in KMEANS_TRAIN:
             raise ConfigError(f"QuantConfig.kmeans_train {self.kmeans_train!r} unknown; expected {KMEANS_TRAIN}")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ConfigError(f"QuantConfig.smooth_alpha must be in [0, 1], got {self.smooth_alpha}")
+        if self.smooth_alpha is not None and (self.method, self.mode) != ("int8", "dynamic"):
+            raise ConfigError("QuantConfig.smooth_alpha applies to method='int8', mode='dynamic'")
         if self.kernel not in WEIGHT_KERNELS:
             raise ConfigError(f"QuantConfig.kernel {self.kernel!r} unknown; expected one of {WEIGHT_KERNELS}")
         if self.method == "kmeans" and self.bits > 16:
@@ -172,7 +178,7 @@ def int8_method(model: nn.Module, config: QuantConfig, *, calibration=None, exam
     skip = tuple(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
                  and n not in names_ok)
     if config.mode == "dynamic":
-        q, names, notes = dynamic_int8(model, skip)
+        q, names, notes = dynamic_int8(model, skip, config.per_channel, config.smooth_alpha, calibration)
     else:
         calib = list(calibration) if calibration is not None else None
         if example_inputs is None and calib:

@@ -109,6 +109,10 @@ class BatchLoader:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.seed, self.drop_last, self.epoch = shuffle, seed, drop_last, 0
 
+    def reset(self, seed: int) -> None:
+        """Start the shuffle sequence again from `seed` (fit does this, so a seeded fit is reproducible)."""
+        self.seed, self.epoch = seed, 0
+
     def __len__(self) -> int:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

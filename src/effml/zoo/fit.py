@@ -5,6 +5,7 @@
 
 `step_hook()` runs after every optimizer step (e.g. re-apply pruning masks); `callback(what, frac)` reports
 progress (the CLI draws a bar with it). The model's output may be logits or an object with `.logits`.
+`seed` seeds torch's RNG and restarts the shuffling of a `BatchLoader`, so a seeded fit is reproducible.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def fit(model: nn.Module, data, config: FitConfig | None = None, *, step_hook: C
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     torch.manual_seed(cfg.seed)
+    if hasattr(train, "reset"):  # a BatchLoader: its shuffles follow this fit's seed
+        train.reset(cfg.seed)
     opt = _optimizer(model, cfg)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine" else None)
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
