@@ -1,0 +1,286 @@
+"""Serving a request trace: static batching vs continuous (iteration-level) batching on the paged cache.
+
+    trace = poisson_trace(prompts, TraceConfig(n_requests=48, rate=8.0, mean_output=48))
+    result = serve(model, trace, "continuous", EngineConfig(max_batch=8))
+    result.throughput, result.latency_p(99), result.ttft_p(50), result.kv
+
+Static (FasterTransformer-style): take up to `max_batch` waiting requests, right-pad their prompts to the
+longest, prefill them together, decode in lock step until the longest output is done; every request of the batch
+is answered when the batch ends, and new arrivals wait for it. Contiguous cache of B x (longest prompt + longest
+output).
+
+Continuous (Orca, Yu et al. 2022; vLLM): every iteration admits waiting requests into free slots (prefilling each),
+runs one decode step for all running sequences, and retires finished ones at once, returning their blocks to the
+paged cache's free list.
+
+Time: a virtual clock advanced by the measured wall time of each model call, and jumped forward to the next
+arrival when the engine is idle (no sleeping). Arrivals are Poisson (exponential gaps at `rate` per second);
+each request generates exactly its `max_new_tokens` (no early stop) so both engines do the same useful work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from effml.errors import ConfigError
+from effml.llm.generate import check_request
+from effml.llm.kvcache import ContiguousCache, KVStats, PagedCache, kv_bytes_per_token
+from effml.llm.model import Transformer
+
+
+@dataclass(frozen=True)
+class Request:
+    rid: int
+    arrival_s: float
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    n_requests: int = 32
+    rate: float = 8.0  # requests per second (Poisson)
+    mean_output: float = 48.0  # output lengths: exponential with this mean, clipped to [min_output, max_output]
+    min_output: int = 4
+    max_output: int = 192
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n_requests <= 0 or self.rate <= 0 or self.mean_output <= 0:
+            raise ConfigError(f"TraceConfig n_requests, rate, mean_output must be positive, got "
+                              f"{self.n_requests}, {self.rate}, {self.mean_output}")
+        if not 1 <= self.min_output <= self.max_output:
+            raise ConfigError(f"TraceConfig needs 1 <= min_output <= max_output, got {self.min_output}, "
+                              f"{self.max_output}")
+
+
+def poisson_trace(prompts: list[list[int]], config: TraceConfig = TraceConfig()) -> list[Request]:
+    """Requests with exponential inter-arrival gaps, prompts drawn from `prompts`, exponential output lengths."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ConfigError("poisson_trace needs a non-empty list of non-empty prompts")
+    g = torch.Generator().manual_seed(config.seed)
+    gaps = torch.empty(config.n_requests).exponential_(config.rate, generator=g)  # (N,) seconds
+    outs = torch.empty(config.n_requests).exponential_(1.0 / config.mean_output, generator=g)
+    which = torch.randint(0, len(prompts), (config.n_requests,), generator=g)
+    t, trace = 0.0, []
+    for i in range(config.n_requests):
+        t += float(gaps[i])
+        n = int(min(config.max_output, max(config.min_output, math.ceil(float(outs[i])))))
+        trace.append(Request(i, t, tuple(prompts[int(which[i])]), n))
+    return trace
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch: int = 8
+    block_size: int = 16
+    num_blocks: int = 0  # 0: the memory of the contiguous reservation, max_batch x ceil(max_len / block_size)
+    max_len: int = 0  # 0: the trace's longest prompt + output
+    stop_token: int | None = None  # a sequence that emits it is done (benchmarks leave None: fixed lengths)
+
+    def __post_init__(self):
+        if self.max_batch <= 0 or self.block_size <= 0 or self.num_blocks < 0 or self.max_len < 0:
+            raise ConfigError(f"EngineConfig: max_batch and block_size must be positive, num_blocks and max_len "
+                              f">= 0; got {self.max_batch}, {self.block_size}, {self.num_blocks}, {self.max_len}")
+
+
+@dataclass
+class RequestResult:
+    rid: int
+    arrival_s: float
+    first_token_s: float
+    finish_s: float
+    prompt_len: int
+    tokens: list[int] = field(repr=False)
+
+    @property
+    def ttft_s(self) -> float:
+        return self.first_token_s - self.arrival_s
+
+    @property
+    def latency_s(self) -> float:
+        return self.finish_s - self.arrival_s
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(torch.quantile(torch.tensor(xs, dtype=torch.float64), q / 100)) if xs else float("nan")
+
+
+@dataclass
+class ServeResult:
+    batching: str
+    requests: list[RequestResult] = field(repr=False)
+    makespan_s: float
+    steps: int
+    kv: dict  # {"paged": {...}, "contiguous": {...}}: time-averaged and peak reserved vs used
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(len(r.tokens) for r in self.requests)
+
+    @property
+    def throughput(self) -> float:
+        return self.generated_tokens / self.makespan_s
+
+    def latency_p(self, q: float) -> float:
+        return _pct([r.latency_s for r in self.requests], q)
+
+    def ttft_p(self, q: float) -> float:
+        return _pct([r.ttft_s for r in self.requests], q)
+
+    def to_dict(self) -> dict:
+        return {"batching": self.batching, "requests": len(self.requests), "generated_tokens": self.generated_tokens,
+                "makespan_s": self.makespan_s, "throughput_tok_s": self.throughput, "steps": self.steps,
+                "latency_p50_s": self.latency_p(50), "latency_p99_s": self.latency_p(99),
+                "ttft_p50_s": self.ttft_p(50), "ttft_p99_s": self.ttft_p(99), "kv": self.kv,
+                "per_request": [{**asdict(r), "tokens": len(r.tokens)} for r in self.requests]}
+
+
+class _Clock:
+    """Virtual time: model calls advance it by their measured duration; idle time jumps to the next arrival."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def run(self, fn, *a, **kw):
+        t = time.perf_counter()
+        out = fn(*a, **kw)
+        self.now += time.perf_counter() - t
+        return out
+
+
+class _KVMeter:
+    """Averages reserved vs used KV over decode steps, for the engine's own cache and a max_len reservation."""
+
+    def __init__(self, bytes_per_token: float, max_len: int):
+        self.bpt, self.max_len, self.samples = bytes_per_token, max_len, []
+
+    def add(self, own: KVStats, live_lengths: list[int]) -> None:
+        self.samples.append((own, KVStats(len(live_lengths) * self.max_len, sum(live_lengths), self.bpt)))
+
+    def summary(self, own_name: str) -> dict:
+        def agg(i):
+            res = sum(s[i].reserved_tokens for s in self.samples)
+            used = sum(s[i].used_tokens for s in self.samples)
+            peak = max((s[i].reserved_tokens for s in self.samples), default=0)
+            return {"reserved_tokens_avg": res / max(1, len(self.samples)), "used_tokens_avg": used /
+                    max(1, len(self.samples)), "waste": 1 - used / res if res else 0.0,
+                    "peak_reserved_bytes": peak * self.bpt}
+        return {own_name: agg(0), "max_len_reservation": agg(1)}
+
+
+ENGINES: dict[str, Callable] = {}
+
+
+def engine(name: str):
+    def wrap(fn):
+        ENGINES[name] = fn
+        return fn
+    return wrap
+
+
+@engine("static")
+def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress):
+    clock, pending, done, steps = _Clock(), list(trace), [], 0
+    dtype = model.output.weight.dtype
+    while pending:
+        clock.now = max(clock.now, pending[0].arrival_s)  # idle: wait for the first arrival
+        batch = [r for r in pending if r.arrival_s <= clock.now][:cfg.max_batch]
+        pending = pending[len(batch):]
+        B, P = len(batch), max(len(r.prompt) for r in batch)
+        steps_out = max(r.max_new_tokens for r in batch)
+        cache = ContiguousCache(model.args, B, P + steps_out, dtype)
+        tokens = torch.zeros(B, P, dtype=torch.long)  # right-padded prompts (B, P)
+        for b, r in enumerate(batch):
+            tokens[b, :len(r.prompt)] = torch.tensor(r.prompt)
+        lens = torch.tensor([len(r.prompt) for r in batch])
+        logits = clock.run(model, tokens, cache=cache, pick=lens - 1)[:, -1]  # (B, V)
+        cache.truncate(lens.tolist())  # forget the pads: later tokens overwrite them
+        out = [[int(t)] for t in logits.argmax(-1)]
+        first = clock.now
+        for _ in range(steps_out - 1):  # lock step until the longest output is done
+            meter.add(cache.stats(meter.bpt), cache.lengths)
+            nxt = torch.tensor([[o[-1]] for o in out])  # (B, 1)
+            logits = clock.run(model, nxt, cache=cache)[:, -1]  # (B, V)
+            for o, t in zip(out, logits.argmax(-1)):
+                o.append(int(t))
+            steps += 1
+        for r, o in zip(batch, out):  # everyone is answered when the batch ends
+            o = o[:r.max_new_tokens]
+            if cfg.stop_token in o:
+                o = o[:o.index(cfg.stop_token) + 1]
+            done.append(RequestResult(r.rid, r.arrival_s, first, clock.now, len(r.prompt), o))
+        if progress:
+            progress(len(done), len(trace))
+    return done, clock.now, steps
+
+
+@engine("continuous")
+def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress):
+    bs = cfg.block_size
+    num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
+    cache = PagedCache(model.args, num_blocks, bs, model.output.weight.dtype)
+    clock, pending, done, steps = _Clock(), list(trace), [], 0
+    running: dict[int, tuple[Request, list[int], float]] = {}  # rid -> (request, tokens, first token time)
+    stop = cfg.stop_token
+
+    def blocks_to_finish(r: Request, n_out: int) -> int:  # worst case, so an admitted request never stalls
+        return -(-(len(r.prompt) + r.max_new_tokens) // bs) - -(-(len(r.prompt) + n_out) // bs)
+
+    def retire() -> None:  # finished sequences leave at once and return their blocks
+        for rid in [rid for rid, (r, t, _) in running.items() if len(t) >= r.max_new_tokens or t[-1] == stop]:
+            r, t, first = running.pop(rid)
+            cache.free(rid)
+            done.append(RequestResult(rid, r.arrival_s, first, clock.now, len(r.prompt), t))
+            if progress:
+                progress(len(done), len(trace))
+
+    while pending or running:
+        if not running:
+            clock.now = max(clock.now, pending[0].arrival_s)
+        # admit arrived requests while a slot and their worst-case blocks are free
+        committed = sum(blocks_to_finish(r, len(t)) for r, t, _ in running.values())
+        while (pending and pending[0].arrival_s <= clock.now and len(running) < cfg.max_batch
+               and committed + -(-(len(pending[0].prompt) + pending[0].max_new_tokens) // bs) <= num_blocks):
+            r = pending.pop(0)
+            committed += -(-(len(r.prompt) + r.max_new_tokens) // bs)
+            cache.add(r.rid)
+            cache.select([r.rid])
+            logits = clock.run(model, torch.tensor([r.prompt]), cache=cache, last=1)[0, -1]  # (V,)
+            running[r.rid] = (r, [int(logits.argmax())], clock.now)
+        retire()
+        if not running:
+            continue
+        ids = list(running)
+        cache.select(ids)
+        meter.add(cache.stats(meter.bpt), cache.lengths)
+        nxt = torch.tensor([[running[i][1][-1]] for i in ids])  # (B, 1)
+        logits = clock.run(model, nxt, cache=cache)[:, -1]  # (B, V)
+        for i, t in zip(ids, logits.argmax(-1)):
+            running[i][1].append(int(t))
+        steps += 1
+        retire()
+    return sorted(done, key=lambda r: r.rid), clock.now, steps
+
+
+@torch.no_grad()
+def serve(model: Transformer, trace: list[Request], batching: str = "continuous",
+          config: EngineConfig = EngineConfig(), progress: Callable[[int, int], None] | None = None) -> ServeResult:
+    """Run the trace through an engine (greedy decoding); per-request timings, throughput and KV use."""
+    if batching not in ENGINES:
+        raise ConfigError(f"batching {batching!r} is not one of {', '.join(ENGINES)}")
+    if not trace:
+        raise ConfigError("serve needs at least one request")
+    for r in trace:
+        check_request(model, list(r.prompt), r.max_new_tokens)
+    max_len = config.max_len or max(len(r.prompt) + r.max_new_tokens for r in trace)
+    meter = _KVMeter(kv_bytes_per_token(model.args, model.output.weight.dtype), max_len)
+    trace = sorted(trace, key=lambda r: r.arrival_s)
+    done, makespan, steps = ENGINES[batching](model, trace, config, max_len, meter, progress)
+    own = "paged" if batching == "continuous" else "contiguous"
+    return ServeResult(batching, done, makespan, steps, meter.summary(own))

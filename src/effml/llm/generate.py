@@ -1,0 +1,198 @@
+"""Autoregressive generation through a KV-cache strategy: none (recompute), contiguous, paged.
+
+    result = generate(model, prompt_ids, GenerateConfig(max_new_tokens=64, kv="paged"), on_token=print)
+    result.tokens, result.tokens_per_s, result.ttft_s
+
+A `Session` is one sequence being decoded: `feed(tokens)` appends tokens and returns their logits, `truncate(n)`
+forgets everything after the first n (speculative decoding rolls back rejected tokens with it). Strategies are a
+registry (`SESSIONS`). Sampling helpers (`next_probs`, `pick`) are shared with speculative decoding so both draw
+from the same distribution.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from effml.errors import ConfigError
+from effml.llm.kvcache import ContiguousCache, PagedCache
+from effml.llm.model import Transformer
+
+
+# ---- sampling -----------------------------------------------------------------------------------------------
+def next_probs(logits: torch.Tensor, temperature: float, top_k: int = 0) -> torch.Tensor:
+    """(..., V) logits -> (..., V) probabilities at `temperature` (> 0), optionally restricted to the top k."""
+    logits = logits.float() / temperature
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def pick(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator | None) -> int:
+    """Greedy (temperature 0: argmax, ties to the lowest id) or one sample from next_probs. logits: (V,)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    return int(torch.multinomial(next_probs(logits, temperature, top_k), 1, generator=gen))
+
+
+# ---- sessions: one sequence, one cache strategy ---------------------------------------------------------------
+class Session:
+    def __init__(self, model: Transformer, max_len: int):
+        self.model, self.max_len, self.length = model, max_len, 0
+
+    def feed(self, tokens: list[int], last: int | None = None) -> torch.Tensor:
+        """Append `tokens`; return logits (T, V) for them (the last `last` only, if given)."""
+        raise NotImplementedError
+
+    def truncate(self, n: int) -> None:
+        raise NotImplementedError
+
+
+SESSIONS: dict[str, type[Session]] = {}
+
+
+def session_kind(name: str):
+    def wrap(cls):
+        SESSIONS[name] = cls
+        return cls
+    return wrap
+
+
+@session_kind("none")
+class RecomputeSession(Session):
+    """No cache: every call runs the whole sequence again (O(n²) work for n tokens: the baseline)."""
+
+    def __init__(self, model, max_len):
+        super().__init__(model, max_len)
+        self.history: list[int] = []
+
+    def feed(self, tokens, last=None):
+        self.history += list(tokens)
+        self.length = len(self.history)
+        n = len(tokens) if last is None else last
+        return self.model(torch.tensor([self.history]), last=n)[0]  # (n, V)
+
+    def truncate(self, n):
+        del self.history[n:]
+        self.length = n
+
+
+@session_kind("contiguous")
+class ContiguousSession(Session):
+    def __init__(self, model, max_len):
+        super().__init__(model, max_len)
+        self.cache = ContiguousCache(model.args, 1, max_len, model.output.weight.dtype)
+
+    def feed(self, tokens, last=None):
+        out = self.model(torch.tensor([list(tokens)]), cache=self.cache, last=last)[0]
+        self.length = self.cache.lengths[0]
+        return out
+
+    def truncate(self, n):
+        self.cache.truncate([n])
+        self.length = n
+
+
+@session_kind("paged")
+class PagedSession(ContiguousSession):
+    block_size = 16
+
+    def __init__(self, model, max_len):
+        Session.__init__(self, model, max_len)
+        blocks = -(-max_len // self.block_size)
+        self.cache = PagedCache(model.args, blocks, self.block_size, model.output.weight.dtype)
+        self.cache.add(0)
+        self.cache.select([0])
+
+
+def new_session(kind: str, model: Transformer, max_len: int) -> Session:
+    if kind not in SESSIONS:
+        raise ConfigError(f"kv {kind!r} is not one of {', '.join(SESSIONS)}")
+    return SESSIONS[kind](model, max_len)
+
+
+# ---- generate ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerateConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0
+    kv: str = "contiguous"
+    stop_token: int | None = None  # e.g. the tokenizer's eos id; None: always max_new_tokens
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"GenerateConfig.max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.temperature < 0 or self.top_k < 0:
+            raise ConfigError(f"GenerateConfig.temperature and top_k must be >= 0, got {self.temperature}, "
+                              f"{self.top_k}")
+        if self.kv not in SESSIONS:
+            raise ConfigError(f"GenerateConfig.kv {self.kv!r} is not one of {', '.join(SESSIONS)}")
+
+
+def check_request(model: Transformer, prompt: list[int], max_new_tokens: int) -> None:
+    """Refuse an empty prompt, ids outside the vocabulary, or a request longer than the context."""
+    if len(prompt) == 0:
+        raise ConfigError("the prompt is empty: give at least one token")
+    V = model.args.vocab_size
+    bad = [t for t in prompt if not 0 <= int(t) < V]
+    if bad:
+        raise ConfigError(f"prompt token ids {bad[:5]} are outside the model's vocabulary [0, {V})")
+    ctx = model.args.max_seq_len
+    if len(prompt) + max_new_tokens > ctx:
+        raise ConfigError(f"request of {len(prompt)} prompt + {max_new_tokens} new tokens = "
+                          f"{len(prompt) + max_new_tokens} exceeds the model's context of {ctx} tokens")
+
+
+@dataclass
+class GenerateResult:
+    prompt_tokens: int
+    tokens: list[int]
+    kv: str
+    time_s: float
+    ttft_s: float  # prefill + first token
+    stopped: str  # "stop_token" or "length"
+    step_times_s: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / self.time_s if self.time_s > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("step_times_s")
+        return {**d, "new_tokens": len(self.tokens), "tokens_per_s": self.tokens_per_s}
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompt: list[int], config: GenerateConfig = GenerateConfig(),
+             on_token: Callable[[int], None] | None = None) -> GenerateResult:
+    prompt = [int(t) for t in prompt]
+    check_request(model, prompt, config.max_new_tokens)
+    gen = torch.Generator().manual_seed(config.seed)
+    session = new_session(config.kv, model, len(prompt) + config.max_new_tokens)
+    out: list[int] = []
+    times = []
+    t0 = time.perf_counter()
+    logits = session.feed(prompt, last=1)[-1]  # (V,)
+    ttft = None
+    stopped = "length"
+    while True:
+        tok = pick(logits, config.temperature, config.top_k, gen)
+        out.append(tok)
+        times.append(time.perf_counter() - t0)
+        ttft = times[0] if ttft is None else ttft
+        if on_token is not None:
+            on_token(tok)
+        if config.stop_token is not None and tok == config.stop_token:
+            stopped = "stop_token"
+            break
+        if len(out) == config.max_new_tokens:
+            break
+        logits = session.feed([tok], last=1)[-1]  # (V,)
+    return GenerateResult(len(prompt), out, config.kv, time.perf_counter() - t0, ttft, stopped, times)

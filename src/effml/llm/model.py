@@ -1,0 +1,276 @@
+"""A compact Llama-style decoder (gpt-fast layout): RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+It runs the pretrained SmolLM2-135M-Instruct weights (`weights.load_smollm2`) with logits matching the
+transformers implementation, and small models made here (tiny random ones for tests, the speculative draft).
+
+    model = Transformer(ModelArgs.preset("tiny"))
+    logits = model(tokens)                      # (B, T, vocab): causal attention over `tokens` only
+    logits = model(tokens, cache=kv)            # with a KV cache (effml.llm.kvcache): positions continue
+
+The attention reads keys/values from whatever cache the caller passes: the cache object owns storage and the
+read (contiguous slices or paged blocks), the model owns the projections, RoPE and the MLP.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effml.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    dim: int = 576
+    n_layers: int = 30
+    n_heads: int = 9
+    n_kv_heads: int = 3
+    vocab_size: int = 49152
+    hidden_dim: int = 1536  # SwiGLU inner size
+    norm_eps: float = 1e-5
+    rope_theta: float = 100000.0
+    max_seq_len: int = 8192
+    tie_embeddings: bool = True
+    head_tokens: int = 0  # > 0: the LM head scores only this many token ids (a draft's frequent tokens)
+
+    def __post_init__(self):
+        for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "max_seq_len"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
+                raise ConfigError(f"ModelArgs.{f} must be a positive int, got {getattr(self, f)!r}")
+        if self.dim % self.n_heads:
+            raise ConfigError(f"ModelArgs.dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"ModelArgs.n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ConfigError(f"ModelArgs head_dim={self.dim // self.n_heads} must be even for RoPE")
+        if not (0 <= self.head_tokens <= self.vocab_size):
+            raise ConfigError(f"ModelArgs.head_tokens={self.head_tokens} must be in [0, vocab_size={self.vocab_size}]")
+        if self.head_tokens and self.tie_embeddings:
+            raise ConfigError("ModelArgs.head_tokens > 0 needs tie_embeddings=False (the head is a row subset)")
+        if self.norm_eps <= 0 or self.rope_theta <= 0:
+            raise ConfigError(f"ModelArgs.norm_eps and rope_theta must be > 0, got {self.norm_eps}, {self.rope_theta}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelArgs":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; expected one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        known = {f.name for f in fields(cls)}
+        extra = set(d) - known
+        if extra:
+            raise ConfigError(f"ModelArgs: unknown field(s) {', '.join(sorted(extra))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def params(self) -> int:
+        """Parameter count (tied embeddings counted once)."""
+        d, L, hd = self.dim, self.n_layers, self.head_dim
+        attn = d * d + 2 * d * self.n_kv_heads * hd + d * d  # wq, wk, wv, wo
+        per_layer = attn + 3 * d * self.hidden_dim + 2 * d  # + SwiGLU (w1, w2, w3) + 2 RMSNorm weights
+        head = 0 if self.tie_embeddings else (self.head_tokens or self.vocab_size) * d
+        return self.vocab_size * d + L * per_layer + d + head
+
+
+PRESETS: dict[str, ModelArgs] = {
+    # HuggingFaceTB/SmolLM2-135M(-Instruct) config.json: 30 layers, d=576, 9 heads, 3 KV heads, theta 1e5
+    "smollm2-135m": ModelArgs(),
+    # the same architecture at toy size, random weights: unit tests
+    "tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, hidden_dim=128,
+                      rope_theta=10000.0, max_seq_len=256),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # as transformers: in fp32
+        return self.weight * h.to(x.dtype)
+
+
+class RoPE(nn.Module):
+    """Rotary embeddings in the rotate-half layout of transformers' Llama (what the GGUF loader restores)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        self.theta = theta
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (hd/2,)
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
+        return emb.cos(), emb.sin()
+
+    def reset(self) -> None:
+        """Recompute inv_freq (after building on the meta device)."""
+        hd, theta = self.inv_freq.shape[0] * 2, self.theta
+        self.inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, hd); cos/sin: (B, T, hd) -> broadcast over heads
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rot * sin
+
+
+def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q kᵀ/√hd + mask) v with H_kv < H heads, without repeating K/V.
+
+    q: (B, H, T, hd); k, v: (B, H_kv, S, hd); mask: (B, T, S) bool (True = may attend) or None (all).
+    The n_rep = H / H_kv query heads that share a KV head are stacked along the query axis, so one SDPA call
+    per KV head reads K/V once (the cache is never copied n_rep times). Returns (B, H, T, hd).
+    """
+    B, H, T, hd = q.shape
+    Hkv = k.shape[1]
+    rep = H // Hkv
+    qg = q.reshape(B, Hkv, rep * T, hd)  # (B, H_kv, rep*T, hd): heads h*rep..h*rep+rep-1 share KV head h
+    m = None
+    if mask is not None:
+        m = mask[:, None, None].expand(B, 1, rep, T, mask.shape[-1]).reshape(B, 1, rep * T, -1)  # (B,1,rep*T,S)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=m)  # (B, H_kv, rep*T, hd)
+    return out.reshape(B, H, T, hd)
+
+
+def causal_mask(T: int, device=None) -> torch.Tensor:
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()[None]  # (1, T, T)
+
+
+class Attention(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = a.n_heads, a.n_kv_heads, a.head_dim
+        self.wq = nn.Linear(a.dim, a.n_heads * self.hd, bias=False)
+        self.wk = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=False)
+        self.wv = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=False)
+        self.wo = nn.Linear(a.n_heads * self.hd, a.dim, bias=False)
+
+    def forward(self, x, cos, sin, cache, layer: int) -> torch.Tensor:
+        B, T, _ = x.shape  # (B, T, C)
+        q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if cache is None:
+            y = gqa_attention(q, k, v, causal_mask(T, x.device) if T > 1 else None)  # (B, H, T, hd)
+        else:
+            y = cache.attend(layer, q, k, v)  # the cache stores k, v and attends over everything it holds
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.w1 = nn.Linear(a.dim, a.hidden_dim, bias=False)  # gate
+        self.w3 = nn.Linear(a.dim, a.hidden_dim, bias=False)  # up
+        self.w2 = nn.Linear(a.hidden_dim, a.dim, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.attention_norm = RMSNorm(a.dim, a.norm_eps)
+        self.attention = Attention(a)
+        self.ffn_norm = RMSNorm(a.dim, a.norm_eps)
+        self.feed_forward = FeedForward(a)
+
+    def forward(self, x, cos, sin, cache, layer: int) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, layer)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.head_tokens or args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight  # one tensor
+        if args.head_tokens:  # row i of the head scores token head_ids[i]; the rest get -inf
+            self.register_buffer("head_ids", torch.arange(args.head_tokens))
+        self.rope = RoPE(args.head_dim, args.rope_theta)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.args.vocab_size
+
+    def hidden(self, tokens: torch.Tensor, cache=None) -> torch.Tensor:
+        """tokens (B, T) int64 -> the last block's hidden states (B, T, C) (before the final norm and head)."""
+        if tokens.ndim != 2 or tokens.shape[1] == 0:
+            raise ConfigError(f"Transformer input must be (batch, tokens) with at least one token, "
+                              f"got shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        if cache is None:
+            positions = torch.arange(T, device=tokens.device).expand(B, T)  # (B, T)
+        else:
+            positions = cache.begin(T)  # (B, T): each sequence continues from its own length
+        end = int(positions.max()) + 1
+        if end > self.args.max_seq_len:
+            raise ConfigError(f"sequence of {end} tokens exceeds the model's context max_seq_len="
+                              f"{self.args.max_seq_len}; shorten the prompt or max_new_tokens")
+        cos, sin = self.rope(positions)  # (B, T, hd)
+        x = self.tok_embeddings(tokens)  # (B, T, C)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.commit(T)
+        return x
+
+    def forward(self, tokens: torch.Tensor, cache=None, last: int | None = None,
+                pick: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T) int64 -> logits (B, T, vocab).
+
+        last: only the last `last` positions' logits (B, last, V); pick (B,) int64: only position pick[b] of row b
+        (B, 1, V) (a right-padded batch's last real tokens). The LM head is the largest matmul: skip what nobody reads.
+        """
+        x = self.hidden(tokens, cache)  # (B, T, C)
+        if last is not None:
+            x = x[:, -last:]  # (B, last, C)
+        elif pick is not None:
+            x = x[torch.arange(x.shape[0]), pick][:, None]  # (B, 1, C)
+        logits = self.output(self.norm(x))  # (B, T, V) or (B, T, head_tokens)
+        if self.args.head_tokens:
+            full = logits.new_full((*logits.shape[:-1], self.args.vocab_size), -math.inf)  # (B, T, V)
+            logits = full.index_copy_(-1, self.head_ids, logits)
+        return logits
+
+
+def build(args: ModelArgs | str, seed: int = 0, dtype: torch.dtype = torch.float32, std: float = 0.02) -> Transformer:
+    """A model with seeded random weights, normal(0, std) (0.02 = Llama's initializer_range); norms at 1.
+
+    Tests use a larger std so that a random model's next-token distributions are peaked, not near-uniform.
+    """
+    if isinstance(args, str):
+        args = ModelArgs.preset(args)
+    gen = torch.Generator().manual_seed(seed)
+    model = Transformer(args)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model.to(dtype).eval()

@@ -1,0 +1,71 @@
+"""Instruction prompts for SmolLM2, generated from templates x topics (a documented process, not a data set).
+
+There is no instruction data set on this machine, so prompts are built deterministically: every template is
+filled with every topic. Topics are split in two disjoint lists: `split="train"` prompts feed the draft's
+distillation (the target answers them), `split="eval"` prompts (topics the draft never saw) are what the
+speculative-decoding tests, benchmarks and the serving trace use.
+
+    prompts("eval", n=16, seed=0)   # 16 distinct prompts on held-out topics
+"""
+
+from __future__ import annotations
+
+import random
+
+from effml.errors import ConfigError
+
+TEMPLATES = (
+    "Explain {t} in simple terms.",
+    "Write a short paragraph about {t}.",
+    "What are three interesting facts about {t}?",
+    "Give me a brief history of {t}.",
+    "Why is {t} important?",
+    "Describe {t} to a ten-year-old.",
+    "List the main ideas behind {t}.",
+    "Write a short poem about {t}.",
+    "What are the pros and cons of {t}?",
+    "Summarize what you know about {t} in a few sentences.",
+    "How would you teach a beginner about {t}?",
+    "Write a short story that involves {t}.",
+    "What questions do people often ask about {t}?",
+    "Compare {t} with something similar and explain the difference.",
+    "Give some practical tips related to {t}.",
+    "What is a common misconception about {t}?",
+)
+
+_TOPICS = (
+    "the ocean", "volcanoes", "photosynthesis", "the moon", "honey bees", "the Roman Empire", "electricity",
+    "gravity", "the water cycle", "climate change", "the human heart", "dinosaurs", "the internet",
+    "recycling", "rainforests", "black holes", "the printing press", "vaccines", "chess", "coffee",
+    "the piano", "democracy", "earthquakes", "solar energy", "the Great Wall of China", "penguins",
+    "sleep", "friendship", "mathematics", "the alphabet", "bicycles", "trains", "bread baking",
+    "the Olympic Games", "glaciers", "deserts", "the solar system", "magnets", "rainbows", "dolphins",
+    "the immune system", "ancient Egypt", "libraries", "gardening", "exercise", "music", "painting",
+    "the stock market", "money", "airplanes", "robots", "computers", "smartphones", "the brain",
+    "the Renaissance", "the French Revolution", "wind power", "forests", "rivers", "mountains",
+    "tea", "chocolate", "spiders", "butterflies", "whales", "elephants", "the Amazon river", "Mars",
+    "the Sun", "stars", "the seasons", "weather forecasting", "languages", "poetry", "theater",
+    "photography", "cooking", "nutrition", "meditation", "the pyramids", "castles", "knights",
+    "the Vikings", "bridges", "skyscrapers", "cars", "electric vehicles", "batteries", "plastic",
+    "glass", "paper", "soap", "salt", "sugar", "water", "fire", "the wheel", "clocks", "maps",
+    "the compass", "the telescope", "the microscope", "DNA", "evolution", "fossils", "bacteria",
+    "viruses", "the periodic table", "atoms", "light", "sound", "rain", "snow", "lightning",
+    "hurricanes", "tides", "coral reefs", "sharks", "owls", "wolves", "cats", "dogs", "horses",
+    "farming", "cities", "villages", "schools", "teachers", "homework", "reading", "writing",
+    "storytelling", "mythology", "fairy tales", "superheroes", "video games", "board games", "football",
+    "tennis", "swimming", "running", "yoga", "kindness", "patience", "curiosity", "courage",
+)
+# every 5th topic is held out for evaluation (the draft never trains on it)
+TOPICS = {"train": tuple(t for i, t in enumerate(_TOPICS) if i % 5 != 4),
+          "eval": tuple(t for i, t in enumerate(_TOPICS) if i % 5 == 4)}
+
+
+def prompts(split: str = "eval", n: int | None = None, seed: int = 0) -> list[str]:
+    """`n` distinct prompts (all if None) from templates x topics of `split`, shuffled with `seed`."""
+    if split not in TOPICS:
+        raise ConfigError(f"prompt split {split!r} is not one of {', '.join(TOPICS)}")
+    allp = [tpl.format(t=t) for t in TOPICS[split] for tpl in TEMPLATES]
+    random.Random(seed).shuffle(allp)
+    if n is not None and not 0 < n <= len(allp):
+        raise ConfigError(f"asked for {n} prompts; split {split!r} has {len(allp)}")
+    return allp[:n]
