@@ -194,7 +194,7 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
     import torch
 
     from effml.hardware.microbench import as_module, cases
-    from effml.hardware.roofline import MODULE_CALL
+    from effml.hardware.roofline import MODULE_CALL, curve_at
 
     config = config or CalibrateConfig()
     progress = progress or (lambda what, frac: None)
@@ -216,15 +216,10 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         progress("bandwidth (triad, copy)", 0.2)
         curve, copy_bw = _bandwidth(config)
         alloc_bw = _fresh_alloc(config)
-        from effml.hardware.roofline import bandwidth_at
-
-        probe = Device(LOCAL, LOCAL, "cpu", {"fp32": _figure(peak["fp32"])},
-                       _figure(_fig(curve[-1][1], "", stamp)), memory_bytes=_figure(_fig(1, "", stamp)),
-                       bw_curve=_figure(_fig(curve, "", stamp)))
         p32 = float(peak["fp32"]["value"])
 
         def bw(b: float) -> float:
-            return bandwidth_at(probe, b)
+            return curve_at(curve, b)
 
         # module-call overhead: a chain of 64 identity modules
         chain = torch.nn.Sequential(*[torch.nn.Identity() for _ in range(64)])
@@ -250,7 +245,8 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         for key, fit in fit_op_model(rows_by_cat, view_o, p32, bw).items():
             how = (f"fit over {fit['n']} micro-benchmark(s) of {key} (rms log error {fit['rms_log_error']:.2f})")
             overhead[key] = _fig(fit["overhead_s"], how, stamp)
-            efficiency[key] = _fig({k: fit[k] for k in ("compute", "memory", "i_half", "p", "r") if k in fit}, how, stamp)
+            efficiency[key] = _fig({k: fit[k] for k in ("compute", "memory", "i_half", "p", "r", "bytes_range")
+                                    if k in fit}, how, stamp)
         report += [{"category": cat, "label": r["label"], "time_s": r["time_s"], "ops": r["ops"]}
                    for cat, rows in rows_by_cat.items() for r in rows]
         cats = sorted(float(f["value"]) for k, f in overhead.items() if k != MODULE_CALL and "." not in k)
@@ -278,12 +274,6 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
                  "int8_kernel": peak.get("int8", {}).get("source", "none: no fbgemm/x86 quantized engine")},
     }
     return Calibration(device_from_dict(LOCAL, raw), raw, report, time.perf_counter() - t_start)
-
-
-def _figure(d: dict):
-    from effml.hardware.catalog import Figure
-
-    return Figure(d["value"], d["source"] or "probe")
 
 
 def fmt_mb(n: float) -> str:

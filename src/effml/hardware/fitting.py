@@ -15,7 +15,7 @@ import math
 from typing import Callable
 
 BOUNDS = {"overhead_s": (1e-8, 1e-3), "compute": (0.02, 2.0), "memory": (0.02, 5.0), "i_half": (0.01, 1e4),
-          "p": (0.2, 3.0), "r": (1e-3, 1.5)}
+          "p": (0.2, 3.0), "r": (1e-3, 1.0)}
 
 
 def fit_group(rows: list[dict], peak: float, bw: Callable[[float], float]) -> dict:
@@ -39,12 +39,15 @@ def fit_group(rows: list[dict], peak: float, bw: Callable[[float], float]) -> di
     n_c = sum(1 for r in rows if any(f and f / peak >= b / bw(b) for f, b in r["ops"]))
     any_m = any(b / bw(b) > f / peak for r in rows for f, b in r["ops"] if b)
     curve = n_c >= 4
+    sizes = [b for r in rows for f, b in r["ops"] if f and b]
+    byte_range = [min(sizes), max(sizes)] if sizes else [1.0, 1.0]
 
     def unpack(params) -> tuple[float, dict]:
         eff = {"compute": clamp(params[1], "compute") if n_c else 1.0,
                "memory": clamp(params[2], "memory") if any_m else 1.0}
         if curve:
-            eff.update(i_half=clamp(params[3], "i_half"), p=clamp(params[4], "p"), r=clamp(params[5], "r"))
+            eff.update(i_half=clamp(params[3], "i_half"), p=clamp(params[4], "p"), r=clamp(params[5], "r"),
+                       bytes_range=byte_range)
         return clamp(params[0], "overhead_s"), eff
 
     def pred(params, r):

@@ -67,6 +67,8 @@ def _matmul(quick: bool) -> list[Case]:
         out.append(Case("matmul", f"linear {m}x{k}x{n}", torch.nn.Linear(k, n), (_r(m, k),)))
     if not quick:
         out.append(Case("matmul", "bmm 12x32x64x32", torch.bmm, (_r(12, 32, 64), _r(12, 64, 32))))
+        # an LM head: few rows against a 50 MB weight (no bias: aten.mm)
+        out.append(Case("matmul", "mm 16x768x16384", torch.mm, (_r(16, 768), _r(768, 16384))))
     return out
 
 

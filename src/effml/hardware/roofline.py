@@ -47,10 +47,13 @@ class OpCost:
 
 
 def bandwidth_at(device: Device, nbytes: float) -> float:
-    """Bytes/s for an op that moves `nbytes`: log-log interpolation on the calibrated curve if any."""
+    """Bytes/s for an op that moves `nbytes`: on the calibrated curve if any, else the datasheet figure."""
     curve = device.bw_curve.value if device.bw_curve is not None else None
-    if not curve:
-        return device.bandwidth
+    return curve_at(curve, nbytes) if curve else device.bandwidth
+
+
+def curve_at(curve: list, nbytes: float) -> float:
+    """Log-log interpolation on [[bytes, bytes/s], ...] (ascending), flat beyond both ends."""
     sizes = [p[0] for p in curve]
     if nbytes <= sizes[0]:
         return float(curve[0][1])
@@ -80,13 +83,15 @@ def compute_efficiency(eff: dict, intensity: float, nbytes: float = 1e6) -> floa
     """Fraction of peak FLOP/s: eta_max, or eta_max I^p / (I^p + I_half^p) when calibration found that
     low-intensity calls (a GEMM with few rows) run further below peak (I = FLOPs / bytes). With `r`, the
     knee moves with the call's bytes, I_half x (bytes / 1 MB)^r: a 16-row GEMM whose 9 MB of weights
-    stream through the caches runs further below peak than one whose 0.3 MB stay in L2."""
+    stream through the caches runs further below peak than one whose 0.3 MB stay in L2. The bytes are
+    clamped to the range calibration measured (`bytes_range`)."""
     eta = float(eff.get("compute", 1.0))
     i_half = eff.get("i_half")
     if not i_half or intensity == float("inf"):
         return eta
     p = float(eff.get("p", 1.0))
-    knee = float(i_half) * (max(nbytes, 1.0) / 1e6) ** float(eff.get("r", 0.0))
+    lo, hi = eff.get("bytes_range", (1.0, float("inf")))
+    knee = float(i_half) * (min(max(nbytes, lo), hi) / 1e6) ** float(eff.get("r", 0.0))  # no extrapolation
     x = max(intensity, 1e-6) ** p
     return eta * x / (x + knee ** p)
 
