@@ -24,6 +24,9 @@ COMMANDS: dict[str, str] = {
     "quantize": "effml.cli.quantize_cmd",
     "study": "effml.cli.study_cmd",
     "report": "effml.cli.report_cmd",
+    "kv": "effml.cli.kv_cmd",
+    "generate": "effml.cli.generate_cmd",
+    "serve-bench": "effml.cli.serve_bench_cmd",
 }
 
 

@@ -1,0 +1,126 @@
+"""Named models for `effml generate / serve-bench` and the benchmarks, and named drafts for a target.
+
+    lm = load_model("smollm2-135m")                 # LoadedModel(name, model, tokenizer)
+    draft = load_draft("smollm2-135m-draft", lm)    # distilled layer-subset draft (built once, cached)
+    draft = load_draft("layers:0,1,29", lm)         # an untrained layer subset of the target
+    lm = load_model("tiny")                         # random-weight toy of the same architecture (tests, demos)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from effml.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CharTokenizer:
+    """Printable ASCII + newline, one id each, and an end-of-text id: the toy models' tokenizer (97 ids)."""
+
+    chars: str = "\n" + "".join(chr(c) for c in range(32, 127))
+    name: str = "ascii"
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    @property
+    def eos_id(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        from effml.llm.weights import _check_prompt
+
+        _check_prompt(text)
+        bad = sorted({c for c in text if c not in self.chars})
+        if bad:
+            raise ConfigError(f"characters {''.join(bad)!r} are not in the toy tokenizer (printable ASCII)")
+        return [self.chars.index(c) for c in text]
+
+    chat = encode  # toy models have no chat template
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids if i < len(self.chars))
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    model: object  # effml.llm.model.Transformer
+    tokenizer: object  # encode / chat / decode / eos_id / vocab_size
+
+
+MODELS: dict[str, Callable[[], LoadedModel]] = {}
+DRAFTS: dict[str, Callable] = {}
+
+
+def model_entry(name: str):
+    def wrap(fn):
+        MODELS[name] = fn
+        return fn
+    return wrap
+
+
+def draft_entry(name: str):
+    def wrap(fn):
+        DRAFTS[name] = fn
+        return fn
+    return wrap
+
+
+@model_entry("smollm2-135m")
+def _smollm2() -> LoadedModel:
+    from effml.llm.weights import load_smollm2
+
+    model, tok = load_smollm2()
+    return LoadedModel("smollm2-135m", model, tok)
+
+
+def _tiny(name: str, seed: int) -> LoadedModel:
+    from effml.llm.model import ModelArgs, build
+
+    tok = CharTokenizer()
+    return LoadedModel(name, build(ModelArgs.preset("tiny", vocab_size=tok.vocab_size), seed=seed, std=0.3), tok)
+
+
+@model_entry("tiny")
+def _tiny0() -> LoadedModel:
+    return _tiny("tiny", 0)
+
+
+@model_entry("tiny-draft")
+def _tiny1() -> LoadedModel:
+    return _tiny("tiny-draft", 1)
+
+
+def load_model(name: str) -> LoadedModel:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    return MODELS[name]()
+
+
+@draft_entry("smollm2-135m-draft")
+def _distilled(target: LoadedModel, progress=None):
+    from effml.llm.draft import DraftConfig, load_or_build_draft
+
+    if target.name != "smollm2-135m":
+        raise ConfigError(f"draft smollm2-135m-draft is distilled from smollm2-135m, not {target.name!r}")
+    return load_or_build_draft(target.model, target.tokenizer, DraftConfig(), progress)[0]
+
+
+def load_draft(name: str, target: LoadedModel, progress=None):
+    """A draft model for `target`: a registered draft, `layers:i,j,..` (a layer subset), or any model name."""
+    if name.startswith("layers:"):
+        from effml.llm.draft import layer_subset
+
+        try:
+            layers = tuple(int(x) for x in name.removeprefix("layers:").split(","))
+        except ValueError:
+            raise ConfigError(f"draft {name!r}: expected layers:i,j,... with block indices (e.g. layers:0,1,29)")
+        return layer_subset(target.model, layers)
+    if name in DRAFTS:
+        return DRAFTS[name](target, progress)
+    if name in MODELS:
+        return load_model(name).model
+    raise ConfigError(f"unknown draft {name!r}; expected one of {', '.join([*DRAFTS, *MODELS])} or layers:i,j,..")
