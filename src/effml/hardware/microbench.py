@@ -79,7 +79,7 @@ def _conv(quick: bool) -> list[Case]:
         [(1, 1, 28, 6, 5, 1), (1, 3, 32, 16, 3, 1), (1, 64, 32, 64, 3, 1), (8, 64, 32, 64, 3, 1),
          (8, 3, 32, 64, 3, 1), (1, 256, 8, 256, 3, 1), (4, 256, 28, 64, 1, 1), (8, 128, 16, 128, 3, 1),
          (32, 64, 32, 64, 3, 1), (1, 96, 56, 96, 3, 96), (8, 144, 28, 144, 3, 144), (1, 32, 112, 32, 3, 32),
-         (8, 32, 56, 192, 1, 1)]
+         (8, 32, 56, 192, 1, 1), (8, 96, 56, 96, 3, 96)]
     out = []
     for b, ci, hw, co, k, g in shapes:
         conv = torch.nn.Conv2d(ci, co, k, padding=k // 2, groups=g, bias=False)  # CNNs before a BatchNorm
@@ -120,7 +120,7 @@ def _activation(quick: bool) -> list[Case]:
 def _norm(quick: bool) -> list[Case]:
     rows = [1, 64, 2048] if quick else [1, 32, 256, 2048]
     out = [Case("norm", f"layer_norm {r}x768", torch.nn.LayerNorm(768), (_r(r, 768),)) for r in rows]
-    bn = [(1, 16, 32), (8, 64, 32)] if quick else [(1, 16, 32), (1, 64, 32), (8, 64, 32), (8, 256, 14)]
+    bn = [(1, 16, 32), (8, 64, 32)] if quick else [(1, 16, 32), (1, 64, 32), (8, 64, 32), (8, 256, 14), (8, 96, 56)]
     for b, c, hw in bn:
         out.append(Case("norm", f"batch_norm {b}x{c}x{hw}x{hw}", torch.nn.BatchNorm2d(c).eval(), (_r(b, c, hw, hw),)))
     return out
@@ -157,6 +157,9 @@ def _memory(quick: bool) -> list[Case]:
     if not quick:
         out += [Case("memory", f"cat {n}", lambda a, b: torch.cat([a, b]), (_r(n // 2), _r(n // 2)))
                 for n in (4096, 1 << 20)]
+        # zero padding of a feature map (TF-style 'same' padding in HF MobileNet/EfficientNet)
+        out += [Case("memory", f"pad {b}x{c}x{hw}", lambda x: F.pad(x, (0, 1, 0, 1)), (_r(b, c, hw, hw),))
+                for b, c, hw in ((1, 32, 56), (8, 96, 56), (1, 144, 28))]
     return out
 
 
