@@ -1,0 +1,261 @@
+"""Run one training step on fake tensors and log every storage it creates: the estimator's raw material.
+
+The model is cloned onto a `FakeTensorMode` whose tensors claim to be on the CPU but hold no data (meta
+storage underneath). So dispatch is the CPU's: autocast applies, SDPA picks the CPU flash kernel (which
+saves out + logsumexp, not the T x T scores), checkpointing recomputes, autograd saves and frees exactly
+as in a real run, at zero memory cost. A TorchDispatchMode logs each new storage's bytes and the op
+counter at which it appears and dies (weakref on the storage); module hooks log each block's bytes.
+Nothing here is specific to an architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from effml.errors import EffmlError, ModelError
+from effml.train import checkpoint as ckpt
+from effml.train.config import TrainConfig, get_optimizer, get_precision
+from effml.train.recipes import Batch, TrainStep
+from effml.train.workspace import WORKSPACE_OPS, OpCall, workspace_bytes
+from effml.units import torch_dtype
+
+
+@dataclass
+class Lifetime:
+    nbytes: int
+    born: int  # event clock when created
+    died: int | None = None  # event clock when freed; None: alive at the end
+    cast: bool = False  # an autocast copy of a parameter
+
+    def alive_at(self, t: int) -> bool:
+        return self.born <= t and (self.died is None or self.died > t)
+
+
+class StorageLog(TorchDispatchMode):
+    """Every storage created under it, with birth and death times; `current`/`peak` of their bytes."""
+
+    def __init__(self, preexisting, params=(), record_workspace: bool = False):
+        super().__init__()
+        self.calls: list[tuple[int, int, OpCall]] | None = [] if record_workspace else None  # (t, live, call)
+        self.excluded = {_key(t) for t in preexisting}
+        self.param_keys = {_key(p) for p in params}
+        self.live: dict[int, Lifetime] = {}
+        self.all: list[Lifetime] = []
+        self.t = 0
+        self.current = self.peak = self.peak_t = 0
+        self.marks: dict[str, int] = {}  # name -> event clock
+        self.marks_current: dict[str, int] = {}  # name -> live bytes then
+        self.active = True
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = self.t
+        self.marks_current[name] = self.current
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        cast = func is torch.ops.aten._to_copy.default and _key(args[0]) in self.param_keys
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t, cast)
+        if self.calls is not None and func in WORKSPACE_OPS:
+            self.calls.append((self.t, self.current, OpCall.of(func, args, kwargs or {})))
+        return out
+
+    def _track(self, t: torch.Tensor, cast: bool) -> None:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        k = st._cdata
+        if k in self.excluded or k in self.live:
+            return
+        self.t += 1  # the clock ticks at every birth and death
+        life = Lifetime(st.nbytes(), self.t, cast=cast)
+        self.live[k] = life
+        self.all.append(life)
+        weakref.finalize(st, self._free, k)
+        self.current += life.nbytes
+        if self.current > self.peak:
+            self.peak, self.peak_t = self.current, self.t
+
+    def _free(self, k: int) -> None:
+        if self.active and k in self.live:
+            life = self.live.pop(k)
+            self.t += 1
+            life.died = self.t
+            self.current -= life.nbytes
+
+
+def _key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+@dataclass
+class Trace:
+    """What one simulated step left behind."""
+
+    log: StorageLog
+    grad_keys: set[int]
+    param_bytes: int
+    buffer_bytes: int
+    grad_bytes: int  # all gradients of one replica
+    params: int
+    largest_module_param_bytes: int  # biggest leaf module's weights in the compute dtype (ZeRO-3 gather)
+    block_bytes: dict[str, int] = field(default_factory=dict)  # bytes each block keeps alive after its forward
+    block_order: tuple[str, ...] = ()
+    container: str | None = None
+    optimizer_state_bytes: int = 0
+    optimizer_temp_bytes: int = 0
+    workspace: list[tuple[int, int, int]] = field(default_factory=list)  # (t, live bytes after the op, scratch)
+    workspace_skipped: int = 0  # ops too large to measure their scratch here
+
+
+def _fake_like(fm: FakeTensorMode, t: torch.Tensor, dtype=None) -> torch.Tensor:
+    with fm:
+        return torch.empty(t.shape, dtype=dtype or t.dtype, device="cpu")
+
+
+def fake_clone(model: nn.Module, fm: FakeTensorMode, param_dtype: torch.dtype) -> nn.Module:
+    """A deep copy of `model` whose float parameters are fake tensors in `param_dtype` (tied weights stay
+    tied; the original is untouched, whatever device it is on)."""
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        if id(p) not in memo:
+            dt = param_dtype if p.is_floating_point() else p.dtype
+            memo[id(p)] = nn.Parameter(_fake_like(fm, p, dt), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if id(b) not in memo:
+            dt = param_dtype if (b.is_floating_point() and param_dtype != torch.float32) else b.dtype
+            memo[id(b)] = _fake_like(fm, b, dt)
+    return copy.deepcopy(model, memo).train()
+
+
+def fake_batch(fm: FakeTensorMode, batch: Batch, float_dtype: torch.dtype | None) -> Batch:
+    def conv(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        return _fake_like(fm, x, float_dtype if (float_dtype and x.is_floating_point()) else None)
+    return Batch(tuple(conv(a) for a in batch.args), conv(batch.target), {k: conv(v) for k, v in batch.kwargs.items()})
+
+
+def optimizer_profile(cfg: TrainConfig, params: list[torch.Tensor], fm: FakeTensorMode,
+                      foreach: bool) -> tuple[int, int]:
+    """(state bytes for all `params`, temporary bytes of one step), measured by stepping the real torch
+    optimizer twice on fake copies: of the largest parameter (per-tensor loop: the temporaries of one
+    tensor) or of all of them (foreach: the temporaries span the list). States = per-element part x numel
+    + per-tensor part (step counters)."""
+    big = max(params, key=lambda p: p.numel())
+    proxies = [nn.Parameter(_fake_like(fm, p)) for p in (params if foreach else [big])]
+    with fm:
+        for p in proxies:
+            p.grad = torch.empty_like(p)
+    opt = get_optimizer(cfg.optimizer).build(proxies, cfg.lr, foreach)
+    with fm:
+        opt.step()  # creates the state
+        states = [s for st in opt.state.values() for s in st.values() if isinstance(s, torch.Tensor)]
+        log = StorageLog([*proxies, *[p.grad for p in proxies], *states])
+        with log:
+            opt.step()  # steady state: only temporaries are new
+    per_elem = per_tensor = 0
+    for p in proxies[:1]:
+        for s in opt.state[p].values():
+            if isinstance(s, torch.Tensor):
+                n = s.numel() * s.element_size()
+                if s.numel() == p.numel():
+                    per_elem += n / p.numel()
+                else:
+                    per_tensor += n
+    states = sum(int(per_elem * p.numel()) + per_tensor for p in params)
+    log.active = False
+    return states, log.peak
+
+
+def simulate(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
+             plan: ckpt.CheckpointPlan = ckpt.NO_PLAN, foreach: bool = False,
+             watch_container: str | None | bool = False, workspace_max_bytes: float = 0) -> Trace:
+    """Run one micro-step (forward, loss, backward) of `cfg` on a fake clone of `model` and log it.
+    workspace_max_bytes > 0: measure the scratch of workspace ops whose inputs are at most that large."""
+    precision = get_precision(cfg.precision)
+    fm = FakeTensorMode()
+    clone = fake_clone(model, fm, torch_dtype(precision.param_dtype))
+    fb = fake_batch(fm, batch, torch_dtype(precision.param_dtype) if precision.param_dtype != "fp32" else None)
+    params = list(dict.fromkeys(p for p in clone.parameters()))
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ModelError(f"{type(model).__name__} has no trainable parameters")
+    if cfg.grad_accum > 1:  # later micro-steps start with every gradient allocated: the worst case
+        with fm:
+            for p in trainable:
+                p.grad = torch.zeros_like(p)
+    inputs = [t for t in tree_leaves((fb.args, fb.kwargs, fb.target)) if isinstance(t, torch.Tensor)]
+    pre = [*params, *clone.buffers(), *inputs, *[p.grad for p in trainable if p.grad is not None]]
+    log = StorageLog(pre, params, record_workspace=workspace_max_bytes > 0)
+    step = TrainStep(clone, cfg, loss, "cpu")
+    block_bytes, order, container = {}, (), None
+    handles = []
+    if watch_container is not False:
+        container, blocks = ckpt.find_container(clone, watch_container or None)
+        order = tuple(n for n, _ in blocks)
+        for name, mod in blocks:
+            handles += _watch(mod, name, log, block_bytes)
+
+    class Hooks:
+        def forward_end(self):
+            log.mark("forward_end")
+
+    try:
+        with fm, ckpt.applied(clone, plan), log:
+            step.forward_backward(fb, hooks=Hooks())
+    except EffmlError:
+        raise
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError(f"simulating a training step of {type(model).__name__} failed: "
+                         f"{type(exc).__name__}: {detail}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    log.mark("backward_end")
+    grad_keys = {_key(p.grad) for p in trainable if p.grad is not None}
+    states, temp = optimizer_profile(cfg, trainable, fm, foreach)
+    log.active = False
+    calls = log.calls or []
+    sizes = workspace_bytes([c for _, _, c in calls], workspace_max_bytes) if calls else []
+    scratch = [(t, live, ws) for (t, live, _), ws in zip(calls, sizes) if ws]
+    skipped = sum(ws is None for ws in sizes)
+    cdt = torch_dtype(precision.compute_dtype)
+    leaf_bytes = [sum(p.numel() for p in m.parameters(recurse=False)) * torch.empty((), dtype=cdt).element_size()
+                  for m in clone.modules()]
+    return Trace(
+        log=log, grad_keys=grad_keys,
+        param_bytes=sum(p.numel() * p.element_size() for p in params),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in dict.fromkeys(clone.buffers())),
+        grad_bytes=sum(p.numel() * p.element_size() for p in trainable),
+        params=sum(p.numel() for p in params), largest_module_param_bytes=max(leaf_bytes, default=0),
+        block_bytes=block_bytes, block_order=order, container=container,
+        optimizer_state_bytes=states, optimizer_temp_bytes=temp, workspace=scratch, workspace_skipped=skipped)
+
+
+def _watch(mod: nn.Module, name: str, log: StorageLog, out: dict) -> list:
+    """Bytes a block keeps alive after its (first, forward-phase) call."""
+    before: list[int] = []
+
+    def pre(_m, _a):
+        before.append(log.current)
+
+    def post(_m, _a, _o):
+        start = before.pop()
+        if "forward_end" not in log.marks and name not in out:
+            out[name] = log.current - start
+    return [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+
+
+__all__ = ["Lifetime", "StorageLog", "Trace", "fake_batch", "fake_clone", "optimizer_profile", "simulate"]
