@@ -31,8 +31,8 @@ class StudyConfig:
     data: str = "fashion-mnist"
     devices: tuple[str, ...] = DEFAULT_DEVICES  # catalog names, optionally name:dtype
     study: str = "default"
-    epochs: float = 4.0
-    finetune_epochs: float = 1.0
+    epochs: float = 3.0
+    finetune_epochs: float = 0.5
     batch_size: int = 128
     measure_batch: int = 256  # latency is measured (and predicted) for one batch of this size
     measure_budget_s: float = 2.0
