@@ -19,6 +19,10 @@ def add_parser(sub) -> None:
     p.add_argument("--granularity", default="channel", choices=("tensor", "channel", "group"), help="linear")
     p.add_argument("--group-size", type=int, help="linear (granularity group) and int4-weight (default 128)")
     p.add_argument("--mode", default="dynamic", choices=("dynamic", "static"), help="int8")
+    p.add_argument("--per-tensor", action="store_true", help="int8 dynamic: one weight scale per tensor")
+    p.add_argument("--smooth", type=float, metavar="ALPHA",
+                   help="int8 dynamic: SmoothQuant with this migration strength (e.g. 0.8), calibrated on --data "
+                        "or the example input")
     p.add_argument("--kernel", default="packed", choices=("packed", "dequant"), help="weight-only kernel")
     p.add_argument("--calibration", type=int, default=512, help="static int8: calibration images (default 512)")
     p.add_argument("--qat-epochs", type=float, default=0,
@@ -46,16 +50,17 @@ def run(args) -> int:
     exclude = tuple(x.strip() for x in args.exclude.split(",") if x.strip())
     cfg = QuantConfig(method=args.method, bits=args.bits, symmetric=not args.asymmetric,
                       granularity=args.granularity, group_size=args.group_size, mode=args.mode, qat=qat,
+                      per_channel=not args.per_tensor, smooth_alpha=args.smooth,
                       kernel=args.kernel, exclude=exclude)
     spec, data, acc_before, dense = prepare(args)
     calib, notes = None, []
-    if args.method == "int8" and args.mode == "static":
+    if args.method == "int8" and (args.mode == "static" or args.smooth is not None):
         if data is not None:
             x = data.calibration(args.calibration)
             calib = [x[i:i + 64] for i in range(0, len(x), 64)]
         else:
             calib = [spec.args[0]]
-            notes.append("static int8 calibrated on the random example input (give --data for real calibration)")
+            notes.append("int8 calibrated on the random example input (give --data for real calibration)")
     res = quantize(spec.model, cfg, calibration=calib, example_inputs=spec.args)
     model = res.model
     codes = res.codes

@@ -181,7 +181,7 @@ class WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
         if self.kernel == "dequant":
             return F.linear(x, self.dequantized(), self.bias)
-        x2 = x.reshape(-1, self.in_features).float()  # (N, in)
+        x2 = x.reshape(-1, self.in_features).float().contiguous()  # (N, in); the kernels need contiguous rows
         if self.bits == 8:
             y = torch._weight_int8pack_mm(x2, self.codes, self.scale.reshape(-1))
         else:

@@ -107,31 +107,41 @@ def predict_change(model: nn.Module, inputs: tuple, change: str, *, after: nn.Mo
     return Predicted(name, before.time_s, after_pred.time_s, before.bound, after_pred.bound, note)
 
 
-def measure_pair(before: nn.Module, after: nn.Module, inputs: tuple, *, kwargs: dict | None = None,
-                 rounds: int = 15, warmup: int = 2, budget_s: float = 60.0,
-                 fns: tuple[Callable, Callable] | None = None) -> Measured:
-    """Median latency of both models, timed alternately for `rounds` rounds (or until budget_s)."""
-    from effml.measure.timing import percentile
-
+def measure_interleaved(calls: dict[str, Callable[[], object]], *, rounds: int = 15, warmup: int = 2,
+                        budget_s: float = 60.0) -> dict[str, list[float]]:
+    """Seconds per call of each function, timed in turn (a, b, c, a, b, c, ...) under inference mode, for
+    `rounds` rounds or until budget_s (at least 3 rounds)."""
     if rounds < 1:
-        raise ConfigError(f"measure_pair rounds must be >= 1, got {rounds}")
-    kwargs = dict(kwargs or {})
-    calls = fns or tuple((lambda m=m: m(*inputs, **kwargs)) for m in (before, after))
-    times: dict[str, list[float]] = {"before": [], "after": []}
+        raise ConfigError(f"timing rounds must be >= 1, got {rounds}")
+    times: dict[str, list[float]] = {k: [] for k in calls}
     with torch.inference_mode():
         for _ in range(warmup):
-            for fn in calls:
+            for fn in calls.values():
                 fn()
         start = time.perf_counter()
-        for _ in range(rounds):
-            for key, fn in zip(("before", "after"), calls):
+        for r in range(rounds):
+            for key, fn in calls.items():
                 t0 = time.perf_counter()
                 fn()
                 times[key].append(time.perf_counter() - t0)
-            if time.perf_counter() - start > budget_s and len(times["after"]) >= 3:
+            if time.perf_counter() - start > budget_s and r >= 2:
                 break
-    med = {k: percentile(sorted(v), 50) for k, v in times.items()}
-    return Measured(med["before"], med["after"], len(times["after"]), torch.get_num_threads(),
+    return times
+
+
+def median(xs: list[float]) -> float:
+    from effml.measure.timing import percentile
+
+    return percentile(sorted(xs), 50)
+
+
+def measure_pair(before: nn.Module, after: nn.Module, inputs: tuple, *, kwargs: dict | None = None,
+                 rounds: int = 15, warmup: int = 2, budget_s: float = 60.0) -> Measured:
+    """Median latency of both models, timed alternately (A, B, A, B, ...)."""
+    kwargs = dict(kwargs or {})
+    times = measure_interleaved({"before": lambda: before(*inputs, **kwargs), "after": lambda: after(*inputs, **kwargs)},
+                                rounds=rounds, warmup=warmup, budget_s=budget_s)
+    return Measured(median(times["before"]), median(times["after"]), len(times["after"]), torch.get_num_threads(),
                     torch.backends.cpu.get_cpu_capability(), times)
 
 

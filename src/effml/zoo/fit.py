@@ -172,3 +172,30 @@ def predictions(model: nn.Module, loader: Iterable) -> torch.Tensor:
     """(N,) predicted classes over the loader (agreement between a model and its compressed copy)."""
     model.eval()
     return torch.cat([logits_of(model(x)).argmax(-1) for x, _ in loader])
+
+
+def cache_dir() -> "Path":
+    """Where trained weights are cached: $EFFML_CACHE/trained or the user cache dir."""
+    import os
+    from pathlib import Path
+
+    import platformdirs
+
+    root = os.environ.get("EFFML_CACHE") or platformdirs.user_cache_dir("effml")
+    return Path(root) / "trained"
+
+
+def fit_cached(model: nn.Module, data, key: str, config: FitConfig | None = None, **kwargs) -> tuple[FitResult | None, str]:
+    """Train once and reuse: weights cached as <cache_dir>/<key>.safetensors. Returns (FitResult or None when
+    loaded, path). The key must name everything that changes the weights (model, data, epochs, seed)."""
+    from safetensors.torch import load_model, save_model
+
+    path = cache_dir() / f"{key}.safetensors"
+    if path.is_file():
+        load_model(model, str(path))
+        model.eval()
+        return None, str(path)
+    res = fit(model, data, config, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(path))
+    return res, str(path)
