@@ -29,7 +29,7 @@ def test_hw_show_and_table(capsys):
 
 
 def test_predict_decode_several_devices(capsys):
-    d = run_json(capsys, "predict", "--config", "smollm2-135m", "--seq", "1", "--kv-len", "256",
+    d = run_json(capsys, "predict", "--config", "gpt2", "--seq", "1", "--kv-len", "256",
                  "--hw", "h100", "a100,l4", "--dtype", "bf16", "--json")
     assert list(d["devices"]) == ["h100-sxm", "a100-80gb", "l4"]
     for p in d["devices"].values():

@@ -3,7 +3,7 @@
 import json
 
 from effml.cli import main
-from effml.hardware.calibrate import CalibrateConfig, calibrate
+import torch
 
 
 def test_bench_without_calibration_says_so(capsys, tmp_path, monkeypatch):
@@ -16,9 +16,17 @@ def test_bench_without_calibration_says_so(capsys, tmp_path, monkeypatch):
     assert r["p50_s"] <= r["p90_s"] <= r["p99_s"] and r["threads"] >= 1 and r["error_pct"] is None
 
 
+def fig(value):
+    return {"value": value, "source": "hand-written for this test"}
+
+
 def test_bench_with_local_prediction(capsys, tmp_path, monkeypatch):
-    path = calibrate(CalibrateConfig(quick=True, samples=1, sample_s=0.0005,
-                                     categories=("view", "matmul", "activation"))).save(tmp_path / "local.json")
+    # a `local` device in the calibration schema, written by hand (calibrate() itself is tested elsewhere)
+    local = {"name": "local (test)", "kind": "cpu", "peak_flops": {"fp32": fig(50e9)}, "mem_bw": fig(10e9),
+             "memory_bytes": fig(16e9), "overhead_s": {"default": fig(5e-6), "module_call": fig(2e-6)},
+             "meta": {"threads": torch.get_num_threads()}}
+    path = tmp_path / "local.json"
+    path.write_text(json.dumps({"devices": {"local": local}}))
     monkeypatch.setenv("EFFML_LOCAL_DEVICE", str(path))
     assert main(["bench", "--model", "effml.zoo:mlp", "--batch", "2", "--budget", "0.05", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
@@ -28,3 +36,6 @@ def test_bench_with_local_prediction(capsys, tmp_path, monkeypatch):
     # the error is (predicted - measured p50) / p50, in %
     assert abs(r["error_pct"] - (r["prediction"]["time_s"] - r["p50_s"]) / r["p50_s"] * 100) < 1e-6
     assert r["memory"]["rss_delta_bytes"] >= 0
+    # LeNet-300-100 at batch 2: 3 Linear + 2 ReLU + flatten (+ views) calls at >= 5 us each, 7 module calls
+    assert r["prediction"]["overhead_s"] >= 5 * 5e-6 + 7 * 2e-6
+    assert d["note"] == ""  # calibrated with this thread count
