@@ -11,8 +11,8 @@ from effml.scaling.demo import LR_WIDTH, RunSpec, grid_specs, lr_at, results_to_
 
 def test_run_spec_recipe():
     spec = RunSpec(2, 64, tokens=250_000)
-    # 250,000 / (16 · 64) = 244.1 -> 244 steps; peak lr = 0.64 / 64 = 0.01
-    assert spec.steps == 244 and spec.peak_lr == pytest.approx(LR_WIDTH / 64) == pytest.approx(0.01)
+    # 250,000 / (16 · 32) = 488.3 -> 488 steps; peak lr = 0.64 / 64 = 0.01
+    assert spec.steps == 488 and spec.peak_lr == pytest.approx(LR_WIDTH / 64) == pytest.approx(0.01)
     assert spec.gpt_config().n_head == 4  # head size 16
     with pytest.raises(ConfigError, match="RunSpec.tokens must be positive"):
         RunSpec(2, 64, tokens=0)
@@ -21,7 +21,7 @@ def test_run_spec_recipe():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    spec = RunSpec(1, 32, tokens=100 * 16 * 64, lr=1e-2)  # 100 steps, 5 warmup
+    spec = RunSpec(1, 32, tokens=100 * 16 * 32, lr=1e-2)  # 100 steps, 5 warmup
     assert lr_at(0, spec) == pytest.approx(1e-2 / 5)
     assert lr_at(4, spec) == pytest.approx(1e-2)
     # halfway through the cosine part (step 5 + 47.5): lr = 1e-2 · (0.1 + 0.9 · 0.5) = 5.5e-3
