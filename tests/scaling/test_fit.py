@@ -23,7 +23,7 @@ def test_recovers_paper_constants_from_the_law_on_a_grid(name):
     for field in ("E", "A", "B", "alpha", "beta"):
         assert getattr(got, field) == pytest.approx(getattr(law, field), rel=1e-6), field
     assert result.rms_log_residual < 1e-8
-    assert result.starts_at_best >= 1
+    assert result.starts_at_best >= 1 and result.undetermined == ()
 
 
 def test_recovers_exponents_from_noisy_points():
@@ -111,3 +111,13 @@ def test_fit_config_validation():
     with pytest.raises(EffmlError, match="FitConfig.ci"):
         FitConfig(ci=1.5)
     assert FitConfig().delta == 1e-3  # the paper's δ
+
+
+def test_undetermined_parameters_are_reported():
+    # a law with E = 0 (pure power laws): the optimum drives ln E towards its lower bound (−20, E ≈ 2e-9, a
+    # 1e-9 share of every predicted loss); the fit must say E is not determined instead of reporting 2e-9
+    law = get_law("chinchilla")
+    no_floor = law.loss(NN, DD) - law.E
+    result = fit(Runs(NN, DD, no_floor), FitConfig(n_starts=8, n_bootstrap=0))
+    assert result.undetermined == ("E",)
+    assert result.law.alpha == pytest.approx(0.34, abs=1e-4) and result.law.beta == pytest.approx(0.28, abs=1e-4)

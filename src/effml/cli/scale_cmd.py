@@ -162,6 +162,9 @@ def _run_fit(args) -> int:
     c.print(t)
     c.print(f"objective {result.objective:.3g}, rms log-residual {result.rms_log_residual:.4f}, "
             f"{result.starts_at_best}/{result.n_starts} L-BFGS starts reached the best optimum")
+    if result.undetermined:
+        c.print(f"warning: the runs do not determine {', '.join(result.undetermined)} (a term ≈ 0 at every run or "
+                "an exponent at the edge of the search box); add runs spread further in N and D")
     if plot:
         c.print(f"plots written to {plot}")
     return 0

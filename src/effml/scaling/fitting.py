@@ -141,12 +141,13 @@ class FitResult:
     intervals: dict[str, Interval]  # alpha, beta, a, E, A, B; empty without bootstrap
     n_bootstrap: int
     ci: float
+    undetermined: tuple[str, ...] = ()  # parameters the runs do not pin down (a term ≈ 0 everywhere, an exponent at the box edge)
 
     def to_dict(self) -> dict:
         return {"law": self.law.to_dict(), "objective": self.objective, "n_runs": self.n_runs,
                 "n_starts": self.n_starts, "starts_at_best": self.starts_at_best,
                 "rms_log_residual": self.rms_log_residual, "n_bootstrap": self.n_bootstrap, "ci": self.ci,
-                "intervals": {k: v.to_dict() for k, v in self.intervals.items()}}
+                "intervals": {k: v.to_dict() for k, v in self.intervals.items()}, "undetermined": list(self.undetermined)}
 
 
 # ---- objective -------------------------------------------------------------------------------------
@@ -294,4 +295,16 @@ def _fit(runs: Runs, config: FitConfig, name: str) -> FitResult:
             lo, hi = np.percentile(col, [tail, 100 - tail])
             intervals[key] = Interval(float(point[key]), float(lo), float(hi))
     return FitResult(_theta_to_law(theta, name), best, len(runs), len(starts), at_best, rms, intervals,
-                     config.n_bootstrap, config.ci)
+                     config.n_bootstrap, config.ci, _undetermined(theta, data))
+
+
+def _undetermined(theta: np.ndarray, data: tuple) -> tuple[str, ...]:
+    """Parameters of a term that is < 0.1% of the predicted loss at every run, and exponents at the box edge."""
+    a, b, e, alpha, beta = theta
+    terms = np.exp(np.stack([a - alpha * data[0], b - beta * data[1], np.full_like(data[0], e)]))  # (3, n)
+    share = (terms / terms.sum(axis=0)).max(axis=1)  # (3,) largest share of each term over the runs
+    out = [name for s, names in zip(share, (("A", "alpha"), ("B", "beta"), ("E",))) if s < 1e-3 for name in names]
+    for name, x, (lo, hi) in (("alpha", alpha, _BOUNDS[3]), ("beta", beta, _BOUNDS[4])):
+        if (x < 10 * lo or x > 0.99 * hi) and name not in out:
+            out.append(name)
+    return tuple(out)
