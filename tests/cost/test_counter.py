@@ -139,3 +139,28 @@ def test_tiny_gpt_causal_attention_closed_form():
     assert attn.macs == L * d * T * (T + 1)  # per layer: heads·hd = d, pairs T(T+1)/2, two products
     linear_macs = T * (L * (3 * d * d + d * d + 8 * d * d) + d * V)  # qkv, proj, mlp (4x), lm_head
     assert p.by_category()["matmul"].macs == linear_macs
+
+
+def test_inference_mode_decomposes_composite_ops():
+    """Under torch.inference_mode conv2d/batch_norm arrive undecomposed; they are decomposed and counted."""
+    model = ZOO["resnet"].build().eval()
+    x = torch.randn(2, 3, 32, 32)
+    plain = effml.profile(model, x)
+    with torch.inference_mode():
+        inf = effml.profile(model, x)
+    assert inf.unsupported == {}
+    assert (inf.total().flops, inf.total().macs) == (plain.total().flops, plain.total().macs)
+
+
+def test_index_copy_moves_only_the_source():
+    class Append(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("cache", torch.zeros(1, 4, 1024, 16))  # a pre-allocated KV cache
+
+        def forward(self, k):
+            return self.cache.index_copy_(2, torch.tensor([5]), k)
+
+    s = effml.profile(Append(), torch.randn(1, 4, 1, 16)).by_op()["aten.index_copy_"]
+    assert s.bytes_written == 4 * 16 * 4  # one position of 4 heads x 16 fp32, not the 256 kB cache
+    assert s.bytes_read == 4 * 16 * 4 + 8  # the new row and one int64 index

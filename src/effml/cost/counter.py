@@ -142,6 +142,13 @@ class _DispatchMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if not self.counter.suppress and lookup(func) is None:
+            # A composite op reaches the mode undecomposed under inference_mode (no autograd key):
+            # decompose it here so its parts are counted by their own formulas.
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         out = func(*args, **kwargs)
         if not self.counter.suppress:
             self.counter.record(func, args, kwargs, out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from effml.cost.registry import OpCost, bytes_of, first_tensor, formula, nbytes, zero_flops
+from effml.cost.registry import OpCost, bytes_of, first_tensor, formula, nbytes, tensors, zero_flops
 
 aten = torch.ops.aten
 
@@ -28,8 +28,8 @@ zero_flops((
     "clone", "_to_copy", "contiguous", "cat", "stack", "hstack", "vstack", "index", "_unsafe_index",
     "index_select", "gather", "take", "take_along_dim", "constant_pad_nd", "reflection_pad1d",
     "reflection_pad2d", "replication_pad1d", "replication_pad2d", "repeat", "repeat_interleave", "roll",
-    "flip", "tril", "triu", "where", "masked_fill", "masked_select", "masked_scatter", "index_put", "index_copy",
-    "slice_scatter", "select_scatter", "diagonal_scatter", "as_strided_scatter", "_unsafe_index_put",
+    "flip", "tril", "triu", "where", "masked_fill", "masked_select", "masked_scatter",
+    "slice_scatter", "select_scatter", "diagonal_scatter", "as_strided_scatter",
     "lift_fresh_copy", "alias_copy", "view_copy", "transpose_copy", "permute_copy", "expand_copy",
     "unsqueeze_copy", "squeeze_copy", "t_copy", "nonzero", "pixel_shuffle", "pixel_unshuffle", "col2im",
     "im2col", "upsample_nearest2d", "_upsample_nearest_exact2d", "one_hot",
@@ -53,7 +53,17 @@ def _write_only(args, kwargs, out):
     return OpCost(0, 0, bytes_read=0, bytes_written=nbytes(first_tensor(out)))
 
 
-zero_flops(("scatter", "_index_put_impl", "index_fill"), category="memory")
+@formula("index_copy", "index_put", "_unsafe_index_put", "_index_put_impl", "scatter", category="memory")
+def _write_into(args, kwargs, out):
+    """Writes `source` into part of `self` (e.g. a KV-cache append): reads the source and the index,
+    writes as many elements as the source has; the rest of `self` is not touched."""
+    src = [t for t in tensors((args[1:], kwargs)) if t.dtype == args[0].dtype]
+    idx = [t for t in tensors((args[1:], kwargs)) if t.dtype != args[0].dtype]
+    moved = bytes_of(src) if src else 0
+    return OpCost(0, 0, bytes_read=moved + bytes_of(idx), bytes_written=moved)
+
+
+zero_flops(("index_fill",), category="memory")
 
 
 @formula("scatter_add", "index_add", "scatter_reduce", "index_reduce", category="memory")
