@@ -6,14 +6,18 @@ the temporary peak, from one simulated step on fake tensors (see simulate.py), p
 
 What is counted: the bytes of every storage PyTorch allocates, at the moment of the step's peak. Weights,
 buffers and optimizer states are persistent; gradients, activations (alive when the forward ends) and
-temporaries (gradient buffers, recomputed blocks, casts) come from the simulated step; the optimizer's
-own temporaries from stepping it on fake copies. ZeRO stage s over N devices divides states (s >= 1),
-gradients (s >= 2) and weights (s = 3, plus the largest layer gathered whole) by N.
+temporaries (gradient buffers, recomputed blocks, casts, kernel scratch) come from the simulated step;
+the optimizer's own temporaries from stepping it on fake proxies. Two moments compete for the peak: the
+forward/backward and the optimizer step (all gradients + its temporaries). ZeRO stage s over N devices
+divides states (s >= 1), gradients (s >= 2) and weights (s = 3, plus the largest layer gathered) by N.
+
+Deep stacks of identical blocks (LLMs) are simulated with 3, 4 and 5 blocks and extrapolated to n: every
+quantity is affine in the number of identical blocks, which the three points verify (else: full run).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -22,43 +26,62 @@ from effml.errors import ConfigError
 from effml.train import checkpoint as ckpt
 from effml.train.config import TrainConfig
 from effml.train.recipes import Batch
-from effml.train.simulate import Trace, simulate
+from effml.train.simulate import Trace, identical_blocks, simulate, truncated
 from effml.units import fmt_bytes
 
-WORKSPACE_MAX_BYTES = 64e6  # run a kernel for real to measure its scratch only if its inputs fit in this
 ROWS = ("weights", "gradients", "optimizer_states", "activations", "temporary")
+STEP_PARTS = ("gradients", "activations", "temporary")
+WORKSPACE_MAX_BYTES = 64e6  # run a kernel for real to measure its scratch only if its inputs fit in this
+EXTRAPOLATE_MIN_BLOCKS = 8  # below this a full simulation is cheap enough
+PROBE_BLOCKS = (3, 4, 5)
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per device. `full` is each part's size; `at_peak` what of it is alive at the peak (sums to peak)."""
+    """Bytes per device. `full`: each part's size; `phases`: what of the step parts is alive at each
+    candidate peak ('step' = forward/backward, 'optimizer'); `at_peak` sums to `peak`."""
 
     model: str
     params: int
     config: TrainConfig
     full: dict[str, float]
-    at_peak: dict[str, float]
-    peak: float
-    peak_phase: str  # 'forward' | 'backward' | 'optimizer'
+    phases: dict[str, dict[str, float]]
+    step_peak_phase: str  # 'forward' | 'backward': where the forward/backward peak falls
     cast_weight_bytes: float  # autocast copies of the weights, inside 'activations'
+    unsharded: dict[str, float]  # weights/gradients/states of one full replica
     checkpoint: ckpt.CheckpointPlan = ckpt.NO_PLAN
     block_bytes: dict[str, int] = field(default_factory=dict)  # bytes each block keeps until backward
-    unsharded: dict[str, float] = field(default_factory=dict)  # weights/gradients/states of one full replica
     notes: tuple[str, ...] = ()
+
+    @property
+    def peak_phase(self) -> str:
+        return "optimizer" if sum(self.phases["optimizer"].values()) > sum(self.phases["step"].values()) \
+            else self.step_peak_phase
+
+    @property
+    def at_peak(self) -> dict[str, float]:
+        step = self.phases["optimizer" if self.peak_phase == "optimizer" else "step"]
+        return {"weights": self.full["weights"], "gradients": step["gradients"],
+                "optimizer_states": self.full["optimizer_states"], "activations": step["activations"],
+                "temporary": step["temporary"]}
+
+    @property
+    def peak(self) -> float:
+        return sum(self.at_peak.values())
 
     @property
     def model_states(self) -> float:
         return self.full["weights"] + self.full["gradients"] + self.full["optimizer_states"]
 
-    def bytes_per_param(self, part: str, unsharded: bool = True) -> float:
-        src = self.unsharded if unsharded else self.full
-        return src[part] / self.params
+    def bytes_per_param(self, part: str) -> float:
+        return self.unsharded[part] / self.params
 
     def to_dict(self) -> dict:
-        rows = [{"part": r, "bytes": self.full[r], "at_peak_bytes": self.at_peak[r]} for r in ROWS]
+        at = self.at_peak
+        rows = [{"part": r, "bytes": self.full[r], "at_peak_bytes": at[r]} for r in ROWS]
         return {"model": self.model, "params": self.params, "config": self.config.to_dict(), "rows": rows,
                 "peak_bytes": self.peak, "peak_phase": self.peak_phase, "model_state_bytes": self.model_states,
-                "cast_weight_bytes": self.cast_weight_bytes, "unsharded": self.unsharded,
+                "cast_weight_bytes": self.cast_weight_bytes, "phases": self.phases, "unsharded": self.unsharded,
                 "bytes_per_param": {k: v / self.params for k, v in self.unsharded.items()},
                 "checkpoint": self.checkpoint.to_dict(), "block_bytes": self.block_bytes, "notes": list(self.notes)}
 
@@ -74,56 +97,68 @@ def _shard(cfg: TrainConfig) -> tuple[float, float, float]:
     return (1 / n if s >= 3 else 1.0), (1 / n if s >= 2 else 1.0), (1 / n if s >= 1 else 1.0)
 
 
+def _peak_moment(trace: Trace, weight) -> tuple[float, int, float]:
+    """(bytes, clock, kernel scratch) of the step's largest moment, each lifetime counted x weight(life):
+    the live bytes after every birth, or the live bytes plus a kernel's scratch while it runs."""
+    events = sorted([(life.born, weight(life) * life.nbytes) for life in trace.log.all]
+                    + [(life.died, -weight(life) * life.nbytes) for life in trace.log.all if life.died is not None])
+    scratch_at = {t: ws for t, _, ws in trace.workspace}
+    best, best_t, best_ws, cur = 0.0, 0, 0.0, 0.0
+    for t, delta in events:  # the clock ticks once per birth/death: times are distinct
+        cur += delta
+        ws = scratch_at.get(t, 0)
+        if cur + ws > best:
+            best, best_t, best_ws = cur + ws, t, ws
+    return best, best_t, best_ws
+
+
 def from_trace(trace: Trace, cfg: TrainConfig, name: str, plan: ckpt.CheckpointPlan) -> MemoryEstimate:
     log = trace.log
     t_fwd = log.marks["forward_end"]
+    fw, fg, fs = _shard(cfg)
+    stage3 = cfg.zero_stage == 3
     pre_grads = trace.grad_bytes if cfg.grad_accum > 1 else 0  # allocated before this micro-step
     grads = {id(log.live[k]) for k in trace.grad_keys if k in log.live}
+
+    def weight(life) -> float:
+        if id(life) in grads:
+            return fg  # ZeRO-2/3: each device keeps its shard of the gradients
+        return 0.0 if (stage3 and life.cast) else 1.0  # ZeRO-3 gathers layer by layer: no cast cache
+
     acts = [life for life in log.all if life.alive_at(t_fwd) and id(life) not in grads]
-    cast = sum(life.nbytes for life in acts if life.cast)
-    # the peak: of the live bytes, or of the live bytes plus a kernel's scratch while it runs
-    peak, peak_t, scratch = log.peak, log.peak_t, 0
-    for t, live, ws in trace.workspace:
-        if live + ws > peak:
-            peak, peak_t, scratch = live + ws, t, ws
-    parts = {"gradients": pre_grads, "activations": 0, "temporary": scratch}
+    _, peak_t, scratch = _peak_moment(trace, weight)
+    step = {"gradients": pre_grads * fg, "activations": 0.0, "temporary": float(scratch)}
     for life in log.all:
         if life.alive_at(peak_t):
             kind = "gradients" if id(life) in grads else "activations" if life.alive_at(t_fwd) else "temporary"
-            parts[kind] += life.nbytes
-    fwd_bwd_peak = peak + pre_grads
-    phase = "forward" if peak_t <= t_fwd else "backward"
-    after_bwd = log.marks_current["backward_end"] + pre_grads
-    if after_bwd + trace.optimizer_temp_bytes > fwd_bwd_peak:  # the optimizer step is the peak
-        phase = "optimizer"
-        parts = {"gradients": trace.grad_bytes, "activations": 0,
-                 "temporary": after_bwd - trace.grad_bytes + trace.optimizer_temp_bytes}
-
-    fw, fg, fs = _shard(cfg)
-    weights = trace.param_bytes * fw + trace.buffer_bytes
-    states = trace.optimizer_state_bytes * fs
-    gather = trace.largest_module_param_bytes if cfg.zero_stage == 3 else 0
-    full = {"weights": weights, "gradients": trace.grad_bytes * fg, "optimizer_states": states,
-            "activations": float(sum(life.nbytes for life in acts)), "temporary": parts["temporary"] + gather}
-    at_peak = {"weights": weights, "optimizer_states": states, "gradients": parts["gradients"] * fg,
-               "activations": float(parts["activations"]), "temporary": parts["temporary"] + gather}
+            step[kind] += weight(life) * life.nbytes
+    leftover = log.marks_current["backward_end"] + pre_grads - trace.grad_bytes  # loss scalars etc.
+    optimizer = {"gradients": trace.grad_bytes * fg, "activations": 0.0,
+                 "temporary": leftover + trace.optimizer_temp_bytes * (fs if trace.foreach else 1.0)}
+    gather = float(trace.largest_module_param_bytes) if stage3 else 0.0
+    step["temporary"] += gather
+    optimizer["temporary"] += gather
+    full = {"weights": trace.param_bytes * fw + trace.buffer_bytes, "gradients": trace.grad_bytes * fg,
+            "optimizer_states": trace.optimizer_state_bytes * fs,
+            "activations": float(sum(weight(life) * life.nbytes for life in acts)),
+            "temporary": max(step["temporary"], optimizer["temporary"])}
     notes = []
     if cfg.grad_accum > 1:
         notes.append(f"grad_accum={cfg.grad_accum}: every gradient is allocated during later micro-batches")
     if gather:
-        notes.append(f"ZeRO-3: the largest layer's weights ({fmt_bytes(gather)}) are gathered whole for compute")
+        notes.append(f"ZeRO-3: weights gathered layer by layer (largest {fmt_bytes(gather)}); "
+                     "no autocast cast cache")
     if scratch:
         notes.append(f"peak includes {fmt_bytes(scratch)} of kernel workspace measured on this CPU")
     if trace.workspace_skipped:
         notes.append(f"kernel workspace of {trace.workspace_skipped} large op call(s) not measured")
-    if trace.buffer_bytes:
-        notes.append(f"weights include {fmt_bytes(trace.buffer_bytes)} of buffers (never sharded)")
+    cast = float(sum(weight(life) * life.nbytes for life in acts if life.cast))
     return MemoryEstimate(
-        model=name, params=trace.params, config=cfg, full=full, at_peak=at_peak, peak=sum(at_peak.values()),
-        peak_phase=phase, cast_weight_bytes=float(cast), checkpoint=plan, block_bytes=dict(trace.block_bytes),
+        model=name, params=trace.params, config=cfg, full=full, phases={"step": step, "optimizer": optimizer},
+        step_peak_phase="forward" if peak_t <= t_fwd else "backward", cast_weight_bytes=cast,
         unsharded={"weights": float(trace.param_bytes), "gradients": float(trace.grad_bytes),
                    "optimizer_states": float(trace.optimizer_state_bytes)},
-        notes=tuple(notes))
+        checkpoint=plan, block_bytes=dict(trace.block_bytes), notes=tuple(notes))
 
 
 # ---- inputs -------------------------------------------------------------------------------------------------
@@ -132,7 +167,6 @@ def make_batch(example_inputs, micro_batch: int, target=None, forward_kwargs=Non
     simulation uses fake tensors), so any tensor whose dim 0 equals the example's batch size is resized.
     Default target: token ids' shape for integer inputs (next-token loss), (B,) class ids otherwise."""
     args = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    kwargs = dict(forward_kwargs or {})
     first = next((a for a in args if isinstance(a, torch.Tensor) and a.ndim > 0), None)
     if first is None:
         raise ConfigError("example_inputs must contain a tensor with a batch dimension, e.g. (x,) with x (B, ...)")
@@ -145,18 +179,18 @@ def make_batch(example_inputs, micro_batch: int, target=None, forward_kwargs=Non
     if target is None:
         target = (torch.empty(first.shape, dtype=torch.long, device="meta") if not first.is_floating_point()
                   else torch.empty((b0,), dtype=torch.long, device="meta"))
-    return Batch(tuple(resize(a) for a in args), resize(target), {k: resize(v) for k, v in kwargs.items()})
+    kwargs = {k: resize(v) for k, v in (forward_kwargs or {}).items()}
+    return Batch(tuple(resize(a) for a in args), resize(target), kwargs)
 
 
 # ---- the estimator ------------------------------------------------------------------------------------------
 def train_memory(model: nn.Module, example_inputs, cfg: TrainConfig | None = None, *, target=None,
                  loss: str = "auto", forward_kwargs: dict | None = None, foreach: bool = False,
-                 kernel_workspace: bool = True, name: str | None = None) -> MemoryEstimate:
+                 kernel_workspace: bool = True, extrapolate: bool = True, name: str | None = None) -> MemoryEstimate:
     """Estimate the per-device peak memory of training `model` with `cfg` (one micro-batch of
-    cfg.micro_batch examples shaped like `example_inputs`). The model is not modified or run for real;
-    it may live on meta. `foreach=True` models torch's CUDA default optimizer kernels;
-    `kernel_workspace` measures the scratch of convolution/attention kernels on this CPU (off for other
-    targets, whose kernels differ)."""
+    cfg.micro_batch examples shaped like `example_inputs`). The model is not run for real and may live on
+    meta. `foreach=True` models torch's CUDA default optimizer kernels; `kernel_workspace` measures the
+    scratch of convolution/attention kernels on this CPU (turn it off for other targets)."""
     cfg = cfg or TrainConfig()
     batch = make_batch(example_inputs, cfg.micro_batch, target, forward_kwargs)
     name = name or type(model).__name__
@@ -164,8 +198,52 @@ def train_memory(model: nn.Module, example_inputs, cfg: TrainConfig | None = Non
     if cfg.checkpointing.strategy == "budget":
         return plan_for_budget(model, batch, cfg, loss, foreach, name, ws)
     plan = ckpt.plan(model, cfg.checkpointing)
+    stack = identical_blocks(model, cfg.checkpointing.container) if extrapolate else None
+    spec = cfg.checkpointing
+    per_block = spec.strategy == "none" or (spec.strategy == "every" and spec.every == 1)
+    if stack and stack[1] >= EXTRAPOLATE_MIN_BLOCKS and per_block:
+        est = _extrapolated(model, batch, cfg, loss, foreach, name, ws, plan, *stack)
+        if est is not None:
+            return est
     watch = cfg.checkpointing.container if plan.container is not None else False
     return from_trace(simulate(model, batch, cfg, loss, plan, foreach, watch, ws), cfg, name, plan)
+
+
+def _extrapolated(model, batch, cfg, loss, foreach, name, ws, plan, container: str, n: int):
+    """Simulate the first 3, 4, 5 blocks, check every number is affine in the block count, extend to n."""
+    probes = []
+    for k in PROBE_BLOCKS:
+        with truncated(model, container, k):
+            p = ckpt.plan(model, cfg.checkpointing)
+            probes.append(from_trace(simulate(model, batch, cfg, loss, p, foreach, False, ws), cfg, name, p))
+    a, b, c = probes
+    if len({p.step_peak_phase for p in probes}) > 1:
+        return None
+
+    def ext(x2: float, x3: float, x4: float) -> float | None:
+        d1, d2 = x3 - x2, x4 - x3
+        if abs(d1 - d2) > 1e-6 * max(1.0, abs(x4)) + 64:  # not affine (64 B: rounding of per-tensor parts)
+            raise _NotAffine
+        return x4 + (n - PROBE_BLOCKS[-1]) * d2
+
+    try:
+        full = {k: ext(a.full[k], b.full[k], c.full[k]) for k in c.full if k != "temporary"}
+        phases = {ph: {k: ext(a.phases[ph][k], b.phases[ph][k], c.phases[ph][k]) for k in STEP_PARTS}
+                  for ph in c.phases}
+        full["temporary"] = max(ph["temporary"] for ph in phases.values())  # a max is not affine: after
+        unsharded = {k: ext(a.unsharded[k], b.unsharded[k], c.unsharded[k]) for k in c.unsharded}
+        params = round(ext(a.params, b.params, c.params))
+        cast = ext(a.cast_weight_bytes, b.cast_weight_bytes, c.cast_weight_bytes)
+    except _NotAffine:
+        return None
+    note = f"simulated with {', '.join(map(str, PROBE_BLOCKS))} of the {n} identical blocks of '{container}' " \
+           "and extrapolated (every part is affine in the block count)"
+    return replace(c, params=params, full=full, phases=phases, unsharded=unsharded, cast_weight_bytes=cast,
+                   checkpoint=plan, block_bytes={}, notes=(*c.notes, note))
+
+
+class _NotAffine(Exception):
+    pass
 
 
 def plan_for_budget(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str, foreach: bool,
@@ -179,9 +257,8 @@ def plan_for_budget(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
     container = spec.container
 
     def run(plan):
-        c = cfg.replace(checkpointing=spec)
-        trace = simulate(model, batch, c, loss, plan, foreach, container or None, workspace_max_bytes)
-        return from_trace(trace, c, name, plan)
+        trace = simulate(model, batch, cfg, loss, plan, foreach, container or None, workspace_max_bytes)
+        return from_trace(trace, cfg, name, plan)
 
     base = run(ckpt.NO_PLAN)
     if base.peak <= budget:
@@ -193,27 +270,25 @@ def plan_for_budget(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
         best = min((every, sq), key=lambda e: e.peak)
         return _with_note(best, f"budget {fmt_bytes(budget)} NOT met: checkpointing alone reaches "
                                 f"{fmt_bytes(best.peak)} ({best.checkpoint.strategy}); also shrink the micro-batch")
-    saving = {b: base.block_bytes.get(b, 0) - every.block_bytes.get(b, 0) for b in all_plan.blocks}
-    order = sorted(all_plan.blocks, key=lambda b: -saving[b])
+    saving = {blk: base.block_bytes.get(blk, 0) - every.block_bytes.get(blk, 0) for blk in all_plan.checkpointed}
+    order = sorted(saving, key=lambda blk: -saving[blk])
     need, chosen, got = base.peak - budget, [], 0.0
-    for b in order:
+    for blk in order:
         if got >= need:
             break
-        chosen.append(b)
-        got += saving[b]
+        chosen.append(blk)
+        got += saving[blk]
     while True:
         est = run(ckpt.select(all_plan.container, all_plan.blocks, chosen))
         if est.peak <= budget or len(chosen) == len(order):
             break
         avg = max(1.0, got / max(1, len(chosen)))
-        extra = max(1, int((est.peak - budget) // avg) + 1)  # add enough blocks for the remaining excess
+        extra = max(1, int((est.peak - budget) // avg) + 1)  # enough blocks for the remaining excess
         chosen += order[len(chosen):len(chosen) + extra]
     return _with_note(est, f"budget {fmt_bytes(budget)}: {len(chosen)} of {len(order)} blocks checkpointed")
 
 
 def _with_note(est: MemoryEstimate, note: str) -> MemoryEstimate:
-    from dataclasses import replace
-
     return replace(est, notes=(*est.notes, note))
 
 

@@ -116,6 +116,7 @@ class Trace:
     optimizer_temp_bytes: int = 0
     workspace: list[tuple[int, int, int]] = field(default_factory=list)  # (t, live bytes after the op, scratch)
     workspace_skipped: int = 0  # ops too large to measure their scratch here
+    foreach: bool = False  # the optimizer's temporaries span all parameters (sharded with its states)
 
 
 def _fake_like(fm: FakeTensorMode, t: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -149,11 +150,13 @@ def fake_batch(fm: FakeTensorMode, batch: Batch, float_dtype: torch.dtype | None
 def optimizer_profile(cfg: TrainConfig, params: list[torch.Tensor], fm: FakeTensorMode,
                       foreach: bool) -> tuple[int, int]:
     """(state bytes for all `params`, temporary bytes of one step), measured by stepping the real torch
-    optimizer twice on fake copies: of the largest parameter (per-tensor loop: the temporaries of one
-    tensor) or of all of them (foreach: the temporaries span the list). States = per-element part x numel
-    + per-tensor part (step counters)."""
+    optimizer twice on fake proxies. Per-tensor loop: the proxy is the largest parameter, whose step has
+    the largest temporaries. foreach: the temporaries span the whole list, so two proxies of 4096
+    elements each are stepped and their temporaries scaled per element to all parameters. States =
+    per-element bytes x numel + per-tensor bytes (step counters), per parameter."""
     big = max(params, key=lambda p: p.numel())
-    proxies = [nn.Parameter(_fake_like(fm, p)) for p in (params if foreach else [big])]
+    shapes = [(4096,), (4096,)] if foreach else [tuple(big.shape)]
+    proxies = [nn.Parameter(_fake_like(fm, torch.empty(sh, device="meta", dtype=big.dtype))) for sh in shapes]
     with fm:
         for p in proxies:
             p.grad = torch.empty_like(p)
@@ -164,18 +167,51 @@ def optimizer_profile(cfg: TrainConfig, params: list[torch.Tensor], fm: FakeTens
         log = StorageLog([*proxies, *[p.grad for p in proxies], *states])
         with log:
             opt.step()  # steady state: only temporaries are new
-    per_elem = per_tensor = 0
-    for p in proxies[:1]:
-        for s in opt.state[p].values():
-            if isinstance(s, torch.Tensor):
-                n = s.numel() * s.element_size()
-                if s.numel() == p.numel():
-                    per_elem += n / p.numel()
-                else:
-                    per_tensor += n
-    states = sum(int(per_elem * p.numel()) + per_tensor for p in params)
     log.active = False
-    return states, log.peak
+    per_elem = per_tensor = 0.0
+    p0 = proxies[0]
+    for st in opt.state[p0].values():
+        if isinstance(st, torch.Tensor):
+            if st.numel() == p0.numel():
+                per_elem += st.numel() * st.element_size() / p0.numel()
+            else:
+                per_tensor += st.numel() * st.element_size()
+    total = sum(int(per_elem * p.numel() + per_tensor) for p in params)
+    if foreach:
+        temp = log.peak / sum(p.numel() for p in proxies) * sum(p.numel() for p in params)
+    else:
+        temp = log.peak
+    return total, int(temp)
+
+
+def identical_blocks(model: nn.Module, container: str | None = None) -> tuple[str, int] | None:
+    """(container name, n) if the block container holds n >= 2 blocks of one type with equal parameter
+    shapes (a stack whose step memory is affine in n), else None."""
+    try:
+        name, blocks = ckpt.find_container(model, container)
+    except EffmlError:
+        return None
+    sig = {(type(m), tuple((k, tuple(p.shape), p.dtype) for k, p in m.named_parameters())) for _, m in blocks}
+    return (name, len(blocks)) if len(sig) == 1 and name else None
+
+
+class truncated:
+    """`with truncated(model, 'layers', k):` the container holds only its first k blocks (restored on exit)."""
+
+    def __init__(self, model: nn.Module, container: str, k: int):
+        parent, _, attr = container.rpartition(".")
+        self.owner = model.get_submodule(parent) if parent else model
+        self.attr, self.k = attr, k
+
+    def __enter__(self):
+        self.full = getattr(self.owner, self.attr)
+        head = list(self.full)[:self.k]
+        setattr(self.owner, self.attr, nn.Sequential(*head) if isinstance(self.full, nn.Sequential)
+                else nn.ModuleList(head))
+        return self
+
+    def __exit__(self, *exc):
+        setattr(self.owner, self.attr, self.full)
 
 
 def simulate(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
@@ -241,7 +277,8 @@ def simulate(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
         grad_bytes=sum(p.numel() * p.element_size() for p in trainable),
         params=sum(p.numel() for p in params), largest_module_param_bytes=max(leaf_bytes, default=0),
         block_bytes=block_bytes, block_order=order, container=container,
-        optimizer_state_bytes=states, optimizer_temp_bytes=temp, workspace=scratch, workspace_skipped=skipped)
+        optimizer_state_bytes=states, optimizer_temp_bytes=temp, workspace=scratch, workspace_skipped=skipped,
+        foreach=foreach)
 
 
 def _watch(mod: nn.Module, name: str, log: StorageLog, out: dict) -> list:
