@@ -155,10 +155,17 @@ class _Clock:
 
 
 class _KVMeter:
-    """Averages reserved vs used KV over decode steps, for the engine's own cache and a max_len reservation."""
+    """Averages reserved vs used KV over decode steps, for the engine's own cache and a max_len reservation;
+    forwards each produced token's logits to `on_logits(rid, logits (V,))` when given (distillation data)."""
 
-    def __init__(self, bytes_per_token: float, max_len: int):
+    def __init__(self, bytes_per_token: float, max_len: int, on_logits=None):
         self.bpt, self.max_len, self.samples = bytes_per_token, max_len, []
+        self.on_logits = on_logits
+
+    def logits(self, rids, logits: torch.Tensor) -> None:
+        if self.on_logits is not None:
+            for rid, row in zip(rids, logits):
+                self.on_logits(rid, row)
 
     def add(self, own: KVStats, live_lengths: list[int]) -> None:
         self.samples.append((own, KVStats(len(live_lengths) * self.max_len, sum(live_lengths), self.bpt)))
@@ -202,11 +209,13 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
         logits = clock.run(model, tokens, cache=cache, pick=lens - 1)[:, -1]  # (B, V)
         cache.truncate(lens.tolist())  # forget the pads: later tokens overwrite them
         out = [[int(t)] for t in logits.argmax(-1)]
+        meter.logits([r.rid for r in batch], logits)
         first = clock.now
         for _ in range(steps_out - 1):  # lock step until the longest output is done
             meter.add(cache.stats(meter.bpt), cache.lengths)
             nxt = torch.tensor([[o[-1]] for o in out])  # (B, 1)
             logits = clock.run(model, nxt, cache=cache)[:, -1]  # (B, V)
+            meter.logits([r.rid for r in batch], logits)
             for o, t in zip(out, logits.argmax(-1)):
                 o.append(int(t))
             steps += 1
@@ -253,6 +262,7 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
             cache.select([r.rid])
             logits = clock.run(model, torch.tensor([r.prompt]), cache=cache, last=1)[0, -1]  # (V,)
             running[r.rid] = (r, [int(logits.argmax())], clock.now)
+            meter.logits([r.rid], logits[None])
         retire()
         if not running:
             continue
@@ -261,6 +271,7 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
         meter.add(cache.stats(meter.bpt), cache.lengths)
         nxt = torch.tensor([[running[i][1][-1]] for i in ids])  # (B, 1)
         logits = clock.run(model, nxt, cache=cache)[:, -1]  # (B, V)
+        meter.logits(ids, logits)
         for i, t in zip(ids, logits.argmax(-1)):
             running[i][1].append(int(t))
         steps += 1
@@ -270,8 +281,13 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
 
 @torch.no_grad()
 def serve(model: Transformer, trace: list[Request], batching: str = "continuous",
-          config: EngineConfig = EngineConfig(), progress: Callable[[int, int], None] | None = None) -> ServeResult:
-    """Run the trace through an engine (greedy decoding); per-request timings, throughput and KV use."""
+          config: EngineConfig = EngineConfig(), progress: Callable[[int, int], None] | None = None,
+          on_logits: Callable[[int, torch.Tensor], None] | None = None) -> ServeResult:
+    """Run the trace through an engine (greedy decoding); per-request timings, throughput and KV use.
+
+    on_logits(rid, logits (V,)) sees the logits behind every token a request gets (in order; static batching
+    also reports the padding steps after a request is done, which callers cut at its length).
+    """
     if batching not in ENGINES:
         raise ConfigError(f"batching {batching!r} is not one of {', '.join(ENGINES)}")
     if not trace:
@@ -279,7 +295,7 @@ def serve(model: Transformer, trace: list[Request], batching: str = "continuous"
     for r in trace:
         check_request(model, list(r.prompt), r.max_new_tokens)
     max_len = config.max_len or max(len(r.prompt) + r.max_new_tokens for r in trace)
-    meter = _KVMeter(kv_bytes_per_token(model.args, model.output.weight.dtype), max_len)
+    meter = _KVMeter(kv_bytes_per_token(model.args, model.output.weight.dtype), max_len, on_logits)
     trace = sorted(trace, key=lambda r: r.arrival_s)
     done, makespan, steps = ENGINES[batching](model, trace, config, max_len, meter, progress)
     own = "paged" if batching == "continuous" else "contiguous"

