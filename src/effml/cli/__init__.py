@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "kv": "effml.cli.kv_cmd",
     "generate": "effml.cli.generate_cmd",
     "serve-bench": "effml.cli.serve_bench_cmd",
+    "train-mem": "effml.cli.train_mem_cmd",
 }
 
 

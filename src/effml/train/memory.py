@@ -191,40 +191,75 @@ def train_memory(model: nn.Module, example_inputs, cfg: TrainConfig | None = Non
     cfg.micro_batch examples shaped like `example_inputs`). The model is not run for real and may live on
     meta. `foreach=True` models torch's CUDA default optimizer kernels; `kernel_workspace` measures the
     scratch of convolution/attention kernels on this CPU (turn it off for other targets)."""
-    cfg = cfg or TrainConfig()
-    batch = make_batch(example_inputs, cfg.micro_batch, target, forward_kwargs)
-    name = name or type(model).__name__
-    ws = WORKSPACE_MAX_BYTES if kernel_workspace else 0
-    if cfg.checkpointing.strategy == "budget":
-        return plan_for_budget(model, batch, cfg, loss, foreach, name, ws)
-    plan = ckpt.plan(model, cfg.checkpointing)
-    stack = identical_blocks(model, cfg.checkpointing.container) if extrapolate else None
-    spec = cfg.checkpointing
-    per_block = spec.strategy == "none" or (spec.strategy == "every" and spec.every == 1)
-    if stack and stack[1] >= EXTRAPOLATE_MIN_BLOCKS and per_block:
-        est = _extrapolated(model, batch, cfg, loss, foreach, name, ws, plan, *stack)
-        if est is not None:
-            return est
-    watch = cfg.checkpointing.container if plan.container is not None else False
-    return from_trace(simulate(model, batch, cfg, loss, plan, foreach, watch, ws), cfg, name, plan)
+    return Estimator(model, example_inputs, target=target, loss=loss, forward_kwargs=forward_kwargs,
+                     foreach=foreach, kernel_workspace=kernel_workspace, extrapolate=extrapolate,
+                     name=name)(cfg or TrainConfig())
 
 
-def _extrapolated(model, batch, cfg, loss, foreach, name, ws, plan, container: str, n: int):
-    """Simulate the first 3, 4, 5 blocks, check every number is affine in the block count, extend to n."""
-    probes = []
-    for k in PROBE_BLOCKS:
-        with truncated(model, container, k):
-            p = ckpt.plan(model, cfg.checkpointing)
-            probes.append(from_trace(simulate(model, batch, cfg, loss, p, foreach, False, ws), cfg, name, p))
+class Estimator:
+    """Estimates of one model under many configs. Simulations are cached by what changes them (precision,
+    optimizer, micro-batch, accumulation, checkpointing); ZeRO stage and world size only re-weigh a
+    cached simulation, so trying them costs nothing."""
+
+    def __init__(self, model: nn.Module, example_inputs, *, target=None, loss: str = "auto",
+                 forward_kwargs: dict | None = None, foreach: bool = False, kernel_workspace: bool = True,
+                 extrapolate: bool = True, name: str | None = None):
+        self.model, self.example, self.target, self.loss = model, example_inputs, target, loss
+        self.forward_kwargs, self.foreach, self.extrapolate = forward_kwargs, foreach, extrapolate
+        self.ws = WORKSPACE_MAX_BYTES if kernel_workspace else 0
+        self.name = name or type(model).__name__
+        self._cache: dict = {}
+        self.simulations = 0
+
+    def __call__(self, cfg: TrainConfig) -> MemoryEstimate:
+        batch = make_batch(self.example, cfg.micro_batch, self.target, self.forward_kwargs)
+        if cfg.checkpointing.strategy == "budget":
+            return plan_for_budget(self.model, batch, cfg, self.loss, self.foreach, self.name, self.ws)
+        plan = ckpt.plan(self.model, cfg.checkpointing)
+        key = (cfg.precision, cfg.optimizer, cfg.micro_batch, cfg.grad_accum > 1, cfg.checkpointing)
+        if key not in self._cache:
+            self._cache[key] = self._simulate(batch, cfg, plan)
+        traces, probes = self._cache[key]
+        if probes:
+            est = _extrapolate([from_trace(t, cfg, self.name, p) for t, p in traces], *probes)
+            if est is not None:
+                return replace(est, checkpoint=plan)
+            self._cache[key] = self._simulate(batch, cfg, plan, extrapolate=False)
+            traces, _ = self._cache[key]
+        return from_trace(traces[0][0], cfg, self.name, plan)
+
+    def _simulate(self, batch, cfg, plan, extrapolate: bool = True):
+        """([(trace, plan)], None) for a full run, or the 3 probe runs and (container, n) to extrapolate."""
+        spec = cfg.checkpointing
+        per_block = spec.strategy == "none" or (spec.strategy == "every" and spec.every == 1)
+        stack = identical_blocks(self.model, spec.container) if (self.extrapolate and extrapolate) else None
+        if stack and stack[1] >= EXTRAPOLATE_MIN_BLOCKS and per_block:
+            runs = []
+            for k in PROBE_BLOCKS:
+                with truncated(self.model, stack[0], k):
+                    p = ckpt.plan(self.model, spec)
+                    runs.append((self._run(batch, cfg, p, False), p))
+            return runs, stack
+        watch = spec.container if plan.container is not None else False
+        return [(self._run(batch, cfg, plan, watch), plan)], None
+
+    def _run(self, batch, cfg, plan, watch):
+        self.simulations += 1
+        return simulate(self.model, batch, cfg, self.loss, plan, self.foreach, watch, self.ws)
+
+
+def _extrapolate(probes: list[MemoryEstimate], container: str, n: int) -> MemoryEstimate | None:
+    """Estimates of the first 3, 4, 5 blocks -> the estimate for n, if every number is affine in the
+    block count (else None)."""
     a, b, c = probes
     if len({p.step_peak_phase for p in probes}) > 1:
         return None
 
-    def ext(x2: float, x3: float, x4: float) -> float | None:
-        d1, d2 = x3 - x2, x4 - x3
-        if abs(d1 - d2) > 1e-6 * max(1.0, abs(x4)) + 64:  # not affine (64 B: rounding of per-tensor parts)
+    def ext(x3: float, x4: float, x5: float) -> float:
+        d1, d2 = x4 - x3, x5 - x4
+        if abs(d1 - d2) > 1e-6 * max(1.0, abs(x5)) + 64:  # not affine (64 B: rounding of per-tensor parts)
             raise _NotAffine
-        return x4 + (n - PROBE_BLOCKS[-1]) * d2
+        return x5 + (n - PROBE_BLOCKS[-1]) * d2
 
     try:
         full = {k: ext(a.full[k], b.full[k], c.full[k]) for k in c.full if k != "temporary"}
@@ -239,7 +274,7 @@ def _extrapolated(model, batch, cfg, loss, foreach, name, ws, plan, container: s
     note = f"simulated with {', '.join(map(str, PROBE_BLOCKS))} of the {n} identical blocks of '{container}' " \
            "and extrapolated (every part is affine in the block count)"
     return replace(c, params=params, full=full, phases=phases, unsharded=unsharded, cast_weight_bytes=cast,
-                   checkpoint=plan, block_bytes={}, notes=(*c.notes, note))
+                   block_bytes={}, notes=(*c.notes, note))
 
 
 class _NotAffine(Exception):
@@ -292,4 +327,4 @@ def _with_note(est: MemoryEstimate, note: str) -> MemoryEstimate:
     return replace(est, notes=(*est.notes, note))
 
 
-__all__ = ["MemoryEstimate", "ROWS", "from_trace", "make_batch", "plan_for_budget", "train_memory"]
+__all__ = ["Estimator", "MemoryEstimate", "ROWS", "from_trace", "make_batch", "plan_for_budget", "train_memory"]
