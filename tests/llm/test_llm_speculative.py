@@ -1,7 +1,5 @@
 """Speculative decoding: greedy output identical to the target's; sampling matches the target's distribution."""
 
-import itertools
-
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -29,16 +27,18 @@ def drafts(target):
 
 def test_greedy_output_is_identical_to_the_targets_on_many_prompts(target, drafts):
     g = torch.Generator().manual_seed(0)
+    kinds = ("contiguous", "paged", "none")
     checked = 0
-    for i in range(24):
+    for i in range(20):  # 20 prompts x 4 drafts (rotating) x 4 γ, the KV strategy rotating too
         prompt = torch.randint(0, 97, (int(torch.randint(1, 20, (1,), generator=g)),), generator=g).tolist()
         ref = generate(target, prompt, GenerateConfig(max_new_tokens=32)).tokens
         name = list(drafts)[i % len(drafts)]
-        for gamma, kv in itertools.product((1, 3, 6, "auto"), ("contiguous", "paged", "none")):
+        for j, gamma in enumerate((1, 3, 6, "auto")):
+            kv = kinds[(i + j) % 3]
             res = speculative_generate(target, drafts[name], prompt, SpecConfig(gamma=gamma, max_new_tokens=32, kv=kv))
             assert res.tokens == ref, (i, name, gamma, kv)
             checked += 1
-    assert checked == 24 * 12
+    assert checked == 80
 
 
 def test_a_perfect_draft_is_always_accepted(target):
@@ -109,14 +109,14 @@ def _chi2(samples, law):
 def test_sampling_matches_the_targets_distribution():
     target = build(ModelArgs.preset("tiny", vocab_size=V), seed=0, std=0.15)
     draft = build(ModelArgs.preset("tiny", vocab_size=V, n_layers=1), seed=5, std=0.15)
-    prompt, temp, n = [1, 4, 2], 1.0, 2000
+    prompt, temp, n = [1, 4, 2], 1.0, 1500
     law = _exact_two_token_law(target, prompt, temp)
     draft_law = _exact_two_token_law(draft, prompt, temp)
     assert 0.5 * (law - draft_law).abs().sum() > 0.1  # the draft is really different (total variation)
     spec = [speculative_generate(target, draft, prompt, SpecConfig(gamma=2, max_new_tokens=2, temperature=temp,
                                                                    seed=s)).tokens for s in range(n)]
     # H0: samples ~ target law. Seeds are fixed, so the p-value is a fixed number; a correct sampler gives a
-    # uniform p, a wrong one p ≈ 0 at n = 2000.
+    # uniform p, a wrong one p ≈ 0 at n = 1500.
     assert _chi2(spec, law) > 0.01
     # power check: the draft's own samples (what "always accept" would output) are rejected by the same test
     naive = [generate(draft, prompt, GenerateConfig(max_new_tokens=2, temperature=temp, seed=s)).tokens

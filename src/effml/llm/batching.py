@@ -159,7 +159,7 @@ class _KVMeter:
     forwards each produced token's logits to `on_logits(rid, logits (V,))` when given (distillation data)."""
 
     def __init__(self, bytes_per_token: float, max_len: int, on_logits=None):
-        self.bpt, self.max_len, self.samples = bytes_per_token, max_len, []
+        self.bpt, self.max_len, self.samples, self.live = bytes_per_token, max_len, [], []
         self.on_logits = on_logits
 
     def logits(self, rids, logits: torch.Tensor) -> None:
@@ -169,6 +169,16 @@ class _KVMeter:
 
     def add(self, own: KVStats, live_lengths: list[int]) -> None:
         self.samples.append((own, KVStats(len(live_lengths) * self.max_len, sum(live_lengths), self.bpt)))
+        self.live.append(list(live_lengths))
+
+    def waste_by_block_size(self, sizes=(1, 2, 4, 8, 16, 32)) -> dict:
+        """What paging with other block sizes would reserve for the same live lengths: ceil(len/bs)·bs each."""
+        used = sum(sum(ls) for ls in self.live)
+        out = {}
+        for bs in sizes:
+            res = sum(-(-n // bs) * bs for ls in self.live for n in ls)
+            out[bs] = 1 - used / res if res else 0.0
+        return out
 
     def summary(self, own_name: str) -> dict:
         def agg(i):
@@ -178,7 +188,9 @@ class _KVMeter:
             return {"reserved_tokens_avg": res / max(1, len(self.samples)), "used_tokens_avg": used /
                     max(1, len(self.samples)), "waste": 1 - used / res if res else 0.0,
                     "peak_reserved_bytes": peak * self.bpt}
-        return {own_name: agg(0), "max_len_reservation": agg(1)}
+        return {own_name: agg(0), "max_len_reservation": {**agg(1), "max_len": self.max_len},
+                "paged_waste_by_block_size": self.waste_by_block_size(),
+                "mean_live_length": sum(map(sum, self.live)) / max(1, sum(map(len, self.live)))}
 
 
 ENGINES: dict[str, Callable] = {}
@@ -238,8 +250,14 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
     running: dict[int, tuple[Request, list[int], float]] = {}  # rid -> (request, tokens, first token time)
     stop = cfg.stop_token
 
-    def blocks_to_finish(r: Request, n_out: int) -> int:  # worst case, so an admitted request never stalls
-        return -(-(len(r.prompt) + r.max_new_tokens) // bs) - -(-(len(r.prompt) + n_out) // bs)
+    def blocks_total(r: Request) -> int:  # the cache ends with prompt + output - 1 tokens (the last is never fed)
+        return -(-(len(r.prompt) + r.max_new_tokens - 1) // bs)
+
+    worst = max(trace, key=blocks_total)
+    need = blocks_total(worst)
+    if need > num_blocks:
+        raise ConfigError(f"request {worst.rid} needs {need} blocks of {bs} tokens but the pool has {num_blocks}: "
+                          f"raise EngineConfig.num_blocks")
 
     def retire() -> None:  # finished sequences leave at once and return their blocks
         for rid in [rid for rid, (r, t, _) in running.items() if len(t) >= r.max_new_tokens or t[-1] == stop]:
@@ -252,12 +270,13 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
     while pending or running:
         if not running:
             clock.now = max(clock.now, pending[0].arrival_s)
-        # admit arrived requests while a slot and their worst-case blocks are free
-        committed = sum(blocks_to_finish(r, len(t)) for r, t, _ in running.values())
+        # admit arrived requests while a slot is free and the blocks every running sequence may still need
+        # (to its last token) leave room for the newcomer's whole request: nobody ever stalls or is preempted
+        owed = sum(blocks_total(r) - len(cache.tables[rid]) for rid, (r, _, _) in running.items())
         while (pending and pending[0].arrival_s <= clock.now and len(running) < cfg.max_batch
-               and committed + -(-(len(pending[0].prompt) + pending[0].max_new_tokens) // bs) <= num_blocks):
+               and owed + blocks_total(pending[0]) <= cache.allocator.n_free):
             r = pending.pop(0)
-            committed += -(-(len(r.prompt) + r.max_new_tokens) // bs)
+            owed += blocks_total(r)
             cache.add(r.rid)
             cache.select([r.rid])
             logits = clock.run(model, torch.tensor([r.prompt]), cache=cache, last=1)[0, -1]  # (V,)

@@ -1,0 +1,115 @@
+"""Serving engines: same tokens as plain generation, scheduling semantics, Poisson trace, KV accounting."""
+
+import pytest
+import torch
+
+from effml.errors import ConfigError
+from effml.llm.batching import EngineConfig, Request, TraceConfig, poisson_trace, serve
+from effml.llm.generate import GenerateConfig, generate
+from effml.llm.model import build
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build("tiny", std=0.3)
+
+
+@pytest.fixture(scope="module")
+def trace():
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 97, (int(n),), generator=g).tolist() for n in torch.randint(2, 30, (8,), generator=g)]
+    return poisson_trace(prompts, TraceConfig(n_requests=16, rate=100.0, mean_output=12, max_output=40))
+
+
+@pytest.fixture(scope="module")
+def results(model, trace):
+    cfg = EngineConfig(max_batch=4, block_size=4)
+    return {b: serve(model, trace, b, cfg) for b in ("static", "continuous")}
+
+
+def test_both_engines_produce_exactly_the_plain_greedy_tokens(model, trace, results):
+    for r in trace:
+        ref = generate(model, list(r.prompt), GenerateConfig(max_new_tokens=r.max_new_tokens)).tokens
+        for res in results.values():
+            got = next(x for x in res.requests if x.rid == r.rid)
+            assert got.tokens == ref and got.prompt_len == len(r.prompt)
+
+
+def test_both_engines_generate_the_same_total(results, trace):
+    want = sum(r.max_new_tokens for r in trace)
+    assert results["static"].generated_tokens == results["continuous"].generated_tokens == want
+
+
+def test_static_answers_a_whole_batch_at_once(results):
+    # static: a batch of up to 4 ends together, so finish times come in groups of at most 4
+    finishes = {}
+    for r in results["static"].requests:
+        finishes.setdefault(r.finish_s, []).append(r.rid)
+    assert all(len(v) <= 4 for v in finishes.values()) and len(finishes) >= 16 / 4
+    for r in results["static"].requests + results["continuous"].requests:
+        assert r.arrival_s <= r.first_token_s <= r.finish_s
+
+
+def test_continuous_runs_fewer_decode_steps(results, trace):
+    # static decodes each batch for its longest output: steps = Σ_batches (max len − 1) ≥ the continuous
+    # engine's, whose batch shrinks and refills every iteration; both are at least max_len − 1
+    assert results["continuous"].steps <= results["static"].steps
+    assert results["continuous"].steps >= max(r.max_new_tokens for r in trace) - 1
+
+
+def test_kv_accounting_paged_waste_is_below_one_block_per_sequence(results, trace):
+    kv = results["continuous"].kv
+    paged, resv = kv["paged"], kv["max_len_reservation"]
+    # a sequence wastes at most block_size − 1 = 3 slots of its last block: waste <= 3·n_live / reserved
+    assert paged["reserved_tokens_avg"] - paged["used_tokens_avg"] <= 3 * 4
+    assert paged["waste"] < resv["waste"]
+    assert resv["used_tokens_avg"] == paged["used_tokens_avg"]  # same live tokens, two reservations
+    d = results["continuous"].to_dict()
+    assert d["generated_tokens"] == sum(r.max_new_tokens for r in trace) and len(d["per_request"]) == 16
+
+
+def test_a_small_pool_delays_admission_but_serves_everyone(model, trace):
+    # a request's cache ends at prompt + output − 1 tokens; the longest needs ceil(that / 4) <= 20 blocks, so a
+    # 20-block pool serves it, but rarely 4 requests at once: admission waits for blocks to come back
+    longest = max(-(-(len(r.prompt) + r.max_new_tokens - 1) // 4) for r in trace)
+    assert longest <= 20
+    res = serve(model, trace, "continuous", EngineConfig(max_batch=4, block_size=4, num_blocks=20))
+    assert sorted(r.rid for r in res.requests) == list(range(16))
+    # tiny: 2 (K, V) x 2 layers x 2 KV heads x 16 head_dim x 4 B = 512 B per token; never more than 20 x 4 slots
+    assert res.kv["paged"]["peak_reserved_bytes"] <= 20 * 4 * 512
+    with pytest.raises(ConfigError, match=f"needs {longest} blocks"):
+        serve(model, [max(trace, key=lambda r: len(r.prompt) + r.max_new_tokens)], "continuous",
+              EngineConfig(block_size=4, num_blocks=10))
+
+
+def test_stop_token_ends_a_request_early(model, trace):
+    r0 = trace[0]
+    ref = generate(model, list(r0.prompt), GenerateConfig(max_new_tokens=r0.max_new_tokens)).tokens
+    stop = ref[1]
+    for b in ("static", "continuous"):
+        res = serve(model, [r0], b, EngineConfig(max_batch=2, stop_token=stop))
+        assert res.requests[0].tokens == ref[:ref.index(stop) + 1]
+
+
+def test_poisson_trace_statistics():
+    tr = poisson_trace([[1, 2, 3]], TraceConfig(n_requests=4000, rate=5.0, mean_output=40, min_output=1,
+                                                max_output=10_000, seed=0))
+    gaps = torch.tensor([b.arrival_s - a.arrival_s for a, b in zip(tr, tr[1:])])
+    assert (gaps >= 0).all()
+    # exponential gaps, mean 1/rate = 0.2 s; the sample mean of 4000 has sd 0.2/√4000 = 0.0032 -> within 5 sd
+    assert abs(float(gaps.mean()) - 0.2) < 0.016
+    outs = torch.tensor([r.max_new_tokens for r in tr], dtype=torch.float)
+    assert abs(float(outs.mean()) - 40.5) < 3.2  # ceil of an exponential(mean 40): mean ≈ 40.5, sd of mean 0.63
+    assert poisson_trace([[1]], TraceConfig(n_requests=5, seed=3)) == poisson_trace([[1]], TraceConfig(n_requests=5,
+                                                                                                        seed=3))
+
+
+def test_bad_input(model):
+    with pytest.raises(ConfigError, match="non-empty prompts"):
+        poisson_trace([[]], TraceConfig())
+    with pytest.raises(ConfigError, match="batching 'dynamic'"):
+        serve(model, [Request(0, 0.0, (1,), 4)], "dynamic")
+    with pytest.raises(ConfigError, match="exceeds the model's context of 256"):
+        serve(model, [Request(0, 0.0, (1,) * 250, 10)], "continuous")
+    with pytest.raises(ConfigError, match="rate"):
+        TraceConfig(rate=0)

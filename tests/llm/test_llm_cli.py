@@ -1,0 +1,82 @@
+"""`effml generate` and `effml serve-bench` end to end on the toy models (fast); one-line errors."""
+
+import json
+
+import pytest
+
+from effml.cli import main
+from effml.llm import registry
+from effml.llm.registry import CharTokenizer, LoadedModel
+
+
+def run_json(capsys, *argv) -> dict:
+    assert main([*argv, "--json"]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out)  # exactly one JSON object on stdout
+
+
+def test_generate_json(capsys):
+    d = run_json(capsys, "generate", "--model", "tiny", "--prompt", "In the beginning", "--max-new-tokens", "12",
+                 "--ignore-eos", "--kv", "contiguous")
+    assert d["mode"] == "plain" and d["result"]["new_tokens"] == 12 and d["result"]["prompt_tokens"] == 16
+    assert d["text"] == CharTokenizer().decode(d["result"]["tokens"])
+
+
+def test_generate_speculative_matches_plain_greedy(capsys):
+    plain = run_json(capsys, "generate", "--model", "tiny", "--prompt", "abc", "--max-new-tokens", "20",
+                     "--ignore-eos")
+    spec = run_json(capsys, "generate", "--model", "tiny", "--prompt", "abc", "--max-new-tokens", "20",
+                    "--ignore-eos", "--speculative", "tiny-draft", "--gamma", "auto")
+    assert spec["mode"] == "speculative" and spec["result"]["tokens"] == plain["result"]["tokens"]
+    for key in ("alpha", "c", "tokens_per_target_call", "formula_speedup", "gamma"):
+        assert key in spec["result"]
+    sub = run_json(capsys, "generate", "--model", "tiny", "--prompt", "abc", "--max-new-tokens", "20", "--ignore-eos",
+                   "--speculative", "layers:0", "--gamma", "3")
+    assert sub["result"]["tokens"] == plain["result"]["tokens"]
+
+
+def test_generate_streams_text(capsys):
+    assert main(["generate", "--model", "tiny", "--prompt", "xyz", "--max-new-tokens", "8", "--ignore-eos"]) == 0
+    out = capsys.readouterr().out
+    assert "8 tokens in" in out and "tok/s" in out
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    return err[0]
+
+
+def test_generate_bad_input(capsys, monkeypatch):
+    assert "prompt" in _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "  "])
+    assert "context of 256" in _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "a" * 200,
+                                                        "--max-new-tokens", "100"])
+    assert "unknown model" in _one_line_error(capsys, ["generate", "--model", "gpt-9", "--prompt", "hi"])
+    assert "--gamma" in _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "hi", "--speculative",
+                                                 "tiny-draft", "--gamma", "many"])
+    # a draft with another vocabulary (50 ids instead of 97): refused before any decoding
+    from effml.llm.model import ModelArgs, build
+
+    monkeypatch.setitem(registry.MODELS, "tiny-v50", lambda: LoadedModel(
+        "tiny-v50", build(ModelArgs.preset("tiny", vocab_size=50)), CharTokenizer()))
+    msg = _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "hi", "--speculative", "tiny-v50"])
+    assert "draft vocabulary (50 tokens) differs from the target's (97)" in msg
+
+
+def test_serve_bench_json_both(capsys):
+    d = run_json(capsys, "serve-bench", "--model", "tiny", "--requests", "8", "--rate", "100", "--mean-output", "8",
+                 "--max-output", "24", "--max-batch", "4", "--block-size", "8")
+    st, co = d["results"]["static"], d["results"]["continuous"]
+    assert st["generated_tokens"] == co["generated_tokens"] and st["requests"] == co["requests"] == 8
+    assert d["continuous_over_static_throughput"] == pytest.approx(co["throughput_tok_s"] / st["throughput_tok_s"])
+    for key in ("latency_p50_s", "latency_p99_s", "ttft_p50_s", "ttft_p99_s", "kv"):
+        assert key in co
+    assert "paged" in co["kv"] and "contiguous" in st["kv"]
+
+
+def test_serve_bench_table(capsys):
+    assert main(["serve-bench", "--model", "tiny", "--requests", "4", "--rate", "100", "--mean-output", "4",
+                 "--batching", "continuous"]) == 0
+    out = capsys.readouterr().out
+    assert "continuous" in out and "throughput" in out

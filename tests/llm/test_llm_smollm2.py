@@ -1,0 +1,65 @@
+"""The real SmolLM2-135M-Instruct weights: our decoder's logits equal transformers'; speculative identity.
+
+The first run converts the GGUF once (~30-80 s on 2 cores) into the user cache; later runs load in seconds.
+"""
+
+import pytest
+import torch
+
+from effml.errors import ConfigError
+from effml.llm.draft import layer_subset
+from effml.llm.generate import GenerateConfig, generate
+from effml.llm.kvcache import ContiguousCache
+from effml.llm.model import build
+from effml.llm.speculative import SpecConfig, speculative_generate
+from effml.llm.weights import load_hf_reference, load_smollm2
+
+
+@pytest.fixture(scope="module")
+def smol():
+    torch.manual_seed(0)
+    return load_smollm2()
+
+
+def test_logits_match_transformers(smol):
+    model, tok = smol
+    hf = load_hf_reference()
+    ids = torch.tensor([tok.chat("What is the capital of France?")])  # (1, T)
+    with torch.no_grad():
+        ours, ref = model(ids), hf(ids).logits  # (1, T, 49152)
+        # one cached decode step against transformers' full forward of the longer sequence
+        cache = ContiguousCache(model.args, 1, ids.shape[1] + 1)
+        model(ids, cache=cache, last=1)
+        nxt = ref[:, -1:].argmax(-1)  # (1, 1)
+        step = model(nxt, cache=cache)
+        ref2 = hf(torch.cat([ids, nxt], 1)).logits[:, -1:]
+    # same fp32 weights and the same op order: agreement to float rounding (logits are O(10))
+    assert (ours - ref).abs().max() < 1e-3 and (step - ref2).abs().max() < 1e-3
+    assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+    assert model.args.params() == sum(p.numel() for p in hf.parameters()) == 134_515_008
+
+
+def test_tokenizer_chat_template_and_bad_prompt(smol):
+    _, tok = smol
+    ids = tok.chat("Hi")
+    assert ids[0] == 1 and tok.eos_id == 2 and tok.vocab_size == 49152  # <|im_start|> ... ; <|im_end|> ends a turn
+    assert tok.decode(tok.encode("Hello world")) == "Hello world"
+    assert tok.hf.decode(ids).endswith("<|im_start|>assistant\n")
+    with pytest.raises(ConfigError, match="non-empty"):
+        tok.chat("")
+
+
+def test_speculative_greedy_identity_on_the_real_model(smol):
+    model, tok = smol
+    draft = layer_subset(model, (0, 29))  # untrained: α is low, the output must be identical regardless
+    for prompt in ("Name a color.", "Write one sentence about rivers."):
+        ids = tok.chat(prompt)
+        ref = generate(model, ids, GenerateConfig(max_new_tokens=12)).tokens
+        res = speculative_generate(model, draft, ids, SpecConfig(gamma=2, max_new_tokens=12))
+        assert res.tokens == ref
+
+
+def test_draft_with_another_vocabulary_is_refused(smol):
+    model, tok = smol
+    with pytest.raises(ConfigError, match="differs from the target's \\(49152\\)"):
+        speculative_generate(model, build("tiny"), tok.chat("Hi"))
