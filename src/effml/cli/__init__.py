@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "generate": "effml.cli.generate_cmd",
     "serve-bench": "effml.cli.serve_bench_cmd",
     "train-mem": "effml.cli.train_mem_cmd",
+    "train": "effml.cli.train_cmd",
 }
 
 

@@ -256,6 +256,15 @@ class TrainConfig:
         d["global_batch"] = self.global_batch
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of to_dict (JSON round trip)."""
+        ck = {k: v for k, v in d["checkpointing"].items() if k != "label"}
+        ck["modules"] = tuple(ck.get("modules", ()))
+        keep = {k: d[k] for k in ("optimizer", "precision", "micro_batch", "grad_accum", "world_size",
+                                  "zero_stage", "lr")}
+        return cls(checkpointing=Checkpointing(**ck), **keep)
+
 
 def _lookup(registry: dict, name: str, what: str):
     if name in registry:

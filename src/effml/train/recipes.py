@@ -186,14 +186,17 @@ class TrainStep:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def run(self, micro_batches: list[Batch]) -> float:
-        """One optimizer step over len(micro_batches) == grad_accum micro-batches; the mean loss."""
+    def run(self, micro_batches: list[Batch], before_step=None) -> float:
+        """One optimizer step over len(micro_batches) == grad_accum micro-batches; the mean loss.
+        `before_step()` runs when the gradients are complete, before the optimizer uses them."""
         if len(micro_batches) != self.cfg.grad_accum:
             raise ConfigError(f"TrainStep.run got {len(micro_batches)} micro-batches for "
                               f"grad_accum={self.cfg.grad_accum}")
         total = 0.0
         for i, b in enumerate(micro_batches):
             total += float(self.forward_backward(b, last=i == len(micro_batches) - 1))
+        if before_step is not None:
+            before_step()
         self.optimizer_step()
         return total  # each micro-loss was divided by grad_accum: their sum is the mean
 
