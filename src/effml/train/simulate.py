@@ -55,6 +55,22 @@ class StorageLog(TorchDispatchMode):
         self.marks_current: dict[str, int] = {}  # name -> live bytes then
         self.active = True
 
+    def __enter__(self):
+        # checkpointing saves the CPU RNG state (5 KB) per segment with torch.get_rng_state(), which is not a
+        # dispatched op: wrap it so those tensors are logged too
+        self._get_rng_state = torch.get_rng_state
+
+        def get_rng_state():
+            state = self._get_rng_state()
+            self._track(state, False)
+            return state
+        torch.get_rng_state = get_rng_state
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.get_rng_state = self._get_rng_state
+        return super().__exit__(*exc)
+
     def mark(self, name: str) -> None:
         self.marks[name] = self.t
         self.marks_current[name] = self.current
