@@ -35,7 +35,7 @@ def _mm(args, kwargs, out):
 
 @formula(aten.addmm, category="matmul")
 def _addmm(args, kwargs, out):
-    bias, a, b = args[0], args[1], args[2]  # bias + (m, k) @ (k, n)
+    a, b = args[1], args[2]  # bias + (m, k) @ (k, n)
     m, n = a.shape[0], b.shape[1]
     return matmul_cost(m * a.shape[1] * n, bias_adds=m * n)
 
@@ -74,14 +74,13 @@ def _dot(args, kwargs, out):
 
 @formula(aten.matmul, category="matmul")
 def _matmul(args, kwargs, out):
-    a, b = args[0], args[1]  # broadcasting matmul; out holds the broadcast batch and m, n
-    k = a.shape[-1]
+    k = args[0].shape[-1]  # broadcasting matmul; out holds the broadcast batch and m, n
     return matmul_cost(out.numel() * k)
 
 
 @formula(aten.linear, category="matmul")
 def _linear(args, kwargs, out):
-    x, w = args[0], args[1]  # (..., in) @ (out, in)^T
+    w = args[1]  # (..., in) @ (out, in)^T
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     return matmul_cost(out.numel() * w.shape[-1], bias_adds=out.numel() if bias is not None else 0)
 

@@ -207,7 +207,7 @@ def _adaptive_avg_backward(args, kwargs, out):
 # ---- embedding, dropout, losses ---------------------------------------------------------------------
 @formula("embedding", category="embedding")
 def _embedding(args, kwargs, out):
-    weight, idx = args[0], args[1]  # reads only the gathered rows
+    idx = args[1]  # (weight, indices): reads only the gathered rows
     return OpCost(0, 0, bytes_read=nbytes(idx) + nbytes(out), bytes_written=nbytes(out))
 
 
