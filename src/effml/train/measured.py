@@ -53,6 +53,7 @@ class AllocatorPeak:
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.peak_bytes = 0
+        self.end_bytes = 0  # still allocated at exit, above the level at entry (e.g. saved activations)
 
     def __enter__(self) -> "AllocatorPeak":
         if self.device.type == "cuda":
@@ -70,13 +71,20 @@ class AllocatorPeak:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             self.peak_bytes = int(torch.cuda.max_memory_allocated() - self._base)
+            self.end_bytes = int(torch.cuda.memory_allocated() - self._base)
             return
         self._prof.__exit__(*exc)
-        self.peak_bytes = allocator_peak(self._prof)
+        self.peak_bytes, self.end_bytes = allocator_levels(self._prof)
 
 
 def allocator_peak(prof) -> int:
     """Peak of the CPU allocator's running total over a profile, above its level before the first event."""
+    return allocator_levels(prof)[0]
+
+
+def allocator_levels(prof) -> tuple[int, int]:
+    """(peak, level at the last event) of the CPU allocator's running total, above its level before the
+    first event of the profile."""
     from torch._C._profiler import _EventType
 
     events = []
@@ -87,10 +95,12 @@ def allocator_peak(prof) -> int:
             events.append(node)
         todo.extend(node.children)
     if not events:
-        return 0
+        return 0, 0
     first = min(events, key=lambda n: n.start_time_ns).extra_fields  # the max below needs no ordering
+    last = max(events, key=lambda n: n.start_time_ns).extra_fields
     base = first.total_allocated - first.alloc_size  # the running total just before the window's first event
-    return int(max(0, max(e.extra_fields.total_allocated for e in events) - base))
+    peak = max(e.extra_fields.total_allocated for e in events) - base
+    return int(max(0, peak)), int(last.total_allocated - base)
 
 
 def measure_step(run_step, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -106,4 +116,4 @@ def measure_step(run_step, model: nn.Module, optimizer: torch.optim.Optimizer | 
     return MeasuredMemory(persistent, alloc.peak_bytes, rss.result.rss_delta_bytes if rss.result else None, method)
 
 
-__all__ = ["AllocatorPeak", "MeasuredMemory", "allocator_peak", "measure_step", "persistent_bytes"]
+__all__ = ["AllocatorPeak", "MeasuredMemory", "allocator_levels", "allocator_peak", "measure_step", "persistent_bytes"]
