@@ -5,9 +5,10 @@ No second model shares SmolLM2's tokenizer, so the draft is cut from the target 
   - an LM head restricted to the `head_tokens` ids the target emits most often in its own answers (the rows of
     the target's tied embedding; FR-Spec, Zhao et al. 2025): the full 49152 x 576 head alone would be 21% of the
     target's per-token weights, which caps the speedup;
-  - distilled: the target answers the `prompts("train")` questions greedily (continuous batching engine), and
-    the draft is trained to predict those answers' next tokens (sequence-level distillation, Kim & Rush 2016:
-    the labels are the target's argmax, which is what greedy acceptance compares).
+  - distilled with `effml.distill`: the target answers the `prompts("train")` questions and the
+    `grounded_prompts("train")` tasks greedily (continuous batching engine, its top-32 logits captured on the
+    way), and the draft learns those answers: KL to the target's logits + cross-entropy on its greedy tokens
+    (sequence-level distillation, Kim & Rush 2016: greedy acceptance compares exactly those argmaxes).
 
     draft = load_or_build_draft(target, tokenizer, DraftConfig(), progress=cb)   # cached after the first build
 """
@@ -31,12 +32,13 @@ from effml.llm.model import ModelArgs, Transformer, no_init
 class DraftConfig:
     layers: tuple[int, ...] = (0, 1, 29)  # target blocks kept, in order
     head_tokens: int = 4096
-    n_prompts: int = 384  # training prompts the target answers
+    n_prompts: int = 384  # open-ended training prompts the target answers (prompts("train"))
+    n_grounded: int = 192  # input-grounded training tasks (grounded_prompts("train")); 0: none
     max_new_tokens: int = 128
     gen_batch: int = 64
     epochs: int = 4
     batch: int = 8  # answers per step
-    lr: float = 5e-4
+    lr: float = 1e-3
     temperature: float = 1.0  # distillation temperature
     kd_weight: float = 0.5  # weight of the soft (KL) term; 1 - kd_weight on the target's greedy tokens
     seed: int = 0
@@ -47,6 +49,8 @@ class DraftConfig:
         for f in ("head_tokens", "n_prompts", "max_new_tokens", "gen_batch", "batch", "epochs"):
             if getattr(self, f) <= 0:
                 raise ConfigError(f"DraftConfig.{f} must be positive, got {getattr(self, f)}")
+        if self.n_grounded < 0:
+            raise ConfigError(f"DraftConfig.n_grounded must be >= 0, got {self.n_grounded}")
         if self.lr <= 0 or self.temperature <= 0 or not 0 <= self.kd_weight <= 1:
             raise ConfigError(f"DraftConfig needs lr > 0, temperature > 0, 0 <= kd_weight <= 1; got {self.lr}, "
                               f"{self.temperature}, {self.kd_weight}")
@@ -110,18 +114,22 @@ def target_answers(target, tokenizer, prompts: list[str], max_new_tokens: int, b
     return out
 
 
-def answers_cached(target, tokenizer, config: "DraftConfig", progress=None) -> tuple[list[Answer], float]:
-    """target_answers for the config's training prompts, cached on disk (they cost the most to make)."""
-    from effml.llm.prompts import prompts
+FAMILIES = {"chat": "prompts", "grounded": "grounded_prompts"}  # effml.llm.prompts functions
+
+
+def answers_cached(target, tokenizer, family: str, n: int, config: "DraftConfig",
+                   progress=None) -> tuple[list[Answer], float]:
+    """target_answers for `n` training prompts of a family, cached on disk (they cost the most to make)."""
+    from effml.llm import prompts as P
     from effml.llm.weights import CACHE_NAME, cache_root
 
-    path = cache_root() / f"{CACHE_NAME}-answers-{config.n_prompts}-{config.max_new_tokens}-{config.seed}.pt"
+    path = cache_root() / f"{CACHE_NAME}-answers-{family}-{n}-{config.max_new_tokens}-{config.seed}.pt"
     if path.is_file():
         blob = torch.load(path)
         return [Answer(**a) for a in blob["answers"]], blob["seconds"]
     t0 = time.perf_counter()
-    answers = target_answers(target, tokenizer, prompts("train", config.n_prompts, config.seed),
-                             config.max_new_tokens, config.gen_batch, progress=progress)
+    texts = getattr(P, FAMILIES[family])("train", n, config.seed)
+    answers = target_answers(target, tokenizer, texts, config.max_new_tokens, config.gen_batch, progress=progress)
     seconds = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"answers": [asdict(a) for a in answers], "seconds": seconds}, path)
@@ -147,8 +155,8 @@ class DraftReport:
     train_sequences: int
     train_answer_tokens: int
     head_coverage: float  # fraction of held-out answer tokens inside the draft's head
-    agreement_before: float  # teacher-forced top-1 agreement with the target on held-out answers
-    agreement_after: float
+    agreement_before: dict  # per family: teacher-forced top-1 agreement with the target on held-out answers
+    agreement_after: dict
     generate_s: float
     train_s: float
     losses: list[float]
@@ -232,16 +240,24 @@ def distill_draft(target: Transformer, tokenizer, config: DraftConfig = DraftCon
     from effml.compress.distill import DistillConfig, distill
 
     torch.manual_seed(config.seed)
-    answers, gen_s = answers_cached(target, tokenizer, config,
-                                    None if progress is None else (lambda d, n: progress("generate", d, n)))
-    held = answers[: max(1, len(answers) // 10)]  # agreement is measured on answers the draft never trains on
-    train = answers[len(held):]
+    held: dict[str, list[Answer]] = {}
+    train: list[Answer] = []
+    gen_s = 0.0
+    for family, n in (("chat", config.n_prompts), ("grounded", config.n_grounded)):
+        if not n:
+            continue
+        answers, secs = answers_cached(target, tokenizer, family, n, config,
+                                       None if progress is None else (lambda d, k, f=family: progress(f"{f}", d, k)))
+        gen_s += secs
+        held[family] = answers[: max(1, len(answers) // 10)]  # measured on answers the draft never trains on
+        train += answers[len(held[family]):]
     head_ids = frequent_tokens([a.tokens for a in train], config.head_tokens, always=(tokenizer.eos_id,))
     draft = layer_subset(target, config.layers, head_ids)
     head_map = torch.full((target.args.vocab_size,), -100, dtype=torch.long)
     head_map[head_ids] = torch.arange(head_ids.numel())  # token id -> head row (-100: outside the head)
-    coverage = sum(int((head_map[torch.tensor(a.tokens)] >= 0).sum()) for a in held) / sum(len(a.tokens) for a in held)
-    before = agreement(draft, held)
+    every = [a for h in held.values() for a in h]
+    coverage = sum(int((head_map[torch.tensor(a.tokens)] >= 0).sum()) for a in every) / sum(len(a.tokens) for a in every)
+    before = {f: agreement(draft, h) for f, h in held.items()}
     draft.tok_embeddings.weight.requires_grad_(False)  # the target's own embedding: shared, frozen
     steps_per_epoch = len(train) // config.batch
     total = steps_per_epoch * config.epochs
@@ -252,7 +268,8 @@ def distill_draft(target: Transformer, tokenizer, config: DraftConfig = DraftCon
                      callback=None if progress is None else (lambda e, s, loss: progress("distill", s, total)))
     draft.eval()
     report = DraftReport(config.layers, int(head_ids.numel()), len(train), sum(len(a.tokens) for a in train),
-                         coverage, before, agreement(draft, held), gen_s, time.perf_counter() - t1, result.losses)
+                         coverage, before, {f: agreement(draft, h) for f, h in held.items()}, gen_s,
+                         time.perf_counter() - t1, result.losses)
     return draft, report
 
 

@@ -1,11 +1,15 @@
-"""Instruction prompts for SmolLM2, generated from templates x topics (a documented process, not a data set).
+"""Instruction prompts for SmolLM2, generated from templates (a documented process, not a data set).
 
-There is no instruction data set on this machine, so prompts are built deterministically: every template is
-filled with every topic. Topics are split in two disjoint lists: `split="train"` prompts feed the draft's
-distillation (the target answers them), `split="eval"` prompts (topics the draft never saw) are what the
-speculative-decoding tests, benchmarks and the serving trace use.
+There is no instruction data set on this machine, so prompts are built deterministically:
+  - `prompts`: open-ended chat, every template filled with every topic. Topics are split in two disjoint lists:
+    `split="train"` prompts feed the draft's distillation (the target answers them), `split="eval"` prompts
+    (topics the draft never saw) are what the tests, benchmarks and the serving trace use.
+  - `grounded_prompts`: input-grounded tasks (repeat, correct, quote-and-explain a passage) whose answers
+    largely copy the input, as in editing, retrieval-augmented answers or code edits. Passages are King James
+    Bible verses (effml.zoo.text), train/eval from the corpus's own disjoint chapter split.
 
-    prompts("eval", n=16, seed=0)   # 16 distinct prompts on held-out topics
+    prompts("eval", n=16, seed=0)            # 16 distinct prompts on held-out topics
+    grounded_prompts("eval", n=8, seed=0)    # 8 tasks on verses from held-out chapters
 """
 
 from __future__ import annotations
@@ -69,3 +73,29 @@ def prompts(split: str = "eval", n: int | None = None, seed: int = 0) -> list[st
     if n is not None and not 0 < n <= len(allp):
         raise ConfigError(f"asked for {n} prompts; split {split!r} has {len(allp)}")
     return allp[:n]
+
+
+GROUNDED_TEMPLATES = (
+    "Repeat the following text exactly:\n\n{p}",
+    "Correct any spelling or punctuation mistakes in this text and write it out in full:\n\n{p}",
+    "Quote this verse, then explain it in one sentence:\n\n{p}",
+    "Copy this passage and put a title above it:\n\n{p}",
+)
+
+
+def grounded_prompts(split: str = "eval", n: int = 8, seed: int = 0, min_chars: int = 80,
+                     max_chars: int = 240) -> list[str]:
+    """`n` grounded tasks on KJV verses of `min_chars`..`max_chars` characters from the split's chapters."""
+    from effml.zoo.text import kjv_chapters
+
+    if split not in TOPICS:
+        raise ConfigError(f"prompt split {split!r} is not one of {', '.join(TOPICS)}")
+    every = 10  # effml.zoo.text.kjv_corpus: chapter i is validation when i % 10 == 9
+    chapters = [c for i, c in enumerate(kjv_chapters()) if (i % every == every - 1) == (split == "eval")]
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        verses = [v for v in rng.choice(chapters).split("\n") if min_chars <= len(v) <= max_chars]
+        if verses:
+            out.append(GROUNDED_TEMPLATES[len(out) % len(GROUNDED_TEMPLATES)].format(p=rng.choice(verses)))
+    return out
