@@ -22,6 +22,8 @@ import torch
 
 from common import print_table, write_results
 
+os.environ.setdefault("COLUMNS", "200")  # rich wraps tables at 80 columns when stdout is not a terminal
+
 warnings.filterwarnings("ignore")
 THREADS = int(os.environ.get("EFFML_BENCH_THREADS", "2"))
 MIN_SPEEDUP_B64 = 3.0

@@ -22,6 +22,8 @@ import torch
 
 from common import print_table, write_results
 
+os.environ.setdefault("COLUMNS", "200")  # rich wraps tables at 80 columns when stdout is not a terminal
+
 warnings.filterwarnings("ignore")
 THREADS = int(os.environ.get("EFFML_BENCH_THREADS", "2"))
 TOKENS = (1, 8, 32, 128, 512)
@@ -47,7 +49,7 @@ def speed_rows(name, model, vocab, dev, variants, tokens=TOKENS):
         for k in variants:
             row[f"{k} ms"] = 1e3 * median(times[k])
             row[f"{k} x"] = median(times["fp32"]) / median(times[k])
-        row["predicted int8 x"] = pred.speedup
+        row["pred. x"] = pred.speedup
         rows.append(row)
     return rows
 
@@ -128,9 +130,15 @@ def main() -> int:
     acc, mini_speed, wo_speed = minilm_part(dev)
     bert_speed = bert_part(dev)
     speed = bert_speed + mini_speed
-    print_table(f"dynamic int8 vs fp32, batch 1, {THREADS} threads, engine {engine!r}, "
-                f"{torch.backends.cpu.get_cpu_capability()} (x = fp32 / int8, measured interleaved)", speed)
-    print_table("weight-only int8/int4 kernels vs fp32 (MiniLM)", wo_speed)
+    title = (f"dynamic int8 vs fp32, batch 1, {THREADS} threads, engine {engine!r}, "
+             f"{torch.backends.cpu.get_cpu_capability()} (x = fp32 / int8 measured interleaved; pred. = roofline)")
+    print_table(title, [{k: v for k, v in r.items() if k != "model"} for r in bert_speed])
+    print_table("the same for all-MiniLM-L6-v2 (pc = per-channel, sq = SmoothQuant 0.8)",
+                [{k.replace("int8 per-channel", "pc").replace("int8 smooth 0.8", "sq"): v for k, v in r.items()
+                  if k != "model"} for r in mini_speed])
+    print_table("weight-only kernels vs fp32 (MiniLM): packed = torch int kernels, dequant = fp32 GEMM",
+                [{k.replace(" weight-only", "").replace("packed", "pk").replace("dequant", "dq"): v
+                  for k, v in r.items() if k not in ("model", "pred. x")} for r in wo_speed])
     print_table("MiniLM sentence embeddings vs fp32 (64 KJV verses; calibration on 64 others)", acc)
     print_table("Fashion-MNIST classifiers, fp32 vs int8" + (f" ({note})" if note else ""), cls_rows)
     checks = {

@@ -20,6 +20,8 @@ import torch
 
 from common import print_table, write_results
 
+os.environ.setdefault("COLUMNS", "200")  # rich wraps tables at 80 columns when stdout is not a terminal
+
 THREADS = int(os.environ.get("EFFML_BENCH_THREADS", "2"))
 BITS = (8, 4, 2)
 
