@@ -25,15 +25,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_results  # noqa: E402
+from common import print_table, write_results
 
-from effml.train import TrainConfig, train_memory  # noqa: E402
-from effml.train import checkpoint as ckpt  # noqa: E402
-from effml.train.loop import _gpt_init  # noqa: E402
-from effml.train.measured import AllocatorPeak, measure_step  # noqa: E402
-from effml.train.recipes import Batch, TrainStep  # noqa: E402
-from effml.zoo import GPT, GPTConfig  # noqa: E402
-from effml.zoo.text import BatchSampler, kjv_corpus  # noqa: E402
+from effml.train import TrainConfig, train_memory
+from effml.train import checkpoint as ckpt
+from effml.train.loop import _gpt_init
+from effml.train.measured import AllocatorPeak, measure_step
+from effml.train.recipes import Batch, TrainStep
+from effml.zoo import GPT, GPTConfig
+from effml.zoo.text import BatchSampler, kjv_corpus
 
 B, T, LAYERS, D, HEADS = 8, 256, 12, 128, 4
 MEMORY_CLAIM, TIME_CLAIM = 0.75, 0.35
@@ -76,7 +76,7 @@ def main() -> int:
         ctx.__enter__()
         step.run([Batch((x,), y)])  # warm-up, creates the optimizer state
         acts = forward_activations(model, x, y, step.loss_fn)
-        peak = measure_step(lambda: step.run([Batch((x,), y)]), model, step.optimizer).peak_bytes
+        peak = measure_step(lambda st=step: st.run([Batch((x,), y)]), model, step.optimizer).peak_bytes
         setups[s] = {"step": step, "ctx": ctx, "est": est, "acts": acts, "peak": peak, "times": [], "wall": [],
                      "plan": plan}
         print(f"{s:16s} segments {len(plan.segments):2d}  activations {acts / 1e6:8.1f} MB (est "

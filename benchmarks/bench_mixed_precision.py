@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_results  # noqa: E402
+from common import print_table, write_results
 
-from effml.train import TrainConfig  # noqa: E402
-from effml.train.loop import RunConfig, build_model  # noqa: E402
-from effml.train.recipes import Batch, TrainStep, cpu_bf16_support  # noqa: E402
-from effml.zoo.text import BatchSampler, kjv_corpus  # noqa: E402
+from effml.train import TrainConfig
+from effml.train.loop import RunConfig, build_model
+from effml.train.recipes import Batch, TrainStep, cpu_bf16_support
+from effml.zoo.text import BatchSampler, kjv_corpus
 
 B, T = 16, 64
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-true")
@@ -85,7 +85,6 @@ def main() -> int:
             print(f"step {i + 1}: " + ", ".join(f"{p} loss {losses[p][-1]:.3f} ({cpu[p][-1]:.2f} s)" for p in PRECISIONS),
                   flush=True)
     warm = 3
-    base = statistics.median(cpu["fp32"][warm:])
     rows = []
     for p in PRECISIONS:
         diff = [abs(a - b) for a, b in zip(losses[p], losses["fp32"])]

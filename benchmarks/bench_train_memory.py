@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_results  # noqa: E402
+from common import print_table, write_results
 
-from effml.train import TrainConfig, train_memory  # noqa: E402
-from effml.train import checkpoint as ckpt  # noqa: E402
-from effml.train.measured import measure_step  # noqa: E402
-from effml.train.recipes import Batch, TrainStep  # noqa: E402
-from effml.zoo import ZOO  # noqa: E402
+from effml.train import TrainConfig, train_memory
+from effml.train import checkpoint as ckpt
+from effml.train.measured import measure_step
+from effml.train.recipes import Batch, TrainStep
+from effml.zoo import ZOO
 
 TOLERANCE = 0.10
 # (label, zoo name, builder kwargs, micro-batch, checkpointing strategies, precisions)

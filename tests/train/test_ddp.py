@@ -8,8 +8,8 @@ from effml.train.config import TrainConfig
 from effml.train.ddp import launch
 from effml.train.loop import RunConfig, train
 
-RUN = dict(model="tiny_gpt", steps=2, warmup=0, seq=32, measure_memory=False, threads=1,
-           model_kwargs=(("n_layer", 2), ("n_embd", 32), ("n_head", 2)))
+RUN = {"model": "tiny_gpt", "steps": 2, "warmup": 0, "seq": 32, "measure_memory": False, "threads": 1,
+       "model_kwargs": (("n_layer", 2), ("n_embd", 32), ("n_head", 2))}
 
 
 def test_two_processes_match_one_on_the_same_global_batch(tmp_path):

@@ -6,7 +6,13 @@ import torch
 from effml.errors import ConfigError
 from effml.train.config import TrainConfig
 from effml.train.loop import RunConfig, TrainResult, train
-from effml.train.recipes import Batch, TrainStep, check_precision, cpu_bf16_support, get_loss
+from effml.train.recipes import (
+    Batch,
+    TrainStep,
+    check_precision,
+    cpu_bf16_support,
+    get_loss,
+)
 from effml.zoo import mlp
 
 

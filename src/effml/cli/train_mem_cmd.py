@@ -37,7 +37,12 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from effml.models import resolve
     from effml.train.config import TrainConfig
-    from effml.train.fit import check_target_precision, estimator_for, fit_report, target
+    from effml.train.fit import (
+        check_target_precision,
+        estimator_for,
+        fit_report,
+        target,
+    )
 
     cfg = TrainConfig(optimizer=args.optimizer, precision=args.precision, checkpointing=args.checkpointing,
                       micro_batch=args.batch, grad_accum=args.grad_accum, world_size=args.world_size,

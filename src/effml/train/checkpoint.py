@@ -134,7 +134,7 @@ class applied:
         self._patched: list[tuple[nn.Module, object]] = []  # (module, its own instance forward or None)
         self._state: dict[tuple[str, ...], object] = {}  # segment -> the output its blocks must chain through
 
-    def __enter__(self) -> "applied":
+    def __enter__(self):
         modules = dict(self.model.named_modules())
         for seg in self.plan.segments:
             mods = [modules[n] for n in seg]
@@ -192,4 +192,4 @@ class applied:
         return passthrough
 
 
-__all__ = ["CheckpointPlan", "NO_PLAN", "applied", "find_container", "plan", "select"]
+__all__ = ["NO_PLAN", "CheckpointPlan", "applied", "find_container", "plan", "select"]

@@ -168,7 +168,7 @@ class Checkpointing:
         return self.strategy != "none"
 
     @classmethod
-    def parse(cls, text: "str | Checkpointing | bool | None") -> "Checkpointing":
+    def parse(cls, text: str | Checkpointing | bool | None) -> Checkpointing:
         if isinstance(text, Checkpointing):
             return text
         if text is None or text is False:
@@ -245,7 +245,7 @@ class TrainConfig:
     def global_batch(self) -> int:
         return self.micro_batch * self.grad_accum * self.world_size
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         from dataclasses import replace
 
         return replace(self, **changes)
@@ -257,7 +257,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """Inverse of to_dict (JSON round trip)."""
         ck = {k: v for k, v in d["checkpointing"].items() if k != "label"}
         ck["modules"] = tuple(ck.get("modules", ()))
@@ -274,6 +274,18 @@ def _lookup(registry: dict, name: str, what: str):
     raise ConfigError(f"unknown {what} {name!r}{hint} (known: {', '.join(registry)})")
 
 
-__all__ = ["CHECKPOINT_STRATEGIES", "Checkpointing", "OPTIMIZERS", "OptimizerSpec", "PRECISIONS", "Precision",
-           "TrainConfig", "ZERO_STAGES", "get_optimizer", "get_precision", "optimizer", "parse_bytes",
-           "register_precision"]
+__all__ = [
+    "CHECKPOINT_STRATEGIES",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "ZERO_STAGES",
+    "Checkpointing",
+    "OptimizerSpec",
+    "Precision",
+    "TrainConfig",
+    "get_optimizer",
+    "get_precision",
+    "optimizer",
+    "parse_bytes",
+    "register_precision",
+]

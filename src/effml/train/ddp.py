@@ -46,7 +46,7 @@ def launch(run: RunConfig, cfg: TrainConfig, nproc: int, timeout_s: float = 900)
                                                         env.get("PYTHONPATH", "")) if p)
         try:
             proc = subprocess.run(torchrun_command(str(spec), str(out), nproc), capture_output=True, text=True,
-                                  timeout=timeout_s, env=env)
+                                  timeout=timeout_s, env=env, check=False)
         except subprocess.TimeoutExpired:
             raise LaunchError(f"torchrun with {nproc} processes did not finish in {timeout_s:.0f} s") from None
         if proc.returncode != 0 or not out.exists():

@@ -202,4 +202,4 @@ def estimator_for(spec, tgt: Target) -> Estimator:
                      foreach=tgt.kind == "gpu", kernel_workspace=tgt.local, name=spec.name)
 
 
-__all__ = ["TASK_LOSS", "estimator_for", "FitReport", "Option", "Target", "check_target_precision", "fit_report", "target"]
+__all__ = ["TASK_LOSS", "FitReport", "Option", "Target", "check_target_precision", "estimator_for", "fit_report", "target"]

@@ -37,6 +37,7 @@ class RunConfig:
     model_kwargs: tuple = ()
     measure_memory: bool = True  # one extra step under the allocator tracker, plus the estimate
     threads: int | None = None
+    device: str = "auto"  # 'auto': CUDA when present (fp16-mixed needs it), else CPU
     dump_grads: str | None = None  # save the first step's gradients here (rank 0), for the DDP check
 
     def __post_init__(self):
@@ -100,7 +101,7 @@ class TrainResult:
                 "precision_note": self.precision_note, "notes": list(self.notes)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainResult":
+    def from_dict(cls, d: dict) -> TrainResult:
         m = d.get("measured")
         measured = MeasuredMemory(**{k: v for k, v in m.items() if k != "peak_bytes"}) if m else None
         return cls(d["model"], d["params"], TrainConfig.from_dict(d["config"]), RunConfig(**d["run"]), d["data"],
@@ -182,17 +183,18 @@ def train(run: RunConfig, cfg: TrainConfig, on_step=None) -> TrainResult:
                           "use effml train --nproc N (it sets both)")
     if cfg.zero_stage:
         raise ConfigError("effml train runs plain DDP (zero_stage 0); ZeRO stages are estimated by train-mem")
-    device = "cpu"
+    device = _device(run.device, distributed)
     precision = check_precision(cfg.precision, device)
     model, entry = build_model(run)
-    model.train()
+    model.to(device).train()
     data = _data_for(entry)(entry, run, cfg.global_batch)
     ddp = None
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(model, gradient_as_bucket_view=True)
-    step = TrainStep(model, cfg, "auto", device, ddp=ddp)
+        ids = [device.index] if device.type == "cuda" else None
+        ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+    step = TrainStep(model, cfg, "auto", device.type, ddp=ddp)
     plan = ckpt.plan(model, cfg.checkpointing) if cfg.checkpointing.strategy != "budget" else None
     if plan is None:
         from effml.train.memory import train_memory
@@ -201,7 +203,7 @@ def train(run: RunConfig, cfg: TrainConfig, on_step=None) -> TrainResult:
         plan = train_memory(model, (x0[:cfg.micro_batch],), cfg, target=y0[:cfg.micro_batch]).checkpoint
 
     def micro_batches(i: int) -> list[Batch]:
-        x, y = data(i)  # the global batch (B_global, ...): same on every rank
+        x, y = (t.to(device) for t in data(i))  # the global batch (B_global, ...): same on every rank
         mb = cfg.micro_batch
         base = rank * cfg.grad_accum * mb
         return [Batch((x[base + j * mb: base + (j + 1) * mb],), y[base + j * mb: base + (j + 1) * mb])
@@ -213,8 +215,9 @@ def train(run: RunConfig, cfg: TrainConfig, on_step=None) -> TrainResult:
         for i in range(run.steps):
             mbs = micro_batches(i)
             if run.measure_memory and i == run.warmup and not distributed:
-                box = {}
-                measured = measure_step(lambda: box.setdefault("loss", step.run(mbs)), model, step.optimizer)
+                box: dict = {}
+                measured = measure_step(lambda b=box, m=mbs: b.setdefault("loss", step.run(m)), model,
+                                        step.optimizer, device)
                 loss = box["loss"]
             else:
                 t0 = time.perf_counter()
@@ -228,16 +231,29 @@ def train(run: RunConfig, cfg: TrainConfig, on_step=None) -> TrainResult:
     if run.measure_memory and not distributed:
         from effml.train.memory import train_memory
 
-        x, y = micro_batches(0)[0].args[0], micro_batches(0)[0].target
+        x, y = micro_batches(0)[0].args[0].cpu(), micro_batches(0)[0].target.cpu()
         fresh, _ = build_model(run)
-        estimate = train_memory(fresh, (x,), cfg, target=y).peak
+        estimate = train_memory(fresh, (x,), cfg, target=y, kernel_workspace=device.type == "cpu").peak
     if distributed:
         notes.append(f"DDP over {world} processes ({dist.get_backend()}); memory is not measured under DDP")
     return TrainResult(
         model=run.model, params=sum(p.numel() for p in model.parameters()), config=cfg, run=run, data=data.label,
         losses=tuple(losses), step_times_s=tuple(times), samples_per_step=cfg.global_batch,
         tokens_per_sample=data.tokens_per_sample, measured=measured, estimated_peak_bytes=estimate,
-        precision_note=_precision_note(precision), notes=tuple(notes))
+        precision_note=_precision_note(precision) if device.type == "cpu" else "", notes=tuple(notes))
+
+
+def _device(name: str, distributed: bool) -> torch.device:
+    """'auto' -> cuda (this rank's GPU under torchrun) when available, else cpu."""
+    import os
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if distributed else 0)
+        torch.cuda.set_device(device)
+    return device
 
 
 def _mean_over_ranks(loss: float, distributed: bool) -> float:

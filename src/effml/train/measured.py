@@ -55,7 +55,7 @@ class AllocatorPeak:
         self.peak_bytes = 0
         self.end_bytes = 0  # still allocated at exit, above the level at entry (e.g. saved activations)
 
-    def __enter__(self) -> "AllocatorPeak":
+    def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -109,9 +109,8 @@ def measure_step(run_step, model: nn.Module, optimizer: torch.optim.Optimizer | 
     from effml.measure.memory import PeakTracker
 
     persistent = persistent_bytes(model, optimizer)
-    with PeakTracker(str(device)) as rss:
-        with AllocatorPeak(device) as alloc:
-            run_step()
+    with PeakTracker(str(device)) as rss, AllocatorPeak(device) as alloc:
+        run_step()
     method = "cuda max_memory_allocated" if torch.device(device).type == "cuda" else "cpu allocator (profiler)"
     return MeasuredMemory(persistent, alloc.peak_bytes, rss.result.rss_delta_bytes if rss.result else None, method)
 

@@ -327,4 +327,4 @@ def _with_note(est: MemoryEstimate, note: str) -> MemoryEstimate:
     return replace(est, notes=(*est.notes, note))
 
 
-__all__ = ["Estimator", "MemoryEstimate", "ROWS", "from_trace", "make_batch", "plan_for_budget", "train_memory"]
+__all__ = ["ROWS", "Estimator", "MemoryEstimate", "from_trace", "make_batch", "plan_for_budget", "train_memory"]

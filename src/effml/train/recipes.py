@@ -201,5 +201,14 @@ class TrainStep:
         return total  # each micro-loss was divided by grad_accum: their sum is the mean
 
 
-__all__ = ["Batch", "LOSSES", "TrainStep", "autocast", "build_optimizer", "check_precision", "cpu_bf16_support",
-           "get_loss", "loss"]
+__all__ = [
+    "LOSSES",
+    "Batch",
+    "TrainStep",
+    "autocast",
+    "build_optimizer",
+    "check_precision",
+    "cpu_bf16_support",
+    "get_loss",
+    "loss",
+]

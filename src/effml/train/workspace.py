@@ -59,7 +59,7 @@ class OpCall:
     kwargs: tuple  # sorted (name, value) pairs
 
     @classmethod
-    def of(cls, func, args, kwargs) -> "OpCall":
+    def of(cls, func, args, kwargs) -> OpCall:
         def spec(x):
             if isinstance(x, torch.Tensor):
                 return TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype)
@@ -123,4 +123,4 @@ def workspace_bytes(calls: list[OpCall], max_input_bytes: float) -> list[int | N
     return [_CACHE.get(c) for c in calls]
 
 
-__all__ = ["OpCall", "TensorSpec", "WORKSPACE_OPS", "register_workspace_op", "workspace_bytes"]
+__all__ = ["WORKSPACE_OPS", "OpCall", "TensorSpec", "register_workspace_op", "workspace_bytes"]
