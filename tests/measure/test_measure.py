@@ -9,7 +9,6 @@ from torch import nn
 
 from effml.errors import EffmlError
 from effml.measure import MeasureConfig, measure, median_ci, parse_batches, percentile
-from effml.measure.memory import PeakTracker
 
 
 def test_percentile_interpolates():
