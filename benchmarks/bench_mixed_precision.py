@@ -30,9 +30,11 @@ from effml.zoo.text import BatchSampler, kjv_corpus
 
 B, T = 16, 64
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-true")
-# loss-curve tolerance: bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 0.2%); over a short run the
-# curves drift apart slowly, so we require |bf16 - fp32| <= 0.05 nats per step on average over the last 10
-# steps and <= 0.15 nats at any step (the loss starts at ln 65 = 4.17 nats and falls to ~2.5).
+# loss-curve tolerance for bf16 autocast (fp32 master weights): bf16 keeps 8 mantissa bits (relative rounding
+# 2^-9 = 0.2%) and the curves drift apart slowly, so we require |bf16-mixed - fp32| <= 0.05 nats per step on
+# average over the last 10 steps and <= 0.15 nats at any step (the loss falls from ln 65 = 4.17 to ~2.5).
+# bf16-true (no fp32 master copy) is shown for contrast and not held to it: updates below half a bf16 ulp of
+# the weight are rounded away, which is why mixed precision keeps fp32 master weights.
 MEAN_TOL, MAX_TOL = 0.05, 0.15
 
 
@@ -103,15 +105,16 @@ def main() -> int:
     gpu = predicted_gpu_gains()
     print_table("Predicted gain of bf16 (fp16 where no bf16) over fp32 on catalog GPUs: GPT-2 124M training step, "
                 "B=8 x T=1024 (roofline)", gpu)
-    curves_ok = all(r["last-10 |dloss|"] <= MEAN_TOL and r["max |dloss|"] <= MAX_TOL for r in rows)
+    mixed = next(r for r in rows if r["precision"] == "bf16-mixed")
+    curves_ok = mixed["last-10 |dloss|"] <= MEAN_TOL and mixed["max |dloss|"] <= MAX_TOL
     path = write_results("mixed_precision", {
         "claim": "bf16 autocast vs fp32: step time on this CPU, loss curves within tolerance; without bf16 "
                  "hardware, predicted gains on catalog GPUs",
         "cpu": hw, "bf16_hardware": has_hw, "verdict": verdict, "threads": args.threads, "batch": B, "seq": T,
-        "tolerance_nats": {"last10_mean": MEAN_TOL, "max": MAX_TOL}, "rows": rows, "losses": losses,
+        "tolerance_nats": {"applies_to": "bf16-mixed", "last10_mean": MEAN_TOL, "max": MAX_TOL}, "rows": rows, "losses": losses,
         "cpu_s": cpu, "predicted_gpu": gpu, "passed": curves_ok})
-    print(f"loss curves {'match' if curves_ok else 'DO NOT match'} within {MEAN_TOL} nats (last 10 steps) and "
-          f"{MAX_TOL} (any step) -> {'PASS' if curves_ok else 'FAIL'}; wrote {path}")
+    print(f"bf16-mixed loss curve {'matches' if curves_ok else 'does NOT match'} fp32 within {MEAN_TOL} nats (last "
+          f"10 steps) and {MAX_TOL} (any step) -> {'PASS' if curves_ok else 'FAIL'}; wrote {path}")
     return 0 if curves_ok else 1
 
 
