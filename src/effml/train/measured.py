@@ -12,6 +12,9 @@ On CUDA the allocator's own `max_memory_allocated` is used. RSS (VmHWM) is repor
 
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -46,6 +49,22 @@ def persistent_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None =
     return sum(seen.values())
 
 
+@contextmanager
+def native_stderr_muted():
+    """Mute file descriptor 2 for a moment: Kineto's C++ side writes `USDT ... profiler_start/stop` lines and
+    a "memory block of unknown size" warning straight to fd 2 whenever a profiler starts or stops. Only the
+    start and stop calls are wrapped, never the user's ops, so their warnings and errors still show."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class AllocatorPeak:
     """`with AllocatorPeak(device) as a: step()` then `a.peak_bytes`: the allocator's peak above its level
     at entry (CPU: profiler memory events; CUDA: max_memory_allocated)."""
@@ -64,7 +83,8 @@ class AllocatorPeak:
         from torch.profiler import ProfilerActivity, profile
 
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        self._prof.__enter__()
+        with native_stderr_muted():
+            self._prof.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -73,7 +93,8 @@ class AllocatorPeak:
             self.peak_bytes = int(torch.cuda.max_memory_allocated() - self._base)
             self.end_bytes = int(torch.cuda.memory_allocated() - self._base)
             return
-        self._prof.__exit__(*exc)
+        with native_stderr_muted():
+            self._prof.__exit__(*exc)
         self.peak_bytes, self.end_bytes = allocator_levels(self._prof)
 
 

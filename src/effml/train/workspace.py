@@ -86,15 +86,24 @@ def _measure(calls: list[OpCall]) -> None:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from effml.train.measured import native_stderr_muted
+
     out_bytes: dict[int, int] = {}
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        for i, call in enumerate(calls):
-            args, kwargs = call.materialize()
-            with record_function(f"effml_workspace_{i}"):
-                out = call.func(*args, **kwargs)
-            out_bytes[i] = sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes()
-                                for t in tree_leaves(out) if isinstance(t, torch.Tensor)}.values())
-            del out, args, kwargs
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with native_stderr_muted():
+        prof.__enter__()
+    try:
+        with torch.no_grad():
+            for i, call in enumerate(calls):
+                args, kwargs = call.materialize()
+                with record_function(f"effml_workspace_{i}"):
+                    out = call.func(*args, **kwargs)
+                out_bytes[i] = sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes()
+                                    for t in tree_leaves(out) if isinstance(t, torch.Tensor)}.values())
+                del out, args, kwargs
+    finally:
+        with native_stderr_muted():
+            prof.__exit__(None, None, None)
     for node in _walk(prof.profiler.kineto_results.experimental_event_tree()):
         if node.name.startswith("effml_workspace_"):
             i = int(node.name.rsplit("_", 1)[1])
