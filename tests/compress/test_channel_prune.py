@@ -12,12 +12,7 @@ from effml.zoo import tiny_gpt, vgg
 from effml.zoo.cnn import BasicBlock
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyResNet(nn.Module):

@@ -14,12 +14,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 IMG = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _qat_linear(m):

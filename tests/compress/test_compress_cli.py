@@ -10,12 +10,7 @@ from effml.compress import load_compressed
 from effml.zoo import mlp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_prune_json_and_checkpoint(tmp_path, capsys):

@@ -14,12 +14,7 @@ from effml.zoo.data import load
 from effml.zoo.fit import fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_huffman_code_lengths_hand_computed():

@@ -11,12 +11,7 @@ from effml.errors import ConfigError
 from effml.zoo import lenet5, mlp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_global_fine_pruning_hits_the_target_exactly():

@@ -16,12 +16,7 @@ from effml.zoo.data import load
 from effml.zoo.fit import fit, predictions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("spec", [QSpec(8, True, "tensor"), QSpec(4, True, "channel"), QSpec(2, True, "channel"),

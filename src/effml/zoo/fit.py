@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -174,7 +175,7 @@ def predictions(model: nn.Module, loader: Iterable) -> torch.Tensor:
     return torch.cat([logits_of(model(x)).argmax(-1) for x, _ in loader])
 
 
-def cache_dir() -> "Path":
+def cache_dir() -> Path:
     """Where trained weights are cached: $EFFML_CACHE/trained or the user cache dir."""
     import os
     from pathlib import Path
