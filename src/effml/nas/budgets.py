@@ -72,9 +72,9 @@ class Budget:
         """The budgets `c` breaks: name -> need / have (> 1)."""
         return {k: n / h for k, (n, h) in self.needs(c).items() if n > h}
 
-    def constraints(self, c: Cost) -> list[float]:
-        """Optuna constraint values (<= 0 feasible): need / have - 1 per budget, in a fixed order."""
-        return [n / h - 1.0 for n, h in self.needs(c).values()]
+    def constraints(self, c: Cost) -> dict[str, float]:
+        """Optuna constraint values (<= 0 feasible): name -> need / have - 1, one per budget."""
+        return {k: n / h - 1.0 for k, (n, h) in self.needs(c).items()}
 
     def explain(self, c: Cost) -> str:
         parts = []
@@ -146,14 +146,18 @@ def _freeze(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-@lru_cache(maxsize=4096)
-def _cost(name: str, data_json: str, key: tuple, hw: str, dtype: str) -> Cost:
+@lru_cache(maxsize=512)
+def _profile(name: str, data_json: str, key: tuple):
     import json
 
+    return count(Space(name, json.loads(data_json)), dict(key))
+
+
+@lru_cache(maxsize=4096)
+def _cost(name: str, data_json: str, key: tuple, hw: str, dtype: str) -> Cost:
     from effml.hardware import get_device, predict
 
-    space = Space(name, json.loads(data_json))
-    prof, input_bytes = count(space, dict(key))
+    prof, input_bytes = _profile(name, data_json, key)
     counted = prof.param_bytes / max(prof.params, 1)  # bytes per element the model was counted in (4: fp32)
     sram = round((prof.peak_activation_bytes + input_bytes) / counted)  # int8: 1 B per element
     dev = get_device(hw)
@@ -161,6 +165,19 @@ def _cost(name: str, data_json: str, key: tuple, hw: str, dtype: str) -> Cost:
     total = prof.total()
     return Cost(prof.params, total.macs, total.flops, sram, prof.memory("int8"), pred.time_s, pred.energy.total,
                 dev.key, dtype, prof.is_lower_bound)
+
+
+def predictions(space: Space, arch: Arch, devices: list[tuple[str, str | None]]) -> dict[str, dict]:
+    """Per-device predictions in the study store's format: {device: {latency_s, energy_j, usd_per_1m, fits}}."""
+    from effml.hardware import predict
+
+    prof, _ = _profile(space.name, _freeze(space.data), tuple(sorted(space.check(arch).items())))
+    out = {}
+    for name, dtype in devices:
+        p = predict(prof, name, dtype=dtype)
+        out[name] = {"latency_s": p.time_s, "energy_j": p.energy.total, "usd_per_1m": p.usd_per_1m,
+                     "fits": p.fits, "bound": p.bound, "dtype": p.dtype}
+    return out
 
 
 def check_reachable(space: Space, budget: Budget, dtype: str = "int8") -> Cost:

@@ -74,9 +74,9 @@ def get_proxy(p: str | ProxyFn) -> ProxyFn:
     if p in PROXIES:
         return PROXIES[p]
     if isinstance(p, str) and ":" in p:  # package.module:function
-        from effml.models import resolve_callable
+        from effml.models import load_callable
 
-        return resolve_callable(p)
+        return load_callable(p)
     raise ConfigError(f"unknown proxy {p!r}; registered: {', '.join(sorted(PROXIES))} "
                       "(or package.module:function)")
 
