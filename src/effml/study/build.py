@@ -11,13 +11,19 @@ from effml.study.store import Run, Store
 
 
 def latest_runs(store: Store, study: str) -> list[Run]:
-    """The runs of the study's most recent settings (keys end in '@<fingerprint>')."""
+    """The runs of the study's most recent settings (keys end in '@<fingerprint>'), per kind of row."""
     runs = store.runs(study)
     if not runs:
         known = ", ".join(store.studies()) or "none"
         raise ConfigError(f"the store {str(store.path)!r} has no runs of study {study!r} (studies: {known})")
-    fp = runs[-1].key.rpartition("@")[2]
-    return [r for r in runs if r.key.rpartition("@")[2] == fp]
+    # each kind of row (compression variants of `effml study`, NAS trials of `effml nas`) keeps its latest settings
+    latest = {kind(r): r.key.rpartition("@")[2] for r in runs}
+    return [r for r in runs if r.key.rpartition("@")[2] == latest[kind(r)]]
+
+
+def kind(run: Run) -> str:
+    """'nas' for a trial of `effml nas` (its chain is one 'nas' step), else 'study'."""
+    return "nas" if run.chain and run.chain[0].get("technique") == "nas" else "study"
 
 
 def best_run(runs: list[Run], devices: list[str]) -> Run:
@@ -37,7 +43,9 @@ def build(store: Store, study: str, devices: list[str] | None = None, title: str
     from effml.hardware import predict
     from effml.hardware.plot import roofline_figure
 
-    runs = latest_runs(store, study)
+    runs = [r for r in latest_runs(store, study) if r.metrics.get("accuracy") is not None]  # not NAS rejects
+    if not runs:
+        raise ConfigError(f"the store {str(store.path)!r} has no run of study {study!r} with an accuracy")
     devices = devices or sorted({d for r in runs for d in r.predictions})
     best = best_run(runs, devices)
     blob = store.get_artifact(study, f"profile:{best.key}")

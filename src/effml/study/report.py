@@ -42,7 +42,8 @@ def pareto_figure(rows: list[dict], axes, frontier: dict[str, list[str]]):
     front = [by_key[k] for k in frontier[first]]
     fig = go.Figure([
         go.Scatter(x=[r[first] for r in rows], y=[100 * r["accuracy"] for r in rows], mode="markers",
-                   name="variants", text=[r["name"] for r in rows], marker={"size": 10},
+                   name="variants", text=[r["name"] for r in rows],
+                   marker={"size": 10, "symbol": ["triangle-up" if r["chain"] == "nas" else "circle" for r in rows]},
                    hovertemplate="%{text}<br>%{x:.4g}<br>%{y:.2f}%<extra></extra>"),
         go.Scatter(x=[r[first] for r in front], y=[100 * r["accuracy"] for r in front], mode="lines+markers",
                    name="Pareto frontier", line={"shape": "hv"}, marker={"symbol": "diamond", "size": 12}),
