@@ -6,14 +6,19 @@ answers to 384 training prompts (effml.llm.draft; built once and cached, the bui
 Two held-out workloads, greedy, in one process: open-ended chat (topics the draft never saw) and input-grounded
 tasks (repeat / correct / quote a verse from held-out chapters: answers that copy the input, as in editing or
 retrieval-augmented answers). Per workload: the target alone vs speculative decoding at several γ and at
-γ = auto; α, tokens per target call, c, measured speedup beside (1−α^(γ+1))/((1−α)(γc+1)).
+γ = auto; α, tokens per target call, c = draft step / target step, v = verification pass / target step, and the
+measured speedup beside (1−α^(γ+1))/((1−α)(γc+v)) (Leviathan et al. take v = 1).
+First, the cost of a target pass by the number of tokens it is fed, t(T) / t(1), T = 1..9 (interleaved): the
+ceiling max_γ (γ+1) / v(γ) is what a perfect (α = 1), free (c = 0) draft would reach on this machine.
 Claims: greedy output identical token for token (must hold); speedup >= 2x (reported per workload).
-Run: `python benchmarks/bench_speculative.py` (a few minutes; the first run also builds the draft, ~20-40 min).
+Run: `python benchmarks/bench_speculative.py` (5-10 minutes on 2 busy cores; the first run also builds the
+draft: `effml generate --speculative smollm2-135m-draft ...` or this script; ~1 h, then cached).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 
@@ -22,43 +27,79 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 from common import print_table, write_results
 
 NEW_TOKENS, GAMMAS = 64, (2, 4, "auto")
+COST_TOKENS, COST_REPS = tuple(range(1, 10)), 7
 MIN_SPEEDUP = 2.0
 
 
 def run_workload(name, target, draft, tok, ids) -> tuple[list[dict], dict]:
+    """Per prompt, the target alone and every γ back to back (rotating order): drifting load from other
+    processes hits all configurations alike."""
     from effml.llm.generate import GenerateConfig, generate
     from effml.llm.speculative import SpecConfig, expected_speedup, speculative_generate
 
-    base = [generate(target, p, GenerateConfig(max_new_tokens=NEW_TOKENS, stop_token=tok.eos_id)) for p in ids]
-    base_tokens = sum(len(r.tokens) for r in base)
-    base_tps = base_tokens / sum(r.time_s for r in base)
-    per_token_s = 1 / base_tps
+    configs = ("target", *GAMMAS)
+    res: dict = {c: [] for c in configs}
+    for i, p in enumerate(ids):
+        for c in configs[i % len(configs):] + configs[:i % len(configs)]:
+            print(f"{name} prompt {i + 1}/{len(ids)}: {c}", flush=True)
+            if c == "target":
+                res[c].append(generate(target, p, GenerateConfig(max_new_tokens=NEW_TOKENS, stop_token=tok.eos_id)))
+            else:
+                res[c].append(speculative_generate(target, draft, p, SpecConfig(
+                    gamma=c, max_new_tokens=NEW_TOKENS, stop_token=tok.eos_id)))
+    base = res["target"]
+    base_tps = sum(len(r.tokens) for r in base) / sum(r.time_s for r in base)
+    # one plain decode step (the unit of c and v): median time between consecutive tokens of the target alone
+    step = statistics.median(b - a for r in base for a, b in zip(r.step_times_s, r.step_times_s[1:]))
     rows = [{"workload": name, "γ": "target alone", "tokens/s": base_tps, "speedup": 1.0, "α": None,
-             "tokens/target call": 1.0, "c": None, "formula speedup": None, "identical": True}]
-    out = {"target_tokens": base_tokens, "target_tokens_per_s": base_tps, "speculative": {}}
+             "tokens/target call": 1.0, "c": None, "v": 1.0, "formula speedup": None, "identical": True}]
+    out = {"target_tokens": sum(len(r.tokens) for r in base), "target_tokens_per_s": base_tps,
+           "target_step_s": step, "speculative": {}}
     for gamma in GAMMAS:
-        print(f"{name}: γ={gamma} ...", flush=True)
-        runs = [speculative_generate(target, draft, p, SpecConfig(gamma=gamma, max_new_tokens=NEW_TOKENS,
-                                                                   stop_token=tok.eos_id)) for p in ids]
+        runs = res[gamma]
         same = all(r.tokens == b.tokens for r, b in zip(runs, base))
         tokens, secs = sum(len(r.tokens) for r in runs), sum(r.time_s for r in runs)
         acc, tested = sum(r.accepted for r in runs), sum(r.tested for r in runs)
         calls, dcalls = sum(r.target_calls for r in runs), sum(r.draft_calls for r in runs)
         alpha = acc / tested
-        c = (sum(r.draft_time_s for r in runs) / dcalls) / (sum(r.target_time_s for r in runs) / calls)
-        used = max(set(h for r in runs for h in r.gamma_history), key=lambda g: sum(
-            r.gamma_history.count(g) for r in runs))  # the γ used most (auto re-picks every round)
+        c = sum(r.draft_time_s for r in runs) / dcalls / step
+        v = sum(r.verify_time_s for r in runs) / sum(r.verify_calls for r in runs) / step
+        hist = [g for r in runs for g in r.gamma_history]
+        used = max(set(hist), key=hist.count)  # the γ used most (auto re-picks it every round)
         speedup = (tokens / secs) / base_tps
-        formula = expected_speedup(min(alpha, 0.999), used, c)
+        formula = expected_speedup(min(alpha, 0.999), used, c, v)
         rows.append({"workload": name, "γ": f"{gamma}" + (f" ({used} most)" if gamma == "auto" else ""),
-                     "tokens/s": tokens / secs, "speedup": speedup, "α": alpha,
-                     "tokens/target call": tokens / calls, "c": c, "formula speedup": formula, "identical": same})
+                     "tokens/s": tokens / secs, "speedup": speedup, "α": alpha, "tokens/target call": tokens / calls,
+                     "c": c, "v": v, "formula speedup": formula, "identical": same})
         out["speculative"][str(gamma)] = {
-            "gamma_used": used, "tokens_per_s": tokens / secs, "speedup": speedup, "alpha": alpha,
+            "gamma_used": used, "gamma_counts": {g: hist.count(g) for g in sorted(set(hist))},
+            "tokens_per_s": tokens / secs, "speedup": speedup, "alpha": alpha,
             "tokens_per_target_call": tokens / calls, "c": c, "formula_speedup": formula, "identical": same,
-            # a verification pass of γ+1 tokens vs one plain decode step (the formula assumes 1.0)
-            "verify_call_vs_one_token": (sum(r.target_time_s for r in runs) / calls) / per_token_s}
+            "v": v,  # a verification pass of γ+1 tokens / one plain decode step (Leviathan's formula assumes 1.0)
+            "formula_speedup_v1": expected_speedup(min(alpha, 0.999), used, c)}
     return rows, out
+
+
+def cost_curve(model, ids) -> dict:
+    """Median time of a pass over T new tokens after `ids` (contiguous cache), T interleaved in rotating order;
+    returns {T: seconds}."""
+    import torch
+
+    from effml.llm.generate import new_session
+
+    session = new_session("contiguous", model, len(ids) + max(COST_TOKENS) + 1)
+    times: dict[int, list[float]] = {T: [] for T in COST_TOKENS}
+    with torch.no_grad():
+        session.feed(ids, last=1)
+        n = session.length
+        for rep in range(COST_REPS):
+            k = rep % len(COST_TOKENS)
+            for T in COST_TOKENS[k:] + COST_TOKENS[:k]:
+                t = time.perf_counter()
+                session.feed([ids[-1]] * T, last=T)  # the logits of all T tokens, as a verification needs
+                times[T].append(time.perf_counter() - t)
+                session.truncate(n)
+    return {T: statistics.median(ts) for T, ts in times.items()}
 
 
 def main() -> int:
@@ -76,6 +117,16 @@ def main() -> int:
     print(f"\ndraft ready in {time.perf_counter() - t0:.1f} s; teacher-forced agreement with the target on "
           f"held-out answers {build['agreement_before']} -> {build['agreement_after']}")
     workloads = {"chat": prompts("eval", 3, seed=1), "grounded": grounded_prompts("eval", 3, seed=1)}
+    ctx = tok.chat(workloads["chat"][0])
+    curve = cost_curve(target, ctx)
+    dcurve = cost_curve(draft, ctx)
+    cost_rows = [{"tokens fed T": T, "target ms": curve[T] * 1e3, "v = t(T)/t(1)": curve[T] / curve[1],
+                  "draft ms": dcurve[T] * 1e3, "ceiling (γ+1)/v, γ=T-1": T / (curve[T] / curve[1]) if T > 1 else 1.0}
+                 for T in COST_TOKENS]
+    print_table(f"a pass over T tokens after a {len(ctx)}-token prompt (median of {COST_REPS}, interleaved)",
+                cost_rows)
+    ceiling = max(r["ceiling (γ+1)/v, γ=T-1"] for r in cost_rows)
+    print(f"perfect free draft ceiling: {ceiling:.2f}x; draft step / target step c = {dcurve[1] / curve[1]:.3f}")
     rows, out = [], {}
     for name, texts in workloads.items():
         r, o = run_workload(name, target, draft, tok, [tok.chat(t) for t in texts])
@@ -91,6 +142,8 @@ def main() -> int:
         print(f"{w}: best {b['speedup']:.2f}x at γ={b['gamma_used']} (α={b['alpha']:.2f}, c={b['c']:.3f}, "
               f"formula {b['formula_speedup']:.2f}x)")
     write_results("llm_speculative", {"new_tokens": NEW_TOKENS, "draft_build": build, "workloads": out,
+                                      "pass_cost": {"context_tokens": len(ctx), "target_s": curve,
+                                                    "draft_s": dcurve, "perfect_free_draft_ceiling": ceiling},
                                       "claims": claims})
     print(f"identical greedy output on every prompt and γ: {identical}")
     # the run fails if output ever differs, or if no workload reaches 2x (each workload's result is recorded)

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from effml.errors import ConfigError
-from effml.llm.kvcache import BlockAllocator, CacheFull, ContiguousCache, PagedCache, kv_bytes_per_token
+from effml.llm.kvcache import (
+    BlockAllocator,
+    CacheFull,
+    ContiguousCache,
+    PagedCache,
+    kv_bytes_per_token,
+)
 from effml.llm.model import ModelArgs, build
 
 
@@ -109,9 +115,9 @@ def test_free_list_reuses_blocks_and_truncate_returns_them(model, tokens):
 
 def test_out_of_blocks_raises_before_allocating_anything(model, tokens):
     cache = _paged(model, 2, block_size=4, num_blocks=3)
-    with pytest.raises(CacheFull, match="4 more blocks needed, 3 free"):  # 2 sequences x ceil(8/4) blocks
-        with torch.no_grad():
-            model(tokens[:2, :8], cache=cache)
+    # 2 sequences x ceil(8/4) blocks
+    with pytest.raises(CacheFull, match="4 more blocks needed, 3 free"), torch.no_grad():
+        model(tokens[:2, :8], cache=cache)
     assert cache.allocator.n_free == 3 and all(not t for t in cache.tables.values())
     alloc = BlockAllocator(1)
     alloc.allocate()
@@ -121,9 +127,8 @@ def test_out_of_blocks_raises_before_allocating_anything(model, tokens):
 
 def test_contiguous_cache_refuses_overflow_and_bad_sizes(model, tokens):
     cache = ContiguousCache(model.args, 1, 8)
-    with pytest.raises(CacheFull, match="max_len=8"):
-        with torch.no_grad():
-            model(tokens[:1, :9], cache=cache)
+    with pytest.raises(CacheFull, match="max_len=8"), torch.no_grad():
+        model(tokens[:1, :9], cache=cache)
     with pytest.raises(ConfigError, match="exceeds the model context"):
         ContiguousCache(model.args, 1, 10_000)
     with pytest.raises(ConfigError, match="not in the paged cache"):

@@ -35,7 +35,7 @@ def test_args_validation_names_the_field(bad, field):
 
 def test_args_are_frozen_and_unknown_presets_fail():
     args = ModelArgs.preset("tiny")
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
         args.dim = 8
     with pytest.raises(ConfigError, match="unknown model preset"):
         ModelArgs.preset("gpt-5")

@@ -37,21 +37,21 @@ def trace_for(lm, n: int, rate: float, mean_output: float, max_output: int, seed
 def run(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from effml.llm.batching import EngineConfig, serve
+    from effml.llm.batching import EngineConfig, serve_side_by_side
     from effml.llm.registry import load_model
 
     lm = load_model(args.model)
     trace = trace_for(lm, args.requests, args.rate, args.mean_output, args.max_output, args.seed)
     engines = ("static", "continuous") if args.batching == "both" else (args.batching,)
     cfg = EngineConfig(max_batch=args.max_batch, block_size=args.block_size)
-    results = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
                   TimeElapsedColumn(), console=console() if not args.json else None, transient=True,
                   disable=args.json) as bar:
-        for name in engines:
-            task = bar.add_task(f"{name} batching", total=len(trace))
-            results[name] = serve(lm.model, trace, name, cfg,
-                                  progress=lambda d, n, task=task: bar.update(task, completed=d))
+        tasks = {name: bar.add_task(f"{name} batching", total=len(trace)) for name in engines}
+        # both engines side by side, their model calls interleaved: load from other processes hits both alike
+        results = serve_side_by_side(lm.model, trace, engines, cfg,
+                                     progress=lambda *a: bar.update(tasks[a[0] if len(a) == 3 else engines[0]],
+                                                                    completed=a[-2]))
     summary = {name: {k: v for k, v in r.to_dict().items() if k != "per_request"} for name, r in results.items()}
     ratio = (results["continuous"].throughput / results["static"].throughput) if len(results) == 2 else None
     if args.json:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 
@@ -147,11 +147,24 @@ class _Clock:
     def __init__(self):
         self.now = 0.0
 
-    def run(self, fn, *a, **kw):
-        t = time.perf_counter()
-        out = fn(*a, **kw)
-        self.now += time.perf_counter() - t
-        return out
+
+def _drive(engines: list, clocks: list[_Clock]) -> list:
+    """Run engine generators, one model call of each in turn (round robin), timing each call on its engine's
+    clock: engines served side by side in one process see the same load from other processes. An engine yields
+    (fn, args, kwargs) for every model call, receives its result, and returns its outcome."""
+    outs, sent, live = [None] * len(engines), [None] * len(engines), list(range(len(engines)))
+    while live:
+        for i in list(live):
+            try:
+                fn, a, kw = engines[i].send(sent[i])
+            except StopIteration as stop:
+                outs[i] = stop.value
+                live.remove(i)
+                continue
+            t = time.perf_counter()
+            sent[i] = fn(*a, **kw)
+            clocks[i].now += time.perf_counter() - t
+    return outs
 
 
 class _KVMeter:
@@ -204,8 +217,8 @@ def engine(name: str):
 
 
 @engine("static")
-def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress):
-    clock, pending, done, steps = _Clock(), list(trace), [], 0
+def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress, clock):
+    pending, done, steps = list(trace), [], 0
     dtype = model.output.weight.dtype
     while pending:
         clock.now = max(clock.now, pending[0].arrival_s)  # idle: wait for the first arrival
@@ -218,7 +231,7 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
         for b, r in enumerate(batch):
             tokens[b, :len(r.prompt)] = torch.tensor(r.prompt)
         lens = torch.tensor([len(r.prompt) for r in batch])
-        logits = clock.run(model, tokens, cache=cache, pick=lens - 1)[:, -1]  # (B, V)
+        logits = (yield model, (tokens,), {"cache": cache, "pick": lens - 1})[:, -1]  # (B, V)
         cache.truncate(lens.tolist())  # forget the pads: later tokens overwrite them
         out = [[int(t)] for t in logits.argmax(-1)]
         meter.logits([r.rid for r in batch], logits)
@@ -226,7 +239,7 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
         for _ in range(steps_out - 1):  # lock step until the longest output is done
             meter.add(cache.stats(meter.bpt), cache.lengths)
             nxt = torch.tensor([[o[-1]] for o in out])  # (B, 1)
-            logits = clock.run(model, nxt, cache=cache)[:, -1]  # (B, V)
+            logits = (yield model, (nxt,), {"cache": cache})[:, -1]  # (B, V)
             meter.logits([r.rid for r in batch], logits)
             for o, t in zip(out, logits.argmax(-1)):
                 o.append(int(t))
@@ -242,11 +255,11 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
 
 
 @engine("continuous")
-def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress):
+def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress, clock):
     bs = cfg.block_size
     num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
     cache = PagedCache(model.args, num_blocks, bs, model.output.weight.dtype)
-    clock, pending, done, steps = _Clock(), list(trace), [], 0
+    pending, done, steps = list(trace), [], 0
     running: dict[int, tuple[Request, list[int], float]] = {}  # rid -> (request, tokens, first token time)
     stop = cfg.stop_token
 
@@ -279,7 +292,7 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
             owed += blocks_total(r)
             cache.add(r.rid)
             cache.select([r.rid])
-            logits = clock.run(model, torch.tensor([r.prompt]), cache=cache, last=1)[0, -1]  # (V,)
+            logits = (yield model, (torch.tensor([r.prompt]),), {"cache": cache, "last": 1})[0, -1]  # (V,)
             running[r.rid] = (r, [int(logits.argmax())], clock.now)
             meter.logits([r.rid], logits[None])
         retire()
@@ -289,7 +302,7 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
         cache.select(ids)
         meter.add(cache.stats(meter.bpt), cache.lengths)
         nxt = torch.tensor([[running[i][1][-1]] for i in ids])  # (B, 1)
-        logits = clock.run(model, nxt, cache=cache)[:, -1]  # (B, V)
+        logits = (yield model, (nxt,), {"cache": cache})[:, -1]  # (B, V)
         meter.logits(ids, logits)
         for i, t in zip(ids, logits.argmax(-1)):
             running[i][1].append(int(t))
@@ -307,15 +320,37 @@ def serve(model: Transformer, trace: list[Request], batching: str = "continuous"
     on_logits(rid, logits (V,)) sees the logits behind every token a request gets (in order; static batching
     also reports the padding steps after a request is done, which callers cut at its length).
     """
-    if batching not in ENGINES:
-        raise ConfigError(f"batching {batching!r} is not one of {', '.join(ENGINES)}")
+    return serve_side_by_side(model, trace, (batching,), config, progress, on_logits)[batching]
+
+
+@torch.no_grad()
+def serve_side_by_side(model: Transformer, trace: list[Request], batchings=("static", "continuous"),
+                       config: EngineConfig = EngineConfig(), progress: Callable | None = None,
+                       on_logits: Callable | None = None) -> dict[str, ServeResult]:
+    """Serve the same trace with several engines in one process, their model calls interleaved one by one (each
+    engine on its own virtual clock), so that load from other processes hits every engine alike.
+
+    progress(done, total) for one engine; progress(name, done, total) when there are several."""
+    for b in batchings:
+        if b not in ENGINES:
+            raise ConfigError(f"batching {b!r} is not one of {', '.join(ENGINES)}")
     if not trace:
         raise ConfigError("serve needs at least one request")
     for r in trace:
         check_request(model, list(r.prompt), r.max_new_tokens)
     max_len = config.max_len or max(len(r.prompt) + r.max_new_tokens for r in trace)
-    meter = _KVMeter(kv_bytes_per_token(model.args, model.output.weight.dtype), max_len, on_logits)
     trace = sorted(trace, key=lambda r: r.arrival_s)
-    done, makespan, steps = ENGINES[batching](model, trace, config, max_len, meter, progress)
-    own = "paged" if batching == "continuous" else "contiguous"
-    return ServeResult(batching, done, makespan, steps, meter.summary(own))
+    meters = [_KVMeter(kv_bytes_per_token(model.args, model.output.weight.dtype), max_len, on_logits)
+              for _ in batchings]
+    clocks = [_Clock() for _ in batchings]
+
+    def report(name):
+        if progress is None:
+            return None
+        return progress if len(batchings) == 1 else (lambda d, n: progress(name, d, n))
+
+    gens = [ENGINES[b](model, trace, config, max_len, m, report(b), c) for b, m, c in zip(batchings, meters, clocks)]
+    out = {}
+    for b, m, (done, makespan, steps) in zip(batchings, meters, _drive(gens, clocks)):
+        out[b] = ServeResult(b, done, makespan, steps, m.summary("paged" if b == "continuous" else "contiguous"))
+    return out

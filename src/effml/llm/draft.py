@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import torch
 from torch import nn
@@ -117,7 +117,7 @@ def target_answers(target, tokenizer, prompts: list[str], max_new_tokens: int, b
 FAMILIES = {"chat": "prompts", "grounded": "grounded_prompts"}  # effml.llm.prompts functions
 
 
-def answers_cached(target, tokenizer, family: str, n: int, config: "DraftConfig",
+def answers_cached(target, tokenizer, family: str, n: int, config: DraftConfig,
                    progress=None) -> tuple[list[Answer], float]:
     """target_answers for `n` training prompts of a family, cached on disk (they cost the most to make)."""
     from effml.llm import prompts as P

@@ -89,7 +89,7 @@ class ContiguousCache:
             raise ConfigError(f"truncate lengths {lengths} must be within the current lengths {self.lengths}")
         self.lengths = list(lengths)
 
-    def stats(self, bytes_per_token: float) -> "KVStats":
+    def stats(self, bytes_per_token: float) -> KVStats:
         return KVStats(self.batch * self.max_len, sum(self.lengths), bytes_per_token)
 
 
@@ -138,7 +138,7 @@ def _attend_gather(q, k_pool, v_pool, table, mask):
 
     k_pool: (N, bs, H_kv, hd); table: (B, nb) block ids -> keys (B, H_kv, nb*bs, hd) for this layer only.
     """
-    B, nb = table.shape
+    B = table.shape[0]
     kb = k_pool[table].view(B, -1, *k_pool.shape[2:]).transpose(1, 2)  # (B, H_kv, nb*bs, hd)
     vb = v_pool[table].view(B, -1, *v_pool.shape[2:]).transpose(1, 2)
     return gqa_attention(q, kb, vb, mask)
@@ -206,7 +206,7 @@ class PagedCache:
         self.allocator.free(self.tables.pop(seq_id))
         del self.lens[seq_id]
 
-    def select(self, seq_ids: list) -> "PagedCache":
+    def select(self, seq_ids: list) -> PagedCache:
         """Make `seq_ids` (in this order) the batch the next forward pass works on."""
         missing = [s for s in seq_ids if s not in self.tables]
         if missing:

@@ -60,13 +60,13 @@ class ModelArgs:
         return self.dim // self.n_heads
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "ModelArgs":
+    def preset(cls, name: str, **overrides) -> ModelArgs:
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; expected one of {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelArgs":
+    def from_dict(cls, d: dict) -> ModelArgs:
         known = {f.name for f in fields(cls)}
         extra = set(d) - known
         if extra:

@@ -10,17 +10,23 @@ target's argmax instead; if all γ match, the target's next argmax is a free bon
 with probability min(1, p(x)/q(x)); on rejection sample from norm(max(0, p − q)); the output distribution is
 exactly the target's p (Leviathan et al. Thm 1).
 
-Measured: α = accepted / tested draft tokens (each round tests tokens until the first rejection), c = mean draft
-call time / mean target call time. Expected tokens per target call (1−α^(γ+1))/(1−α), expected speedup
-(1−α^(γ+1))/((1−α)(γc+1)) (Leviathan eq. 1 and Thm 3.8). `gamma="auto"` re-picks γ every round from the running
-α and c by maximising that formula.
+Measured: α = accepted / tested draft tokens (each round tests tokens until the first rejection). Expected tokens
+per target call (1−α^(γ+1))/(1−α) (Leviathan eq. 1); expected speedup (1−α^(γ+1))/((1−α)(γc+v)) with c = draft
+step / target one-token step and v = target pass over γ+1 tokens / target one-token step. Leviathan et al.
+(Thm 3.8) take v = 1: on an accelerator a pass over 5 tokens costs what a pass over 1 does (both read the weights
+once). On a 2-core CPU it does not: fp32 matmuls with 2-8 rows are already compute-bound, v(4) ≈ 2-2.5 here, and
+that, not the draft, caps the speedup at max_γ (γ+1)/v(γ) even for a perfect, free draft.
+`gamma="auto"` first tries γ = 0 (a plain target step), 1, 2, 4, 6 to measure the target's call time t(T) by the
+number of tokens T it is fed, then re-picks γ in 0..max_gamma every round by maximising the formula with the
+running α, c = draft step / t(1) and v(γ) = t(γ+1) / t(1); γ = 0 (no speculation) when nothing pays.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 
@@ -34,14 +40,47 @@ def expected_tokens_per_call(alpha: float, gamma: int) -> float:
     return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
-def expected_speedup(alpha: float, gamma: int, c: float) -> float:
-    """(1 − α^(γ+1)) / ((1 − α)(γc + 1)): wall-time speedup over the target alone."""
-    return expected_tokens_per_call(alpha, gamma) / (gamma * c + 1)
+def expected_speedup(alpha: float, gamma: int, c: float, v: float = 1.0) -> float:
+    """(1 − α^(γ+1)) / ((1 − α)(γc + v)): wall-time speedup over the target alone; c = draft step / target step,
+    v = the verification pass (γ+1 tokens) / target step (Leviathan et al.: 1)."""
+    return expected_tokens_per_call(alpha, gamma) / (gamma * c + v)
 
 
-def best_gamma(alpha: float, c: float, max_gamma: int = 12) -> int:
-    """The γ in 1..max_gamma with the largest expected speedup (ties: the smaller γ)."""
-    return max(range(1, max_gamma + 1), key=lambda g: (round(expected_speedup(alpha, g, c), 9), -g))
+def best_gamma(alpha: float, c: float, max_gamma: int = 12, verify_cost: Callable[[int], float] | None = None,
+               min_gamma: int = 1) -> int:
+    """The γ in min_gamma..max_gamma with the largest expected speedup (ties: the smaller γ); verify_cost(γ) = v
+    (1 for every γ if None). γ = 0 is plain decoding: speedup 1 / v(0) = 1."""
+    v = verify_cost or (lambda g: 1.0)
+    return max(range(min_gamma, max_gamma + 1), key=lambda g: (round(expected_speedup(alpha, g, c, v(g)), 9), -g))
+
+
+class CallCosts:
+    """A model's call time by the number of tokens fed, t(T) (medians), interpolated linearly between measured T
+    and extrapolated with the last slope; v(γ) = t(γ+1) / t(1)."""
+
+    def __init__(self):
+        self.by_tokens: dict[int, list[float]] = {}
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.by_tokens.setdefault(tokens, []).append(seconds)
+
+    def t(self, tokens: int) -> float:
+        med = {n: statistics.median(s) for n, s in sorted(self.by_tokens.items())}
+        if not med:
+            raise ConfigError("CallCosts: no call measured yet")
+        if tokens in med:
+            return med[tokens]
+        lo, hi = [n for n in med if n < tokens], [n for n in med if n > tokens]
+        if lo and hi:
+            a, b = lo[-1], hi[0]
+            return med[a] + (med[b] - med[a]) * (tokens - a) / (b - a)
+        if len(lo) >= 2:
+            a, b = lo[-2], lo[-1]
+            return med[b] + max(0.0, (med[b] - med[a]) / (b - a)) * (tokens - b)
+        return med[(lo or hi)[-1 if lo else 0]]
+
+    def v(self, gamma: int) -> float:
+        return self.t(gamma + 1) / self.t(1)
 
 
 @dataclass(frozen=True)
@@ -54,7 +93,7 @@ class SpecConfig:
     kv: str = "contiguous"
     stop_token: int | None = None
     seed: int = 0
-    warmup_rounds: int = 3  # auto: rounds at the initial γ before choosing from measured α and c
+    warmup_gammas: tuple[int, ...] = (0, 1, 2, 4, 6)  # auto: one round each (capped at max_gamma) before choosing
 
     def __post_init__(self):
         if self.gamma != "auto" and (not isinstance(self.gamma, int) or self.gamma < 1):
@@ -66,6 +105,9 @@ class SpecConfig:
             raise ConfigError(f"SpecConfig.temperature and top_k must be >= 0, got {self.temperature}, {self.top_k}")
         if self.kv not in SESSIONS:
             raise ConfigError(f"SpecConfig.kv {self.kv!r} is not one of {', '.join(SESSIONS)}")
+        if not self.warmup_gammas or 0 not in self.warmup_gammas or min(self.warmup_gammas) < 0:
+            raise ConfigError(f"SpecConfig.warmup_gammas must be non-negative and include 0 (a plain target step, "
+                              f"the unit of v and c), got {self.warmup_gammas}")
 
 
 @dataclass
@@ -76,11 +118,14 @@ class SpecResult:
     accepted: int  # draft tokens accepted
     tested: int  # draft tokens checked (accepted + rejections)
     proposed: int  # draft tokens drafted
-    target_calls: int  # verification passes (prefill excluded)
+    target_calls: int  # target passes after the prefill: verifications + plain steps (auto's γ = 0 rounds)
     draft_calls: int
     draft_time_s: float
     target_time_s: float
     time_s: float
+    verify_calls: int = 0  # passes that checked >= 1 draft token
+    verify_time_s: float = 0.0
+    step_s: float = 0.0  # median one-token target pass, when the run made any (auto); 0: not measured
     gamma_history: list[int] = field(default_factory=list, repr=False)
 
     @property
@@ -89,10 +134,19 @@ class SpecResult:
 
     @property
     def c(self) -> float:
-        """Draft forward time / target forward time (per call)."""
-        if not self.draft_calls or not self.target_calls:
+        """Draft call time / target one-token step (step_s), or / the mean verification pass if no step was
+        measured (Leviathan's reading, where a pass costs one step whatever its length)."""
+        if not self.draft_calls or not self.verify_calls:
             return 0.0
-        return (self.draft_time_s / self.draft_calls) / (self.target_time_s / self.target_calls)
+        unit = self.step_s or self.verify_time_s / self.verify_calls
+        return (self.draft_time_s / self.draft_calls) / unit
+
+    @property
+    def v(self) -> float:
+        """Mean verification pass / one-token step (1.0 when no step was measured)."""
+        if not self.step_s or not self.verify_calls:
+            return 1.0
+        return self.verify_time_s / self.verify_calls / self.step_s
 
     @property
     def tokens_per_target_call(self) -> float:
@@ -104,12 +158,12 @@ class SpecResult:
 
     @property
     def formula_speedup(self) -> float:
-        return expected_speedup(min(self.alpha, 0.999999), self.gamma, self.c)
+        return expected_speedup(min(self.alpha, 0.999999), self.gamma, self.c, self.v)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("gamma_history")
-        return {**d, "new_tokens": len(self.tokens), "alpha": self.alpha, "c": self.c,
+        return {**d, "new_tokens": len(self.tokens), "alpha": self.alpha, "c": self.c, "v": self.v,
                 "tokens_per_target_call": self.tokens_per_target_call, "tokens_per_s": self.tokens_per_s,
                 "formula_tokens_per_call": expected_tokens_per_call(min(self.alpha, 0.999999), self.gamma),
                 "formula_speedup": self.formula_speedup}
@@ -124,14 +178,17 @@ def check_pair(target: Transformer, draft: Transformer) -> None:
 
 
 class _Timed:
-    def __init__(self):
-        self.calls, self.time = 0, 0.0
+    def __init__(self, costs: CallCosts | None = None):
+        self.calls, self.time, self.costs = 0, 0.0, costs
 
     def __call__(self, session, tokens, last=None):
         t = time.perf_counter()
         out = session.feed(tokens, last=last)
-        self.time += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        self.time += dt
         self.calls += 1
+        if self.costs is not None:
+            self.costs.add(len(tokens), dt)
         return out
 
 
@@ -155,22 +212,31 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     check_request(target, prompt, config.max_new_tokens)
     greedy = config.temperature == 0
     gen = torch.Generator().manual_seed(config.seed)
-    gamma = config.gamma if isinstance(config.gamma, int) else min(4, config.max_gamma)
-    span = len(prompt) + config.max_new_tokens + max(gamma, config.max_gamma) + 1
+    auto = config.gamma == "auto"
+    warmup = [min(g, config.max_gamma) for g in config.warmup_gammas] if auto else []
+    gamma = config.gamma if not auto else warmup[0]
+    span = len(prompt) + config.max_new_tokens + config.max_gamma + 1
     ts, ds = new_session(config.kv, target, span), new_session(config.kv, draft, span)
-    tcall, dcall = _Timed(), _Timed()
+    costs = CallCosts()
+    tcall, dcall = _Timed(costs), _Timed()
     dist = (lambda lg: lg) if greedy else (lambda lg: next_probs(lg, config.temperature, config.top_k))
     seq, out = list(prompt), []
-    accepted = tested = proposed = 0
+    accepted = tested = proposed = verify_calls = 0
+    verify_time = 0.0
     history = []
     t0 = time.perf_counter()
     if len(prompt) > 1:  # both caches hold all but the last token; it is fed with the first proposal
         ts.feed(prompt[:-1], last=1)
         ds.feed(prompt[:-1], last=1)
     while len(out) < config.max_new_tokens:
-        if config.gamma == "auto" and len(history) >= config.warmup_rounds and tested:
-            c = (dcall.time / dcall.calls) / (tcall.time / tcall.calls)
-            gamma = best_gamma(min(accepted / tested, 0.999), c, config.max_gamma)
+        if auto:  # warm-up γs first, then the best γ for the running α, draft step and target t(T)
+            if len(history) < len(warmup):
+                gamma = warmup[len(history)]
+            else:
+                t1 = costs.t(1)
+                c = (dcall.time / dcall.calls) / t1 if dcall.calls else 0.0
+                alpha = min(accepted / tested, 0.999) if tested else 0.0
+                gamma = best_gamma(alpha, c, config.max_gamma, costs.v, min_gamma=0)
         history.append(gamma)
         base = len(seq)  # tokens committed
         drafts, qs = [], []
@@ -180,8 +246,12 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
             x = int(q.argmax()) if greedy else int(torch.multinomial(q, 1, generator=gen))
             drafts.append(x)
             qs.append(q)
+        t_before = tcall.time
         proposed += gamma
         logits = tcall(ts, seq[ts.length:] + drafts, last=gamma + 1)  # (γ+1, V): one verification pass
+        if gamma:
+            verify_calls += 1
+            verify_time += tcall.time - t_before
         ps = [dist(logits[i]) for i in range(gamma + 1)]
         n, nxt = 0, None
         for i, x in enumerate(drafts):
@@ -210,5 +280,6 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
                 break
         if stop:
             break
+    step = statistics.median(costs.by_tokens[1]) if 0 in history and 1 in costs.by_tokens else 0.0
     return SpecResult(len(prompt), out, gamma, accepted, tested, proposed, tcall.calls, dcall.calls,
-                      dcall.time, tcall.time, time.perf_counter() - t0, history)
+                      dcall.time, tcall.time, time.perf_counter() - t0, verify_calls, verify_time, step, history)

@@ -135,7 +135,7 @@ def args_from_hf(cfg: dict) -> ModelArgs:
                      tie_embeddings=bool(cfg.get("tie_word_embeddings", False)))
 
 
-def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Transformer, "Tokenizer"]:
+def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Transformer, Tokenizer]:
     """Our decoder with the SmolLM2-135M-Instruct weights, and its tokenizer (converts once if needed)."""
     import json
 
@@ -173,7 +173,7 @@ class Tokenizer:
     name: str = CACHE_NAME
 
     @classmethod
-    def from_dir(cls, d: Path) -> "Tokenizer":
+    def from_dir(cls, d: Path) -> Tokenizer:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoTokenizer
 
