@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "serve-bench": "effml.cli.serve_bench_cmd",
     "train-mem": "effml.cli.train_mem_cmd",
     "train": "effml.cli.train_cmd",
+    "nas": "effml.cli.nas_cmd",
 }
 
 
