@@ -124,7 +124,7 @@ class NasConfig:
 
     def storage_url(self) -> str:
         if self.storage:
-            return self.storage
+            return _driver(self.storage)
         base = Path(self.store) if self.store else Path("nas.db")
         return f"sqlite:///{base.with_suffix('.optuna.db').resolve()}"
 
@@ -295,6 +295,16 @@ def _study(cfg: NasConfig):
             raise ConfigError(f"storage {_redact(cfg.storage_url())}: cannot open it "
                               f"({str(exc).splitlines()[0]})") from None
         raise
+
+
+def _driver(url: str) -> str:
+    """postgresql:// -> postgresql+psycopg2:// unless psycopg 3 is installed (SQLAlchemy 2.1's default
+    PostgreSQL driver is psycopg 3; the `postgres` extra installs psycopg2-binary)."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _redact(url: str) -> str:
