@@ -59,9 +59,9 @@ def test_resume_runs_only_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_two_workers_share_one_sqlite_storage(tmp_path):
-    cfg = NasConfig(trials=6, workers=2, proxy=FAKE, store=str(tmp_path / "runs.db"), sampler="tpe")
+    cfg = NasConfig(trials=4, workers=2, proxy=FAKE, store=str(tmp_path / "runs.db"), sampler="tpe")
     res = search(cfg)
-    _check_shared(res, 6, tmp_path / "runs.db")
+    _check_shared(res, 4, tmp_path / "runs.db")
 
 
 def _check_shared(res, n, store_path):
@@ -75,9 +75,9 @@ def _check_shared(res, n, store_path):
 
 
 def test_two_workers_share_one_postgres(tmp_path, postgres_url):
-    cfg = NasConfig(trials=6, workers=2, proxy=FAKE, store=str(tmp_path / "runs.db"), storage=postgres_url)
+    cfg = NasConfig(trials=4, workers=2, proxy=FAKE, store=str(tmp_path / "runs.db"), storage=postgres_url)
     res = search(cfg)
-    _check_shared(res, 6, tmp_path / "runs.db")
+    _check_shared(res, 4, tmp_path / "runs.db")
     assert res.storage.endswith(postgres_url.split("://")[1])  # no password in it to redact
 
 
