@@ -158,7 +158,8 @@ class SpecResult:
 
     @property
     def formula_speedup(self) -> float:
-        return expected_speedup(min(self.alpha, 0.999999), self.gamma, self.c, self.v)
+        # γ = 0 (auto's plain steps): a one-token pass, v = 1 by definition
+        return expected_speedup(min(self.alpha, 0.999999), self.gamma, self.c, self.v if self.gamma else 1.0)
 
     def to_dict(self) -> dict:
         d = asdict(self)
