@@ -10,7 +10,7 @@ from effml.study.build import build
 from effml.study.pipeline import StudyConfig, run_study
 from effml.study.store import Store
 
-FAST = dict(model="effml.zoo:lenet5", data="digits", epochs=2, finetune_epochs=0.5, measure_batch=16,
+FAST = dict(model="effml.zoo:lenet5", model_args=(("width", 1.0),), data="digits", epochs=2, finetune_epochs=0.5, measure_batch=16,
             measure_budget_s=0.2, devices=("stm32f746:int8", "h100-sxm"), calibrate=False)
 
 
@@ -36,7 +36,7 @@ def test_study_stores_resumes_and_reports(tmp_path):
 
 def test_cli_study_json_and_report_rebuild(tmp_path, capsys):
     db, out = tmp_path / "runs.db", tmp_path / "report.html"
-    argv = ["study", "--model", "effml.zoo:lenet5", "--data", "digits", "--epochs", "1", "--finetune-epochs",
+    argv = ["study", "--model", "effml.zoo:lenet5", "--set", "width=1", "--data", "digits", "--epochs", "1", "--finetune-epochs",
             "0.3", "--measure-batch", "16", "--variants", "linear-4b", "--store", str(db), "--out", str(out),
             "--hw", "h100-sxm", "--no-calibrate", "--json"]
     assert main(argv) == 0
@@ -46,10 +46,20 @@ def test_cli_study_json_and_report_rebuild(tmp_path, capsys):
     assert main(["report", "--store", str(db), "--out", str(out)]) == 0 and out.exists()
 
 
+def test_default_baseline_is_lenet5_at_twice_its_width():
+    cfg = StudyConfig()
+    assert cfg.constructor_args == {"width": 2.0}
+    assert StudyConfig(model="effml.zoo:vgg").constructor_args == {}  # the width default is the default model's
+    # the settings are part of the fingerprint: another width is another study
+    assert StudyConfig(model_args=(("width", 1.0),)).fingerprint() != cfg.fingerprint()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--data", "cifar-1000"], "unknown data set 'cifar-1000'"),
     (["--model", "nosuchpkg.models:net"], "no module named 'nosuchpkg'"),
     (["--variants", "prune-everything"], "unknown variant plan(s) prune-everything"),
+    (["--set", "depth=3"], "model lenet5 takes no depth argument"),
+    (["--set", "width"], "--set 'width' must look like KEY=VALUE"),
 ])
 def test_bad_input_one_line(tmp_path, capsys, argv, message):
     assert main(["study", "--store", str(tmp_path / "r.db"), "--out", str(tmp_path / "r.html"), *argv]) == 2

@@ -45,3 +45,20 @@ def parse_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]:
     if not shape or any(d <= 0 for d in shape):
         raise ConfigError(f"{flag} {text!r} must list positive sizes (e.g. 1,3,224,224)")
     return shape
+
+
+def parse_sets(items: list[str], flag: str = "--set") -> tuple[tuple[str, Any], ...]:
+    """`--set KEY=VALUE` items -> ((key, value), ...): values as Python literals where they parse (2, 0.5,
+    (3, 5), True), else as strings."""
+    import ast
+
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"{flag} {item!r} must look like KEY=VALUE (e.g. width=2)")
+        try:
+            out.append((key.strip(), ast.literal_eval(value.strip())))
+        except (ValueError, SyntaxError):
+            out.append((key.strip(), value.strip()))
+    return tuple(out)

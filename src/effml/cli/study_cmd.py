@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from effml.cli.common import add_json_flag, console, print_json
+from effml.cli.common import add_json_flag, console, parse_sets, print_json
 
 
 def add_parser(sub) -> None:
@@ -10,6 +10,8 @@ def add_parser(sub) -> None:
                        description="Baseline + pruning, quantization, distillation variants of a model, each "
                                    "measured here and predicted on catalog devices, on one Pareto frontier.")
     p.add_argument("--model", default="effml.zoo:lenet5", help="package.module:callable (default effml.zoo:lenet5)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model constructor argument, repeatable (default for LeNet-5: width=2)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default) or digits")
     p.add_argument("--hw", nargs="+", help="catalog devices (name or name:dtype) to predict on")
     p.add_argument("--study", default="default", help="study name inside the store")
@@ -42,7 +44,7 @@ def run_study(args) -> int:
     from effml.study.pipeline import DEFAULT_DEVICES, StudyConfig, run_study as run
     from effml.study.report import write
 
-    cfg = StudyConfig(model=args.model, data=args.data, devices=tuple(args.hw or DEFAULT_DEVICES), study=args.study,
+    cfg = StudyConfig(model=args.model, model_args=parse_sets(args.set) if args.set else None, data=args.data, devices=tuple(args.hw or DEFAULT_DEVICES), study=args.study,
                       epochs=args.epochs, finetune_epochs=args.finetune_epochs, train_limit=args.train_limit,
                       test_limit=args.test_limit, measure_batch=args.measure_batch,
                       plans=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,

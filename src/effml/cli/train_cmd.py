@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from effml.cli.common import add_json_flag, console, print_json
+from effml.cli.common import add_json_flag, console, parse_sets, print_json
 
 
 def add_parser(sub) -> None:
@@ -34,23 +34,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _model_kwargs(items: list[str]) -> tuple:
-    import ast
-
-    from effml.errors import ConfigError
-
-    out = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ConfigError(f"--set {item!r} must look like KEY=VALUE (e.g. n_layer=12)")
-        try:
-            out.append((key.strip(), ast.literal_eval(value.strip())))
-        except (ValueError, SyntaxError):
-            out.append((key.strip(), value.strip()))
-    return tuple(out)
-
-
 def run(args: argparse.Namespace) -> int:
     from effml.errors import ConfigError
     from effml.train.config import TrainConfig
@@ -59,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc (world size) must be >= 1, got {args.nproc}")
     run_cfg = RunConfig(model=args.model, steps=args.steps, warmup=args.warmup, seq=args.seq, seed=args.seed,
-                        model_kwargs=_model_kwargs(args.set), measure_memory=not args.no_memory,
+                        model_kwargs=parse_sets(args.set), measure_memory=not args.no_memory,
                         threads=args.threads)
     cfg = TrainConfig(optimizer=args.optimizer, precision=args.precision, checkpointing=args.checkpointing,
                       micro_batch=args.batch, grad_accum=args.grad_accum, world_size=args.nproc, lr=args.lr)
