@@ -142,6 +142,8 @@ DEFAULT_PLANS: tuple[Plan, ...] = (
     Plan("kmeans-2b-qat", (_q("kmeans", 2, qat=True),)),
     Plan("int8", (_q("int8", 8, mode="static"),)),
     Plan("distill", (("distill", {"temperature": 4.0, "alpha": 0.7}),)),
+    Plan("prune-channel-30%+linear-8b", (("prune", {"kind": "channel", "sparsity": 0.3}), _q("linear", 8))),
+    Plan("prune-channel-40%+linear-8b", (("prune", {"kind": "channel", "sparsity": 0.4}), _q("linear", 8))),
     Plan("prune-channel-50%+linear-8b", (("prune", {"kind": "channel", "sparsity": 0.5}), _q("linear", 8))),
     Plan("prune-channel-50%+int8", (("prune", {"kind": "channel", "sparsity": 0.5}), _q("int8", 8, mode="static"))),
     Plan("distill+int8", (("distill", {"temperature": 4.0, "alpha": 0.7}), _q("int8", 8, mode="static"))),
