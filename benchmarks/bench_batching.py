@@ -12,7 +12,10 @@ each engine on its own virtual clock), so load from other processes on a shared 
 Paged blocks hold 4 tokens: the mean live sequence here is ~70 tokens, and a last block is half empty on average,
 so waste ≈ (bs/2)/70: 16-token blocks (vLLM's default, for sequences of hundreds of tokens) would waste ~9%; the
 waste at every block size is reported.
-Run: `python benchmarks/bench_batching.py` (about 4-8 minutes on 2 busy cores).
+Trace length: with 24 requests (3 static batches) a third of the continuous run is the drain at the end, where
+fewer than 8 sequences are live; 48 requests (the default) is closer to a server's steady state. Both are
+reported in benchmarks/results (llm_batching.json is the last run; `--requests 24` reproduces the short one).
+Run: `python benchmarks/bench_batching.py [--requests 48]` (about 8-10 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 
 from common import print_table, write_results
 
-N_REQUESTS, RATE, MEAN_OUT, MAX_OUT, MAX_BATCH, BLOCK = 24, 4.0, 48, 160, 8, 4
+N_REQUESTS, RATE, MEAN_OUT, MAX_OUT, MAX_BATCH, BLOCK = 48, 4.0, 48, 160, 8, 4
 MIN_RATIO, MAX_PAGED_WASTE = 2.0, 0.04
 
 
 def main() -> int:
+    import argparse
+
+    global N_REQUESTS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=N_REQUESTS)
+    N_REQUESTS = ap.parse_args().requests
     import torch
 
     torch.set_num_threads(2)
