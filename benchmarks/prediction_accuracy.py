@@ -72,6 +72,13 @@ def cases():
     return out
 
 
+def _summary(raw: dict) -> dict:
+    """The calibrated device without the kernel models' trees and samples (their scores stay)."""
+    kern = {fam: {"source": f["source"], **{k: f["value"][k] for k in ("n", "heldout", "train", "elapsed_s")}}
+            for fam, f in raw.get("kernels", {}).items()}
+    return {**raw, "kernels": kern}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -133,7 +140,7 @@ def main(argv=None) -> int:
           f"{cal_s:.0f} s; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
     path = write_results("prediction_accuracy", {
         "threads": args.threads, "clock": clock, "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "calibration_s": cal_s, "local_device": cal.raw, "summary": summary, "rows": detail,
+        "calibration_s": cal_s, "local_device": _summary(cal.raw), "summary": summary, "rows": detail,
         "total_s": time.perf_counter() - t0})
     print(f"wrote {path}")
     return 0

@@ -46,7 +46,8 @@ def test_fit_per_op_when_an_op_has_its_own_cases():
 
 @pytest.fixture(scope="module")
 def quick_local(tmp_path_factory):
-    cfg = CalibrateConfig(quick=True, samples=1, sample_s=0.0005, categories=("view", "elementwise", "matmul"))
+    cfg = CalibrateConfig(quick=True, samples=1, sample_s=0.0005, categories=("view", "elementwise", "matmul"),
+                          kernel_families=("matmul",), kernel_budget_s=2.0)
     cal = calibrate(cfg)
     return cal, cal.save(tmp_path_factory.mktemp("cal") / "local.json")
 

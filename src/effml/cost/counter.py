@@ -45,6 +45,21 @@ def _dtype_label(tree) -> str:
     return str(ts[0].dtype).removeprefix("torch.") if ts else "none"
 
 
+def _arg_meta(a):
+    if isinstance(a, torch.Tensor):
+        return tuple(a.shape)
+    if isinstance(a, (bool, int, float)):
+        return a
+    if isinstance(a, (list, tuple)) and all(isinstance(x, int) for x in a):
+        return tuple(a)
+    return None
+
+
+def _args_meta(args) -> tuple:
+    """Positional args in compact form (OpEvent.args): tensors as shapes, numbers and int lists as-is."""
+    return tuple(_arg_meta(a) for a in args)
+
+
 class _Counter:
     """Shared state of one counted run: events, unsupported ops, phase, suppression depth."""
 
@@ -56,12 +71,13 @@ class _Counter:
         self.suppress = 0  # > 0 inside a fused attention kernel
         self._hooks: list = []
 
-    def add(self, op: str, category: str, cost: OpCost | None, read: int, written: int, dtype: str) -> None:
+    def add(self, op: str, category: str, cost: OpCost | None, read: int, written: int, dtype: str,
+            args: tuple | None = None) -> None:
         self.events.append(OpEvent(
             op=op, category=category, phase=self.phase,
             modules=self.tracker.current(self.phase == "backward"),
             flops=None if cost is None else cost.flops, macs=0 if cost is None else cost.macs,
-            bytes_read=read, bytes_written=written, dtype=dtype))
+            bytes_read=read, bytes_written=written, dtype=dtype, args=args))
 
     def record(self, func, args, kwargs, out) -> None:
         entry = lookup(func)
@@ -73,7 +89,8 @@ class _Counter:
             cost = entry.formula(args, kwargs, out)
             read = bytes_of((args, kwargs)) if cost.bytes_read is None else cost.bytes_read
             written = bytes_of(out) if cost.bytes_written is None else cost.bytes_written
-            self.add(op, entry.category, cost, read, written, cost.dtype or _dtype_label((args, out)))
+            self.add(op, entry.category, cost, read, written, cost.dtype or _dtype_label((args, out)),
+                     _args_meta(args))
         self.memory.track(out)
 
     # ---- fused attention ---------------------------------------------------------------------------

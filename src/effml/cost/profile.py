@@ -27,6 +27,10 @@ class OpEvent:
     bytes_read: int
     bytes_written: int
     dtype: str  # dtype the op computes in ("fp32", "bf16", "int64", ...)
+    # positional arguments, compact: a tensor as its shape (tuple), a number or int list as itself, else None;
+    # e.g. aten.convolution: (input, weight, bias, stride, padding, dilation, transposed, out_padding, groups).
+    # Shape-aware latency models (hardware.kernels) read it; None where not recorded.
+    args: tuple | None = None
 
 
 @dataclass

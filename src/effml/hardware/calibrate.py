@@ -40,6 +40,12 @@ class CalibrateConfig:
     categories: tuple[str, ...] | None = None  # micro-benchmark only these op categories (tests)
     clock: str = "wall"  # "cpu": thread CPU time (needs 1 thread; robust on a shared machine)
     statistic: str = "min"  # of the samples: "min" (timeit's choice: slower samples are interference) or "median"
+    # per-kernel latency models (kernelbench.py): wall seconds of sampling + timing (None: 50, quick 6),
+    # timed rounds, and which families (None: all; () skips them)
+    kernel_budget_s: float | None = None
+    kernel_rounds: int | None = None
+    kernel_families: tuple[str, ...] | None = None
+    seed: int = 0
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -252,6 +258,9 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         cats = sorted(float(f["value"]) for k, f in overhead.items() if k != MODULE_CALL and "." not in k)
         overhead["default"] = _fig(cats[len(cats) // 2], "median of the per-category overheads (ops of a "
                                    "category with no micro-benchmark)", stamp)
+        progress("kernel models", 0.9)
+        kernels = _kernel_models(config, raw_base(peak, curve, overhead, efficiency, alloc_bw, stamp),
+                                 module_call, stamp, lambda f: progress("kernel models", 0.9 + 0.1 * f))
         progress("done", 1.0)
     finally:
         torch.set_num_threads(old_threads)
@@ -259,14 +268,8 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
     raw = {
         "name": f"local ({cpu}, {torch.backends.cpu.get_cpu_capability()}, {config.threads or old_threads} threads)",
         "kind": "cpu", "memory_level": "dram", "energy_ref_dtype": "fp32",
-        "peak_flops": peak,
-        "mem_bw": _fig(curve[-1][1], f"triad a = b + s*c over {fmt_mb(curve[-1][0])} (DRAM-sized)", stamp),
-        "bw_curve": _fig(curve, "triad bandwidth vs working-set bytes", stamp),
         "memory_bytes": _fig(float(psutil.virtual_memory().total), "psutil.virtual_memory().total", stamp),
-        "overhead_s": overhead, "efficiency": efficiency,
-        "fresh_alloc": _fig({"threshold_bytes": MMAP_THRESHOLD_MAX, "bytes_per_s": alloc_bw},
-                            "torch.add into a new 64 MiB output minus into an existing one (page faults of "
-                            "mmapped blocks; threshold = glibc's 32 MiB mmap maximum)", stamp),
+        **raw_base(peak, curve, overhead, efficiency, alloc_bw, stamp), "kernels": kernels,
         "meta": {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                  "threads": config.threads or old_threads, "torch": torch.__version__, "quick": config.quick,
                  "clock": config.clock,
@@ -274,6 +277,39 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
                  "int8_kernel": peak.get("int8", {}).get("source", "none: no fbgemm/x86 quantized engine")},
     }
     return Calibration(device_from_dict(LOCAL, raw), raw, report, time.perf_counter() - t_start)
+
+
+def raw_base(peak, curve, overhead, efficiency, alloc_bw, stamp) -> dict:
+    """The roofline part of the device entry (peaks, bandwidth curve, overheads, efficiencies)."""
+    return {"peak_flops": peak,
+            "mem_bw": _fig(curve[-1][1], f"triad a = b + s*c over {fmt_mb(curve[-1][0])} (DRAM-sized)", stamp),
+            "bw_curve": _fig(curve, "triad bandwidth vs working-set bytes", stamp),
+            "overhead_s": overhead, "efficiency": efficiency,
+            "fresh_alloc": _fig({"threshold_bytes": MMAP_THRESHOLD_MAX, "bytes_per_s": alloc_bw},
+                                "torch.add into a new 64 MiB output minus into an existing one (page faults of "
+                                "mmapped blocks; threshold = glibc's 32 MiB mmap maximum)", stamp)}
+
+
+def _kernel_models(config, base: dict, module_call: float, stamp: str, progress) -> dict:
+    """Per-family kernel latency models (kernelbench.run) as figures; {} when the config skips them."""
+    from effml.hardware import kernelbench
+    from effml.measure.timing import clock_fn
+
+    if config.kernel_families == ():
+        return {}
+    device = device_from_dict(LOCAL, {"name": LOCAL, "kind": "cpu", "memory_bytes": _fig(1.0, "-", stamp), **base})
+    budget = config.kernel_budget_s or (6.0 if config.quick else 50.0)
+    rounds = config.kernel_rounds or (3 if config.quick else 5)
+    fits = kernelbench.run(device, module_call, clock_fn(config.clock), budget, rounds, config.seed,
+                           config.kernel_families, progress)
+    out = {}
+    for fam, fit in fits.items():
+        h = fit["heldout"]
+        how = (f"gradient-boosted trees on {fit['n']} randomly sampled {fam} kernels (median of {rounds} "
+               f"calls each), correcting the roofline above; held-out 20%: " +
+               (f"median |error| {h['median_abs_error']:.0%}, {h['within_20pct']:.0%} within +-20%" if h else "n/a"))
+        out[fam] = _fig(fit, how, stamp)
+    return out
 
 
 def fmt_mb(n: float) -> str:

@@ -72,6 +72,7 @@ class Device:
     bw_curve: Figure | None = None  # value: [[working_set_bytes, bytes_per_s], ...] ascending
     efficiency: dict[str, Figure] = field(default_factory=dict)  # value: {"compute": f, "memory": f}
     fresh_alloc: Figure | None = None  # value: {"threshold_bytes": n, "bytes_per_s": x} (page faults)
+    kernels: dict[str, Figure] = field(default_factory=dict)  # per-family latency models (hardware.kernels)
     aliases: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict)
 
@@ -152,7 +153,7 @@ class Device:
             fig = getattr(self, name)
             if fig is not None:
                 yield name, fig
-        for group in ("peak", "sparse", "overhead_s", "efficiency"):
+        for group in ("peak", "sparse", "overhead_s", "efficiency", "kernels"):
             for k, fig in getattr(self, group).items():
                 yield f"{group}.{k}", fig
 
@@ -178,7 +179,8 @@ _SCALARS = {"mem_bw": "mem_bw", "memory_bytes": "memory_bytes", "sram_bytes": "s
             "flash_bytes": "flash_bytes", "tdp_w": "tdp_w", "price_per_hour": "price",
             "unit_price_usd": "unit_price", "clock_hz": "clock_hz", "bw_curve": "bw_curve",
             "fresh_alloc": "fresh_alloc"}
-_GROUPS = {"peak_flops": "peak", "sparse_flops": "sparse", "overhead_s": "overhead_s", "efficiency": "efficiency"}
+_GROUPS = {"peak_flops": "peak", "sparse_flops": "sparse", "overhead_s": "overhead_s", "efficiency": "efficiency",
+           "kernels": "kernels"}
 
 
 def _fig(key: str, path: str, raw) -> Figure:

@@ -18,7 +18,14 @@ from effml.errors import ConfigError
 from effml.hardware.catalog import Device, DeviceError, get_device
 from effml.hardware.energy import Energy, EnergyScale, energy_scale, op_energy
 from effml.hardware.fit import Fit, check_fit
-from effml.hardware.roofline import FLOAT_DTYPES, MODULE_CALL, OpCost, op_cost
+from effml.hardware.kernels import kernel_cost, predict_kernel_times
+from effml.hardware.roofline import (
+    FLOAT_DTYPES,
+    MODULE_CALL,
+    OpCost,
+    fresh_alloc_s,
+    op_cost,
+)
 from effml.units import DTYPE_BYTES
 
 
@@ -155,6 +162,19 @@ class Prediction:
         return d
 
 
+def _kernel_times(profile, device: Device, run: str) -> list[float | None]:
+    """Seconds per event from the device's kernel models (`local` after calibration), None where none
+    applies: other devices, other dtypes than the fp32 the models were measured in, uncovered ops."""
+    if not device.kernels or run != "fp32":
+        return [None] * len(profile.events)
+    calls = []
+    for ev in profile.events:
+        f, b = float(ev.flops or 0), float(ev.bytes_read + ev.bytes_written)
+        base = op_cost(device, ev.category, "fp32", f, b, ev.op).time_s if ev.dtype == "fp32" else 0.0
+        calls.append((ev.op, ev.args, f, b, base) if ev.dtype == "fp32" else ("", None, 0.0, 0.0, 0.0))
+    return predict_kernel_times(device, calls)
+
+
 def _run_dtype(profile, dtype: str | None) -> str:
     if dtype is not None:
         if dtype not in DTYPE_BYTES:
@@ -183,6 +203,7 @@ def predict(profile, hw: "str | Device", dtype: str | None = None, batch: int | 
     if batch <= 0:
         raise ConfigError(f"batch must be positive, got {batch}")
     scale = energy_scale(device)
+    kernel_s = _kernel_times(profile, device, run)
     ops: list[OpPrediction] = []
     counted_float = None
     for i, ev in enumerate(profile.events):
@@ -197,6 +218,8 @@ def predict(profile, hw: "str | Device", dtype: str | None = None, batch: int | 
             cdt = ev.dtype if device.has_dtype(ev.dtype) else run
         flops = float(ev.flops or 0)
         cost = op_cost(device, ev.category, cdt, flops, nbytes, ev.op, written)
+        if kernel_s[i] is not None:
+            cost = kernel_cost(cost, kernel_s[i], fresh_alloc_s(device, ev.category, ev.op, written))
         en = op_energy(flops, nbytes, cdt, device.memory_level, scale.factor)
         ops.append(OpPrediction(i, ev.op, ev.category, ev.modules[-1] if ev.modules else "", cdt, flops, nbytes,
                                 cost, en))

@@ -50,6 +50,8 @@ def device_table(d):
     for path, fig in d.figures():
         v = fig.value
         shown = f"{v:.4g}" if isinstance(v, (int, float)) else (f"{len(v)} points" if isinstance(v, list) else str(v))
+        if isinstance(v, dict) and "model" in v:  # a kernel latency model: its size, not its trees
+            shown = f"{v['n']} samples, {len(v['model']['trees'])} trees"
         t.add_row(path, shown, fig.source)
     return t
 
