@@ -31,6 +31,7 @@ from effml.errors import ConfigError
 from effml.llm.generate import check_request
 from effml.llm.kvcache import ContiguousCache, KVStats, PagedCache, kv_bytes_per_token
 from effml.llm.model import Transformer
+from effml.registries import registrar
 
 
 @dataclass(frozen=True)
@@ -209,11 +210,7 @@ class _KVMeter:
 ENGINES: dict[str, Callable] = {}
 
 
-def engine(name: str):
-    def wrap(fn):
-        ENGINES[name] = fn
-        return fn
-    return wrap
+engine = registrar(ENGINES)
 
 
 @engine("static")

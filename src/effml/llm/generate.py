@@ -20,6 +20,7 @@ import torch
 from effml.errors import ConfigError
 from effml.llm.kvcache import ContiguousCache, PagedCache
 from effml.llm.model import Transformer
+from effml.registries import registrar
 
 
 # ---- sampling -----------------------------------------------------------------------------------------------
@@ -55,11 +56,7 @@ class Session:
 SESSIONS: dict[str, type[Session]] = {}
 
 
-def session_kind(name: str):
-    def wrap(cls):
-        SESSIONS[name] = cls
-        return cls
-    return wrap
+session_kind = registrar(SESSIONS)
 
 
 @session_kind("none")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from effml.errors import ConfigError
+from effml.registries import registrar
 
 
 @dataclass(frozen=True)
@@ -55,18 +56,10 @@ MODELS: dict[str, Callable[[], LoadedModel]] = {}
 DRAFTS: dict[str, Callable] = {}
 
 
-def model_entry(name: str):
-    def wrap(fn):
-        MODELS[name] = fn
-        return fn
-    return wrap
+model_entry = registrar(MODELS)
 
 
-def draft_entry(name: str):
-    def wrap(fn):
-        DRAFTS[name] = fn
-        return fn
-    return wrap
+draft_entry = registrar(DRAFTS)
 
 
 @model_entry("smollm2-135m")

@@ -39,6 +39,7 @@ from effml.nas.budgets import (
 from effml.nas.proxy import ProxyConfig, get_proxy, run_proxy
 from effml.nas.result import NasResult, NasTrial
 from effml.nas.spaces import Space, get_space
+from effml.registries import registrar
 
 OBJECTIVES: dict[str, Callable[[Cost], float]] = {
     "latency": lambda c: c.latency_s, "energy": lambda c: c.energy_j, "flash": lambda c: float(c.flash_bytes),
@@ -48,11 +49,7 @@ SAMPLERS: dict[str, Callable] = {}
 STUDY_DEVICES = ("rpi5", "jetson-orin-nano-8gb", "h100-sxm")  # also predicted, as `effml study` does
 
 
-def sampler(name: str):
-    def wrap(fn):
-        SAMPLERS[name] = fn
-        return fn
-    return wrap
+sampler = registrar(SAMPLERS)
 
 
 @sampler("tpe")

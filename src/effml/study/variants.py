@@ -16,6 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 from effml.errors import ConfigError
+from effml.registries import registrar
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,7 @@ class StepOut:
 STEPS: dict[str, Callable[[nn.Module, dict, StudyContext], StepOut]] = {}
 
 
-def step(name: str):
-    def wrap(fn):
-        STEPS[name] = fn
-        return fn
-    return wrap
+step = registrar(STEPS)
 
 
 def _finetune(model: nn.Module, ctx: StudyContext, what: str) -> None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import ConfigError, ModelError
+from effml.registries import registrar
 from effml.train.config import Precision, TrainConfig, get_optimizer, get_precision
 from effml.units import torch_dtype
 
@@ -73,11 +74,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str = "cpu"
 LOSSES: dict[str, object] = {}
 
 
-def loss(name: str):
-    def wrap(fn):
-        LOSSES[name] = fn
-        return fn
-    return wrap
+loss = registrar(LOSSES)
 
 
 def _logits(out) -> torch.Tensor:
