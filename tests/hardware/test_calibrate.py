@@ -102,3 +102,20 @@ def test_fit_learns_an_intensity_dependent_compute_efficiency():
         eta = compute_efficiency(fit, i, 4e6)
         pred = fit["overhead_s"] + max(i * 4e6 / (peak * eta), 4e6 / (bw * fit["memory"]))
         assert pred == pytest.approx(t(i, 4e6), rel=0.05)
+
+
+def test_a_calibration_on_a_busy_machine_says_so(tmp_path, monkeypatch):
+    import json
+
+    from effml.hardware.calibrate import busy_warning, saved_busy_warning
+
+    # the threshold is half the CPUs: load 1.0 on 2 CPUs is fine, 1.1 is not
+    assert busy_warning({"load_average": [1.0, 1.0, 1.0], "cpu_count": 2}) is None
+    msg = busy_warning({"load_average": [7.9, 6.0, 5.0], "cpu_count": 2})
+    assert msg and "load average 7.9 on 2 CPUs" in msg and "effml calibrate" in msg
+    assert busy_warning({}) is None  # a calibration saved before the field existed
+    path = tmp_path / "local.json"
+    monkeypatch.setenv("EFFML_LOCAL_DEVICE", str(path))
+    assert saved_busy_warning() is None  # nothing saved yet
+    path.write_text(json.dumps({"devices": {"local": {"meta": {"load_average": [3.0], "cpu_count": 4}}}}))
+    assert "load average 3.0 on 4 CPUs" in saved_busy_warning()

@@ -38,4 +38,9 @@ def run(args) -> int:
     con.print(device_table(cal.device))
     con.print(f"int8: {cal.raw['meta']['int8_kernel']}")
     con.print(f"calibrated in {cal.elapsed_s:.1f} s; saved the `local` device to {path}")
+    from effml.hardware.calibrate import busy_warning
+
+    warning = busy_warning(cal.raw["meta"])
+    if warning:
+        con.print(f"[yellow]warning:[/] {warning}")
     return 0

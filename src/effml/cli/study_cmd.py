@@ -44,7 +44,8 @@ def run_study(args) -> int:
     from effml.study.pipeline import DEFAULT_DEVICES, StudyConfig, run_study as run
     from effml.study.report import write
 
-    cfg = StudyConfig(model=args.model, model_args=parse_sets(args.set) if args.set else None, data=args.data, devices=tuple(args.hw or DEFAULT_DEVICES), study=args.study,
+    cfg = StudyConfig(model=args.model, model_args=parse_sets(args.set) if args.set else None, data=args.data,
+                      devices=tuple(args.hw or DEFAULT_DEVICES), study=args.study,
                       epochs=args.epochs, finetune_epochs=args.finetune_epochs, train_limit=args.train_limit,
                       test_limit=args.test_limit, measure_batch=args.measure_batch,
                       plans=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
@@ -71,4 +72,9 @@ def run_study(args) -> int:
     if res.remaining:
         con.print(f"[yellow]out of budget: {len(res.remaining)} variants left; rerun to resume[/]")
     con.print(f"report: {path} ({len(res.runs)} variants; {len(res.skipped)} resumed from {args.store})")
+    from effml.hardware.calibrate import saved_busy_warning
+
+    warning = saved_busy_warning()
+    if warning:
+        con.print(f"[yellow]local predictions: {warning}[/]")
     return 0

@@ -17,6 +17,7 @@ Measures, in about 30 s (about 5 s with quick=True):
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 import warnings
@@ -207,7 +208,7 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
-    t_start = time.perf_counter()
+    t_start, load_before = time.perf_counter(), os.getloadavg()
     stamp = (f"{time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, "
              f"{torch.backends.cpu.get_cpu_capability()}, {config.clock} clock, {config.statistic} of samples")
     try:
@@ -274,9 +275,36 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
                  "threads": config.threads or old_threads, "torch": torch.__version__, "quick": config.quick,
                  "clock": config.clock,
                  "copy_bw": copy_bw, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 # other processes' load while calibrating: every figure is a best-of-samples, but a busy
+                 # machine still makes them pessimistic (measured: 10-20x at load 7-9 on 2 cores)
+                 "load_average": [round(max(a, b), 2) for a, b in zip(load_before, os.getloadavg())],
+                 "cpu_count": os.cpu_count(),
                  "int8_kernel": peak.get("int8", {}).get("source", "none: no fbgemm/x86 quantized engine")},
     }
     return Calibration(device_from_dict(LOCAL, raw), raw, report, time.perf_counter() - t_start)
+
+
+def busy_warning(meta: dict) -> str | None:
+    """A sentence when the calibration ran on a busy machine (1-minute load above half the CPUs), else None."""
+    load, cpus = (meta.get("load_average") or [0.0])[0], meta.get("cpu_count") or 1
+    if load <= 0.5 * cpus:
+        return None
+    return (f"calibrated at load average {load:.1f} on {cpus} CPUs: other processes competed for the cores, so "
+            "the measured peaks are low and `local` predictions too slow; rerun `effml calibrate` when idle")
+
+
+def saved_busy_warning() -> str | None:
+    """busy_warning() of the saved `local` device, if there is one (calibrations older than this field: None)."""
+    from effml.hardware.catalog import LOCAL, local_device_path
+
+    path = local_device_path()
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())["devices"][LOCAL].get("meta", {})
+    except (ValueError, KeyError, TypeError):
+        return None  # an unreadable file is reported by whoever loads the device, with its path
+    return busy_warning(meta)
 
 
 def raw_base(peak, curve, overhead, efficiency, alloc_bw, stamp) -> dict:
