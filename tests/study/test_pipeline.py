@@ -10,8 +10,8 @@ from effml.study.build import build
 from effml.study.pipeline import StudyConfig, run_study
 from effml.study.store import Store
 
-FAST = dict(model="effml.zoo:lenet5", model_args=(("width", 1.0),), data="digits", epochs=2, finetune_epochs=0.5, measure_batch=16,
-            measure_budget_s=0.2, devices=("stm32f746:int8", "h100-sxm"), calibrate=False)
+FAST = dict(model="effml.zoo:lenet5", model_args=(("width", 1.0),), data="digits", epochs=2, finetune_epochs=0.5,
+            measure_batch=16, measure_budget_s=0.2, devices=("stm32f746:int8", "h100-sxm"), calibrate=False)
 
 
 def test_study_stores_resumes_and_reports(tmp_path):
@@ -31,13 +31,17 @@ def test_study_stores_resumes_and_reports(tmp_path):
         assert 3.5 < base["model_bytes"] / q["model_bytes"] <= 4.0  # int8 weights + fp32 scales/biases
         assert runs["int8"].predictions["stm32f746"]["dtype"] == "int8"
         html, lines = build(store, "default")
-    assert "prune-channel-50%" in html and lines
+    assert "prune-channel-50%" in html
+    # a headline exactly when some variant stays within 1 pt of the baseline (on 360 digits test images one
+    # image is 0.28 pt, so whether int8 or the pruned net stays within 1 pt can vary between runs)
+    within = [n for n in ("prune-channel-50%", "int8") if 100 * (base["accuracy"] - runs[n].metrics["accuracy"]) <= 1]
+    assert bool(lines) == bool(within)
 
 
 def test_cli_study_json_and_report_rebuild(tmp_path, capsys):
     db, out = tmp_path / "runs.db", tmp_path / "report.html"
-    argv = ["study", "--model", "effml.zoo:lenet5", "--set", "width=1", "--data", "digits", "--epochs", "1", "--finetune-epochs",
-            "0.3", "--measure-batch", "16", "--variants", "linear-4b", "--store", str(db), "--out", str(out),
+    argv = ["study", "--model", "effml.zoo:lenet5", "--set", "width=1", "--data", "digits", "--epochs", "1",
+            "--finetune-epochs", "0.3", "--measure-batch", "16", "--variants", "linear-4b", "--store", str(db), "--out", str(out),
             "--hw", "h100-sxm", "--no-calibrate", "--json"]
     assert main(argv) == 0
     d = json.loads(capsys.readouterr().out)

@@ -74,7 +74,9 @@ def run_study(args) -> int:
     con.print(f"report: {path} ({len(res.runs)} variants; {len(res.skipped)} resumed from {args.store})")
     from effml.hardware.calibrate import saved_busy_warning
 
-    warning = saved_busy_warning()
-    if warning:
-        con.print(f"[yellow]local predictions: {warning}[/]")
+    from effml.study.present import prediction_check
+
+    for warning in (saved_busy_warning(), prediction_check(res.runs)):
+        if warning:
+            con.print(f"[yellow]local predictions: {warning}[/]")
     return 0
