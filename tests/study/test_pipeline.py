@@ -41,8 +41,8 @@ def test_study_stores_resumes_and_reports(tmp_path):
 def test_cli_study_json_and_report_rebuild(tmp_path, capsys):
     db, out = tmp_path / "runs.db", tmp_path / "report.html"
     argv = ["study", "--model", "effml.zoo:lenet5", "--set", "width=1", "--data", "digits", "--epochs", "1",
-            "--finetune-epochs", "0.3", "--measure-batch", "16", "--variants", "linear-4b", "--store", str(db), "--out", str(out),
-            "--hw", "h100-sxm", "--no-calibrate", "--json"]
+            "--finetune-epochs", "0.3", "--measure-batch", "16", "--variants", "linear-4b", "--store", str(db),
+            "--out", str(out), "--hw", "h100-sxm", "--no-calibrate", "--json"]
     assert main(argv) == 0
     d = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in d["runs"]] == ["baseline", "linear-4b"] and out.exists()
