@@ -109,13 +109,14 @@ def test_a_calibration_on_a_busy_machine_says_so(tmp_path, monkeypatch):
 
     from effml.hardware.calibrate import busy_warning, saved_busy_warning
 
-    # the threshold is half the CPUs: load 1.0 on 2 CPUs is fine, 1.1 is not
-    assert busy_warning({"load_average": [1.0, 1.0, 1.0], "cpu_count": 2}) is None
+    # the threshold is one runnable process per CPU before calibrating: load 1.9 on 2 CPUs is fine, 2.0 is not
+    assert busy_warning({"load_average": [1.9, 1.0, 1.0], "cpu_count": 2}) is None
+    assert busy_warning({"load_average": [2.0, 1.0, 1.0], "cpu_count": 2})
     msg = busy_warning({"load_average": [7.9, 6.0, 5.0], "cpu_count": 2})
     assert msg and "load average 7.9 on 2 CPUs" in msg and "effml calibrate" in msg
     assert busy_warning({}) is None  # a calibration saved before the field existed
     path = tmp_path / "local.json"
     monkeypatch.setenv("EFFML_LOCAL_DEVICE", str(path))
     assert saved_busy_warning() is None  # nothing saved yet
-    path.write_text(json.dumps({"devices": {"local": {"meta": {"load_average": [3.0], "cpu_count": 4}}}}))
-    assert "load average 3.0 on 4 CPUs" in saved_busy_warning()
+    path.write_text(json.dumps({"devices": {"local": {"meta": {"load_average": [5.0], "cpu_count": 4}}}}))
+    assert "load average 5.0 on 4 CPUs" in saved_busy_warning()

@@ -275,9 +275,10 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
                  "threads": config.threads or old_threads, "torch": torch.__version__, "quick": config.quick,
                  "clock": config.clock,
                  "copy_bw": copy_bw, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                 # other processes' load while calibrating: every figure is a best-of-samples, but a busy
-                 # machine still makes them pessimistic (measured: 10-20x at load 7-9 on 2 cores)
-                 "load_average": [round(max(a, b), 2) for a, b in zip(load_before, os.getloadavg())],
+                 # the load before calibrating (afterwards it includes the calibration's own threads): every
+                 # figure is a best-of-samples, but a busy machine still makes them pessimistic (measured
+                 # here: 9-30x too slow predictions after a calibration at load 7-9 on 2 cores)
+                 "load_average": [round(x, 2) for x in load_before],
                  "cpu_count": os.cpu_count(),
                  "int8_kernel": peak.get("int8", {}).get("source", "none: no fbgemm/x86 quantized engine")},
     }
@@ -285,9 +286,10 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
 
 
 def busy_warning(meta: dict) -> str | None:
-    """A sentence when the calibration ran on a busy machine (1-minute load above half the CPUs), else None."""
+    """A sentence when the calibration started on a busy machine (1-minute load average of at least one
+    runnable process per CPU: every timing then shared its core), else None."""
     load, cpus = (meta.get("load_average") or [0.0])[0], meta.get("cpu_count") or 1
-    if load <= 0.5 * cpus:
+    if load < cpus:
         return None
     return (f"calibrated at load average {load:.1f} on {cpus} CPUs: other processes competed for the cores, so "
             "the measured peaks are low and `local` predictions too slow; rerun `effml calibrate` when idle")
