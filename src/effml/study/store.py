@@ -63,16 +63,29 @@ class Store:
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
             raise ConfigError(f"store {str(self.path)!r} is a directory, not an SQLite file")
-        try:
+        deadline = time.monotonic() + 60.0
+        while True:
             self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA busy_timeout=60000")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.executescript(_SCHEMA)
-            self._check_version()
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"store {str(self.path)!r} is not an effml SQLite store ({exc}); "
-                              "choose another --store path") from None
+            try:
+                self._setup()
+                return
+            except sqlite3.DatabaseError as exc:
+                self.conn.close()
+                # Switching a new file to WAL takes an exclusive lock and does not wait on busy_timeout: two
+                # processes opening the same new store at once see "database is locked" (seen in CI). Retry.
+                busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+                if busy and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise ConfigError(f"store {str(self.path)!r} is not an effml SQLite store ({exc}); "
+                                  "choose another --store path") from None
+
+    def _setup(self) -> None:
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(_SCHEMA)
+        self._check_version()
 
     def _check_version(self) -> None:
         self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
