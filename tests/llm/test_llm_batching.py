@@ -15,12 +15,6 @@ from effml.llm.batching import (
     serve_side_by_side,
 )
 from effml.llm.generate import GenerateConfig, generate
-from effml.llm.model import build
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build("tiny", std=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,6 @@ import torch
 
 from effml.errors import ConfigError
 from effml.llm.generate import SESSIONS, GenerateConfig, generate, next_probs, pick
-from effml.llm.model import build
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build("tiny", std=0.3)
 
 
 def _prompts(n, vocab, seed=0):

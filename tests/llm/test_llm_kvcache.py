@@ -11,12 +11,7 @@ from effml.llm.kvcache import (
     PagedCache,
     kv_bytes_per_token,
 )
-from effml.llm.model import ModelArgs, build
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build("tiny", std=0.3)
+from effml.llm.model import ModelArgs
 
 
 @pytest.fixture(scope="module")
