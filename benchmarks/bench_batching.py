@@ -25,7 +25,7 @@ import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: no stalls on a shared CPU
 
-from common import print_table, write_results
+from common import claims_exit_code, print_table, write_results
 
 N_REQUESTS, RATE, MEAN_OUT, MAX_OUT, MAX_BATCH, BLOCK = 48, 4.0, 48, 160, 8, 4
 MIN_RATIO, MAX_PAGED_WASTE = 2.0, 0.04
@@ -92,10 +92,7 @@ def main() -> int:
     write_results("llm_batching", {"trace": {"n_requests": N_REQUESTS, "rate": RATE, "mean_output": MEAN_OUT,
                                              "max_output": MAX_OUT, "max_batch": MAX_BATCH, "block_size": BLOCK},
                                    "results": {k: v.to_dict() for k, v in res.items()}, "claims": claims})
-    failed = [k for k, c in claims.items() if not c["holds"]]
-    if failed:
-        print(f"claims not met: {failed}")
-    return 1 if failed else 0
+    return claims_exit_code(claims)
 
 
 if __name__ == "__main__":

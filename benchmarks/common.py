@@ -52,3 +52,12 @@ def write_results(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def claims_exit_code(claims: dict) -> int:
+    """Exit status of a benchmark from its claims ({name: {"value", "target", "holds"}}): 1 and a line naming
+    the claims not met, else 0."""
+    failed = [k for k, c in claims.items() if not c["holds"]]
+    if failed:
+        print(f"claims not met: {failed}")
+    return 1 if failed else 0
