@@ -1,27 +1,55 @@
-"""The one registry-decorator helper every registry uses."""
+"""The one registry mechanism: duplicates refused, unknown names listed, type-keyed lookup through bases."""
 
+import pytest
+
+from effml.errors import ConfigError
 from effml.llm.batching import ENGINES
-from effml.registries import registrar
+from effml.registries import Registry, registrar
 from effml.study.variants import STEPS
 
 
-def test_registrar_stores_and_returns_the_object_unchanged():
-    table: dict = {}
-    entry = registrar(table)
+def test_register_stores_and_returns_the_object_unchanged():
+    reg: Registry = Registry("thing")
 
-    @entry("double")
+    @reg.register("double")
     def double(x):
         return 2 * x
 
-    assert table == {"double": double} and double(21) == 42  # the decorated function is untouched
-
-    @entry("double")
-    def double_again(x):
-        return x + x
-
-    assert table["double"] is double_again  # a later registration replaces, like a dict assignment
+    assert reg.get("double") is double and reg["double"](21) == 42  # 2 x 21
+    assert "double" in reg and len(reg) == 1 and reg.names() == ["double"]
 
 
-def test_the_registries_built_with_it_are_filled():
+def test_a_name_registered_twice_is_refused():
+    reg: Registry = Registry("thing")
+    reg.add("a", 1)
+    with pytest.raises(ValueError, match="thing 'a' is registered twice"):
+        reg.add("a", 2)
+    assert reg["a"] == 1  # the first registration survives
+
+
+def test_unknown_name_lists_every_known_name():
+    reg: Registry = Registry("prune kind")
+    reg.add("fine", 1)
+    reg.add("channel", 2)
+    with pytest.raises(ConfigError, match=r"unknown prune kind 'nm'; expected one of fine, channel"):
+        reg.get("nm")
+
+
+def test_type_keyed_lookup_walks_the_bases():
+    class Base: ...
+    class Child(Base): ...
+    reg: Registry = Registry("config handler")
+    reg.add(Base, "base-handler")
+    assert reg.get_for(Child()) == "base-handler"
+    with pytest.raises(ConfigError, match="unknown config handler int"):
+        reg.get_for(3)
+
+
+def test_registrar_needs_a_registry():
+    with pytest.raises(TypeError):
+        registrar({})
+
+
+def test_every_library_registry_is_filled():
     assert {"static", "continuous"} <= set(ENGINES)
     assert {"prune", "quantize", "distill"} <= set(STEPS)

@@ -1,23 +1,94 @@
-"""One way to make a registry decorator: `sampler = registrar(SAMPLERS)` then `@sampler("tpe")`.
+"""The one registry mechanism of effml: `REG = Registry("sampler")`, then `@REG.register("tpe")`.
 
-effml prefers registries to if/elif chains (samplers, engines, KV sessions, study steps, model entries);
-each is a plain dict filled by a decorator made here, so every registry behaves the same way.
+effml prefers registries to if/elif chains (compression methods, pruning kinds and criteria, samplers, engines,
+KV sessions, study steps and plans, model entries, optimizers, scaling laws, microbenchmarks). Every registry is
+one of these, so every registry behaves the same way:
+
+- registering a name twice is an error (two modules claiming one name is a bug, never a silent replacement);
+- looking up an unknown name raises `ConfigError` naming the registry and listing every known name;
+- it reads like a mapping: `name in REG`, `REG[name]`, `len(REG)`, iteration in registration order,
+  `REG.names()`, `REG.items()`.
+
+Keys are usually strings; a registry keyed by types (a config class -> its handler) works the same way, and
+`REG.get_for(obj)` looks up `type(obj)` and then its bases.
 """
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, Generic, Hashable, Iterator, TypeVar
+
+from effml.errors import ConfigError
 
 T = TypeVar("T")
 
 
-def registrar(table: dict[str, T]) -> Callable[[str], Callable[[T], T]]:
-    """A decorator factory that stores the decorated object in `table` under `name` and returns it unchanged
-    (a later registration under the same name replaces the earlier one, as a plain dict assignment would)."""
+def _label(key: Hashable) -> str:
+    return key.__name__ if isinstance(key, type) else repr(key)
 
-    def register(name: str) -> Callable[[T], T]:
+
+class Registry(Generic[T]):
+    """A named table filled by a decorator (or `add`); duplicates refused, unknown keys named."""
+
+    def __init__(self, what: str):
+        self.what = what  # e.g. "prune kind": used in every error message
+        self._items: dict[Hashable, T] = {}
+
+    # -- filling -------------------------------------------------------------------------------------------
+    def add(self, key: Hashable, obj: T) -> T:
+        if key in self._items:
+            raise ValueError(f"{self.what} {_label(key)} is registered twice")
+        self._items[key] = obj
+        return obj
+
+    def register(self, key: Hashable) -> Callable[[T], T]:
+        """Decorator: `@REG.register("name")` stores the decorated object under `key` and returns it unchanged."""
+
         def wrap(obj: T) -> T:
-            table[name] = obj
-            return obj
+            return self.add(key, obj)
+
         return wrap
-    return register
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def get(self, key: Hashable) -> T:
+        try:
+            return self._items[key]
+        except (KeyError, TypeError):
+            known = ", ".join(_label(k) if isinstance(k, type) else str(k) for k in self._items) or "(none)"
+            raise ConfigError(f"unknown {self.what} {_label(key)}; expected one of {known}") from None
+
+    def get_for(self, obj: object) -> T:
+        """The entry registered for `type(obj)` or the nearest base class (type-keyed registries)."""
+        for cls in type(obj).__mro__:
+            if cls in self._items:
+                return self._items[cls]
+        return self.get(type(obj))  # raises, naming the known types
+
+    __getitem__ = get
+
+    def names(self) -> list:
+        return list(self._items)
+
+    def items(self):
+        return self._items.items()
+
+    def values(self):
+        return self._items.values()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __iter__(self) -> Iterator:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.what!r}, {len(self._items)} entries)"
+
+
+def registrar(table: Registry[T]) -> Callable[[Hashable], Callable[[T], T]]:
+    """`step = registrar(STEPS)` then `@step("prune")`: the registry's own `register`, under a short name."""
+    if not isinstance(table, Registry):
+        raise TypeError(f"registrar() needs an effml Registry, got {type(table).__name__}")
+    return table.register

@@ -58,8 +58,8 @@ def test_generate_bad_input(capsys, monkeypatch):
     # a draft with another vocabulary (50 ids instead of 97): refused before any decoding
     from effml.llm.model import ModelArgs, build
 
-    monkeypatch.setitem(registry.MODELS, "tiny-v50", lambda: LoadedModel(
-        "tiny-v50", build(ModelArgs.preset("tiny", vocab_size=50)), CharTokenizer()))
+    monkeypatch.setattr(registry.MODELS, "_items", {**registry.MODELS._items, "tiny-v50": lambda: LoadedModel(
+        "tiny-v50", build(ModelArgs.preset("tiny", vocab_size=50)), CharTokenizer())})
     msg = _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "hi", "--speculative", "tiny-v50"])
     assert "draft vocabulary (50 tokens) differs from the target's (97)" in msg
 

@@ -21,7 +21,7 @@ from torch import nn
 from effml.compress.layers import (check_fraction, check_targets, count_nonzero, count_params, param_bytes,
                                    select_layers, unknown_name_error)
 from effml.compress.masks import MaskSet, sparse_bits
-from effml.compress.registry import Registry
+from effml.registries import Registry
 from effml.compress.structured import CRITERIA, Group, cut
 from effml.errors import ConfigError
 

@@ -28,7 +28,7 @@ from effml.compress.kmeans import storage_bits as kmeans_bits
 from effml.compress.layers import check_targets, count_params, param_bytes, select_layers
 from effml.compress.qlinear import GRANULARITIES, LinearFakeQuant, QSpec
 from effml.compress.qlinear import storage_bits as linear_bits
-from effml.compress.registry import Registry
+from effml.registries import Registry
 from effml.errors import ConfigError
 
 METHODS: Registry = Registry("quantization method")

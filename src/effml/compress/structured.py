@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from effml.compress.registry import Registry
+from effml.registries import Registry
 from effml.errors import ConfigError
 
 ROLES = ("out", "in", "through")  # produces the channels, consumes them, carries them (BN, depthwise)

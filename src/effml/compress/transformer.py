@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effml.compress.registry import Registry
+from effml.registries import Registry
 from effml.compress.structured import Group, Member
 
 RULES: Registry = Registry("transformer structure rule")

@@ -31,7 +31,7 @@ from effml.errors import ConfigError
 from effml.llm.generate import check_request
 from effml.llm.kvcache import ContiguousCache, KVStats, PagedCache, kv_bytes_per_token
 from effml.llm.model import Transformer
-from effml.registries import registrar
+from effml.registries import Registry, registrar
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ class _KVMeter:
                 "mean_live_length": sum(map(sum, self.live)) / max(1, sum(map(len, self.live)))}
 
 
-ENGINES: dict[str, Callable] = {}
+ENGINES: Registry = Registry("batching engine")
 
 
 engine = registrar(ENGINES)

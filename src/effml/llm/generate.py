@@ -20,7 +20,7 @@ import torch
 from effml.errors import ConfigError
 from effml.llm.kvcache import ContiguousCache, PagedCache
 from effml.llm.model import Transformer
-from effml.registries import registrar
+from effml.registries import Registry, registrar
 
 
 # ---- sampling -----------------------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ class Session:
         raise NotImplementedError
 
 
-SESSIONS: dict[str, type[Session]] = {}
+SESSIONS: Registry = Registry("KV session kind")
 
 
 session_kind = registrar(SESSIONS)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from effml.errors import ConfigError
-from effml.registries import registrar
+from effml.registries import Registry, registrar
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class LoadedModel:
     tokenizer: object  # encode / chat / decode / eos_id / vocab_size
 
 
-MODELS: dict[str, Callable[[], LoadedModel]] = {}
-DRAFTS: dict[str, Callable] = {}
+MODELS: Registry = Registry("model")
+DRAFTS: Registry = Registry("draft")
 
 
 model_entry = registrar(MODELS)

@@ -39,13 +39,13 @@ from effml.nas.budgets import (
 from effml.nas.proxy import ProxyConfig, get_proxy, run_proxy
 from effml.nas.result import NasResult, NasTrial
 from effml.nas.spaces import Space, get_space
-from effml.registries import registrar
+from effml.registries import Registry, registrar
 
 OBJECTIVES: dict[str, Callable[[Cost], float]] = {
     "latency": lambda c: c.latency_s, "energy": lambda c: c.energy_j, "flash": lambda c: float(c.flash_bytes),
     "sram": lambda c: float(c.sram_bytes), "macs": lambda c: float(c.macs),
 }
-SAMPLERS: dict[str, Callable] = {}
+SAMPLERS: Registry = Registry("NAS sampler")
 STUDY_DEVICES = ("rpi5", "jetson-orin-nano-8gb", "h100-sxm")  # also predicted, as `effml study` does
 
 

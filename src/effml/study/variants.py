@@ -16,7 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 from effml.errors import ConfigError
-from effml.registries import registrar
+from effml.registries import Registry, registrar
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class StepOut:
     notes: list[str] = field(default_factory=list)
 
 
-STEPS: dict[str, Callable[[nn.Module, dict, StudyContext], StepOut]] = {}
+STEPS: Registry = Registry("study technique")
 
 
 step = registrar(STEPS)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import ConfigError, ModelError
-from effml.registries import registrar
+from effml.registries import Registry, registrar
 from effml.train.config import Precision, TrainConfig, get_optimizer, get_precision
 from effml.units import torch_dtype
 
@@ -71,7 +71,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str = "cpu"
 
 
 # ---- losses: a registry keyed by what the model outputs --------------------------------------------------------
-LOSSES: dict[str, object] = {}
+LOSSES: Registry = Registry("loss")
 
 
 loss = registrar(LOSSES)
