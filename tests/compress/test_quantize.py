@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from effml.compress import QuantConfig, freeze, quantize
-from effml.compress.int8 import WeightOnlyLinear
+from effml.compress.weight_only import WeightOnlyLinear
 from effml.compress.kmeans import kmeans_1d, nearest
 from effml.compress.qlinear import QSpec, dequantize, grouped, qparams
 from effml.compress.qlinear import quantize as qcodes

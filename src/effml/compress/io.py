@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from effml.compress.int8 import WeightOnlyLinear
+from effml.compress.weight_only import WeightOnlyLinear
 from effml.compress.qlinear import QSpec, dequantize
 from effml.compress.smooth import SmoothInt8Linear
 from effml.compress.structured import resizer_for

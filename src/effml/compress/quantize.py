@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from effml.compress.int8 import WEIGHT_KERNELS, dynamic_int8, static_int8, weight_only
+from effml.compress.int8 import dynamic_int8, static_int8
+from effml.compress.weight_only import WEIGHT_KERNELS, weight_only
 from effml.compress.kmeans import KMeansQuant
 from effml.compress.kmeans import storage_bits as kmeans_bits
 from effml.compress.layers import check_targets, count_params, param_bytes, select_layers
@@ -198,7 +199,7 @@ def _weight_only(model, config, bits):
     skip = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in layers)
     gs = config.group_size or 128
     model, names, left = weight_only(model, bits, gs, config.kernel, skip)
-    from effml.compress.int8 import WeightOnlyLinear
+    from effml.compress.weight_only import WeightOnlyLinear
 
     wol = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
     other = sum(p.numel() for p in model.parameters() if p.requires_grad) * 32
