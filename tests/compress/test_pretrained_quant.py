@@ -41,4 +41,4 @@ def test_efficientnet_lite0_loads_offline():
     from effml.zoo.pretrained import efficientnet_lite0
 
     net = efficientnet_lite0()
-    assert sum(p.numel() for p in net.parameters()) == 4_652_008  # DESIGN.md sec. 8: 4.65 M
+    assert sum(p.numel() for p in net.parameters()) == 4_652_008  # EfficientNet-Lite0 (Tan & Le 2019 / TF-Lite release): 4.65 M

@@ -85,7 +85,7 @@ def test_build_rejects_integer_dtype():
 def test_default_seq_and_input_shapes():
     ids, kw = configs.example_inputs(configs.load("llama-2-7b"))
     assert ids[0].shape == (1, 2048) and ids[0].dtype == torch.int64  # default 2048 < 4096 positions
-    assert kw == {"use_cache": True} and "attention_mask" not in kw  # DESIGN §9: a meta mask calls .item()
+    assert kw == {"use_cache": True} and "attention_mask" not in kw  # on meta, a mask makes transformers call .item()
     assert configs.example_inputs(configs.load("gpt2"))[0][0].shape == (1, 1024)  # 2048 capped at n_positions
     assert configs.example_inputs(configs.load("bert-base"), batch=4)[0][0].shape == (4, 128)  # encoder default
     (px,), kw = configs.example_inputs(configs.load("vit-base"), batch=3, dtype="fp16")

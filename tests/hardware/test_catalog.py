@@ -1,4 +1,4 @@
-"""The catalog: every figure has a source, DESIGN.md 5 numbers, derivations, lookup errors."""
+"""The catalog: every figure has a source, datasheet numbers, derivations, lookup errors."""
 
 import json
 
@@ -34,7 +34,7 @@ def test_a_figure_without_source_is_rejected():
 
 
 @pytest.mark.parametrize("name,dtype,value", [
-    ("h100", "bf16", 989.5e12), ("h100", "int8", 1979e12), ("h100", "fp32", 67e12),  # DESIGN.md 5: 989 / 1979 / 67
+    ("h100", "bf16", 989.5e12), ("h100", "int8", 1979e12), ("h100", "fp32", 67e12),  # NVIDIA H100 SXM datasheet: 989 / 1979 / 67
     ("h200", "bf16", 989.5e12), ("a100", "bf16", 312e12), ("a100", "int8", 624e12), ("a100", "fp32", 19.5e12),
     ("l4", "bf16", 121e12), ("l4", "int8", 242e12), ("t4", "fp16", 65e12), ("t4", "int8", 130e12),
     ("rtx4090", "fp16", 165.2e12), ("rtx4090", "int8", 660.6e12), ("orin-nano", "int8", 20e12),
@@ -54,17 +54,17 @@ def test_bandwidth_and_capacity(name, bw, mem):
 
 def test_rpi5_peak_is_derived():
     d = get_device("rpi5")
-    # 4 cores x 2.4 GHz x (2 NEON FMA pipes x 4 fp32 lanes x 2 FLOPs) = 153.6 GFLOP/s (DESIGN.md 5: ~154)
+    # 4 cores x 2.4 GHz x (2 NEON FMA pipes x 4 fp32 lanes x 2 FLOPs) = 153.6 GFLOP/s
     assert d.peak_flops("fp32") == pytest.approx(4 * 2.4e9 * 16)
     assert "4 cores x 2.4 GHz" in d.peak["fp32"].source
-    # LPDDR4X-4267 x 32-bit bus = 17.07 GB/s (DESIGN.md 5: ~17)
+    # LPDDR4X-4267 x 32-bit bus = 17.07 GB/s
     assert d.bandwidth == pytest.approx(4267e6 * 4, rel=1e-3)
 
 
 def test_mcus_have_sram_flash_and_int8():
     f7, h7 = get_device("stm32f746"), get_device("stm32h743")
     assert f7.sram_bytes.value == 320 * 1024 and f7.flash_bytes.value == 1024 * 1024  # MCUNet: 320 KB / 1 MB
-    assert h7.sram_bytes.value == 512 * 1024 and h7.flash_bytes.value == 2 * 1024 * 1024  # DESIGN.md 5
+    assert h7.sram_bytes.value == 512 * 1024 and h7.flash_bytes.value == 2 * 1024 * 1024  # ST DS12110
     assert f7.peak_flops("int8") == pytest.approx(216e6 * 2 * 2)  # 216 MHz x 2 MACs/cycle (SMLAD) x 2 ops
     assert h7.peak_flops("int8") == pytest.approx(480e6 * 2 * 2)
 

@@ -93,7 +93,7 @@ def test_h100_from_the_catalog():
     hardware = pytest.importorskip("effml.hardware")
     dev = hardware.get_device("h100")
     peak, price = dev.peak_flops("bf16"), dev.price_per_hour
-    # DESIGN §5: H100 SXM dense bf16 989 TFLOP/s (the datasheet's 989.4–989.5)
+    # NVIDIA H100 datasheet: H100 SXM dense bf16 989 TFLOP/s (the datasheet's 989.4–989.5)
     assert peak == pytest.approx(989e12, rel=1e-3)
     plan = allocate(Budget(usd=1e6, hw="h100", mfu=0.4))
     # $1e6 / price $/h · 3600 s · peak · 0.4; at $2.99/h and 989.5e12: 334,448 h · 1.4249e18 = 4.77e23 FLOPs

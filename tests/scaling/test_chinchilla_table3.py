@@ -1,4 +1,4 @@
-"""Chinchilla (Hoffmann et al. 2022) Table 3 and eq. 10, as DESIGN.md §5 quotes them.
+"""Chinchilla (Hoffmann et al. 2022) Table 3 and eq. 10, as the paper prints them.
 
 What is actually true (derived below, asserted exactly so):
 - Table 3 is approach 1 (isoFLOP-envelope fits N_opt ∝ C^0.50, D_opt ∝ C^0.50), and its rows satisfy C ≈ 6ND:

@@ -92,7 +92,7 @@ def _token_ids(hf, batch: int, seq: int, device: str, seed: int) -> torch.Tensor
 
 @task("causal-lm", "AutoModelForCausalLM", default_seq=2048)
 def _causal_lm_inputs(cfg, hf, batch, seq, device, dtype, seed):
-    # use_cache=True and no attention_mask: on meta anything else makes transformers call .item() (DESIGN §9)
+    # use_cache=True and no attention_mask: on meta anything else makes transformers call .item()
     return (_token_ids(hf, batch, seq, device, seed),), {"use_cache": True}
 
 

@@ -28,7 +28,7 @@ from effml.hardware.catalog import Device
 
 PJ = 1e-12
 
-# Horowitz ISSCC 2014, 45 nm, pJ per operation (DESIGN.md 5).
+# Horowitz ISSCC 2014, 45 nm, pJ per operation.
 HOROWITZ_PJ = {
     "int8_add": 0.03, "int32_add": 0.1, "fp16_add": 0.4, "fp32_add": 0.9,
     "int8_mul": 0.2, "int32_mul": 3.1, "fp16_mul": 1.1, "fp32_mul": 3.7,
@@ -74,7 +74,7 @@ def energy_scale(device: Device) -> EnergyScale:
 
 @dataclass(frozen=True)
 class Energy:
-    """Joules split into the arithmetic term and the data-movement term (DESIGN.md 3)."""
+    """Joules split into the arithmetic term and the data-movement term."""
 
     compute: float
     memory: float

@@ -1,4 +1,4 @@
-"""Roofline time of one op call on one device (DESIGN.md 3).
+"""Roofline time of one op call on one device.
 
     time = overhead(category) + max(FLOPs / (peak(dtype) x eta_c(I)), bytes / (bw(bytes) x eta_m))
 
@@ -39,7 +39,7 @@ class OpCost:
 
     @property
     def bound(self) -> str:
-        """'compute' when FLOPs / peak >= bytes / bandwidth, else 'memory' (DESIGN.md 3); 'none' for a
+        """'compute' when FLOPs / peak >= bytes / bandwidth, else 'memory'; 'none' for a
         call that neither computes nor moves bytes (a view: only its overhead, if any)."""
         if self.compute_s == 0 and self.memory_s == 0:
             return "none"

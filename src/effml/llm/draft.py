@@ -1,6 +1,6 @@
 """The speculative draft for SmolLM2, made here: a layer subset of the target, distilled on its own generations.
 
-No second model shares SmolLM2's tokenizer, so the draft is cut from the target (DESIGN §8):
+No second model shares SmolLM2's tokenizer, so the draft is cut from the target:
   - a few of its blocks (`DraftConfig.layers`), its final norm, and its embedding (shared, frozen: a lookup);
   - an LM head restricted to the `head_tokens` ids the target emits most often in its own answers (the rows of
     the target's tied embedding; FR-Spec, Zhao et al. 2025): the full 49152 x 576 head alone would be 21% of the

@@ -3,7 +3,7 @@
 The first call dequantizes the Q4_1 GGUF with transformers (`from_pretrained(dir, gguf_file=...)`, ~33-80 s on
 2 cores), drops `quantization_config` and saves model + tokenizer once under the user cache dir
 (`platformdirs.user_cache_dir("effml")/llm/smollm2-135m-instruct`); later loads read the safetensors (~0.2 s).
-The package is found with importlib and never imported (DESIGN §8). Nothing is downloaded.
+The package is found with importlib and never imported. Nothing is downloaded.
 
     model, tok = load_smollm2()             # Transformer (fp32, eval) and Tokenizer
     ids = tok.chat("What is a KV cache?")   # chat template, generation prompt added

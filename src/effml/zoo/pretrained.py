@@ -1,4 +1,4 @@
-"""Real pretrained weights shipped in pip packages (DESIGN.md sec. 8), loaded offline.
+"""Real pretrained weights shipped in pip packages, loaded offline.
 
     enc = minilm()                      # Encoder: all-MiniLM-L6-v2 (BERT, 22.7 M params) + its tokenizer
     emb = enc.embed(["a sentence"])      # (N, 384) mean-pooled, L2-normalised (the sentence-transformers recipe)
