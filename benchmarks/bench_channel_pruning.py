@@ -71,19 +71,19 @@ def accuracy_part():
     from effml.compress import PruneConfig, prune
     from effml.zoo import vgg
     from effml.zoo.data import load
-    from effml.zoo.fit import evaluate, fit, fit_cached
+    from effml.zoo.training import evaluate, train_classifier, train_cached
 
     data = load("fashion-mnist", batch_size=128, seed=0, train_limit=20000)
     torch.manual_seed(0)
     m = vgg(in_channels=1, width=0.125)
-    fit_cached(m, data, f"vgg-w0.125-{data.name}-{len(data.train.x)}-e3-s0", epochs=3, lr=2e-3, seed=0)
+    train_cached(m, data, f"vgg-w0.125-{data.name}-{len(data.train.x)}-e3-s0", epochs=3, lr=2e-3, seed=0)
     base = evaluate(m, data.test)
     rows = []
     for sparsity in (0.3, 0.5):
         p = copy.deepcopy(m)
         prune(p, PruneConfig(kind="channel", sparsity=sparsity), example_inputs=(data.train.x[:1],))
         before_ft = evaluate(p, data.test)
-        fit(p, data, epochs=1, lr=1e-3, seed=1)
+        train_classifier(p, data, epochs=1, lr=1e-3, seed=1)
         rows.append({"model": "VGG width 1/8", "data": data.name, "removed": sparsity, "dense acc %": 100 * base,
                      "pruned acc %": 100 * before_ft, "after 1 epoch fine-tune %": 100 * evaluate(p, data.test),
                      "params": sum(q.numel() for q in m.parameters()),

@@ -52,11 +52,11 @@ def run_model(name, build, per_layer, fc_bits, data, ft_data, dense_epochs, scal
     import copy
 
     from effml.compress import DeepCompressionConfig, deep_compress
-    from effml.zoo.fit import fit_cached
+    from effml.zoo.training import train_cached
 
     torch.manual_seed(0)
     dense = build()
-    fit_cached(dense, data, f"{name}-{data.name}-{len(data.train.x)}-e{dense_epochs}-s0", epochs=dense_epochs,
+    train_cached(dense, data, f"{name}-{data.name}-{len(data.train.x)}-e{dense_epochs}-s0", epochs=dense_epochs,
                lr=lr, seed=0)
     rows = []
     for keep in scales:

@@ -100,14 +100,14 @@ def classifier_part():
     from effml.compress import QuantConfig, quantize
     from effml.zoo import lenet5, mlp
     from effml.zoo.data import load
-    from effml.zoo.fit import evaluate, fit_cached
+    from effml.zoo.training import evaluate, train_cached
 
     data = load("fashion-mnist", batch_size=128, seed=0)
     rows = []
     for name, build, epochs, mode in (("LeNet-300-100", mlp, 8, "dynamic"), ("LeNet-5", lenet5, 6, "static")):
         torch.manual_seed(0)
         m = build()
-        fit_cached(m, data, f"{name}-{data.name}-{len(data.train.x)}-e{epochs}-s0", epochs=epochs, lr=2e-3, seed=0)
+        train_cached(m, data, f"{name}-{data.name}-{len(data.train.x)}-e{epochs}-s0", epochs=epochs, lr=2e-3, seed=0)
         base = evaluate(m, data.test)
         calib = [data.calibration(512)[i:i + 128] for i in range(0, 512, 128)]
         q = quantize(copy.deepcopy(m), QuantConfig("int8", mode=mode), calibration=calib)

@@ -30,14 +30,14 @@ def main() -> int:
     from effml.compress import QuantConfig, freeze, quantize
     from effml.zoo import lenet5
     from effml.zoo.data import load
-    from effml.zoo.fit import evaluate, fit, fit_cached
+    from effml.zoo.training import evaluate, train_classifier, train_cached
 
     torch.set_num_threads(THREADS)
     t0 = time.perf_counter()
     data = load("fashion-mnist", batch_size=128, seed=0)
     torch.manual_seed(0)
     dense = lenet5()
-    fit_cached(dense, data, f"LeNet-5-{data.name}-{len(data.train.x)}-e6-s0", epochs=6, lr=2e-3, seed=0)
+    train_cached(dense, data, f"LeNet-5-{data.name}-{len(data.train.x)}-e6-s0", epochs=6, lr=2e-3, seed=0)
     base = evaluate(dense, data.test)
     rows = []
     for method in ("kmeans", "linear"):
@@ -47,7 +47,7 @@ def main() -> int:
             acc_ptq = evaluate(m, data.test)
             q = copy.deepcopy(dense)
             quantize(q, QuantConfig(method=method, bits=bits, qat=True))
-            fit(q, data, epochs=1, lr=5e-4, seed=1)
+            train_classifier(q, data, epochs=1, lr=5e-4, seed=1)
             freeze(q)
             acc_qat = evaluate(q, data.test)
             rows.append({"method": method, "bits": bits, "fp32 acc %": 100 * base, "PTQ acc %": 100 * acc_ptq,

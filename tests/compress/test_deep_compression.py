@@ -11,7 +11,7 @@ from effml.compress.huffman import HuffmanCode, entropy_bits
 from effml.errors import ConfigError
 from effml.zoo import mlp
 from effml.zoo.data import load
-from effml.zoo.fit import fit
+from effml.zoo.training import train_classifier
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,7 +57,7 @@ def test_pipeline_on_digits_stage_by_stage():
     torch.manual_seed(0)
     data = load("digits", batch_size=64)
     m = mlp(in_features=64, hidden=(128, 64))
-    fit(m, data, epochs=4, lr=3e-3, seed=0)
+    train_classifier(m, data, epochs=4, lr=3e-3, seed=0)
     cfg = DeepCompressionConfig(sparsity=0.8, prune_steps=2, prune_epochs=1, quant_epochs=1, fc_bits=4)
     res = deep_compress(m, data, cfg)
     dense, pruned, quant, huff = (res.stage(n) for n in ("dense", "pruned", "quantized", "huffman"))

@@ -13,7 +13,7 @@ from effml.compress.qlinear import quantize as qcodes
 from effml.errors import ConfigError
 from effml.zoo import lenet5, mlp
 from effml.zoo.data import load
-from effml.zoo.fit import fit, predictions
+from effml.zoo.training import train_classifier, predictions
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +88,7 @@ def trained():
     torch.manual_seed(0)
     data = load("digits", batch_size=64)
     m = mlp(in_features=64, hidden=(64, 32))
-    fit(m, data, epochs=3, lr=3e-3, seed=0)
+    train_classifier(m, data, epochs=3, lr=3e-3, seed=0)
     return m, data
 
 

@@ -83,7 +83,7 @@ def prepare(args):
     from effml.compress.workflow import data_for, load_weights
     from effml.errors import ConfigError
     from effml.models import resolve
-    from effml.zoo.fit import evaluate, fit
+    from effml.zoo.training import evaluate, train_classifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,19 +103,19 @@ def prepare(args):
         if args.train_epochs:
             with progress_bar() as bar:
                 task = bar.add_task("training", total=1.0)
-                fit(spec.model, data, epochs=args.train_epochs, lr=args.lr, seed=args.seed, evaluate_after=False,
-                    callback=lambda what, f: bar.update(task, completed=f, description=what))
+                train_classifier(spec.model, data, epochs=args.train_epochs, lr=args.lr, seed=args.seed, evaluate_after=False,
+                    progress=lambda what, f: bar.update(task, completed=f, description=what))
     acc = evaluate(spec.model, data.test) if data else None
     return spec, data, acc, copy.deepcopy(spec.model).eval()
 
 
 def finetune(args, model, data, step_hook=None) -> None:
-    from effml.zoo.fit import fit
+    from effml.zoo.training import train_classifier
 
     with progress_bar() as bar:
         task = bar.add_task("fine-tuning", total=1.0)
-        fit(model, data, epochs=args.finetune_epochs, lr=args.lr, seed=args.seed + 1, step_hook=step_hook,
-            evaluate_after=False, callback=lambda what, f: bar.update(task, completed=f, description=what))
+        train_classifier(model, data, epochs=args.finetune_epochs, lr=args.lr, seed=args.seed + 1, step_hook=step_hook,
+            evaluate_after=False, progress=lambda what, f: bar.update(task, completed=f, description=what))
 
 
 def finish(args, spec, data, acc_before, dense, model, technique: str, config: dict, result: dict,
@@ -124,7 +124,7 @@ def finish(args, spec, data, acc_before, dense, model, technique: str, config: d
     from effml.compress.speed import SpeedCheck, measure_pair, predict_change
     from effml.compress.workflow import CompressionReport, facts
     from effml.errors import EffmlError
-    from effml.zoo.fit import evaluate
+    from effml.zoo.training import evaluate
 
     model.eval()
     acc = evaluate(model, data.test) if data else None

@@ -126,7 +126,7 @@ def _weight_layers(model: nn.Module, names) -> dict[str, nn.Module]:
 def deep_compress(model: nn.Module, data, config: DeepCompressionConfig | None = None,
                   callback: Progress | None = None) -> DeepCompressionResult:
     """Run the pipeline in place on a trained classifier; `data` is a DataBundle (train + test)."""
-    from effml.zoo.fit import evaluate, fit
+    from effml.zoo.training import evaluate, train_classifier
 
     cfg = config or DeepCompressionConfig()
     progress = callback or (lambda what, frac: None)
@@ -146,7 +146,7 @@ def deep_compress(model: nn.Module, data, config: DeepCompressionConfig | None =
         masks = res.masks
         progress(f"pruning step {step}/{cfg.prune_steps}: fine-tuning", (step - 1) / total_steps)
         if cfg.prune_epochs > 0:
-            fit(model, data.train, epochs=cfg.prune_epochs, lr=cfg.lr, seed=cfg.seed + step,
+            train_classifier(model, data.train, epochs=cfg.prune_epochs, lr=cfg.lr, seed=cfg.seed + step,
                 step_hook=masks.apply, evaluate_after=False)
     masks.detach()
     layers = _weight_layers(model, masks.layers)
@@ -159,7 +159,7 @@ def deep_compress(model: nn.Module, data, config: DeepCompressionConfig | None =
         parametrize.register_parametrization(m, "weight", km, unsafe=True)
         m.parametrizations.weight.original.requires_grad_(False)
     if cfg.quant_epochs > 0:
-        fit(model, data.train, epochs=cfg.quant_epochs, lr=cfg.quant_lr, seed=cfg.seed + 100,
+        train_classifier(model, data.train, epochs=cfg.quant_epochs, lr=cfg.quant_lr, seed=cfg.seed + 100,
             evaluate_after=False)
     codes = {}
     with torch.no_grad():

@@ -118,7 +118,7 @@ def train_proxy(space: Space, arch: Arch, config: ProxyConfig) -> ProxyResult:
     """Short training from scratch (Adam, cosine schedule), top-1 on the test subset."""
     import torch
 
-    from effml.zoo.fit import FitConfig, evaluate, fit
+    from effml.zoo.training import TrainLoopConfig, evaluate, train_classifier
 
     torch.set_num_threads(config.threads)
     data = _resized(config.dataset, config.train_images, config.test_images, config.seed,
@@ -126,7 +126,8 @@ def train_proxy(space: Space, arch: Arch, config: ProxyConfig) -> ProxyResult:
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     model = space.build(arch)
-    fit(model, data, FitConfig(epochs=config.epochs, lr=config.lr, seed=config.seed), evaluate_after=False)
+    train_classifier(model, data, TrainLoopConfig(epochs=config.epochs, lr=config.lr, seed=config.seed),
+                     evaluate_after=False)
     recalibrate_bn(model, data.train, config.bn_batches)
     acc = evaluate(model, data.test)
     return ProxyResult(float(acc), time.perf_counter() - t0, data.name, data.note)

@@ -173,7 +173,7 @@ def evaluate_variant(model, stored_bytes: int, data, config: StudyConfig, device
     """(metrics, predictions, profile dict): accuracy, counted cost, measured latency, per-device roofline."""
     import effml
     from effml.hardware import DeviceError, predict
-    from effml.zoo.fit import evaluate
+    from effml.zoo.training import evaluate
 
     x = data.test.x[: config.measure_batch]
     prof = effml.profile(model, x)
@@ -226,10 +226,10 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
     base_key = f"baseline@{fp}"
     blob = store.get_artifact(config.study, f"weights:{base_key}")
     if blob is None:
-        from effml.zoo.fit import FitConfig, fit
+        from effml.zoo.training import TrainLoopConfig, train_classifier
 
-        fit(baseline, data.train, FitConfig(epochs=config.epochs, lr=2e-3, seed=config.seed),
-            callback=lambda msg, frac: progress("baseline", msg, frac), evaluate_after=False)
+        train_classifier(baseline, data.train, TrainLoopConfig(epochs=config.epochs, lr=2e-3, seed=config.seed),
+            progress=lambda msg, frac: progress("baseline", msg, frac), evaluate_after=False)
         store.put_artifact(config.study, f"weights:{base_key}", _state_bytes(baseline))
     else:
         _load_state(baseline, blob)

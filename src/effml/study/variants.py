@@ -61,10 +61,10 @@ step = registrar(STEPS)
 
 
 def _finetune(model: nn.Module, ctx: StudyContext, what: str) -> None:
-    from effml.zoo.fit import FitConfig, fit
+    from effml.zoo.training import TrainLoopConfig, train_classifier
 
-    fit(model, ctx.data.train, FitConfig(epochs=ctx.finetune_epochs, lr=5e-4, seed=ctx.seed),
-        callback=lambda msg, frac: ctx.progress(f"{what}: {msg}", frac), evaluate_after=False)
+    train_classifier(model, ctx.data.train, TrainLoopConfig(epochs=ctx.finetune_epochs, lr=5e-4, seed=ctx.seed),
+        progress=lambda msg, frac: ctx.progress(f"{what}: {msg}", frac), evaluate_after=False)
 
 
 @step("prune")

@@ -6,8 +6,9 @@ from effml.zoo.registry import ZOO, ZooEntry, get, zoo_model
 
 __all__ = ["ZOO", "ZooEntry", "GPT", "GPTConfig", "get", "lenet5", "mlp", "resnet", "tiny_gpt", "vgg", "zoo_model"]
 
-# real data and training (issue 4): Fashion-MNIST / digits loaders, fit / evaluate
+# real data and training: Fashion-MNIST / digits loaders, train_classifier / evaluate
 from effml.zoo.data import BatchLoader, DataBundle, load as load_data  # noqa: E402
-from effml.zoo.fit import FitConfig, FitResult, evaluate, fit as fit_classifier  # noqa: E402 (effml.zoo.fit stays the module)
+from effml.zoo.training import TrainLoopConfig, TrainLoopResult, evaluate, train_classifier  # noqa: E402
 
-__all__ += ["BatchLoader", "DataBundle", "FitConfig", "FitResult", "evaluate", "fit_classifier", "load_data"]
+__all__ += ["BatchLoader", "DataBundle", "TrainLoopConfig", "TrainLoopResult", "evaluate", "load_data",
+            "train_classifier"]

@@ -1,11 +1,11 @@
 """Train and evaluate a classifier: the loop compression fine-tuning, QAT and the study pipeline share.
 
-    res = fit(model, data, epochs=3, lr=1e-3, seed=0)     # data: a DataBundle or any iterable of (x, y)
+    res = train_classifier(model, data, epochs=3, lr=1e-3, seed=0)  # data: a DataBundle or any iterable of (x, y)
     acc = evaluate(model, data.test)                        # top-1 accuracy in [0, 1]
 
-`step_hook()` runs after every optimizer step (e.g. re-apply pruning masks); `callback(what, frac)` reports
+`step_hook()` runs after every optimizer step (e.g. re-apply pruning masks); `progress(what, frac)` reports
 progress (the CLI draws a bar with it). The model's output may be logits or an object with `.logits`.
-`seed` seeds torch's RNG and restarts the shuffling of a `BatchLoader`, so a seeded fit is reproducible.
+`seed` seeds torch's RNG and restarts the shuffling of a `BatchLoader`, so a seeded run is reproducible.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class TrainLoopConfig:
     epochs: float = 1.0  # fractions allowed: 0.5 = half an epoch
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -41,21 +41,21 @@ class FitConfig:
 
     def __post_init__(self):
         if not self.epochs > 0:
-            raise ConfigError(f"FitConfig.epochs must be > 0, got {self.epochs}")
+            raise ConfigError(f"TrainLoopConfig.epochs must be > 0, got {self.epochs}")
         if not self.lr > 0:
-            raise ConfigError(f"FitConfig.lr must be > 0, got {self.lr}")
+            raise ConfigError(f"TrainLoopConfig.lr must be > 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"FitConfig.optimizer {self.optimizer!r} unknown; expected one of {OPTIMIZERS}")
+            raise ConfigError(f"TrainLoopConfig.optimizer {self.optimizer!r} unknown; expected one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"FitConfig.schedule {self.schedule!r} unknown; expected one of {SCHEDULES}")
+            raise ConfigError(f"TrainLoopConfig.schedule {self.schedule!r} unknown; expected one of {SCHEDULES}")
         if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
-            raise ConfigError("FitConfig needs weight_decay >= 0 and 0 <= label_smoothing < 1")
+            raise ConfigError("TrainLoopConfig needs weight_decay >= 0 and 0 <= label_smoothing < 1")
         if self.max_steps is not None and self.max_steps <= 0:
-            raise ConfigError(f"FitConfig.max_steps must be positive, got {self.max_steps}")
+            raise ConfigError(f"TrainLoopConfig.max_steps must be positive, got {self.max_steps}")
 
 
 @dataclass
-class FitResult:
+class TrainLoopResult:
     steps: int
     epochs: float
     seconds: float
@@ -83,24 +83,24 @@ def _split(data) -> tuple[Iterable, Iterable | None]:
     return train, getattr(data, "test", None)
 
 
-def _optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, cfg: TrainLoopConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ConfigError("fit: the model has no trainable parameters")
+        raise ConfigError("train_classifier: the model has no trainable parameters")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def fit(model: nn.Module, data, config: FitConfig | None = None, *, step_hook: Callable[[], None] | None = None,
-        callback: Progress | None = None, loss_fn: Callable | None = None, evaluate_after: bool = True,
-        **overrides) -> FitResult:
-    """Train `model` in place with cross-entropy (or `loss_fn(logits, y)`); FitConfig fields as keywords work.
+def train_classifier(model: nn.Module, data, config: TrainLoopConfig | None = None, *,
+                     step_hook: Callable[[], None] | None = None, progress: Progress | None = None,
+                     loss_fn: Callable | None = None, evaluate_after: bool = True, **overrides) -> TrainLoopResult:
+    """Train `model` in place with cross-entropy (or `loss_fn(logits, y)`); TrainLoopConfig fields as keywords work.
 
     data: a DataBundle (train on .train, report accuracy on .test) or an iterable of (x, y) batches.
     """
-    cfg = config or FitConfig(**overrides)
+    cfg = config or TrainLoopConfig(**overrides)
     if config is not None and overrides:
         from dataclasses import replace
 
@@ -109,17 +109,17 @@ def fit(model: nn.Module, data, config: FitConfig | None = None, *, step_hook: C
     try:
         per_epoch = len(train)  # type: ignore[arg-type]
     except TypeError:
-        raise ConfigError("fit: the training data must have a length (batches per epoch)") from None
+        raise ConfigError("train_classifier: the training data must have a length (batches per epoch)") from None
     total = max(1, math.ceil(per_epoch * cfg.epochs))
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     torch.manual_seed(cfg.seed)
-    if hasattr(train, "reset"):  # a BatchLoader: its shuffles follow this fit's seed
+    if hasattr(train, "reset"):  # a BatchLoader: its shuffles follow this run's seed
         train.reset(cfg.seed)
     opt = _optimizer(model, cfg)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine" else None)
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
-    progress = callback or (lambda what, frac: None)
+    report = progress or (lambda what, frac: None)
     model.train()
     t0, step, losses = time.perf_counter(), 0, []
     correct = seen = 0
@@ -140,12 +140,12 @@ def fit(model: nn.Module, data, config: FitConfig | None = None, *, step_hook: C
             correct += int((logits.argmax(-1) == y).sum())
             seen += len(y)
             step += 1
-            progress(f"training: loss {running / batches:.3f}", step / total)
+            report(f"training: loss {running / batches:.3f}", step / total)
             if step >= total:
                 break
         losses.append(running / max(batches, 1))
     model.eval()
-    res = FitResult(step, step / per_epoch, time.perf_counter() - t0, losses, correct / seen if seen else None)
+    res = TrainLoopResult(step, step / per_epoch, time.perf_counter() - t0, losses, correct / seen if seen else None)
     if evaluate_after and test is not None:
         res.test_accuracy = evaluate(model, test)
     return res
@@ -186,8 +186,9 @@ def cache_dir() -> Path:
     return Path(root) / "trained"
 
 
-def fit_cached(model: nn.Module, data, key: str, config: FitConfig | None = None, **kwargs) -> tuple[FitResult | None, str]:
-    """Train once and reuse: weights cached as <cache_dir>/<key>.safetensors. Returns (FitResult or None when
+def train_cached(model: nn.Module, data, key: str, config: TrainLoopConfig | None = None,
+                 **kwargs) -> tuple[TrainLoopResult | None, str]:
+    """Train once and reuse: weights cached as <cache_dir>/<key>.safetensors. Returns (TrainLoopResult or None when
     loaded, path). The key must name everything that changes the weights (model, data, epochs, seed)."""
     from safetensors.torch import load_model, save_model
 
@@ -196,7 +197,7 @@ def fit_cached(model: nn.Module, data, key: str, config: FitConfig | None = None
         load_model(model, str(path))
         model.eval()
         return None, str(path)
-    res = fit(model, data, config, **kwargs)
+    res = train_classifier(model, data, config, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, str(path))
     return res, str(path)

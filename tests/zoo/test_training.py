@@ -1,4 +1,4 @@
-"""fit / evaluate: learns real data, deterministic under a seed, validated config, step hooks."""
+"""train_classifier / evaluate: learns real data, deterministic under a seed, validated config, step hooks."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from torch import nn
 from effml.errors import ConfigError
 from effml.zoo import mlp
 from effml.zoo.data import BatchLoader, load
-from effml.zoo.fit import FitConfig, evaluate, fit, logits_of
+from effml.zoo.training import TrainLoopConfig, evaluate, logits_of, train_classifier
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,7 +21,7 @@ def digits():
 def test_mlp_learns_digits(digits):
     torch.manual_seed(0)
     model = mlp(in_features=64, hidden=(64,))
-    res = fit(model, digits, epochs=4, lr=3e-3, seed=0)
+    res = train_classifier(model, digits, epochs=4, lr=3e-3, seed=0)
     # chance is 10%; a linear model already reaches ~95% on digits (sklearn's documented example), so an
     # MLP after 4 epochs (92 steps) is comfortably above 85%
     assert res.test_accuracy > 0.85
@@ -34,14 +34,14 @@ def test_same_seed_same_result(digits):
     for _ in range(2):
         torch.manual_seed(1)
         model = mlp(in_features=64, hidden=(32,))
-        out.append(fit(model, digits, epochs=1, lr=1e-3, seed=5).losses)
+        out.append(train_classifier(model, digits, epochs=1, lr=1e-3, seed=5).losses)
     assert out[0] == out[1]
 
 
 def test_step_hook_runs_after_every_step(digits):
     calls = []
     model = mlp(in_features=64, hidden=(16,))
-    fit(model, digits, max_steps=7, step_hook=lambda: calls.append(1), evaluate_after=False)
+    train_classifier(model, digits, max_steps=7, step_hook=lambda: calls.append(1), evaluate_after=False)
     assert len(calls) == 7
 
 
@@ -55,10 +55,10 @@ def test_evaluate_counts_exactly():
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match="FitConfig.epochs"):
-        FitConfig(epochs=0)
-    with pytest.raises(ConfigError, match="FitConfig.optimizer"):
-        FitConfig(optimizer="lbfgs")
+    with pytest.raises(ConfigError, match="TrainLoopConfig.epochs"):
+        TrainLoopConfig(epochs=0)
+    with pytest.raises(ConfigError, match="TrainLoopConfig.optimizer"):
+        TrainLoopConfig(optimizer="lbfgs")
 
 
 def test_logits_of_hf_style_output():
