@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-    from effml.scaling import FitConfig, compute_optimal, fit
+    from effml.scaling import CurveFitConfig, compute_optimal, fit_law
     from effml.scaling.demo import RunSpec, results_to_runs, run_grid, write_runs_csv
     from effml.scaling.plots import fit_figure, write_figures
 
@@ -63,8 +63,8 @@ def main(argv: list[str]) -> int:
     runs = results_to_runs(results)
 
     t1 = time.perf_counter()
-    cfg = FitConfig(n_starts=64, n_bootstrap=args.bootstrap, bootstrap_starts=2, seed=0)
-    result = fit(runs, cfg, name="kjv-tiny-gpt")
+    cfg = CurveFitConfig(n_starts=64, n_bootstrap=args.bootstrap, bootstrap_starts=2, seed=0)
+    result = fit_law(runs, cfg, name="kjv-tiny-gpt")
     fit_s = time.perf_counter() - t1
     law = result.law
 

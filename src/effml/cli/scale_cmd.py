@@ -136,11 +136,11 @@ def _print_plan(plan, law, mode: str) -> None:
 def _run_fit(args) -> int:
     from rich.table import Table
 
-    from effml.scaling import FitConfig, fit, get_law, read_runs
+    from effml.scaling import CurveFitConfig, fit_law, get_law, read_runs
 
     runs = read_runs(args.fit)
-    cfg = FitConfig(n_starts=args.starts or None, n_bootstrap=args.bootstrap, seed=args.seed)
-    result = fit(runs, cfg, name="fitted")
+    cfg = CurveFitConfig(n_starts=args.starts or None, n_bootstrap=args.bootstrap, seed=args.seed)
+    result = fit_law(runs, cfg, name="fitted")
     plot = _write_plot(args, get_law("chinchilla"), runs, result.law) if args.plot else None
     if args.json:
         print_json({"mode": "fit", "runs": args.fit, **result.to_dict(), "plot": plot})

@@ -24,7 +24,7 @@ from effml.errors import EffmlError, ModelError
 from effml.train import checkpoint as ckpt
 from effml.train.config import TrainConfig, get_optimizer, get_precision
 from effml.train.recipes import Batch, TrainStep
-from effml.train.workspace import WORKSPACE_OPS, OpCall, workspace_bytes
+from effml.train.workspace import OpCall, has_workspace, workspace_bytes
 from effml.units import torch_dtype
 
 
@@ -81,7 +81,7 @@ class StorageLog(TorchDispatchMode):
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self._track(t, cast)
-        if self.calls is not None and func in WORKSPACE_OPS:
+        if self.calls is not None and has_workspace(func, args, kwargs or {}):
             self.calls.append((self.t, self.current, OpCall.of(func, args, kwargs or {})))
         return out
 
