@@ -7,7 +7,7 @@ import pytest
 from effml.cost.profile import ModuleInfo, OpEvent, Profile
 from effml.hardware import get_device, predict
 from effml.hardware.calibrate import CalibrateConfig, calibrate
-from effml.hardware.fitting import fit_group, fit_op_model
+from effml.hardware.curvefit import fit_group, fit_op_model
 
 
 def test_fit_recovers_known_overhead_and_efficiencies():

@@ -27,7 +27,7 @@ from typing import Callable
 
 from effml.errors import ConfigError
 from effml.hardware.catalog import LOCAL, Device, device_from_dict, local_device_path
-from effml.hardware.fitting import fit_op_model
+from effml.hardware.curvefit import fit_op_model
 
 Progress = Callable[[str, float], None]  # (what is running, fraction done)
 

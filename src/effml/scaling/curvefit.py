@@ -39,7 +39,7 @@ COLUMN_ALIASES = {
 }
 
 
-class FitError(EffmlError, ValueError):
+class CurveFitError(EffmlError, ValueError):
     """The runs cannot support a fit (too few, non-positive values, a bad CSV)."""
 
 
@@ -54,11 +54,12 @@ class Runs:
     def __post_init__(self):
         arrays = [np.asarray(getattr(self, k), dtype=float).ravel() for k in ("params", "tokens", "loss")]
         if len({a.size for a in arrays}) != 1:
-            raise FitError(f"params, tokens and loss must have the same length, got {[a.size for a in arrays]}")
+            raise CurveFitError("params, tokens and loss must have the same length, got "
+                                f"{[a.size for a in arrays]}")
         for name, arr in zip(("params", "tokens", "loss"), arrays):
             bad = np.flatnonzero(~np.isfinite(arr) | (arr <= 0))
             if bad.size:
-                raise FitError(f"run {int(bad[0])}: {name} must be finite and > 0, got {arr[bad[0]]!r}")
+                raise CurveFitError(f"run {int(bad[0])}: {name} must be finite and > 0, got {arr[bad[0]]!r}")
             object.__setattr__(self, name, arr)
 
     def __len__(self) -> int:
@@ -72,7 +73,7 @@ def read_runs(path: str | Path) -> Runs:
     """CSV with a header naming params/N, tokens/D and loss columns (aliases in COLUMN_ALIASES)."""
     path = Path(path)
     if not path.is_file():
-        raise FitError(f"runs file {path} does not exist")
+        raise CurveFitError(f"runs file {path} does not exist")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -83,7 +84,7 @@ def read_runs(path: str | Path) -> Runs:
             if found is None:
                 missing.append(f"{key} (one of: {', '.join(dict.fromkeys(a.lower() for a in aliases))})")
         if missing:
-            raise FitError(f"{path}: missing column(s) {'; '.join(missing)}; header is {header}")
+            raise CurveFitError(f"{path}: missing column(s) {'; '.join(missing)}; header is {header}")
         values = {k: [] for k in columns}
         for lineno, row in enumerate(reader, start=2):
             row = {(k or "").strip(): v for k, v in row.items()}
@@ -91,12 +92,13 @@ def read_runs(path: str | Path) -> Runs:
                 try:
                     values[key].append(float(row[col]))
                 except (TypeError, ValueError):
-                    raise FitError(f"{path} line {lineno}: column {col!r} is {row.get(col)!r}, not a number") from None
+                    raise CurveFitError(f"{path} line {lineno}: column {col!r} is {row.get(col)!r}, "
+                                        "not a number") from None
     return Runs(*(np.array(values[k]) for k in ("params", "tokens", "loss")))
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class CurveFitConfig:
     delta: float = 1e-3  # Huber threshold on log-loss residuals
     n_starts: int | None = 64  # L-BFGS from the best n grid points; None = from every grid point
     n_bootstrap: int = 200
@@ -107,16 +109,16 @@ class FitConfig:
 
     def __post_init__(self):
         if not self.delta > 0:
-            raise ConfigError(f"FitConfig.delta must be > 0, got {self.delta!r}")
+            raise ConfigError(f"CurveFitConfig.delta must be > 0, got {self.delta!r}")
         if self.n_starts is not None and self.n_starts < 1:
-            raise ConfigError(f"FitConfig.n_starts must be >= 1 or None, got {self.n_starts!r}")
+            raise ConfigError(f"CurveFitConfig.n_starts must be >= 1 or None, got {self.n_starts!r}")
         if self.n_bootstrap < 0 or self.bootstrap_starts < 0:
-            raise ConfigError("FitConfig.n_bootstrap and bootstrap_starts must be >= 0")
+            raise ConfigError("CurveFitConfig.n_bootstrap and bootstrap_starts must be >= 0")
         if not 0 < self.ci < 1:
-            raise ConfigError(f"FitConfig.ci must be in (0, 1), got {self.ci!r}")
+            raise ConfigError(f"CurveFitConfig.ci must be in (0, 1), got {self.ci!r}")
         missing = {"a", "b", "e", "alpha", "beta"} - set(self.grid)
         if missing:
-            raise ConfigError(f"FitConfig.grid is missing axes {sorted(missing)}")
+            raise ConfigError(f"CurveFitConfig.grid is missing axes {sorted(missing)}")
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class Interval:
 
 
 @dataclass(frozen=True)
-class FitResult:
+class CurveFitResult:
     law: ScalingLaw
     objective: float  # mean Huber loss at the optimum
     n_runs: int
@@ -225,13 +227,13 @@ def _law_values(theta: np.ndarray) -> dict[str, float]:
             "B": np.exp(b)}
 
 
-def fit(runs: Runs, config: FitConfig = FitConfig(), name: str = "fitted") -> FitResult:
+def fit_law(runs: Runs, config: CurveFitConfig = CurveFitConfig(), name: str = "fitted") -> CurveFitResult:
     """Fit E, A, B, α, β to the runs; bootstrap percentile intervals when config.n_bootstrap > 0."""
     if not isinstance(runs, Runs):
-        raise FitError(f"fit expects Runs (see read_runs), got {type(runs).__name__}")
+        raise CurveFitError(f"fit_law expects Runs (see read_runs), got {type(runs).__name__}")
     distinct = len({(n, d) for n, d in zip(runs.params, runs.tokens)})
     if distinct < N_FIT_PARAMS:
-        raise FitError(f"{len(runs)} runs at {distinct} distinct (N, D) points cannot determine the "
+        raise CurveFitError(f"{len(runs)} runs at {distinct} distinct (N, D) points cannot determine the "
                        f"{N_FIT_PARAMS} parameters E, A, B, alpha, beta; give at least {N_FIT_PARAMS} "
                        f"(and in practice many more, spread over N and D)")
     import scipy.optimize  # noqa: F401  (load scipy's OpenBLAS before pinning its threads)
@@ -240,7 +242,7 @@ def fit(runs: Runs, config: FitConfig = FitConfig(), name: str = "fitted") -> Fi
         return _fit(runs, config, name)
 
 
-def _fit(runs: Runs, config: FitConfig, name: str) -> FitResult:
+def _fit(runs: Runs, config: CurveFitConfig, name: str) -> CurveFitResult:
     data = (np.log(runs.params), np.log(runs.tokens), np.log(runs.loss))
     points = _grid_points(config.grid)
     starts = _best_grid(points, data, config.delta, config.n_starts)
@@ -268,7 +270,7 @@ def _fit(runs: Runs, config: FitConfig, name: str) -> FitResult:
             col = np.array([s[key] for s in samples])
             lo, hi = np.percentile(col, [tail, 100 - tail])
             intervals[key] = Interval(float(point[key]), float(lo), float(hi))
-    return FitResult(_theta_to_law(theta, name), best, len(runs), len(starts), at_best, rms, intervals,
+    return CurveFitResult(_theta_to_law(theta, name), best, len(runs), len(starts), at_best, rms, intervals,
                      config.n_bootstrap, config.ci, _undetermined(theta, data))
 
 

@@ -200,7 +200,7 @@ def results_to_runs(results: list[RunResult]):
     """The (N, D, loss) arrays the fitter takes, from val losses."""
     import numpy as np
 
-    from effml.scaling.fitting import Runs
+    from effml.scaling.curvefit import Runs
 
     return Runs(np.array([r.params for r in results], dtype=float), np.array([r.tokens for r in results], dtype=float),
                 np.array([r.val_loss for r in results]))
