@@ -7,7 +7,7 @@ import torch
 from effml.models import resolve
 from effml.train import TrainConfig, train_memory
 from effml.train import checkpoint as ckpt
-from effml.train.fit import estimator_for, target
+from effml.train.capacity import estimator_for, target
 from effml.train.measured import measure_step
 from effml.train.recipes import Batch, TrainStep
 from effml.zoo import GPT, GPTConfig, lenet5, mlp

@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from effml.models import resolve
     from effml.train.config import TrainConfig
-    from effml.train.fit import (
+    from effml.train.capacity import (
         check_target_precision,
         estimator_for,
         fit_report,
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         est = estimator_for(spec, tgt)
         if args.no_suggest:
             status.update(f"simulating {cfg.precision}, micro-batch {cfg.micro_batch}…")
-            from effml.train.fit import FitReport
+            from effml.train.capacity import FitReport
 
             report = FitReport(est(cfg), tgt, None, ())
         else:

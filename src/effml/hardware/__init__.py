@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from effml.hardware.catalog import Device, DeviceError, Figure, get_device, list_devices, local_device_path
 from effml.hardware.energy import Energy, energy_scale
-from effml.hardware.fit import Fit, check_fit
+from effml.hardware.capacity import Fit, check_fit
 from effml.hardware.predict import OpPrediction, Prediction, predict, predict_many
 
 __all__ = ["Device", "DeviceError", "Energy", "Figure", "Fit", "OpPrediction", "Prediction", "calibrate",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from effml.errors import ConfigError
 from effml.hardware.catalog import Device, DeviceError, get_device
 from effml.hardware.energy import Energy, EnergyScale, energy_scale, op_energy
-from effml.hardware.fit import Fit, check_fit
+from effml.hardware.capacity import Fit, check_fit
 from effml.hardware.kernels import kernel_cost, predict_kernel_times
 from effml.hardware.roofline import (
     FLOAT_DTYPES,
