@@ -40,11 +40,29 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (the usage is one `--help` away), exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def version() -> str:
+    """The installed package's version (its metadata), e.g. 0.1.0."""
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    try:
+        return _version("effml")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (effml is not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="effml",
         description="What does this model cost there, is that prediction true, how do I make it cheaper.",
     )
+    parser.add_argument("--version", action="version", version=f"effml {version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS.values():

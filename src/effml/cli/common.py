@@ -1,28 +1,194 @@
-"""Presentation helpers shared by the subcommands: one JSON object for --json, rich tables otherwise."""
+"""What the subcommands share: the argparse `type=` validators, the model/--hw/--set flags, one JSON object for
+--json (never NaN/Infinity), the rich console and the progress bar the library's `progress=` hook drives.
+
+Validators raise argparse.ArgumentTypeError, so the error names the flag: "argument --lr: must be > 0, got -1"
+(one line on stderr, exit 2: see `effml.cli.Parser`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from effml.errors import ConfigError
 
+Progress = Callable[[str, float], None]  # the one progress hook of the library: (what is being done, fraction done)
 
+
+# ---- argparse type= validators --------------------------------------------------------------------------------
+def _number(text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer > 0 (batch sizes, steps, threads, widths)."""
+    value = _number(text, int)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be an integer > 0, got {text!r}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0 (depths, counts where 0 means none)."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, rates, budgets, MFU)."""
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """A finite number >= 0 (prices, temperatures, epochs)."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1] (sparsities, MFU-like shares)."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def unit_fraction(text: str) -> float:
+    """A number in (0, 1] (a utilisation: 0 would mean an infinite time)."""
+    value = _number(text, float)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text!r}")
+    return value
+
+
+# ---- shared flags -----------------------------------------------------------------------------------------
 def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
+def add_model_flags(parser, *, source: str = "zoo", default: str | None = None, group=None) -> None:
+    """`--model SPEC` (a registry NAME or package.module:callable) and `--set KEY=VALUE` constructor arguments.
+    `group`: add --model to a mutually exclusive group (beside --config)."""
+    names = "lenet5, mlp, vgg, resnet, tiny_gpt" if source == "zoo" else "smollm2-135m, tiny"
+    help_ = (f"model spec: a {source} name ({names}) or package.module:callable returning it"
+             + (f" (default {default})" if default else ""))
+    (group or parser).add_argument("--model", default=default, help=help_)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
+                        help="--model constructor argument, repeatable (e.g. --set width=2)")
+
+
+def add_hw_flag(parser, *, default: list[str] | None = None, help: str = "") -> None:
+    """`--hw DEVICE [DEVICE ...]`: one or more devices, space- or comma-separated, checked by `parse_hw`."""
+    parser.add_argument("--hw", nargs="+", default=default, metavar="DEVICE",
+                        help=help or "device(s), space- or comma-separated (`effml hw list`)")
+
+
+def parse_hw(values: list[str] | str | None, flag: str = "--hw", *, dtypes: bool = False) -> list[str]:
+    """['h100,a100', 't4'] -> ['h100', 'a100', 't4']; every name must be a catalog device (or an alias), `local`
+    or a device JSON file, else ConfigError naming the flag and the known devices. `dtypes`: NAME:DTYPE allowed."""
+    if values is None:
+        return []
+    from effml.hardware import get_device
+    from effml.hardware.catalog import LOCAL, DeviceError
+
+    items = [values] if isinstance(values, str) else list(values)
+    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"{flag} needs at least one device name (`effml hw list`)")
+    for entry in names:
+        name = entry.partition(":")[0] if dtypes else entry
+        if name.strip().lower() == LOCAL:
+            continue  # known; whether it is calibrated yet is the command's to say
+        try:
+            get_device(name)
+        except DeviceError as e:
+            raise ConfigError(f"{flag}: {e}") from None
+    return names
+
+
+def one_hw(values: list[str] | None, flag: str = "--hw", why: str = "") -> str | None:
+    """The single device of a command that works on one (e.g. a search under one device's budget)."""
+    names = parse_hw(values, flag)
+    if len(names) > 1:
+        raise ConfigError(f"{flag} takes one device here{why}, got {len(names)}: {', '.join(names)}")
+    return names[0] if names else None
+
+
+def refuse_unless(args, flags: dict[str, Any], condition: bool, why: str) -> None:
+    """Options that do not apply are refused, not ignored: each of `flags` (flag -> parsed value, None/False/
+    default meaning not given) set while `condition` is false raises ConfigError naming it and `why`."""
+    if condition:
+        return
+    given = [flag for flag, value in flags.items() if value not in (None, False, [], ())]
+    if given:
+        raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}")
+
+
+# ---- JSON -------------------------------------------------------------------------------------------------
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
+    """One JSON object on stdout. Non-finite numbers (NaN, ±inf) are not JSON: they become null and their
+    paths are listed under "non_finite" (a note, so a reader knows null means "not a number" there)."""
+    bad: list[str] = []
+    plain = to_plain(obj, bad)
+    if bad and isinstance(plain, dict):
+        plain["non_finite"] = bad
+    sys.stdout.write(json.dumps(plain, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def _default(o: Any) -> Any:
+def to_plain(o: Any, bad: list[str] | None = None, path: str = "$") -> Any:
+    """JSON-ready data: to_dict() objects, tuples and sets as lists, numpy scalars as numbers, non-finite
+    floats as None (their paths appended to `bad`)."""
+    bad = [] if bad is None else bad
+    if isinstance(o, bool) or o is None or isinstance(o, (str, int)):
+        return o
+    if isinstance(o, float):
+        if math.isfinite(o):
+            return o
+        bad.append(path)
+        return None
+    if isinstance(o, dict):
+        return {str(k): to_plain(v, bad, f"{path}.{k}") for k, v in o.items()}
+    if isinstance(o, (list, tuple, set, frozenset)):
+        return [to_plain(v, bad, f"{path}[{i}]") for i, v in enumerate(o)]
     if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+        return to_plain(o.to_dict(), bad, path)
+    if hasattr(o, "item") and callable(o.item):  # numpy / torch scalars
+        return to_plain(o.item(), bad, path)
+    raise TypeError(f"cannot serialise {type(o).__name__} to JSON (at {path})")
+
+
+@contextmanager
+def progress_hook(description: str, *, quiet: bool = False) -> Iterator[Progress]:
+    """A transient rich bar on stderr (stdout stays one JSON object under --json), driven by the library's
+    `progress=(what, fraction)` hook: `with progress_hook("training") as progress: fit(..., progress=progress)`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+    with Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+             TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=quiet) as bar:
+        task = bar.add_task(description, total=1.0)
+
+        def progress(what: str, done: float) -> None:
+            bar.update(task, completed=min(max(float(done), 0.0), 1.0), description=what or description)
+
+        yield progress
 
 
 def console():

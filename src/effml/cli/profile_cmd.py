@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from effml.cli.common import add_json_flag, console, parse_shape, print_json
+from effml.cli.common import (
+    add_json_flag,
+    add_model_flags,
+    console,
+    nonneg_int,
+    parse_sets,
+    parse_shape,
+    positive_int,
+    print_json,
+    refuse_unless,
+)
 
 
 def add_parser(sub) -> None:
@@ -10,15 +20,15 @@ def add_parser(sub) -> None:
                        description="Count every aten op of one forward (and --backward) pass of a model.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="a bundled model config (e.g. llama-2-7b) or a path to an HF config.json")
-    src.add_argument("--model", help="package.module:callable returning an nn.Module (e.g. effml.zoo:lenet5)")
+    add_model_flags(p, group=src)
     p.add_argument("--input-shape", help="input shape for --model, e.g. 1,1,28,28 (zoo models have one)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--seq", type=int, help="sequence length for --config (default: the config's)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    p.add_argument("--seq", type=positive_int, help="sequence length for --config (default: the config's)")
     p.add_argument("--dtype", default="fp32", help="dtype to run in: fp32, bf16, fp16 (default fp32)")
     p.add_argument("--device", help="meta (shapes only, no memory) or cpu; default meta for --config, cpu for --model")
     p.add_argument("--backward", action="store_true", help="also count the backward pass")
     p.add_argument("--by", choices=("module", "op"), default="module", help="table rows (default module)")
-    p.add_argument("--depth", type=int, help="module depth shown (default 2; --json: all unless given)")
+    p.add_argument("--depth", type=nonneg_int, help="module depth shown (default 2; --json: all unless given)")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -27,9 +37,10 @@ def run(args) -> int:
     from effml.cost.counter import profile
     from effml.models import resolve
 
+    refuse_unless(args, {"--depth": args.depth}, args.by == "module" or args.json, "to --by op (it shows modules)")
     shape = parse_shape(args.input_shape) if args.input_shape else None
     spec = resolve(config=args.config, model=args.model, input_shape=shape, batch=args.batch, seq=args.seq,
-                   dtype=args.dtype, device=args.device)
+                   dtype=args.dtype, device=args.device, model_args=parse_sets(args.set))
     prof = profile(spec.model, *spec.args, forward_kwargs=spec.kwargs, backward=args.backward, name=spec.name)
     if args.json:
         print_json({"model": spec.to_dict(), **prof.to_dict(depth=args.depth)})
