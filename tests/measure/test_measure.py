@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from effml.errors import EffmlError
-from effml.measure import MeasureConfig, measure, median_ci, parse_batches, percentile
+from effml.hardware.sweep import parse_batches
+from effml.measure import MeasureConfig, measure, median_ci, percentile
 
 
 def test_percentile_interpolates():

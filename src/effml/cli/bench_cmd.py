@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from effml.measure import MeasureConfig, bench, parse_batches
+    from effml.hardware.sweep import bench, parse_batches
+    from effml.measure import MeasureConfig
     from effml.models import resolve
 
     batches = parse_batches(args.batch)

@@ -1,13 +1,13 @@
-"""Measurement: latency percentiles with CI-based stopping, throughput vs batch, peak memory, threads.
+"""Measurement: latency percentiles with CI-based stopping, throughput, peak memory, threads.
 
     from effml.measure import measure
     m = measure(model, x)            # Measurement: p50/p90/p99, throughput_per_s, memory, threads
-    res = bench(make, [1, 8, 32])    # each row beside its `local` prediction and error %
+
+The lowest layer of the hardware story: it imports neither `effml.hardware` nor `effml.cost`. The sweep that puts
+each measurement beside its prediction is `effml.hardware.sweep.bench`.
 """
 
 from effml.measure.memory import PeakMemory, PeakTracker
-from effml.measure.sweep import BenchResult, attach_prediction, bench, parse_batches
 from effml.measure.timing import MeasureConfig, Measurement, measure, median_ci, percentile
 
-__all__ = ["BenchResult", "MeasureConfig", "Measurement", "PeakMemory", "PeakTracker", "attach_prediction", "bench",
-           "measure", "median_ci", "parse_batches", "percentile"]
+__all__ = ["MeasureConfig", "Measurement", "PeakMemory", "PeakTracker", "measure", "median_ci", "percentile"]

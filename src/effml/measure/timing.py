@@ -97,7 +97,7 @@ class Measurement:
     memory: PeakMemory | None = None
     clock: str = "wall"
     wall_times_s: list[float] | None = None  # the same calls on the wall clock (differs when clock='cpu')
-    prediction: dict | None = None  # the `local` prediction next to it (sweep.attach_prediction)
+    prediction: dict | None = None  # the `local` prediction next to it (effml.hardware.sweep.attach_prediction)
     extra: dict = field(default_factory=dict)
 
     @property

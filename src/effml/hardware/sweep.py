@@ -1,5 +1,8 @@
 """Throughput vs batch size, each measurement next to its `local` prediction and the error in %.
 
+It lives in `hardware` (above `measure`): it joins the timer of `effml.measure` with the count of
+`effml.cost` and the prediction of `effml.hardware`, so `measure` itself depends on neither.
+
     res = bench(lambda b: resolve(model="effml.zoo:vgg", batch=b), [1, 8, 32])
     res.rows[0].p50, res.rows[0].prediction["time_s"], res.rows[0].error_pct
 
