@@ -15,16 +15,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from effml.errors import ConfigError
+    from effml.cli.study_cmd import check_paths
     from effml.study.build import build
     from effml.study.report import write
     from effml.study.store import Store
 
-    if not Path(args.store).exists():
-        raise ConfigError(f"no study store at {args.store!r}: run `effml study --store {args.store}` first")
-    with Store(args.store) as store:
+    check_paths(args.out, args.store)
+    with Store(args.store, create=False) as store:
         html, lines = build(store, args.study)
     path = write(args.out, html)
     if args.json:

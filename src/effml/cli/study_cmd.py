@@ -31,10 +31,21 @@ def add_parser(sub) -> None:
 
 
 
+REPORT_SUFFIXES = (".html", ".htm")
+
+
 def _open(path: str):
     from effml.study.store import Store
 
     return Store(path)
+
+
+def check_paths(out: str, store: str) -> None:
+    """Before any work: the report can be written, and writing it destroys nothing (not the store itself, not
+    an existing file that is not a report)."""
+    from effml.guards import check_output_path
+
+    check_output_path(out, "--out", suffixes=REPORT_SUFFIXES, not_same_as=[store, f"{store}-wal", f"{store}-shm"])
 
 
 def run_study(args) -> int:
@@ -50,6 +61,7 @@ def run_study(args) -> int:
                       test_limit=args.test_limit, measure_batch=args.measure_batch,
                       plans=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
                       budget_min=args.budget_min, calibrate=not args.no_calibrate)
+    check_paths(args.out, args.store)
     con = console()
     with _open(args.store) as store:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),

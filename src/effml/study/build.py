@@ -39,8 +39,7 @@ def best_run(runs: list[Run], devices: list[str]) -> Run:
 def build(store: Store, study: str, devices: list[str] | None = None, title: str | None = None,
           roofline_device: str | None = None) -> tuple[str, list[str]]:
     """(HTML, headline sentences) for the study's latest runs."""
-    from effml.cost.profile import Profile
-    from effml.hardware import predict
+    from effml.hardware import DeviceError, predict
     from effml.hardware.plot import roofline_figure
 
     runs = [r for r in latest_runs(store, study) if r.metrics.get("accuracy") is not None]  # not NAS rejects
@@ -48,17 +47,37 @@ def build(store: Store, study: str, devices: list[str] | None = None, title: str
         raise ConfigError(f"the store {str(store.path)!r} has no run of study {study!r} with an accuracy")
     devices = devices or sorted({d for r in runs for d in r.predictions})
     best = best_run(runs, devices)
-    blob = store.get_artifact(study, f"profile:{best.key}")
-    profile = Profile.from_dict(json.loads(blob)) if blob else None
-    roof = None
+    profile = _profile(store, study, best.key)
+    roof, note = None, None
     if profile is not None and devices:
         dev = roofline_device or devices[-1]
         dtype = best.predictions.get(dev, {}).get("dtype")
-        roof = roofline_figure({dev: predict(profile, dev, dtype=dtype)}, f"roofline of {best.name} on {dev}")
+        try:
+            roof = roofline_figure({dev: predict(profile, dev, dtype=dtype)}, f"roofline of {best.name} on {dev}")
+        except DeviceError as e:  # a device the catalog no longer has (or a hand-edited name): no roofline
+            if roofline_device is not None:
+                raise
+            note = f"no roofline: {e}"
     base = next((r for r in runs if not r.chain), None)
     meta = {"title": title or f"effml study '{study}'", "best": best.name, "variants": len(runs),
             "measured at batch": (base or best).metrics.get("batch"),
             "machine": ", ".join(f"{k} {v}" for k, v in (base or best).machine.items()),
             "devices": ", ".join(devices)}
+    if note:
+        meta["note"] = note
     rows = [flatten(r, devices) for r in runs]
     return report.render(runs, devices, best_profile=profile, roofline=roof, meta=meta), headline(rows)
+
+
+def _profile(store: Store, study: str, key: str):
+    """The stored profile of a run, or None; a ConfigError naming the artifact when it is not one."""
+    from effml.cost.profile import Profile
+
+    blob = store.get_artifact(study, f"profile:{key}")
+    if blob is None:
+        return None
+    try:
+        return Profile.from_dict(json.loads(blob))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"store {str(store.path)!r}, table artifacts, key 'profile:{key}' (study {study!r}) is not "
+                          f"an effml profile ({type(e).__name__}: {e}); delete that row and rerun the study") from None

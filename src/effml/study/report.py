@@ -34,6 +34,18 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+# In a <script> block the HTML parser ends the script at the first "</script", and "<!--" changes how it parses;
+# U+2028/2029 end a line in older JavaScript. Escaped as \uXXXX they are the same JSON strings, inert to the parser.
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                              "\u2029": "\\u2029"})
+
+
+def script_json(obj) -> str:
+    """JSON for inside a <script> element: no store string (a device or variant name) can close the element or
+    open a comment in it (json.dumps escapes neither)."""
+    return json.dumps(obj, allow_nan=False).translate(_SCRIPT_SAFE)
+
+
 def pareto_figure(rows: list[dict], axes, frontier: dict[str, list[str]]):
     import plotly.graph_objects as go
 
@@ -121,13 +133,14 @@ def render(runs: list[Run], devices: list[str], best_profile=None, roofline=None
     info = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in meta.items())
     return _TEMPLATE.format(title=html.escape(meta.get("title", "effml study")), headline=lines, info=info,
                             options=options, figures="\n".join(parts), head=head, body=body,
-                            switch=json.dumps(switch))
+                            switch=script_json(switch))
 
 
 def write(path: str | Path, html_text: str) -> Path:
-    p = Path(path)
-    p.write_text(html_text, encoding="utf-8")
-    return p
+    """Write the report whole (a temporary file renamed onto `path`): never half a report."""
+    from effml.guards import write_atomic
+
+    return write_atomic(path, html_text)
 
 
 _TEMPLATE = """<!doctype html>

@@ -10,14 +10,19 @@ resumed study does not retrain what it already has.
 from __future__ import annotations
 
 import json
+import math
+import os
+import secrets
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from effml.errors import ConfigError
+from effml.guards import describe_file
 
 SCHEMA_VERSION = 1
+APPLICATION_ID = 0x45464D4C  # 'EFML' in the header's application id field: marks the file as an effml store
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -56,43 +61,151 @@ class Run:
         return asdict(self)
 
 
-class Store:
-    """`with Store("runs.db") as s: s.put(run); s.runs("default")`."""
+_JSON_FIELDS = (("chain", list), ("metrics", dict), ("predictions", dict), ("machine", dict))
+# the numbers the report and the terminal table compute with: what each must be when present (null is allowed)
+_METRICS = {"accuracy": "fraction", "params": "nonneg", "model_bytes": "positive", "flops": "nonneg",
+            "macs": "nonneg", "bytes_moved": "nonneg", "latency_p50_s": "positive", "latency_p90_s": "positive",
+            "throughput": "positive", "speedup_measured": "positive", "local_pred_s": "positive",
+            "peak_mem_bytes": "finite", "batch": "positive"}
+_RULES = {"fraction": ("a number in [0, 1]", lambda v: 0 <= v <= 1), "nonneg": ("a number >= 0", lambda v: v >= 0),
+          "positive": ("a number > 0", lambda v: v > 0), "finite": ("a finite number", lambda v: True)}
 
-    def __init__(self, path: str | Path):
+
+def _kind(v) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number")
+
+
+def _check_number(where: str, field: str, v, rule: str) -> None:
+    if v is None:
+        return
+    text, ok = _RULES[rule]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+        raise ConfigError(f"{where}: field {field!r} is {v!r}, expected {text}; fix or delete that row")
+
+
+def _busy(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+class Store:
+    """`with Store("runs.db") as s: s.put(run); s.runs("default")`.
+
+    Opens only an effml store: a new path becomes one (built beside it and linked into place whole, so no
+    other process ever sees a half-made store); an existing file that is anything else (another program's
+    SQLite database, an empty file, text) is refused before anything is written to it. `create=False` (for
+    `effml report`) refuses a missing path instead of creating it."""
+
+    def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
-        if self.path.exists() and self.path.is_dir():
+        if self.path.is_dir():
             raise ConfigError(f"store {str(self.path)!r} is a directory, not an SQLite file")
+        if not self.path.exists():
+            if not create:
+                raise ConfigError(f"no study store at {str(self.path)!r}: run `effml study --store {self.path}` first")
+            self._create()
+        self._identify()
         deadline = time.monotonic() + 60.0
         while True:
             self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
             try:
                 self._setup()
                 return
+            except ConfigError:
+                self.conn.close()
+                raise
             except sqlite3.DatabaseError as exc:
                 self.conn.close()
-                # Switching a new file to WAL takes an exclusive lock and does not wait on busy_timeout: two
-                # processes opening the same new store at once see "database is locked" (seen in CI). Retry.
-                busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
-                if busy and time.monotonic() < deadline:
+                # Switching a file to WAL takes an exclusive lock and does not wait on busy_timeout: two
+                # processes opening the same store at once can see "database is locked" (seen in CI). Retry.
+                if _busy(exc) and time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
                 raise ConfigError(f"store {str(self.path)!r} is not an effml SQLite store ({exc}); "
                                   "choose another --store path") from None
 
+    def _create(self) -> None:
+        """Make a complete, empty store in a private file beside the path, then hard-link it into place: the
+        link fails if another process got there first (then that store is used), and never shows a 0-byte or
+        half-initialised file under the store's name."""
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise ConfigError(f"store {str(self.path)!r}: directory {str(parent)!r} does not exist; create it first")
+        tmp = parent / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.new"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # mode as umask allows
+            conn = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            finally:
+                conn.close()  # the last connection checkpoints and removes the -wal file
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created it first: open theirs
+            except OSError:  # a file system without hard links
+                if not self.path.exists():
+                    os.replace(tmp, self.path)
+        except OSError as e:
+            raise ConfigError(f"store {str(self.path)!r} cannot be created ({e.strerror or e}); choose a writable "
+                              "--store path") from None
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                if leftover.exists():
+                    leftover.unlink()
+
+    def _identify(self) -> None:
+        """Refuse, without writing to it, a file that is not an effml store."""
+        what = describe_file(self.path)
+        if what != "an SQLite database":
+            raise ConfigError(f"store {str(self.path)!r} is not an effml SQLite store: it is {what}; effml does not "
+                              "turn an existing file into a store: choose another --store path (or delete it)")
+        deadline = time.monotonic() + 60.0
+        while True:
+            conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            try:  # reads only: the application id in the header, the table names
+                (app,) = conn.execute("PRAGMA application_id").fetchone()
+                tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                                           "AND name NOT LIKE 'sqlite_%'"))
+                legacy = app == 0 and set(tables) == {"meta", "runs", "artifacts"} and conn.execute(
+                    "SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is not None
+                break
+            except sqlite3.DatabaseError as exc:
+                if _busy(exc) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise ConfigError(f"store {str(self.path)!r} is not an effml SQLite store ({exc}); "
+                                  "choose another --store path") from None
+            finally:
+                conn.close()
+        if app == APPLICATION_ID or legacy:  # legacy: made by effml before it set the application id
+            return
+        held = f"tables {', '.join(tables)}" if tables else "no tables"
+        raise ConfigError(f"store {str(self.path)!r} is not an effml SQLite store: it is an SQLite database with "
+                          f"{held} (application id {app:#x}); effml writes only into its own stores: choose "
+                          "another --store path")
+
     def _setup(self) -> None:
         self.conn.execute("PRAGMA busy_timeout=60000")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
+        if self.conn.execute("PRAGMA application_id").fetchone()[0] == 0:  # a store made before the id
+            self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         self._check_version()
 
     def _check_version(self) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        (version,) = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if int(version) != SCHEMA_VERSION:
-            raise ConfigError(f"store {str(self.path)!r} has schema version {version}, this effml reads "
-                              f"{SCHEMA_VERSION}")
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            raise ConfigError(f"store {str(self.path)!r}: table meta has no 'schema_version' row (hand-edited?); "
+                              f"this effml reads schema version {SCHEMA_VERSION}")
+        version = row[0]
+        if str(version).strip() != str(SCHEMA_VERSION):
+            raise ConfigError(f"store {str(self.path)!r}: table meta, row 'schema_version' is {version!r}; this "
+                              f"effml reads schema version {SCHEMA_VERSION}: use the effml that wrote it, or "
+                              "another --store path")
 
     def __enter__(self) -> "Store":
         return self
@@ -105,12 +218,14 @@ class Store:
 
     # ---- runs ----------------------------------------------------------------------------------------
     def put(self, run: Run) -> bool:
-        """Insert a finished variant; False (and nothing written) if the study already has its key."""
+        """Insert a finished variant; False (and nothing written) if the study already has its key. A run the
+        store could not read back (a NaN accuracy, a metric of the wrong type) is refused, naming the field."""
+        values = (run.study, run.key, run.name, json.dumps(run.chain), json.dumps(run.metrics),
+                  json.dumps(run.predictions), json.dumps(run.machine), run.created)
+        self._row(("(new)", *values))
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO runs (study, key, name, chain, metrics, predictions, machine, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run.study, run.key, run.name, json.dumps(run.chain), json.dumps(run.metrics),
-             json.dumps(run.predictions), json.dumps(run.machine), run.created))
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
         return cur.rowcount == 1
 
     def has(self, study: str, key: str) -> bool:
@@ -131,12 +246,44 @@ class Store:
 
     def _select(self, where: str, params: tuple) -> list[Run]:
         cols = "id, study, key, name, chain, metrics, predictions, machine, created"
-        out = []
-        for (id_, study, key, name, chain, metrics, preds, machine, created) in self.conn.execute(
-                f"SELECT {cols} FROM runs {where} ORDER BY id", params):
-            out.append(Run(study, key, name, json.loads(chain), json.loads(metrics), json.loads(preds),
-                           json.loads(machine), created, id_))
-        return out
+        return [self._row(values) for values in self.conn.execute(
+            f"SELECT {cols} FROM runs {where} ORDER BY id", params)]
+
+    def _row(self, values: tuple) -> Run:
+        """One row of `runs` as a Run, or a ConfigError naming the row and field that is not what effml wrote."""
+        id_, study, key, name, *texts, created = values
+        where = f"store {str(self.path)!r}, table runs, row id {id_} (variant {name!r})"
+        for fname, v in (("study", study), ("key", key), ("name", name)):
+            if not isinstance(v, str):
+                raise ConfigError(f"{where}: field {fname!r} is {v!r}, not text; fix or delete that row")
+        if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created):
+            raise ConfigError(f"{where}: field 'created' is {created!r}, not a time stamp; fix or delete that row")
+        parsed = {}
+        for (fname, kind), text in zip(_JSON_FIELDS, texts):
+            try:
+                parsed[fname] = json.loads(text) if isinstance(text, str) else None
+            except ValueError as e:
+                raise ConfigError(f"{where}: field {fname!r} is not valid JSON ({e}); fix or delete that row") from None
+            if not isinstance(parsed[fname], kind):
+                raise ConfigError(f"{where}: field {fname!r} holds {_kind(parsed[fname])}, expected a JSON "
+                                  f"{'array' if kind is list else 'object'}; fix or delete that row")
+        for i, step in enumerate(parsed["chain"]):
+            if not isinstance(step, dict) or not isinstance(step.get("technique"), str):
+                raise ConfigError(f"{where}: field 'chain', step {i} is {step!r}, expected an object with a "
+                                  "'technique' name; fix or delete that row")
+        for mname, check in _METRICS.items():
+            _check_number(where, f"metrics.{mname}", parsed["metrics"].get(mname), check)
+        for dev, pred in parsed["predictions"].items():
+            if not isinstance(pred, dict):
+                raise ConfigError(f"{where}: field 'predictions.{dev}' holds {_kind(pred)}, expected a JSON object; "
+                                  "fix or delete that row")
+            for pname in ("latency_s", "energy_j", "usd_per_1m"):
+                _check_number(where, f"predictions.{dev}.{pname}", pred.get(pname), "nonneg")
+            if pred.get("fits") is not None and not isinstance(pred["fits"], bool):
+                raise ConfigError(f"{where}: field 'predictions.{dev}.fits' is {pred['fits']!r}, expected true, "
+                                  "false or null; fix or delete that row")
+        return Run(study, key, name, parsed["chain"], parsed["metrics"], parsed["predictions"], parsed["machine"],
+                   created, id_)
 
     # ---- artifacts -----------------------------------------------------------------------------------
     def put_artifact(self, study: str, key: str, data: bytes) -> None:
