@@ -65,7 +65,7 @@ def config_from(args):
 
 def run(args) -> int:
     from effml.cli.common import progress_hook
-    from effml.nas.present import render, trial_line
+    from effml.nas.present import render
     from effml.nas.search import search
 
     cfg = config_from(args)
@@ -74,8 +74,7 @@ def run(args) -> int:
         print_json(res.to_dict())
         return 0
     with progress_hook(f"NAS {cfg.space} on {cfg.hw}") as progress:
-        res = search(cfg, progress=lambda done, total, trial: progress(
-            f"NAS {cfg.space} on {cfg.hw}: {done}/{total}{trial_line(trial)}", done / max(total, 1)))
+        res = search(cfg, progress=lambda what, frac: progress(f"NAS {cfg.space} on {cfg.hw}: {what}", frac))
     console().print(render(res))
     return 0
 
