@@ -49,8 +49,14 @@ def test_rich_table_by_default(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--compute", "-1"], "Budget.flops must be a finite number > 0"),
-    (["--compute", "0"], "Budget.flops must be a finite number > 0"),
+    (["--compute", "-1"], "argument --compute: must be a finite number > 0, got '-1'"),
+    (["--compute", "0"], "argument --compute: must be a finite number > 0, got '0'"),
+    (["--compute", "nan"], "argument --compute: must be a finite number, got 'nan'"),
+    (["--compute", "1e21", "--mfu", "0.5"], "--mfu does not apply without --hw"),
+    (["--compute", "1e21", "--bootstrap", "5"], "--bootstrap does not apply without --fit"),
+    (["--compute", "1e21", "--hw", "h100", "--mfu", "1.5"], "argument --mfu: must be a fraction in (0, 1]"),
+    (["--compute", "1e21", "--hw", "h100", "--price-per-hour", "-2"], "argument --price-per-hour: must be a"),
+    (["--compute", "1e21", "--hw", "h100", "tpu9"], "--hw: unknown device 'tpu9'"),
     (["--budget-usd", "1e6"], "need --hw"),
     (["--compute", "1e21", "--law", "kaplan"], "unknown scaling law 'kaplan'"),
 ])

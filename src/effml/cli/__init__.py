@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad command line (2, one stderr line), --help or --version (0)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.run(args) or 0)
     except EffmlError as exc:
