@@ -107,13 +107,47 @@ def test_sdpa_gqa_follows_query_heads():
         assert s.macs == 8 * 21 * 32  # 8 query heads x 21 causal pairs (6·7/2) x 32 = 5376
 
 
-def test_sdpa_explicit_mask_counts_the_square_plus_mask_add():
+def test_sdpa_explicit_mask_counts_the_pairs_it_keeps_plus_mask_add():
     q = k = v = torch.randn(1, 2, 5, 8)
     mask = torch.ones(5, 5, dtype=torch.bool).tril()
     s = _only(effml.profile(_Fn(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask)), q, k, v),
               "aten.scaled_dot_product_attention")
-    assert s.macs == 2 * 25 * 16  # an explicit mask is applied, not skipped: all 5·5 pairs
-    assert s.flops == 2 * s.macs + 2 * 25 * 7  # scale, softmax (5) and the mask add per score
+    assert s.macs == 2 * 15 * 16  # 2 heads x the 1+2+3+4+5 = 15 pairs tril keeps x (8 + 8)
+    assert s.flops == 2 * s.macs + 2 * 15 * 7  # scale, softmax (5) and the mask add per kept score
+
+
+def _window_mask(T, W, device):
+    # transformers' sdpa_mask for a sliding window: kv <= q and kv > q - W, from aranges (on meta: no values)
+    qi, ki = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
+    return ((ki <= qi) & (ki > qi - W))[None, None].expand(2, 1, T, T)  # (B, 1, T, T)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_sliding_window_mask_counts_sum_of_min_i_plus_1_w(device):
+    # T = 12, W = 4: rows see 1, 2, 3, 4, 4, ... keys: 1+2+3+4 + 8·4 = 42 pairs per head (not 144, nor causal 78)
+    T, W = 12, 4
+    assert sum(min(i + 1, W) for i in range(T)) == 42
+    q = k = v = torch.empty(2, 3, T, 8, device=device)  # B=2, H=3
+    fn = _Fn(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=_window_mask(T, W, a.device)))
+    s = _only(effml.profile(fn, q, k, v), "aten.scaled_dot_product_attention")
+    assert s.macs == 2 * 3 * 42 * 16
+
+
+def test_additive_float_mask_keeps_finite_entries():
+    q = k = v = torch.randn(1, 1, 4, 8)
+    mask = torch.zeros(4, 4).masked_fill(torch.ones(4, 4, dtype=torch.bool).triu(1), float("-inf"))
+    s = _only(effml.profile(_Fn(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask)), q, k, v),
+              "aten.scaled_dot_product_attention")
+    assert s.macs == 10 * 16  # 1+2+3+4 finite entries
+
+
+def test_mask_too_large_to_evaluate_counts_every_pair_and_says_so(monkeypatch):
+    from effml.cost import masks
+    monkeypatch.setattr(masks, "MAX_ELEMENTS", 100)  # a 12 x 12 mask is then "too large"
+    q = k = v = torch.empty(1, 1, 12, 8, device="meta")
+    fn = _Fn(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=_window_mask(12, 4, "meta")[:1]))
+    p = effml.profile(fn, q, k, v)
+    assert _only(p, "aten.scaled_dot_product_attention").macs == 144 * 16 and p.meta["unknown_masks"] == 1
 
 
 def test_fused_cpu_kernel_called_directly():

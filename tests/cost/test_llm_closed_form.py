@@ -44,3 +44,18 @@ def test_every_op_of_the_bundled_architectures_has_a_formula(name):
     p = effml.profile(spec.model, *spec.args, forward_kwargs=spec.kwargs, backward=True)
     assert p.unsupported == {}
     assert 1.9 < p.total("backward").macs / p.total("forward").macs <= 2.0  # backward ≈ 2x forward
+
+
+def test_mistral_v01_sliding_window_attention_at_8192():
+    # Mistral-7B-v0.1 (Jiang et al. 2023): W = 4096, 32 layers x 32 query heads x head dim 128 (E + E_v = 256).
+    # Full square: 8192² = 67,108,864 pairs -> 67,108,864·256·32·32 = 17.59 T MACs (what an explicit mask cost before).
+    # Window: Σ_i min(i+1, 4096) = 4096·4097/2 + 4096·4096 = 8,390,656 + 16,777,216 = 25,167,872 pairs
+    #         -> 25,167,872·256·1024 = 6,597,606,637,568 = 6.6 T MACs (causal without a window: 8.8 T).
+    T, W = 8192, 4096
+    pairs = sum(min(i + 1, W) for i in range(T))
+    assert pairs == 25_167_872
+    spec = resolve(config="mistral-7b-v0.1", seq=T)
+    p = effml.profile(spec.model, *spec.args, forward_kwargs=spec.kwargs)
+    assert p.by_category()["attention"].macs == pairs * 256 * 32 * 32 == 6_597_606_637_568
+    assert p.meta["unknown_masks"] == 0
+    assert p.params == 7_241_732_096  # the published count of the v0.1 checkpoint

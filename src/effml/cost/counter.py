@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from effml.cost import formulas  # noqa: F401  (registers the formulas)
 from effml.cost.formulas.linalg import AttentionShape
+from effml.cost.masks import Shadows
 from effml.cost.profile import OpEvent, Profile
 from effml.cost.registry import OpCost, bytes_of, lookup, tensors
 from effml.cost.tracking import LiveMemory, ModuleTracker, weights
@@ -69,6 +70,7 @@ class _Counter:
         self.unsupported: Counter[str] = Counter()
         self.phase = "forward"
         self.suppress = 0  # > 0 inside a fused attention kernel
+        self.shadows = Shadows()  # CPU values of meta index tensors: attention masks built on meta
         self._hooks: list = []
 
     def add(self, op: str, category: str, cost: OpCost | None, read: int, written: int, dtype: str,
@@ -99,7 +101,8 @@ class _Counter:
         b = {**dict(zip(names, args)), **kwargs}
         q, k, v, mask = b["query"], b["key"], b["value"], b.get("attn_mask")
         dropout = bool(b.get("dropout_p", 0.0))
-        shape = AttentionShape.of(q, k, v, bool(b.get("is_causal", False)))
+        kept = self.shadows.scores(mask, q, k) if isinstance(mask, torch.Tensor) else None
+        shape = AttentionShape.of(q, k, v, bool(b.get("is_causal", False)), kept)
         self.suppress += 1
         try:
             out = func(*args, **kwargs)
@@ -169,6 +172,7 @@ class _DispatchMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         if not self.counter.suppress:
             self.counter.record(func, args, kwargs, out)
+            self.counter.shadows.record(func, args, kwargs, out)
         return out
 
 
@@ -228,6 +232,7 @@ def profile(model: nn.Module, *example_inputs, backward: bool = False, forward_k
             "device": str((params or inputs)[0].device) if (params or inputs) else "cpu",
             "backward": backward,
             "torch": torch.__version__,
+            "unknown_masks": counter.shadows.unknown,  # explicit attention masks too large to read: all pairs
         },
     )
 

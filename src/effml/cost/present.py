@@ -68,6 +68,15 @@ def op_table(profile: Profile) -> Table:
     return t
 
 
+def mask_note(profile: Profile) -> Text | None:
+    n = profile.meta.get("unknown_masks", 0)
+    if not n:
+        return None
+    return Text(f"{n} attention call(s) had an explicit mask whose values are unknown on meta (too large, or "
+                "made from the inputs): every (query, key) pair was counted, an upper bound for a windowed or "
+                "padded mask.", style="yellow")
+
+
 def unsupported_note(profile: Profile) -> Text | None:
     if not profile.unsupported:
         return None
@@ -78,5 +87,5 @@ def unsupported_note(profile: Profile) -> Text | None:
 
 def render(profile: Profile, by: str = "module", depth: int = 2) -> Group:
     parts = [summary(profile), module_table(profile, depth) if by == "module" else op_table(profile)]
-    note = unsupported_note(profile)
-    return Group(*parts, *([note] if note else []))
+    notes = [n for n in (unsupported_note(profile), mask_note(profile)) if n is not None]
+    return Group(*parts, *notes)

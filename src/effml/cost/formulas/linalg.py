@@ -8,7 +8,9 @@ Conventions (README "Counting conventions"):
 - Attention counts the query-key pairs it computes: all L·S of them, or with is_causal exactly the
   unmasked pairs of PyTorch's top-left-aligned causal mask. Each pair costs E MACs for q·k and E_v MACs
   for p·v, plus per score 1 FLOP scale, 5 FLOPs softmax (max, subtract, exp, sum, divide), 1 for an
-  explicit mask add, 2 for dropout. An explicit mask is applied, not skipped: all L·S pairs are counted.
+  explicit mask add, 2 for dropout. An explicit mask counts the pairs it lets through when its values are
+  known (a sliding window W: row i sees min(i+1, W) keys), as a windowed kernel computes only those; a mask
+  whose values are unknown (a large one on meta) counts all L·S pairs.
   GQA/MQA: the count follows the query heads (each query head attends over its shared K/V head).
 """
 
@@ -144,21 +146,28 @@ class AttentionShape:
     E: int
     Ev: int
     pairs: int  # (query, key) pairs computed per head
+    kept: int | None = None  # pairs an explicit mask lets through, summed over all heads (None: unknown)
 
     @classmethod
-    def of(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> "AttentionShape":
+    def of(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+           kept: int | None = None) -> "AttentionShape":
         L, E, S, Ev = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
         pairs = causal_pairs(L, S) if causal else L * S
-        return cls(prod(q.shape[:-2]), prod(k.shape[:-2]), L, S, E, Ev, pairs)
+        return cls(prod(q.shape[:-2]), prod(k.shape[:-2]), L, S, E, Ev, pairs, kept)
+
+    @property
+    def scores(self) -> int:
+        """(query, key) scores computed, all heads together."""
+        return self.heads * self.pairs if self.kept is None else self.kept
 
     def forward(self, masked: bool, dropout: bool) -> OpCost:
-        scores = self.heads * self.pairs
+        scores = self.scores
         per_score = SCALE_FLOPS + SOFTMAX_FLOPS + MASK_FLOPS * masked + DROPOUT_FLOPS * dropout
         return matmul_cost(scores * (self.E + self.Ev), bias_adds=scores * per_score)
 
     def backward(self, dropout: bool) -> OpCost:
         """dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q: twice the forward MACs (no recompute counted)."""
-        scores = self.heads * self.pairs
+        scores = self.scores
         per_score = SOFTMAX_BACKWARD_FLOPS + SCALE_FLOPS + DROPOUT_FLOPS * dropout
         gqa_reduce = (self.heads - self.kv_heads) * self.S * (self.E + self.Ev)  # sum dK, dV over shared heads
         return matmul_cost(2 * scores * (self.E + self.Ev), bias_adds=scores * per_score + gqa_reduce)
