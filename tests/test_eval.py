@@ -73,7 +73,8 @@ def test_hf_causal_lm():
     ref = 0.0  # disjoint windows: inputs [0,16), [16,32), [32,39)
     for s in (0, 16, 32):
         e = min(s + 16, 39)
-        logp = torch.log_softmax(hf(toks[None, s:e]).logits[0], -1)  # (e - s, V)
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(toks[None, s:e]).logits[0], -1)  # (e - s, V)
         ref -= float(logp.gather(-1, toks[s + 1:e + 1, None]).sum())
     assert res.nll == pytest.approx(ref / 39, rel=1e-5) and res.windows == 3
     with pytest.raises(ConfigError, match="exceeds the model's context of 32"):
