@@ -50,9 +50,14 @@ def test_train_mem_table(capsys):
     (["train-mem", "--model", "effml.zoo:tiny_gpt", "--input-shape", "1,16", "--checkpointing", "modules:blocks.7"],
      "checkpointing target 'blocks.7' is not a module name of GPT"),
     (["train-mem", "--model", "effml.zoo:mlp", "--zero", "2"], "zero_stage=2 shards across devices"),
-    (["train", "--nproc", "0"], "--nproc (world size) must be >= 1, got 0"),
+    (["train", "--nproc", "0"], "argument --nproc: must be an integer > 0, got '0'"),
+    (["train", "--lr", "nan"], "argument --lr: must be a finite number, got 'nan'"),
+    (["train", "--lr=-1e-3"], "argument --lr: must be a finite number > 0, got '-1e-3'"),
+    (["train", "--model", "mlp", "--seq", "64"], "--seq does not apply to mlp"),
+    (["train", "--model", "lenet5", "--set", "width=0"], "--set width=0 for --model lenet5: must be > 0"),
+    (["train", "--model", "torch.nn:Identity"], "--model 'torch.nn:Identity' has no zoo entry"),
     (["train", "--model", "mlp", "--precision", "fp16-mixed"], "precision 'fp16-mixed' needs a CUDA GPU"),
-    (["train", "--model", "gpt5"], "unknown zoo model 'gpt5'"),
+    (["train", "--model", "gpt5"], "--model 'gpt5' is not a zoo model name"),
     (["train", "--set", "n_layer"], "--set 'n_layer' must look like KEY=VALUE"),
 ])
 def test_bad_input_gives_one_line_error(capsys, argv, message):

@@ -41,10 +41,12 @@ class RunConfig:
     dump_grads: str | None = None  # save the first step's gradients here (rank 0), for the DDP check
 
     def __post_init__(self):
-        from effml.zoo import ZOO
+        from effml.models import model_builder
 
-        if self.model not in ZOO:
-            raise ConfigError(f"unknown zoo model {self.model!r}; the zoo has {', '.join(sorted(ZOO))}")
+        if getattr(model_builder(self.model), "zoo_entry", None) is None:  # a zoo NAME or module:callable
+            raise ConfigError(f"--model {self.model!r} has no zoo entry to say what data it trains on (text or "
+                              "images, which shape): train a zoo model (e.g. tiny_gpt, lenet5) or register yours "
+                              "with @effml.zoo.zoo_model")
         for name in ("steps", "seq"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -145,17 +147,15 @@ def _data_for(entry):
 
 
 def build_model(run: RunConfig) -> tuple[torch.nn.Module, object]:
-    from effml.zoo import ZOO
+    from effml.models import model_builder
 
-    entry = ZOO[run.model]
+    build = model_builder(run.model)  # checks the constructor arguments, names the spec in any error
+    entry = build.zoo_entry
     kwargs = dict(run.model_kwargs)
     if entry.vocab and "block_size" not in kwargs:
         kwargs["block_size"] = max(run.seq, 128)  # tiny_gpt's position table must cover seq
     torch.manual_seed(run.seed)
-    try:
-        model = entry.build(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"zoo model {run.model!r} does not take {kwargs}: {e}") from None
+    model = build(**kwargs)
     if entry.vocab:
         _gpt_init(model)
     return model, entry
