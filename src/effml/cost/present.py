@@ -89,3 +89,25 @@ def render(profile: Profile, by: str = "module", depth: int = 2) -> Group:
     parts = [summary(profile), module_table(profile, depth) if by == "module" else op_table(profile)]
     notes = [n for n in (unsupported_note(profile), mask_note(profile)) if n is not None]
     return Group(*parts, *notes)
+
+
+def text(profile: Profile, top: int = 5) -> str:
+    """A few plain lines (no markup): totals, the `top` ops by FLOPs with their share, what had no formula.
+    `str(profile)` is this; `render` is the full table."""
+    total = profile.total()
+    meta = profile.meta
+    inputs = ", ".join("x".join(map(str, s)) for s in meta.get("inputs", [])) or "?"
+    phases = "forward + backward" if meta.get("backward") else "forward"
+    lines = [f"Profile of {meta.get('model', 'model')}: one {phases} pass, inputs {inputs}, "
+             f"{meta.get('dtype', '?')} on {meta.get('device', '?')}",
+             f"  params {profile.params:,} | FLOPs {si(total.flops)}{' (lower bound)' if profile.is_lower_bound else ''}"
+             f" | MACs {si(total.macs)} | bytes moved {fmt_bytes(total.bytes)} | "
+             f"peak activations {fmt_bytes(profile.peak_activation_bytes)} | {len(profile.events):,} op calls"]
+    ops = [(op, s) for op, s in profile.by_op().items() if s.flops][:top]
+    if ops:
+        lines.append("  top ops by FLOPs: " + ", ".join(
+            f"{op} {_share(s.flops, total.flops)} ({s.calls} calls)" for op, s in ops))
+    if profile.unsupported:
+        lines.append("  no FLOP formula (FLOPs are a lower bound): " + ", ".join(
+            f"{op} x{n}" for op, n in sorted(profile.unsupported.items())))
+    return "\n".join(lines)

@@ -158,6 +158,23 @@ class Profile:
         """Bytes of the weights stored in `dtype` (params x bytes per element; int4 = 0.5 B)."""
         return int(round(self.params * dtype_bytes(dtype)))
 
+    # ---- display (effml.cost.present) ----------------------------------------------------------
+    def __str__(self) -> str:
+        """A short summary: totals, top ops, what had no formula (not the thousands of events)."""
+        from effml.cost.present import text
+
+        return text(self)
+
+    def __repr__(self) -> str:
+        return (f"Profile(model={self.meta.get('model', '?')!r}, params={self.params:,}, flops={self.flops:,}, "
+                f"events={len(self.events):,}, unsupported={len(self.unsupported)})")
+
+    def table(self, by: str = "module", depth: int = 2):
+        """The rich tables `effml profile` prints (summary + per module or per op): `rich.print(p.table())`."""
+        from effml.cost.present import render
+
+        return render(self, by=by, depth=depth)
+
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self, events: bool = False, depth: int | None = None) -> dict:
         total = self.total()
