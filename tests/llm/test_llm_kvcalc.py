@@ -48,6 +48,35 @@ def test_max_batch_beside_the_weights_on_h100():
     assert kv_report("llama-3-8b", seq=8192, batch=64, dtype="bf16", hw="h100").fits is False
 
 
+def test_mistral_v01_rolling_buffer_at_32k():
+    # Mistral-7B-v0.1 (Jiang et al. 2023): W = 4096 in all 32 layers, a rolling buffer of the last 4096 tokens:
+    # 2 · 32 · 8 kv heads · 128 · 4096 · 2 B = 536,870,912 B = 0.5 GiB at 32k (not 2 · 32 · 8 · 128 · 32768 · 2 = 4 GiB,
+    # which v0.3 without a window does hold)
+    r = kv_report("mistral-7b-v0.1", seq=32768, batch=1, dtype="fp16", hw="h100")
+    assert r.bytes == 2 * 32 * 8 * 128 * 4096 * 2 == 2**29
+    assert kv_report("mistral-7b", seq=32768, batch=1, dtype="fp16").bytes == 2**32
+    assert (r.window, r.windowed_layers) == (4096, 32) and "rolling buffer" in r.formula
+    # max batch: (80e9 − 7,241,732,096 · 2) / 2^29 = 65,516,535,808 / 536,870,912 = 122.03 -> 122 (v0.3 at 4 GiB: 15)
+    assert r.max_batch == 122
+    assert kv_report("mistral-7b-v0.1", seq=4096, dtype="fp16").bytes == 2**29  # a window's worth: the same
+    assert kv_report("mistral-7b-v0.1", seq=1000, dtype="fp16").bytes == 2 * 32 * 8 * 128 * 1000 * 2  # below W
+
+
+def test_kv_shape_follows_per_layer_types():
+    # Gemma-2 alternates sliding (W = 4096) and full layers; Qwen2 with use_sliding_window slides from
+    # max_window_layers on. 4 layers, 2 windowed, at 10,000 tokens: 2 · 10,000 + 2 · 4096 = 28,192 tokens held
+    from transformers import AutoConfig
+
+    from effml.hardware.kv import KVShape
+
+    gemma = KVShape.of(AutoConfig.for_model("gemma2", num_hidden_layers=4, sliding_window=4096))
+    assert gemma.windows == (4096, None, 4096, None) and gemma.cached_tokens(10_000) == 28_192
+    qwen = KVShape.of(AutoConfig.for_model("qwen2", num_hidden_layers=4, use_sliding_window=True,
+                                           sliding_window=4096, max_window_layers=2))
+    assert qwen.windows == (None, None, 4096, 4096) and qwen.cached_tokens(10_000) == 28_192
+    assert KVShape.of(AutoConfig.for_model("qwen2", num_hidden_layers=4)).windows == ()  # no window by default
+
+
 def test_bad_input_names_the_field():
     with pytest.raises(ConfigError, match="--seq 8192 exceeds llama-2-7b's context of 4096"):
         kv_report("llama-2-7b", seq=8192)

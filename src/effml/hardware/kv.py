@@ -23,11 +23,17 @@ from effml.units import dtype_bytes, torch_dtype
 
 @dataclass(frozen=True)
 class KVShape:
-    """The cache geometry of a decoder config: layers x kv heads x head_dim."""
+    """The cache geometry of a decoder config: layers x kv heads x head_dim, and each layer's attention window.
+
+    A sliding-window layer (Mistral-7B-v0.1: W = 4096 in every layer; Gemma-2: every other layer; Qwen2 with
+    use_sliding_window: the layers from max_window_layers on) keeps a rolling buffer of its last W tokens
+    (Jiang et al. 2023, "Rolling buffer cache"): min(length, W) tokens, not `length`.
+    """
 
     layers: int
     kv_heads: int
     head_dim: int
+    windows: tuple[int | None, ...] = ()  # per layer: W for a sliding-window layer, None for full; () = all full
 
     @classmethod
     def of(cls, hf_config) -> "KVShape":
@@ -39,11 +45,40 @@ class KVShape:
             raise ConfigError(f"model config {type(cfg).__name__} has no decoder layers/heads for a KV cache: {exc}")
         kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
         head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-        return cls(layers, kv_heads, head_dim)
+        return cls(layers, kv_heads, head_dim, _windows(cfg, layers))
+
+    def window(self, layer: int) -> int | None:
+        return self.windows[layer] if self.windows else None
+
+    @property
+    def windowed_layers(self) -> int:
+        return sum(w is not None for w in self.windows)
+
+    def cached_tokens(self, length: int) -> int:
+        """Tokens held over all layers for one sequence of `length`: Σ_layers min(length, W_layer)."""
+        return sum(length if self.window(i) is None else min(length, self.window(i)) for i in range(self.layers))
 
     def bytes(self, batch: int, length: int, dtype: str) -> float:
-        """K and V: 2 x layers x batch x kv_heads x length x head_dim x bytes(dtype)."""
-        return 2 * self.layers * batch * self.kv_heads * length * self.head_dim * dtype_bytes(dtype)
+        """K and V: 2 x batch x kv_heads x head_dim x bytes(dtype) x Σ_layers min(length, W_layer)."""
+        return 2 * batch * self.kv_heads * self.head_dim * self.cached_tokens(length) * dtype_bytes(dtype)
+
+
+def _windows(cfg, layers: int) -> tuple[int | None, ...]:
+    """Per-layer windows from a transformers config: `layer_types` ('sliding_attention' layers use
+    `sliding_window`) where the config has it (Gemma-2, Qwen2), else `sliding_window` for every layer (Mistral)."""
+    w = getattr(cfg, "sliding_window", None)
+    if not w:
+        return ()
+    w = int(w)
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        if len(types) != layers:
+            raise ConfigError(f"model config: layer_types has {len(types)} entries for {layers} layers")
+        wins = tuple(w if t == "sliding_attention" else None for t in types)
+        return wins if any(x is not None for x in wins) else ()
+    if getattr(cfg, "use_sliding_window", True) is False:
+        return ()
+    return (w,) * layers
 
 
 def kv_cache_bytes(hf_config, batch: int, length: int, dtype: str) -> float:

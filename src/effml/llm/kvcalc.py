@@ -1,5 +1,8 @@
 """KV-cache calculator for any decoder config: bytes = 2 · layers · kv_heads · head_dim · tokens · batch · bytes.
 
+A sliding-window layer holds a rolling buffer of its last W tokens: tokens = min(seq, W) there (Mistral-7B-v0.1,
+W = 4096, at 32k: 0.5 GiB in fp16 instead of 4 GiB).
+
     r = kv_report("llama-2-7b", seq=4096, batch=1, dtype="fp16")      # r.bytes == 2 GiB exactly
     r = kv_report("llama-3-8b", seq=8192, batch=8, dtype="bf16", hw="h100")
     r.gqa_saving, r.max_batch
@@ -54,6 +57,8 @@ class KVReport:
     device: str | None = None
     device_memory_bytes: float | None = None
     max_batch: int | None = None  # sequences of `seq` tokens whose cache fits beside the weights
+    window: int | None = None  # sliding-window size of the windowed layers (rolling buffer), None: none
+    windowed_layers: int = 0  # layers holding min(seq, window) tokens; the others hold seq
 
     @property
     def gqa_saving(self) -> float:
@@ -62,8 +67,15 @@ class KVReport:
     @property
     def formula(self) -> str:
         b = self.dtype_bytes
-        return (f"2 · {self.layers} layers · {self.kv_heads} kv_heads · {self.head_dim} head_dim · {self.seq} tokens"
-                f" · {self.batch} batch · {b:g} B ({self.dtype})")
+        tail = f" · {self.batch} batch · {b:g} B ({self.dtype})"
+        if not self.windowed_layers:
+            return (f"2 · {self.layers} layers · {self.kv_heads} kv_heads · {self.head_dim} head_dim · {self.seq} tokens"
+                    + tail)
+        full = self.layers - self.windowed_layers
+        tokens = f"{self.windowed_layers} layers · min({self.seq}, window {self.window}) tokens (rolling buffer)"
+        if full:
+            tokens = f"({full} layers · {self.seq} tokens + {tokens})"
+        return f"2 · {self.kv_heads} kv_heads · {self.head_dim} head_dim · {tokens}" + tail
 
     @property
     def fits(self) -> bool | None:
@@ -103,8 +115,8 @@ def kv_report(config: str, seq: int, batch: int = 1, dtype: str = "fp16", hw: st
     if ctx and q.seq > ctx:
         raise ConfigError(f"--seq {q.seq} exceeds {cfg.name}'s context of {ctx} tokens (max_position_embeddings)")
     dt = dtype_name(q.dtype)
-    total = kv_bytes(shape.layers, shape.kv_heads, shape.head_dim, q.seq, q.batch, dt)
-    mha = kv_bytes(shape.layers, heads, shape.head_dim, q.seq, q.batch, dt)
+    total = shape.bytes(q.batch, q.seq, dt)  # = kv_bytes(...) without sliding-window layers
+    mha = total * heads / shape.kv_heads
     params = _params(cfg)
     weights = params * DTYPE_BYTES[dt]
     dev_name = mem = max_batch = None
@@ -116,4 +128,5 @@ def kv_report(config: str, seq: int, batch: int = 1, dtype: str = "fp16", hw: st
         per_seq = total / q.batch
         max_batch = max(0, math.floor((mem - weights) / per_seq))
     return KVReport(cfg.name, shape.layers, heads, shape.kv_heads, shape.head_dim, q.seq, q.batch, dt,
-                    DTYPE_BYTES[dt], total, total / (q.seq * q.batch), mha, params, weights, dev_name, mem, max_batch)
+                    DTYPE_BYTES[dt], total, total / (q.seq * q.batch), mha, params, weights, dev_name, mem, max_batch,
+                    max((w for w in shape.windows if w is not None), default=None), shape.windowed_layers)
