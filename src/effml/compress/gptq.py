@@ -175,6 +175,8 @@ class CalibratedQuant:
     layers: list[str]
     skipped: list[tuple[str, str]]
     errors: dict[str, float]  # layer -> output error tr(E H Eᵀ)/2 after quantization (per calibration token)
+    notes: list[str] = field(default_factory=list)
+    alphas: dict[str, float] = field(default_factory=dict)  # AWQ: the scale exponent chosen per layer
 
 
 def check_groups(model: nn.Module, names: list[str], group_size: int | None) -> None:
