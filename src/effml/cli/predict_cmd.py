@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from effml.cli.common import add_json_flag, console, parse_shape, print_json
+from effml.cli.common import (
+    add_hw_flag,
+    add_json_flag,
+    add_model_flags,
+    console,
+    nonneg_int,
+    parse_hw,
+    parse_sets,
+    parse_shape,
+    positive_float,
+    positive_int,
+    print_json,
+)
 
 MODEL_DTYPES = ("fp32", "bf16", "fp16", "fp64")  # dtypes a model can be built in; others re-price (int8, fp8)
 
@@ -13,23 +25,18 @@ def add_parser(sub) -> None:
                                    "roofline time on each --hw device.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="a bundled model config (e.g. llama-2-7b) or a path to an HF config.json")
-    src.add_argument("--model", help="package.module:callable returning an nn.Module (e.g. effml.zoo:vgg)")
-    p.add_argument("--hw", nargs="+", default=["local"],
-                   help="device(s), space- or comma-separated (e.g. h100 a100 t4; default local)")
+    add_model_flags(p, group=src)
+    add_hw_flag(p, default=["local"], help="device(s), space- or comma-separated (e.g. h100 a100 t4; default local)")
     p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16, fp16, int8, fp8, int4 where the device has it")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--seq", type=int, help="new tokens this step (--config; e.g. 1 to decode, 2048 to prefill)")
-    p.add_argument("--kv-len", type=int, help="tokens already in the KV cache (a decode step; causal LMs)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    p.add_argument("--seq", type=positive_int, help="new tokens this step (--config; e.g. 1 to decode, 2048 to prefill)")
+    p.add_argument("--kv-len", type=nonneg_int, help="tokens already in the KV cache (a decode step; causal LMs)")
     p.add_argument("--input-shape", help="input shape for --model, e.g. 1,3,224,224")
-    p.add_argument("--price", type=float, help="override the $/hour of every device")
+    p.add_argument("--price", type=positive_float, help="override the $/hour of every device")
     p.add_argument("--plot", help="write a roofline plot of the op calls (.html; .png needs kaleido)")
-    p.add_argument("--ops", type=int, default=0, help="also show the N slowest op calls")
+    p.add_argument("--ops", type=nonneg_int, default=0, help="also show the N slowest op calls")
     add_json_flag(p)
     p.set_defaults(run=run)
-
-
-def _devices(names: list[str]) -> list[str]:
-    return [n.strip() for item in names for n in item.split(",") if n.strip()]
 
 
 def _work(args, devices):
@@ -41,7 +48,7 @@ def _work(args, devices):
     build_dtype = args.dtype if args.dtype in MODEL_DTYPES else "fp32"
     shape = parse_shape(args.input_shape) if args.input_shape else None
     spec = resolve(config=args.config, model=args.model, input_shape=shape, batch=args.batch,
-                   seq=args.seq, dtype=build_dtype)
+                   seq=args.seq, dtype=build_dtype, model_args=parse_sets(args.set))
     args_, kwargs, kv = spec.args, spec.kwargs, 0.0
     if args.kv_len is not None:
         device = "meta" if args.config else "cpu"
@@ -57,7 +64,11 @@ def run(args) -> int:
     from effml.errors import ConfigError
     from effml.hardware import get_device
 
-    devices = _devices(args.hw)
+    devices = parse_hw(args.hw)
+    if args.plot:
+        from effml.guards import check_output_path
+
+        check_output_path(args.plot, "--plot", suffixes=(".html", ".png", ".svg"))
     for name in devices:  # unknown names and missing dtypes fail before any counting
         get_device(name).peak_flops(args.dtype)
     if args.kv_len is not None and args.kv_len < 0:
