@@ -92,7 +92,7 @@ def test_gpt2_conv1d():
 
 def test_bad_input():
     with pytest.raises(ConfigError, match="AWQConfig.bits must be 4"):
-        AWQConfig(bits=8, group_size=None)
+        AWQConfig(bits=8)
     with pytest.raises(ConfigError, match="AWQConfig.grid"):
         AWQConfig(grid=0)
     with pytest.raises(ConfigError, match=r"layers\.0\.attention\.wq: in_features 64 is not a multiple"):

@@ -24,34 +24,37 @@ import torch
 from torch import nn
 
 from effml.compress.blockwise import InputCollector, run_block
-from effml.compress.configs import CONFIGS
-from effml.compress.gptq import GPTQConfig, Quantized, calibrated_quantize, output_error, rtn
+from effml.compress.configs import CONFIGS, CompressionConfig
+from effml.compress.gptq import Quantized, calibrated_quantize, output_error, rtn
 from effml.compress.hf_layers import in_out, linear_weight
 from effml.errors import ConfigError
 from effml.registries import Registry
 
 
 @dataclass(frozen=True)
-class AWQConfig(GPTQConfig):
+class AWQConfig(CompressionConfig):
     """AWQ int4 per group (asymmetric) from calibration token ids."""
 
     name: ClassVar[str] = "awq"
-    bits: int = 4
+    bits: int = 4  # 4 only (AWQ is a 4-bit method)
+    group_size: int = 128  # 32 | 64 | 128 ...
     grid: int = 20  # alpha in {0, 1/grid, ..., (grid-1)/grid}
     clip: bool = True
     search_tokens: int = 2048  # calibration tokens per block used by the scale search (random subset)
     clip_tokens: int = 512  # ... and by the clipping search
-    damp: float = 0.0  # unused by AWQ (kept 0)
-    act_order: bool = False
+    batch_size: int = 1  # calibration rows per forward
+    exclude: tuple[str, ...] = ()  # layer names (full, as in named_modules) left in float
 
     def __post_init__(self):
-        super().__post_init__()
-        if self.bits != 4:
+        if self.bits != 4 or isinstance(self.bits, bool):
             raise ConfigError(f"AWQConfig.bits must be 4, got {self.bits!r}")
-        for f in ("grid", "search_tokens", "clip_tokens"):
+        if not isinstance(self.clip, bool):
+            raise ConfigError(f"AWQConfig.clip must be True or False, got {self.clip!r}")
+        for f in ("group_size", "grid", "search_tokens", "clip_tokens", "batch_size"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"AWQConfig.{f} must be a positive integer, got {v!r}")
+        self._names("exclude")
 
 
 if "awq" not in CONFIGS:
@@ -192,14 +195,14 @@ def awq_model(model: nn.Module, config: AWQConfig, calibration: torch.Tensor, pr
         finally:
             col.remove()
         X = {n: torch.cat(v) for n, v in xs.items()}  # (N, in) each
-        gs = config.group_size or None
+        gs = config.group_size
         scaled: set[str] = set()
         for g in scale_groups(blk):
             if not all(n in layers for n in g.layers):
                 continue  # an excluded member: leave the group unscaled
             Xs = _subset(X[g.layers[0]], config.search_tokens, 0)
             W = torch.cat([linear_weight(layers[n]).detach().float() for n in g.layers])  # (sum out, in)
-            s, alpha = search_scale(Xs, W, gs or W.shape[1], config.grid)
+            s, alpha = search_scale(Xs, W, gs, config.grid)
             with torch.no_grad():
                 for n in g.layers:
                     linear_weight(layers[n]).mul_(s[None, :])  # W diag(s)
@@ -214,10 +217,9 @@ def awq_model(model: nn.Module, config: AWQConfig, calibration: torch.Tensor, pr
         out = {}
         for n, m in layers.items():
             w = linear_weight(m).detach().float()
-            gsz = gs or w.shape[1]
             leaf = n.rsplit(".", 1)[-1]
             if config.clip and leaf not in ("wq", "wk", "q_proj", "k_proj"):
-                w_c = search_clip(_subset(X[n], config.clip_tokens, 1), w, gsz)
+                w_c = search_clip(_subset(X[n], config.clip_tokens, 1), w, gs)
             else:
                 w_c = w
             qz: Quantized = rtn(w_c, 4, config.group_size)
