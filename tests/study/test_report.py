@@ -75,3 +75,66 @@ def test_report_renders_in_chromium(runs, lenet_profile, tmp_path):
         page.screenshot(path=str(RESULTS / "report_test.png"), full_page=True)
         browser.close()
     assert errors == []
+
+
+# Store strings written to attack the page: each would run a script (or open a dialog) if it reached the HTML
+# raw, in markup or inside the <script> that holds the cost-axis switch.
+HOSTILE = ["</script><script>window.__pwned=1</script>", '<img src=x onerror="window.__pwned=2;alert(2)">',
+           "\"'><svg onload=window.__pwned=3>", "<!--<script>window.__pwned=4//", "a\u2028b\u2029c & d"]
+
+
+def _hostile_store(path, runs, lenet_profile):
+    from effml.study.store import Store
+
+    study = "</title><script>window.__pwned=5</script>"
+    with Store(path) as store:
+        for i, run in enumerate(runs):
+            run.study, run.name = study, HOSTILE[i]
+            run.key = f"{HOSTILE[i]}@fp"
+            run.predictions = {**run.predictions, HOSTILE[(i + 1) % 5]: run.predictions["h100"]}
+            run.chain = [{"technique": HOSTILE[(i + 2) % 5], "config": {}}] if run.chain else []
+            run.machine = {HOSTILE[3]: HOSTILE[0]}
+            store.put(run)
+        best = next(r for r in store.runs(study) if r.metrics["accuracy"] == 0.898)  # int8: fastest within 1 pt
+        store.put_artifact(study, f"profile:{best.key}", json.dumps(lenet_profile.to_dict(events=True)).encode())
+    return study
+
+
+def test_hostile_store_strings_run_no_script(runs, lenet_profile, tmp_path):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: .ci/run installs it")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from effml.cli import main
+
+    db, out = tmp_path / "runs.db", tmp_path / "report.html"
+    study = _hostile_store(db, runs, lenet_profile)
+    assert main(["report", "--store", str(db), "--study", study, "--out", str(out)]) == 0
+    page_text = out.read_text()
+    assert "</script><script>" not in page_text.split("<body>")[1].replace("</script>\n<script>", "")
+    dialogs, errors = [], []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(out.as_uri())
+        page.wait_for_selector("#pareto svg.main-svg")
+        assert page.evaluate("typeof window.__pwned") == "undefined" and dialogs == []  # nothing ran on load
+        assert page.locator("#roofline svg.main-svg").count() >= 1  # the roofline on h100, the best variant's
+        # every hostile device is a cost axis: switching to one runs the SWITCH script with its label
+        page.select_option("#cost-axis", f"pred_ms@{HOSTILE[1]}")
+        page.wait_for_function("document.querySelector('#pareto .xtitle').textContent.includes('onerror')")
+        assert page.locator("#pareto .xtitle").text_content() == f"predicted latency on {HOSTILE[1]} (ms)"
+        names = [td.inner_text() for td in page.locator("#runs tbody tr td:first-child").all()]
+        options = page.locator("#cost-axis option").all_text_contents()
+        title = page.locator("h1").inner_text()
+        pwned = page.evaluate("typeof window.__pwned")
+        browser.close()
+    assert pwned == "undefined" and dialogs == [] and errors == []
+    assert title == f"effml study '{study}'"  # shown as text
+    assert sorted(n.replace("\u2028", "").replace("\u2029", "") for n in names) == sorted(
+        h.replace("\u2028", "").replace("\u2029", "") for h in HOSTILE)  # inner_text may drop the separators
+    for dev in HOSTILE:
+        assert f"predicted latency on {dev} (ms)" in options
