@@ -125,7 +125,7 @@ def answers_cached(target, tokenizer, family: str, n: int, config: DraftConfig,
 
     path = cache_root() / f"{CACHE_NAME}-answers-{family}-{n}-{config.max_new_tokens}-{config.seed}.pt"
     if path.is_file():
-        blob = torch.load(path)
+        blob = torch.load(path, weights_only=True)  # lists, ints, floats and tensors only: no pickled code
         return [Answer(**a) for a in blob["answers"]], blob["seconds"]
     t0 = time.perf_counter()
     texts = getattr(P, FAMILIES[family])("train", n, config.seed)
