@@ -41,7 +41,7 @@ def test_train_mem_table(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train-mem", "--model", "effml.zoo:mlp", "--world-size", "0"], "TrainConfig.world_size must be an integer >= 1"),
+    (["train-mem", "--model", "effml.zoo:mlp", "--world-size", "0"], "argument --world-size: must be an integer > 0, got '0'"),
     (["train-mem", "--model", "effml.zoo:mlp", "--precision", "bf16-mixed", "--hw", "t4"],
      "precision 'bf16-mixed' computes in bf16, which T4 lacks"),
     (["train-mem", "--model", "effml.zoo:mlp", "--precision", "fp16-mixed"], "precision 'fp16-mixed' needs a CUDA GPU"),
