@@ -65,9 +65,11 @@ def config_from(args):
 
 def run(args) -> int:
     from effml.cli.common import progress_hook
+    from effml.extras import require
     from effml.nas.present import render
     from effml.nas.search import search
 
+    require("optuna", extra="nas")
     cfg = config_from(args)
     if args.json:
         res = search(cfg)

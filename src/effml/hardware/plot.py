@@ -13,7 +13,9 @@ from effml.errors import ConfigError
 
 
 def roofline_figure(preds: dict, title: str):
-    import plotly.graph_objects as go
+    from effml.extras import require
+
+    go = require("plotly.graph_objects", extra="report")
 
     fig = go.Figure()
     xs_all = [o.intensity for p in preds.values() for o in p.ops if o.flops > 0 and o.bytes > 0]

