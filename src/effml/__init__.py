@@ -21,9 +21,11 @@ _EXPORTS = {
     "measure": "effml.measure.timing:measure",
     "Measurement": "effml.measure.timing:Measurement",
     "prune": "effml.compress.prune:prune",
-    "PruneConfig": "effml.compress.prune:PruneConfig",
     "quantize": "effml.compress.quantize:quantize",
-    "QuantConfig": "effml.compress.quantize:QuantConfig",
+    "compress": "effml.compress.workflow:compress",
+    **{c: f"effml.compress.configs:{c}" for c in (
+        "FinePrune", "ChannelPrune", "NMPrune", "LinearQuantConfig", "KMeansConfig", "DynamicInt8Config",
+        "StaticInt8Config", "WeightOnlyConfig", "config_from_dict")},
     "distill": "effml.compress.distill:distill",
     "DistillConfig": "effml.compress.distill:DistillConfig",
     "sensitivity": "effml.compress.sensitivity:sensitivity",

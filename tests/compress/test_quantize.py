@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from effml.compress import QuantConfig, freeze, quantize
+from effml.compress import (DynamicInt8Config, KMeansConfig, LinearQuantConfig, StaticInt8Config,
+                            WeightOnlyConfig, config_from_dict, freeze, quantize)
 from effml.compress.weight_only import WeightOnlyLinear
 from effml.compress.kmeans import kmeans_1d, nearest
 from effml.compress.qlinear import QSpec, dequantize, grouped, qparams
@@ -34,21 +35,21 @@ def test_quantize_dequantize_error_at_most_half_a_step(spec):
 
 def test_bits_must_be_at_least_one():
     with pytest.raises(ConfigError, match="bits must be an integer >= 1"):
-        QuantConfig(method="linear", bits=0)
+        LinearQuantConfig(bits=0)
     with pytest.raises(ConfigError, match="symmetric quantization needs bits >= 2"):
-        QuantConfig(method="linear", bits=1)
-    with pytest.raises(ConfigError, match="runs 4-bit kernels"):
-        QuantConfig(method="int4-weight", bits=8)
-    with pytest.raises(ConfigError, match="unknown quantization method 'fp4'"):
-        QuantConfig(method="fp4")
+        LinearQuantConfig(bits=1)
+    with pytest.raises(ConfigError, match="WeightOnlyConfig.bits must be 8 or 4"):
+        WeightOnlyConfig(bits=2)
+    with pytest.raises(ConfigError, match="unknown compression method 'fp4'"):
+        config_from_dict({"method": "fp4"})
     with pytest.raises(ConfigError, match="layer 'nope' does not exist"):
-        quantize(mlp(), QuantConfig(method="linear", layers=("nope",)))
+        quantize(mlp(), LinearQuantConfig(layers=("nope",)))
 
 
 def test_kmeans_codebook_size_and_storage():
     torch.manual_seed(0)
     m = lenet5()
-    res = quantize(m, QuantConfig(method="kmeans", bits=3))
+    res = quantize(m, KMeansConfig(bits=3))
     for name in res.layers:
         w = m.get_submodule(name).weight
         assert torch.unique(w).numel() <= 2 ** 3  # 3 bits: at most 8 shared values per layer
@@ -70,7 +71,7 @@ def test_kmeans_1d_finds_obvious_clusters():
 def test_qat_straight_through_gradient(method):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 4))
-    quantize(m, QuantConfig(method=method, bits=2, qat=True))
+    quantize(m, config_from_dict({"method": method, "bits": 2, "qat": True}))
     m.train()
     x = torch.randn(5, 8)
     m(x).sum().backward()
@@ -92,12 +93,14 @@ def trained():
     return m, data
 
 
-@pytest.mark.parametrize("mode", ["dynamic", "static"])
-def test_int8_agrees_with_fp32(trained, mode):
+@pytest.mark.parametrize("config", [DynamicInt8Config(), StaticInt8Config()])
+def test_int8_agrees_with_fp32(trained, config):
     import copy
 
     m, data = trained
-    res = quantize(copy.deepcopy(m), QuantConfig(method="int8", mode=mode), calibration=[data.calibration(256)])
+    q = copy.deepcopy(m)
+    res = quantize(q, config, calibration=[data.calibration(256)])
+    assert res.model is q  # in place, static int8 (an FX graph) included
     agree = (predictions(m, data.test) == predictions(res.model, data.test)).float().mean().item()
     # int8 rounds each weight by at most scale/2 (~0.4% of its layer's max |w|): only test points within
     # that margin of a decision boundary can flip; >= 97% of the 360 test digits keep their class
@@ -121,10 +124,11 @@ def test_weight_only_matches_its_dequantized_reference(bits, kernel):
 
 def test_int4_falls_back_per_layer_with_a_note():
     m = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10), nn.ReLU(), nn.Linear(10, 32))
-    res = quantize(m, QuantConfig(method="int4-weight", group_size=8))
+    res = quantize(m, WeightOnlyConfig(bits=4, group_size=8))
     # groups of 8: in=40 and in=16 divide, in=10 does not -> layer 4 stays fp32. The int4 CPU kernel needs
     # out % 16 == 0 and in % 32 == 0: layer 0 (in 40) and layer 2 (out 10) run dequantize + fp32 GEMM
     assert res.layers == ["0", "2"]
     assert any("left in fp32" in n and "4 (in_features 10)" in n for n in res.notes)
     assert any("dequantize + fp32 GEMM for 0, 2" in n for n in res.notes)
+    assert res.skipped == [("4", "in_features 10 is not a multiple of group_size 8")]
     assert m(torch.randn(2, 40)).shape == (2, 32)

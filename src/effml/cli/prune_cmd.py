@@ -1,7 +1,8 @@
 """`effml prune`: fine-grained, channel or N:M pruning of a model; size, FLOPs, accuracy, predicted and measured
 latency before and after; the pruned model written as safetensors.
 
-The shared steps of `effml prune` and `effml quantize` (flags, prepare, finish) live here too.
+The shared steps of `effml prune` and `effml quantize` live here too: flags, flags -> per-method config (flags
+that do not apply refused), prepare (model, weights, data, dense training), the library's `compress`, present.
 """
 
 from __future__ import annotations
@@ -37,17 +38,58 @@ def add_common(p) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="prune a model (fine, channel, n:m) and show what it saves",
                        description="Prune, optionally fine-tune with the masks held, then compare size, FLOPs, "
-                                   "accuracy and latency (predicted on --hw, measured here) before and after.")
+                                   "accuracy and latency (predicted on --hw, measured here) before and after. "
+                                   "Flags that do not apply to the chosen --kind are refused.")
     add_common(p)
-    p.add_argument("--kind", default="fine", choices=("fine", "channel", "n:m"))
-    p.add_argument("--sparsity", type=float, default=0.5,
-                   help="fraction removed: of the weights (fine) or of every group's channels (channel)")
-    p.add_argument("--per-layer", help="layer=sparsity pairs, comma-separated (e.g. features.0=0.3,classifier.1=0.9)")
-    p.add_argument("--scope", default="global", choices=("global", "layer"), help="fine: one threshold or per layer")
-    p.add_argument("--criterion", default="l1", choices=("l1", "l2", "taylor"), help="channel importance")
-    p.add_argument("--nm", default="2:4", help="n:m pattern (default 2:4)")
+    p.add_argument("--kind", default="fine", choices=PRUNE_KINDS)
+    p.add_argument("--sparsity", type=float,
+                   help="fine/channel: fraction removed, of the weights (fine) or of every group's channels "
+                        "(channel); default 0.5")
+    p.add_argument("--per-layer", help="fine/channel: layer=sparsity pairs, comma-separated "
+                                       "(e.g. features.0=0.3,classifier.1=0.9)")
+    p.add_argument("--scope", choices=("global", "layer"), help="fine: one threshold (global, default) or per layer")
+    p.add_argument("--criterion", choices=("l1", "l2", "taylor"), help="channel: importance (default l1)")
+    p.add_argument("--nm", help="n:m: the pattern (default 2:4)")
     p.add_argument("--exclude", default="", help="layer names left alone, comma-separated")
     p.set_defaults(run=run)
+
+
+PRUNE_KINDS = ("fine", "channel", "n:m")
+
+
+def config_from_flags(method: str, given: dict, flags: dict[str, str], what: str):
+    """The per-method config from the flags given (field -> value, None = not given); a flag whose field the
+    method's config does not have is refused, naming the flag and the method."""
+    import dataclasses
+
+    from effml.compress.configs import CONFIGS, config_from_dict
+    from effml.errors import ConfigError
+
+    cls = CONFIGS.get(method)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in given.items() if v is not None}
+    wrong = [flags[k] for k in given if k not in fields]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to {what} {method}")
+    return config_from_dict({"method": method, **given})
+
+
+def prune_config(args):
+    """`effml prune` flags -> FinePrune | ChannelPrune | NMPrune."""
+    from effml.errors import ConfigError
+
+    n = m = None
+    if args.nm is not None:
+        try:
+            n, m = (int(v) for v in args.nm.split(":"))
+        except ValueError:
+            raise ConfigError(f"--nm {args.nm!r} must look like 2:4") from None
+    exclude = tuple(x.strip() for x in args.exclude.split(",") if x.strip()) or None
+    given = {"sparsity": args.sparsity, "per_layer": parse_per_layer(args.per_layer), "scope": args.scope,
+             "criterion": args.criterion, "n": n, "m": m, "exclude": exclude}
+    flags = {"sparsity": "--sparsity", "per_layer": "--per-layer", "scope": "--scope", "criterion": "--criterion",
+             "n": "--nm", "m": "--nm", "exclude": "--exclude"}
+    return config_from_flags(args.kind, given, flags, "--kind")
 
 
 def parse_per_layer(text: str | None) -> dict[str, float] | None:
@@ -75,15 +117,14 @@ def progress_bar():
 
 
 def prepare(args):
-    """Resolve the model, load weights, load data, train if asked: (spec, data, accuracy before, dense copy)."""
-    import copy
-
+    """Resolve the model, load weights, load data, train the dense model if asked: (spec, data)."""
     import torch
 
+    from effml.cli.common import progress_hook
     from effml.compress.workflow import data_for, load_weights
     from effml.errors import ConfigError
     from effml.models import resolve
-    from effml.zoo.training import evaluate, train_classifier
+    from effml.zoo.training import train_classifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,56 +142,38 @@ def prepare(args):
         data = data_for(tuple(spec.args[0].shape), args.data, seed=args.seed, train_limit=args.train_limit,
                         test_limit=args.test_limit)
         if args.train_epochs:
-            with progress_bar() as bar:
-                task = bar.add_task("training", total=1.0)
-                train_classifier(spec.model, data, epochs=args.train_epochs, lr=args.lr, seed=args.seed, evaluate_after=False,
-                    progress=lambda what, f: bar.update(task, completed=f, description=what))
-    acc = evaluate(spec.model, data.test) if data else None
-    return spec, data, acc, copy.deepcopy(spec.model).eval()
+            with progress_hook("training") as progress:
+                train_classifier(spec.model, data, epochs=args.train_epochs, lr=args.lr, seed=args.seed,
+                                 evaluate_after=False, progress=progress)
+    return spec, data
 
 
-def finetune(args, model, data, step_hook=None) -> None:
-    from effml.zoo.training import train_classifier
+def run_compress(args, spec, data, config, *, finetune_epochs: float = 0.0, calibration=None):
+    """The library's one workflow (effml.compress.workflow.compress) with what the flags ask: fine-tuning
+    recipe (--lr, --seed), measurement (--hw, --rounds, --no-measure), a progress bar."""
+    from effml.cli.common import progress_hook
+    from effml.compress.workflow import Measure, compress
+    from effml.zoo.training import TrainLoopConfig
 
-    with progress_bar() as bar:
-        task = bar.add_task("fine-tuning", total=1.0)
-        train_classifier(model, data, epochs=args.finetune_epochs, lr=args.lr, seed=args.seed + 1, step_hook=step_hook,
-            evaluate_after=False, progress=lambda what, f: bar.update(task, completed=f, description=what))
+    recipe = TrainLoopConfig(epochs=finetune_epochs, lr=args.lr, seed=args.seed) if finetune_epochs else None
+    measure = Measure(hw=None if args.hw == "none" else args.hw, rounds=0 if args.no_measure else args.rounds,
+                      kwargs=dict(spec.kwargs or {}))
+    with progress_hook(config.name) as progress:
+        return compress(spec.model, [config], data=data, finetune=recipe, example_inputs=spec.args,
+                        calibration=calibration, measure=measure, progress=progress)
 
 
-def finish(args, spec, data, acc_before, dense, model, technique: str, config: dict, result: dict,
-           stored_bytes: int, change: str, save, notes: list[str]) -> int:
-    """Facts after, speed (predicted, measured), save, present."""
-    from effml.compress.speed import SpeedCheck, measure_pair, predict_change
-    from effml.compress.workflow import CompressionReport, facts
-    from effml.errors import EffmlError
-    from effml.zoo.training import evaluate
-
-    model.eval()
-    acc = evaluate(model, data.test) if data else None
-    before = facts(dense, spec.args, accuracy=acc_before, kwargs=spec.kwargs)
-    after = facts(model, spec.args, stored_bytes=stored_bytes, accuracy=acc, kwargs=spec.kwargs)
-    pred = meas = None
-    speed_note = ""
-    if args.hw != "none":
-        try:
-            pred = predict_change(dense, spec.args, change, after=model if change == "channel" else None,
-                                  hw=args.hw, kwargs=spec.kwargs)
-        except EffmlError as e:
-            speed_note = f"no prediction: {e}"
-    if not args.no_measure:
-        meas = measure_pair(dense, model, spec.args, kwargs=spec.kwargs, rounds=args.rounds)
+def present(args, spec, data, rep, save, notes: list[str] = ()) -> int:
+    """Save if asked, then the report: one JSON object (--json) or a table and its notes."""
     out = str(save(args.out)) if args.out else None
-    report = CompressionReport(spec.to_dict(), technique, config, before, after, result,
-                               SpeedCheck(change, pred, meas, speed_note).to_dict(), out,
-                               data.to_dict() if data else None, notes)
+    d = {"model": spec.to_dict(), **rep.to_dict(), "out": out, "data": data.to_dict() if data else None}
+    d["notes"] = d["notes"] + list(notes)
     if args.json:
-        print_json(report.to_dict())
+        print_json(d)
         return 0
     from effml.compress.present import notes_lines, report_table
 
     con = console()
-    d = report.to_dict()
     con.print(report_table(d))
     for line in notes_lines(d):
         con.print(f"- {line}")
@@ -158,29 +181,10 @@ def finish(args, spec, data, acc_before, dense, model, technique: str, config: d
 
 
 def run(args) -> int:
-    from dataclasses import asdict
-
     from effml.compress.io import save_compressed
-    from effml.compress.prune import PruneConfig, prune
-    from effml.errors import ConfigError
 
-    try:
-        n, m = (int(v) for v in args.nm.split(":"))
-    except ValueError:
-        raise ConfigError(f"--nm {args.nm!r} must look like 2:4") from None
-    exclude = tuple(x.strip() for x in args.exclude.split(",") if x.strip())
-    cfg = PruneConfig(kind=args.kind, sparsity=args.sparsity, per_layer=parse_per_layer(args.per_layer),
-                      scope=args.scope, criterion=args.criterion, n=n, m=m, exclude=exclude)
-    spec, data, acc_before, dense = prepare(args)
-    calib = data.train if data is not None else None
-    res = prune(spec.model, cfg, example_inputs=spec.args, data=calib)
-    if args.finetune_epochs:
-        finetune(args, spec.model, data, res.masks.apply if res.masks else None)
-    if res.masks:
-        res.masks.detach()
-        res.masks.apply()
-    config = asdict(cfg)
-    change = "channel" if args.kind == "channel" else "sparse"
-    return finish(args, spec, data, acc_before, dense, spec.model, f"prune {args.kind}", config, res.to_dict(),
-                  res.stored_bytes, change, lambda path: save_compressed(spec.model, path, info=res.to_dict()),
-                  res.notes)
+    cfg = prune_config(args)
+    spec, data = prepare(args)
+    rep = run_compress(args, spec, data, cfg, finetune_epochs=args.finetune_epochs)
+    return present(args, spec, data, rep,
+                   lambda path: save_compressed(rep.model, path, info=rep.results[-1].to_dict()))

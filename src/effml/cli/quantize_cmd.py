@@ -1,9 +1,10 @@
 """`effml quantize`: linear fake-quant, k-means, int8 (dynamic/static) or int8/int4 weight-only; size, FLOPs,
-accuracy, predicted and measured latency before and after; the quantized model written as safetensors."""
+accuracy, predicted and measured latency before and after; the quantized model written as safetensors.
+Each --method is one config class (effml.compress.configs); flags that do not apply to it are refused."""
 
 from __future__ import annotations
 
-METHODS = ("linear", "kmeans", "int8", "int8-weight", "int4-weight")
+METHODS = ("linear", "kmeans", "int8-dynamic", "int8-static", "weight-only")
 
 
 def add_parser(sub) -> None:
@@ -11,71 +12,71 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("quantize", help="quantize a model (linear, kmeans, int8, int4/int8 weight-only)",
                        description="Quantize, optionally train with quantization in the loop (--qat-epochs, "
-                                   "straight-through), then compare size, FLOPs, accuracy and latency.")
+                                   "straight-through), then compare size, FLOPs, accuracy and latency. Flags that "
+                                   "do not apply to the chosen --method are refused.")
     add_common(p)
-    p.add_argument("--method", default="int8", choices=METHODS)
-    p.add_argument("--bits", type=int, help="bit width (linear, kmeans; default 8)")
+    p.add_argument("--method", default="int8-dynamic", choices=METHODS)
+    p.add_argument("--bits", type=int, help="linear, kmeans (default 8); weight-only: 8 or 4")
     p.add_argument("--asymmetric", action="store_true", help="linear: asymmetric (zero point) instead of symmetric")
-    p.add_argument("--granularity", default="channel", choices=("tensor", "channel", "group"), help="linear")
-    p.add_argument("--group-size", type=int, help="linear (granularity group) and int4-weight (default 128)")
-    p.add_argument("--mode", default="dynamic", choices=("dynamic", "static"), help="int8")
-    p.add_argument("--per-tensor", action="store_true", help="int8 dynamic: one weight scale per tensor")
+    p.add_argument("--granularity", choices=("tensor", "channel", "group"), help="linear (default channel)")
+    p.add_argument("--group-size", type=int, help="linear (granularity group) and weight-only --bits 4 (default 128)")
+    p.add_argument("--per-tensor", action="store_true", help="int8-dynamic: one weight scale per tensor")
     p.add_argument("--smooth", type=float, metavar="ALPHA",
-                   help="int8 dynamic: SmoothQuant with this migration strength (e.g. 0.8), calibrated on --data "
+                   help="int8-dynamic: SmoothQuant with this migration strength (e.g. 0.8), calibrated on --data "
                         "or the example input")
-    p.add_argument("--kernel", default="packed", choices=("packed", "dequant"), help="weight-only kernel")
-    p.add_argument("--calibration", type=int, default=512, help="static int8: calibration images (default 512)")
+    p.add_argument("--kernel", choices=("packed", "dequant"), help="weight-only kernel (default packed)")
+    p.add_argument("--calibration", type=int,
+                   help="int8-static and --smooth: calibration images from --data (default 512)")
     p.add_argument("--qat-epochs", type=float, default=0,
                    help="linear/kmeans: quantization-aware training epochs (straight-through; needs --data)")
     p.add_argument("--exclude", default="", help="layer names left in float, comma-separated")
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    from dataclasses import asdict
+def quant_config(args):
+    """`effml quantize` flags -> the method's config (LinearQuantConfig, KMeansConfig, ...)."""
+    from effml.cli.prune_cmd import config_from_flags
 
-    from effml.cli.prune_cmd import finetune, finish, prepare
+    exclude = tuple(x.strip() for x in args.exclude.split(",") if x.strip()) or None
+    given = {"bits": args.bits, "symmetric": False if args.asymmetric else None, "granularity": args.granularity,
+             "group_size": args.group_size, "per_channel": False if args.per_tensor else None,
+             "smooth_alpha": args.smooth, "kernel": args.kernel, "qat": True if args.qat_epochs > 0 else None,
+             "exclude": exclude}
+    flags = {"bits": "--bits", "symmetric": "--asymmetric", "granularity": "--granularity",
+             "group_size": "--group-size", "per_channel": "--per-tensor", "smooth_alpha": "--smooth",
+             "kernel": "--kernel", "qat": "--qat-epochs", "exclude": "--exclude"}
+    return config_from_flags(args.method, given, flags, "--method")
+
+
+def run(args) -> int:
+    from effml.cli.prune_cmd import prepare, present, run_compress
     from effml.compress.io import save_compressed
-    from effml.compress.quantize import QuantConfig, freeze, quantize
     from effml.errors import ConfigError
 
-    qat = args.qat_epochs > 0
-    if qat and args.method not in ("linear", "kmeans"):
-        raise ConfigError(f"--qat-epochs applies to --method linear or kmeans, not {args.method}")
-    if qat and not args.data:
+    cfg = quant_config(args)
+    calibrated = args.method == "int8-static" or args.smooth is not None
+    if args.calibration is not None and not calibrated:
+        raise ConfigError("--calibration applies to --method int8-static or --smooth")
+    if args.finetune_epochs:
+        raise ConfigError("--finetune-epochs does not apply to effml quantize: use --qat-epochs (linear, kmeans)")
+    if args.qat_epochs and not args.data:
         raise ConfigError("--qat-epochs needs --data")
-    if args.out and args.method == "int8" and args.mode == "static":
+    if args.out and args.method == "int8-static":
         raise ConfigError("a static int8 model (an FX graph) cannot be written as safetensors: drop --out, or use "
-                          "--mode dynamic")
-    exclude = tuple(x.strip() for x in args.exclude.split(",") if x.strip())
-    cfg = QuantConfig(method=args.method, bits=args.bits, symmetric=not args.asymmetric,
-                      granularity=args.granularity, group_size=args.group_size, mode=args.mode, qat=qat,
-                      per_channel=not args.per_tensor, smooth_alpha=args.smooth,
-                      kernel=args.kernel, exclude=exclude)
-    spec, data, acc_before, dense = prepare(args)
+                          "--method int8-dynamic")
+    spec, data = prepare(args)
     calib, notes = None, []
-    if args.method == "int8" and (args.mode == "static" or args.smooth is not None):
+    if calibrated:
         if data is not None:
-            x = data.calibration(args.calibration)
+            x = data.calibration(args.calibration or 512)
             calib = [x[i:i + 64] for i in range(0, len(x), 64)]
         else:
             calib = [spec.args[0]]
             notes.append("int8 calibrated on the random example input (give --data for real calibration)")
-    res = quantize(spec.model, cfg, calibration=calib, example_inputs=spec.args)
-    model = res.model
-    codes = res.codes
-    if qat:
-        args.finetune_epochs = args.qat_epochs
-        finetune(args, model, data)
-        codes = freeze(model)
-    elif args.finetune_epochs and args.method in ("linear", "kmeans"):
-        raise ConfigError("--finetune-epochs after post-training quantization would train float weights: "
-                          "use --qat-epochs")
-    change = {"linear": "none", "kmeans": "none"}.get(args.method, args.method)
+    rep = run_compress(args, spec, data, cfg, finetune_epochs=args.qat_epochs, calibration=calib)
     if args.method in ("linear", "kmeans"):
         notes.append("fake-quant/k-means weights run on fp32 kernels: the speed is unchanged by design "
-                     "(use int8 or *-weight for real integer kernels)")
-    config = asdict(cfg)
-    return finish(args, spec, data, acc_before, dense, model, f"quantize {res.method}", config, res.to_dict(),
-                  res.stored_bytes, change,
-                  lambda path: save_compressed(model, path, codes=codes, info=res.to_dict()), res.notes + notes)
+                     "(use int8-dynamic, int8-static or weight-only for real integer kernels)")
+    return present(args, spec, data, rep,
+                   lambda path: save_compressed(rep.model, path, codes=rep.codes, info=rep.results[-1].to_dict()),
+                   notes)

@@ -1,18 +1,28 @@
 """Compression that pays: pruning (fine, channel, N:M), quantization (fake-quant, k-means, int8, int4),
-Deep Compression, sensitivity scans, and predicted-vs-measured speed.
+Deep Compression, sensitivity scans, and predicted-vs-measured speed. One config class per method; the
+config's type picks the method; every verb works in place (`result.model is model`).
 
-    from effml.compress import prune, PruneConfig, quantize, QuantConfig
-    res = prune(model, PruneConfig(kind="channel", sparsity=0.5), example_inputs=(x,))
-    res = quantize(model, QuantConfig(method="int8", mode="dynamic"))
+    from effml.compress import ChannelPrune, DynamicInt8Config, FinePrune, compress, prune, quantize
+    res = prune(model, ChannelPrune(sparsity=0.5), example_inputs=(x,))      # physically smaller
+    res = quantize(model, DynamicInt8Config(smooth_alpha=0.8), calibration=batches)
+    res.skipped                                                            # [(layer, reason), ...]
+    rep = compress(model, [FinePrune(sparsity=0.8), KMeansConfig(bits=4)], data=bundle,
+                   finetune=TrainLoopConfig(epochs=1, lr=5e-4))           # prepare, apply, fine-tune, finalize
+    config_from_dict({"method": "weight-only", "bits": 4, "group_size": 64})
 """
 
+from effml.compress.configs import (CONFIGS, ChannelPrune, CompressionConfig, DynamicInt8Config, FinePrune,
+                                    KMeansConfig, LinearQuantConfig, NMPrune, StaticInt8Config, WeightOnlyConfig,
+                                    config_from_dict)
 from effml.compress.deep_compression import (PAPER_SPARSITY, DeepCompressionConfig, DeepCompressionResult,
                                              deep_compress)
 from effml.compress.io import load_compressed, save_compressed
-from effml.compress.prune import KINDS, PruneConfig, PruneResult, channel_groups, prune
-from effml.compress.quantize import METHODS, QuantConfig, QuantResult, freeze, quantize
+from effml.compress.prune import PRUNERS, PruneResult, channel_groups, prune
+from effml.compress.quantize import QUANTIZERS, QuantResult, freeze, quantize
 from effml.compress.sensitivity import SensitivityResult, sensitivity
 
-__all__ = ["KINDS", "METHODS", "PAPER_SPARSITY", "DeepCompressionConfig", "DeepCompressionResult", "PruneConfig",
-           "PruneResult", "QuantConfig", "QuantResult", "SensitivityResult", "channel_groups", "deep_compress",
-           "freeze", "load_compressed", "prune", "quantize", "save_compressed", "sensitivity"]
+__all__ = ["CONFIGS", "PAPER_SPARSITY", "PRUNERS", "QUANTIZERS", "ChannelPrune", "CompressionConfig",
+           "DeepCompressionConfig", "DeepCompressionResult", "DynamicInt8Config", "FinePrune", "KMeansConfig",
+           "LinearQuantConfig", "NMPrune", "PruneResult", "QuantResult", "SensitivityResult", "StaticInt8Config",
+           "WeightOnlyConfig", "channel_groups", "config_from_dict", "deep_compress", "freeze", "load_compressed",
+           "prune", "quantize", "save_compressed", "sensitivity"]

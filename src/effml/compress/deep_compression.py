@@ -28,7 +28,8 @@ from effml.compress.huffman import HuffmanCode
 from effml.compress.kmeans import KMeansQuant
 from effml.compress.layers import check_fraction, count_params
 from effml.compress.masks import relative_index_stream
-from effml.compress.prune import PruneConfig, prune
+from effml.compress.configs import FinePrune
+from effml.compress.prune import prune
 from effml.errors import ConfigError
 
 # The paper's per-layer sparsities (Han et al. 2016, Tables 2-3: weights kept 8/9/26% and 66/12/8/19%), keyed by
@@ -124,12 +125,12 @@ def _weight_layers(model: nn.Module, names) -> dict[str, nn.Module]:
 
 
 def deep_compress(model: nn.Module, data, config: DeepCompressionConfig | None = None,
-                  callback: Progress | None = None) -> DeepCompressionResult:
+                  progress: Progress | None = None) -> DeepCompressionResult:
     """Run the pipeline in place on a trained classifier; `data` is a DataBundle (train + test)."""
     from effml.zoo.training import evaluate, train_classifier
 
     cfg = config or DeepCompressionConfig()
-    progress = callback or (lambda what, frac: None)
+    progress = progress or (lambda what, frac: None)
     total_steps = cfg.prune_steps + 2
     dense_bytes = count_params(model) * 4
     stages = [Stage("dense", evaluate(model, data.test), dense_bytes, 1.0, 32.0,
@@ -141,8 +142,8 @@ def deep_compress(model: nn.Module, data, config: DeepCompressionConfig | None =
         per = {k: v * frac for k, v in (cfg.per_layer or {}).items()}
         if masks is not None:
             masks.detach()
-        res = prune(model, PruneConfig(kind="fine", sparsity=cfg.sparsity * frac if not cfg.per_layer else 0.0,
-                                       per_layer=per or None, scope="layer"))
+        res = prune(model, FinePrune(sparsity=cfg.sparsity * frac if not cfg.per_layer else 0.0,
+                                     per_layer=per or None, scope="layer"))
         masks = res.masks
         progress(f"pruning step {step}/{cfg.prune_steps}: fine-tuning", (step - 1) / total_steps)
         if cfg.prune_epochs > 0:

@@ -61,7 +61,8 @@ def quantize_linear_dynamic(lin: nn.Linear, per_channel: bool = True) -> nn.Modu
 
 def dynamic_int8(model: nn.Module, skip: tuple[str, ...] = (), per_channel: bool = True,
                  smooth_alpha: float | None = None, calibration=None) -> tuple[nn.Module, list[str], list[str]]:
-    """(quantized copy, quantized layer names, notes). Only nn.Linear has a dynamic int8 kernel.
+    """Swap `model`'s nn.Linear layers in place: (model, quantized layer names, notes). Only nn.Linear has a
+    dynamic int8 kernel.
 
     per_channel: a weight scale per output row (else one per tensor). smooth_alpha: SmoothQuant migration
     strength, calibrated on `calibration` batches (see smooth.py).
@@ -70,7 +71,7 @@ def dynamic_int8(model: nn.Module, skip: tuple[str, ...] = (), per_channel: bool
 
     engine = pick_engine()
     targets = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip)
-    q = copy.deepcopy(model).eval()
+    q = model.eval()
     how = "per-channel" if per_channel else "per-tensor"
     if smooth_alpha is not None:
         from effml.compress.smooth import activation_absmax, smooth_linears
@@ -82,7 +83,8 @@ def dynamic_int8(model: nn.Module, skip: tuple[str, ...] = (), per_channel: bool
         qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
         w = _quiet()
         try:
-            q = torch.ao.quantization.quantize_dynamic(q, {n: qconfig for n in targets}, dtype=torch.qint8)
+            q = torch.ao.quantization.quantize_dynamic(q, {n: qconfig for n in targets}, dtype=torch.qint8,
+                                                       inplace=True)
         finally:
             w.__exit__(None, None, None)
         how += " weights"
@@ -96,9 +98,19 @@ def dynamic_int8(model: nn.Module, skip: tuple[str, ...] = (), per_channel: bool
     return q, targets, notes
 
 
+def become(model: nn.Module, new: nn.Module) -> nn.Module:
+    """Turn the object `model` into `new` (its class and state), so a whole-graph rewrite such as FX's
+    convert_fx still quantizes in place: every reference to `model` sees the quantized graph."""
+    model.__dict__.clear()
+    model.__dict__.update(new.__dict__)
+    model.__class__ = new.__class__
+    return model
+
+
 def static_int8(model: nn.Module, calibration, example_inputs: tuple, skip: tuple[str, ...] = ()
                 ) -> tuple[nn.Module, list[str], list[str]]:
-    """FX static PTQ calibrated on `calibration` (tensors or (x, y) batches); dynamic fallback if FX fails."""
+    """FX static PTQ calibrated on `calibration` (tensors or (x, y) batches), in place: `model` itself becomes the
+    converted GraphModule (see `become`). Dynamic int8 (in place) where FX cannot trace the model."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -123,7 +135,7 @@ def static_int8(model: nn.Module, calibration, example_inputs: tuple, skip: tupl
             for batch in calibration:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 prepared(x)
-        q = convert_fx(prepared)
+        q = become(model, convert_fx(prepared))
     finally:
         w.__exit__(None, None, None)
     left = [n for n in float_layers(q)]

@@ -59,6 +59,48 @@ def select_layers(model: nn.Module, targets: Iterable[str] = ("Linear", "Conv2d"
     return out
 
 
+def is_hf_conv1d(m: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2's projections): a Linear stored transposed, weight (in, out)."""
+    return type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers")
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every float weight layer a compression method could handle in principle: nn.Linear, nn.ConvNd, HF Conv1D."""
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) or is_hf_conv1d(m)}
+
+
+def skipped_layers(model: nn.Module, done: Iterable[str], *, exclude: Iterable[str] = (),
+                   layers: Iterable[str] | None = None, targets: Iterable[str] | None = None,
+                   why: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(name, reason) for every weight layer of `model` not in `done`: never a silent skip.
+
+    The reason is, first that applies: `why[name]` (the method's own), excluded, not in `layers`, an HF Conv1D,
+    a type outside `targets`, or "no kernel for this layer type in this method".
+    """
+    done, exclude = set(done), set(exclude)
+    wanted = set(layers) if layers is not None else None
+    out = []
+    for name, m in weight_layers(model).items():
+        if name in done:
+            continue
+        kind = type(m).__name__
+        if why and name in why:
+            reason = why[name]
+        elif name in exclude:
+            reason = "excluded by the config"
+        elif wanted is not None and name not in wanted:
+            reason = "not in the config's layers"
+        elif is_hf_conv1d(m):
+            reason = "transformers Conv1D (a transposed Linear) is not handled by this method yet"
+        elif targets is not None and kind not in targets:
+            reason = f"{kind} is not among the config's targets ({', '.join(targets)})"
+        else:
+            reason = f"this method has no kernel for {kind}"
+        out.append((name, reason))
+    return out
+
+
 def param_bytes(model: nn.Module, bytes_per_param: float = 4.0) -> int:
     """Bytes of every parameter (each shared tensor once) at bytes_per_param: dense fp32 by default."""
     seen, total = set(), 0

@@ -65,6 +65,8 @@ def notes_lines(report: dict) -> list[str]:
         out.append(sp["note"])
     if (sp.get("predicted") or {}).get("note"):
         out.append(f"prediction: {sp['predicted']['note']}")
+    for name, why in report.get("skipped") or []:
+        out.append(f"skipped {name}: {why}")
     if report.get("out"):
         out.append(f"written to {report['out']}")
     return out

@@ -1,89 +1,49 @@
-"""`quantize(model, QuantConfig(method=...))`: fake-quant, k-means, real int8, int8/int4 weight-only.
+"""`quantize(model, config)`: the config's type picks the method (fake-quant, k-means, int8, weight-only).
 
-    res = quantize(model, QuantConfig(method="linear", bits=4, granularity="channel"))
-    res = quantize(model, QuantConfig(method="kmeans", bits=4, qat=True)); fit(res.model, data); freeze(res.model)
-    res = quantize(model, QuantConfig(method="int8", mode="static"), calibration=batches, example_inputs=(x,))
-    res = quantize(model, QuantConfig(method="int4-weight", group_size=128))
+    res = quantize(model, LinearQuantConfig(bits=4, granularity="channel"))
+    res = quantize(model, KMeansConfig(bits=4, qat=True)); train(res.model, data); freeze(res.model)
+    res = quantize(model, StaticInt8Config(), calibration=batches, example_inputs=(x,))
+    res = quantize(model, DynamicInt8Config(smooth_alpha=0.8), calibration=batches)
+    res = quantize(model, WeightOnlyConfig(bits=4, group_size=128))
 
-`linear` and `kmeans` modify the model in place (parametrizations on `.weight`); with qat=False they are baked
-at once (the weights become their quantized values), with qat=True they stay and train through a
-straight-through estimator until `freeze(model)`. `int8` returns a new (copied) model; `*-weight` replaces
-nn.Linear modules in place. `stored_bytes` is what the weights take as stored: codes + scales/codebooks,
-every other parameter at fp32.
+In place, every method: `model` itself is quantized and `res.model is model`. Linear and k-means put
+parametrizations on `.weight` (baked at once with qat=False; with qat=True they train through a straight-through
+estimator until `freeze(model)`); dynamic int8 and weight-only swap modules; static int8 (an FX graph) turns the
+object itself into the converted GraphModule. The model is left in eval mode by int8 methods. Deep-copy first to
+keep the original. `stored_bytes` is what the weights take as stored: codes + scales/codebooks, every other
+parameter at fp32. `skipped` lists every weight layer left in float, with the reason.
+
+A new method: a config class in compress/configs.py style (`CONFIGS.add`) and `@QUANTIZERS.register(MyConfig)`
+on a function `(model, config, *, calibration, example_inputs, progress) -> QuantResult`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from effml.compress.int8 import dynamic_int8, static_int8
-from effml.compress.weight_only import WEIGHT_KERNELS, weight_only
+from effml.compress.configs import (DynamicInt8Config, KMeansConfig, LinearQuantConfig, StaticInt8Config,
+                                    WeightOnlyConfig)
+from effml.compress.int8 import dynamic_int8, float_layers, static_int8
 from effml.compress.kmeans import KMeansQuant
 from effml.compress.kmeans import storage_bits as kmeans_bits
-from effml.compress.layers import check_targets, count_params, param_bytes, select_layers
-from effml.compress.qlinear import GRANULARITIES, LinearFakeQuant, QSpec
+from effml.compress.layers import count_params, param_bytes, select_layers, skipped_layers
+from effml.compress.qlinear import LinearFakeQuant, QSpec
 from effml.compress.qlinear import storage_bits as linear_bits
+from effml.compress.weight_only import weight_only
 from effml.registries import Registry
-from effml.errors import ConfigError
 
-METHODS: Registry = Registry("quantization method")
-INT8_MODES = ("dynamic", "static")
-KMEANS_TRAIN = ("ste", "centroids")
-FIXED_BITS = {"int8": 8, "int8-weight": 8, "int4-weight": 4}
+QUANTIZERS: Registry = Registry("quantization method")  # config class -> quantizer
+Progress = Callable[[str, float], None]  # (what, fraction done in [0, 1])
 
 
-@dataclass(frozen=True)
-class QuantConfig:
-    method: str = "linear"  # linear | kmeans | int8 | int8-weight | int4-weight
-    bits: int | None = None  # default per method: 8 (linear, kmeans, int8, int8-weight), 4 (int4-weight)
-    symmetric: bool = True  # linear
-    granularity: str = "channel"  # linear: tensor | channel | group
-    group_size: int | None = None  # linear (granularity="group") and int4-weight (default 128)
-    mode: str = "dynamic"  # int8: dynamic | static
-    per_channel: bool = True  # int8 dynamic: a weight scale per output row (False: one per tensor)
-    smooth_alpha: float | None = None  # int8 dynamic: SmoothQuant strength in [0, 1] (needs calibration)
-    qat: bool = False  # linear/kmeans: keep trainable (straight-through) until freeze()
-    kmeans_train: str = "ste"  # kmeans with qat: "ste" (latent weights) or "centroids" (Deep Compression)
-    kernel: str = "packed"  # *-weight: "packed" int kernels or "dequant" (fp32 GEMM on dequantized weights)
-    targets: tuple[str, ...] = ("Linear", "Conv2d")
-    layers: tuple[str, ...] | None = None  # only these layers (default: every target layer)
-    exclude: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        METHODS.get(self.method)
-        fixed = FIXED_BITS.get(self.method)
-        if self.bits is None:
-            object.__setattr__(self, "bits", fixed or 8)
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits < 1:
-            raise ConfigError(f"QuantConfig.bits must be an integer >= 1, got {self.bits!r}")
-        if fixed is not None and self.bits != fixed:
-            raise ConfigError(f"QuantConfig(method={self.method!r}) runs {fixed}-bit kernels; got bits={self.bits}")
-        if self.method == "linear":
-            QSpec(self.bits, self.symmetric, self.granularity, self.group_size)  # validates
-        if self.mode not in INT8_MODES:
-            raise ConfigError(f"QuantConfig.mode {self.mode!r} unknown; expected one of {INT8_MODES}")
-        if self.granularity not in GRANULARITIES:
-            raise ConfigError(f"QuantConfig.granularity {self.granularity!r} unknown; expected {GRANULARITIES}")
-        if self.kmeans_train not in KMEANS_TRAIN:
-            raise ConfigError(f"QuantConfig.kmeans_train {self.kmeans_train!r} unknown; expected {KMEANS_TRAIN}")
-        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
-            raise ConfigError(f"QuantConfig.smooth_alpha must be in [0, 1], got {self.smooth_alpha}")
-        if self.smooth_alpha is not None and (self.method, self.mode) != ("int8", "dynamic"):
-            raise ConfigError("QuantConfig.smooth_alpha applies to method='int8', mode='dynamic'")
-        if self.kernel not in WEIGHT_KERNELS:
-            raise ConfigError(f"QuantConfig.kernel {self.kernel!r} unknown; expected one of {WEIGHT_KERNELS}")
-        if self.method == "kmeans" and self.bits > 16:
-            raise ConfigError(f"QuantConfig(method='kmeans') bits must be <= 16, got {self.bits}")
-        object.__setattr__(self, "targets", check_targets(self.targets, "QuantConfig.targets"))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
+def _no_progress(what: str, frac: float) -> None:
+    return None
 
 
 @dataclass
@@ -97,6 +57,7 @@ class QuantResult:
     bits: int
     notes: list[str] = field(default_factory=list)
     codes: dict[str, dict] | None = field(default=None, repr=False)  # linear/kmeans after freeze (for saving)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (layer, reason) for every layer left in float
 
     @property
     def compression(self) -> float:
@@ -105,13 +66,18 @@ class QuantResult:
     def to_dict(self) -> dict:
         return {"method": self.method, "bits": self.bits, "layers": list(self.layers), "params": self.params,
                 "dense_bytes": self.dense_bytes, "stored_bytes": self.stored_bytes, "compression": self.compression,
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "skipped": [list(s) for s in self.skipped]}
 
 
-def quantize(model: nn.Module, config: QuantConfig, *, calibration: Iterable | None = None,
-             example_inputs: tuple | None = None) -> QuantResult:
-    """Quantize by `config.method`; static int8 needs `calibration` batches (and example inputs or infers them)."""
-    return METHODS.get(config.method)(model, config, calibration=calibration, example_inputs=example_inputs)
+def quantize(model: nn.Module, config, *, calibration: Iterable | None = None, example_inputs: tuple | None = None,
+             progress: Progress | None = None) -> QuantResult:
+    """Quantize `model` IN PLACE by the method `type(config)` names; `result.model is model`.
+
+    calibration: batches (tensors, (x, y) pairs or keyword dicts) for static int8 and SmoothQuant;
+    example_inputs: for FX tracing (static int8; else the first calibration batch). progress(what, fraction).
+    """
+    return QUANTIZERS.get_for(config)(model, config, calibration=calibration, example_inputs=example_inputs,
+                                      progress=progress or _no_progress)
 
 
 def _stored_bytes(model: nn.Module, replaced: dict[int, int]) -> int:
@@ -127,19 +93,26 @@ def _stored_bytes(model: nn.Module, replaced: dict[int, int]) -> int:
     return math.ceil((bits + sum(replaced.values())) / 8)
 
 
-def _parametrize(model, config, make) -> tuple[list[str], int]:
+def _parametrize(model, config, make, progress: Progress) -> tuple[list[str], int]:
     layers = select_layers(model, config.targets, config.layers, config.exclude)
     replaced: dict[int, int] = {}
-    for name, m in layers.items():
-        w = m.weight
-        p, bits = make(name, m, w.detach())
+    for i, (name, m) in enumerate(layers.items()):
+        progress(f"{config.name}: {name}", i / max(1, len(layers)))
+        p, bits = make(name, m, m.weight.detach())
         parametrize.register_parametrization(m, "weight", p, unsafe=True)
         replaced[id(m.parametrizations.weight.original)] = bits
+    progress(config.name, 1.0)
     return list(layers), _stored_bytes(model, replaced)
 
 
-@METHODS.register("linear")
-def linear_method(model: nn.Module, config: QuantConfig, **_) -> QuantResult:
+def _skipped(model, names, config) -> list[tuple[str, str]]:
+    return skipped_layers(model, names, exclude=config.exclude, layers=config.layers,
+                          targets=getattr(config, "targets", None))
+
+
+@QUANTIZERS.register(LinearQuantConfig)
+def linear_method(model: nn.Module, config: LinearQuantConfig, *, progress: Progress = _no_progress,
+                  **_) -> QuantResult:
     spec = QSpec(config.bits, config.symmetric, config.granularity, config.group_size)
     dense = param_bytes(model)
 
@@ -148,76 +121,108 @@ def linear_method(model: nn.Module, config: QuantConfig, **_) -> QuantResult:
         fq(w)  # validates group sizes before touching the model
         return fq, linear_bits(w.numel(), w.shape[0], spec)
 
-    names, stored = _parametrize(model, config, make)
+    names, stored = _parametrize(model, config, make, progress)
     notes = [f"weights only ({spec.granularity}, {'symmetric' if spec.symmetric else 'asymmetric'}); "
              "activations stay fp32"]
     codes = None if config.qat else freeze(model)
-    return QuantResult("linear", model, names, count_params(model), dense, stored, config.bits, notes, codes)
+    return QuantResult("linear", model, names, count_params(model), dense, stored, config.bits, notes, codes,
+                       _skipped(model, names, config))
 
 
-@METHODS.register("kmeans")
-def kmeans_method(model: nn.Module, config: QuantConfig, **_) -> QuantResult:
+@QUANTIZERS.register(KMeansConfig)
+def kmeans_method(model: nn.Module, config: KMeansConfig, *, progress: Progress = _no_progress, **_) -> QuantResult:
     dense = param_bytes(model)
-    mode = config.kmeans_train if config.qat else "frozen"
+    mode = config.train if config.qat else "frozen"
 
     def make(name, m, w):
         km = KMeansQuant(w, config.bits, w != 0, mode)
         return km, kmeans_bits(w.numel(), config.bits)  # dense index per weight (sparse: deep_compress)
 
-    names, stored = _parametrize(model, config, make)
+    names, stored = _parametrize(model, config, make, progress)
     notes = [f"k-means weight sharing: {2 ** config.bits} centroids per layer (linear init), "
              f"{'trainable: ' + mode if config.qat else 'post-training'}; pruned zeros are kept out of the "
              "codebook (their positions belong to the sparse format)"]
     codes = None if config.qat else freeze(model)
-    return QuantResult("kmeans", model, names, count_params(model), dense, stored, config.bits, notes, codes)
+    return QuantResult("kmeans", model, names, count_params(model), dense, stored, config.bits, notes, codes,
+                       _skipped(model, names, config))
 
 
-@METHODS.register("int8")
-def int8_method(model: nn.Module, config: QuantConfig, *, calibration=None, example_inputs=None) -> QuantResult:
-    dense = param_bytes(model)
-    names_ok = select_layers(model, ("Linear", "Conv1d", "Conv2d"), config.layers, config.exclude)
-    skip = tuple(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
-                 and n not in names_ok)
-    if config.mode == "dynamic":
-        q, names, notes = dynamic_int8(model, skip, config.per_channel, config.smooth_alpha, calibration)
-    else:
-        calib = list(calibration) if calibration is not None else None
-        if example_inputs is None and calib:
-            first = calib[0]
-            example_inputs = (first[0] if isinstance(first, (tuple, list)) else first,)
-        q, names, notes = static_int8(model, calib, example_inputs or (), skip)
-    sizes = {n: m.weight.numel() for n, m in model.named_modules() if n in names}
+def _int8_skip(model: nn.Module, config) -> tuple[str, ...]:
+    """Names of the Linear/Conv layers outside config.layers or inside config.exclude (validated by name)."""
+    chosen = select_layers(model, ("Linear", "Conv1d", "Conv2d", "Conv3d"), config.layers, config.exclude)
+    return tuple(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+                 and n not in chosen)
+
+
+def _int8_result(method, model, names, params, dense, sizes, notes, skipped) -> QuantResult:
+    """params: the float model's parameter count (the packed int8 weights are no nn.Parameters)."""
     int8_bits = sum(8 * v for v in sizes.values())
-    float_bits = (count_params(model) - sum(sizes.values())) * 32
+    float_bits = (params - sum(sizes.values())) * 32
     stored = math.ceil((int8_bits + float_bits + 32 * len(names)) / 8)  # + a scale per layer (lower bound)
-    return QuantResult(f"int8-{config.mode}", q, names, count_params(model), dense, stored, 8, notes)
+    return QuantResult(method, model, names, params, dense, stored, 8, notes, None, skipped)
 
 
-def _weight_only(model, config, bits):
+@QUANTIZERS.register(DynamicInt8Config)
+def dynamic_int8_method(model: nn.Module, config: DynamicInt8Config, *, calibration=None,
+                        progress: Progress = _no_progress, **_) -> QuantResult:
+    dense, params = param_bytes(model), count_params(model)
+    skip = _int8_skip(model, config)
+    sizes = {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip}
+    progress("int8-dynamic", 0.0)
+    model, names, notes = dynamic_int8(model, skip, config.per_channel, config.smooth_alpha, calibration)
+    progress("int8-dynamic", 1.0)
+    why = {n: "no dynamic int8 kernel for convolutions in PyTorch (use StaticInt8Config)"
+           for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and n not in skip}
+    skipped = skipped_layers(model, names, exclude=config.exclude, layers=config.layers, why=why)
+    return _int8_result("int8-dynamic", model, names, params, dense, sizes, notes, skipped)
+
+
+@QUANTIZERS.register(StaticInt8Config)
+def static_int8_method(model: nn.Module, config: StaticInt8Config, *, calibration=None, example_inputs=None,
+                       progress: Progress = _no_progress, **_) -> QuantResult:
+    dense, params = param_bytes(model), count_params(model)
+    skip = _int8_skip(model, config)
+    sizes_before = {n: m.weight.numel() for n, m in model.named_modules()
+                    if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
+    calib = list(calibration) if calibration is not None else None
+    if example_inputs is None and calib:
+        first = calib[0]
+        example_inputs = (first[0] if isinstance(first, (tuple, list)) else first,)
+    progress("int8-static: calibrating", 0.0)
+    model, names, notes = static_int8(model, calib, example_inputs or (), skip)
+    progress("int8-static", 1.0)
+    left = set(float_layers(model))
+    why = {n: "skipped by the config" if n in skip else "no int8 kernel for it in the FX lowering" for n in left}
+    skipped = skipped_layers(model, [n for n in sizes_before if n not in left], exclude=config.exclude,
+                             layers=config.layers, why=why)
+    return _int8_result("int8-static", model, names, params, dense, {n: sizes_before[n] for n in names if n in sizes_before},
+                        notes, skipped)
+
+
+@QUANTIZERS.register(WeightOnlyConfig)
+def weight_only_method(model: nn.Module, config: WeightOnlyConfig, *, progress: Progress = _no_progress,
+                       **_) -> QuantResult:
+    from effml.compress.weight_only import WeightOnlyLinear
+
+    bits, gs = config.bits, config.group_size or 128
     dense = param_bytes(model)
     layers = select_layers(model, ("Linear",), config.layers, config.exclude)
     skip = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in layers)
-    gs = config.group_size or 128
+    progress(f"int{bits} weight-only", 0.0)
     model, names, left = weight_only(model, bits, gs, config.kernel, skip)
-    from effml.compress.weight_only import WeightOnlyLinear
-
+    progress(f"int{bits} weight-only", 1.0)
+    why = {n: f"in_features {m.in_features} is not a multiple of group_size {gs}"
+           for n, m in model.named_modules() if isinstance(m, nn.Linear) and n in layers and n not in names}
+    why.update({n: "weight-only quantization handles nn.Linear only" for n, m in model.named_modules()
+                if isinstance(m, nn.modules.conv._ConvNd)})
+    skipped = skipped_layers(model, names, exclude=config.exclude, layers=config.layers, why=why)
     wol = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
     other = sum(p.numel() for p in model.parameters() if p.requires_grad) * 32
     stored = math.ceil((other + sum(m.storage_bits() for m in wol)) / 8)
     note = (f"int{bits} weight-only ({'per-channel symmetric' if bits == 8 else f'groups of {gs}, asymmetric'}), "
             f"activations fp32, kernel={config.kernel!r}")
     return QuantResult(f"int{bits}-weight", model, names, sum(m.codes.numel() for m in wol) + other // 32, dense,
-                       stored, bits, [note] + left)
-
-
-@METHODS.register("int8-weight")
-def int8_weight_method(model: nn.Module, config: QuantConfig, **_) -> QuantResult:
-    return _weight_only(model, config, 8)
-
-
-@METHODS.register("int4-weight")
-def int4_weight_method(model: nn.Module, config: QuantConfig, **_) -> QuantResult:
-    return _weight_only(model, config, 4)
+                       stored, bits, [note] + left, None, skipped)
 
 
 def quantized_weights(model: nn.Module) -> dict[str, dict]:

@@ -3,7 +3,7 @@
 For each weight layer and each sparsity, the layer alone is magnitude-pruned (the rest untouched), the
 metric measured, and the weights restored. The proposal for a layer is the largest scanned sparsity whose
 metric stays within `tolerance` of the unpruned model's (0 when even the smallest costs more): the
-per-layer dict `PruneConfig(kind="fine", per_layer=...)` takes (`SensitivityResult.prune_config()`).
+per-layer dict `FinePrune(per_layer=...)` takes (`SensitivityResult.prune_config()`).
 Layers are scanned independently, so the joint drop of the proposal is larger: fine-tune after pruning.
 """
 
@@ -41,9 +41,9 @@ class SensitivityResult:
         return sum(self.proposal[n] * self.params[n] for n in self.proposal) / total if total else 0.0
 
     def prune_config(self):
-        from effml.compress.prune import PruneConfig
+        from effml.compress.configs import FinePrune
 
-        return PruneConfig(kind="fine", sparsity=0.0, per_layer=self.proposal, scope="layer")
+        return FinePrune(sparsity=0.0, per_layer=self.proposal, scope="layer")
 
 
 def _metric(data, metric, max_batches):
@@ -59,7 +59,7 @@ def _metric(data, metric, max_batches):
 def sensitivity(model: nn.Module, data=None, metric: Callable[[nn.Module], float] | None = None, *,
                 sparsities=DEFAULT_SPARSITIES, targets=("Linear", "Conv2d"), layers=None,
                 tolerance: float = 0.01, max_batches: int | None = None,
-                callback: Progress | None = None) -> SensitivityResult:
+                progress: Progress | None = None) -> SensitivityResult:
     """Scan metric vs sparsity per layer (default metric: top-1 accuracy on data.test, higher is better)."""
     if data is None and metric is None:
         raise ConfigError("sensitivity needs data (to measure accuracy) or a metric(model) -> float")
@@ -70,7 +70,7 @@ def sensitivity(model: nn.Module, data=None, metric: Callable[[nn.Module], float
         raise ConfigError(f"sensitivity tolerance must be >= 0, got {tolerance}")
     fn = _metric(data, metric, max_batches)
     chosen = select_layers(model, targets, layers)
-    progress = callback or (lambda what, frac: None)
+    progress = progress or (lambda what, frac: None)
     base = float(fn(model))
     curves, proposal = {}, {}
     total = len(chosen) * len(sparsities)

@@ -60,35 +60,30 @@ STEPS: Registry = Registry("study technique")
 step = registrar(STEPS)
 
 
-def _finetune(model: nn.Module, ctx: StudyContext, what: str) -> None:
-    from effml.zoo.training import TrainLoopConfig, train_classifier
+def _compress(verb: str, model: nn.Module, cfg: dict, ctx: StudyContext) -> StepOut:
+    """A pruning or quantization step: the library's one workflow (effml.compress.workflow.compress), with the
+    study's fine-tuning recipe (after pruning and for QAT) and its calibration batch."""
+    from effml.compress.configs import config_from_dict
+    from effml.compress.workflow import compress, verb_of
+    from effml.zoo.training import TrainLoopConfig
 
-    train_classifier(model, ctx.data.train, TrainLoopConfig(epochs=ctx.finetune_epochs, lr=5e-4, seed=ctx.seed),
-        progress=lambda msg, frac: ctx.progress(f"{what}: {msg}", frac), evaluate_after=False)
+    config = config_from_dict(cfg)
+    if verb_of(config) != verb:
+        raise ConfigError(f"plan step {verb!r} got a {verb_of(config)} config {cfg!r}")
+    rep = compress(model, [config], data=ctx.data.train, example_inputs=ctx.example_inputs,
+                   finetune=TrainLoopConfig(epochs=ctx.finetune_epochs, lr=5e-4, seed=ctx.seed),
+                   calibration=[(ctx.data.calibration(256), None)], progress=ctx.progress)
+    return StepOut(rep.model, rep.stored_bytes, list(rep.notes))
 
 
 @step("prune")
 def _prune(model: nn.Module, cfg: dict, ctx: StudyContext) -> StepOut:
-    from effml.compress.prune import PruneConfig, prune
-
-    res = prune(model, PruneConfig(**cfg), example_inputs=ctx.example_inputs, data=ctx.data.train)
-    _finetune(res.model, ctx, f"fine-tuning after {cfg.get('kind', 'fine')} pruning")  # masks stay attached
-    if res.masks is not None:
-        res.masks.apply()
-    return StepOut(res.model, res.stored_bytes, list(res.notes))
+    return _compress("prune", model, cfg, ctx)
 
 
 @step("quantize")
 def _quantize(model: nn.Module, cfg: dict, ctx: StudyContext) -> StepOut:
-    from effml.compress.quantize import QuantConfig, freeze, quantize
-
-    qc = QuantConfig(**cfg)
-    res = quantize(model, qc, calibration=[(ctx.data.calibration(256), None)],
-                   example_inputs=ctx.example_inputs)
-    if qc.qat:
-        _finetune(res.model, ctx, f"QAT {qc.method} {qc.bits}-bit")
-        freeze(res.model)
-    return StepOut(res.model, res.stored_bytes, list(res.notes))
+    return _compress("quantize", model, cfg, ctx)
 
 
 @step("distill")
@@ -120,29 +115,34 @@ def apply(plan: Plan, baseline: nn.Module, ctx: StudyContext) -> StepOut:
     return out
 
 
-def _q(method: str, bits: int, **kw) -> tuple[str, dict]:
-    return ("quantize", {"method": method, "bits": bits, **kw})
+def _q(method: str, **kw) -> tuple[str, dict]:
+    return ("quantize", {"method": method, **kw})
 
 
+def _p(method: str, **kw) -> tuple[str, dict]:
+    return ("prune", {"method": method, **kw})
+
+
+# every step's dict is `config_from_dict`-able: {"method": <a name in effml.compress.configs.CONFIGS>, **fields}
 DEFAULT_PLANS: tuple[Plan, ...] = (
-    Plan("prune-fine-50%", (("prune", {"kind": "fine", "sparsity": 0.5}),)),
-    Plan("prune-fine-80%", (("prune", {"kind": "fine", "sparsity": 0.8}),)),
-    Plan("prune-fine-90%", (("prune", {"kind": "fine", "sparsity": 0.9}),)),
-    Plan("prune-channel-30%", (("prune", {"kind": "channel", "sparsity": 0.3}),)),
-    Plan("prune-channel-50%", (("prune", {"kind": "channel", "sparsity": 0.5}),)),
-    Plan("linear-8b", (_q("linear", 8),)),
-    Plan("linear-4b", (_q("linear", 4),)),
-    Plan("linear-2b", (_q("linear", 2),)),
-    Plan("kmeans-8b", (_q("kmeans", 8),)),
-    Plan("kmeans-4b", (_q("kmeans", 4),)),
-    Plan("kmeans-2b", (_q("kmeans", 2),)),
-    Plan("kmeans-2b-qat", (_q("kmeans", 2, qat=True),)),
-    Plan("int8", (_q("int8", 8, mode="static"),)),
+    Plan("prune-fine-50%", (_p("fine", sparsity=0.5),)),
+    Plan("prune-fine-80%", (_p("fine", sparsity=0.8),)),
+    Plan("prune-fine-90%", (_p("fine", sparsity=0.9),)),
+    Plan("prune-channel-30%", (_p("channel", sparsity=0.3),)),
+    Plan("prune-channel-50%", (_p("channel", sparsity=0.5),)),
+    Plan("linear-8b", (_q("linear", bits=8),)),
+    Plan("linear-4b", (_q("linear", bits=4),)),
+    Plan("linear-2b", (_q("linear", bits=2),)),
+    Plan("kmeans-8b", (_q("kmeans", bits=8),)),
+    Plan("kmeans-4b", (_q("kmeans", bits=4),)),
+    Plan("kmeans-2b", (_q("kmeans", bits=2),)),
+    Plan("kmeans-2b-qat", (_q("kmeans", bits=2, qat=True),)),
+    Plan("int8", (_q("int8-static"),)),
     Plan("distill", (("distill", {"temperature": 4.0, "alpha": 0.7}),)),
-    Plan("prune-channel-30%+linear-8b", (("prune", {"kind": "channel", "sparsity": 0.3}), _q("linear", 8))),
-    Plan("prune-channel-40%+linear-8b", (("prune", {"kind": "channel", "sparsity": 0.4}), _q("linear", 8))),
-    Plan("prune-channel-50%+linear-8b", (("prune", {"kind": "channel", "sparsity": 0.5}), _q("linear", 8))),
-    Plan("prune-channel-50%+int8", (("prune", {"kind": "channel", "sparsity": 0.5}), _q("int8", 8, mode="static"))),
-    Plan("distill+int8", (("distill", {"temperature": 4.0, "alpha": 0.7}), _q("int8", 8, mode="static"))),
+    Plan("prune-channel-30%+linear-8b", (_p("channel", sparsity=0.3), _q("linear", bits=8))),
+    Plan("prune-channel-40%+linear-8b", (_p("channel", sparsity=0.4), _q("linear", bits=8))),
+    Plan("prune-channel-50%+linear-8b", (_p("channel", sparsity=0.5), _q("linear", bits=8))),
+    Plan("prune-channel-50%+int8", (_p("channel", sparsity=0.5), _q("int8-static"))),
+    Plan("distill+int8", (("distill", {"temperature": 4.0, "alpha": 0.7}), _q("int8-static"))),
 )
 PLANS: dict[str, Plan] = {p.name: p for p in DEFAULT_PLANS}
