@@ -147,4 +147,41 @@ def check_fits_ram(nbytes: float, what: str, available: int | None = None) -> No
                           "sequence or dtype, or a machine with more memory")
 
 
-__all__ = ["SQLITE_MAGIC", "available_ram", "check_fits_ram", "check_output_path", "describe_file", "write_atomic"]
+def module_bytes(model) -> int:
+    """Bytes of a module's parameters and buffers (works on meta: shapes only)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def check_config_fits_ram(cfg, batch: int, seq: int | None, dtype: str, device: str = "cpu") -> None:
+    """Before building a model config with real weights: its parameters and buffers (counted on the meta
+    device, in `dtype`) plus its example inputs must fit in the memory available now."""
+    from effml import configs
+    from effml.units import fmt_bytes, si
+
+    if str(device) == "meta":
+        return
+    meta = configs.build(cfg, dtype=dtype, device="meta")
+    weights = module_bytes(meta)
+    n = sum(p.numel() for p in meta.parameters())
+    args, kwargs = configs.example_inputs(cfg, batch=batch, seq=seq, device="meta", dtype=dtype)
+    inputs = sum(t.numel() * t.element_size() for t in (*args, *kwargs.values()) if hasattr(t, "element_size"))
+    check_fits_ram(weights + inputs, f"building {cfg.name!r} with real weights in {dtype} "
+                                     f"({si(n)} params = {fmt_bytes(weights)}, inputs {fmt_bytes(inputs)})")
+
+
+def check_input_fits_ram(shape: tuple[int, ...], elem_bytes: int, flag: str, device: str = "cpu") -> None:
+    """Before allocating an example input of `shape` (from `flag`, e.g. --input-shape or --batch)."""
+    from effml.units import fmt_bytes
+
+    if str(device) == "meta":
+        return
+    n = 1
+    for d in shape:
+        n *= int(d)
+    check_fits_ram(n * elem_bytes, f"{flag}: an input of shape {tuple(shape)} ({n:,} elements x {elem_bytes} B = "
+                                   f"{fmt_bytes(n * elem_bytes)})")
+
+
+__all__ = ["SQLITE_MAGIC", "available_ram", "check_config_fits_ram", "check_fits_ram", "check_input_fits_ram",
+           "check_output_path", "describe_file", "module_bytes", "write_atomic"]

@@ -34,6 +34,7 @@ from torch import nn
 from effml import configs
 from effml.configs import ModelConfig
 from effml.errors import ConfigError, EffmlError, ModelError
+from effml.guards import check_config_fits_ram, check_input_fits_ram
 from effml.units import torch_dtype
 
 DEFAULT_SEED = 0
@@ -82,6 +83,7 @@ def _from_config(name: str, input_shape, batch, seq, dtype, device) -> ModelSpec
     if input_shape is not None:
         raise ConfigError(f"--input-shape does not apply to config {name!r}: use batch and seq instead")
     cfg = configs.load(name)
+    check_config_fits_ram(cfg, batch, seq, dtype, device)  # real weights: refused up front if they cannot fit
     args, kwargs = configs.example_inputs(cfg, batch=batch, seq=seq, device=device, dtype=dtype)
     m = configs.build(cfg, dtype=dtype, device=device)
     return ModelSpec(cfg.name, m, args, kwargs, f"config:{cfg.name}", cfg)
@@ -204,6 +206,16 @@ def model_builder(spec: str, *, source: str = "zoo", flag: str = "--model") -> C
     return build
 
 
+def load_llm(spec: str, *, flag: str = "--model"):
+    """The LLM commands' model: an effml.llm registry NAME (smollm2-135m, tiny) or package.module:callable
+    returning a LoadedModel (name, model, tokenizer); errors name the flag and spec."""
+    lm = model_builder(spec, source="llm", flag=flag)()
+    if not all(hasattr(lm, a) for a in ("name", "model", "tokenizer")):
+        raise ConfigError(f"{flag} {spec} returned a {type(lm).__name__}; an LLM spec must return an "
+                          "effml.llm.registry.LoadedModel (name, model, tokenizer)")
+    return lm
+
+
 def _same_kind(e: EffmlError, message: str) -> EffmlError:
     try:
         return type(e)(message)
@@ -245,6 +257,7 @@ def _callable_inputs(spec, entry, input_shape, batch, device) -> tuple[torch.Ten
         shape = tuple(int(d) for d in input_shape)
         if not shape or any(d <= 0 for d in shape):
             raise ConfigError(f"input shape {input_shape!r} must list positive sizes (e.g. 1,3,224,224)")
+        check_input_fits_ram(shape, 8 if entry is not None and entry.vocab else 4, "--input-shape", device)
         if entry is not None:  # token models keep int64 ids in [0, vocab)
             return tuple(entry.example_inputs(device=device, seed=DEFAULT_SEED, shape=shape))
         if str(device) == "meta":
@@ -254,7 +267,8 @@ def _callable_inputs(spec, entry, input_shape, batch, device) -> tuple[torch.Ten
     if entry is None:
         raise ConfigError(f"model spec {spec!r} has no zoo_entry to say what input it takes: "
                           "--input-shape is required (e.g. --input-shape 1,3,224,224)")
+    check_input_fits_ram((batch, *entry.input_shape[1:]), 8 if entry.vocab else 4, "--batch", device)
     return tuple(entry.example_inputs(batch=batch, device=device, seed=DEFAULT_SEED))
 
 
-__all__ = ["ModelSpec", "check_model_args", "known_models", "load_callable", "model_builder", "resolve"]
+__all__ = ["ModelSpec", "check_model_args", "known_models", "load_callable", "load_llm", "model_builder", "resolve"]
