@@ -31,8 +31,12 @@ def test_unknown_name_lists_every_known_name():
     reg: Registry = Registry("prune kind")
     reg.add("fine", 1)
     reg.add("channel", 2)
-    with pytest.raises(ConfigError, match=r"unknown prune kind 'nm'; expected one of fine, channel"):
+    with pytest.raises(ConfigError, match=r"unknown prune kind 'nm'; expected one of fine, channel$"):
         reg.get("nm")
+    # a near miss is suggested after the list
+    with pytest.raises(ConfigError, match=r"unknown prune kind 'chanel'; expected one of fine, channel "
+                                          r"\(did you mean 'channel'\?\)$"):
+        reg.get("chanel")
 
 
 def test_type_keyed_lookup_walks_the_bases():

@@ -5,7 +5,8 @@ KV sessions, study steps and plans, model entries, optimizers, scaling laws, mic
 one of these, so every registry behaves the same way:
 
 - registering a name twice is an error (two modules claiming one name is a bug, never a silent replacement);
-- looking up an unknown name raises `ConfigError` naming the registry and listing every known name;
+- looking up an unknown name raises `ConfigError` naming the registry, listing every known name and, for a
+  string close to a known one, suggesting it ("did you mean 'bf16-mixed'?");
 - it reads like a mapping: `name in REG`, `REG[name]`, `len(REG)`, iteration in registration order,
   `REG.names()`, `REG.items()`.
 
@@ -15,6 +16,7 @@ Keys are usually strings; a registry keyed by types (a config class -> its handl
 
 from __future__ import annotations
 
+import difflib
 from typing import Callable, Generic, Hashable, Iterator, TypeVar
 
 from effml.errors import ConfigError
@@ -54,7 +56,10 @@ class Registry(Generic[T]):
             return self._items[key]
         except (KeyError, TypeError):
             known = ", ".join(_label(k) if isinstance(k, type) else str(k) for k in self._items) or "(none)"
-            raise ConfigError(f"unknown {self.what} {_label(key)}; expected one of {known}") from None
+            names = [k for k in self._items if isinstance(k, str)]
+            close = difflib.get_close_matches(key, names, n=2) if isinstance(key, str) else []
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ConfigError(f"unknown {self.what} {_label(key)}; expected one of {known}{hint}") from None
 
     def get_for(self, obj: object) -> T:
         """The entry registered for `type(obj)` or the nearest base class (type-keyed registries)."""

@@ -84,9 +84,11 @@ def test_two_workers_share_one_postgres(tmp_path, postgres_url):
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="NasConfig.trials"):
         NasConfig(trials=0)
-    with pytest.raises(ConfigError, match="NasConfig.sampler 'grid' unknown"):
+    with pytest.raises(ConfigError, match="NasConfig.sampler: unknown NAS sampler 'grid'; expected one of tpe, nsga2, random"):
         NasConfig(sampler="grid")
-    with pytest.raises(ConfigError, match="unknown proxy 'oracle'"):
+    with pytest.raises(ConfigError, match="NasConfig.objective: unknown NAS objective 'speed'; expected one of latency, "):
+        NasConfig(objective="speed")
+    with pytest.raises(ConfigError, match=r"unknown NAS accuracy proxy 'oracle'; expected one of train \(or package"):
         NasConfig(proxy="oracle")
     with pytest.raises(ConfigError, match="not a database URL"):
         NasConfig(storage="runs.db")

@@ -16,8 +16,9 @@ from effml.zoo import GPT, GPTConfig, vgg
     ({"grad_accum": -2}, "TrainConfig.grad_accum must be an integer >= 1"),
     ({"zero_stage": 4}, "TrainConfig.zero_stage must be one of 0, 1, 2, 3"),
     ({"zero_stage": 3}, "it needs world_size > 1"),
-    ({"precision": "bf16-mix"}, "unknown precision 'bf16-mix'; did you mean bf16-mixed"),
-    ({"optimizer": "adamx"}, "unknown optimizer 'adamx'; did you mean"),
+    ({"precision": "bf16-mix"}, "unknown precision 'bf16-mix'; expected one of fp32, bf16-mixed, fp16-mixed, "
+                                "bf16-true (did you mean 'bf16-mixed'"),
+    ({"optimizer": "adamx"}, "unknown optimizer 'adamx'; expected one of adamw, adam, sgd-momentum, sgd (did you mean"),
     ({"checkpointing": "every-0"}, "every-k needs k >= 1"),
     ({"checkpointing": "budget:lots"}, "checkpointing budget 'lots' is not a size"),
     ({"checkpointing": "sometimes"}, "expected none, per-block, every-K"),

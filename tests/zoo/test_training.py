@@ -57,8 +57,21 @@ def test_evaluate_counts_exactly():
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="TrainLoopConfig.epochs"):
         TrainLoopConfig(epochs=0)
-    with pytest.raises(ConfigError, match="TrainLoopConfig.optimizer"):
+    with pytest.raises(ConfigError, match="TrainLoopConfig.optimizer: unknown optimizer 'lbfgs'; expected one of "
+                                          "adamw, adam, sgd-momentum, sgd"):
         TrainLoopConfig(optimizer="lbfgs")
+
+
+def test_the_optimizer_comes_from_the_one_optimizer_registry():
+    from effml.zoo.training import _optimizer
+
+    model = mlp(in_features=4, hidden=(3,))
+    sgd = _optimizer(model, TrainLoopConfig(optimizer="sgd", lr=0.1, momentum=0.5, weight_decay=1e-4))
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.defaults["momentum"] == 0.5 and sgd.defaults["weight_decay"] == 1e-4  # the config's, not 0.9
+    adamw = _optimizer(model, TrainLoopConfig(optimizer="adamw"))
+    # the config's weight decay (0.0) overrides the registry entry's default 0.01
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.0
 
 
 def test_logits_of_hf_style_output():

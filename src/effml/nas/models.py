@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effml.nas.spaces import Arch, family
+from effml.nas.families import Arch, family
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:

@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from effml.nas.result import NasResult, NasTrial
+from effml.nas.result import NasResult
 from effml.units import fmt_bytes
 
 COLUMNS = ("trial", "architecture", "accuracy", "latency (ms)", "energy (mJ)", "SRAM int8", "flash int8", "MACs")
@@ -33,13 +33,6 @@ def front_table(res: NasResult) -> Table:
                   f"{c['energy_j'] * 1e3:.3g}", fmt_bytes(c["sram_bytes"], True), fmt_bytes(c["flash_bytes"], True),
                   f"{c['macs']:,}")
     return t
-
-
-def trial_line(trial: NasTrial | None) -> str:
-    """' · last: NAME 41.2%' (or 'rejected') for a progress bar; '' before the first trial."""
-    if trial is None:
-        return ""
-    return f" · last: {trial.name[:48]} {'rejected' if trial.rejected else f'{trial.accuracy:.1%}'}"
 
 
 def render(res: NasResult) -> Group:

@@ -1,4 +1,4 @@
-"""Accuracy proxies: how good a candidate is, cheaply. A registry: `@proxy("name")` adds one.
+"""Accuracy proxies: how good a candidate is, cheaply. A registry: `@PROXIES.register("name")` adds one.
 
     acc = get_proxy("train")(space, arch, ProxyConfig(train_images=2000, epochs=1))   # ProxyResult
 
@@ -6,7 +6,7 @@ The built-in "train" proxy trains the candidate (training form, with BN) from sc
 on a seeded subset of the real data set (Fashion-MNIST from Debian, sklearn digits if it is missing; the
 result says which) resized to the candidate's input resolution, and returns top-1 accuracy on a seeded
 test subset. A better proxy (longer training, a zero-cost score, a supernet) is a function
-`fn(space, arch, config) -> ProxyResult | float` registered with `@proxy`, or passed to NasConfig directly.
+`fn(space, arch, config) -> ProxyResult | float` registered in `PROXIES`, or passed to NasConfig directly.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from effml.errors import ConfigError
 from effml.nas.spaces import Arch, Space
+from effml.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -55,30 +56,21 @@ class ProxyResult:
 
 
 ProxyFn = Callable[[Space, Arch, ProxyConfig], "ProxyResult | float"]
-PROXIES: dict[str, ProxyFn] = {}
-
-
-def proxy(name: str):
-    """Register an accuracy proxy under `name`."""
-
-    def wrap(fn: ProxyFn) -> ProxyFn:
-        PROXIES[name] = fn
-        return fn
-
-    return wrap
+PROXIES: Registry[ProxyFn] = Registry("NAS accuracy proxy")
 
 
 def get_proxy(p: str | ProxyFn) -> ProxyFn:
+    """A registered proxy by name, a `package.module:function`, or the callable itself."""
     if callable(p):
         return p
-    if p in PROXIES:
-        return PROXIES[p]
-    if isinstance(p, str) and ":" in p:  # package.module:function
+    if isinstance(p, str) and ":" in p and p not in PROXIES:  # package.module:function
         from effml.models import load_callable
 
         return load_callable(p)
-    raise ConfigError(f"unknown proxy {p!r}; registered: {', '.join(sorted(PROXIES))} "
-                      "(or package.module:function)")
+    try:
+        return PROXIES.get(p)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or package.module:function)") from None
 
 
 def run_proxy(p: str | ProxyFn, space: Space, arch: Arch, config: ProxyConfig) -> ProxyResult:
@@ -113,7 +105,7 @@ def _resized(dataset: str, train_images: int, test_images: int, seed: int, size:
                       base.note)
 
 
-@proxy("train")
+@PROXIES.register("train")
 def train_proxy(space: Space, arch: Arch, config: ProxyConfig) -> ProxyResult:
     """Short training from scratch (Adam, cosine schedule), top-1 on the test subset."""
     import torch

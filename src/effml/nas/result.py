@@ -28,6 +28,13 @@ class NasTrial:
         return asdict(self)
 
 
+def trial_line(trial: NasTrial | None) -> str:
+    """' · last: NAME 41.2%' (or 'rejected') for a progress line; '' before the first trial."""
+    if trial is None:
+        return ""
+    return f" · last: {trial.name[:48]} {'rejected' if trial.rejected else f'{trial.accuracy:.1%}'}"
+
+
 def pareto_front(trials: list[NasTrial]) -> list[NasTrial]:
     """Feasible trials no other feasible trial dominates on (accuracy up, objective down), by objective."""
     pts = [t for t in trials if t.feasible and t.accuracy is not None]

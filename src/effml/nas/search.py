@@ -37,22 +37,22 @@ from effml.nas.budgets import (
     predictions,
 )
 from effml.nas.proxy import ProxyConfig, get_proxy, run_proxy
-from effml.nas.result import NasResult, NasTrial
+from effml.nas.result import NasResult, NasTrial, trial_line
 from effml.nas.spaces import Space, get_space
-from effml.registries import Registry, registrar
+from effml.registries import Registry
 
-OBJECTIVES: dict[str, Callable[[Cost], float]] = {
-    "latency": lambda c: c.latency_s, "energy": lambda c: c.energy_j, "flash": lambda c: float(c.flash_bytes),
-    "sram": lambda c: float(c.sram_bytes), "macs": lambda c: float(c.macs),
-}
+# the device cost a search minimises, read off a trial's counted Cost
+OBJECTIVES: Registry[Callable[[Cost], float]] = Registry("NAS objective")
+OBJECTIVES.add("latency", lambda c: c.latency_s)
+OBJECTIVES.add("energy", lambda c: c.energy_j)
+OBJECTIVES.add("flash", lambda c: float(c.flash_bytes))
+OBJECTIVES.add("sram", lambda c: float(c.sram_bytes))
+OBJECTIVES.add("macs", lambda c: float(c.macs))
 SAMPLERS: Registry = Registry("NAS sampler")
 STUDY_DEVICES = ("rpi5", "jetson-orin-nano-8gb", "h100-sxm")  # also predicted, as `effml study` does
 
 
-sampler = registrar(SAMPLERS)
-
-
-@sampler("tpe")
+@SAMPLERS.register("tpe")
 def _tpe(seed: int, trials: int, constraints):
     import optuna
 
@@ -60,7 +60,7 @@ def _tpe(seed: int, trials: int, constraints):
                                       **constraints)
 
 
-@sampler("nsga2")
+@SAMPLERS.register("nsga2")
 def _nsga2(seed: int, trials: int, constraints):
     import optuna
 
@@ -68,7 +68,7 @@ def _nsga2(seed: int, trials: int, constraints):
                                          **constraints)
 
 
-@sampler("random")
+@SAMPLERS.register("random")
 def _random(seed: int, trials: int, constraints):
     import optuna
 
@@ -102,11 +102,11 @@ class NasConfig:
             raise ConfigError(f"NasConfig.trials must be a positive integer, got {self.trials!r}")
         if not isinstance(self.workers, int) or not 1 <= self.workers <= 64:
             raise ConfigError(f"NasConfig.workers must be an integer in 1..64, got {self.workers!r}")
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"NasConfig.sampler {self.sampler!r} unknown; expected one of {', '.join(SAMPLERS)}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"NasConfig.objective {self.objective!r} unknown; expected one of "
-                              f"{', '.join(OBJECTIVES)}")
+        for name, table in (("sampler", SAMPLERS), ("objective", OBJECTIVES)):
+            try:
+                table.get(getattr(self, name))
+            except ConfigError as exc:
+                raise ConfigError(f"NasConfig.{name}: {exc}") from None
         if self.storage is not None and "://" not in str(self.storage):
             raise ConfigError(f"NasConfig.storage {self.storage!r} is not a database URL "
                               "(e.g. sqlite:///nas.db or postgresql://user@127.0.0.1:5432/db)")
@@ -143,18 +143,24 @@ class NasConfig:
         return d
 
 
-Progress = Callable[[int, int, "NasTrial | None"], None]
+Progress = Callable[[str, float], None]
 
 
 def search(config: NasConfig | None = None, *, progress: Progress | None = None, **overrides) -> NasResult:
-    """Run (or resume) the search; NasConfig fields work as keywords. Returns every trial of the study."""
+    """Run (or resume) the search; NasConfig fields work as keywords. Returns every trial of the study.
+
+    `progress(what, frac)`: what = "12/40 trials · last: NAME 41.2%", frac = evaluated / trials."""
     cfg = replace(config, **overrides) if config is not None else NasConfig(**overrides)
     space, budget = cfg.space_obj(), cfg.budget()
     check_reachable(space, budget, cfg.dtype)  # nothing can fit: say so before any search
     study = _study(cfg)
     done = len(_evaluated(study))
     todo = max(0, cfg.trials - done)
-    report = progress or (lambda done, total, trial: None)
+
+    def report(done: int, total: int, trial: NasTrial | None) -> None:
+        if progress is not None:
+            progress(f"{done}/{total} trials{trial_line(trial)}", done / max(total, 1))
+
     report(done, cfg.trials, None)
     if todo:
         quotas = [todo // cfg.workers + (i < todo % cfg.workers) for i in range(cfg.workers)]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +29,8 @@ import torch
 from torch import nn
 
 from effml.errors import ConfigError
-
-Arch = dict  # {param name: chosen value}
+from effml.nas import models as _models  # noqa: F401  (registers the families: spaces -> models -> families)
+from effml.nas.families import FAMILIES, Arch, Family
 
 # (channels, stride, depth choices, kernel choices, expand choices), MobileNetV2 Table 2 (c, s; n as max depth)
 _MBV2_STAGES = [
@@ -66,29 +65,6 @@ SPACES: dict[str, dict] = {
     },
 }
 
-FAMILIES: dict[str, Family] = {}
-
-
-@dataclass(frozen=True)
-class Family:
-    """How a family turns its space data into parameters and a model."""
-
-    name: str
-    params: Callable[[dict], dict[str, tuple]]  # space data -> {param: choices}
-    build: Callable[[dict, Arch, bool], nn.Module]  # (space data, arch, deploy) -> model
-    describe: Callable[[Arch], str]  # arch -> short name
-
-
-def family(name: str, params: Callable[[dict], dict[str, tuple]], describe: Callable[[Arch], str]):
-    """Register a model builder `fn(space_data, arch, deploy) -> nn.Module` for a family of spaces."""
-
-    def wrap(fn):
-        FAMILIES[name] = Family(name, params, fn, describe)
-        return fn
-
-    return wrap
-
-
 @dataclass(frozen=True)
 class Space:
     name: str
@@ -96,7 +72,7 @@ class Space:
 
     @property
     def family(self) -> Family:
-        return FAMILIES[self.data["family"]]
+        return FAMILIES.get(self.data["family"])
 
     def params(self) -> dict[str, tuple]:
         """Every parameter with its choices, ascending (fixed parameters, one choice, included)."""
@@ -180,7 +156,7 @@ def get_space(name: str | Space) -> Space:
 def _validated(name: str, data: dict) -> Space:
     if not isinstance(data, dict) or data.get("family") not in FAMILIES:
         fam = data.get("family") if isinstance(data, dict) else None
-        raise ConfigError(f"space {name!r}: family {fam!r} unknown; expected one of {', '.join(sorted(FAMILIES))}")
+        raise ConfigError(f"space {name!r}: family {fam!r} unknown; expected one of {', '.join(FAMILIES)}")
     space = Space(name, data)
     try:
         params = space.params()
@@ -190,10 +166,3 @@ def _validated(name: str, data: dict) -> Space:
         if not v or any(not isinstance(c, (int, float)) or c <= 0 for c in v):
             raise ConfigError(f"space {name!r}: {k} must list positive numbers, got {list(v)}")
     return space
-
-
-def _import_models() -> None:
-    from effml.nas import models  # noqa: F401  (registers the families)
-
-
-_import_models()

@@ -13,11 +13,11 @@ from effml.scaling.budget import Budget, Conversion, Plan, allocate, convert, co
 from effml.scaling.curvefit import CurveFitConfig, CurveFitError, CurveFitResult, Interval, Runs, fit_law, read_runs
 from effml.scaling.laws import (CHINCHILLA_TOKENS_PER_PARAM, FLOPS_PER_PARAM_TOKEN, LAWS, Allocation, IsoFlopCurve,
                                 ScalingLaw, compute_optimal, get_law, isoflop, loss, optimal_for_params,
-                                register_law, tokens_per_param_allocation)
+                                tokens_per_param_allocation)
 
 __all__ = [
     "Allocation", "Budget", "CHINCHILLA_TOKENS_PER_PARAM", "Conversion", "CurveFitConfig", "CurveFitError",
     "CurveFitResult", "FLOPS_PER_PARAM_TOKEN", "Interval", "IsoFlopCurve", "LAWS", "Plan", "Runs", "ScalingLaw",
     "allocate", "compute_optimal", "convert", "cost_of", "fit_law", "get_law", "isoflop", "loss",
-    "optimal_for_params", "plan_for_params", "read_runs", "register_law", "tokens_per_param_allocation",
+    "optimal_for_params", "plan_for_params", "read_runs", "tokens_per_param_allocation",
 ]

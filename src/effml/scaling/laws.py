@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from effml.errors import ConfigError
+from effml.registries import Registry
 
 FLOPS_PER_PARAM_TOKEN = 6  # C ≈ 6ND: 2 FLOPs/param/token forward, 4 backward
 CHINCHILLA_TOKENS_PER_PARAM = 20.0  # approach-1 rule of thumb (Table 3: 20.0–22.4 tokens/param)
@@ -114,30 +115,24 @@ def _out(x):
 
 
 # ---- presets ---------------------------------------------------------------------------------------
-LAWS: dict[str, ScalingLaw] = {}
-
-
-def register_law(law: ScalingLaw) -> ScalingLaw:
-    if law.name in LAWS:
-        raise ConfigError(f"a scaling law named {law.name!r} is already registered")
-    LAWS[law.name] = law
-    return law
-
-
-register_law(ScalingLaw(1.69, 406.4, 410.7, 0.34, 0.28, name="chinchilla",
-                        source="Hoffmann et al. 2022, eq. 10 (rounded constants)"))
-register_law(ScalingLaw.from_logs(1.6934, 6.00734, 6.01792, 0.33917, 0.28491, name="chinchilla-full",
-                                  source="Hoffmann et al. 2022, approach 3 (full precision)"))
-register_law(ScalingLaw(1.8172, 482.01, 2085.43, 0.3478, 0.3658, name="besiroglu",
-                        source="Besiroglu et al. 2024, 'Chinchilla scaling: a replication attempt'"))
+LAWS: Registry[ScalingLaw] = Registry("scaling law")  # add yours: LAWS.add(law.name, law)
+for _law in (ScalingLaw(1.69, 406.4, 410.7, 0.34, 0.28, name="chinchilla",
+                        source="Hoffmann et al. 2022, eq. 10 (rounded constants)"),
+             ScalingLaw.from_logs(1.6934, 6.00734, 6.01792, 0.33917, 0.28491, name="chinchilla-full",
+                                  source="Hoffmann et al. 2022, approach 3 (full precision)"),
+             ScalingLaw(1.8172, 482.01, 2085.43, 0.3478, 0.3658, name="besiroglu",
+                        source="Besiroglu et al. 2024, 'Chinchilla scaling: a replication attempt'")):
+    LAWS.add(_law.name, _law)
 
 
 def get_law(law: str | ScalingLaw) -> ScalingLaw:
+    """A preset by name (`LAWS`), or the ScalingLaw itself."""
     if isinstance(law, ScalingLaw):
         return law
-    if law not in LAWS:
-        raise ConfigError(f"unknown scaling law {law!r}; known: {', '.join(LAWS)} (or pass a ScalingLaw)")
-    return LAWS[law]
+    try:
+        return LAWS.get(law)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or pass a ScalingLaw)") from None
 
 
 def loss(N, D, law: str | ScalingLaw = "chinchilla"):

@@ -11,11 +11,11 @@ also the master copy, fp32 gradients, low-precision compute under autocast. With
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import asdict, dataclass, field
 
 from effml.errors import ConfigError
+from effml.registries import Registry
 
 
 # ---- precisions -----------------------------------------------------------------------------------------
@@ -39,79 +39,82 @@ class Precision:
         return asdict(self)
 
 
-PRECISIONS: dict[str, Precision] = {}
-
-
-def register_precision(p: Precision) -> Precision:
-    PRECISIONS[p.name] = p
-    return p
-
-
-register_precision(Precision("fp32", "fp32", None, description="fp32 weights, grads, states and compute"))
-register_precision(Precision("bf16-mixed", "fp32", "bf16",
-                             description="AMP: fp32 weights/grads/states, bf16 compute under autocast"))
-register_precision(Precision("fp16-mixed", "fp32", "fp16", grad_scaler=True, needs_gpu=True,
-                             description="AMP: fp32 weights/grads/states, fp16 autocast + GradScaler (GPU)"))
-register_precision(Precision("bf16-true", "bf16", None,
-                             description="bf16 weights, grads, optimizer states and compute (no master copy)"))
+PRECISIONS: Registry[Precision] = Registry("precision")
+for _p in (Precision("fp32", "fp32", None, description="fp32 weights, grads, states and compute"),
+           Precision("bf16-mixed", "fp32", "bf16",
+                     description="AMP: fp32 weights/grads/states, bf16 compute under autocast"),
+           Precision("fp16-mixed", "fp32", "fp16", grad_scaler=True, needs_gpu=True,
+                     description="AMP: fp32 weights/grads/states, fp16 autocast + GradScaler (GPU)"),
+           Precision("bf16-true", "bf16", None,
+                     description="bf16 weights, grads, optimizer states and compute (no master copy)")):
+    PRECISIONS.add(_p.name, _p)
 
 
 def get_precision(name: str) -> Precision:
-    return _lookup(PRECISIONS, name, "precision")
+    return PRECISIONS.get(name)
 
 
 # ---- optimizers -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """A torch optimizer by name: `build(params, lr, foreach)`; its state bytes are measured, not declared."""
+    """A torch optimizer by name: `build(params, lr, foreach=None, *, weight_decay=None, momentum=None)`;
+    None keeps the entry's default (AdamW's weight decay 0.01, sgd-momentum's 0.9). `momentum` is for the SGD
+    entries (Adam's are its betas). Its state bytes are measured by the memory estimator, not declared."""
 
     name: str
-    build: object  # Callable[[params, float, bool], torch.optim.Optimizer]
+    build: object  # Callable[..., torch.optim.Optimizer]
     description: str = ""
 
 
-OPTIMIZERS: dict[str, OptimizerSpec] = {}
+# the one optimizer registry: `effml train`, the memory estimator and train_classifier all build from it
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
 
 
 def optimizer(name: str, description: str = ""):
-    """Register an optimizer factory `fn(params, lr, foreach) -> torch.optim.Optimizer` under `name`."""
+    """Decorator: register the factory `fn(params, lr, foreach, *, weight_decay, momentum)` as `name`."""
 
     def wrap(fn):
-        OPTIMIZERS[name] = OptimizerSpec(name, fn, description)
+        OPTIMIZERS.add(name, OptimizerSpec(name, fn, description))
         return fn
     return wrap
 
 
+def _or(value, default):
+    return default if value is None else value
+
+
 @optimizer("adamw", "AdamW: exp_avg + exp_avg_sq per parameter (2 copies)")
-def _adamw(params, lr, foreach):
+def _adamw(params, lr, foreach=None, *, weight_decay=None, momentum=None):
     import torch
 
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, foreach=foreach)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=_or(weight_decay, 0.01), foreach=foreach)
 
 
 @optimizer("adam", "Adam: exp_avg + exp_avg_sq per parameter (2 copies)")
-def _adam(params, lr, foreach):
+def _adam(params, lr, foreach=None, *, weight_decay=None, momentum=None):
     import torch
 
-    return torch.optim.Adam(params, lr=lr, foreach=foreach)
+    return torch.optim.Adam(params, lr=lr, weight_decay=_or(weight_decay, 0.0), foreach=foreach)
 
 
 @optimizer("sgd-momentum", "SGD with momentum 0.9: one momentum buffer per parameter")
-def _sgd_momentum(params, lr, foreach):
+def _sgd_momentum(params, lr, foreach=None, *, weight_decay=None, momentum=None):
     import torch
 
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=foreach)
+    return torch.optim.SGD(params, lr=lr, momentum=_or(momentum, 0.9), weight_decay=_or(weight_decay, 0.0),
+                           foreach=foreach)
 
 
-@optimizer("sgd", "plain SGD: no state")
-def _sgd(params, lr, foreach):
+@optimizer("sgd", "plain SGD: no state (a momentum > 0 adds one buffer per parameter)")
+def _sgd(params, lr, foreach=None, *, weight_decay=None, momentum=None):
     import torch
 
-    return torch.optim.SGD(params, lr=lr, foreach=foreach)
+    return torch.optim.SGD(params, lr=lr, momentum=_or(momentum, 0.0), weight_decay=_or(weight_decay, 0.0),
+                           foreach=foreach)
 
 
 def get_optimizer(name: str) -> OptimizerSpec:
-    return _lookup(OPTIMIZERS, name, "optimizer")
+    return OPTIMIZERS.get(name)
 
 
 # ---- checkpointing ----------------------------------------------------------------------------------------
@@ -266,14 +269,6 @@ class TrainConfig:
         return cls(checkpointing=Checkpointing(**ck), **keep)
 
 
-def _lookup(registry: dict, name: str, what: str):
-    if name in registry:
-        return registry[name]
-    close = difflib.get_close_matches(str(name), list(registry), n=2)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    raise ConfigError(f"unknown {what} {name!r}{hint} (known: {', '.join(registry)})")
-
-
 __all__ = [
     "CHECKPOINT_STRATEGIES",
     "OPTIMIZERS",
@@ -287,5 +282,4 @@ __all__ = [
     "get_precision",
     "optimizer",
     "parse_bytes",
-    "register_precision",
 ]

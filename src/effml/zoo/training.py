@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import ConfigError
+from effml.train.config import OPTIMIZERS
 
 Progress = Callable[[str, float], None]
-OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -31,9 +31,9 @@ SCHEDULES = ("constant", "cosine")
 class TrainLoopConfig:
     epochs: float = 1.0  # fractions allowed: 0.5 = half an epoch
     lr: float = 1e-3
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # a name in effml.train.config.OPTIMIZERS
     weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
+    momentum: float = 0.9  # the SGD entries only
     schedule: str = "cosine"
     label_smoothing: float = 0.0
     max_steps: int | None = None
@@ -44,8 +44,10 @@ class TrainLoopConfig:
             raise ConfigError(f"TrainLoopConfig.epochs must be > 0, got {self.epochs}")
         if not self.lr > 0:
             raise ConfigError(f"TrainLoopConfig.lr must be > 0, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"TrainLoopConfig.optimizer {self.optimizer!r} unknown; expected one of {OPTIMIZERS}")
+        try:
+            OPTIMIZERS.get(self.optimizer)
+        except ConfigError as exc:
+            raise ConfigError(f"TrainLoopConfig.optimizer: {exc}") from None
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"TrainLoopConfig.schedule {self.schedule!r} unknown; expected one of {SCHEDULES}")
         if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
@@ -87,10 +89,8 @@ def _optimizer(model: nn.Module, cfg: TrainLoopConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("train_classifier: the model has no trainable parameters")
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return OPTIMIZERS.get(cfg.optimizer).build(params, cfg.lr, weight_decay=cfg.weight_decay,
+                                               momentum=cfg.momentum)
 
 
 def train_classifier(model: nn.Module, data, config: TrainLoopConfig | None = None, *,
