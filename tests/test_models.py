@@ -94,7 +94,7 @@ def test_callable_on_meta():
 
 
 @pytest.mark.parametrize("bad, text", [
-    ("effml.zoo.lenet5", "'effml.zoo.lenet5' is not a zoo model name"),  # neither NAME nor module:callable
+    ("effml.zoo.lenet5", "'effml.zoo.lenet5' is not a known zoo model name"),  # neither NAME nor module:callable
     ("effml.zoo:lenet5:x", "must look like package.module:callable"),
     ("effml zoo:lenet5", "is not a module path"),
     ("effml.zoo:", "is not a callable name"),

@@ -188,8 +188,10 @@ def model_builder(spec: str, *, source: str = "zoo", flag: str = "--model") -> C
         if spec not in table:
             close = difflib.get_close_matches(spec, list(table), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"{flag} {spec!r} is not a {source} model name{hint} (known: {', '.join(sorted(table))}); "
-                              "a model spec is NAME or package.module:callable (e.g. effml.zoo:lenet5)")
+            what, example = {"zoo": ("zoo model", "effml.zoo:lenet5"),
+                             "llm": ("LLM", "mymodels:load_llm")}[source]
+            raise ConfigError(f"{flag} {spec!r} is not a known {what} name{hint} (known: {', '.join(sorted(table))}); "
+                              f"a model spec is NAME or package.module:callable (e.g. {example})")
         fn, name = table[spec], spec
 
     @functools.wraps(fn)

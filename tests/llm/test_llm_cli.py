@@ -52,7 +52,8 @@ def test_generate_bad_input(capsys, monkeypatch):
     assert "prompt" in _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "  "])
     assert "context of 256" in _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "a" * 200,
                                                         "--max-new-tokens", "100"])
-    assert "unknown model" in _one_line_error(capsys, ["generate", "--model", "gpt-9", "--prompt", "hi"])
+    assert "--model 'gpt-9' is not a known LLM name" in _one_line_error(capsys, ["generate", "--model", "gpt-9",
+                                                                                 "--prompt", "hi"])
     assert "--gamma" in _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "hi", "--speculative",
                                                  "tiny-draft", "--gamma", "many"])
     # a draft with another vocabulary (50 ids instead of 97): refused before any decoding

@@ -57,7 +57,7 @@ def test_train_mem_table(capsys):
     (["train", "--model", "lenet5", "--set", "width=0"], "--set width=0 for --model lenet5: must be > 0"),
     (["train", "--model", "torch.nn:Identity"], "--model 'torch.nn:Identity' has no zoo entry"),
     (["train", "--model", "mlp", "--precision", "fp16-mixed"], "precision 'fp16-mixed' needs a CUDA GPU"),
-    (["train", "--model", "gpt5"], "--model 'gpt5' is not a zoo model name"),
+    (["train", "--model", "gpt5"], "--model 'gpt5' is not a known zoo model name"),
     (["train", "--set", "n_layer"], "--set 'n_layer' must look like KEY=VALUE"),
 ])
 def test_bad_input_gives_one_line_error(capsys, argv, message):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from effml.cli.common import add_json_flag, console, print_json
+from effml.cli.common import add_json_flag, console, nonneg_float, nonneg_int, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -13,16 +13,16 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default), tiny, tiny-draft")
     p.add_argument("--prompt", required=True, help="the user message (wrapped in the model's chat template)")
     p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default 64)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most (default 64)")
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=nonneg_int, default=0, help="sample among the k most likely tokens (0: all)")
     p.add_argument("--kv", default="paged", help="KV cache: paged (default), contiguous, none (recompute)")
     p.add_argument("--speculative", metavar="DRAFT",
                    help="draft model: smollm2-135m-draft (distilled here; built once, minutes), layers:0,1,29 "
                         "(a layer subset of the target), or a model name")
     p.add_argument("--gamma", default="4", help="draft tokens per target call, or 'auto' (default 4)")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="sampling seed (default 0)")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -61,13 +61,14 @@ def run(args) -> int:
 
     from effml.errors import ConfigError
     from effml.llm.generate import GenerateConfig, generate
-    from effml.llm.registry import load_draft, load_model
+    from effml.llm.registry import load_draft
+    from effml.models import load_llm
     from effml.llm.speculative import SpecConfig, speculative_generate
 
     err = Console(stderr=True)
     with err.status(f"loading {args.model} (the first SmolLM2 run converts the GGUF once, ~1 min)",
                     spinner="dots") if not args.json else _null():
-        lm = load_model(args.model)
+        lm = load_llm(args.model)
     tok = lm.tokenizer
     if not args.prompt.strip():
         raise ConfigError("--prompt is empty: give the text to continue or answer")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from effml.cli.common import add_json_flag, console, print_json
+from effml.cli.common import add_json_flag, console, nonneg_int, positive_float, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -10,15 +10,16 @@ def add_parser(sub) -> None:
                        description="Requests arrive as a Poisson process with mixed prompt and output lengths; "
                                    "report throughput (tokens/s), latency p50/p99, time to first token, KV waste.")
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default) or tiny")
-    p.add_argument("--requests", type=int, default=32, help="requests in the trace (default 32)")
-    p.add_argument("--rate", type=float, default=8.0, help="arrivals per second (default 8)")
+    p.add_argument("--requests", type=positive_int, default=32, help="requests in the trace (default 32)")
+    p.add_argument("--rate", type=positive_float, default=8.0, help="arrivals per second (default 8)")
     p.add_argument("--batching", choices=("static", "continuous", "both"), default="both",
                    help="engine (default both: side by side with the ratio)")
-    p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together at most (default 8)")
-    p.add_argument("--mean-output", type=float, default=48, help="mean output length, exponential (default 48)")
-    p.add_argument("--max-output", type=int, default=192, help="longest output (default 192)")
-    p.add_argument("--block-size", type=int, default=16, help="paged KV block size in tokens (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="trace seed (default 0)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="sequences decoded together at most (default 8)")
+    p.add_argument("--mean-output", type=positive_float, default=48,
+                   help="mean output length, exponential (default 48)")
+    p.add_argument("--max-output", type=positive_int, default=192, help="longest output (default 192)")
+    p.add_argument("--block-size", type=positive_int, default=16, help="paged KV block size in tokens (default 16)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="trace seed (default 0)")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -38,9 +39,9 @@ def run(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from effml.llm.batching import EngineConfig, serve_side_by_side
-    from effml.llm.registry import load_model
+    from effml.models import load_llm
 
-    lm = load_model(args.model)
+    lm = load_llm(args.model)
     trace = trace_for(lm, args.requests, args.rate, args.mean_output, args.max_output, args.seed)
     engines = ("static", "continuous") if args.batching == "both" else (args.batching,)
     cfg = EngineConfig(max_batch=args.max_batch, block_size=args.block_size)
@@ -58,19 +59,10 @@ def run(args) -> int:
         print_json({"model": lm.name, "requests": len(trace), "rate": args.rate, "max_batch": args.max_batch,
                     "results": summary, "continuous_over_static_throughput": ratio})
         return 0
-    from rich.table import Table
+    from effml.llm.present import serve_table
 
-    t = Table(title=f"{lm.name}: {len(trace)} requests, Poisson {args.rate}/s, max batch {args.max_batch}")
-    for col in ("batching", "throughput tok/s", "latency p50 s", "latency p99 s", "TTFT p50 s", "TTFT p99 s",
-                "KV reserved vs used (waste)"):
-        t.add_column(col, justify="right")
-    for name, r in results.items():
-        own = r.kv["paged" if name == "continuous" else "contiguous"]
-        t.add_row(name, f"{r.throughput:.1f}", f"{r.latency_p(50):.2f}", f"{r.latency_p(99):.2f}",
-                  f"{r.ttft_p(50):.2f}", f"{r.ttft_p(99):.2f}",
-                  f"{own['reserved_tokens_avg']:.0f} vs {own['used_tokens_avg']:.0f} tok ({own['waste']:.1%})")
     con = console()
-    con.print(t)
+    con.print(serve_table(lm.name, len(trace), args.rate, args.max_batch, results))
     if ratio is not None:
         con.print(f"continuous / static throughput: {ratio:.2f}x")
     return 0
