@@ -49,6 +49,9 @@ class ModelConfig:
         p = self.published_params
         if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p <= 0):
             raise ConfigError(f"ModelConfig {self.name!r}: published_params must be a positive int or null, got {p!r}")
+        from effml.configs.validate import validate_hf_config  # absurd sizes named here, not by transformers
+
+        validate_hf_config(self.hf_config, f"model config {self.name!r}" + (f" ({self.source})" if self.source else ""))
 
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "task": self.task, "source": self.source,
