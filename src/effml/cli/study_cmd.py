@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
-from effml.cli.common import add_json_flag, console, parse_sets, print_json
+from effml.cli.common import (
+    add_hw_flag,
+    add_json_flag,
+    add_model_flags,
+    console,
+    duration,
+    parse_hw,
+    parse_sets,
+    positive_float,
+    positive_int,
+    print_json,
+)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("study", help="train, compress, measure and compare every variant; write report.html",
                        description="Baseline + pruning, quantization, distillation variants of a model, each "
                                    "measured here and predicted on catalog devices, on one Pareto frontier.")
-    p.add_argument("--model", default="effml.zoo:lenet5", help="package.module:callable (default effml.zoo:lenet5)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model constructor argument, repeatable (default for LeNet-5: width=2)")
+    add_model_flags(p, default="effml.zoo:lenet5")  # --set default for LeNet-5: width=2
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default) or digits")
-    p.add_argument("--hw", nargs="+", help="catalog devices (name or name:dtype) to predict on")
+    add_hw_flag(p, help="catalog devices (name or name:dtype), space- or comma-separated, to predict on")
     p.add_argument("--study", default="default", help="study name inside the store")
     p.add_argument("--store", default="runs.db", help="SQLite store (default runs.db); reruns resume")
     p.add_argument("--out", default="report.html", help="report file (default report.html)")
-    p.add_argument("--epochs", type=float, default=3.0, help="baseline training epochs (default 3)")
-    p.add_argument("--finetune-epochs", type=float, default=0.5, help="fine-tuning epochs per variant (default 0.5)")
-    p.add_argument("--train-limit", type=int, help="train on a random subset of this size")
-    p.add_argument("--test-limit", type=int, help="evaluate on a random subset of this size")
-    p.add_argument("--measure-batch", type=int, default=256, help="batch size latency is measured at")
+    p.add_argument("--epochs", type=positive_float, default=3.0, help="baseline training epochs (default 3)")
+    p.add_argument("--finetune-epochs", type=positive_float, default=0.5,
+                   help="fine-tuning epochs per variant (default 0.5)")
+    p.add_argument("--train-limit", type=positive_int, help="train on a random subset of this size")
+    p.add_argument("--test-limit", type=positive_int, help="evaluate on a random subset of this size")
+    p.add_argument("--measure-batch", type=positive_int, default=256, help="batch size latency is measured at")
     p.add_argument("--variants", help="comma-separated plan names (default: all)")
-    p.add_argument("--budget-min", type=float, help="start no new variant after N minutes (rerun resumes)")
+    p.add_argument("--budget", type=duration, metavar="SECONDS",
+                   help="start no new variant after this time, in seconds or with a unit (8m, 1h); rerun resumes")
     p.add_argument("--no-calibrate", action="store_true",
                    help="do not calibrate this machine first (local predictions stay empty until `effml calibrate`)")
     add_json_flag(p)
@@ -56,12 +67,15 @@ def run_study(args) -> int:
     from effml.study.report import write
 
     cfg = StudyConfig(model=args.model, model_args=parse_sets(args.set) if args.set else None, data=args.data,
-                      devices=tuple(args.hw or DEFAULT_DEVICES), study=args.study,
+                      devices=tuple(parse_hw(args.hw, dtypes=True) or DEFAULT_DEVICES), study=args.study,
                       epochs=args.epochs, finetune_epochs=args.finetune_epochs, train_limit=args.train_limit,
                       test_limit=args.test_limit, measure_batch=args.measure_batch,
                       plans=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
-                      budget_min=args.budget_min, calibrate=not args.no_calibrate)
+                      budget_min=args.budget / 60 if args.budget else None, calibrate=not args.no_calibrate)
     check_paths(args.out, args.store)
+    from effml.models import check_model_args, model_builder
+
+    check_model_args(model_builder(cfg.model), cfg.constructor_args, cfg.model)  # before the store is opened
     con = console()
     with _open(args.store) as store:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),

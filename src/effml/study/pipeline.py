@@ -92,9 +92,9 @@ Progress = Callable[[str, str, float], None]  # (variant, message, fraction)
 
 
 def _builder(spec: str):
-    from effml.models import load_callable
+    from effml.models import model_builder
 
-    return load_callable(spec)
+    return model_builder(spec)  # a zoo NAME or module:callable; what it raises is named by spec
 
 
 def _build(fn, data, **extra):
