@@ -261,7 +261,7 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
                                    "category with no micro-benchmark)", stamp)
         progress("kernel models", 0.9)
         kernels = _kernel_models(config, raw_base(peak, curve, overhead, efficiency, alloc_bw, stamp),
-                                 module_call, stamp, lambda f: progress("kernel models", 0.9 + 0.1 * f))
+                                 module_call, stamp, lambda what, f: progress(what, 0.9 + 0.1 * f))
         progress("done", 1.0)
     finally:
         torch.set_num_threads(old_threads)

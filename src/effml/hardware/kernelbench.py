@@ -29,6 +29,7 @@ from effml.hardware.kernels import (
     fit_ensemble,
     roofline_base,
 )
+from effml.registries import Registry
 
 SHARES = {"conv": 0.5, "matmul": 0.28, "pool": 0.06, "norm": 0.06, "pointwise": 0.10}
 MAX_SAMPLES = 480
@@ -54,6 +55,10 @@ def _x(*shape) -> torch.Tensor:
 
 
 # each sampler: (build() -> Sample, FLOPs, bytes); build only after the size check (some draws are GBs)
+SAMPLERS: Registry[Callable] = Registry("kernel-model family")
+
+
+@SAMPLERS.register("conv")
 def _conv(rng):
     kind = rng.choice(["dense", "pw", "dw", "wide", "grouped"], p=[0.34, 0.26, 0.2, 0.1, 0.1])
     n, hw = int(rng.choice([1, 1, 2, 4, 8, 16, 32])), round(2 ** rng.uniform(2, 7))
@@ -78,6 +83,7 @@ def _conv(rng):
                            (_x(n, ci, hw, hw),), True)), flops, nbytes
 
 
+@SAMPLERS.register("matmul")
 def _matmul(rng):
     kind = rng.choice(["linear", "linear3d", "nobias", "bmm", "head"], p=[0.4, 0.2, 0.15, 0.15, 0.1])
     m = round(2 ** rng.uniform(0, 12 if rng.random() < 0.6 else 6))
@@ -98,6 +104,7 @@ def _matmul(rng):
     return build, 2 * m * k * n, 4 * (m * k + k * n + m * n)
 
 
+@SAMPLERS.register("pool")
 def _pool(rng):
     n, c, hw = int(rng.choice([1, 2, 8, 32])), _ch(rng, 4, 1024), round(2 ** rng.uniform(2, 7))
     kind = rng.choice(["max", "max3", "avg", "adaptive"], p=[0.4, 0.2, 0.2, 0.2])
@@ -107,6 +114,7 @@ def _pool(rng):
     return (lambda: Sample("pool", f"{kind}pool {n}x{c}x{hw}", mod(), (_x(n, c, hw, hw),), True)), nb / 4, 1.3 * nb
 
 
+@SAMPLERS.register("norm")
 def _norm(rng):
     if rng.random() < 0.55:
         n, c, hw = int(rng.choice([1, 2, 8, 32])), _ch(rng, 8, 1024), round(2 ** rng.uniform(2, 7))
@@ -118,6 +126,7 @@ def _norm(rng):
         5 * rows * d, 8 * rows * d
 
 
+@SAMPLERS.register("pointwise")
 def _pointwise(rng):
     numel = int(2 ** rng.uniform(6, 24))
     kind = rng.choice(["relu", "relu_", "gelu", "relu6", "add", "add_bias", "mul"])
@@ -133,7 +142,6 @@ def _pointwise(rng):
     return (lambda: Sample("pointwise", f"{kind} {numel}", mod(), (_x(numel),), True)), numel, 8 * numel
 
 
-SAMPLERS = {"conv": _conv, "matmul": _matmul, "pool": _pool, "norm": _norm, "pointwise": _pointwise}
 LIMITS = {"flops": 2.5e9, "bytes": 1.6e8}  # keeps one call under ~50 ms here; larger ones extrapolate flat
 
 
@@ -227,7 +235,7 @@ def fit_family(rows: list, seed: int = 0, holdout: float = 0.2) -> dict:
 
 
 def run(device, module_call: float, clock: Callable[[], float], budget_s: float, rounds: int, seed: int = 0,
-        families: tuple[str, ...] | None = None, progress: Callable[[float], None] | None = None) -> dict:
+        families: tuple[str, ...] | None = None, progress: Callable[[str, float], None] | None = None) -> dict:
     """Sample, time and fit each family within its share of `budget_s` wall seconds (groups of GROUP
     samples until the share is spent): {family: fit_family(...) + "ops", "elapsed_s"}."""
     rng = np.random.default_rng(seed)
@@ -243,7 +251,7 @@ def run(device, module_call: float, clock: Callable[[], float], budget_s: float,
                 times = time_calls(group, clock, rounds, rng)
                 rows += training_rows(group, times, device, module_call).get(fam, [])
                 if progress:
-                    progress(min(1.0, (spent + time.perf_counter() - t0) / budget_s))
+                    progress(f"kernel models: {fam}", min(1.0, (spent + time.perf_counter() - t0) / budget_s))
                 if time.perf_counter() - t0 > share and len(rows) >= 2 * GROUP:
                     break
         elapsed = time.perf_counter() - t0

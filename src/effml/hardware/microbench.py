@@ -16,7 +16,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-CASES: dict[str, Callable[[bool], list["Case"]]] = {}
+from effml.registries import Registry
+
+# op category -> fn(quick) returning that category's cases; `@CASES.register("matmul")` adds one
+CASES: Registry[Callable[[bool], list["Case"]]] = Registry("micro-benchmark category")
 
 
 @dataclass
@@ -38,24 +41,17 @@ class FnModule(torch.nn.Module):
         return self.fn(*xs)
 
 
-def case_set(category: str):
-    def wrap(fn: Callable[[bool], list[Case]]):
-        CASES[category] = fn
-        return fn
-    return wrap
-
-
 def _r(*shape) -> torch.Tensor:
     return torch.randn(*shape)
 
 
-@case_set("view")
+@CASES.register("view")
 def _view(quick: bool) -> list[Case]:
     return [Case("view", "view(-1)", lambda x: x.view(-1), (_r(64, 64),)),
             Case("view", "transpose", lambda x: x.transpose(0, 1), (_r(64, 64),))]
 
 
-@case_set("matmul")
+@CASES.register("matmul")
 def _matmul(quick: bool) -> list[Case]:
     # rows M from 1 (a GEMV: batch-1 Linear) to 1024: small-M GEMMs run far below peak on CPUs
     shapes = [(1, 64, 64), (1, 1024, 1024), (16, 768, 768), (64, 512, 512), (256, 1024, 1024)] if quick else \
@@ -72,7 +68,7 @@ def _matmul(quick: bool) -> list[Case]:
     return out
 
 
-@case_set("conv")
+@CASES.register("conv")
 def _conv(quick: bool) -> list[Case]:
     # (batch, c_in, hw, c_out, kernel, groups)
     shapes = [(1, 3, 32, 16, 3, 1), (1, 64, 32, 64, 3, 1), (8, 64, 32, 64, 3, 1), (1, 96, 56, 96, 3, 96)] if quick else \
@@ -87,7 +83,7 @@ def _conv(quick: bool) -> list[Case]:
     return out
 
 
-@case_set("attention")
+@CASES.register("attention")
 def _attention(quick: bool) -> list[Case]:
     shapes = [(1, 4, 64, 32), (8, 12, 32, 64)] if quick else \
         [(1, 4, 64, 32), (8, 4, 64, 32), (1, 12, 32, 64), (8, 12, 32, 64), (32, 12, 32, 64), (1, 12, 256, 64)]
@@ -99,7 +95,7 @@ def _sizes(quick: bool) -> list[int]:
     return [64, 65536, 1 << 20] if quick else [64, 4096, 65536, 1 << 18, 1 << 20, 1 << 22]
 
 
-@case_set("elementwise")
+@CASES.register("elementwise")
 def _elementwise(quick: bool) -> list[Case]:
     out = [Case("elementwise", f"add {n}", torch.add, (_r(n), _r(n))) for n in _sizes(quick)]
     if not quick:
@@ -107,7 +103,7 @@ def _elementwise(quick: bool) -> list[Case]:
     return out
 
 
-@case_set("activation")
+@CASES.register("activation")
 def _activation(quick: bool) -> list[Case]:
     out = [Case("activation", f"relu {n}", torch.nn.ReLU(), (_r(n),)) for n in _sizes(quick)]
     if not quick:
@@ -116,7 +112,7 @@ def _activation(quick: bool) -> list[Case]:
     return out
 
 
-@case_set("norm")
+@CASES.register("norm")
 def _norm(quick: bool) -> list[Case]:
     rows = [1, 64, 2048] if quick else [1, 32, 256, 2048]
     out = [Case("norm", f"layer_norm {r}x768", torch.nn.LayerNorm(768), (_r(r, 768),)) for r in rows]
@@ -126,13 +122,13 @@ def _norm(quick: bool) -> list[Case]:
     return out
 
 
-@case_set("softmax")
+@CASES.register("softmax")
 def _softmax(quick: bool) -> list[Case]:
     rows = [4, 1024] if quick else [4, 64, 1024, 8192]
     return [Case("softmax", f"softmax {r}x128", lambda x: torch.softmax(x, -1), (_r(r, 128),)) for r in rows]
 
 
-@case_set("reduction")
+@CASES.register("reduction")
 def _reduction(quick: bool) -> list[Case]:
     out = [Case("reduction", f"sum {n}", torch.sum, (_r(n),)) for n in ((64, 1 << 20) if quick else (64, 65536, 1 << 22))]
     out += [Case("reduction", f"mean(2,3) {b}x512x4x4", lambda x: x.mean(dim=(2, 3)), (_r(b, 512, 4, 4),))
@@ -140,7 +136,7 @@ def _reduction(quick: bool) -> list[Case]:
     return out
 
 
-@case_set("pool")
+@CASES.register("pool")
 def _pool(quick: bool) -> list[Case]:
     shapes = [(1, 16, 32), (8, 64, 32)] if quick else [(1, 6, 28), (1, 64, 32), (8, 64, 32), (8, 256, 16)]
     out = [Case("pool", f"max_pool2d {b}x{c}x{hw}", torch.nn.MaxPool2d(2), (_r(b, c, hw, hw),))
@@ -150,7 +146,7 @@ def _pool(quick: bool) -> list[Case]:
     return out
 
 
-@case_set("memory")
+@CASES.register("memory")
 def _memory(quick: bool) -> list[Case]:
     ns = [64, 1 << 20] if quick else [64, 65536, 1 << 20, 1 << 22]
     out = [Case("memory", f"contiguous {n}", lambda x: x.t().contiguous(), (_r(n // 64, 64),)) for n in ns]
@@ -163,7 +159,7 @@ def _memory(quick: bool) -> list[Case]:
     return out
 
 
-@case_set("embedding")
+@CASES.register("embedding")
 def _embedding(quick: bool) -> list[Case]:
     rows = [1, 512] if quick else [1, 64, 1024]
     return [Case("embedding", f"embedding {r} of 30000x768", torch.nn.Embedding(30000, 768),

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from effml.errors import ConfigError
+from effml.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ZooEntry:
         return (torch.randn(shape, generator=gen).to(device),)
 
 
-ZOO: dict[str, ZooEntry] = {}
+ZOO: Registry[ZooEntry] = Registry("zoo model")
 
 
 def zoo_model(name: str, input_shape: tuple[int, ...], vocab: int | None = None):
@@ -42,7 +42,7 @@ def zoo_model(name: str, input_shape: tuple[int, ...], vocab: int | None = None)
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         entry = ZooEntry(name, fn, tuple(input_shape), vocab, (fn.__doc__ or "").strip().split("\n")[0])
-        ZOO[name] = entry
+        ZOO.add(name, entry)
         fn.zoo_entry = entry  # type: ignore[attr-defined]
         return fn
 
@@ -50,6 +50,5 @@ def zoo_model(name: str, input_shape: tuple[int, ...], vocab: int | None = None)
 
 
 def get(name: str) -> ZooEntry:
-    if name not in ZOO:
-        raise ConfigError(f"unknown zoo model {name!r}; the zoo has {', '.join(sorted(ZOO))}")
-    return ZOO[name]
+    """The entry of a zoo model; an unknown name is a ConfigError listing the zoo."""
+    return ZOO.get(name)
