@@ -62,7 +62,10 @@ def test_default_baseline_is_lenet5_at_twice_its_width():
     (["--data", "cifar-1000"], "unknown data set 'cifar-1000'"),
     (["--model", "nosuchpkg.models:net"], "no module named 'nosuchpkg'"),
     (["--variants", "prune-everything"], "unknown variant plan(s) prune-everything"),
-    (["--set", "depth=3"], "model lenet5 takes no depth argument"),
+    (["--set", "depth=3"], "--set depth=3 for --model effml.zoo:lenet5: the builder takes no 'depth'"),
+    (["--set", "width=0"], "--set width=0 for --model effml.zoo:lenet5: must be > 0"),
+    (["--budget=-5m"], "argument --budget: must be a finite duration > 0"),
+    (["--hw", "h100", "nosuchdevice:int8"], "--hw: unknown device 'nosuchdevice'"),
     (["--set", "width"], "--set 'width' must look like KEY=VALUE"),
 ])
 def test_bad_input_one_line(tmp_path, capsys, argv, message):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from effml.errors import ConfigError
+from effml.registries import Registry
 from effml.units import torch_dtype
 
 DEFAULT_IMAGE_SIZE = 224
@@ -73,14 +74,14 @@ class Task:
     default_seq: int | None  # None: the input is not a token sequence
 
 
-TASKS: dict[str, Task] = {}
+TASKS: Registry[Task] = Registry("model task")
 
 
 def task(name: str, auto_class: str, default_seq: int | None):
     """Register an input builder for a task."""
 
     def wrap(fn: InputBuilder) -> InputBuilder:
-        TASKS[name] = Task(auto_class, fn, default_seq)
+        TASKS.add(name, Task(auto_class, fn, default_seq))
         return fn
 
     return wrap
