@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -129,25 +129,36 @@ def available() -> list[str]:
 
 
 def load(name_or_path: str) -> ModelConfig:
-    """A bundled config by name, or a path to an effml JSON or a plain HF config.json."""
+    """A bundled config by name; a path to an effml JSON or a plain HF config.json; a local model folder
+    (config.json inside); or a hub id `org/name`, from the local HF cache, downloaded only when online."""
+    from effml.configs import hub
+
     names = available()
     key = str(name_or_path).strip()
     if key.lower() in names:
         return _from_dict(json.loads(_folder().joinpath(f"{key.lower()}.json").read_text()), f"effml config {key!r}")
     path = Path(key).expanduser()
+    if path.is_dir():
+        path = hub.model_dir_config(path)
     if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"model config file {str(path)!r} is not readable JSON: {e}") from None
-        return _from_dict(data, f"model config file {str(path)!r}", path)
+        return _from_dict(_read_json(path), f"model config file {str(path)!r}", path)
+    if hub.looks_like_hub_id(key):
+        cfg = hub.hub_config_path(key)
+        return replace(_from_dict(_read_json(cfg), f"hub model {key!r} ({cfg})", cfg), name=key, source=f"hub:{key}")
     if path.suffix == ".json" or "/" in key or "\\" in key:
         raise ConfigError(f"model config file {key!r} does not exist; or use a bundled name: {', '.join(names)}")
     close = difflib.get_close_matches(key.lower(), names, n=3, cutoff=0.5)
     ordered = close + [n for n in names if n not in close]
     hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
     raise ConfigError(f"unknown model config {key!r}{hint}; available: {', '.join(ordered)} "
-                      "(or give a path to a config.json)")
+                      "(or give a path to a config.json, a model folder or a hub id like org/name)")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model config file {str(path)!r} is not readable JSON: {e}") from None
 
 
 def _from_dict(data: Any, what: str, path: Path | None = None) -> ModelConfig:
