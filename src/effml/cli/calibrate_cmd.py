@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from effml.cli.common import add_json_flag, console, print_json
+from effml.cli.common import add_json_flag, console, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
                                    "as the `local` device JSON.")
     p.add_argument("--out", help="where to write the device JSON (default: the user cache dir)")
     p.add_argument("--quick", action="store_true", help="a few seconds, fewer sizes (less accurate)")
-    p.add_argument("--threads", type=int, help="torch threads while measuring (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="torch threads while measuring (default: torch's)")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -20,6 +20,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from effml.hardware.calibrate import CalibrateConfig, calibrate
 
+    if args.out:  # checked before the measurement, not after it
+        from effml.guards import check_output_path
+
+        check_output_path(args.out, "--out", suffixes=(".json",))
     cfg = CalibrateConfig(quick=args.quick, threads=args.threads)
     if args.json:
         cal = calibrate(cfg)

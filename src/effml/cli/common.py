@@ -78,6 +78,28 @@ def unit_fraction(text: str) -> float:
     return value
 
 
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """A time budget in seconds, the one unit of every time budget: '90' or '90s', '8m', '1.5h' -> 90.0, 480.0,
+    5400.0; must be finite and > 0."""
+    body = text.strip().lower()
+    scale = 1.0
+    for unit in sorted(DURATION_UNITS, key=len, reverse=True):
+        if body.endswith(unit) and body[:-len(unit)].strip():
+            body, scale = body[:-len(unit)].strip(), DURATION_UNITS[unit]
+            break
+    try:
+        value = float(body) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (seconds, or with a unit: 90s, 8m, 1.5h)") \
+            from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite duration > 0, got {text!r}")
+    return value
+
+
 # ---- shared flags -----------------------------------------------------------------------------------------
 def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
