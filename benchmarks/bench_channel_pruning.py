@@ -30,19 +30,20 @@ MIN_SPEEDUP_B64 = 3.0
 
 
 def pruned(model, sparsity, x):
-    from effml.compress import PruneConfig, prune
+    from effml.compress import ChannelPrune, prune
 
     m = copy.deepcopy(model)
-    prune(m, PruneConfig(kind="channel", sparsity=sparsity), example_inputs=(x[:1],))
+    prune(m, ChannelPrune(sparsity=sparsity), example_inputs=(x[:1],))
     return m.eval()
 
 
 def speed_row(name, model, small, x, sparsity, dev, rounds):
-    from effml.compress.speed import measure_pair, predict_change
+    from effml.compress.speed import predict_change
+    from effml.measure.ab import compare
     from effml.cost.counter import profile
 
     macs0, macs1 = profile(model, x[:1]).total().macs, profile(small, x[:1]).total().macs
-    meas = measure_pair(model, small, (x,), rounds=rounds, budget_s=120)
+    meas = compare(model, small, (x,), rounds=rounds, budget_s=120)
     pred = predict_change(model, (x,), "channel", after=small, hw=dev)
     return {"model": name, "removed": sparsity, "batch": len(x), "MACs/img": macs0, "pruned MACs/img": macs1,
             "MAC ratio": macs0 / macs1, "params": sum(p.numel() for p in model.parameters()),
@@ -68,7 +69,7 @@ def speed_part(dev):
 
 
 def accuracy_part():
-    from effml.compress import PruneConfig, prune
+    from effml.compress import ChannelPrune, prune
     from effml.zoo import vgg
     from effml.zoo.data import load
     from effml.zoo.training import evaluate, train_classifier, train_cached
@@ -81,7 +82,7 @@ def accuracy_part():
     rows = []
     for sparsity in (0.3, 0.5):
         p = copy.deepcopy(m)
-        prune(p, PruneConfig(kind="channel", sparsity=sparsity), example_inputs=(data.train.x[:1],))
+        prune(p, ChannelPrune(sparsity=sparsity), example_inputs=(data.train.x[:1],))
         before_ft = evaluate(p, data.test)
         train_classifier(p, data, epochs=1, lr=1e-3, seed=1)
         rows.append({"model": "VGG width 1/8", "data": data.name, "removed": sparsity, "dense acc %": 100 * base,
@@ -92,18 +93,18 @@ def accuracy_part():
 
 
 def transformer_part():
-    from effml.compress import PruneConfig, prune
-    from effml.compress.speed import measure_pair
+    from effml.compress import ChannelPrune, prune
+    from effml.measure.ab import compare
     from effml.zoo.pretrained import minilm, sentences
 
     enc = minilm()
     text = sentences(32, seed=1)
     ref = enc.embed(text)
     small = copy.deepcopy(enc.model)
-    prune(small, PruneConfig(kind="channel", sparsity=0.5, exclude=()))
+    prune(small, ChannelPrune(sparsity=0.5, exclude=()))
     cos = (enc.embed(text, model=small) * ref).sum(-1)
     ids = torch.randint(0, 30522, (1, 128))
-    meas = measure_pair(enc.model, small, (), kwargs={"input_ids": ids}, rounds=10)
+    meas = compare(enc.model, small, (), kwargs={"input_ids": ids}, rounds=10)
     sa = small.encoder.layer[0].attention.self
     return [{"model": "all-MiniLM-L6-v2", "removed": "50% heads + 50% MLP units", "tokens": 128,
              "heads/layer": sa.num_attention_heads, "MLP units": small.encoder.layer[0].intermediate.dense.out_features,

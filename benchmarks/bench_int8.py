@@ -36,14 +36,15 @@ def rounds_for(t: int) -> int:
 
 def speed_rows(name, model, vocab, dev, variants, tokens=TOKENS):
     """variants: label -> quantized model; each timed interleaved with fp32 at every length."""
-    from effml.compress.speed import measure_interleaved, median, predict_change
+    from effml.compress.speed import predict_change
+    from effml.measure.ab import interleave, median
 
     rows = []
     for t in tokens:
         ids = torch.randint(0, vocab, (1, t), generator=torch.Generator().manual_seed(t))
         calls = {"fp32": lambda: model(input_ids=ids)}
         calls.update({k: (lambda m=m: m(input_ids=ids)) for k, m in variants.items()})
-        times = measure_interleaved(calls, rounds=rounds_for(t), budget_s=90)
+        times = interleave(calls, rounds=rounds_for(t), budget_s=90)
         pred = predict_change(model, (ids,), "int8", hw=dev)
         row = {"model": name, "tokens": t, "fp32 ms": 1e3 * median(times["fp32"])}
         for k in variants:
@@ -55,7 +56,7 @@ def speed_rows(name, model, vocab, dev, variants, tokens=TOKENS):
 
 
 def minilm_part(dev):
-    from effml.compress import QuantConfig, quantize
+    from effml.compress import DynamicInt8Config, WeightOnlyConfig, quantize
     from effml.zoo.pretrained import minilm, sentences
 
     enc = minilm()
@@ -63,15 +64,15 @@ def minilm_part(dev):
     calib = [enc.tokens(calib_text[i:i + 16]) for i in range(0, 64, 16)]
     ref = enc.embed(text)
     variants = {
-        "int8 per-tensor": quantize(copy.deepcopy(enc.model), QuantConfig("int8", per_channel=False)),
-        "int8 per-channel": quantize(copy.deepcopy(enc.model), QuantConfig("int8")),
-        "int8 smooth 0.5": quantize(copy.deepcopy(enc.model), QuantConfig("int8", smooth_alpha=0.5), calibration=calib),
-        "int8 smooth 0.8": quantize(copy.deepcopy(enc.model), QuantConfig("int8", smooth_alpha=0.8), calibration=calib),
+        "int8 per-tensor": quantize(copy.deepcopy(enc.model), DynamicInt8Config(per_channel=False)),
+        "int8 per-channel": quantize(copy.deepcopy(enc.model), DynamicInt8Config()),
+        "int8 smooth 0.5": quantize(copy.deepcopy(enc.model), DynamicInt8Config(smooth_alpha=0.5), calibration=calib),
+        "int8 smooth 0.8": quantize(copy.deepcopy(enc.model), DynamicInt8Config(smooth_alpha=0.8), calibration=calib),
         # weight-only accuracy with the dequantize kernel: the same weights as the packed kernels, which take
         # seconds per layer at hundreds of rows on this CPU (their speed is timed below at 1 and 32 tokens)
-        "int8 weight-only": quantize(copy.deepcopy(enc.model), QuantConfig("int8-weight", kernel="dequant")),
+        "int8 weight-only": quantize(copy.deepcopy(enc.model), WeightOnlyConfig(bits=8, kernel="dequant")),
         "int4 weight-only g128": quantize(copy.deepcopy(enc.model),
-                                          QuantConfig("int4-weight", group_size=128, kernel="dequant")),
+                                          WeightOnlyConfig(bits=4, group_size=128, kernel="dequant")),
     }
     acc = []
     for k, res in variants.items():
@@ -80,24 +81,25 @@ def minilm_part(dev):
                     "stored MB": res.stored_bytes / 1e6, "fp32 MB": res.dense_bytes / 1e6})
     fast = {k: variants[k].model for k in ("int8 per-channel", "int8 smooth 0.8")}
     speed = speed_rows("all-MiniLM-L6-v2", enc.model, 30522, dev, fast)
-    slow = {f"{k} {kernel}": quantize(copy.deepcopy(enc.model), QuantConfig(method, group_size=128, kernel=kernel)).model
-            for k, method in (("int8-w", "int8-weight"), ("int4-w", "int4-weight")) for kernel in ("packed", "dequant")}
+    slow = {f"{k} {kernel}": quantize(copy.deepcopy(enc.model), WeightOnlyConfig(bits=bits, group_size=gs,
+                                                                                  kernel=kernel)).model
+            for k, bits, gs in (("int8-w", 8, None), ("int4-w", 4, 128)) for kernel in ("packed", "dequant")}
     speed_wo = speed_rows("all-MiniLM-L6-v2", enc.model, 30522, dev, slow, tokens=(1, 32))
     return acc, speed, speed_wo
 
 
 def bert_part(dev):
-    from effml.compress import QuantConfig, quantize
+    from effml.compress import DynamicInt8Config, quantize
     from effml.models import resolve
 
     spec = resolve(config="bert-base", seq=8, device="cpu")
     model = spec.model.eval()
-    q = quantize(copy.deepcopy(model), QuantConfig("int8")).model
+    q = quantize(copy.deepcopy(model), DynamicInt8Config()).model
     return speed_rows("bert-base (random weights)", model, model.config.vocab_size, dev, {"int8 per-channel": q})
 
 
 def classifier_part():
-    from effml.compress import QuantConfig, quantize
+    from effml.compress import DynamicInt8Config, StaticInt8Config, quantize
     from effml.zoo import lenet5, mlp
     from effml.zoo.data import load
     from effml.zoo.training import evaluate, train_cached
@@ -110,7 +112,8 @@ def classifier_part():
         train_cached(m, data, f"{name}-{data.name}-{len(data.train.x)}-e{epochs}-s0", epochs=epochs, lr=2e-3, seed=0)
         base = evaluate(m, data.test)
         calib = [data.calibration(512)[i:i + 128] for i in range(0, 512, 128)]
-        q = quantize(copy.deepcopy(m), QuantConfig("int8", mode=mode), calibration=calib)
+        config = StaticInt8Config() if mode == "static" else DynamicInt8Config()
+        q = quantize(copy.deepcopy(m), config, calibration=calib)
         acc = evaluate(q.model, data.test)
         rows.append({"model": name, "data": data.name, "int8": mode, "fp32 acc %": 100 * base,
                      "int8 acc %": 100 * acc, "drop pt": 100 * (base - acc), "stored kB": q.stored_bytes / 1e3,

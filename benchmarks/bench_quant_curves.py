@@ -27,7 +27,7 @@ BITS = (8, 4, 2)
 
 
 def main() -> int:
-    from effml.compress import QuantConfig, freeze, quantize
+    from effml.compress import config_from_dict, freeze, quantize
     from effml.zoo import lenet5
     from effml.zoo.data import load
     from effml.zoo.training import evaluate, train_classifier, train_cached
@@ -43,10 +43,10 @@ def main() -> int:
     for method in ("kmeans", "linear"):
         for bits in BITS:
             m = copy.deepcopy(dense)
-            ptq = quantize(m, QuantConfig(method=method, bits=bits))
+            ptq = quantize(m, config_from_dict({"method": method, "bits": bits}))
             acc_ptq = evaluate(m, data.test)
             q = copy.deepcopy(dense)
-            quantize(q, QuantConfig(method=method, bits=bits, qat=True))
+            quantize(q, config_from_dict({"method": method, "bits": bits, "qat": True}))
             train_classifier(q, data, epochs=1, lr=5e-4, seed=1)
             freeze(q)
             acc_qat = evaluate(q, data.test)

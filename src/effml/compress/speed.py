@@ -1,7 +1,7 @@
 """Will it be faster? The roofline prediction before compressing, the measurement after, side by side.
 
     pred = predict_change(model, (x,), "int8", hw="local")            # before: from the dense model's profile
-    meas = measure_pair(model, compressed, (x,))                        # after: interleaved timing, ratio
+    meas = effml.measure.ab.compare(model, compressed, (x,))            # after: interleaved timing, ratio
     SpeedCheck(label, pred, meas).to_dict()
 
 What the prediction knows (effml.hardware.predict on an effml.profile count):
@@ -10,17 +10,14 @@ What the prediction knows (effml.hardware.predict on an effml.profile count):
 - channel pruning: the smaller model's own profile -> its FLOPs and bytes really fall.
 - int8: the same profile re-priced at int8 (a quarter of the bytes, the device's int8 peak): a memory-bound
   layer moves 4x fewer weight bytes, a compute-bound one runs at the int8/fp32 peak ratio.
-Measurement runs the two models alternately (A, B, A, B, ...) so a busy machine slows both alike; the
-ratio of medians is the measured speedup.
+Measurement (effml.measure.ab) runs the two models alternately (A, B, A, B, ...) so a busy machine slows both
+alike; the ratio of medians is the measured speedup.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
 
 from effml.errors import ConfigError, EffmlError
@@ -46,28 +43,10 @@ class Predicted:
 
 
 @dataclass
-class Measured:
-    before_s: float  # median seconds per call
-    after_s: float
-    rounds: int
-    threads: int
-    cpu_capability: str
-    times: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def speedup(self) -> float:
-        return self.before_s / self.after_s
-
-    def to_dict(self) -> dict:
-        return {"before_s": self.before_s, "after_s": self.after_s, "speedup": self.speedup, "rounds": self.rounds,
-                "threads": self.threads, "cpu_capability": self.cpu_capability}
-
-
-@dataclass
 class SpeedCheck:
     label: str
     predicted: Predicted | None
-    measured: Measured | None
+    measured: object | None  # effml.measure.ab.ABResult
     note: str = ""
 
     def to_dict(self) -> dict:
@@ -105,44 +84,6 @@ def predict_change(model: nn.Module, inputs: tuple, change: str, *, after: nn.Mo
         note = "same dense FLOPs and bytes: dense kernels multiply the zeros" if change == "sparse" else ""
     name = getattr(before, "device", str(hw))
     return Predicted(name, before.time_s, after_pred.time_s, before.bound, after_pred.bound, note)
-
-
-def measure_interleaved(calls: dict[str, Callable[[], object]], *, rounds: int = 15, warmup: int = 2,
-                        budget_s: float = 60.0) -> dict[str, list[float]]:
-    """Seconds per call of each function, timed in turn (a, b, c, a, b, c, ...) under inference mode, for
-    `rounds` rounds or until budget_s (at least 3 rounds)."""
-    if rounds < 1:
-        raise ConfigError(f"timing rounds must be >= 1, got {rounds}")
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in calls.values():
-                fn()
-        start = time.perf_counter()
-        for r in range(rounds):
-            for key, fn in calls.items():
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
-            if time.perf_counter() - start > budget_s and r >= 2:
-                break
-    return times
-
-
-def median(xs: list[float]) -> float:
-    from effml.measure.timing import percentile
-
-    return percentile(sorted(xs), 50)
-
-
-def measure_pair(before: nn.Module, after: nn.Module, inputs: tuple, *, kwargs: dict | None = None,
-                 rounds: int = 15, warmup: int = 2, budget_s: float = 60.0) -> Measured:
-    """Median latency of both models, timed alternately (A, B, A, B, ...)."""
-    kwargs = dict(kwargs or {})
-    times = measure_interleaved({"before": lambda: before(*inputs, **kwargs), "after": lambda: after(*inputs, **kwargs)},
-                                rounds=rounds, warmup=warmup, budget_s=budget_s)
-    return Measured(median(times["before"]), median(times["after"]), len(times["after"]), torch.get_num_threads(),
-                    torch.backends.cpu.get_cpu_capability(), times)
 
 
 def local_device(quick: bool = True):

@@ -196,7 +196,8 @@ def _finetune(model, train, recipe, res, progress: Progress, what: str) -> None:
 
 def _measure(rep: CompressionReport, dense: nn.Module, inputs: tuple | None, data, m: Measure) -> None:
     """Facts before/after (counted, accuracy on data.test), the predicted and the measured speed change."""
-    from effml.compress.speed import SpeedCheck, measure_pair, predict_change
+    from effml.compress.speed import SpeedCheck, predict_change
+    from effml.measure.ab import compare
 
     if not inputs:
         raise ConfigError("compress(measure=...) needs example_inputs to count and time the model")
@@ -218,7 +219,7 @@ def _measure(rep: CompressionReport, dense: nn.Module, inputs: tuple | None, dat
         except EffmlError as e:
             note = f"no prediction: {e}"
     if m.rounds:
-        meas = measure_pair(dense, rep.model, inputs, kwargs=m.kwargs, rounds=m.rounds)
+        meas = compare(dense, rep.model, inputs, kwargs=m.kwargs, rounds=m.rounds)
     rep.speed = SpeedCheck(change, pred, meas, note)
 
 

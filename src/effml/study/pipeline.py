@@ -146,38 +146,17 @@ def _devices(specs) -> list[tuple[str, str | None]]:
     return out
 
 
-ROUNDS = 4  # measurement rounds, alternating variant and baseline
-
-
-def measure_beside(model, baseline, x, budget_s: float):
-    """Time `model` and `baseline` in alternating rounds on the same input, so a shared, noisy machine
-    slows both alike: (variant Measurement, speedup = baseline p50 / variant p50 over the same window)."""
-    from effml.measure.timing import MeasureConfig, measure, percentile
-
-    cfg = MeasureConfig(budget_s=budget_s / (2 * ROUNDS), warmup=2, min_repeats=3)
-    mine, theirs = None, []
-    for _ in range(ROUNDS):
-        m = measure(model, (x,), config=cfg)
-        if mine is None:
-            mine = m
-        else:
-            mine.times_s.extend(m.times_s)
-        if baseline is not None:
-            theirs.extend(measure(baseline, (x,), config=cfg).times_s)
-    speedup = percentile(sorted(theirs), 50) / mine.p50 if theirs else 1.0
-    return mine, speedup
-
-
 def evaluate_variant(model, stored_bytes: int, data, config: StudyConfig, devices,
                      baseline=None) -> tuple[dict, dict, dict]:
     """(metrics, predictions, profile dict): accuracy, counted cost, measured latency, per-device roofline."""
     import effml
     from effml.hardware import DeviceError, predict
+    from effml.measure.ab import beside
     from effml.zoo.training import evaluate
 
     x = data.test.x[: config.measure_batch]
     prof = effml.profile(model, x)
-    m, speedup = measure_beside(model, baseline, x, config.measure_budget_s)
+    m, speedup = beside(model, baseline, (x,), budget_s=config.measure_budget_s)  # timed in turn
     metrics = {"accuracy": evaluate(model, data.test), "params": prof.params, "model_bytes": int(stored_bytes),
                "flops": prof.total().flops, "macs": prof.total().macs, "bytes_moved": prof.total().bytes,
                "latency_p50_s": m.p50, "latency_p90_s": m.p90, "throughput": m.throughput_per_s,
