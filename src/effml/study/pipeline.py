@@ -97,13 +97,15 @@ def _builder(spec: str):
     return model_builder(spec)  # a zoo NAME or module:callable; what it raises is named by spec
 
 
-def _build(fn, data, **extra):
+def _build(fn, data, seed: int = 0, /, **extra):
+    """The model with its initial weights drawn from `seed`: one study fingerprint, one baseline."""
     params = inspect.signature(fn).parameters
     kw = {k: v for k, v in (("in_channels", data.input_shape[1]), ("num_classes", data.num_classes), *extra.items())
           if k in params}
     if extra and not set(extra) <= set(params):
         raise ConfigError(f"model {fn.__name__} takes no {', '.join(sorted(set(extra) - set(params)))} argument "
                           f"(it takes {', '.join(params) or 'none'}); a distillation student needs `width`")
+    torch.manual_seed(seed)
     return fn(**kw)
 
 
@@ -198,7 +200,7 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
         dev = get_device(name)
         if dtype:
             dev.peak_flops(dtype)
-    baseline = _build(fn, data, **config.constructor_args)  # a bad --set fails here, before calibration
+    baseline = _build(fn, data, config.seed, **config.constructor_args)  # a bad --set fails here, before calibration
     if config.calibrate:
         _ensure_local(progress)
     result = StudyResult(config.study, fp, [], data=data.to_dict())
@@ -232,7 +234,8 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
             result.remaining = [p.name for p in plans[i:] if not store.has(config.study, f"{p.key}@{fp}")]
             break
         ctx = StudyContext(data, example, config.finetune_epochs,
-                           student=lambda: _build(fn, data, **_student_args(config.constructor_args)), teacher=baseline,
+                           student=lambda: _build(fn, data, config.seed, **_student_args(config.constructor_args)),
+                           teacher=baseline,
                            progress=lambda what, frac, n=plan.name: progress(n, what, frac), seed=config.seed)
         out = apply(plan, baseline, ctx)
         progress(plan.name, "measuring", 1.0)
