@@ -59,43 +59,42 @@ def quantize_linear_dynamic(lin: nn.Linear, per_channel: bool = True) -> nn.Modu
         w.__exit__(None, None, None)
 
 
-def dynamic_int8(model: nn.Module, skip: tuple[str, ...] = (), per_channel: bool = True,
-                 smooth_alpha: float | None = None, calibration=None) -> tuple[nn.Module, list[str], list[str]]:
-    """Swap `model`'s nn.Linear layers in place: (model, quantized layer names, notes). Only nn.Linear has a
-    dynamic int8 kernel.
+def dynamic_targets(model: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
+    """The nn.Linear layers dynamic int8 swaps (sorted names), every one not in `skip`."""
+    return sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip)
 
-    per_channel: a weight scale per output row (else one per tensor). smooth_alpha: SmoothQuant migration
-    strength, calibrated on `calibration` batches (see smooth.py).
-    """
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
-    engine = pick_engine()
-    targets = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip)
-    q = model.eval()
-    how = "per-channel" if per_channel else "per-tensor"
-    if smooth_alpha is not None:
-        from effml.compress.smooth import activation_absmax, smooth_linears
-
-        amax = activation_absmax(q, calibration, targets)
-        smooth_linears(q, targets, amax, smooth_alpha, per_channel)
-        how += f" weights, SmoothQuant alpha={smooth_alpha}"
-    else:
-        qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-        w = _quiet()
-        try:
-            q = torch.ao.quantization.quantize_dynamic(q, {n: qconfig for n in targets}, dtype=torch.qint8,
-                                                       inplace=True)
-        finally:
-            w.__exit__(None, None, None)
-        how += " weights"
+def dynamic_notes(model: nn.Module, engine: str, how: str) -> list[str]:
     notes = [f"dynamic int8 on the {engine!r} engine ({how}; activations quantized per tensor per call"
              f"{', 7-bit reduce_range' if engine in ('x86', 'fbgemm') else ''}; CPU capability "
              f"{torch.backends.cpu.get_cpu_capability()})"]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
     if convs:
         notes.append(f"{len(convs)} conv layer(s) stay fp32: PyTorch has no dynamic int8 conv kernel "
-                     "(use mode='static' for convs)")
-    return q, targets, notes
+                     "(use StaticInt8Config for convs)")
+    return notes
+
+
+def dynamic_int8(model: nn.Module, skip: tuple[str, ...] = (), per_channel: bool = True
+                 ) -> tuple[nn.Module, list[str], list[str]]:
+    """Swap `model`'s nn.Linear layers in place: (model, quantized layer names, notes). Only nn.Linear has a
+    dynamic int8 kernel. per_channel: a weight scale per output row (else one per tensor). SmoothQuant in
+    front of it: effml.compress.smooth.smooth_dynamic_int8.
+    """
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+    engine = pick_engine()
+    targets = dynamic_targets(model, skip)
+    q = model.eval()
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    w = _quiet()
+    try:
+        q = torch.ao.quantization.quantize_dynamic(q, {n: qconfig for n in targets}, dtype=torch.qint8,
+                                                   inplace=True)
+    finally:
+        w.__exit__(None, None, None)
+    how = ("per-channel" if per_channel else "per-tensor") + " weights"
+    return q, targets, dynamic_notes(model, engine, how)
 
 
 def become(model: nn.Module, new: nn.Module) -> nn.Module:

@@ -35,6 +35,7 @@ from effml.compress.kmeans import storage_bits as kmeans_bits
 from effml.compress.layers import count_params, param_bytes, select_layers, skipped_layers
 from effml.compress.qlinear import LinearFakeQuant, QSpec
 from effml.compress.qlinear import storage_bits as linear_bits
+from effml.compress.smooth import smooth_dynamic_int8
 from effml.compress.weight_only import weight_only
 from effml.registries import Registry
 
@@ -169,7 +170,10 @@ def dynamic_int8_method(model: nn.Module, config: DynamicInt8Config, *, calibrat
     skip = _int8_skip(model, config)
     sizes = {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip}
     progress("int8-dynamic", 0.0)
-    model, names, notes = dynamic_int8(model, skip, config.per_channel, config.smooth_alpha, calibration)
+    if config.smooth_alpha is None:
+        model, names, notes = dynamic_int8(model, skip, config.per_channel)
+    else:
+        model, names, notes = smooth_dynamic_int8(model, skip, config.per_channel, config.smooth_alpha, calibration)
     progress("int8-dynamic", 1.0)
     why = {n: "no dynamic int8 kernel for convolutions in PyTorch (use StaticInt8Config)"
            for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and n not in skip}

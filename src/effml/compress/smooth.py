@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from effml.compress.int8 import dynamic_notes, dynamic_targets, pick_engine, quantize_linear_dynamic
 from effml.errors import ConfigError
 
 
@@ -65,8 +66,6 @@ class SmoothInt8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, absmax: torch.Tensor, alpha: float, per_channel: bool = True):
-        from effml.compress.int8 import quantize_linear_dynamic
-
         w = lin.weight.detach()  # (out, in)
         s = absmax.clamp(min=1e-5) ** alpha / w.abs().amax(0).clamp(min=1e-5) ** (1 - alpha)  # (in,)
         scaled = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
@@ -78,8 +77,6 @@ class SmoothInt8Linear(nn.Module):
 
     @classmethod
     def empty(cls, in_features: int, out_features: int, per_channel: bool = True):
-        from effml.compress.int8 import quantize_linear_dynamic
-
         inner = quantize_linear_dynamic(nn.Linear(in_features, out_features), per_channel)
         return cls(in_features, out_features, inner, torch.ones(in_features))
 
@@ -97,3 +94,15 @@ def smooth_linears(model: nn.Module, names: list[str], absmax: dict[str, torch.T
         owner = model.get_submodule(parent) if parent else model
         setattr(owner, attr, SmoothInt8Linear.from_linear(getattr(owner, attr), absmax[n], alpha, per_channel))
     return model
+
+
+def smooth_dynamic_int8(model: nn.Module, skip: tuple[str, ...], per_channel: bool, alpha: float, calibration
+                        ) -> tuple[nn.Module, list[str], list[str]]:
+    """Dynamic int8 with SmoothQuant, in place: (model, quantized layer names, notes), like int8.dynamic_int8."""
+    engine = pick_engine()
+    targets = dynamic_targets(model, skip)
+    model.eval()
+    amax = activation_absmax(model, calibration, targets)
+    smooth_linears(model, targets, amax, alpha, per_channel)
+    how = f"{'per-channel' if per_channel else 'per-tensor'} weights, SmoothQuant alpha={alpha}"
+    return model, targets, dynamic_notes(model, engine, how)
