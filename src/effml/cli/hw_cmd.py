@@ -12,8 +12,9 @@ def add_parser(sub) -> None:
     ls = hw.add_parser("list", help="every device (and `local` once `effml calibrate` has run)")
     add_json_flag(ls)
     ls.set_defaults(run=run)
-    show = hw.add_parser("show", help="one device: every figure with its source")
-    show.add_argument("name", help="device name or alias (e.g. h100, rpi5, local)")
+    show = hw.add_parser("show", help="device(s): every figure with its source")
+    show.add_argument("name", nargs="+", help="device name(s) or aliases, space- or comma-separated "
+                                              "(e.g. h100 rpi5 local)")
     add_json_flag(show)
     show.set_defaults(run=run)
 
@@ -22,13 +23,16 @@ def run(args) -> int:
     from effml.hardware import get_device, list_devices
 
     if args.hw_command == "show":
-        dev = get_device(args.name)
+        from effml.cli.common import parse_hw
+
+        devs = [get_device(name) for name in parse_hw(args.name, "effml hw show")]
         if args.json:
-            print_json(dev.to_dict())
+            print_json(devs[0].to_dict() if len(devs) == 1 else {"devices": [d.to_dict() for d in devs]})
         else:
             from effml.hardware.present import device_table
 
-            console().print(device_table(dev))
+            for dev in devs:
+                console().print(device_table(dev))
         return 0
     devices = list_devices(include_local=True)
     if args.json:
