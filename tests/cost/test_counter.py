@@ -41,16 +41,25 @@ def test_by_module_is_hierarchical():
 
 
 def test_unsupported_op_is_reported_not_zeroed():
+    class Kth(nn.Module):
+        def forward(self, x):
+            return torch.kthvalue(x * 2, 2).values
+
+    p = effml.profile(Kth(), torch.randn(3, 5))
+    assert p.unsupported == {"aten.kthvalue": 1}
+    assert p.is_lower_bound and p.to_dict()["lower_bound"]
+    assert p.total().flops == 15  # the mul is still counted; kthvalue's FLOPs are unknown
+    assert p.by_op()["aten.kthvalue"].unsupported_calls == 1
+    assert p.by_op()["aten.kthvalue"].bytes_read == 15 * 4  # its bytes are known and counted
+
+
+def test_sort_is_n_log2_n_comparisons_per_row():
     class Sorts(nn.Module):
         def forward(self, x):
-            return torch.sort(x * 2).values
+            return torch.sort(x, dim=1).values
 
     p = effml.profile(Sorts(), torch.randn(3, 5))
-    assert p.unsupported == {"aten.sort": 1}
-    assert p.is_lower_bound and p.to_dict()["lower_bound"]
-    assert p.total().flops == 15  # the mul is still counted; sort's FLOPs are unknown
-    assert p.by_op()["aten.sort"].unsupported_calls == 1
-    assert p.by_op()["aten.sort"].bytes_read == 15 * 4  # its bytes are known and counted
+    assert p.unsupported == {} and p.by_op()["aten.sort"].flops == 15 * 3  # 3 rows x 5 x ceil(log2 5) = 3
 
 
 def test_weight_memory_per_dtype_the_seeds_example():

@@ -185,3 +185,25 @@ def test_mlp_backward_is_twice_forward_when_input_needs_grad():
     fwd = p.total("forward").macs
     assert fwd == 5 * (8 * 16 + 16 * 4)  # 960
     assert p.total("backward").macs == 2 * fwd  # grad wrt input and wrt weight, each one matmul per layer
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_grouped_mm_counts_routed_rows_times_expert_shape_and_backward_twice(device):
+    # 6 routed rows split 2 + 4 over 2 experts of (16 x 8): MACs = 6·16·8 = 768 whatever the split; backward:
+    # d_input (6 x 8 @ 8 x 16 per group) = 768 and d_weight (2D x 2D over the grouped K = 6 rows) 16·8·6 = 768.
+    # fp32 on meta: torch's meta kernel accepts only bf16, so the counter supplies the output shape.
+    a = torch.randn(6, 16, device=device, requires_grad=True)
+    w = nn.Parameter(torch.randn(2, 16, 8, device=device))
+    offs = torch.tensor([2, 6], dtype=torch.int32, device=device)
+
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = w
+
+        def forward(self, x):
+            return torch._grouped_mm(x, self.w, offs=offs)
+
+    p = effml.profile(Experts(), a, backward=True)
+    assert p.by_op("forward")["aten._grouped_mm"].macs == 6 * 16 * 8
+    assert p.by_op("backward")["aten._grouped_mm"].macs == 2 * 6 * 16 * 8

@@ -59,3 +59,23 @@ def test_mistral_v01_sliding_window_attention_at_8192():
     assert p.by_category()["attention"].macs == pairs * 256 * 32 * 32 == 6_597_606_637_568
     assert p.meta["unknown_masks"] == 0
     assert p.params == 7_241_732_096  # the published count of the v0.1 checkpoint
+
+
+def test_mixtral_8x7b_total_and_active_params_and_flops_per_token():
+    # Mixtral-8x7B (Jiang et al. 2024): d 4096, ffn 14336, 32 layers, GQA 8 kv heads, 8 experts, top-2, vocab 32000.
+    # per layer: attention 2·4096² + 2·4096·1024 = 41,943,040; one expert 3·4096·14336 = 176,160,768; router
+    # 8·4096 = 32,768; 2 RMSNorms 8,192.  total = 32·(41,943,040 + 8·176,160,768 + 32,768 + 8,192)
+    # + 2·32000·4096 + 4096 = 46,702,792,704 (46.7 B); active = the same with 2 experts = 12,879,925,248 (12.9 B)
+    layer = 41_943_040 + 32_768 + 8_192
+    total = 32 * (layer + 8 * 176_160_768) + 2 * 32000 * 4096 + 4096
+    active = 32 * (layer + 2 * 176_160_768) + 2 * 32000 * 4096 + 4096
+    assert (total, active) == (46_702_792_704, 12_879_925_248)
+    T = 128
+    spec = resolve(config="mixtral-8x7b", seq=T, dtype="bf16")
+    p = effml.profile(spec.model, *spec.args, forward_kwargs=spec.kwargs)
+    assert p.unsupported == {} and (p.params, p.active_params) == (total, active)
+    # expert matmuls: T·2 routed rows x (4096 x 2·14336 up, 14336 x 4096 down) per layer
+    assert p.by_op()["aten._grouped_mm"].macs == 32 * T * 2 * 3 * 4096 * 14336
+    # FLOPs per token ≈ 2 x active params = 25.76 G (the embedding lookup is no matmul, attention at T=128 is small)
+    assert p.flops / T == pytest.approx(2 * active, rel=0.02)
+    assert p.to_dict()["active_params"] == active

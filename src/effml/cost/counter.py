@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from effml.cost import formulas  # noqa: F401  (registers the formulas)
-from effml.cost.formulas.linalg import AttentionShape
+from effml.cost.formulas.linalg import AttentionShape, grouped_mm_on_meta
 from effml.cost.masks import Shadows
 from effml.cost.profile import OpEvent, Profile
 from effml.cost.registry import OpCost, bytes_of, lookup, tensors
@@ -71,6 +71,7 @@ class _Counter:
         self.phase = "forward"
         self.suppress = 0  # > 0 inside a fused attention kernel
         self.shadows = Shadows()  # CPU values of meta index tensors: attention masks built on meta
+        self.routed: dict[int, list] = {}  # expert weight storage -> [numel, experts, forward rows routed to them]
         self._hooks: list = []
 
     def add(self, op: str, category: str, cost: OpCost | None, read: int, written: int, dtype: str,
@@ -82,6 +83,8 @@ class _Counter:
             bytes_read=read, bytes_written=written, dtype=dtype, args=args))
 
     def record(self, func, args, kwargs, out) -> None:
+        if func is torch.ops.aten._grouped_mm.default and self.phase == "forward" and args[1].dim() == 3:
+            self._route(args[0], args[1])
         entry = lookup(func)
         op = str(func.overloadpacket)
         if entry is None:
@@ -94,6 +97,25 @@ class _Counter:
             self.add(op, entry.category, cost, read, written, cost.dtype or _dtype_label((args, out)),
                      _args_meta(args))
         self.memory.track(out)
+
+    def _route(self, rows: torch.Tensor, experts: torch.Tensor) -> None:
+        """A grouped matmul of routed rows (M, k) against stacked expert weights (G, k, n): remember how many rows
+        reached the weight, to count the parameters a token uses (`Profile.active_params`)."""
+        key = experts.untyped_storage()._cdata
+        entry = self.routed.setdefault(key, [experts.numel(), experts.shape[0], 0])
+        entry[2] += rows.shape[0]
+
+    def active_params(self, model: nn.Module, params: int, tokens: int) -> int | None:
+        """params less the unused share of each expert weight: a weight of G experts that saw M routed rows
+        from `tokens` tokens serves each token with M / (G · tokens) of its experts (Mixtral: top-2 of 8)."""
+        if not self.routed or tokens <= 0:
+            return None
+        by_key = {p.untyped_storage()._cdata: p for p in model.parameters()}
+        idle = 0.0
+        for key, (numel, groups, rows) in self.routed.items():
+            if key in by_key:
+                idle += numel * (1 - min(1.0, rows / (groups * tokens)))
+        return params - int(round(idle)) if idle else None
 
     # ---- fused attention ---------------------------------------------------------------------------
     def attention(self, func, args, kwargs):
@@ -169,7 +191,11 @@ class _DispatchMode(TorchDispatchMode):
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
-        out = func(*args, **kwargs)
+        if func is torch.ops.aten._grouped_mm.default and args[0].device.type == "meta" \
+                and args[0].dtype != torch.bfloat16:
+            out = grouped_mm_on_meta(args, kwargs)  # its meta kernel refuses fp32, which CPUs run
+        else:
+            out = func(*args, **kwargs)
         if not self.counter.suppress:
             self.counter.record(func, args, kwargs, out)
             self.counter.shadows.record(func, args, kwargs, out)
@@ -217,7 +243,9 @@ def profile(model: nn.Module, *example_inputs, backward: bool = False, forward_k
         if backward:
             for p, g in zip(params, saved_grads):
                 p.grad = g
+    tokens = next((t.numel() for t in inputs if not t.is_floating_point()), 0)  # token ids: B x T
     return Profile(
+        active_params=counter.active_params(model, weights(model)[0], tokens),
         events=counter.events,
         params=weights(model)[0],
         modules=tracker.info,

@@ -22,6 +22,9 @@ def summary(profile: Profile, title: str = "") -> Table:
     t.add_row("inputs", ", ".join("x".join(map(str, s)) for s in profile.meta.get("inputs", [])))
     t.add_row("dtype / device", f"{profile.meta.get('dtype')} on {profile.meta.get('device')}")
     t.add_row("parameters", f"{profile.params:,} ({si(profile.params)})")
+    if profile.active_params is not None:
+        t.add_row("active per token", f"{profile.active_params:,} ({si(profile.active_params)}): the experts a token "
+                                      "is routed to, not all of them")
     t.add_row("weights", "  ".join(f"{dt} {fmt_bytes(profile.memory(dt))}" for dt in MEMORY_DTYPES))
     flops = si(total.flops, "FLOPs") + (" (lower bound)" if profile.is_lower_bound else "")
     t.add_row("FLOPs", flops)

@@ -93,6 +93,39 @@ def _int_mm(args, kwargs, out):
     return matmul_cost(a.shape[0] * a.shape[1] * b.shape[1])
 
 
+# ---- grouped matmul (mixture-of-experts experts) -----------------------------------------------------
+def grouped_mm_shape(a: torch.Tensor, b: torch.Tensor, offs) -> tuple[int, ...]:
+    """Output shape of torch._grouped_mm: 2D x 2D groups K (out (G, m, n)); 2D x 3D groups the rows of a
+    (out (M, n)); 3D x 2D groups the columns of b (out (m, N)); 3D x 3D is a batched mm (out (G, m, n))."""
+    if a.dim() == 2 and b.dim() == 2:
+        return (offs.shape[0], a.shape[0], b.shape[1])
+    if a.dim() == 2:
+        return (a.shape[0], b.shape[-1])
+    if b.dim() == 2:
+        return (a.shape[1], b.shape[1])
+    return (a.shape[0], a.shape[1], b.shape[2])
+
+
+@formula(aten._grouped_mm, category="matmul")
+def _grouped_mm(args, kwargs, out):
+    # every routed row meets its own expert's (k x n) matrix once: MACs = output elements x k, whatever the
+    # split between experts (the offsets), e.g. Mixtral's up projection: (tokens x top_k) x d x 2·ffn.
+    # 2D x 2D (the expert weights' gradient) contracts the grouped K: m x n x K_total.
+    a, b = args[0], args[1]
+    if a.dim() == 2 and b.dim() == 2:
+        return matmul_cost(a.shape[0] * a.shape[1] * b.shape[1])
+    return matmul_cost(out.numel() * a.shape[-1])
+
+
+def grouped_mm_on_meta(args, kwargs) -> torch.Tensor:
+    """torch._grouped_mm's meta kernel accepts only bf16 (the CUDA kernel's limit; the CPU kernel runs fp32):
+    for counting, an fp32/fp16 call on meta gets an empty output of the right shape."""
+    b = bind(aten._grouped_mm.default, args, kwargs)
+    a, w = b["self"], b["mat2"]
+    dtype = b.get("out_dtype") or a.dtype
+    return torch.empty(grouped_mm_shape(a, w, b["offs"]), dtype=dtype, device="meta")
+
+
 # ---- convolution -----------------------------------------------------------------------------------
 def conv_macs(x_shape, w_shape, out_shape, transposed: bool, groups: int) -> int:
     """MACs of one convolution from its input, weight and output shapes (any spatial rank)."""

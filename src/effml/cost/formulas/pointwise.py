@@ -89,7 +89,18 @@ per_input_element({
     "any": 1, "all": 1, "logsumexp": 4,  # max, subtract, exp, sum
     "var": 3, "std": 3, "var_mean": 3, "std_mean": 3,  # subtract mean, square, accumulate
     "norm": 2, "linalg_vector_norm": 2,  # square (or abs), accumulate
+    "topk": 1, "histc": 1,  # MoE routing: one compare per score (top-k of few experts), one bucket per element
 }, category="reduction")
+
+
+@formula("sort", category="reduction")
+def _sort(args, kwargs, out):
+    # a comparison sort: n·ceil(log2 n) comparisons per row of n along `dim` (MoE routing sorts tokens by expert)
+    x = first_tensor(args)
+    # sort(self, dim=-1, descending=False); sort.stable(self, *, stable, dim=-1, descending=False)
+    dim = args[1] if len(args) > 1 and type(args[1]) is int else kwargs.get("dim", -1)
+    n = x.shape[dim] if x.dim() else 1
+    return OpCost(x.numel() * max(1, math.ceil(math.log2(n))) if n > 1 else 0)
 
 # ---- normalisation ----------------------------------------------------------------------------------
 NORMALIZE = 5  # mean (1), centre (1), square + accumulate (2), scale by rstd (1)
