@@ -1,7 +1,25 @@
-"""Weight-only quantization: int8 (per-channel, symmetric) or int4 (per-group, asymmetric) codes, fp activations.
+"""Weight-only quantization: int8 (per-channel, symmetric) or int4 (per-group, min-max) codes, float activations.
 
-`WeightOnlyLinear` keeps the codes and runs `torch._weight_int8pack_mm` / `torch.ops.aten._weight_int4pack_mm_for_cpu`,
-or dequantizes and calls F.linear (kernel="dequant"). `weight_only(model, ...)` swaps every nn.Linear in place.
+Code layout (what `WeightOnlyLinear.from_codes` takes; GPTQ/AWQ results build their layers with it):
+
+    codes: (out, in) integer tensor. int8: signed, in [-127, 127]; int4: unsigned, in [0, 15]
+    scale: (out, groups) float, groups = 1 for int8 (one per output row), in / group_size for int4
+    zero:  (out, groups) float. int8: all 0 (symmetric); int4: the code of w = 0 (any float: integer for GPTQ/AWQ
+           zero points, fractional for the min-max groups `minmax_int4` makes)
+    w[o, i] = (codes[o, i] - zero[o, g]) * scale[o, g],  g = i // group_size   (int8: g = 0)
+
+Kernels (`kernel=`): "packed" runs torch's weight-only CPU kernels, `torch._weight_int8pack_mm` and
+`aten._weight_int4pack_mm_for_cpu`; "dequant" dequantizes on every call and runs F.linear (a reference: slow).
+The packed kernels are fast only with bf16 activations: measured here on one thread (AMD EPYC, AVX-512 VNNI+BF16,
+and the same machine restricted to AVX2 with ATEN_CPU_CAPABILITY=avx2), against an fp32 F.linear of the same
+shape — int8: 2.5-3.3x with bf16 activations but 0.4x with fp32; int4 (g32): 4-6x with bf16, 0.2x with fp32
+(AVX2: int8 2.1-3.9x, int4 2.8-3.1x with bf16). So `act_dtype="auto"` feeds bf16 wherever torch has a vectorized
+kernel (CPU capability AVX2 or AVX512*) and, elsewhere, keeps the codes but says in the notes that the layer runs
+the slow path. Scales, zero points and the int4 packing are prepared once (first call), never per call.
+
+    layer = WeightOnlyLinear(nn.Linear(576, 1536), bits=4, group_size=32)
+    layer = WeightOnlyLinear.from_codes(codes, scale, zero, bits=4, group_size=128, bias=None)
+    model, names, notes = weight_only(model, bits=8, group_size=128, kernel="packed")
 """
 
 from __future__ import annotations
@@ -14,59 +32,180 @@ from effml.compress.qlinear import QSpec, dequantize, qparams, quantize
 from effml.errors import ConfigError
 
 WEIGHT_KERNELS = ("packed", "dequant")
+ACT_DTYPES = ("auto", "fp32", "bf16")
+FAST_CAPABILITIES = ("AVX2", "AVX512", "AMX")  # prefixes of get_cpu_capability() with vectorized int8/int4 kernels
+
+
+def cpu_capability() -> str:
+    """torch's dispatch level on this CPU: 'AVX512', 'AVX2', 'DEFAULT', ... (what its kernels were built for)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def fast_act_dtype(capability: str | None = None) -> torch.dtype | None:
+    """The activation dtype torch's weight-only kernels are fast with on this CPU, or None (no fast kernel)."""
+    cap = (capability or cpu_capability()).upper()
+    return torch.bfloat16 if cap.startswith(FAST_CAPABILITIES) else None
+
+
+def minmax_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest int4 over each group's own [min, max] (llama.cpp's Q4_1 layout: a float zero point, so a
+    group that does not straddle 0 keeps all 16 levels). w (out, in) -> scale, zero (out, groups), codes (out, in).
+    Weights that already are Q4_1 values on the same groups (the shipped SmolLM2 GGUF) come back exactly."""
+    out, inp = w.shape
+    g = w.reshape(out, inp // group_size, group_size)  # (out, groups, gs)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)  # (out, groups, 1)
+    scale = torch.where(hi > lo, (hi - lo) / 15, torch.ones_like(hi))
+    zero = -lo / scale  # the (fractional) code of w = 0
+    codes = torch.clamp(torch.round((g - lo) / scale), 0, 15).to(torch.int32).reshape(out, inp)
+    return scale[..., 0], zero[..., 0], codes
 
 
 class WeightOnlyLinear(nn.Module):
-    """y = x W^T + b with W stored as int8 (per-channel) or int4 (per-group) codes; activations stay fp32."""
+    """y = x W^T + b with W stored as int8 (per-channel) or int4 (per-group) codes (layout: module docstring)."""
 
-    def __init__(self, lin: nn.Linear, bits: int = 8, group_size: int = 128, kernel: str = "packed",
-                 name: str = "linear"):
+    def __init__(self, lin: nn.Linear | None = None, bits: int = 8, group_size: int = 128, kernel: str = "packed",
+                 name: str = "linear", act_dtype: str = "auto"):
         super().__init__()
+        if lin is None:
+            raise ConfigError(f"{name}: WeightOnlyLinear needs an nn.Linear (or use WeightOnlyLinear.from_codes)")
+        w = lin.weight.detach().float()  # (out, in)
+        spec = self._spec(bits, group_size, lin.in_features, kernel, act_dtype, name)
+        if bits == 8:
+            scale, zero = qparams(w, spec, name)  # (out, 1, 1); zero = 0
+            codes = quantize(w, spec, scale, zero, name)  # (out, in) int32
+        else:
+            scale, zero, codes = minmax_int4(w, group_size)
+        bias = None if lin.bias is None else lin.bias.detach()
+        self._setup(codes, scale.reshape(lin.out_features, -1), zero.reshape(lin.out_features, -1), spec, bias,
+                    kernel, act_dtype, name)
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @staticmethod
+    def _spec(bits, group_size, in_features, kernel, act_dtype, name) -> QSpec:
         if bits not in (4, 8):
             raise ConfigError(f"{name}: weight-only quantization supports 4 or 8 bits, got {bits}")
         if kernel not in WEIGHT_KERNELS:
-            raise ConfigError(f"weight-only kernel {kernel!r} unknown; expected one of {WEIGHT_KERNELS}")
-        self.in_features, self.out_features, self.bits, self.kernel = lin.in_features, lin.out_features, bits, kernel
-        w = lin.weight.detach().float()  # (out, in)
+            raise ConfigError(f"{name}: weight-only kernel {kernel!r} unknown; expected one of {WEIGHT_KERNELS}")
+        if act_dtype not in ACT_DTYPES:
+            raise ConfigError(f"{name}: act_dtype {act_dtype!r} unknown; expected one of {ACT_DTYPES}")
         if bits == 8:
-            self.spec = QSpec(8, True, "channel")
+            return QSpec(8, True, "channel")
+        if not isinstance(group_size, int) or group_size <= 0 or in_features % group_size:
+            raise ConfigError(f"{name}: in_features {in_features} is not a multiple of group_size {group_size}; "
+                              f"pick a group size that divides it (32, 64, 128)")
+        return QSpec(4, False, "group", group_size)
+
+    def _setup(self, codes, scale, zero, spec: QSpec, bias, kernel: str, act_dtype: str, name: str) -> None:
+        out, inp = codes.shape
+        self.in_features, self.out_features, self.bits, self.spec, self.name = inp, out, spec.bits, spec, name
+        self.register_buffer("codes", codes.to(torch.int8 if spec.bits == 8 else torch.uint8))  # (out, in)
+        self.register_buffer("scale", scale.float().reshape(out, -1).contiguous())  # (out, groups)
+        self.register_buffer("zero", zero.float().reshape(out, -1).contiguous())  # (out, groups)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        self.kernel, self.act_dtype_name = kernel, act_dtype
+        self.note = ""
+        if kernel == "packed" and spec.bits == 4 and (out % 16 or inp % 32):
+            self.kernel = "dequant"
+            self.note = "int4-shape"  # weight_only() lists these layers in one note
+        fast = fast_act_dtype()
+        if act_dtype == "auto":
+            self.act_dtype = fast or torch.float32
+            if fast is None and self.kernel == "packed":
+                self.note = (f"{name}: no vectorized int{spec.bits} weight-only kernel for CPU capability "
+                             f"{cpu_capability()}: the packed kernel runs scalar (slower than fp32)")
         else:
-            if self.in_features % group_size:
-                raise ConfigError(f"{name}: in_features {self.in_features} is not a multiple of group_size "
-                                  f"{group_size}")
-            self.spec = QSpec(4, False, "group", group_size)
-        scale, zero = qparams(w, self.spec, name)  # (out, groups, 1)
-        codes = quantize(w, self.spec, scale, zero, name)  # (out, in) int32
-        self.register_buffer("codes", codes.to(torch.int8 if bits == 8 else torch.uint8))
-        self.register_buffer("scale", scale.reshape(self.out_features, -1))  # (out, groups)
-        self.register_buffer("zero", zero.reshape(self.out_features, -1))
-        self.bias = None if lin.bias is None else nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
-        self._packed = None
+            self.act_dtype = torch.bfloat16 if act_dtype == "bf16" else torch.float32
+            if self.kernel == "packed" and self.act_dtype == torch.float32:
+                self.note = (f"{name}: int{spec.bits} with fp32 activations runs torch's slow path (0.2-0.4x an "
+                             f"fp32 F.linear here); act_dtype='auto' picks bf16")
+        self._prepared = None  # (codes or int4 pack, scales in act dtype) built on the first call
 
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
+                   group_size: int = 128, bias: torch.Tensor | None = None, kernel: str = "packed",
+                   act_dtype: str = "auto", name: str = "linear") -> WeightOnlyLinear:
+        """A layer from codes already computed elsewhere (GPTQ, AWQ): the layout is the module docstring's."""
+        if codes.ndim != 2:
+            raise ConfigError(f"{name}: codes must be (out, in), got shape {tuple(codes.shape)}")
+        out, inp = codes.shape
+        spec = cls._spec(bits, group_size, inp, kernel, act_dtype, name)
+        groups = 1 if bits == 8 else inp // group_size
+        zero = torch.zeros(out, groups) if zero is None else zero
+        for what, t in (("scale", scale), ("zero", zero)):
+            if t.numel() != out * groups:
+                raise ConfigError(f"{name}: {what} must have out x groups = {out} x {groups} entries, got "
+                                  f"shape {tuple(t.shape)}")
+        lo, hi = (-127, 127) if bits == 8 else (0, 15)
+        if codes.numel() and (int(codes.min()) < lo or int(codes.max()) > hi):
+            raise ConfigError(f"{name}: int{bits} codes must lie in [{lo}, {hi}], got [{int(codes.min())}, "
+                              f"{int(codes.max())}]")
+        if bits == 8 and bool((zero != 0).any()):
+            raise ConfigError(f"{name}: int8 weight-only is symmetric (zero = 0); got non-zero zero points")
+        if bias is not None and bias.shape != (out,):
+            raise ConfigError(f"{name}: bias must have shape ({out},), got {tuple(bias.shape)}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._setup(codes, scale.reshape(out, groups), zero.reshape(out, groups), spec, bias, kernel, act_dtype,
+                    name)
+        return self
+
+    @classmethod
+    def cat(cls, layers: list[WeightOnlyLinear], name: str = "fused") -> WeightOnlyLinear:
+        """One layer computing [l(x) for l in layers] concatenated on the last axis (fused QKV, gate/up): exact."""
+        a = layers[0]
+        same = all(lay.bits == a.bits and lay.spec == a.spec and lay.in_features == a.in_features and
+                   lay.kernel == a.kernel and lay.act_dtype == a.act_dtype and (lay.bias is None) == (a.bias is None)
+                   for lay in layers)
+        if not same:
+            raise ConfigError(f"{name}: only weight-only layers with the same bits, groups, input width, kernel "
+                              f"and bias presence can be fused")
+        bias = None if a.bias is None else torch.cat([lay.bias for lay in layers])
+        return cls.from_codes(torch.cat([lay.codes for lay in layers]), torch.cat([lay.scale for lay in layers]),
+                              torch.cat([lay.zero for lay in layers]), a.bits, a.spec.group_size or 128, bias,
+                              a.kernel, a.act_dtype_name, name)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._prepared = None  # new codes: pack again on the next call
+
+    # ---- compute ------------------------------------------------------------------------------------------
     def dequantized(self) -> torch.Tensor:
-        return dequantize(self.codes.to(torch.int32), self.scale[..., None], self.zero[..., None], self.spec)
+        return dequantize(self.codes.to(torch.int32), self.scale[..., None].float(), self.zero[..., None].float(),
+                          self.spec)  # (out, in) fp32
 
-    def _pack4(self):
-        if self._packed is None:
-            # kernel convention: w = (q - 8) * scale + z_float, so z_float = (8 - zero) * scale
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes.to(torch.int32), 2)
-            zf = (8 - self.zero) * self.scale  # (out, groups)
-            sz = torch.stack([self.scale, zf], -1).transpose(0, 1).contiguous()  # (groups, out, 2)
-            self._packed = (packed, sz)
-        return self._packed
+    def _prepare(self):
+        if self._prepared is None:
+            dt = self.act_dtype
+            if self.bits == 8:
+                self._prepared = (self.codes.contiguous(), self.scale.reshape(-1).to(dt).contiguous())
+            else:
+                # kernel convention: w = (q - 8) * scale + z_float, so z_float = (8 - zero) * scale
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes.to(torch.int32), 2)
+                zf = (8 - self.zero.float()) * self.scale.float()  # (out, groups)
+                sz = torch.stack([self.scale.float(), zf], -1).transpose(0, 1).contiguous().to(dt)  # (groups, out, 2)
+                self._prepared = (packed, sz)
+        return self._prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
         if self.kernel == "dequant":
-            return F.linear(x, self.dequantized(), self.bias)
-        x2 = x.reshape(-1, self.in_features).float().contiguous()  # (N, in); the kernels need contiguous rows
+            return F.linear(x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        w, s = self._prepare()
+        x2 = x.reshape(-1, self.in_features)  # (N, in)
+        if x2.dtype != self.act_dtype or not x2.is_contiguous():
+            x2 = x2.to(self.act_dtype).contiguous()  # the kernels need contiguous rows of the activation dtype
         if self.bits == 8:
-            y = torch._weight_int8pack_mm(x2, self.codes, self.scale.reshape(-1))
+            y = torch._weight_int8pack_mm(x2, w, s)  # (N, out)
         else:
-            packed, sz = self._pack4()
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.spec.group_size, sz)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w, self.spec.group_size, s)
         if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)  # (..., out)
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., out)
+
+    def kernel_used(self) -> str:
+        if self.kernel == "dequant":
+            return "dequantize + F.linear"
+        op = "torch._weight_int8pack_mm" if self.bits == 8 else "aten._weight_int4pack_mm_for_cpu"
+        return f"{op} ({str(self.act_dtype).removeprefix('torch.')} activations, CPU {cpu_capability()})"
 
     def storage_bits(self) -> int:
         groups = self.scale.numel()
@@ -75,16 +214,18 @@ class WeightOnlyLinear(nn.Module):
 
     def extra_repr(self) -> str:
         g = f", group_size={self.spec.group_size}" if self.bits == 4 else ""
-        return f"in={self.in_features}, out={self.out_features}, int{self.bits}{g}, kernel={self.kernel}"
+        return f"in={self.in_features}, out={self.out_features}, int{self.bits}{g}, kernel={self.kernel_used()}"
 
 
-def weight_only(model: nn.Module, bits: int, group_size: int, kernel: str, skip: tuple[str, ...] = ()
-                ) -> tuple[nn.Module, list[str], list[str]]:
+def weight_only(model: nn.Module, bits: int, group_size: int, kernel: str, skip: tuple[str, ...] = (),
+                act_dtype: str = "auto") -> tuple[nn.Module, list[str], list[str]]:
     """Replace every nn.Linear (not in skip) by a WeightOnlyLinear, in place: (model, names, notes).
 
-    int4 needs in_features to be a multiple of group_size: other layers stay fp32 and the notes name them.
+    int4 needs in_features to be a multiple of group_size: other layers stay fp32 and the notes name them. The
+    notes also say which kernel runs (and which layers fall back to a slow path, and why).
     """
     names, left, slow = [], [], []
+    made = []
     for n in [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip]:
         parent, _, attr = n.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
@@ -92,13 +233,24 @@ def weight_only(model: nn.Module, bits: int, group_size: int, kernel: str, skip:
         if bits == 4 and lin.in_features % group_size:
             left.append(f"{n} (in_features {lin.in_features})")
             continue
-        k = kernel
-        if bits == 4 and kernel == "packed" and (lin.out_features % 16 or lin.in_features % 32):
-            k = "dequant"  # the int4 CPU kernel needs out % 16 == 0 and in % 32 == 0
-            slow.append(n)
-        setattr(owner, attr, WeightOnlyLinear(lin, bits, group_size, k, n))
+        q = WeightOnlyLinear(lin, bits, group_size, kernel, n, act_dtype)
+        setattr(owner, attr, q)
         names.append(n)
+        made.append(q)
+        if q.note:
+            slow.append(q.note)
     notes = [f"left in fp32, in_features not a multiple of group_size={group_size}: {', '.join(left)}"] if left else []
+    fast = sorted({q.kernel_used() for q in made if q.kernel == "packed"})
+    if fast:
+        notes.append(f"int{bits} kernel: {'; '.join(fast)}")
+    shape = [q.name for q in made if q.note == "int4-shape"]
+    if shape:
+        notes.append(f"int4 kernel needs out % 16 == 0 and in % 32 == 0; dequantize + fp32 GEMM for {', '.join(shape)}")
+    slow = [s for s in slow if s != "int4-shape"]
+    dequant = [q.name for q in made if q.kernel == "dequant" and not q.note]
+    if dequant:
+        notes.append(f"kernel='dequant' (reference, slow): dequantize + F.linear on every call for "
+                     f"{', '.join(dequant)}")
     if slow:
-        notes.append(f"int4 kernel needs out % 16 == 0 and in % 32 == 0; dequantize + fp32 GEMM for {', '.join(slow)}")
+        notes.append("slow path: " + "; ".join(slow))
     return model, names, notes

@@ -30,7 +30,7 @@ import torch
 from effml.errors import ConfigError
 from effml.llm.generate import check_request
 from effml.llm.kvcache import ContiguousCache, KVStats, PagedCache, kv_bytes_per_token
-from effml.llm.model import Transformer
+from effml.llm.model import Transformer, compute_dtype
 from effml.registries import Registry, registrar
 
 
@@ -216,7 +216,7 @@ engine = registrar(ENGINES)
 @engine("static")
 def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress, clock):
     pending, done, steps = list(trace), [], 0
-    dtype = model.output.weight.dtype
+    dtype = compute_dtype(model)
     while pending:
         clock.now = max(clock.now, pending[0].arrival_s)  # idle: wait for the first arrival
         batch = [r for r in pending if r.arrival_s <= clock.now][:cfg.max_batch]
@@ -255,7 +255,7 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
 def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress, clock):
     bs = cfg.block_size
     num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
-    cache = PagedCache(model.args, num_blocks, bs, model.output.weight.dtype)
+    cache = PagedCache(model.args, num_blocks, bs, compute_dtype(model))
     pending, done, steps = list(trace), [], 0
     running: dict[int, tuple[Request, list[int], float]] = {}  # rid -> (request, tokens, first token time)
     stop = cfg.stop_token
@@ -337,7 +337,7 @@ def serve_side_by_side(model: Transformer, trace: list[Request], batchings=("sta
         check_request(model, list(r.prompt), r.max_new_tokens)
     max_len = config.max_len or max(len(r.prompt) + r.max_new_tokens for r in trace)
     trace = sorted(trace, key=lambda r: r.arrival_s)
-    meters = [_KVMeter(kv_bytes_per_token(model.args, model.output.weight.dtype), max_len, on_logits)
+    meters = [_KVMeter(kv_bytes_per_token(model.args, compute_dtype(model)), max_len, on_logits)
               for _ in batchings]
     clocks = [_Clock() for _ in batchings]
 

@@ -19,7 +19,7 @@ import torch
 
 from effml.errors import ConfigError
 from effml.llm.kvcache import ContiguousCache, PagedCache
-from effml.llm.model import Transformer
+from effml.llm.model import Transformer, compute_dtype
 from effml.registries import Registry, registrar
 
 
@@ -82,7 +82,7 @@ class RecomputeSession(Session):
 class ContiguousSession(Session):
     def __init__(self, model, max_len):
         super().__init__(model, max_len)
-        self.cache = ContiguousCache(model.args, 1, max_len, model.output.weight.dtype)
+        self.cache = ContiguousCache(model.args, 1, max_len, compute_dtype(model))
 
     def feed(self, tokens, last=None):
         out = self.model(torch.tensor([list(tokens)]), cache=self.cache, last=last)[0]
@@ -101,7 +101,7 @@ class PagedSession(ContiguousSession):
     def __init__(self, model, max_len):
         Session.__init__(self, model, max_len)
         blocks = -(-max_len // self.block_size)
-        self.cache = PagedCache(model.args, blocks, self.block_size, model.output.weight.dtype)
+        self.cache = PagedCache(model.args, blocks, self.block_size, compute_dtype(model))
         self.cache.add(0)
         self.cache.select([0])
 

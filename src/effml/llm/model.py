@@ -103,7 +103,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # as transformers: in fp32
-        return self.weight * h.to(x.dtype)
+        return (self.weight * h.to(x.dtype)).to(x.dtype)  # a no-op cast unless weights and activations differ
 
 
 class RoPE(nn.Module):
@@ -113,11 +113,19 @@ class RoPE(nn.Module):
         super().__init__()
         inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (hd/2,)
         self.register_buffer("inv_freq", inv, persistent=False)
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin (max_len, hd), built once
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._table is not None and int(positions.max()) < self._table[0].shape[0]:
+            cos, sin = self._table  # the same values, looked up: a decode step computes no trig
+            return cos[positions], sin[positions]  # (B, T, hd)
         freqs = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
         return emb.cos(), emb.sin()
+
+    def build_table(self, max_len: int) -> None:
+        cos, sin = self.forward(torch.arange(max_len)[None])  # (1, max_len, hd)
+        self._table = (cos[0], sin[0])
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -158,12 +166,17 @@ class Attention(nn.Module):
         self.wk = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=False)
         self.wv = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=False)
         self.wo = nn.Linear(a.n_heads * self.hd, a.dim, bias=False)
+        self.fused = False  # fuse_projections(): one wqkv matmul instead of wq, wk, wv
 
     def forward(self, x, cos, sin, cache, layer: int) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, C)
-        q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.wk(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
+        if self.fused:
+            q, k, v = self.wqkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         if cache is None:
             y = gqa_attention(q, k, v, causal_mask(T, x.device) if T > 1 else None)  # (B, H, T, hd)
@@ -178,8 +191,12 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(a.dim, a.hidden_dim, bias=False)  # gate
         self.w3 = nn.Linear(a.dim, a.hidden_dim, bias=False)  # up
         self.w2 = nn.Linear(a.hidden_dim, a.dim, bias=False)  # down
+        self.fused = False  # fuse_projections(): one w13 matmul (gate and up) instead of w1, w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            gate, up = self.w13(x).chunk(2, -1)  # (B, T, hidden) each
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (B, T, C)
 
 
@@ -209,6 +226,7 @@ class Transformer(nn.Module):
         if args.head_tokens:  # row i of the head scores token head_ids[i]; the rest get -inf
             self.register_buffer("head_ids", torch.arange(args.head_tokens))
         self.rope = RoPE(args.head_dim, args.rope_theta)
+        self.act_dtype: torch.dtype | None = None  # activations' dtype when it differs from the embedding's
 
     @property
     def vocab_size(self) -> int:
@@ -230,6 +248,8 @@ class Transformer(nn.Module):
                               f"{self.args.max_seq_len}; shorten the prompt or max_new_tokens")
         cos, sin = self.rope(positions)  # (B, T, hd)
         x = self.tok_embeddings(tokens)  # (B, T, C)
+        if self.act_dtype is not None:
+            x = x.to(self.act_dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i)
         if cache is not None:
@@ -252,7 +272,55 @@ class Transformer(nn.Module):
         if self.args.head_tokens:
             full = logits.new_full((*logits.shape[:-1], self.args.vocab_size), -math.inf)  # (B, T, V)
             logits = full.index_copy_(-1, self.head_ids, logits)
-        return logits
+        return logits.float()  # a no-op in fp32; bf16 logits would tie more often under argmax
+
+
+def compute_dtype(model: Transformer) -> torch.dtype:
+    """The activations' (and so the KV cache's) dtype: what `act_dtype` says, else the embedding's."""
+    return model.act_dtype or model.tok_embeddings.weight.dtype
+
+
+def _fused(parts: list[nn.Module], name: str) -> nn.Module | None:
+    """One module computing the parts' outputs concatenated on the last axis, or None if they cannot be fused."""
+    from effml.compress.weight_only import WeightOnlyLinear
+
+    if all(type(p) is nn.Linear and p.bias is None for p in parts):
+        w = parts[0].weight
+        if any(p.weight.dtype != w.dtype for p in parts):
+            return None
+        lin = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=False, dtype=w.dtype)
+        lin.weight = nn.Parameter(torch.cat([p.weight.detach() for p in parts]), requires_grad=False)  # (ΣO, I)
+        return lin
+    if all(type(p) is WeightOnlyLinear for p in parts):
+        try:
+            return WeightOnlyLinear.cat(parts, name)
+        except ConfigError:
+            return None
+    return None  # e.g. torch.ao dynamic int8 layers: left as they are
+
+
+def fuse_projections(model: Transformer) -> list[str]:
+    """In place: wq, wk, wv -> one wqkv and w1, w3 -> one w13 per block (one weight read, one kernel call each
+    instead of three and two). Exact: the fused weight is the rows of the parts stacked. Returns the fused names.
+
+    Parameter names change (a fused model's state_dict has wqkv/w13): fuse after loading and compressing.
+    """
+    done = []
+    for i, blk in enumerate(model.layers):
+        att, ff = blk.attention, blk.feed_forward
+        if not att.fused:
+            f = _fused([att.wq, att.wk, att.wv], f"layers.{i}.attention.wqkv")
+            if f is not None:
+                del att.wq, att.wk, att.wv
+                att.wqkv, att.fused = f, True
+                done.append(f"layers.{i}.attention.wqkv")
+        if not ff.fused:
+            f = _fused([ff.w1, ff.w3], f"layers.{i}.feed_forward.w13")
+            if f is not None:
+                del ff.w1, ff.w3
+                ff.w13, ff.fused = f, True
+                done.append(f"layers.{i}.feed_forward.w13")
+    return done
 
 
 @contextlib.contextmanager
