@@ -110,7 +110,7 @@ class BatchLoader:
         self.shuffle, self.seed, self.drop_last, self.epoch = shuffle, seed, drop_last, 0
 
     def reset(self, seed: int) -> None:
-        """Start the shuffle sequence again from `seed` (fit does this, so a seeded fit is reproducible)."""
+        """Start the shuffle sequence again from `seed` (train_classifier does this: a seeded run is reproducible)."""
         self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:

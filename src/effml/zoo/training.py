@@ -10,7 +10,6 @@ progress (the CLI draws a bar with it). The model's output may be logits or an o
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import ConfigError
+from effml.train import core
 from effml.train.config import OPTIMIZERS
+from effml.train.core import Progress
 
-Progress = Callable[[str, float], None]
 SCHEDULES = ("constant", "cosine")
 
 
@@ -106,63 +106,46 @@ def train_classifier(model: nn.Module, data, config: TrainLoopConfig | None = No
 
         cfg = replace(config, **overrides)
     train, test = _split(data)
-    try:
-        per_epoch = len(train)  # type: ignore[arg-type]
-    except TypeError:
-        raise ConfigError("train_classifier: the training data must have a length (batches per epoch)") from None
-    total = max(1, math.ceil(per_epoch * cfg.epochs))
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    per_epoch = core.steps_per_epoch(train, "train_classifier")
+    total = core.total_steps(per_epoch, cfg.epochs, cfg.max_steps)
     torch.manual_seed(cfg.seed)
-    if hasattr(train, "reset"):  # a BatchLoader: its shuffles follow this run's seed
-        train.reset(cfg.seed)
+    steps = core.iterate(train, total, seed=cfg.seed)  # a BatchLoader's shuffles follow this run's seed
     opt = _optimizer(model, cfg)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine" else None)
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
-    report = progress or (lambda what, frac: None)
+    report = progress or core.no_progress
     model.train()
-    t0, step, losses = time.perf_counter(), 0, []
+    t0, log, step = time.perf_counter(), core.LossLog(), 0
     correct = seen = 0
-    while step < total:
-        running, batches, correct, seen = 0.0, 0, 0, 0
-        for x, y in train:
-            logits = logits_of(model(x))  # (B, classes)
-            loss = loss_fn(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if step_hook is not None:
-                step_hook()
-            running += loss.item()
-            batches += 1
-            correct += int((logits.argmax(-1) == y).sum())
-            seen += len(y)
-            step += 1
-            report(f"training: loss {running / batches:.3f}", step / total)
-            if step >= total:
-                break
-        losses.append(running / max(batches, 1))
+    for s in steps:
+        x, y = s.batch
+        if s.first_in_epoch:
+            correct = seen = 0  # the running accuracy is over the last epoch's batches
+        logits = logits_of(model(x))  # (B, classes)
+        loss = loss_fn(logits, y)
+        core.update(loss, opt, scheduler=sched, step_hook=step_hook)
+        log.add(s.epoch, loss.item())
+        correct += int((logits.argmax(-1) == y).sum())
+        seen += len(y)
+        step = s.index + 1
+        report(f"training: loss {log.running():.3f}", step / total)
     model.eval()
-    res = TrainLoopResult(step, step / per_epoch, time.perf_counter() - t0, losses, correct / seen if seen else None)
+    res = TrainLoopResult(step, step / per_epoch, time.perf_counter() - t0, log.epoch_means(),
+                          correct / seen if seen else None)
     if evaluate_after and test is not None:
         res.test_accuracy = evaluate(model, test)
     return res
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> float:
     """Top-1 accuracy in [0, 1] of `model` on (x, y) batches, in eval mode (restores the previous mode)."""
-    was_training = model.training
-    model.eval()
     correct = seen = 0
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        correct += int((logits_of(model(x)).argmax(-1) == y).sum())
-        seen += len(y)
-    model.train(was_training)
+    with core.evaluating(model):
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            correct += int((logits_of(model(x)).argmax(-1) == y).sum())
+            seen += len(y)
     if seen == 0:
         raise ConfigError("evaluate: the data gave no batches")
     return correct / seen
