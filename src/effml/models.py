@@ -218,6 +218,10 @@ def load_llm(spec: str, *, flag: str = "--model"):
     return lm
 
 
+def _positive_number(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
 def _same_kind(e: EffmlError, message: str) -> EffmlError:
     try:
         return type(e)(message)
@@ -244,6 +248,10 @@ def check_model_args(fn: Callable[..., Any], kwargs: dict, spec: str, flag: str 
                 raise ConfigError(f"{where}: the builder takes no {key!r} (it takes {', '.join(named) or 'none'})")
             continue
         default = p.default
+        if isinstance(default, (tuple, list)) and default and all(_positive_number(d) for d in default):
+            if not isinstance(value, (tuple, list)) or not all(_positive_number(v) for v in value):
+                raise ConfigError(f"{where}: must be a tuple of numbers > 0 like the default {default!r}")
+            continue
         if isinstance(default, bool) or not isinstance(default, (int, float)) or p.default is inspect.Parameter.empty:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):

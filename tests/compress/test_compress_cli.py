@@ -30,7 +30,7 @@ def test_prune_json_and_checkpoint(tmp_path, capsys):
 
 def test_quantize_with_data_reports_accuracy(capsys):
     rc = main(["quantize", "--model", "effml.zoo:mlp", "--method", "kmeans", "--bits", "4", "--data", "digits",
-               "--train-epochs", "1", "--test-limit", "100", "--hw", "none", "--no-measure", "--json"])
+               "--epochs", "1", "--test-limit", "100", "--hw", "none", "--no-measure", "--json"])
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert d["data"]["name"] == "digits" and d["data"]["test_size"] == 100
@@ -44,6 +44,11 @@ def test_quantize_with_data_reports_accuracy(capsys):
     (["prune", "--model", "effml.zoo:mlp", "--per-layer", "fc1=0.5"], "layer 'fc1' does not exist"),
     (["quantize", "--model", "effml.zoo:mlp", "--method", "linear", "--bits", "0"], "bits must be an integer >= 1"),
     (["prune", "--model", "effml.zoo:mlp", "--finetune-epochs", "1"], "need --data"),
+    (["prune", "--model", "effml.zoo:mlp", "--lr", "nan"], "argument --lr: must be a finite number, got 'nan'"),
+    (["prune", "--model", "effml.zoo:mlp", "--hw", "tpu9"], "--hw: unknown device 'tpu9'"),
+    (["prune", "--model", "mlp", "--set", "hidden=0"], "--set hidden=0 for --model mlp"),
+    (["quantize", "--model", "effml.zoo:mlp", "--qat-epochs=-1"], "argument --qat-epochs: must be a finite number >= 0"),
+    (["prune", "--model", "effml.zoo:mlp", "--out", "/nonexistent-dir/m.safetensors"], "--out '/nonexistent-dir/m"),
 ])
 def test_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2

@@ -7,30 +7,42 @@ that do not apply refused), prepare (model, weights, data, dense training), the 
 
 from __future__ import annotations
 
-from effml.cli.common import add_json_flag, console, parse_shape, print_json
+from effml.cli.common import (
+    add_json_flag,
+    add_model_flags,
+    console,
+    nonneg_float,
+    nonneg_int,
+    parse_sets,
+    parse_shape,
+    positive_float,
+    positive_int,
+    print_json,
+)
 
 DATASETS = ("fashion-mnist", "digits")
 
 
 def add_common(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="package.module:callable returning an nn.Module (e.g. effml.zoo:lenet5)")
+    add_model_flags(p, group=src)
     src.add_argument("--config", help="a bundled model config, built with random weights on the CPU (e.g. bert-base)")
     p.add_argument("--input-shape", help="input shape for --model without a zoo entry, e.g. 1,1,28,28")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the profiled and timed input (default 1)")
-    p.add_argument("--seq", type=int, help="sequence length for --config")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size of the profiled and timed input (default 1)")
+    p.add_argument("--seq", type=positive_int, help="sequence length for --config")
     p.add_argument("--weights", help="trained weights: a state dict (.safetensors or torch.save) or an effml checkpoint")
     p.add_argument("--data", choices=DATASETS, help="measure accuracy on this data set (grayscale, resized to the model)")
-    p.add_argument("--train-limit", type=int, help="use a random subset of N training images")
-    p.add_argument("--test-limit", type=int, help="use a random subset of N test images")
-    p.add_argument("--train-epochs", type=float, default=0, help="train the dense model first (needs --data)")
-    p.add_argument("--finetune-epochs", type=float, default=0, help="fine-tune after compressing (needs --data)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate for training / fine-tuning (Adam)")
+    p.add_argument("--train-limit", type=positive_int, help="use a random subset of N training images")
+    p.add_argument("--test-limit", type=positive_int, help="use a random subset of N test images")
+    p.add_argument("--epochs", dest="train_epochs", type=nonneg_float, default=0,
+                   help="train the dense model first, epochs (needs --data)")
+    p.add_argument("--finetune-epochs", type=nonneg_float, default=0, help="fine-tune after compressing (needs --data)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate for training / fine-tuning (Adam)")
     p.add_argument("--hw", default="local", help="device for the latency prediction (default local; 'none' skips)")
     p.add_argument("--no-measure", action="store_true", help="skip the measured latency")
-    p.add_argument("--rounds", type=int, default=10, help="timing rounds (before/after alternately)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=positive_int, default=10, help="timing rounds (before/after alternately)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--out", help="write the compressed model here (.safetensors)")
     add_json_flag(p)
 
@@ -129,11 +141,19 @@ def prepare(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     if (args.train_epochs or args.finetune_epochs) and not args.data:
-        raise ConfigError("--train-epochs and --finetune-epochs need --data")
+        raise ConfigError("--epochs and --finetune-epochs need --data")
+    if args.hw != "none":  # an unknown device is an error before any work, not a note after it
+        from effml.cli.common import one_hw
+
+        one_hw([args.hw])
+    if args.out:
+        from effml.guards import check_output_path
+
+        check_output_path(args.out, "--out", suffixes=(".safetensors",))
     torch.manual_seed(args.seed)
     shape = parse_shape(args.input_shape) if args.input_shape else None
     spec = resolve(config=args.config, model=args.model, input_shape=shape, batch=args.batch, seq=args.seq,
-                   device="cpu")
+                   device="cpu", model_args=parse_sets(args.set))
     spec.model.eval()
     if args.weights:
         load_weights(spec.model, args.weights)

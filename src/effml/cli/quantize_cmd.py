@@ -4,6 +4,8 @@ Each --method is one config class (effml.compress.configs); flags that do not ap
 
 from __future__ import annotations
 
+from effml.cli.common import fraction, nonneg_float, positive_int
+
 METHODS = ("linear", "kmeans", "int8-dynamic", "int8-static", "weight-only")
 
 
@@ -19,15 +21,15 @@ def add_parser(sub) -> None:
     p.add_argument("--bits", type=int, help="linear, kmeans (default 8); weight-only: 8 or 4")
     p.add_argument("--asymmetric", action="store_true", help="linear: asymmetric (zero point) instead of symmetric")
     p.add_argument("--granularity", choices=("tensor", "channel", "group"), help="linear (default channel)")
-    p.add_argument("--group-size", type=int, help="linear (granularity group) and weight-only --bits 4 (default 128)")
+    p.add_argument("--group-size", type=positive_int, help="linear (granularity group) and weight-only --bits 4 (default 128)")
     p.add_argument("--per-tensor", action="store_true", help="int8-dynamic: one weight scale per tensor")
-    p.add_argument("--smooth", type=float, metavar="ALPHA",
+    p.add_argument("--smooth", type=fraction, metavar="ALPHA",
                    help="int8-dynamic: SmoothQuant with this migration strength (e.g. 0.8), calibrated on --data "
                         "or the example input")
     p.add_argument("--kernel", choices=("packed", "dequant"), help="weight-only kernel (default packed)")
-    p.add_argument("--calibration", type=int,
+    p.add_argument("--calibration", type=positive_int,
                    help="int8-static and --smooth: calibration images from --data (default 512)")
-    p.add_argument("--qat-epochs", type=float, default=0,
+    p.add_argument("--qat-epochs", type=nonneg_float, default=0,
                    help="linear/kmeans: quantization-aware training epochs (straight-through; needs --data)")
     p.add_argument("--exclude", default="", help="layer names left in float, comma-separated")
     p.set_defaults(run=run)
