@@ -54,11 +54,7 @@ def main(argv: list[str]) -> int:
                    key=lambda s: s.gpt_config().non_embedding_params() * s.tokens)
     t0 = time.perf_counter()
 
-    def log(r):
-        print(f"  L={r.n_layer} d={r.n_embd:3d} N={r.params:7d} D={r.tokens:8d} val={r.val_loss:.4f} "
-              f"({r.seconds:.1f} s)", flush=True)
-
-    results = run_grid(specs, threads=args.threads, on_result=log)
+    results = run_grid(specs, threads=args.threads, progress=lambda what, frac: print(f"  {what}", flush=True))
     train_s = time.perf_counter() - t0
     runs = results_to_runs(results)
 

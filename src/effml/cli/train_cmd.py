@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from effml.cli.common import progress_hook
 
         with progress_hook(f"training {args.model}", quiet=args.json) as progress:
-            result = train(run_cfg, cfg, on_step=lambda i, loss: progress(
-                f"training {args.model}: step {i + 1}/{args.steps}, loss {loss:.3f}", (i + 1) / args.steps))
+            result = train(run_cfg, cfg, progress=lambda what, done: progress(f"training {args.model}: {what}", done))
     if args.json:
         print_json(result.to_dict())
         return 0

@@ -172,8 +172,9 @@ def _gpt_init(model: torch.nn.Module) -> None:
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------
-def train(run: RunConfig, cfg: TrainConfig, on_step=None) -> TrainResult:
-    """Train run.steps optimizer steps; timing, memory and loss as in the module docstring."""
+def train(run: RunConfig, cfg: TrainConfig, progress=None) -> TrainResult:
+    """Train run.steps optimizer steps; timing, memory and loss as in the module docstring. `progress(what,
+    fraction)` (effml's one progress hook) is called after every step with the step and its loss."""
     if run.threads:
         torch.set_num_threads(run.threads)
     distributed = dist.is_available() and dist.is_initialized()
@@ -225,8 +226,8 @@ def train(run: RunConfig, cfg: TrainConfig, on_step=None) -> TrainResult:
                 if i >= run.warmup:
                     times.append(time.perf_counter() - t0)
             losses.append(_mean_over_ranks(loss, distributed))
-            if on_step:
-                on_step(i, losses[-1])
+            if progress is not None:
+                progress(f"step {i + 1}/{run.steps}, loss {losses[-1]:.3f}", (i + 1) / run.steps)
     estimate, notes = None, []
     if run.measure_memory and not distributed:
         from effml.train.memory import train_memory
