@@ -80,7 +80,7 @@ def config_from_flags(method: str, given: dict, flags: dict[str, str], what: str
     cls = CONFIGS.get(method)
     fields = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in given.items() if v is not None}
-    wrong = [flags[k] for k in given if k not in fields]
+    wrong = list(dict.fromkeys(flags[k] for k in given if k not in fields))
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to {what} {method}")
     return config_from_dict({"method": method, **given})
