@@ -4,11 +4,13 @@ against the CPU allocator's own count on real tensors."""
 import pytest
 import torch
 
+from effml.errors import ConfigError
 from effml.models import resolve
 from effml.train import TrainConfig, train_memory
 from effml.train import checkpoint as ckpt
 from effml.train.capacity import estimator_for, target
 from effml.train.measured import measure_step
+from effml.train.memory import Estimator
 from effml.train.recipes import Batch, TrainStep
 from effml.zoo import GPT, GPTConfig, lenet5, mlp
 
@@ -123,3 +125,39 @@ def test_estimate_matches_the_cpu_allocator(name, cfg):
         model, x, y = lenet5(), torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     est = train_memory(model, (x,), cfg, target=y)
     assert est.peak == pytest.approx(_measured(model, x, y, cfg), rel=0.01)
+
+
+def test_zero_paper_figure_1_both_layouts():
+    # ZeRO (Rajbhandari et al. 2020), Figure 1: Ψ = 7.5 B parameters, N_d = 64 devices, mixed-precision Adam:
+    # 2Ψ fp16 weights + 2Ψ fp16 grads + KΨ (K = 12: fp32 master weights, momentum, variance) per device:
+    # baseline (2 + 2 + 12)·7.5 = 120 GB; P_os 4·7.5 + 12·7.5/64 = 31.4 GB; P_os+g 2·7.5 + 14·7.5/64 = 16.6 GB;
+    # P_os+g+p 16·7.5/64 = 1.9 GB.  PyTorch AMP's layout (fp32 weights 4 + fp32 grads 4 + moments 8) gives the same
+    # 120 and 1.9 GB but shards less in stages 1/2: 8·7.5 + 8·7.5/64 = 60.9 GB, 4·7.5 + 12·7.5/64 = 31.4 GB.
+    with torch.device("meta"):
+        model = torch.nn.Linear(75_000, 100_000, bias=False)  # Ψ = 7.5e9
+    est = Estimator(model, (torch.empty(1, 75_000, device="meta"),), kernel_workspace=False)
+
+    def gb(layout, stage, n):
+        e = est(TrainConfig(precision="bf16-mixed", world_size=n, zero_stage=stage, layout=layout))
+        return e.model_states / 1e9  # weights + grads + optimizer states: what the paper's figure counts
+    paper = [gb("zero-paper", 0, 1), gb("zero-paper", 1, 64), gb("zero-paper", 2, 64), gb("zero-paper", 3, 64)]
+    assert paper == pytest.approx([120, 31.4, 16.6, 1.9], abs=0.05)
+    amp = [gb("torch-amp", 0, 1), gb("torch-amp", 1, 64), gb("torch-amp", 2, 64), gb("torch-amp", 3, 64)]
+    assert amp == pytest.approx([120, 60.9, 31.4, 1.9], abs=0.05)
+    e = est(TrainConfig(precision="bf16-mixed", layout="zero-paper"))
+    assert (e.bytes_per_param("weights"), e.bytes_per_param("gradients")) == (2, 2)
+    assert e.bytes_per_param("optimizer_states") == pytest.approx(12, abs=1e-6)  # + a 4 B step counter
+    assert any(n.startswith("layout zero-paper") for n in e.notes)
+    # fp32 training has one copy of everything: the layouts coincide
+    assert gb_fp32(est, "zero-paper") == gb_fp32(est, "torch-amp") == pytest.approx(120, abs=0.05)
+
+
+def gb_fp32(est, layout):
+    return est(TrainConfig(precision="fp32", layout=layout)).model_states / 1e9
+
+
+def test_layout_is_validated_and_round_trips():
+    with pytest.raises(ConfigError, match="unknown model-state layout 'zero'"):
+        TrainConfig(layout="zero")
+    cfg = TrainConfig(precision="bf16-mixed", layout="zero-paper")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -38,6 +38,10 @@ def add_parser(sub) -> None:
                         "modules:NAME,NAME; optionally @CONTAINER")
     p.add_argument("--world-size", type=positive_int, default=1, help="data-parallel devices (default 1)")
     p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3), help="ZeRO stage (default 0)")
+    p.add_argument("--layout", default="torch-amp", choices=("torch-amp", "zero-paper"),
+                   help="mixed-precision model-state layout: torch-amp (fp32 weights + fp32 grads + moments, "
+                        "PyTorch AMP/ZeroRedundancyOptimizer; default) or zero-paper (bf16 weights + grads, fp32 "
+                        "master + moments: the ZeRO paper's 2 + 2 + 12 B/param)")
     add_hw_flag(p, help="the device to fit on (effml hw list); default: this machine's RAM")
     p.add_argument("--no-suggest", action="store_true", help="do not search for a change that fits")
     add_json_flag(p)
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(optimizer=args.optimizer, precision=args.precision, checkpointing=args.checkpointing,
                       micro_batch=args.batch, grad_accum=args.grad_accum, world_size=args.world_size,
-                      zero_stage=args.zero)
+                      zero_stage=args.zero, layout=args.layout)
     tgt = target(one_hw(args.hw))
     check_target_precision(tgt, cfg.precision)
     shape = parse_shape(args.input_shape) if args.input_shape else None

@@ -4,9 +4,10 @@ checkpointing strategies). Pure data, no torch import, so the CLI can validate f
     TrainConfig(optimizer="adamw", precision="bf16-mixed", checkpointing="per-block",
                 micro_batch=8, grad_accum=4, world_size=8, zero_stage=3)
 
-Memory layout of the mixed precisions is PyTorch AMP's (Lightning's "bf16-mixed"): fp32 weights that are
-also the master copy, fp32 gradients, low-precision compute under autocast. With AdamW that is
-4 + 4 + 8 = 16 B/param, the same total as the ZeRO paper's fp16 w + g (2 + 2) + fp32 master, m, v (12).
+Memory layout of the mixed precisions (`layout`): "torch-amp" (default, what effml trains with) is PyTorch
+AMP's (Lightning's "bf16-mixed"): fp32 weights that are also the master copy, fp32 gradients, low-precision
+compute under autocast; with AdamW 4 + 4 + 8 = 16 B/param. "zero-paper" is the ZeRO paper's: fp16/bf16
+weights and grads (2 + 2) + fp32 master, m, v (12): the same 16 B unsharded, but ZeRO-1/2 shard more of it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,26 @@ for _p in (Precision("fp32", "fp32", None, description="fp32 weights, grads, sta
 
 def get_precision(name: str) -> Precision:
     return PRECISIONS.get(name)
+
+
+# ---- model-state layouts ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StateLayout:
+    """Where a mixed-precision run keeps its weights, gradients and master copy (fp32 and bf16-true runs have
+    one copy of each: both layouts coincide there)."""
+
+    name: str
+    low_precision_weights: bool  # weights and gradients in the compute dtype, an fp32 master copy with the states
+    description: str = ""
+
+
+LAYOUTS: Registry[StateLayout] = Registry("model-state layout")
+for _l in (StateLayout("torch-amp", False, "PyTorch AMP + ZeroRedundancyOptimizer/FSDP: fp32 weights (also the "
+                                          "master copy) 4 B + fp32 grads 4 B + AdamW moments 8 B per param"),
+           StateLayout("zero-paper", True, "ZeRO paper (Rajbhandari et al. 2020) / DeepSpeed: fp16/bf16 weights "
+                                           "2 B + grads 2 B + fp32 master weights and Adam moments 12 B per param; "
+                                           "stage 1 shards the 12 B, stage 2 also the grads")):
+    LAYOUTS.add(_l.name, _l)
 
 
 # ---- optimizers -----------------------------------------------------------------------------------------
@@ -227,11 +248,13 @@ class TrainConfig:
     world_size: int = 1
     zero_stage: int = 0
     lr: float = 1e-3
+    layout: str = "torch-amp"  # LAYOUTS: where mixed precision keeps weights, grads and the master copy
 
     def __post_init__(self):
         object.__setattr__(self, "checkpointing", Checkpointing.parse(self.checkpointing))
         get_optimizer(self.optimizer)
         get_precision(self.precision)
+        LAYOUTS.get(self.layout)
         for name in ("micro_batch", "grad_accum", "world_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -266,17 +289,19 @@ class TrainConfig:
         ck["modules"] = tuple(ck.get("modules", ()))
         keep = {k: d[k] for k in ("optimizer", "precision", "micro_batch", "grad_accum", "world_size",
                                   "zero_stage", "lr")}
-        return cls(checkpointing=Checkpointing(**ck), **keep)
+        return cls(checkpointing=Checkpointing(**ck), layout=d.get("layout", "torch-amp"), **keep)
 
 
 __all__ = [
     "CHECKPOINT_STRATEGIES",
+    "LAYOUTS",
     "OPTIMIZERS",
     "PRECISIONS",
     "ZERO_STAGES",
     "Checkpointing",
     "OptimizerSpec",
     "Precision",
+    "StateLayout",
     "TrainConfig",
     "get_optimizer",
     "get_precision",

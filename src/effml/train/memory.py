@@ -24,10 +24,10 @@ from torch import nn
 
 from effml.errors import ConfigError
 from effml.train import checkpoint as ckpt
-from effml.train.config import TrainConfig
+from effml.train.config import LAYOUTS, TrainConfig, get_precision
 from effml.train.recipes import Batch
 from effml.train.simulate import Trace, identical_blocks, simulate, truncated
-from effml.units import fmt_bytes
+from effml.units import DTYPE_BYTES, fmt_bytes
 
 ROWS = ("weights", "gradients", "optimizer_states", "activations", "temporary")
 STEP_PARTS = ("gradients", "activations", "temporary")
@@ -112,18 +112,31 @@ def _peak_moment(trace: Trace, weight) -> tuple[float, int, float]:
     return best, best_t, best_ws
 
 
+def _layout_scale(cfg: TrainConfig) -> float:
+    """Bytes of a weight/gradient element in cfg's layout over the simulated one's (fp32 under AMP): 0.5 for the
+    ZeRO paper's fp16/bf16 weights and grads of a mixed-precision run (its fp32 master copy joins the states)."""
+    precision = get_precision(cfg.precision)
+    paper = LAYOUTS.get(cfg.layout).low_precision_weights
+    if paper and precision.autocast is not None and precision.param_dtype == "fp32":
+        return DTYPE_BYTES[precision.autocast] / DTYPE_BYTES["fp32"]
+    return 1.0
+
+
 def from_trace(trace: Trace, cfg: TrainConfig, name: str, plan: ckpt.CheckpointPlan) -> MemoryEstimate:
     log = trace.log
     t_fwd = log.marks["forward_end"]
     fw, fg, fs = _shard(cfg)
     stage3 = cfg.zero_stage == 3
-    pre_grads = trace.grad_bytes if cfg.grad_accum > 1 else 0  # allocated before this micro-step
+    lp = _layout_scale(cfg)  # 1.0 (torch-amp, or no mixed precision) | 0.5 (zero-paper, bf16/fp16-mixed)
+    master = trace.grad_bytes if lp < 1 else 0  # zero-paper: fp32 master weights, sharded with the states
+    pre_grads = trace.grad_bytes * lp if cfg.grad_accum > 1 else 0  # allocated before this micro-step
     grads = {id(log.live[k]) for k in trace.grad_keys if k in log.live}
 
     def weight(life) -> float:
         if id(life) in grads:
-            return fg  # ZeRO-2/3: each device keeps its shard of the gradients
-        return 0.0 if (stage3 and life.cast) else 1.0  # ZeRO-3 gathers layer by layer: no cast cache
+            return fg * lp  # ZeRO-2/3: each device keeps its shard of the gradients
+        # ZeRO-3 gathers layer by layer: no cast cache; zero-paper: weights already in the compute dtype
+        return 0.0 if ((stage3 or lp < 1) and life.cast) else 1.0
 
     acts = [life for life in log.all if life.alive_at(t_fwd) and id(life) not in grads]
     _, peak_t, scratch = _peak_moment(trace, weight)
@@ -132,17 +145,18 @@ def from_trace(trace: Trace, cfg: TrainConfig, name: str, plan: ckpt.CheckpointP
         if life.alive_at(peak_t):
             kind = "gradients" if id(life) in grads else "activations" if life.alive_at(t_fwd) else "temporary"
             step[kind] += weight(life) * life.nbytes
-    leftover = log.marks_current["backward_end"] + pre_grads - trace.grad_bytes  # loss scalars etc.
-    optimizer = {"gradients": trace.grad_bytes * fg, "activations": 0.0,
+    leftover = log.marks_current["backward_end"] + pre_grads / lp - trace.grad_bytes  # loss scalars etc.
+    optimizer = {"gradients": trace.grad_bytes * lp * fg, "activations": 0.0,
                  "temporary": leftover + trace.optimizer_temp_bytes * (fs if trace.foreach else 1.0)}
     gather = float(trace.largest_module_param_bytes) if stage3 else 0.0
     step["temporary"] += gather
     optimizer["temporary"] += gather
-    full = {"weights": trace.param_bytes * fw + trace.buffer_bytes, "gradients": trace.grad_bytes * fg,
-            "optimizer_states": trace.optimizer_state_bytes * fs,
+    full = {"weights": trace.param_bytes * lp * fw + trace.buffer_bytes, "gradients": trace.grad_bytes * lp * fg,
+            "optimizer_states": (trace.optimizer_state_bytes + master) * fs,
             "activations": float(sum(weight(life) * life.nbytes for life in acts)),
             "temporary": max(step["temporary"], optimizer["temporary"])}
-    notes = []
+    notes = [f"layout {cfg.layout}: {LAYOUTS.get(cfg.layout).description}"] \
+        if get_precision(cfg.precision).autocast else []
     if cfg.grad_accum > 1:
         notes.append(f"grad_accum={cfg.grad_accum}: every gradient is allocated during later micro-batches")
     if gather:
@@ -156,8 +170,8 @@ def from_trace(trace: Trace, cfg: TrainConfig, name: str, plan: ckpt.CheckpointP
     return MemoryEstimate(
         model=name, params=trace.params, config=cfg, full=full, phases={"step": step, "optimizer": optimizer},
         step_peak_phase="forward" if peak_t <= t_fwd else "backward", cast_weight_bytes=cast,
-        unsharded={"weights": float(trace.param_bytes), "gradients": float(trace.grad_bytes),
-                   "optimizer_states": float(trace.optimizer_state_bytes)},
+        unsharded={"weights": float(trace.param_bytes * lp), "gradients": float(trace.grad_bytes * lp),
+                   "optimizer_states": float(trace.optimizer_state_bytes + master)},
         checkpoint=plan, block_bytes=dict(trace.block_bytes), notes=tuple(notes))
 
 
