@@ -10,13 +10,15 @@ al. 2015) matches intermediate features: MSE between a student module's output, 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import ConfigError
+from effml.train import core
+from effml.train.core import Progress
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,11 @@ def _adapter(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> nn.Modul
 
 
 def distill(teacher: nn.Module, student: nn.Module, data: Iterable, config: DistillConfig = DistillConfig(),
-            callback: Callable[[int, int, float], None] | None = None) -> DistillResult:
+            *, progress: Progress | None = None) -> DistillResult:
     """Train `student` in place on (x, y) batches from `data` against the frozen `teacher`.
 
-    `callback(epoch, step, loss)` is called after every step (the CLI draws its progress bar with it).
+    `progress(what, frac)` after every step: what = "distilling: loss 0.123", frac = steps / (epochs x
+    len(data)) (for data without a length, the fraction of epochs done).
     """
     torch.manual_seed(config.seed)
     teacher.eval()
@@ -106,33 +109,34 @@ def distill(teacher: nn.Module, student: nn.Module, data: Iterable, config: Dist
     s_feats = _Features(student, [s for _, s in config.hints], "student") if config.hint_weight else None
     adapters: nn.ModuleDict | None = None
     result = DistillResult(config=asdict(config))
+    per_epoch = len(data) if hasattr(data, "__len__") else None
+    report = progress or core.no_progress
+    log = core.LossLog()
     try:
         opt = None
-        for epoch in range(config.epochs):
-            total, n = 0.0, 0
-            for x, y in data:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                s_logits = student(x)
-                loss = kd_loss(s_logits, t_logits, y, config.temperature, config.alpha)
-                if config.hint_weight:
-                    if adapters is None:  # built on the first batch, once the feature shapes are known
-                        adapters = nn.ModuleDict({f"h{i}": _adapter(s_feats.out[s], t_feats.out[t])
-                                                  for i, (t, s) in enumerate(config.hints)})
-                    loss = loss + config.hint_weight * sum(
-                        F.mse_loss(adapters[f"h{i}"](s_feats.out[s]), t_feats.out[t])
-                        for i, (t, s) in enumerate(config.hints))
-                if opt is None:
-                    params = list(student.parameters()) + (list(adapters.parameters()) if adapters else [])
-                    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, n = total + loss.item(), n + 1
-                result.steps += 1
-                if callback:
-                    callback(epoch, result.steps, loss.item())
-            result.losses.append(total / max(n, 1))
+        for step in core.iterate(data, epochs=config.epochs):
+            x, y = step.batch
+            with torch.no_grad():
+                t_logits = teacher(x)
+            s_logits = student(x)
+            loss = kd_loss(s_logits, t_logits, y, config.temperature, config.alpha)
+            if config.hint_weight:
+                if adapters is None:  # built on the first batch, once the feature shapes are known
+                    adapters = nn.ModuleDict({f"h{i}": _adapter(s_feats.out[s], t_feats.out[t])
+                                              for i, (t, s) in enumerate(config.hints)})
+                loss = loss + config.hint_weight * sum(
+                    F.mse_loss(adapters[f"h{i}"](s_feats.out[s]), t_feats.out[t])
+                    for i, (t, s) in enumerate(config.hints))
+            if opt is None:
+                params = list(student.parameters()) + (list(adapters.parameters()) if adapters else [])
+                opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+            core.update(loss, opt)
+            value = loss.item()
+            log.add(step.epoch, value)
+            result.steps += 1
+            frac = result.steps / (per_epoch * config.epochs) if per_epoch else step.epoch / config.epochs
+            report(f"distilling: loss {value:.3f}", frac)
+        result.losses = log.epoch_means()
     finally:
         for feats in (t_feats, s_feats):
             if feats:

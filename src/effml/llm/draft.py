@@ -215,6 +215,9 @@ class _Epochs:
     def __init__(self, answers, head_map, batch: int, seed: int):
         self.answers, self.head_map, self.batch, self.gen = answers, head_map, batch, torch.Generator().manual_seed(seed)
 
+    def __len__(self) -> int:  # batches per epoch (distill reports its progress by it)
+        return len(self.answers) // self.batch
+
     def __iter__(self):
         order = torch.randperm(len(self.answers), generator=self.gen).tolist()
         for i in range(0, len(order) - self.batch + 1, self.batch):
@@ -265,7 +268,8 @@ def distill_draft(target: Transformer, tokenizer, config: DraftConfig = DraftCon
     result = distill(_CachedTeacher(), _Student(draft), _Epochs(train, head_map, config.batch, config.seed),
                      DistillConfig(temperature=config.temperature, alpha=config.kd_weight, epochs=config.epochs,
                                    lr=config.lr, seed=config.seed),
-                     callback=None if progress is None else (lambda e, s, loss: progress("distill", s, total)))
+                     progress=None if progress is None else (
+                         lambda what, frac: progress("distill", round(frac * total), total)))
     draft.eval()
     report = DraftReport(config.layers, int(head_ids.numel()), len(train), sum(len(a.tokens) for a in train),
                          coverage, before, {f: agreement(draft, h) for f, h in held.items()}, gen_s,

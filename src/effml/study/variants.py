@@ -94,9 +94,7 @@ def _distill(model: nn.Module, cfg: dict, ctx: StudyContext) -> StepOut:
     student = ctx.student()
     epochs = cfg.get("epochs", max(1, round(2 * ctx.finetune_epochs)))
     dc = DistillConfig(**{**cfg, "epochs": epochs, "seed": ctx.seed})
-    total = epochs * len(ctx.data.train)
-    distill(ctx.teacher or model, student, ctx.data.train, dc,
-            callback=lambda ep, st, loss: ctx.progress(f"distilling: loss {loss:.3f}", st / total))
+    distill(ctx.teacher or model, student, ctx.data.train, dc, progress=ctx.progress)
     return StepOut(student, param_bytes(student))
 
 

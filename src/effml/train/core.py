@@ -59,24 +59,30 @@ def total_steps(per_epoch: int, epochs: float, max_steps: int | None = None) -> 
     return total if max_steps is None else min(total, max_steps)
 
 
-def iterate(data, total: int, seed: int | None = None) -> Iterator[Step]:
-    """`total` steps over `data`: a sized iterable of batches, passed over as many (partial) epochs as needed,
-    or a sampler (a callable returning one batch per call). A loader with `reset(seed)` (effml's BatchLoader)
-    restarts its seeded shuffles first, so a seeded run is reproducible."""
+def iterate(data, total: int | None = None, *, epochs: int | None = None,
+            seed: int | None = None) -> Iterator[Step]:
+    """`total` steps over `data` (passed over as many, possibly partial, epochs as needed), or `epochs` full
+    passes over it (any iterable: no length needed). `data` is an iterable of batches, or a sampler (a callable
+    returning one batch per call; `total` only). A loader with `reset(seed)` (effml's BatchLoader) restarts its
+    seeded shuffles first, so a seeded run is reproducible."""
+    if (total is None) == (epochs is None):
+        raise ValueError("iterate() takes exactly one of total and epochs")
     if seed is not None and hasattr(data, "reset"):
         data.reset(seed)
-    if callable(data) and not hasattr(data, "__len__"):
+    if callable(data) and not hasattr(data, "__len__"):  # a sampler (zoo.text.BatchSampler is also iterable)
+        if total is None:
+            raise ConfigError("training: a sampler has no epochs; give a number of steps")
         for i in range(total):
             yield Step(0, i, data(), i == 0)
         return
     index, epoch = 0, 0
-    while index < total:
+    while (index < total) if total is not None else (epoch < epochs):
         first, empty = True, True
         for batch in data:
             empty = False
             yield Step(epoch, index, batch, first)
             first, index = False, index + 1
-            if index >= total:
+            if total is not None and index >= total:
                 return
         if empty:
             raise ConfigError("training: the data gave no batches")
