@@ -188,6 +188,8 @@ def _fig(key: str, path: str, raw) -> Figure:
         raise DeviceError(f"device {key!r}: {path} must be {{'value': ..., 'source': ...}}, got {raw!r}")
     if not str(raw.get("source", "")).strip():
         raise DeviceError(f"device {key!r}: {path} has no source: every figure must say where it is from")
+    if isinstance(raw["value"], (int, float)) and not 0 <= raw["value"] < float("inf"):  # NaN fails it too
+        raise DeviceError(f"device {key!r}: {path} is {raw['value']!r}, must be a finite number >= 0")
     return Figure(raw["value"], str(raw["source"]))
 
 

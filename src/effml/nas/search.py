@@ -153,6 +153,8 @@ def search(config: NasConfig | None = None, *, progress: Progress | None = None,
     cfg = replace(config, **overrides) if config is not None else NasConfig(**overrides)
     space, budget = cfg.space_obj(), cfg.budget()
     check_reachable(space, budget, cfg.dtype)  # nothing can fit: say so before any search
+    if cfg.store:  # a file that is not an effml store is refused before the Optuna file is made beside it
+        _open_store(cfg).close()
     study = _study(cfg)
     done = len(_evaluated(study))
     todo = max(0, cfg.trials - done)
