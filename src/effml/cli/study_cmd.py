@@ -73,9 +73,12 @@ def run_study(args) -> int:
                       plans=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
                       budget_min=args.budget / 60 if args.budget else None, calibrate=not args.no_calibrate)
     check_paths(args.out, args.store)
-    from effml.models import check_model_args, model_builder
+    import torch
 
-    check_model_args(model_builder(cfg.model), cfg.constructor_args, cfg.model)  # before the store is opened
+    from effml.models import model_builder
+
+    with torch.device("meta"):  # shapes only: a bad --set or a raising builder is refused before the store opens
+        model_builder(cfg.model)(**cfg.constructor_args)
     con = console()
     with _open(args.store) as store:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
