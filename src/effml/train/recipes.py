@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import ConfigError, ModelError
-from effml.registries import Registry, registrar
+from effml.registries import Registry
+from effml.train import core
 from effml.train.config import Precision, TrainConfig, get_optimizer, get_precision
 from effml.units import torch_dtype
 
@@ -74,9 +75,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str = "cpu"
 LOSSES: Registry = Registry("loss")
 
 
-loss = registrar(LOSSES)
-
-
 def _logits(out) -> torch.Tensor:
     for attr in ("logits", "last_hidden_state"):
         if hasattr(out, attr) and getattr(out, attr) is not None:
@@ -88,26 +86,26 @@ def _logits(out) -> torch.Tensor:
     return out
 
 
-@loss("lm")
+@LOSSES.register("lm")
 def _lm_loss(out, target: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: logits (B, T, V) upcast to fp32 (as HF does), target (B, T)."""
     logits = _logits(out)
     return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())  # (B*T, V) vs (B*T,)
 
 
-@loss("classification")
+@LOSSES.register("classification")
 def _cls_loss(out, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of logits (B, C) against labels (B,)."""
     return F.cross_entropy(_logits(out).float(), target)
 
 
-@loss("mean-square")
+@LOSSES.register("mean-square")
 def _ms_loss(out, target=None) -> torch.Tensor:
     """Mean square of the output (a stand-in objective for encoders without a head)."""
     return _logits(out).float().pow(2).mean()
 
 
-@loss("auto")
+@LOSSES.register("auto")
 def _auto_loss(out, target=None) -> torch.Tensor:
     """lm for (B, T, V) logits with (B, T) targets, classification for (B, C) with (B,), else mean-square."""
     logits = _logits(out)
@@ -119,9 +117,7 @@ def _auto_loss(out, target=None) -> torch.Tensor:
 
 
 def get_loss(name: str):
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})")
-    return LOSSES[name]
+    return LOSSES.get(name)
 
 
 # ---- one training step ------------------------------------------------------------------------------------
@@ -170,17 +166,13 @@ class TrainStep:
             del out
             if hooks is not None:
                 hooks.forward_end()
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            core.backward(loss, self.scaler)
         return loss.detach()
 
     def optimizer_step(self) -> None:
         if self.optimizer is None:
             self.optimizer = build_optimizer(self.model, self.cfg, self.device_type)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        core.optimizer_step(self.optimizer, scaler=self.scaler)
         self.optimizer.zero_grad(set_to_none=True)
 
     def run(self, micro_batches: list[Batch], before_step=None) -> float:
@@ -207,5 +199,4 @@ __all__ = [
     "check_precision",
     "cpu_bf16_support",
     "get_loss",
-    "loss",
 ]
