@@ -13,18 +13,27 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="where to write the device JSON (default: the user cache dir)")
     p.add_argument("--quick", action="store_true", help="a few seconds, fewer sizes (less accurate)")
     p.add_argument("--threads", type=positive_int, help="torch threads while measuring (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu (default), or cuda / cuda:N: fit that GPU's roofline "
+                                                   "(matmul peaks per dtype, copy bandwidth, launch overhead)")
     add_json_flag(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from effml.hardware.calibrate import CalibrateConfig, calibrate
+    from effml.measure.device import resolve_device
 
+    device = resolve_device(args.device)
     if args.out:  # checked before the measurement, not after it
         from effml.guards import check_output_path
 
         check_output_path(args.out, "--out", suffixes=(".json",))
     cfg = CalibrateConfig(quick=args.quick, threads=args.threads)
+    if device != "cpu":
+        from effml.hardware.calibrate_cuda import calibrate_cuda
+
+        def calibrate(cfg, progress=None):  # noqa: F811 - the GPU's calibration, same Calibration result
+            return calibrate_cuda(device, quick=cfg.quick, progress=progress)
     if args.json:
         cal = calibrate(cfg)
         path = cal.save(args.out)

@@ -9,6 +9,7 @@ median, after at least `min_repeats` timed calls; or when `budget_s` of timing h
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -154,10 +155,28 @@ def _batch_of(inputs) -> int:
     return 1
 
 
-def time_calls(fn: Callable[[], Any], config: MeasureConfig, sync: Callable[[], None] = lambda: None
+def cuda_event_timer() -> Callable[[Callable[[], Any]], float]:
+    """timer(fn) -> seconds of fn's GPU work between two CUDA events on the current stream (recorded around the
+    call, then synchronised): the device's own clock, not the host's view of asynchronous launches."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3  # elapsed_time is in ms
+
+    return timed
+
+
+def time_calls(fn: Callable[[], Any], config: MeasureConfig, sync: Callable[[], None] = lambda: None,
+               timer: Callable[[Callable[[], Any]], float] | None = None
                ) -> tuple[list[float], list[float], str, tuple[float, float] | None]:
     """The timing loop of `measure`: (times on config.clock, wall times, stop reason, CI of the median).
-    The budget is wall time."""
+    `timer(fn)`, when given (CUDA events), times each call instead of the clock. The budget is wall time."""
     clock = clock_fn(config.clock)
     for _ in range(config.warmup):
         fn()
@@ -168,9 +187,12 @@ def time_calls(fn: Callable[[], Any], config: MeasureConfig, sync: Callable[[], 
     walls: list[float] = []
     while len(times) < config.max_repeats:
         w0, t0 = time.perf_counter(), clock()
-        fn()
-        sync()
-        times.append(clock() - t0)
+        if timer is not None:
+            times.append(timer(fn))
+        else:
+            fn()
+            sync()
+            times.append(clock() - t0)
         walls.append(time.perf_counter() - w0)
         if len(times) >= config.min_repeats:
             xs = sorted(times)
@@ -196,21 +218,34 @@ def measure(model, inputs, *, kwargs: dict | None = None, batch: int | None = No
     device = str(first.device) if first is not None else "cpu"
     if device == "meta":
         raise ConfigError("measure() needs real tensors: the inputs are on the meta device (use predict for meta)")
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    cuda = device.startswith("cuda")
+    if cuda and config.clock != "wall":
+        raise ConfigError(f"clock {config.clock!r} is host CPU time; a CUDA run is timed with CUDA events: "
+                          "use clock 'wall'")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def call():
         with torch.inference_mode():
             model(*inputs, **kwargs)
 
     tracker = PeakTracker(device) if config.memory else None
-    if tracker is not None:
-        with tracker:
-            times, walls, stop, ci = time_calls(call, config, sync)
-    else:
-        times, walls, stop, ci = time_calls(call, config, sync)
+    extra: dict = {}
+    with contextlib.ExitStack() as stack:
+        timer = None
+        if cuda:  # CUDA events on this device's current stream; its name and compute capability in the result
+            from effml.measure.device import device_info
+
+            stack.enter_context(torch.cuda.device(torch.device(device)))
+            timer = cuda_event_timer()
+            info = device_info(device)
+            extra = {"device_name": info["name"], "device_capability": info["capability"]}
+        if tracker is not None:
+            stack.enter_context(tracker)
+        times, walls, stop, ci = time_calls(call, config, sync, timer)
     return Measurement(times, int(batch if batch is not None else _batch_of(inputs)), config.warmup, stop, ci,
                        torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), device,
-                       tracker.result if tracker is not None else None, clock=config.clock, wall_times_s=walls)
+                       tracker.result if tracker is not None else None,
+                       clock="cuda-events" if cuda else config.clock, wall_times_s=walls, extra=extra)
 
 
 def config_dict(config: MeasureConfig) -> dict:

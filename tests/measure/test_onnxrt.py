@@ -1,0 +1,122 @@
+"""ONNX Runtime backend: exported graphs agree with PyTorch, ORT int8 stays close, failures are listed, the thread
+count is what was asked. Correctness only: speed ratios are in benchmarks/bench_backends.py."""
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'effml[onnx]')")
+pytest.importorskip("onnx", reason="onnx not installed (pip install 'effml[onnx]')")
+
+from effml.configs import ModelConfig, build  # noqa: E402
+from effml.errors import ConfigError  # noqa: E402
+from effml.extras import MissingExtra  # noqa: E402
+from effml.measure.onnxrt import (OnnxExportError, OrtConfig, OrtRunner, agreement, compare_backends,  # noqa: E402
+                                  export)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY_BERT = ModelConfig("tiny-bert", "encoder", {"model_type": "bert", "vocab_size": 100, "hidden_size": 64,
+                                                 "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                 "intermediate_size": 128, "max_position_embeddings": 64})
+
+
+def test_linear_exports_exactly(tmp_path):
+    # y = x W^T + b with W = [[1, 2], [3, 4], [5, 6]], b = [0.5, -1, 2], x = [1, -1]:
+    # y = [1-2+0.5, 3-4-1, 5-6+2] = [-0.5, -2, 1]  (small integers: exact in fp32 on both runtimes)
+    lin = nn.Linear(2, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1., 2.], [3., 4.], [5., 6.]]))
+        lin.bias.copy_(torch.tensor([0.5, -1., 2.]))
+    x = torch.tensor([[1., -1.]])
+    names = export(lin, (x,), tmp_path / "lin.onnx")
+    out = OrtRunner(tmp_path / "lin.onnx", names, threads=1)(x)
+    assert out.tolist() == [[-0.5, -2.0, 1.0]]
+
+
+def test_compare_backends_on_a_transformer():
+    model = build(TINY_BERT, device="cpu")
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))  # (B, T)
+    cmp = compare_backends(model, (ids,), name="tiny-bert", rounds=3, budget_s=5)
+    rows = {r.variant: r for r in cmp.rows}
+    assert list(rows) == ["pytorch fp32", "ort fp32", "ort int8"]
+    assert all(r.error is None and len(r.times_s) == 3 for r in cmp.rows)  # 3 interleaved rounds each
+    # ORT fp32 computes the same graph in fp32: only summation order and fused kernels differ, so errors stay at
+    # float rounding of O(1) LayerNorm outputs summed over 64-128 terms: << 1e-4 absolute
+    assert rows["ort fp32"].cosine > 0.99999 and rows["ort fp32"].max_abs_err < 1e-4
+    # ORT dynamic int8 (per-tensor int8 weights and activations, 2 layers): measured cosine 0.99997 here; a
+    # broken quantization (wrong scale, wrong zero point) drops it below 0.9
+    assert rows["ort int8"].cosine > 0.99
+    assert rows["ort int8"].size_bytes < 0.5 * rows["ort fp32"].size_bytes  # int8 weights: ~1/4 of the Linears
+    d = cmp.to_dict()
+    assert d["rows"][0]["speedup_vs_fp32"] == 1.0 and d["threads"] == 1 and d["cpu_capability"]
+
+
+def test_export_failure_is_listed_and_pytorch_still_timed():
+    class Eig(nn.Module):  # aten::linalg_eigh has no ONNX symbolic at opset 17
+        def forward(self, x):
+            return torch.linalg.eigh(x @ x.transpose(-1, -2))[0]
+
+    cmp = compare_backends(Eig(), (torch.randn(4, 4),), name="eig", rounds=2, budget_s=2)
+    pt, *ort = cmp.rows
+    assert pt.error is None and len(pt.times_s) == 2
+    assert [r.variant for r in ort] == ["ort fp32", "ort int8"]
+    for r in ort:
+        assert r.times_s == [] and "exporting eig to ONNX failed" in r.error and "linalg_eigh" in r.error
+
+
+def test_session_uses_the_configured_threads(tmp_path):
+    lin = nn.Linear(8, 8)
+    names = export(lin, (torch.randn(1, 8),), tmp_path / "l.onnx")
+    for n in (1, 2):
+        opts = OrtRunner(tmp_path / "l.onnx", names, threads=n).session.get_session_options()
+        assert opts.intra_op_num_threads == n and opts.inter_op_num_threads == 1
+
+
+def test_agreement_numbers():
+    ref = torch.tensor([3.0, 4.0])
+    # cos([3,4],[4,3]) = (12 + 12) / (5 * 5) = 0.96; max |error| = 1
+    a = agreement(ref, torch.tensor([4.0, 3.0]))
+    assert a["cosine"] == pytest.approx(0.96) and a["max_abs_err"] == 1.0
+    with pytest.raises(OnnxExportError, match=r"output shape \(3,\) differs"):
+        agreement(ref, torch.zeros(3))
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="OrtConfig.threads"):
+        OrtConfig(threads=0)
+    with pytest.raises(ConfigError, match="OrtConfig.variants"):
+        OrtConfig(variants=("fp16",))
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingExtra, match=r"pip install 'effml\[onnx\]'"):
+        OrtRunner(tmp_path / "x.onnx", ["input_0"])
+
+
+def test_bench_cli_onnxruntime_backend(tmp_path, capsys):
+    import json
+
+    from effml.cli import main
+
+    folder = tmp_path / "tiny-bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**TINY_BERT.hf_config, "architectures": ["BertModel"]}))
+    assert main(["bench", "--config", str(folder), "--seq", "16", "--batch", "1,2", "--backend", "onnxruntime",
+                 "--budget", "0.3", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["backend"] == "onnxruntime" and [r["input_shapes"] for r in d["results"]] == [[[1, 16]], [[2, 16]]]
+    for res in d["results"]:
+        rows = {r["variant"]: r for r in res["rows"]}
+        assert list(rows) == ["pytorch fp32", "ort fp32", "ort int8"] and res["threads"] == 1
+        assert rows["ort fp32"]["cosine"] > 0.99999 and rows["ort int8"]["cosine"] > 0.99
+        assert all(r["p50_s"] > 0 and r["repeats"] >= 3 for r in rows.values())  # >= min_rounds of interleave
+
+
+def test_bench_cli_onnxruntime_refuses_half_precision(capsys):
+    from effml.cli import main
+
+    assert main(["bench", "--model", "mlp", "--backend", "onnxruntime", "--dtype", "bf16"]) == 2
+    assert "--backend onnxruntime compares fp32 and int8" in capsys.readouterr().err
