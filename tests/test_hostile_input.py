@@ -23,7 +23,8 @@ LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_s
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
          "max_position_embeddings": 64}
 CONFIGS = {  # file name -> (field, absurd value)
-    "hidden0.json": ("hidden_size", 0), "hidden-neg.json": ("hidden_size", -64), "hidden-frac.json": ("hidden_size", 64.5),
+    "hidden0.json": ("hidden_size", 0), "hidden-neg.json": ("hidden_size", -64),
+    "hidden-frac.json": ("hidden_size", 64.5),
     "heads0.json": ("num_attention_heads", 0), "heads3.json": ("num_attention_heads", 3),
     "layers-neg.json": ("num_hidden_layers", -2), "vocab-neg.json": ("vocab_size", -100),
     "inter0.json": ("intermediate_size", 0), "kv3.json": ("num_key_value_heads", 3),
@@ -160,7 +161,8 @@ CASES = [
     C(["predict", "--model", "lenet5", "--hw", "h100", "--plot", "missing/roof.html"], "--plot 'missing/roof.html'",
       id="predict-plot-missing-dir"),
     C(["scale", "--compute", "1e21", "--plot", "outdir"], "--plot 'outdir'", id="scale-plot-a-directory"),
-    C(["calibrate", "--quick", "--out", "missing/dev.json"], "--out 'missing/dev.json'", id="calibrate-out-missing-dir"),
+    C(["calibrate", "--quick", "--out", "missing/dev.json"], "--out 'missing/dev.json'",
+      id="calibrate-out-missing-dir"),
     C(["calibrate", "--quick", "--out", "runs.db"], "--out 'runs.db'", id="calibrate-out-overwrites-a-store"),
     # ---- files that are not effml stores; hand-edited stores ------------------------------------------------
     C([*FAST_STUDY, "--store", "app.db"], r"store 'app.db' is not an effml SQLite store: it is an SQLite database "

@@ -174,7 +174,8 @@ BAD_ROWS = [  # (column, SQL value, what the message must say)
     ("metrics", """'{"accuracy": "high"}'""", r"field 'metrics.accuracy' is 'high', expected a number in \[0, 1\]"),
     ("metrics", """'{"accuracy": NaN}'""", r"field 'metrics.accuracy' is nan, expected a number in \[0, 1\]"),
     ("metrics", """'{"accuracy": 5}'""", r"field 'metrics.accuracy' is 5, expected a number in \[0, 1\]"),
-    ("metrics", """'{"accuracy": 0.9, "model_bytes": 0}'""", r"field 'metrics.model_bytes' is 0, expected a number > 0"),
+    ("metrics", """'{"accuracy": 0.9, "model_bytes": 0}'""",
+     r"field 'metrics.model_bytes' is 0, expected a number > 0"),
     ("metrics", """'{"accuracy": 0.9, "flops": true}'""", r"field 'metrics.flops' is True, expected a number >= 0"),
     ("chain", """'{"technique": "prune"}'""", r"field 'chain' holds an object, expected a JSON array"),
     ("chain", "'[42]'", r"field 'chain', step 0 is 42, expected an object with a 'technique' name"),
@@ -207,9 +208,10 @@ def test_a_hand_edited_row_is_named(tmp_path, column, value, message):
             s.runs("s")
 
 
-@pytest.mark.parametrize("value,message", [("'abc'", "row 'schema_version' is 'abc'; this effml reads schema version 1"),
-                                           ("'2'", "row 'schema_version' is '2'; this effml reads schema version 1"),
-                                           (None, "table meta has no 'schema_version' row")])
+@pytest.mark.parametrize("value,message", [
+    ("'abc'", "row 'schema_version' is 'abc'; this effml reads schema version 1"),
+    ("'2'", "row 'schema_version' is '2'; this effml reads schema version 1"),
+    (None, "table meta has no 'schema_version' row")])
 def test_a_bad_schema_version_is_named(tmp_path, value, message):
     import sqlite3
 
@@ -227,4 +229,18 @@ def test_put_refuses_a_run_it_could_not_read_back(tmp_path):
     with Store(tmp_path / "runs.db") as s:
         with pytest.raises(ConfigError, match=r"row id \(new\) \(variant 'a'\): field 'metrics.accuracy' is nan"):
             s.put(_run("a", acc=float("nan")))
+        assert s.runs() == []
+
+
+def test_a_hand_edited_weights_artifact_is_named(tmp_path):
+    from effml.study.pipeline import StudyConfig, run_study
+
+    cfg = StudyConfig(model="effml.zoo:lenet5", model_args=(("width", 1.0),), data="digits", epochs=0.1,
+                      train_limit=64, test_limit=32, measure_batch=8, measure_budget_s=0.1, devices=("h100-sxm",),
+                      calibrate=False)
+    with Store(tmp_path / "runs.db") as s:
+        s.put_artifact("default", f"weights:baseline@{cfg.fingerprint()}", b"\x00garbage, not safetensors")
+        with pytest.raises(ConfigError, match=rf"runs.db', table artifacts, key 'weights:baseline@{cfg.fingerprint()}' "
+                                              r"cannot be loaded into the model \(SafetensorError"):
+            run_study(cfg, s)
         assert s.runs() == []

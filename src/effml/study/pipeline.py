@@ -129,10 +129,14 @@ def _state_bytes(model) -> bytes:
     return save({k: v.contiguous() for k, v in model.state_dict().items()})
 
 
-def _load_state(model, blob: bytes) -> None:
+def _load_state(model, blob: bytes, what: str = "the stored weights") -> None:
     from safetensors.torch import load
 
-    model.load_state_dict(load(blob))
+    try:
+        model.load_state_dict(load(blob))
+    except Exception as e:  # a hand-edited artifact, or weights of another model under this key
+        raise ConfigError(f"{what} cannot be loaded into the model ({type(e).__name__}: {str(e)[:200]}); "
+                          "delete that row (or use another --store) to train the baseline again") from None
 
 
 def _machine() -> dict:
@@ -213,7 +217,7 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
             progress=lambda msg, frac: progress("baseline", msg, frac), evaluate_after=False)
         store.put_artifact(config.study, f"weights:{base_key}", _state_bytes(baseline))
     else:
-        _load_state(baseline, blob)
+        _load_state(baseline, blob, f"store {str(store.path)!r}, table artifacts, key 'weights:{base_key}'")
     baseline.eval()
     example = (data.test.x[:1],)
     if not store.has(config.study, base_key):

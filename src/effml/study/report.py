@@ -62,7 +62,8 @@ def pareto_figure(rows: list[dict], axes, frontier: dict[str, list[str]]):
                    name="Pareto frontier", line={"shape": "hv"}, marker={"symbol": "diamond", "size": 12}),
     ])
     fig.update_layout(title="accuracy vs cost: every variant, and the frontier", template="plotly_white",
-                      xaxis={"type": "log", "title": {"text": axes[0].label}}, yaxis={"title": {"text": "accuracy (%)"}},
+                      xaxis={"type": "log", "title": {"text": axes[0].label}},
+                      yaxis={"title": {"text": "accuracy (%)"}},
                       height=480)
     return fig
 
