@@ -1,8 +1,11 @@
 """The variants a study produces: plans (named technique chains) and the steps that apply them.
 
-A plan is data: `Plan("prune-channel-50+int8", (("prune", {...}), ("quantize", {...})))`. Each technique
-is a registered step `(model, config, ctx) -> StepOut`: it applies the technique, fine-tunes where the
-technique needs it (pruning, QAT, distillation), and reports the bytes the model takes as stored.
+A plan is data: `Plan("prune-channel-50%+int8", (("prune", {"method": "channel", "sparsity": 0.5}),
+("quantize", {"method": "int8-static"})))`; every prune/quantize dict is `config_from_dict`-able
+(effml.compress.configs). Each technique is a registered step `(model, config, ctx) -> StepOut`: prune and
+quantize run the library's one workflow, `effml.compress.workflow.compress` (the same code `effml prune` /
+`effml quantize` run: fine-tuning after pruning and for QAT, masks detached, QAT frozen); distill trains a
+student. Each reports the bytes the model takes as stored.
 """
 
 from __future__ import annotations
