@@ -29,6 +29,7 @@ from effml.compress.layers import count_nonzero, count_params, param_bytes
 from effml.compress.prune import PRUNERS, PruneResult, prune
 from effml.compress.quantize import QUANTIZERS, QuantResult, freeze, quantize
 from effml.errors import ConfigError, EffmlError
+from effml.guards import check_fits_ram, module_bytes
 
 Progress = Callable[[str, float], None]  # (what, fraction done in [0, 1])
 
@@ -154,6 +155,8 @@ def compress(model: nn.Module, configs: CompressionConfig | Sequence[Compression
         return lambda what, frac: report_progress(what, (i + lo + (hi - lo) * frac) / n)
 
     # prepare: the dense reference (only when measuring), its facts before anything changes
+    if measure is not None:  # a second copy of the weights: refused up front when it cannot fit (not OOM-killed)
+        check_fits_ram(module_bytes(model), "the dense copy of the model kept to measure it beside the compressed one")
     dense = copy.deepcopy(model).eval() if measure is not None else None
     results, notes, skipped, codes = [], [], [], None
     for i, (cfg, verb) in enumerate(zip(configs, verbs)):
