@@ -161,3 +161,39 @@ def test_layout_is_validated_and_round_trips():
         TrainConfig(layout="zero")
     cfg = TrainConfig(precision="bf16-mixed", layout="zero-paper")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("T", [64, 128])
+def test_attention_kernel_activations_against_korthikanti(T):
+    # Korthikanti et al. 2022 (Reducing Activation Recomputation), Eq. 1: a 16-bit transformer layer keeps
+    # s·b·h·(34 + 5·a·s/h) bytes: 34·s·b·h linear terms + 5·a·s²·b for the attention scores (softmax 2, dropout
+    # mask 1, dropout output 2); with a fused (flash) kernel the s² term is gone. The zoo GPT has attention
+    # dropout but no residual/MLP dropout, so 2·s·b·h of masks less: 32·s·b·h — here 16 B·T·C elements x 2 B
+    # (bf16-true), + per token the 4 layer-norm stats and the kernel's per-head logsumexp (fp32).
+    b, h, a = B, C, H
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=3, n_embd=C, n_head=H, block_size=T, dropout=0.1))
+    cfg = TrainConfig(micro_batch=B, precision="bf16-true", checkpointing="every-99")  # block 0 only checkpointed
+
+    def block(attention):
+        est = train_memory(model, (torch.zeros(B, T, dtype=torch.long),), cfg, attention=attention,
+                           kernel_workspace=False)
+        return est.block_bytes["blocks.1"], est.notes
+    flash, notes = block("flash")
+    lse = 4 * b * a * T
+    assert 32 * T * b * h + 2 * 4 * b * T + lse <= flash <= 32 * T * b * h + 4 * 4 * b * T + lse
+    assert any(n.startswith("attention kernel: flash") for n in notes)
+    cpu, _ = block("cpu")  # the CPU math path with dropout keeps the s x s tensors, at least Korthikanti's 5·a·s²·b
+    assert cpu - flash >= 5 * a * T * T * b
+
+
+def test_gpu_targets_train_with_a_fused_attention_kernel():
+    from effml.train.capacity import attention_kernel
+
+    assert attention_kernel(target("h100")) == "flash" and attention_kernel(target()) == "cpu"
+    # GPT-2 (attention dropout 0.1) at seq 512: the h100 estimate drops the s² scores the CPU math path keeps
+    spec = resolve(config="gpt2", batch=1, seq=512)
+    gpu = estimator_for(spec, target("h100"))(TrainConfig(precision="bf16-mixed"))
+    cpu = estimator_for(spec, target())(TrainConfig(precision="bf16-mixed"))
+    s2 = 12 * 12 * 512 * 512  # layers x heads x s² (b = 1)
+    assert cpu.full["activations"] - gpu.full["activations"] >= 5 * s2

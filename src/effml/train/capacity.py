@@ -193,13 +193,20 @@ TASK_LOSS = {"causal-lm": "lm", "image-classification": "classification", "encod
 def estimator_for(spec, tgt: Target) -> Estimator:
     """An Estimator for a resolved model (effml.models.ModelSpec) aimed at `tgt`: the loss follows the
     config's task; causal LMs train without a KV cache; GPU targets use torch's CUDA default (foreach)
-    optimizer kernels; kernel workspace is measured only for this machine."""
+    optimizer kernels and a fused attention kernel; kernel workspace is measured only for this machine."""
     task = spec.config.task if spec.config is not None else None
     kwargs = dict(spec.kwargs)
     if task == "causal-lm":
         kwargs["use_cache"] = False
     return Estimator(spec.model, spec.args, loss=TASK_LOSS.get(task, "auto"), forward_kwargs=kwargs,
-                     foreach=tgt.kind == "gpu", kernel_workspace=tgt.local, name=spec.name)
+                     foreach=tgt.kind == "gpu", kernel_workspace=tgt.local, name=spec.name,
+                     attention=attention_kernel(tgt))
 
 
-__all__ = ["TASK_LOSS", "FitReport", "Option", "Target", "check_target_precision", "estimator_for", "fit_report", "target"]
+def attention_kernel(tgt: Target) -> str:
+    """The attention kernel a target trains with, by device kind: GPUs run SDPA as a fused kernel (flash or
+    memory-efficient: no s x s tensor kept); CPUs (this machine included) as torch's CPU kernels do."""
+    return "flash" if tgt.kind == "gpu" else "cpu"
+
+
+__all__ = ["TASK_LOSS", "FitReport", "attention_kernel", "Option", "Target", "check_target_precision", "estimator_for", "fit_report", "target"]

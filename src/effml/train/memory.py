@@ -26,7 +26,7 @@ from effml.errors import ConfigError
 from effml.train import checkpoint as ckpt
 from effml.train.config import LAYOUTS, TrainConfig, get_precision
 from effml.train.recipes import Batch
-from effml.train.simulate import Trace, identical_blocks, simulate, truncated
+from effml.train.simulate import ATTENTION_KERNELS, Trace, identical_blocks, simulate, truncated
 from effml.units import DTYPE_BYTES, fmt_bytes
 
 ROWS = ("weights", "gradients", "optimizer_states", "activations", "temporary")
@@ -166,6 +166,8 @@ def from_trace(trace: Trace, cfg: TrainConfig, name: str, plan: ckpt.CheckpointP
         notes.append(f"peak includes {fmt_bytes(scratch)} of kernel workspace measured on this CPU")
     if trace.workspace_skipped:
         notes.append(f"kernel workspace of {trace.workspace_skipped} large op call(s) not measured")
+    if trace.attention_calls:
+        notes.append(f"attention kernel: {trace.attention}, {ATTENTION_KERNELS[trace.attention]}")
     cast = float(sum(weight(life) * life.nbytes for life in acts if life.cast))
     return MemoryEstimate(
         model=name, params=trace.params, config=cfg, full=full, phases={"step": step, "optimizer": optimizer},
@@ -200,14 +202,15 @@ def make_batch(example_inputs, micro_batch: int, target=None, forward_kwargs=Non
 # ---- the estimator ------------------------------------------------------------------------------------------
 def train_memory(model: nn.Module, example_inputs, cfg: TrainConfig | None = None, *, target=None,
                  loss: str = "auto", forward_kwargs: dict | None = None, foreach: bool = False,
-                 kernel_workspace: bool = True, extrapolate: bool = True, name: str | None = None) -> MemoryEstimate:
+                 kernel_workspace: bool = True, extrapolate: bool = True, name: str | None = None,
+                 attention: str = "cpu") -> MemoryEstimate:
     """Estimate the per-device peak memory of training `model` with `cfg` (one micro-batch of
     cfg.micro_batch examples shaped like `example_inputs`). The model is not run for real and may live on
     meta. `foreach=True` models torch's CUDA default optimizer kernels; `kernel_workspace` measures the
     scratch of convolution/attention kernels on this CPU (turn it off for other targets)."""
     return Estimator(model, example_inputs, target=target, loss=loss, forward_kwargs=forward_kwargs,
                      foreach=foreach, kernel_workspace=kernel_workspace, extrapolate=extrapolate,
-                     name=name)(cfg or TrainConfig())
+                     name=name, attention=attention)(cfg or TrainConfig())
 
 
 class Estimator:
@@ -217,8 +220,9 @@ class Estimator:
 
     def __init__(self, model: nn.Module, example_inputs, *, target=None, loss: str = "auto",
                  forward_kwargs: dict | None = None, foreach: bool = False, kernel_workspace: bool = True,
-                 extrapolate: bool = True, name: str | None = None):
+                 extrapolate: bool = True, name: str | None = None, attention: str = "cpu"):
         self.model, self.example, self.target, self.loss = model, example_inputs, target, loss
+        self.attention = attention  # 'cpu' | 'flash': the attention kernel of the target (ATTENTION_KERNELS)
         self.forward_kwargs, self.foreach, self.extrapolate = forward_kwargs, foreach, extrapolate
         self.ws = WORKSPACE_MAX_BYTES if kernel_workspace else 0
         self.name = name or type(model).__name__
@@ -228,7 +232,8 @@ class Estimator:
     def __call__(self, cfg: TrainConfig) -> MemoryEstimate:
         batch = make_batch(self.example, cfg.micro_batch, self.target, self.forward_kwargs)
         if cfg.checkpointing.strategy == "budget":
-            return plan_for_budget(self.model, batch, cfg, self.loss, self.foreach, self.name, self.ws)
+            return plan_for_budget(self.model, batch, cfg, self.loss, self.foreach, self.name, self.ws,
+                                   self.attention)
         plan = ckpt.plan(self.model, cfg.checkpointing)
         key = (cfg.precision, cfg.optimizer, cfg.micro_batch, cfg.grad_accum > 1, cfg.checkpointing)
         if key not in self._cache:
@@ -259,7 +264,7 @@ class Estimator:
 
     def _run(self, batch, cfg, plan, watch):
         self.simulations += 1
-        return simulate(self.model, batch, cfg, self.loss, plan, self.foreach, watch, self.ws)
+        return simulate(self.model, batch, cfg, self.loss, plan, self.foreach, watch, self.ws, self.attention)
 
 
 def _extrapolate(probes: list[MemoryEstimate], container: str, n: int) -> MemoryEstimate | None:
@@ -296,7 +301,7 @@ class _NotAffine(Exception):
 
 
 def plan_for_budget(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str, foreach: bool,
-                    name: str, workspace_max_bytes: float = 0) -> MemoryEstimate:
+                    name: str, workspace_max_bytes: float = 0, attention: str = "cpu") -> MemoryEstimate:
     """Checkpoint the fewest blocks that bring the peak under cfg's budget: estimate with none and with
     every block checkpointed, take blocks in order of bytes saved until the predicted peak fits, then
     re-estimate to confirm (adding blocks while it does not). If even every block is not enough, the
@@ -306,7 +311,7 @@ def plan_for_budget(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
     container = spec.container
 
     def run(plan):
-        trace = simulate(model, batch, cfg, loss, plan, foreach, container or None, workspace_max_bytes)
+        trace = simulate(model, batch, cfg, loss, plan, foreach, container or None, workspace_max_bytes, attention)
         return from_trace(trace, cfg, name, plan)
 
     base = run(ckpt.NO_PLAN)

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from effml.errors import EffmlError, ModelError
+from effml.errors import ConfigError, EffmlError, ModelError
 from effml.train import checkpoint as ckpt
 from effml.train.config import TrainConfig, get_optimizer, get_precision
 from effml.train.recipes import Batch, TrainStep
@@ -133,6 +134,8 @@ class Trace:
     workspace: list[tuple[int, int, int]] = field(default_factory=list)  # (t, live bytes after the op, scratch)
     workspace_skipped: int = 0  # ops too large to measure their scratch here
     foreach: bool = False  # the optimizer's temporaries span all parameters (sharded with its states)
+    attention: str = "cpu"  # the attention kernel simulated (ATTENTION_KERNELS)
+    attention_calls: int = 0  # SDPA calls seen
 
 
 def _fake_like(fm: FakeTensorMode, t: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -230,11 +233,46 @@ class truncated:
         setattr(self.owner, self.attr, self.full)
 
 
+ATTENTION_KERNELS = {
+    "cpu": "as torch runs it on this CPU: the flash kernel, or with attention dropout the math path, which keeps "
+           "the s x s scores, softmax, dropout mask and output (Korthikanti et al. 2022: 5·a·s²·b bytes per layer)",
+    "flash": "a fused GPU kernel (FlashAttention-2 / memory-efficient SDPA): out + logsumexp + the dropout RNG "
+             "seed per layer, no s x s tensor (Korthikanti et al. 2022: 34·s·b·h per layer, no 5·a·s²·b)",
+}
+
+
+class AttentionKernel:
+    """Counts SDPA calls; with fused=True runs them as a fused GPU kernel does: dropout is applied inside the
+    kernel from a saved RNG seed, so the step is simulated with the CPU flash kernel (the same saved tensors:
+    out + logsumexp) and dropout_p = 0. `F.scaled_dot_product_attention` is swapped for the step (a function
+    mode would not see checkpointing's recomputation in backward), as StorageLog swaps torch.get_rng_state."""
+
+    def __init__(self, fused: bool):
+        self.fused = fused
+        self.calls = 0
+
+    def __enter__(self):
+        self._sdpa = F.scaled_dot_product_attention
+
+        def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, *args, **kwargs):
+            self.calls += 1
+            return self._sdpa(query, key, value, attn_mask, 0.0 if self.fused else dropout_p, *args, **kwargs)
+        F.scaled_dot_product_attention = sdpa
+        return self
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self._sdpa
+
+
 def simulate(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
              plan: ckpt.CheckpointPlan = ckpt.NO_PLAN, foreach: bool = False,
-             watch_container: str | None | bool = False, workspace_max_bytes: float = 0) -> Trace:
+             watch_container: str | None | bool = False, workspace_max_bytes: float = 0,
+             attention: str = "cpu") -> Trace:
     """Run one micro-step (forward, loss, backward) of `cfg` on a fake clone of `model` and log it.
-    workspace_max_bytes > 0: measure the scratch of workspace ops whose inputs are at most that large."""
+    workspace_max_bytes > 0: measure the scratch of workspace ops whose inputs are at most that large.
+    attention: 'cpu' (this CPU's SDPA kernels) or 'flash' (a GPU target's fused kernel), see ATTENTION_KERNELS."""
+    if attention not in ATTENTION_KERNELS:
+        raise ConfigError(f"attention kernel {attention!r} is not one of {', '.join(ATTENTION_KERNELS)}")
     precision = get_precision(cfg.precision)
     fm = FakeTensorMode()
     clone = fake_clone(model, fm, torch_dtype(precision.param_dtype))
@@ -264,7 +302,8 @@ def simulate(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
             log.mark("forward_end")
 
     try:
-        with fm, ckpt.applied(clone, plan), log:
+        kernel = AttentionKernel(fused=attention == "flash")
+        with fm, ckpt.applied(clone, plan), log, kernel:
             step.forward_backward(fb, hooks=Hooks())
     except EffmlError:
         raise
@@ -294,7 +333,7 @@ def simulate(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
         params=sum(p.numel() for p in params), largest_module_param_bytes=max(leaf_bytes, default=0),
         block_bytes=block_bytes, block_order=order, container=container,
         optimizer_state_bytes=states, optimizer_temp_bytes=temp, workspace=scratch, workspace_skipped=skipped,
-        foreach=foreach)
+        foreach=foreach, attention=attention, attention_calls=kernel.calls)
 
 
 def _watch(mod: nn.Module, name: str, log: StorageLog, out: dict) -> list:
@@ -311,4 +350,4 @@ def _watch(mod: nn.Module, name: str, log: StorageLog, out: dict) -> list:
     return [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
 
 
-__all__ = ["Lifetime", "StorageLog", "Trace", "fake_batch", "fake_clone", "optimizer_profile", "simulate"]
+__all__ = ["ATTENTION_KERNELS", "AttentionKernel", "Lifetime", "StorageLog", "Trace", "fake_batch", "fake_clone", "optimizer_profile", "simulate"]
