@@ -10,11 +10,22 @@ def add_parser(sub) -> None:
     r.add_argument("--store", default="runs.db", help="the study's SQLite store (default runs.db)")
     r.add_argument("--study", default="default", help="study name inside the store")
     r.add_argument("--out", default="report.html", help="report file (default report.html)")
+    r.add_argument("--export", action="store_true",
+                   help="also write every variant's row as CSV and JSON beside the report (report.csv, report.json)")
+    r.add_argument("--compare", nargs=2, metavar=("A.db", "B.db"),
+                   help="put two stores' studies side by side (variants joined by name: accuracy, latency, size, "
+                        "B/A ratios), e.g. two machines; no HTML is written")
     add_json_flag(r)
     r.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.compare:
+        from effml.study.export import compare_stores, compare_table
+
+        cmp = compare_stores(*args.compare, study=args.study)
+        print_json(cmp.to_dict()) if args.json else console().print(compare_table(cmp))
+        return 0
     from effml.cli.study_cmd import check_paths
     from effml.study.build import build
     from effml.study.report import write
@@ -24,10 +35,16 @@ def run(args) -> int:
     with Store(args.store, create=False) as store:
         html, lines = build(store, args.study)
     path = write(args.out, html)
+    exported = []
+    if args.export:
+        from effml.study.export import variant_rows, write_rows
+
+        with Store(args.store, create=False) as store:
+            exported = [str(p) for p in write_rows(variant_rows(store, args.study), path, args.study)]
     if args.json:
-        print_json({"report": str(path), "headline": lines})
+        print_json({"report": str(path), "headline": lines} | ({"exported": exported} if exported else {}))
     else:
         for line in lines:
             console().print(f"• {line}")
-        console().print(f"report: {path}")
+        console().print(f"report: {path}" + (f" (rows: {', '.join(exported)})" if exported else ""))
     return 0

@@ -16,6 +16,7 @@ A variant that fails to export or quantize is kept as a row with its error; the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -131,10 +132,13 @@ def _stdout_to_devnull():
 def quantize_int8(src: str | Path, dst: str | Path, *, per_channel: bool = False, name: str = "model") -> Path:
     """ORT's dynamic int8 (int8 weights, activations quantized at run time) of an exported fp32 model."""
     q = require("onnxruntime.quantization", extra="onnx", what="ORT int8 quantization")
+    logging.disable(logging.WARNING)  # its root-logger advice to run pre-processing first, on every call
     try:
         q.quantize_dynamic(str(src), str(dst), weight_type=q.QuantType.QInt8, per_channel=per_channel)
     except Exception as e:
         raise OnnxExportError(f"ORT int8 quantization of {name} failed: {type(e).__name__}: {e}") from e
+    finally:
+        logging.disable(logging.NOTSET)
     return Path(dst)
 
 
