@@ -258,6 +258,12 @@ CASES = [
       id="batch-beyond-ram"),
     C(["profile", "--config", "gpt2", "--device", "cpu", "--batch", "100000000", "--seq", "1024"],
       "'gpt2' with real weights", id="config-inputs-beyond-ram"),
+    C(["profile", "--model", "lenet5", "--set", "width=1000"], r"--model lenet5: its weights \(242 GB as built with",
+      id="set-width-beyond-ram"),
+    C(["train", "--model", "tiny_gpt", "--seq", "100000000", "--steps", "2", "--warmup", "0"],
+      r"--model tiny_gpt: its weights \(51.2 GB", id="train-seq-beyond-ram"),
+    C(["train", "--model", "lenet5", "--batch", "100000000", "--steps", "2", "--warmup", "0"],
+      r"--batch: an input of shape \(100000000, 1, 28, 28\)", id="train-batch-beyond-ram"),
     # ---- user callables that raise: named by spec ------------------------------------------------------------
     *[C([cmd, "--model", "boommod:boom", *extra], "boommod:boom", id=f"{cmd}-model-raises")
       for cmd, extra in (("profile", []), ("predict", ["--hw", "h100"]), ("bench", []),

@@ -170,6 +170,27 @@ def check_config_fits_ram(cfg, batch: int, seq: int | None, dtype: str, device: 
                                      f"({si(n)} params = {fmt_bytes(weights)}, inputs {fmt_bytes(inputs)})")
 
 
+def check_build_fits_ram(build, kwargs: dict, what: str) -> None:
+    """Before building a zoo model with real weights (its constructor arguments from --set, --seq): build it on the
+    meta device first (shapes only, no memory) and check its parameters and buffers. A user's own callable is not
+    pre-built (it may not run on meta, or may load weights); nor is anything that fails on meta (the real build
+    reports it)."""
+    import torch
+
+    from effml.units import fmt_bytes
+
+    if getattr(build, "zoo_entry", None) is None:
+        return
+    try:
+        with torch.device("meta"):
+            model = build(**kwargs)
+    except Exception:
+        return
+    if isinstance(model, torch.nn.Module):
+        n = module_bytes(model)
+        check_fits_ram(n, f"{what}: its weights ({fmt_bytes(n)} as built with {kwargs or 'its defaults'})")
+
+
 def check_input_fits_ram(shape: tuple[int, ...], elem_bytes: int, flag: str, device: str = "cpu") -> None:
     """Before allocating an example input of `shape` (from `flag`, e.g. --input-shape or --batch)."""
     from effml.units import fmt_bytes
@@ -183,5 +204,5 @@ def check_input_fits_ram(shape: tuple[int, ...], elem_bytes: int, flag: str, dev
                                    f"{fmt_bytes(n * elem_bytes)})")
 
 
-__all__ = ["SQLITE_MAGIC", "available_ram", "check_config_fits_ram", "check_fits_ram", "check_input_fits_ram",
-           "check_output_path", "describe_file", "module_bytes", "write_atomic"]
+__all__ = ["SQLITE_MAGIC", "available_ram", "check_build_fits_ram", "check_config_fits_ram", "check_fits_ram",
+           "check_input_fits_ram", "check_output_path", "describe_file", "module_bytes", "write_atomic"]

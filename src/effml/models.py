@@ -34,7 +34,7 @@ from torch import nn
 from effml import configs
 from effml.configs import ModelConfig
 from effml.errors import ConfigError, EffmlError, ModelError
-from effml.guards import check_config_fits_ram, check_input_fits_ram
+from effml.guards import check_build_fits_ram, check_config_fits_ram, check_input_fits_ram
 from effml.units import torch_dtype
 
 DEFAULT_SEED = 0
@@ -138,6 +138,8 @@ def _from_callable(spec: str, input_shape, batch, seq, dtype, device, model_args
         raise ConfigError(f"seq does not apply to model spec {spec!r}: give the full --input-shape instead")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise ConfigError(f"batch must be a positive integer, got {batch!r}")
+    if str(device) != "meta":  # weights that cannot fit (e.g. --set width=1e6) refused before they are made
+        check_build_fits_ram(build, model_args, f"--model {spec}")
     torch.manual_seed(DEFAULT_SEED)  # the same spec builds the same initial weights
     with torch.device(device):
         m = build(**model_args)

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from effml.errors import ConfigError
+from effml.guards import check_build_fits_ram, check_input_fits_ram
 from effml.train import checkpoint as ckpt
 from effml.train.config import TrainConfig
 from effml.train.measured import MeasuredMemory, measure_step
@@ -120,6 +121,7 @@ class TextData:
     def __init__(self, entry, run: RunConfig, global_batch: int):
         from effml.zoo.text import BatchSampler, kjv_corpus
 
+        check_input_fits_ram((2 * global_batch, run.seq), 8, "--batch x --seq")  # x and y: (B, T) int64 each
         self.sampler = BatchSampler(kjv_corpus().train, global_batch, run.seq, seed=run.seed)
         self.tokens_per_sample = run.seq
 
@@ -136,6 +138,7 @@ class ImageData:
 
     def __init__(self, entry, run: RunConfig, global_batch: int):
         self.shape, self.batch, self.seed = entry.input_shape[1:], global_batch, run.seed
+        check_input_fits_ram((global_batch, *self.shape), 4, "--batch")  # the batch built each step, fp32
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + step)
@@ -154,6 +157,7 @@ def build_model(run: RunConfig) -> tuple[torch.nn.Module, object]:
     kwargs = dict(run.model_kwargs)
     if entry.vocab and "block_size" not in kwargs:
         kwargs["block_size"] = max(run.seq, 128)  # tiny_gpt's position table must cover seq
+    check_build_fits_ram(build, kwargs, f"--model {run.model}")  # on meta first: weights that cannot fit refused
     torch.manual_seed(run.seed)
     model = build(**kwargs)
     if entry.vocab:
