@@ -38,3 +38,34 @@ def test_intensity_is_flops_per_byte():
     # one mm: 2·64³ FLOPs over three 64x64 fp32 matrices (x, W read; y written): 524288 / 49152
     assert s.flops == 2 * 64**3 and s.bytes == 3 * 64 * 64 * 4
     assert s.intensity == pytest.approx(2 * 64**3 / (3 * 64 * 64 * 4))
+
+
+def test_backward_flops_belong_to_the_modules_whose_forward_made_them():
+    # BERT-base, seq 512, --backward: every backward op runs under an autograd node that the forward of one
+    # module created, so the per-module rows add up: the top-level children sum to the total (291 GFLOPs), the
+    # 12 identical layers cost the same (the last one was 8.09 G against 24.2 G when backward was attributed by
+    # gradient arrival), and a layer's backward matmuls are twice its forward ones (grad input + grad weight).
+    from effml.models import resolve
+
+    spec = resolve(config="bert-base", seq=512)
+    p = effml.profile(spec.model, *spec.args, forward_kwargs=spec.kwargs, backward=True)
+    rows = p.by_module(depth=3)
+    total = p.total().flops
+    assert sum(r.flops for name, r in rows.items() if name and "." not in name) == total
+    assert rows["encoder"].flops == pytest.approx(total, rel=1e-4)  # embeddings: gathers and one LayerNorm
+    layers = {rows[f"encoder.layer.{i}"].flops for i in range(12)}
+    assert len(layers) == 1 and abs(layers.pop() / 24.24e9 - 1) < 0.001
+    fwd, bwd = p.by_module("forward"), p.by_module("backward")
+    for i in (0, 11):
+        name = f"encoder.layer.{i}.intermediate.dense"
+        assert bwd[name].macs == 2 * fwd[name].macs == 2 * 512 * 768 * 3072
+
+
+def test_lm_head_backward_is_attributed_to_lm_head():
+    from effml.models import resolve
+
+    spec = resolve(config="gpt2", seq=64)
+    p = effml.profile(spec.model, *spec.args, forward_kwargs=spec.kwargs, backward=True)
+    fwd, bwd = p.by_module("forward", depth=1), p.by_module("backward", depth=1)
+    # lm_head (64 x 768) @ (768 x 50257): backward = grad input + grad weight = 2 x the forward MACs
+    assert fwd["lm_head"].macs == 64 * 768 * 50257 and bwd["lm_head"].macs == 2 * fwd["lm_head"].macs

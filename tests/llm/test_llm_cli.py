@@ -19,7 +19,7 @@ def test_generate_json(capsys):
     d = run_json(capsys, "generate", "--model", "tiny", "--prompt", "In the beginning", "--max-new-tokens", "12",
                  "--ignore-eos", "--kv", "contiguous")
     assert d["mode"] == "plain" and d["result"]["new_tokens"] == 12 and d["result"]["prompt_tokens"] == 16
-    assert d["text"] == CharTokenizer().decode(d["result"]["tokens"])
+    assert d["text"] == CharTokenizer.ascii().decode(d["result"]["tokens"])
 
 
 def test_generate_speculative_matches_plain_greedy(capsys):
@@ -60,7 +60,7 @@ def test_generate_bad_input(capsys, monkeypatch):
     from effml.llm.model import ModelArgs, build
 
     monkeypatch.setattr(registry.MODELS, "_items", {**registry.MODELS._items, "tiny-v50": lambda: LoadedModel(
-        "tiny-v50", build(ModelArgs.preset("tiny", vocab_size=50)), CharTokenizer())})
+        "tiny-v50", build(ModelArgs.preset("tiny", vocab_size=50)), CharTokenizer.ascii())})
     msg = _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "hi", "--speculative", "tiny-v50"])
     assert "draft vocabulary (50 tokens) differs from the target's (97)" in msg
 

@@ -29,6 +29,7 @@ from effml.units import dtype_name
 
 SDPA = torch.nn.functional.scaled_dot_product_attention
 SDPA_OP = "aten.scaled_dot_product_attention"
+MODULES_TAG = "effml_modules"  # autograd node metadata: the module stack whose forward created the node
 
 
 _QUANTIZED = {torch.quint8: "int8", torch.qint8: "int8", torch.qint32: "int32", torch.quint4x2: "int4"}
@@ -75,10 +76,11 @@ class _Counter:
         self._hooks: list = []
 
     def add(self, op: str, category: str, cost: OpCost | None, read: int, written: int, dtype: str,
-            args: tuple | None = None) -> None:
+            args: tuple | None = None, modules: tuple[str, ...] | None = None) -> None:
+        if modules is None:
+            modules = self._backward_modules() if self.phase == "backward" else self.tracker.current(False)
         self.events.append(OpEvent(
-            op=op, category=category, phase=self.phase,
-            modules=self.tracker.current(self.phase == "backward"),
+            op=op, category=category, phase=self.phase, modules=modules,
             flops=None if cost is None else cost.flops, macs=0 if cost is None else cost.macs,
             bytes_read=read, bytes_written=written, dtype=dtype, args=args))
 
@@ -97,6 +99,32 @@ class _Counter:
             self.add(op, entry.category, cost, read, written, cost.dtype or _dtype_label((args, out)),
                      _args_meta(args))
         self.memory.track(out)
+
+    # ---- backward attribution ------------------------------------------------------------------------
+    def tag(self, out) -> None:
+        """Label the autograd nodes a forward call created with the module stack that called it, walking back
+        from its outputs to nodes already labelled (a composite call such as cross_entropy makes several)."""
+        modules = self.tracker.current(False)
+        todo = [t.grad_fn for t in tensors(out) if t.grad_fn is not None]
+        while todo:
+            node = todo.pop()
+            if node is None or MODULES_TAG in node.metadata or "AccumulateGrad" in node.name():
+                continue
+            node.metadata[MODULES_TAG] = modules
+            todo.extend(nxt for nxt, _ in node.next_functions)
+
+    def _backward_modules(self) -> tuple[str, ...]:
+        """The modules a backward op belongs to: those whose forward created the autograd node running it;
+        a parameter's gradient accumulation belongs to the parameter's module."""
+        node = torch._C._current_autograd_node()
+        if node is not None:
+            tag = node.metadata.get(MODULES_TAG)
+            if tag is not None:
+                return tag
+            leaf = getattr(node, "variable", None)
+            if leaf is not None and id(leaf) in self.tracker.param_modules:
+                return self.tracker.param_modules[id(leaf)]
+        return self.tracker.current(True)
 
     def _route(self, rows: torch.Tensor, experts: torch.Tensor) -> None:
         """A grouped matmul of routed rows (M, k) against stacked expert weights (G, k, n): remember how many rows
@@ -151,10 +179,12 @@ class _Counter:
             region[node] = None
             todo.extend(nxt for nxt, _ in node.next_functions)
 
+        modules = self.tracker.current(False)  # the backward belongs where the forward call was made
+
         def pre(node):
             def hook(grad_outputs):
                 if node is root:
-                    self.add(SDPA_OP, "attention", cost, read, written, dtype)
+                    self.add(SDPA_OP, "attention", cost, read, written, dtype, modules=modules)
                 self.suppress += 1
             return hook
 
@@ -211,7 +241,10 @@ class _AttentionMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is SDPA and not self.counter.suppress:
             return self.counter.attention(func, args, kwargs)
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if self.counter.phase == "forward" and torch.is_grad_enabled():
+            self.counter.tag(out)
+        return out
 
 
 def profile(model: nn.Module, *example_inputs, backward: bool = False, forward_kwargs: dict | None = None,

@@ -43,6 +43,10 @@ class ModuleTracker:
         for name, mod in model.named_modules():
             self.names[id(mod)] = name
             self.info[name] = ModuleInfo(type(mod).__name__, weights(mod)[0])
+        self.param_modules: dict[int, tuple[str, ...]] = {}  # id(parameter) -> its module's stack (first name)
+        for name, prm in model.named_parameters():
+            parts = name.split(".")[:-1]
+            self.param_modules.setdefault(id(prm), tuple(".".join(parts[:i + 1]) for i in range(len(parts))))
         self.stack: list[str] = []
         self.backward_active: Counter[str] = Counter()
         self._handles: list = []

@@ -13,36 +13,7 @@ from dataclasses import dataclass
 
 from effml.errors import ConfigError
 from effml.registries import Registry, registrar
-
-
-@dataclass(frozen=True)
-class CharTokenizer:
-    """Printable ASCII + newline, one id each, and an end-of-text id: the toy models' tokenizer (97 ids)."""
-
-    chars: str = "\n" + "".join(chr(c) for c in range(32, 127))
-    name: str = "ascii"
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars) + 1
-
-    @property
-    def eos_id(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        from effml.llm.weights import _check_prompt
-
-        _check_prompt(text)
-        bad = sorted({c for c in text if c not in self.chars})
-        if bad:
-            raise ConfigError(f"characters {''.join(bad)!r} are not in the toy tokenizer (printable ASCII)")
-        return [self.chars.index(c) for c in text]
-
-    chat = encode  # toy models have no chat template
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[i] for i in ids if i < len(self.chars))
+from effml.zoo.text import CharTokenizer  # effml's one character tokenizer (CharTokenizer.ascii() here)
 
 
 @dataclass(frozen=True)
@@ -73,7 +44,7 @@ def _smollm2() -> LoadedModel:
 def _tiny(name: str, seed: int) -> LoadedModel:
     from effml.llm.model import ModelArgs, build
 
-    tok = CharTokenizer()
+    tok = CharTokenizer.ascii()
     return LoadedModel(name, build(ModelArgs.preset("tiny", vocab_size=tok.vocab_size), seed=seed, std=0.3), tok)
 
 
