@@ -32,11 +32,23 @@ def test_text_starts_with_genesis_and_round_trips():
 
 def test_tokenizer_rejects_unknown_characters():
     tok = CharTokenizer.from_text("abc ")
-    assert tok.encode("cab").tolist() == [3, 1, 2]  # sorted alphabet: ' ', a, b, c
-    with pytest.raises(ConfigError, match="characters 'fé' are not in the tokenizer's alphabet"):
+    assert tok.encode("cab") == [3, 1, 2] and tok.encode_tensor("cab").tolist() == [3, 1, 2]  # ' ', a, b, c
+    with pytest.raises(ConfigError, match="characters 'fé' are not in the chars tokenizer's alphabet"):
         tok.encode("café")
     with pytest.raises(ConfigError, match="distinct single characters"):
         CharTokenizer(("a", "a"))
+
+
+def test_the_ascii_tokenizer_of_the_toy_llms():
+    tok = CharTokenizer.ascii()
+    # newline + the 95 printable ASCII characters (32..126) + one end-of-text id
+    assert tok.vocab_size == 97 and tok.eos_id == 96
+    assert tok.encode("A\n") == [ord("A") - 32 + 1, 0]  # 'A' = 65 sits after the newline at 65 - 32 + 1 = 34
+    assert tok.decode([34, 0, 96]) == "A\n"  # the end-of-text id is dropped
+    with pytest.raises(ConfigError, match="characters 'é' are not in the ascii tokenizer's alphabet"):
+        tok.encode("é")
+    with pytest.raises(ConfigError, match="prompt must be a non-empty string"):
+        tok.chat("  ")
 
 
 def test_batch_sampler_shapes_shift_and_seed():

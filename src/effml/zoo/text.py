@@ -61,33 +61,56 @@ def kjv_text() -> str:
     return "".join(kjv_chapters())
 
 
+ASCII_CHARS = ("\n", *(chr(c) for c in range(32, 127)))  # newline + printable ASCII: 96 characters
+
+
 @dataclass(frozen=True)
 class CharTokenizer:
-    """Character-level tokenizer: id = index of the character in the sorted alphabet."""
+    """Character-level tokenizer: id = index of the character in `chars`; with `eos`, one more id (after the
+    alphabet) ends a text. effml's one character tokenizer: the KJV corpus (`from_text`, 65 ids) and the toy
+    LLMs of effml.llm (`ascii()`, 97 ids) both use it.
+
+    `encode` gives a list of ids (the tokenizer protocol effml.llm uses), `encode_tensor` an (n,) int64 tensor
+    (fast for a whole corpus); `chat` is `encode` of a non-empty prompt (character models have no template)."""
 
     chars: tuple[str, ...]
+    eos: bool = False
+    name: str = "chars"
 
     def __post_init__(self):
         if not self.chars or len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
             raise ConfigError("CharTokenizer.chars must be distinct single characters")
 
     @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls(tuple(sorted(set(text))))
+    def from_text(cls, text: str, eos: bool = False) -> CharTokenizer:
+        """The sorted alphabet of `text`."""
+        return cls(tuple(sorted(set(text))), eos)
+
+    @classmethod
+    def ascii(cls) -> CharTokenizer:
+        """Newline + printable ASCII and an end-of-text id: the toy models' tokenizer (97 ids)."""
+        return cls(ASCII_CHARS, eos=True, name="ascii")
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + self.eos
+
+    @property
+    def eos_id(self) -> int | None:
+        return len(self.chars) if self.eos else None
 
     @functools.cached_property
     def _index(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.chars)}
 
-    def encode(self, text: str) -> torch.Tensor:
+    def encode_tensor(self, text: str) -> torch.Tensor:
         """str of length n -> (n,) int64 ids; an unknown character is an error naming it."""
+        if not isinstance(text, str):
+            raise ConfigError(f"CharTokenizer encodes a str, got {type(text).__name__}")
         unknown = set(text) - set(self._index)
         if unknown:
-            raise ConfigError(f"characters {''.join(sorted(unknown))!r} are not in the tokenizer's alphabet")
+            raise ConfigError(f"characters {''.join(sorted(unknown))!r} are not in the {self.name} tokenizer's "
+                              "alphabet")
         if all(ord(c) < 256 for c in self.chars):  # fast path: a byte -> id lookup table
             lut = torch.zeros(256, dtype=torch.long)
             lut[torch.tensor([ord(c) for c in self.chars])] = torch.arange(len(self.chars))
@@ -95,8 +118,17 @@ class CharTokenizer:
             return lut[raw.long()]  # (n,)
         return torch.tensor([self._index[c] for c in text], dtype=torch.long)
 
+    def encode(self, text: str) -> list[int]:
+        return self.encode_tensor(text).tolist()
+
+    def chat(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(f"prompt must be a non-empty string, got {prompt!r}")
+        return self.encode(prompt)
+
     def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+        """Ids -> text; the end-of-text id, if any, is dropped."""
+        return "".join(self.chars[int(i)] for i in ids if int(i) != self.eos_id)
 
 
 @dataclass(frozen=True)
@@ -123,7 +155,7 @@ def kjv_corpus(val_every: int = 10) -> TextCorpus:
         raise CorpusError(f"expected {KJV_VOCAB} distinct characters in kjv.jsonl, found {tok.vocab_size}")
     train = "".join(c for i, c in enumerate(chapters) if i % val_every != val_every - 1)
     val = "".join(c for i, c in enumerate(chapters) if i % val_every == val_every - 1)
-    return TextCorpus(tok, tok.encode(train), tok.encode(val))
+    return TextCorpus(tok, tok.encode_tensor(train), tok.encode_tensor(val))
 
 
 class BatchSampler:
