@@ -277,21 +277,54 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,message", CASES)
+JSON_CASES = [  # --json: the refusal is the one stderr line, and stdout holds no NaN/Infinity (nor anything)
+    C(["predict", "--model", "lenet5", "--hw", "h100", "--price", "nan", "--json"], "--price", id="json-price-nan"),
+    C(["scale", "--compute", "1e400", "--json"], "--compute", id="json-compute-overflows-to-inf"),
+    C(["kv", "--config", "hidden0.json", "--seq", "128", "--json"], "'hidden_size' is 0", id="json-config-hidden0"),
+    C(["report", "--store", "badtype.db", "--json"], "'metrics.accuracy' is 'high'", id="json-report-bad-row"),
+    C(["profile", "--model", "lenet5", "--batch", "100000000", "--json"], "--batch: an input of shape",
+      id="json-batch-beyond-ram"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CASES + JSON_CASES)
 def test_refused_with_one_line_and_nothing_written(ws, capsys, argv, message):
     import re
 
     before = _snapshot(ws)
     code = main(argv)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    out, err = capsys.readouterr()
+    err = [line for line in err.splitlines() if line.strip()]
     assert code == 2, f"exit {code}, stderr: {err[-3:]}"
     assert len(err) == 1, err
     assert re.search(message, err[0]), err[0]
     assert _snapshot(ws) == before  # nothing changed, created or left half-written
+    assert "NaN" not in out and "Infinity" not in out
+    if "--json" in argv:
+        assert out == ""  # no half JSON object before the error
+
+
+def test_every_torch_load_is_weights_only():
+    """Loading a pickle runs code: every torch.load in effml passes weights_only=True (or safetensors is used)."""
+    import ast
+    from pathlib import Path
+
+    import effml
+
+    unsafe = []
+    for path in Path(effml.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords)
+                if not safe:
+                    unsafe.append(f"{path.name}:{node.lineno}")
+    assert unsafe == []
 
 
 def test_the_case_count():
-    assert len(CASES) >= 60
+    assert len(CASES) + len(JSON_CASES) >= 60
 
 
 def test_read_only_directory_for_a_normal_user(ws, capsys):
