@@ -14,3 +14,12 @@ def broken_builder() -> nn.Module:
 
 def not_a_module():
     return {"weights": 1}
+
+
+def constant_proxy(space, arch, config) -> float:
+    """A NAS accuracy proxy that trains nothing: every architecture scores 0.5."""
+    return 0.5
+
+
+def broken_proxy(space, arch, config) -> float:
+    raise RuntimeError("proxy exploded")

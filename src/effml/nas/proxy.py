@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from effml.errors import ConfigError
+from effml.errors import ConfigError, EffmlError, ModelError
 from effml.nas.spaces import Arch, Space
 from effml.registries import Registry
 
@@ -74,7 +74,14 @@ def get_proxy(p: str | ProxyFn) -> ProxyFn:
 
 
 def run_proxy(p: str | ProxyFn, space: Space, arch: Arch, config: ProxyConfig) -> ProxyResult:
-    out = get_proxy(p)(space, arch, config)
+    fn = get_proxy(p)
+    try:
+        out = fn(space, arch, config)
+    except EffmlError:
+        raise
+    except Exception as e:  # a user's proxy: named by flag and spec, as a raising --model is
+        name = p if isinstance(p, str) else getattr(p, "__name__", repr(p))
+        raise ModelError(f"--proxy {name} raised {type(e).__name__}: {e}") from e
     res = out if isinstance(out, ProxyResult) else ProxyResult(float(out))
     if not 0.0 <= res.accuracy <= 1.0:
         raise ConfigError(f"proxy {p!r} returned accuracy {res.accuracy}, expected a fraction in [0, 1]")
