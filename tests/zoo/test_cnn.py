@@ -19,12 +19,25 @@ def test_param_counts(name, params):
 
 
 def test_vgg_param_breakdown():
-    # convs 9·(3·64 + 64·128 + 128·256 + 256·256 + 256·512 + 3·512·512) = 9,217,728 (no bias),
-    # BN γ and β 2·2752 = 5,504, Linear 512·10 + 10 = 5,130
+    # The counter's per-module parameters and MACs of the zoo VGG (lab-1 layout: 8 conv3x3-BN-ReLU, max-pool
+    # after convs 2, 4, 6, 8) against the hand derivation: conv i (C_in a, C_out b, no bias) has 9·a·b
+    # parameters and H·W·9·a·b MACs at its output size H = W = 32, 32, 16, 16, 8, 8, 4, 4; each BN has γ and β
+    # (2·b parameters, no MACs: inference BN is 2 FLOPs per element, no multiply-accumulate); the classifier
+    # 512·10 + 10 parameters and 5,120 MACs. Totals: convs 9,217,728 + BN 5,504 + Linear 5,130 = 9,228,362.
     widths = [3, 64, 128, 256, 256, 512, 512, 512, 512]
-    conv = sum(9 * a * b for a, b in zip(widths, widths[1:]))
-    bn = 2 * sum(widths[1:])
-    assert conv + bn + 512 * 10 + 10 == 9_228_362
+    sizes = [32, 32, 16, 16, 8, 8, 4, 4]
+    model = vgg().eval()
+    p = effml.profile(model, torch.randn(1, 3, 32, 32))
+    by = p.by_module()
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == len(norms) == 8
+    for name, bn, a, b, hw in zip(convs, norms, widths, widths[1:], sizes):
+        assert (by[name].params, by[name].macs) == (9 * a * b, hw * hw * 9 * a * b), name
+        assert (by[bn].params, by[bn].macs) == (2 * b, 0), bn
+    assert (by["classifier"].params, by["classifier"].macs) == (512 * 10 + 10, 512 * 10)
+    assert sum(by[n].params for n in convs) == 9_217_728 and sum(by[n].params for n in norms) == 5_504
+    assert by[""].params == 9_228_362
 
 
 def test_vgg_macs_match_the_lab_reference():
