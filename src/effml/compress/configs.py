@@ -255,11 +255,12 @@ class WeightOnlyConfig(CompressionConfig):
     bits: int = 8  # 8 | 4
     group_size: int | None = None  # int4 only (default 128); int8 is per output channel
     kernel: str = "packed"  # packed int kernels | dequant (float GEMM on dequantized weights)
+    act_dtype: str = "auto"  # activations fed to the packed kernels: auto (bf16 where fast) | fp32 | bf16
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
-        from effml.compress.weight_only import WEIGHT_KERNELS
+        from effml.compress.weight_only import ACT_DTYPES, WEIGHT_KERNELS
 
         if self.bits not in (4, 8) or isinstance(self.bits, bool):
             raise ConfigError(f"WeightOnlyConfig.bits must be 8 or 4, got {self.bits!r}")
@@ -272,6 +273,7 @@ class WeightOnlyConfig(CompressionConfig):
                 raise ConfigError(f"WeightOnlyConfig.group_size must be a positive integer, got {gs!r}")
             object.__setattr__(self, "group_size", gs)
         self._choice("kernel", WEIGHT_KERNELS)
+        self._choice("act_dtype", ACT_DTYPES)
         self._names("layers")
         self._names("exclude")
 

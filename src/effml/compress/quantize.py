@@ -213,7 +213,7 @@ def weight_only_method(model: nn.Module, config: WeightOnlyConfig, *, progress: 
     layers = select_layers(model, ("Linear",), config.layers, config.exclude)
     skip = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in layers)
     progress(f"int{bits} weight-only", 0.0)
-    model, names, left = weight_only(model, bits, gs, config.kernel, skip)
+    model, names, left = weight_only(model, bits, gs, config.kernel, skip, act_dtype=config.act_dtype)
     progress(f"int{bits} weight-only", 1.0)
     why = {n: f"in_features {m.in_features} is not a multiple of group_size {gs}"
            for n, m in model.named_modules() if isinstance(m, nn.Linear) and n in layers and n not in names}
@@ -224,7 +224,7 @@ def weight_only_method(model: nn.Module, config: WeightOnlyConfig, *, progress: 
     other = sum(p.numel() for p in model.parameters() if p.requires_grad) * 32
     stored = math.ceil((other + sum(m.storage_bits() for m in wol)) / 8)
     note = (f"int{bits} weight-only ({'per-channel symmetric' if bits == 8 else f'groups of {gs}, asymmetric'}), "
-            f"activations fp32, kernel={config.kernel!r}")
+            f"activations {config.act_dtype}, kernel={config.kernel!r}")
     return QuantResult(f"int{bits}-weight", model, names, sum(m.codes.numel() for m in wol) + other // 32, dense,
                        stored, bits, [note] + left, None, skipped)
 
