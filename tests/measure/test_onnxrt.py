@@ -38,16 +38,17 @@ def test_linear_exports_exactly(tmp_path):
 def test_compare_backends_on_a_transformer():
     model = build(TINY_BERT, device="cpu")
     ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))  # (B, T)
-    cmp = compare_backends(model, (ids,), name="tiny-bert", rounds=3, budget_s=5)
+    cmp = compare_backends(model, (ids,), name="tiny-bert", rounds=3, budget_s=5,
+                           config=OrtConfig(variants=("fp32", "int8", "int8-per-channel")))
     rows = {r.variant: r for r in cmp.rows}
-    assert list(rows) == ["pytorch fp32", "ort fp32", "ort int8"]
+    assert list(rows) == ["pytorch fp32", "ort fp32", "ort int8", "ort int8 per channel"]
     assert all(r.error is None and len(r.times_s) == 3 for r in cmp.rows)  # 3 interleaved rounds each
     # ORT fp32 computes the same graph in fp32: only summation order and fused kernels differ, so errors stay at
     # float rounding of O(1) LayerNorm outputs summed over 64-128 terms: << 1e-4 absolute
     assert rows["ort fp32"].cosine > 0.99999 and rows["ort fp32"].max_abs_err < 1e-4
     # ORT dynamic int8 (per-tensor int8 weights and activations, 2 layers): measured cosine 0.99997 here; a
     # broken quantization (wrong scale, wrong zero point) drops it below 0.9
-    assert rows["ort int8"].cosine > 0.99
+    assert rows["ort int8"].cosine > 0.99 and rows["ort int8 per channel"].cosine > 0.99
     assert rows["ort int8"].size_bytes < 0.5 * rows["ort fp32"].size_bytes  # int8 weights: ~1/4 of the Linears
     d = cmp.to_dict()
     assert d["rows"][0]["speedup_vs_fp32"] == 1.0 and d["threads"] == 1 and d["cpu_capability"]

@@ -11,7 +11,6 @@ from effml.hardware.plot import roofline_figure
 from effml.study import report
 from effml.study.rows import flatten, frontier_keys, headline
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -71,8 +70,10 @@ def test_report_renders_in_chromium(runs, lenet_profile, tmp_path):
         first = page.locator("#runs tbody tr td").first.inner_text()
         page.click("#runs th[data-col='2']")  # sort by accuracy, ascending: 'bad' first
         assert page.locator("#runs tbody tr td").first.inner_text() == "bad" != first or first == "bad"
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(RESULTS / "report_test.png"), full_page=True)
+        # the screenshot goes to tmp_path, or where EFFML_SCREENSHOT_DIR says (never into the source tree)
+        shots = Path(os.environ.get("EFFML_SCREENSHOT_DIR") or tmp_path)
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "report_test.png"), full_page=True)
         browser.close()
     assert errors == []
 

@@ -33,7 +33,9 @@ from effml.errors import ConfigError, EffmlError
 from effml.extras import require
 
 Progress = Callable[[str, float], None]
-ORT_VARIANTS = ("fp32", "int8")  # ORT fp32 and ORT dynamic int8 (weights int8 per tensor, activations at run time)
+# ORT fp32; ORT dynamic int8 (quantize_dynamic's default: int8 weights per tensor, activations at run time); the
+# same with per-output-channel weight scales
+ORT_VARIANTS = ("fp32", "int8", "int8-per-channel")
 
 
 class OnnxExportError(EffmlError, RuntimeError):
@@ -44,8 +46,7 @@ class OnnxExportError(EffmlError, RuntimeError):
 class OrtConfig:
     threads: int = 1  # ORT intra-op threads, and torch's threads while the backends are compared
     opset: int = 17
-    variants: tuple[str, ...] = ORT_VARIANTS
-    int8_per_channel: bool = False  # quantize_dynamic's per_channel (False: its default, per tensor)
+    variants: tuple[str, ...] = ("fp32", "int8")  # a subset of ORT_VARIANTS
 
     def __post_init__(self):
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
@@ -219,9 +220,11 @@ class BackendComparison:
 def compare_backends(model: nn.Module, args: tuple, *, kwargs: dict | None = None, name: str = "model",
                      variants: dict[str, nn.Module] | None = None, config: OrtConfig | None = None,
                      rounds: int = 15, budget_s: float = 30.0, workdir: str | Path | None = None,
+                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                      progress: Progress | None = None) -> BackendComparison:
     """PyTorch fp32 (the reference), the given PyTorch `variants` (e.g. effml int8) and ORT fp32/int8 of `model`
-    on the same inputs: medians from interleaved rounds, outputs against the reference's."""
+    on the same inputs: medians from interleaved rounds, outputs against the reference's. `reduce` maps each
+    output before comparing (e.g. mean pooling to a sentence embedding); default: the output itself."""
     from effml.measure.ab import interleave
 
     ort = require("onnxruntime", extra="onnx")
@@ -232,17 +235,18 @@ def compare_backends(model: nn.Module, args: tuple, *, kwargs: dict | None = Non
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
+        reduce = reduce or (lambda t: t)
         with torch.inference_mode():
-            ref = first_tensor(model(*args, **kwargs))
+            ref = reduce(first_tensor(model(*args, **kwargs)))
         rows = [BackendRow("pytorch fp32", "pytorch", cosine=1.0, max_abs_err=0.0)]  # the reference itself
         calls: dict[str, Callable] = {rows[0].variant: lambda: model(*args, **kwargs)}
         for label, m in (variants or {}).items():
             with torch.inference_mode():
-                rows.append(BackendRow(label, "pytorch", **_agree(ref, first_tensor(m(*args, **kwargs)))))
+                rows.append(BackendRow(label, "pytorch", **_agree(ref, reduce(first_tensor(m(*args, **kwargs))))))
             calls[label] = lambda m=m: m(*args, **kwargs)
         with tempfile.TemporaryDirectory(prefix="effml-onnx-", dir=workdir) as tmp:
             progress(f"exporting {name} to ONNX", 0.1)
-            rows += _ort_rows(model, args, kwargs, name, config, Path(tmp), ref, calls, progress)
+            rows += _ort_rows(model, args, kwargs, name, config, Path(tmp), ref, reduce, calls, progress)
             progress(f"timing {len(calls)} variants", 0.5)
             times = interleave(calls, rounds=rounds, budget_s=budget_s)
     finally:
@@ -261,7 +265,8 @@ def _agree(ref, out) -> dict:
     return {"cosine": a["cosine"], "max_abs_err": a["max_abs_err"]}
 
 
-def _ort_rows(model, args, kwargs, name, config: OrtConfig, tmp: Path, ref, calls: dict, progress) -> list[BackendRow]:
+def _ort_rows(model, args, kwargs, name, config: OrtConfig, tmp: Path, ref, reduce, calls: dict, progress
+              ) -> list[BackendRow]:
     rows: list[BackendRow] = []
     fp32 = tmp / "model.onnx"
     t0 = time.perf_counter()
@@ -272,13 +277,13 @@ def _ort_rows(model, args, kwargs, name, config: OrtConfig, tmp: Path, ref, call
     graph_inputs = _graph_inputs(args, kwargs)[1]
     progress(f"exported in {time.perf_counter() - t0:.0f} s", 0.3)
     for v in config.variants:
-        label = f"ort {v}"
+        label = f"ort {v.replace('-', ' ')}"
         try:
-            path = fp32 if v == "fp32" else quantize_int8(fp32, tmp / "model.int8.onnx",
-                                                          per_channel=config.int8_per_channel, name=name)
+            path = fp32 if v == "fp32" else quantize_int8(fp32, tmp / f"model.{v}.onnx",
+                                                          per_channel=v == "int8-per-channel", name=name)
             runner = OrtRunner(path, names, config.threads)
             feed = runner.feed(graph_inputs)
-            out = torch.from_numpy(runner.run(feed))
+            out = reduce(torch.from_numpy(runner.run(feed)))
             rows.append(BackendRow(label, "onnxruntime", size_bytes=path.stat().st_size, **_agree(ref, out)))
             calls[label] = lambda r=runner, f=feed: r.run(f)
         except EffmlError as e:
