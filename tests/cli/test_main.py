@@ -87,6 +87,8 @@ def test_several_devices_give_one_answer_each(capsys):
 
 @pytest.mark.parametrize("argv, text", [
     (["profile", "--model", "lenet5", "--by", "op", "--depth", "3"], "--depth does not apply to --by op"),
+    (["profile", "--model", "lenet5", "--by", "op", "--json"], "--by does not apply to --json"),
+    (["nas", "--memory", "dram", "--hw", "rpi5", "--sram-kb", "256"], "--sram-kb does not apply to --memory dram"),
     (["train", "--model", "mlp", "--seq", "64"], "--seq does not apply to mlp"),
     (["scale", "--compute", "1e21", "--price-per-hour", "2"], "--price-per-hour does not apply without --hw"),
     (["scale", "--compute", "1e21", "--seed", "3"], "--seed does not apply without --fit"),

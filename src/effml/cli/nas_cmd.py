@@ -11,6 +11,7 @@ from effml.cli.common import (
     positive_float,
     positive_int,
     print_json,
+    refuse_unless,
 )
 
 
@@ -56,6 +57,8 @@ def config_from(args):
     proxy = ProxyConfig(train_images=args.train_images, test_images=args.test_images, epochs=args.epochs,
                         seed=args.seed, threads=args.threads)
     hw = one_hw(args.hw, why=" (its budgets bound the search; run one search per device)")
+    refuse_unless(args, {"--sram-kb": args.sram_kb, "--flash-kb": args.flash_kb},
+                  args.memory in ("auto", "mcu"), f"to --memory {args.memory} (they are MCU budgets)")
     return NasConfig(space=args.space, hw=hw, trials=args.trials, workers=args.workers, sampler=args.sampler,
                      objective=args.objective, dtype=args.dtype, memory=args.memory, sram_kb=args.sram_kb,
                      flash_kb=args.flash_kb, latency_ms=args.latency_ms, energy_mj=args.energy_mj, proxy=args.proxy,

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="fp32", help="dtype to run in: fp32, bf16, fp16 (default fp32)")
     p.add_argument("--device", help="meta (shapes only, no memory) or cpu; default meta for --config, cpu for --model")
     p.add_argument("--backward", action="store_true", help="also count the backward pass")
-    p.add_argument("--by", choices=("module", "op"), default="module", help="table rows (default module)")
+    p.add_argument("--by", choices=("module", "op"), help="table rows (default module; --json holds both)")
     p.add_argument("--depth", type=nonneg_int, help="module depth shown (default 2; --json: all unless given)")
     add_json_flag(p)
     p.set_defaults(run=run)
@@ -37,7 +37,8 @@ def run(args) -> int:
     from effml.cost.counter import profile
     from effml.models import resolve
 
-    refuse_unless(args, {"--depth": args.depth}, args.by == "module" or args.json, "to --by op (it shows modules)")
+    refuse_unless(args, {"--by": args.by}, not args.json, "to --json (it holds by_module and by_op)")
+    refuse_unless(args, {"--depth": args.depth}, args.by != "op", "to --by op (it shows modules)")
     shape = parse_shape(args.input_shape) if args.input_shape else None
     spec = resolve(config=args.config, model=args.model, input_shape=shape, batch=args.batch, seq=args.seq,
                    dtype=args.dtype, device=args.device, model_args=parse_sets(args.set))
@@ -47,5 +48,5 @@ def run(args) -> int:
         return 0
     from effml.cost.present import render
 
-    console().print(render(prof, by=args.by, depth=2 if args.depth is None else args.depth))
+    console().print(render(prof, by=args.by or "module", depth=2 if args.depth is None else args.depth))
     return 0
