@@ -8,9 +8,16 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+
+# the fake proxy is named as a spec, "nas_helpers:fake_accuracy", and NAS workers import it in fresh processes:
+# this directory must be importable whatever pytest's import mode (importlib mode adds nothing to sys.path)
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _bin(name):
@@ -29,6 +36,7 @@ def postgres_url():
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does)")
+    # psycopg2 is an optional extra (the postgres storage); without it this one test skips and says why
     pytest.importorskip("psycopg2", reason="psycopg2-binary not installed (pip install '.[postgres]')")
     root = tempfile.mkdtemp(prefix="nas_pg_")
     data = os.path.join(root, "data")
