@@ -23,8 +23,12 @@ def test_search_rejects_before_training_and_winners_fit(tmp_path, monkeypatch):
     calls = tmp_path / "calls.txt"
     monkeypatch.setenv("NAS_TEST_CALLS", str(calls))
     cfg = NasConfig(trials=5, proxy=FAKE, flash_kb=400, store=str(tmp_path / "runs.db"), seed=1)
-    res = search(cfg)
+    seen = []
+    res = search(cfg, progress=lambda what, frac: seen.append((what, frac)))
     assert len(res.evaluated) == 5
+    # progress(what, frac): first "0/5 trials" at 0, then once per trial (rejected ones too), ending at 5/5
+    assert seen[0] == ("0/5 trials", 0.0) and seen[-1][0].startswith("5/5 trials · last: ") and seen[-1][1] == 1.0
+    assert len(seen) == 1 + len(res.trials) and [f for _, f in seen] == sorted(f for _, f in seen)
     assert len(res.rejected) >= 1  # 400 KiB of flash rules out most of the space (the largest needs 2.4 MiB)
     trained = [t for t in res.evaluated if t.reused_from is None]
     assert sorted(_calls(calls)) == sorted(t.name for t in trained)  # rejected ones never reached the proxy

@@ -160,17 +160,22 @@ def search(config: NasConfig | None = None, *, progress: Progress | None = None,
     todo = max(0, cfg.trials - done)
 
     def report(done: int, total: int, trial: NasTrial | None) -> None:
-        if progress is not None:
-            progress(f"{done}/{total} trials{trial_line(trial)}", done / max(total, 1))
+        _report(progress, done, total, trial)
 
     report(done, cfg.trials, None)
     if todo:
         quotas = [todo // cfg.workers + (i < todo % cfg.workers) for i in range(cfg.workers)]
         if cfg.workers == 1:
-            run_worker(cfg, quotas[0], 0, lambda t: report(len(_evaluated(study)), cfg.trials, t))
+            run_worker(cfg, quotas[0], 0, progress=progress)
         else:
             _spawn(cfg, quotas, study, report)
     return collect(cfg)
+
+
+def _report(progress: Progress | None, done: int, total: int, trial: NasTrial | None) -> None:
+    """progress("12/40 trials · last: NAME 41.2%", 12 / 40): the evaluated trials of the whole study."""
+    if progress is not None:
+        progress(f"{done}/{total} trials{trial_line(trial)}", done / max(total, 1))
 
 
 def collect(cfg: NasConfig) -> NasResult:
@@ -185,8 +190,9 @@ def collect(cfg: NasConfig) -> NasResult:
 
 
 # ---- one worker ------------------------------------------------------------------------------------
-def run_worker(cfg: NasConfig, quota: int, worker: int = 0, on_trial: Callable[[NasTrial], None] | None = None) -> int:
-    """Evaluate `quota` trials of the shared study (plus any rejected ones); returns trials evaluated."""
+def run_worker(cfg: NasConfig, quota: int, worker: int = 0, progress: Progress | None = None) -> int:
+    """Evaluate `quota` trials of the shared study (plus any rejected ones); returns trials evaluated.
+    `progress(what, frac)` after each trial, counting the whole study's evaluated trials."""
     import optuna
     import torch
 
@@ -216,8 +222,8 @@ def run_worker(cfg: NasConfig, quota: int, worker: int = 0, on_trial: Callable[[
                     raise EffmlError(f"worker {worker}: {rejected} proposals broke the budget in a row of "
                                      f"{evaluated + rejected}; the feasible region of {space.name!r} is too "
                                      "small for this sampler: loosen the budget")
-            if on_trial is not None:
-                on_trial(rec)
+            if progress is not None:
+                _report(progress, len(_evaluated(study)), cfg.trials, rec)
     finally:
         if store is not None:
             store.close()
