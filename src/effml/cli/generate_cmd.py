@@ -106,14 +106,9 @@ def run(args) -> int:
                     "kv": args.kv, "result": res.to_dict()})
         return 0
     sys.stdout.write(text[len(printed[0]):] + "\n")
-    d = res.to_dict()
-    line = f"{d['new_tokens']} tokens in {res.time_s:.2f} s ({res.tokens_per_s:.1f} tok/s), kv={args.kv}"
-    if args.speculative:
-        line += (f", γ={d['gamma']}, α={d['alpha']:.2f}, {d['tokens_per_target_call']:.2f} tokens/target call, "
-                 f"c={d['c']:.3f}, v={d['v']:.2f}, formula speedup {d['formula_speedup']:.2f}x")
-    else:
-        line += f", time to first token {res.ttft_s:.2f} s"
-    console().print(line, style="dim", highlight=False)
+    from effml.llm.present import generation_line
+
+    console().print(generation_line(res, args.kv), style="dim", highlight=False)
     return 0
 
 

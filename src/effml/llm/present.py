@@ -26,7 +26,8 @@ def kv_table(r) -> Table:
                   f"{fmt_bytes(r.mha_bytes, binary=True)}")
     else:
         t.add_row("GQA saving", f"none: {r.heads} heads, {r.kv_heads} KV heads (multi-head attention)")
-    t.add_row("weights", f"{fmt_bytes(r.weights_bytes)} ({r.params:,} params x {r.dtype_bytes:g} B)")
+    t.add_row("weights", f"{fmt_bytes(r.weights_bytes)} ({r.params:,} params " +
+              (f"{r.weights_note})" if r.weights_note else f"x {r.dtype_bytes:g} B)"))
     if r.device:
         t.add_row("device", f"{r.device}: {fmt_bytes(r.device_memory_bytes)}")
         verdict = "fits" if r.fits else "does NOT fit"
@@ -46,3 +47,12 @@ def serve_table(model: str, n_requests: int, rate: float, max_batch: int, result
                   f"{r.ttft_p(50):.2f}", f"{r.ttft_p(99):.2f}",
                   f"{own['reserved_tokens_avg']:.0f} vs {own['used_tokens_avg']:.0f} tok ({own['waste']:.1%})")
     return t
+
+
+def generation_line(res, kv: str) -> str:
+    """`effml generate`'s closing line from a GenerateResult or SpecResult (typed attributes, no dict keys)."""
+    line = f"{len(res.tokens)} tokens in {res.time_s:.2f} s ({res.tokens_per_s:.1f} tok/s), kv={kv}"
+    if hasattr(res, "gamma"):  # speculative
+        return line + (f", γ={res.gamma}, α={res.alpha:.2f}, {res.tokens_per_target_call:.2f} tokens/target call, "
+                       f"c={res.c:.3f}, v={res.v:.2f}, formula speedup {res.formula_speedup:.2f}x")
+    return line + f", time to first token {res.ttft_s:.2f} s"

@@ -15,10 +15,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from effml.errors import ConfigError
+from effml.registries import Registry
 from effml.measure.memory import PeakMemory, PeakTracker
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+# the timers a measurement may read: wall time (latency) or the calling thread's CPU time
+CLOCKS: Registry[Callable[[], float]] = Registry("clock")
+CLOCKS.add("wall", time.perf_counter)
+CLOCKS.add("cpu", time.thread_time)
 
 
 def clock_fn(name: str):
