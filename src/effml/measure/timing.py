@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from effml.errors import ConfigError
-from effml.registries import Registry
 from effml.measure.memory import PeakMemory, PeakTracker
+from effml.registries import Registry
 
 
 # the timers a measurement may read: wall time (latency) or the calling thread's CPU time
