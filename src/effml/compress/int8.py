@@ -65,14 +65,10 @@ def dynamic_targets(model: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
 
 
 def dynamic_notes(model: nn.Module, engine: str, how: str) -> list[str]:
-    notes = [f"dynamic int8 on the {engine!r} engine ({how}; activations quantized per tensor per call"
-             f"{', 7-bit reduce_range' if engine in ('x86', 'fbgemm') else ''}; CPU capability "
-             f"{torch.backends.cpu.get_cpu_capability()})"]
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    if convs:
-        notes.append(f"{len(convs)} conv layer(s) stay fp32: PyTorch has no dynamic int8 conv kernel "
-                     "(use StaticInt8Config for convs)")
-    return notes
+    """What ran (the conv layers left in float are each listed in the result's `skipped`)."""
+    return [f"dynamic int8 on the {engine!r} engine ({how}; activations quantized per tensor per call"
+            f"{', 7-bit reduce_range' if engine in ('x86', 'fbgemm') else ''}; CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()})"]
 
 
 def dynamic_int8(model: nn.Module, skip: tuple[str, ...] = (), per_channel: bool = True
@@ -137,10 +133,8 @@ def static_int8(model: nn.Module, calibration, example_inputs: tuple, skip: tupl
         q = become(model, convert_fx(prepared))
     finally:
         w.__exit__(None, None, None)
-    left = [n for n in float_layers(q)]
     names = [n for n in before if n not in skip]
     notes = [f"static int8 (FX PTQ, {engine!r} engine, per-channel weights, histogram-calibrated activations; "
              f"CPU capability {torch.backends.cpu.get_cpu_capability()})"]
-    if left:
-        notes.append(f"left in fp32 (no int8 kernel or skipped): {', '.join(left)}")
+    # the layers left in float are listed, each with its reason, in the result's `skipped`
     return q, names, notes

@@ -76,7 +76,7 @@ def _compress(verb: str, model: nn.Module, cfg: dict, ctx: StudyContext) -> Step
     rep = compress(model, [config], data=ctx.data.train, example_inputs=ctx.example_inputs,
                    finetune=TrainLoopConfig(epochs=ctx.finetune_epochs, lr=5e-4, seed=ctx.seed),
                    calibration=[(ctx.data.calibration(256), None)], progress=ctx.progress)
-    return StepOut(rep.model, rep.stored_bytes, list(rep.notes))
+    return StepOut(rep.model, rep.stored_bytes, list(rep.notes) + [f"skipped {n}: {why}" for n, why in rep.skipped])
 
 
 @step("prune")
