@@ -34,6 +34,7 @@ def test_llama_2_7b_params_and_bf16_weights():
     p = effml.profile(spec.model, *spec.args, forward_kwargs=spec.kwargs)
     assert p.params == 6_738_415_616  # the published count
     assert p.memory("bf16") == 2 * 6_738_415_616 == p.param_bytes  # profiled in bf16: 13.48 GB
+    assert p.meta["embedding_params"] == 2 * 32000 * 4096  # embed_tokens + untied lm_head: fp16 in int4 checkpoints
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bert-base", "vit-base", "resnet-50", "mobilenet-v2", "smollm2-135m"])

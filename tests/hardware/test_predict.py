@@ -150,3 +150,27 @@ def test_to_dict_keys():
         assert k in d
     assert {"compute", "memory"} <= set(d["energy_j"])
     assert d["bound"] in ("compute", "memory") and len(d["ops"]) == 2
+
+
+def test_int4_checkpoint_bytes_count_group_params_and_fp16_embeddings():
+    # GPTQ/AWQ int4 at group 128: per weight 4 bits + per group a 16-bit scale and a 4-bit packed zero:
+    # 4 + 20/128 = 4.15625 bits = 0.51953125 B; the embeddings and output head stay fp16 (2 B).
+    # Llama-2-7B: 6,738,415,616 params of which 2·32000·4096 = 262,144,000 embedding/head:
+    # 6,476,271,616 x 0.51953125 + 262,144,000 x 2 = 3,364,625,488 + 524,288,000 = 3,888,913,488 B
+    # (params x 0.5 = 3,369,207,808 B said before, 13% less than the checkpoint holds).
+    from effml.hardware.capacity import stored_weights
+
+    s = stored_weights(6_738_415_616, "int4", 262_144_000)
+    assert s.bytes == 6_476_271_616 * (4 + 20 / 128) / 8 + 262_144_000 * 2 == 3_888_913_488
+    assert "4.15625 bits/weight" in s.note and "kept in fp16" in s.note
+    assert stored_weights(1000, "int8", 100).bytes == 900 + 200  # int8 weights, fp16 embeddings
+    assert stored_weights(1000, "bf16", 100).bytes == 2000 and stored_weights(1000, "bf16").note == ""
+
+
+def test_predict_fit_uses_the_int4_checkpoint_bytes():
+    # a profile of 1,000,000 params, 200,000 of them embeddings, predicted in int4 on an A100 (it has int4)
+    p = prof([GEMV], params=1_000_000)
+    p.meta["embedding_params"] = 200_000
+    pred = predict(p, "a100", dtype="int4")
+    assert pred.fit.weights_bytes == 800_000 * 0.51953125 + 200_000 * 2 == 815_625
+    assert "g128" in pred.fit.weights_note and pred.fit.to_dict()["weights_note"] == pred.fit.weights_note

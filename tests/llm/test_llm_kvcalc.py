@@ -104,3 +104,10 @@ def test_cli_table_and_error(capsys):
     assert main(["kv", "--config", "llama-2-7b", "--seq", "99999"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "context of 4096" in err[0]
+
+
+def test_int4_weights_beside_the_cache_are_what_the_checkpoint_holds():
+    # Llama-2-7B in int4 (GPTQ/AWQ g128): 6,476,271,616 quantized weights x 4.15625 bits + 262,144,000 fp16
+    # embedding/head weights x 2 B = 3,888,913,488 B, not 6,738,415,616 x 0.5 = 3,369,207,808 B
+    r = kv_report("llama-2-7b", seq=4096, dtype="int4")
+    assert r.weights_bytes == 3_888_913_488 and "kept in fp16" in r.weights_note

@@ -23,7 +23,7 @@ from effml.cost.formulas.linalg import AttentionShape, grouped_mm_on_meta
 from effml.cost.masks import Shadows
 from effml.cost.profile import OpEvent, Profile
 from effml.cost.registry import OpCost, bytes_of, lookup, tensors
-from effml.cost.tracking import LiveMemory, ModuleTracker, weights
+from effml.cost.tracking import LiveMemory, ModuleTracker, embedding_params, weights
 from effml.errors import EffmlError, ModelError
 from effml.units import dtype_name
 
@@ -293,7 +293,8 @@ def profile(model: nn.Module, *example_inputs, backward: bool = False, forward_k
             "device": str((params or inputs)[0].device) if (params or inputs) else "cpu",
             "backward": backward,
             "torch": torch.__version__,
-            "unknown_masks": counter.shadows.unknown,  # explicit attention masks too large to read: all pairs
+            "unknown_masks": counter.shadows.unknown,
+            "embedding_params": embedding_params(model),  # stay fp16 in an int4/int8 checkpoint  # explicit attention masks too large to read: all pairs
         },
     )
 

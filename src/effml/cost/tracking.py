@@ -31,6 +31,19 @@ def weights(model: nn.Module) -> tuple[int, int]:
     return sum(t.numel() for t in tensors_), sum(t.numel() * t.element_size() for t in tensors_)
 
 
+def embedding_params(model: nn.Module) -> int:
+    """Parameters of the nn.Embedding modules and of the output head (transformers' get_output_embeddings),
+    each tensor once (a tied head is the input embedding): what weight-only quantizers leave unquantized."""
+    seen: dict[int, int] = {}
+    for mod in model.modules():
+        if isinstance(mod, nn.Embedding):
+            seen.update((id(p), p.numel()) for p in mod.parameters())
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, nn.Module):
+        seen.update((id(p), p.numel()) for p in head.parameters())
+    return sum(seen.values())
+
+
 class ModuleTracker:
     """Names of the modules active at each op: a stack in forward; in backward, the modules whose output
     gradients have arrived and whose input gradients have not (found with multi-grad hooks, as

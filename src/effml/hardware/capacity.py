@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from effml.hardware.catalog import Device
-from effml.units import fmt_bytes
+from effml.units import DTYPE_BYTES, fmt_bytes
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Fit:
     activation_bytes: float
     kv_cache_bytes: float
     checks: tuple[FitCheck, ...]
+    weights_note: str = ""  # how quantized weights are stored (stored_weights), empty for plain dtypes
 
     @property
     def fits(self) -> bool:
@@ -60,10 +61,43 @@ class Fit:
     def to_dict(self) -> dict:
         return {"fits": self.fits, "weights_bytes": self.weights_bytes, "activation_bytes": self.activation_bytes,
                 "kv_cache_bytes": self.kv_cache_bytes, "checks": [c.to_dict() for c in self.checks],
-                "message": self.message}
+                "message": self.message, "weights_note": self.weights_note}
 
 
-def check_fit(device: Device, weights_bytes: float, activation_bytes: float, kv_cache_bytes: float = 0.0) -> Fit:
+INT4_GROUP = 128  # weights per quantization group (GPTQ's and AWQ's default, "g128")
+GROUP_PARAM_BYTES = 2 + 0.5  # per group: an fp16 scale and a 4-bit zero point (GPTQ/AWQ pack qzeros 8 per int32)
+EMBEDDING_BYTES = 2  # quantizers leave the embeddings and the output head in fp16
+
+
+@dataclass(frozen=True)
+class StoredWeights:
+    """The bytes a checkpoint of the weights holds, and how it stores them (empty note: plain dtype)."""
+
+    bytes: float
+    note: str = ""
+
+
+def stored_weights(params: int, dtype: str, embedding_params: int = 0, group: int = INT4_GROUP) -> StoredWeights:
+    """Weights as a real checkpoint stores them. Float dtypes: params x bytes. int8/int4 (weight-only, as GPTQ,
+    AWQ, torchao store them): the embedding and output-head weights stay fp16; int4 (GPTQ/AWQ layout: qweight,
+    fp16 scales, 4-bit packed qzeros) adds per group of `group` weights a 16-bit scale and a 4-bit zero:
+    4 + 20/128 = 4.156 bits per weight at g128 (the per-input-row g_idx and int8's one scale per output channel
+    are < 0.1% of the bytes and not counted)."""
+    per = DTYPE_BYTES[dtype]
+    if dtype not in ("int4", "int8"):
+        return StoredWeights(params * per)
+    quantized = params - embedding_params
+    if dtype == "int4":
+        per = per + GROUP_PARAM_BYTES / group
+        how = f"int4 g{group} with an fp16 scale + 4-bit zero per group: {8 * per:g} bits/weight"
+    else:
+        how = "int8 per-channel"
+    return StoredWeights(quantized * per + embedding_params * EMBEDDING_BYTES,
+                         f"{how}; {embedding_params:,} embedding/output-head weights kept in fp16")
+
+
+def check_fit(device: Device, weights_bytes: float, activation_bytes: float, kv_cache_bytes: float = 0.0,
+              weights_note: str = "") -> Fit:
     """Weights + activations + KV cache vs memory; MCUs: weights vs flash, the rest vs SRAM."""
     if device.kind == "mcu":
         checks = (FitCheck("flash", weights_bytes, float(device.flash_bytes.value), True),
@@ -71,4 +105,4 @@ def check_fit(device: Device, weights_bytes: float, activation_bytes: float, kv_
     else:
         checks = (FitCheck("memory", weights_bytes + activation_bytes + kv_cache_bytes,
                            float(device.memory_bytes.value)),)
-    return Fit(weights_bytes, activation_bytes, kv_cache_bytes, checks)
+    return Fit(weights_bytes, activation_bytes, kv_cache_bytes, checks, weights_note)

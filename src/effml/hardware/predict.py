@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from effml.errors import ConfigError
 from effml.hardware.catalog import Device, DeviceError, get_device
 from effml.hardware.energy import Energy, EnergyScale, energy_scale, op_energy
-from effml.hardware.capacity import Fit, check_fit
+from effml.hardware.capacity import Fit, StoredWeights, check_fit, stored_weights
 from effml.hardware.kernels import kernel_cost, predict_kernel_times
 from effml.hardware.roofline import (
     FLOAT_DTYPES,
@@ -226,10 +226,10 @@ def predict(profile, hw: "str | Device", dtype: str | None = None, batch: int | 
     # memory fit: weights and peak activations at the run dtype
     act_scale = DTYPE_BYTES[run] / DTYPE_BYTES[counted_float] if counted_float else 1.0
     if dtype is None and profile.param_bytes:
-        weights = float(profile.param_bytes)
-    else:
-        weights = profile.params * DTYPE_BYTES[run]
-    fit = check_fit(device, weights, profile.peak_activation_bytes * act_scale, kv_cache_bytes)
+        stored = StoredWeights(float(profile.param_bytes))
+    else:  # int4/int8: what a quantized checkpoint holds (group scales, fp16 embeddings)
+        stored = stored_weights(profile.params, run, int(profile.meta.get("embedding_params", 0)))
+    fit = check_fit(device, stored.bytes, profile.peak_activation_bytes * act_scale, kv_cache_bytes, stored.note)
     module_calls = sum(info.calls for name, info in profile.modules.items())
     mod_fig = device.overhead_s.get(MODULE_CALL)
     module_overhead = module_calls * float(mod_fig.value) if mod_fig is not None else 0.0

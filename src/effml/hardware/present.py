@@ -82,6 +82,8 @@ def prediction_table(preds: dict, title: str):
         ("$ per 1M inferences", lambda p: _usd(p.usd_per_1m)),
         ("fits", lambda p: "yes: " + p.fit.message if p.fits else "[red]NO[/red]: " + p.fit.message),
     ]
+    if any(p.fit.weights_note for p in preds.values()):
+        rows.append(("weights stored as", lambda p: p.fit.weights_note or "-"))
     for label, fn in rows:
         t.add_row(label, *(fn(p) for p in preds.values()))
     return t

@@ -59,6 +59,7 @@ class KVReport:
     max_batch: int | None = None  # sequences of `seq` tokens whose cache fits beside the weights
     window: int | None = None  # sliding-window size of the windowed layers (rolling buffer), None: none
     windowed_layers: int = 0  # layers holding min(seq, window) tokens; the others hold seq
+    weights_note: str = ""  # how int4/int8 weights are stored (group scales, fp16 embeddings); "" for floats
 
     @property
     def gqa_saving(self) -> float:
@@ -118,7 +119,12 @@ def kv_report(config: str, seq: int, batch: int = 1, dtype: str = "fp16", hw: st
     total = shape.bytes(q.batch, q.seq, dt)  # = kv_bytes(...) without sliding-window layers
     mha = total * heads / shape.kv_heads
     params = _params(cfg)
-    weights = params * DTYPE_BYTES[dt]
+    from effml.hardware.capacity import stored_weights
+
+    tied = bool(getattr(hf, "tie_word_embeddings", False))
+    embeddings = int(hf.vocab_size) * int(hf.hidden_size) * (1 if tied else 2)  # input table + output head
+    stored = stored_weights(params, dt, embeddings)
+    weights = stored.bytes
     dev_name = mem = max_batch = None
     if q.hw:
         from effml.hardware import get_device
@@ -129,4 +135,5 @@ def kv_report(config: str, seq: int, batch: int = 1, dtype: str = "fp16", hw: st
         max_batch = max(0, math.floor((mem - weights) / per_seq))
     return KVReport(cfg.name, shape.layers, heads, shape.kv_heads, shape.head_dim, q.seq, q.batch, dt,
                     DTYPE_BYTES[dt], total, total / (q.seq * q.batch), mha, params, weights, dev_name, mem, max_batch,
-                    max((w for w in shape.windows if w is not None), default=None), shape.windowed_layers)
+                    max((w for w in shape.windows if w is not None), default=None), shape.windowed_layers,
+                    stored.note)
