@@ -244,3 +244,25 @@ def test_a_hand_edited_weights_artifact_is_named(tmp_path):
                                               r"cannot be loaded into the model \(SafetensorError"):
             run_study(cfg, s)
         assert s.runs() == []
+
+
+def test_a_dropped_column_and_a_text_artifact_are_named(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "runs.db"
+    with Store(db) as s:
+        s.put(_run("a"))
+        s.put_artifact("s", "weights:a", b"\x00\x01")
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE artifacts SET data = 'text, not bytes'")
+    conn.commit()
+    conn.close()
+    with Store(db) as s:
+        with pytest.raises(ConfigError, match=r"table artifacts, key 'weights:a' \(study 's'\): field 'data' is str"):
+            s.get_artifact("s", "weights:a")
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE runs DROP COLUMN machine")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigError, match=r"runs.db': table runs has no column\(s\) machine \(hand-edited\?\)"):
+        Store(db)

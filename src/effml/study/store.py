@@ -61,6 +61,9 @@ class Run:
         return asdict(self)
 
 
+_COLUMNS = {"meta": ("key", "value"),
+            "runs": ("id", "study", "key", "name", "chain", "metrics", "predictions", "machine", "created"),
+            "artifacts": ("study", "key", "data")}
 _JSON_FIELDS = (("chain", list), ("metrics", dict), ("predictions", dict), ("machine", dict))
 # the numbers the report and the terminal table compute with: what each must be when present (null is allowed)
 _METRICS = {"accuracy": "fraction", "params": "nonneg", "model_bytes": "positive", "flops": "nonneg",
@@ -195,6 +198,16 @@ class Store:
         if self.conn.execute("PRAGMA application_id").fetchone()[0] == 0:  # a store made before the id
             self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         self._check_version()
+        self._check_columns()
+
+    def _check_columns(self) -> None:
+        """Every column effml reads is there (a hand-edited table is named here, not by a failing query)."""
+        for table, cols in _COLUMNS.items():
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in cols if c not in have]
+            if missing:
+                raise ConfigError(f"store {str(self.path)!r}: table {table} has no column(s) {', '.join(missing)} "
+                                  "(hand-edited?); use the effml that wrote it, or another --store path")
 
     def _check_version(self) -> None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -291,4 +304,9 @@ class Store:
 
     def get_artifact(self, study: str, key: str) -> bytes | None:
         row = self.conn.execute("SELECT data FROM artifacts WHERE study = ? AND key = ?", (study, key)).fetchone()
-        return bytes(row[0]) if row else None
+        if row is None:
+            return None
+        if not isinstance(row[0], (bytes, memoryview)):
+            raise ConfigError(f"store {str(self.path)!r}, table artifacts, key {key!r} (study {study!r}): field 'data' "
+                              f"is {type(row[0]).__name__}, not bytes (hand-edited?); delete that row")
+        return bytes(row[0])
