@@ -29,10 +29,10 @@ from common import print_table, write_results
 
 from effml.train import TrainConfig, train_memory
 from effml.train import checkpoint as ckpt
-from effml.train.loop import _gpt_init
 from effml.train.measured import AllocatorPeak, measure_step
 from effml.train.recipes import Batch, TrainStep
 from effml.zoo import GPT, GPTConfig
+from effml.zoo.gpt import init_gpt_weights
 from effml.zoo.text import BatchSampler, kjv_corpus
 
 B, T, LAYERS, D, HEADS = 8, 256, 12, 128, 4
@@ -42,7 +42,7 @@ MEMORY_CLAIM, TIME_CLAIM = 0.75, 0.35
 def build():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=LAYERS, n_embd=D, n_head=HEADS, block_size=T))
-    _gpt_init(model)
+    init_gpt_weights(model, scale_residual=False)
     return model.train()
 
 

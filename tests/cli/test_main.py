@@ -85,6 +85,15 @@ def test_several_devices_give_one_answer_each(capsys):
     assert d["h100"]["max_batch"] > d["t4"]["max_batch"] >= 1  # 80 GB vs 16 GB beside the same weights
 
 
+def test_train_mem_fits_each_device(capsys):
+    assert main(["train-mem", "--config", "gpt2", "--precision", "fp32", "--hw", "h100", "t4", "--no-suggest",
+                 "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)["devices"]
+    assert d["h100"]["fit"]["target"]["capacity_bytes"] == 80e9 and d["t4"]["fit"]["target"]["capacity_bytes"] == 16e9
+    # both GPUs run the same fused attention kernel: the same estimate, judged against each one's memory
+    assert d["h100"]["estimate"]["peak_bytes"] == d["t4"]["estimate"]["peak_bytes"]
+
+
 @pytest.mark.parametrize("argv, text", [
     (["profile", "--model", "lenet5", "--by", "op", "--depth", "3"], "--depth does not apply to --by op"),
     (["profile", "--model", "lenet5", "--by", "op", "--json"], "--by does not apply to --json"),

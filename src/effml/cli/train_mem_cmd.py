@@ -10,7 +10,7 @@ from effml.cli.common import (
     add_json_flag,
     add_model_flags,
     console,
-    one_hw,
+    parse_hw,
     parse_sets,
     parse_shape,
     positive_int,
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
                    help="mixed-precision model-state layout: torch-amp (fp32 weights + fp32 grads + moments, "
                         "PyTorch AMP/ZeroRedundancyOptimizer; default) or zero-paper (bf16 weights + grads, fp32 "
                         "master + moments: the ZeRO paper's 2 + 2 + 12 B/param)")
-    add_hw_flag(p, help="the device to fit on (effml hw list); default: this machine's RAM")
+    add_hw_flag(p, help="device(s) to fit on, space- or comma-separated (effml hw list); default: this machine's RAM")
     p.add_argument("--no-suggest", action="store_true", help="do not search for a change that fits")
     add_json_flag(p)
     p.set_defaults(run=run)
@@ -61,26 +61,31 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(optimizer=args.optimizer, precision=args.precision, checkpointing=args.checkpointing,
                       micro_batch=args.batch, grad_accum=args.grad_accum, world_size=args.world_size,
                       zero_stage=args.zero, layout=args.layout)
-    tgt = target(one_hw(args.hw))
-    check_target_precision(tgt, cfg.precision)
+    targets = [target(hw) for hw in parse_hw(args.hw) or [None]]  # None: this machine's RAM
+    for tgt in targets:  # a precision a device cannot run is refused before any simulation
+        check_target_precision(tgt, cfg.precision)
     shape = parse_shape(args.input_shape) if args.input_shape else None
     con = console()
+    reports = []
     with con.status("building the model on meta…", spinner="dots") as status:
         spec = resolve(config=args.config, model=args.model, input_shape=shape, batch=args.batch, seq=args.seq,
                        device="meta", model_args=parse_sets(args.set))
-        est = estimator_for(spec, tgt)
-        if args.no_suggest:
-            status.update(f"simulating {cfg.precision}, micro-batch {cfg.micro_batch}…")
-            from effml.train.capacity import FitReport
+        for tgt in targets:
+            est = estimator_for(spec, tgt)  # the target's attention kernel: one estimator per device
+            if args.no_suggest:
+                status.update(f"simulating {cfg.precision}, micro-batch {cfg.micro_batch} for {tgt.name}…")
+                from effml.train.capacity import FitReport
 
-            report = FitReport(est(cfg), tgt, None, ())
-        else:
-            report = fit_report(est, cfg, tgt, progress=lambda msg: status.update(msg + "…"))
+                reports.append(FitReport(est(cfg), tgt, None, ()))
+            else:
+                reports.append(fit_report(est, cfg, tgt, progress=lambda msg: status.update(msg + "…")))
     if args.json:
-        print_json({"model": spec.to_dict(), "estimate": report.estimate.to_dict(), "fit": report.to_dict()})
+        one = [{"estimate": r.estimate.to_dict(), "fit": r.to_dict()} for r in reports]
+        body = one[0] if len(one) == 1 else {"devices": dict(zip(parse_hw(args.hw), one))}
+        print_json({"model": spec.to_dict(), **body})
         return 0
     from effml.train.present import memory_report
 
-    con.print(memory_report(report))
+    for report in reports:
+        con.print(memory_report(report))
     return 0
-
