@@ -97,29 +97,13 @@ def lr_at(step: int, spec: RunSpec) -> float:
     return spec.peak_lr * (spec.min_lr_frac + (1 - spec.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def init_weights(model, std: float = 0.02) -> None:
-    """nanoGPT's initialisation: N(0, 0.02) weights and embeddings, zero biases, residual projections scaled
-    by 1/√(2·n_layer). The zoo GPT keeps PyTorch's defaults, whose N(0, 1) tied embeddings start the loss at
-    ~7 nats instead of ln 65 = 4.17 and cost a visible share of a few-hundred-step run."""
-    import torch
-    from torch import nn
-
-    n_layer = len(model.blocks)
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            scale = 1 / math.sqrt(2 * n_layer) if name.endswith(("attn.proj", "mlp.2")) else 1.0
-            torch.nn.init.normal_(module.weight, mean=0.0, std=std * scale)
-            if getattr(module, "bias", None) is not None:
-                torch.nn.init.zeros_(module.bias)
-
-
 def train_run(spec: RunSpec, corpus=None) -> RunResult:
     """Train one tiny GPT on KJV for spec.tokens tokens and measure its validation loss."""
     import torch
     import torch.nn.functional as F
 
     from effml.train import core
-    from effml.zoo.gpt import GPT
+    from effml.zoo.gpt import GPT, init_gpt_weights
     from effml.zoo.text import BatchSampler, kjv_corpus
 
     corpus = corpus if corpus is not None else kjv_corpus()
@@ -129,7 +113,7 @@ def train_run(spec: RunSpec, corpus=None) -> RunResult:
                           "(the law assumes no repeated data)")
     torch.manual_seed(spec.seed)
     model = GPT(cfg)
-    init_weights(model)
+    init_gpt_weights(model)  # nanoGPT's, residual projections scaled by 1/sqrt(2 n_layer)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.peak_lr, betas=(0.9, 0.95), weight_decay=spec.weight_decay)
     sampler = BatchSampler(corpus.train, spec.batch_size, spec.block_size, seed=spec.seed)
     t0 = time.perf_counter()

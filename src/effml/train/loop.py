@@ -161,18 +161,10 @@ def build_model(run: RunConfig) -> tuple[torch.nn.Module, object]:
     torch.manual_seed(run.seed)
     model = build(**kwargs)
     if entry.vocab:
-        _gpt_init(model)
+        from effml.zoo.gpt import init_gpt_weights
+
+        init_gpt_weights(model, scale_residual=False)  # N(0, 0.02) everywhere, as effml train always did
     return model, entry
-
-
-def _gpt_init(model: torch.nn.Module) -> None:
-    """GPT-2's initialisation (as nanoGPT): weights N(0, 0.02), biases 0. The zoo GPT keeps PyTorch's
-    defaults, whose N(0, 1) tied embedding makes the first loss ~85 nats instead of ln(65) = 4.2."""
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
-            torch.nn.init.normal_(m.weight, 0.0, 0.02)
-            if getattr(m, "bias", None) is not None:
-                torch.nn.init.zeros_(m.bias)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------
