@@ -10,7 +10,12 @@ from effml.cli.common import add_json_flag, console, nonneg_float, nonneg_int, p
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate text (streams tokens); --speculative DRAFT for speculative decoding",
                        description="Generate with a KV cache (paged, contiguous or none), optionally speculatively.")
-    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default), tiny, tiny-draft")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="smollm2-135m (default), tiny, tiny-draft, package.module:callable, or a local Hugging Face "
+                        "checkpoint directory (config.json + *.safetensors + tokenizer; Llama, Qwen2, Mistral)")
+    p.add_argument("--format", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
+                   help="weight format in the engine: fp32 (default), bf16, int8 or int4 weight-only (LM head int8)")
+    p.add_argument("--group-size", type=positive_int, default=32, help="int4 group size (32, 64, 128; default 32)")
     p.add_argument("--prompt", required=True, help="the user message (wrapped in the model's chat template)")
     p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most (default 64)")
@@ -20,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--speculative", metavar="DRAFT",
                    help="draft model: smollm2-135m-draft (distilled here; built once, minutes), layers:0,1,29 "
                         "(a layer subset of the target), or a model name")
-    p.add_argument("--gamma", default="4", help="draft tokens per target call, or 'auto' (default 4)")
+    p.add_argument("--gamma", default=None, help="with --speculative: draft tokens per target call, or 'auto' "
+                                                  "(default 4)")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     p.add_argument("--seed", type=nonneg_int, default=0, help="sampling seed (default 0)")
     add_json_flag(p)
@@ -61,14 +67,17 @@ def run(args) -> int:
 
     from effml.errors import ConfigError
     from effml.llm.generate import GenerateConfig, generate
+    from effml.llm.engine import FormatConfig, prepare, to_format
     from effml.llm.registry import load_draft
-    from effml.models import load_llm
     from effml.llm.speculative import SpecConfig, speculative_generate
 
     err = Console(stderr=True)
+    if args.gamma is not None and not args.speculative:
+        raise ConfigError(f"--gamma {args.gamma} needs --speculative DRAFT (γ is the number of draft tokens per "
+                          f"target call)")
     with err.status(f"loading {args.model} (the first SmolLM2 run converts the GGUF once, ~1 min)",
                     spinner="dots") if not args.json else _null():
-        lm = load_llm(args.model)
+        lm = _load(args.model)
     tok = lm.tokenizer
     if not args.prompt.strip():
         raise ConfigError("--prompt is empty: give the text to continue or answer")
@@ -85,6 +94,7 @@ def run(args) -> int:
             sys.stdout.flush()
             printed[0] = text
 
+    draft = None
     if args.speculative:
         bar, cb = _progress(err, args.json)
         try:
@@ -92,7 +102,15 @@ def run(args) -> int:
         finally:
             if bar is not None:
                 bar.stop()
-        cfg = SpecConfig(gamma=_gamma(args.gamma), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    notes = to_format(lm.model, FormatConfig(args.format, group_size=args.group_size))
+    plan = prepare(lm.model)
+    if draft is not None and draft is not lm.model:
+        prepare(draft)
+    if not args.json:
+        for n in notes + plan.notes:
+            err.print(f"note: {n}", style="dim", highlight=False)
+    if args.speculative:
+        cfg = SpecConfig(gamma=_gamma(args.gamma or "4"), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_k=args.top_k, kv=args.kv, stop_token=stop, seed=args.seed)
         res = speculative_generate(lm.model, draft, ids, cfg, on_token)
     else:
@@ -100,16 +118,44 @@ def run(args) -> int:
                              kv=args.kv, stop_token=stop, seed=args.seed)
         res = generate(lm.model, ids, cfg, on_token)
     text = tok.decode(res.tokens)
+    roof = _roofline(lm.model, res, len(ids))
     if args.json:
         print_json({"model": lm.name, "prompt": args.prompt, "text": text,
                     "mode": "speculative" if args.speculative else "plain", "draft": args.speculative,
-                    "kv": args.kv, "result": res.to_dict()})
+                    "kv": args.kv, "format": args.format, "engine": plan.to_dict(), "notes": notes,
+                    "result": res.to_dict(), "roofline": roof.to_dict() if roof else None})
         return 0
     sys.stdout.write(text[len(printed[0]):] + "\n")
     from effml.llm.present import generation_line
 
     console().print(generation_line(res, args.kv), style="dim", highlight=False)
+    if roof is not None:
+        console().print(f"decode {roof.line()}; format {args.format}, {', '.join(plan.kernels)}", style="dim",
+                        highlight=False)
     return 0
+
+
+def _load(spec: str):
+    """A checkpoint directory (config.json + safetensors) or a registry name / module:callable (effml.models)."""
+    from pathlib import Path
+
+    from effml.llm.checkpoint import load_checkpoint_llm
+    from effml.models import load_llm
+
+    if Path(spec).is_dir() or "/" in spec and ":" not in spec:
+        return load_checkpoint_llm(spec)
+    return load_llm(spec)
+
+
+def _roofline(model, res, prompt_len: int):
+    """The decode rate (tokens after the first, over the time after the first) beside the bandwidth bound."""
+    from effml.llm.roofline import decode_roofline
+
+    n = len(res.tokens)
+    ttft = getattr(res, "ttft_s", None)
+    if n < 2 or ttft is None or res.time_s <= ttft:
+        return None
+    return decode_roofline(model, (n - 1) / (res.time_s - ttft), prompt_len + n / 2)
 
 
 class _null:

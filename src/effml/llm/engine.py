@@ -119,6 +119,8 @@ def prepare(model: Transformer) -> EnginePlan:
     model.rope.build_table(min(model.args.max_seq_len, ROPE_TABLE_MAX))
     fmt, bf16 = weights_format(model), native_bf16()
     wol = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    for m in wol:
+        m._prepare()  # pack int4 codes and convert scales now, not inside the first request's prefill
     notes = []
     plain = [n for n, m in model.named_modules() if type(m) is nn.Linear and m.weight.dtype != torch.bfloat16]
     if wol and bf16 and not plain and all(m.act_dtype == torch.bfloat16 for m in wol):

@@ -37,6 +37,7 @@ class ModelArgs:
     max_seq_len: int = 8192
     tie_embeddings: bool = True
     head_tokens: int = 0  # > 0: the LM head scores only this many token ids (a draft's frequent tokens)
+    qkv_bias: bool = False  # q, k, v projections with a bias (Qwen2)
 
     def __post_init__(self):
         for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "max_seq_len"):
@@ -80,6 +81,7 @@ class ModelArgs:
         """Parameter count (tied embeddings counted once)."""
         d, L, hd = self.dim, self.n_layers, self.head_dim
         attn = d * d + 2 * d * self.n_kv_heads * hd + d * d  # wq, wk, wv, wo
+        attn += (d + 2 * self.n_kv_heads * hd) if self.qkv_bias else 0
         per_layer = attn + 3 * d * self.hidden_dim + 2 * d  # + SwiGLU (w1, w2, w3) + 2 RMSNorm weights
         head = 0 if self.tie_embeddings else (self.head_tokens or self.vocab_size) * d
         return self.vocab_size * d + L * per_layer + d + head
@@ -136,6 +138,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rot * sin
 
 
+def _rotate_bthd(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, T, heads, hd) (q and k heads side by side: one rotation for both); cos/sin: (B, T, hd)
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, :, None] + rot * sin[:, :, None]
+
+
 def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """softmax(q kᵀ/√hd + mask) v with H_kv < H heads, without repeating K/V.
 
@@ -162,22 +171,25 @@ class Attention(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = a.n_heads, a.n_kv_heads, a.head_dim
-        self.wq = nn.Linear(a.dim, a.n_heads * self.hd, bias=False)
-        self.wk = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=False)
-        self.wv = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=False)
+        self.wq = nn.Linear(a.dim, a.n_heads * self.hd, bias=a.qkv_bias)
+        self.wk = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=a.qkv_bias)
+        self.wv = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=a.qkv_bias)
         self.wo = nn.Linear(a.n_heads * self.hd, a.dim, bias=False)
         self.fused = False  # fuse_projections(): one wqkv matmul instead of wq, wk, wv
 
     def forward(self, x, cos, sin, cache, layer: int) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, C)
         if self.fused:
-            q, k, v = self.wqkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+            H = self.n_heads
+            qkv = self.wqkv(x).view(B, T, H + 2 * self.n_kv, self.hd)  # (B, T, H + 2 H_kv, hd)
+            qk = _rotate_bthd(qkv[:, :, :H + self.n_kv], cos, sin)  # (B, T, H + H_kv, hd)
+            q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)  # (B, H, T, hd), (B, H_kv, T, hd)
+            v = qkv[:, :, H + self.n_kv:].transpose(1, 2)  # (B, H_kv, T, hd)
         else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
-        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+            k = self.wk(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
+            v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         if cache is None:
             y = gqa_attention(q, k, v, causal_mask(T, x.device) if T > 1 else None)  # (B, H, T, hd)
         else:
@@ -250,6 +262,7 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(tokens)  # (B, T, C)
         if self.act_dtype is not None:
             x = x.to(self.act_dtype)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once, not in every layer
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i)
         if cache is not None:
@@ -284,12 +297,14 @@ def _fused(parts: list[nn.Module], name: str) -> nn.Module | None:
     """One module computing the parts' outputs concatenated on the last axis, or None if they cannot be fused."""
     from effml.compress.weight_only import WeightOnlyLinear
 
-    if all(type(p) is nn.Linear and p.bias is None for p in parts):
-        w = parts[0].weight
-        if any(p.weight.dtype != w.dtype for p in parts):
+    if all(type(p) is nn.Linear for p in parts):
+        w, bias = parts[0].weight, parts[0].bias is not None
+        if any(p.weight.dtype != w.dtype or (p.bias is not None) != bias for p in parts):
             return None
-        lin = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=False, dtype=w.dtype)
+        lin = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=bias, dtype=w.dtype)
         lin.weight = nn.Parameter(torch.cat([p.weight.detach() for p in parts]), requires_grad=False)  # (ΣO, I)
+        if bias:
+            lin.bias = nn.Parameter(torch.cat([p.bias.detach() for p in parts]), requires_grad=False)  # (ΣO,)
         return lin
     if all(type(p) is WeightOnlyLinear for p in parts):
         try:

@@ -208,9 +208,11 @@ def _accept(p: torch.Tensor, q: torch.Tensor, x: int, greedy: bool, gen) -> tupl
 @torch.no_grad()
 def speculative_generate(target: Transformer, draft: Transformer, prompt: list[int], config: SpecConfig = SpecConfig(),
                          on_token: Callable[[int], None] | None = None) -> SpecResult:
-    check_pair(target, draft)
     prompt = [int(t) for t in prompt]
     check_request(target, prompt, config.max_new_tokens)
+    if not isinstance(draft, Transformer):
+        raise ConfigError(f"the draft must be an effml.llm.model.Transformer, not {type(draft).__name__}")
+    check_pair(target, draft)
     greedy = config.temperature == 0
     gen = torch.Generator().manual_seed(config.seed)
     auto = config.gamma == "auto"

@@ -1,0 +1,191 @@
+"""Decode speed of SmolLM2-135M-Instruct per weight format, beside its bandwidth bound and HF `generate` (issue 15).
+
+Formats: fp32, bf16, int8 weight-only (per-channel), int4 weight-only (min-max groups of 32; LM head int8), each
+run in effml's engine (`engine.to_format` + `engine.prepare`: fused projections, bf16 activations where the CPU has
+bf16 arithmetic) and in transformers' `generate` on the same weights in the same format (HF's nn.Linear layers
+swapped for the same WeightOnlyLinear codes). Greedy, a fixed chat prompt, NEW_TOKENS tokens, 1 torch thread.
+Decode tokens/s excludes the prefill: effml from its per-token timestamps, HF as (N - 1) / (t(N) - t(1)). Rounds
+interleave every configuration, so load from other processes hits them alike; medians over rounds.
+Bound: read bandwidth (measured at the start and the end: a sum over 512 MiB, 1 thread) / bytes read per token
+(weights as stored + K/V at the mean context). `torch.compile` of the decode step is reported separately
+(`--compile`: its compile time and tokens/s), since it costs minutes to compile here.
+Run: `flock /tmp/effml_bench.lock python benchmarks/bench_decode.py [--rounds 3] [--tokens 64]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from common import claims_exit_code, print_table, write_results
+
+FORMATS = ("fp32", "bf16", "int8", "int4")
+PROMPT = "Explain in a few sentences why the sky is blue."
+TARGETS = {"int8_vs_fp32": 2.0, "int4_vs_fp32": 2.5, "int4_vs_hf_fp32": 3.0, "fp32_fraction": 0.70,
+           "other_fraction": 0.60}
+
+
+def hf_in_format(hf, fmt: str):
+    """transformers' model in the format: bf16, or its nn.Linear layers as the same weight-only codes."""
+    import torch
+
+    from effml.compress.weight_only import weight_only
+
+    if fmt == "bf16":
+        return hf.to(torch.bfloat16)
+    if fmt in ("int8", "int4"):
+        bits = 8 if fmt == "int8" else 4
+        weight_only(hf, bits, 32, "packed", ("lm_head",))
+        weight_only(hf, 8, 32, "packed")  # the head: int8, as in effml's int4 format
+    return hf
+
+
+def hf_decode(hf, ids: list[int], n: int) -> tuple[float, list[int]]:
+    import torch
+
+    x = torch.tensor([ids])
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        hf.generate(x, max_new_tokens=1, min_new_tokens=1, **kw)
+        t1 = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = hf.generate(x, max_new_tokens=n, min_new_tokens=n, **kw)
+        tn = time.perf_counter() - t0
+    return (n - 1) / max(tn - t1, 1e-9), out[0, len(ids):].tolist()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the model (minutes)")
+    ap.add_argument("--out", default="llm_decode")
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    from effml.llm.engine import FormatConfig, native_bf16, prepare, to_format
+    from effml.llm.generate import GenerateConfig, generate
+    from effml.llm.registry import load_model
+    from effml.llm.roofline import decode_roofline, read_bandwidth
+    from effml.llm.weights import load_hf_reference
+
+    formats = a.formats.split(",")
+    load = [os.getloadavg()[0]]
+    bw = [read_bandwidth()]
+    lm = load_model("smollm2-135m")
+    ids = lm.tokenizer.chat(PROMPT)
+    models, plans, notes, hfs = {}, {}, {}, {}
+    for f in formats:
+        m = copy.deepcopy(lm.model)
+        notes[f] = to_format(m, FormatConfig(f))
+        plans[f] = prepare(m)
+        models[f] = m
+        if not a.no_hf:
+            hfs[f] = hf_in_format(load_hf_reference(), f)
+    cfg = GenerateConfig(max_new_tokens=a.tokens)
+    for m in models.values():
+        generate(m, ids, GenerateConfig(max_new_tokens=4))  # warm-up (first-call packing, allocator)
+    tps = {(f, e): [] for f in formats for e in ("effml", "hf")}
+    toks: dict = {}
+    for r in range(a.rounds):
+        order = formats[r % len(formats):] + formats[:r % len(formats)]
+        for f in order:
+            print(f"round {r + 1}/{a.rounds}: {f}", flush=True)
+            res = generate(models[f], ids, cfg)
+            tps[(f, "effml")].append((len(res.tokens) - 1) / (res.time_s - res.ttft_s))
+            toks[(f, "effml")] = res.tokens
+            if f in hfs:
+                t, out = hf_decode(hfs[f], ids, a.tokens)
+                tps[(f, "hf")].append(t)
+                toks[(f, "hf")] = out
+    load.append(os.getloadavg()[0])
+    bw.append(_fresh_bw())
+    bandwidth = statistics.mean(bw)
+    ref = toks[(formats[0], "effml")]
+    rows, out = [], {}
+    med = {k: statistics.median(v) for k, v in tps.items() if v}
+    base = med.get(("fp32", "effml"))
+    for f in formats:
+        e = med[(f, "effml")]
+        rl = decode_roofline(models[f], e, len(ids) + a.tokens / 2, bandwidth)
+        hf = med.get((f, "hf"))
+        same = next((i for i, (x, y) in enumerate(zip(toks[(f, "effml")], ref)) if x != y), len(ref))
+        row = {"format": f, "effml tok/s": e, "bound tok/s": rl.bound_tokens_per_s, "of bound": rl.fraction,
+               "HF generate tok/s": hf, "effml / HF": e / hf if hf else None,
+               "× effml fp32": e / base if base else None,
+               "same greedy tokens as fp32": f"{same}/{len(ref)}",
+               "HF = effml tokens": toks.get((f, "hf")) == toks[(f, "effml")] if (f, "hf") in toks else None}
+        rows.append(row)
+        out[f] = {**row, "roofline": rl.to_dict(), "plan": plans[f].to_dict(), "notes": notes[f],
+                  "effml_rounds": tps[(f, "effml")], "hf_rounds": tps[(f, "hf")]}
+    print_table(f"SmolLM2-135M decode, 1 thread, {a.tokens} tokens, CPU {torch.backends.cpu.get_cpu_capability()}"
+                f", {bandwidth / 1e9:.1f} GB/s read, load {load[0]:.1f}-{load[1]:.1f}", rows)
+    claims = {}
+    if base:
+        for f, key in (("int8", "int8_vs_fp32"), ("int4", "int4_vs_fp32")):
+            if f in out:
+                v = out[f]["× effml fp32"]
+                claims[key] = {"value": v, "target": TARGETS[key], "holds": v >= TARGETS[key]}
+        fr = out["fp32"]["of bound"]
+        claims["fp32_fraction"] = {"value": fr, "target": 0.7, "holds": fr >= 0.7}
+    if "int4" in out and med.get(("fp32", "hf")):
+        v = out["int4"]["effml tok/s"] / med[("fp32", "hf")]
+        claims["int4_vs_hf_fp32"] = {"value": v, "target": 3.0, "holds": v >= 3.0}
+    for f in formats:
+        if f != "fp32":
+            fr = out[f]["of bound"]
+            claims[f"{f}_fraction"] = {"value": fr, "target": 0.6, "holds": fr >= 0.6}
+    compiled = _compile_run(models, ids, a.tokens) if a.compile else None
+    path = write_results(a.out, {"tokens": a.tokens, "rounds": a.rounds, "prompt": PROMPT, "native_bf16": native_bf16(),
+                                 "loadavg_start_end": load, "bandwidth_Bps_start_end": bw, "formats": out,
+                                 "compile": compiled, "claims": claims})
+    print(f"wrote {path}")
+    for k, c in claims.items():
+        print(f"{k}: {c['value']:.2f} (target {c['target']}) {'holds' if c['holds'] else 'NOT MET'}")
+    return claims_exit_code(claims)
+
+
+def _fresh_bw() -> float:
+    from effml.llm import roofline
+
+    roofline._BW_CACHE.clear()
+    return roofline.read_bandwidth()
+
+
+def _compile_run(models, ids, n) -> dict:
+    """torch.compile of the model's forward, eager vs compiled decode tokens/s interleaved, and the compile time."""
+    import torch
+
+    from effml.llm.generate import GenerateConfig, generate
+
+    res = {}
+    for f, m in models.items():
+        c = copy.copy(m)
+        t0 = time.perf_counter()
+        c.forward = torch.compile(m.forward, dynamic=True)
+        generate(c, ids, GenerateConfig(max_new_tokens=4))
+        ct = time.perf_counter() - t0
+        e, k = [], []
+        for _ in range(2):
+            r = generate(m, ids, GenerateConfig(max_new_tokens=n))
+            e.append((len(r.tokens) - 1) / (r.time_s - r.ttft_s))
+            r = generate(c, ids, GenerateConfig(max_new_tokens=n))
+            k.append((len(r.tokens) - 1) / (r.time_s - r.ttft_s))
+        res[f] = {"compile_s": ct, "eager_tok_s": statistics.median(e), "compiled_tok_s": statistics.median(k)}
+        print(f"compile {f}: {res[f]}", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Any Llama-family checkpoint into effml's decoder: a local Hugging Face directory or an in-memory transformers model.
+
+    model, tok = load_checkpoint("path/to/dir")     # config.json + *.safetensors (+ tokenizer files, optional)
+    lm = load_checkpoint_llm("path/to/dir")          # LoadedModel for `effml generate --model PATH`
+    model = from_transformers(hf_model)              # LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM
+
+Supported: Llama (SmolLM, TinyLlama, Llama 2/3 without long-context RoPE scaling), Qwen2 (biased q/k/v) and Mistral
+(within its sliding window: the context is capped at it). Refused by name: other architectures (GPT-2, BERT, ...),
+RoPE scaling (llama3, yarn, linear, dynamic), activations other than SiLU, MLP or output-projection biases, and a
+head_dim other than hidden_size / heads. Weights are read with safetensors (no pickle); `pytorch_model.bin` is
+not loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from effml.errors import ConfigError, ModelError
+from effml.llm.model import ModelArgs, Transformer, no_init
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}
+
+
+def _architecture(cfg: dict, where: str) -> str:
+    archs = cfg.get("architectures") or []
+    by_type = {v: k for k, v in ARCHITECTURES.items()}
+    arch = archs[0] if archs else by_type.get(cfg.get("model_type"), cfg.get("model_type") or "unknown")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"{where}: architecture {arch!r} is not supported by effml's decoder; supported: "
+                          f"{', '.join(ARCHITECTURES)} (for others use transformers' own generate)")
+    return arch
+
+
+def args_from_config(cfg: dict, where: str = "checkpoint") -> ModelArgs:
+    """ModelArgs for a Llama/Qwen2/Mistral config.json; refuses what the decoder would compute differently."""
+    arch = _architecture(cfg, where)
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in (None, "default"):
+        raise ConfigError(f"{where}: RoPE scaling {rope_type!r} is not implemented in effml's decoder")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{where}: activation {cfg.get('hidden_act')!r} is not supported (SwiGLU with SiLU only)")
+    if cfg.get("mlp_bias"):
+        raise ConfigError(f"{where}: MLP biases (mlp_bias=true) are not supported")
+    if arch == "LlamaForCausalLM" and cfg.get("attention_bias"):
+        raise ConfigError(f"{where}: attention_bias=true (an o_proj bias) is not supported")
+    heads, dim = cfg["num_attention_heads"], cfg["hidden_size"]
+    if cfg.get("head_dim") not in (None, dim // heads):
+        raise ConfigError(f"{where}: head_dim {cfg['head_dim']} differs from hidden_size / heads = {dim // heads}")
+    ctx = cfg.get("max_position_embeddings", 2048)
+    window = cfg.get("sliding_window") if (arch == "MistralForCausalLM" or cfg.get("use_sliding_window")) else None
+    ctx = min(ctx, window) if window else ctx  # inside the window, sliding-window attention is full attention
+    theta = rope.get("rope_theta", cfg.get("rope_theta") or 10000.0)
+    return ModelArgs(dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=heads,
+                     n_kv_heads=cfg.get("num_key_value_heads") or heads, vocab_size=cfg["vocab_size"],
+                     hidden_dim=cfg["intermediate_size"], norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                     rope_theta=float(theta), max_seq_len=ctx,
+                     tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                     qkv_bias=arch == "Qwen2ForCausalLM")
+
+
+def _hf_to_ours(name: str, where: str) -> str | None:
+    from effml.llm.weights import hf_to_ours
+
+    if name.endswith("rotary_emb.inv_freq"):
+        return None  # recomputed from rope_theta
+    try:
+        return hf_to_ours(name)
+    except ModelError:
+        raise ModelError(f"{where}: unexpected parameter {name!r} for a Llama-family decoder") from None
+
+
+def from_state_dict(cfg: dict, state: dict[str, torch.Tensor], where: str = "checkpoint",
+                    dtype: torch.dtype = torch.float32) -> Transformer:
+    args = args_from_config(cfg, where)
+    ours = {}
+    for k, v in state.items():
+        n = _hf_to_ours(k, where)
+        if n is not None:
+            ours[n] = v.to(dtype)
+    if args.tie_embeddings:
+        ours.pop("output.weight", None)
+    with no_init():
+        model = Transformer(args)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    missing = [m for m in missing if not (args.tie_embeddings and m == "output.weight")]
+    if missing or unexpected:
+        raise ModelError(f"{where}: weights do not match the config: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}")
+    if args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    return model.to(dtype).eval()
+
+
+def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
+    """(Transformer, Tokenizer or None) from a Hugging Face checkpoint directory (safetensors only)."""
+    from safetensors.torch import load_file
+
+    d = Path(path)
+    if not d.is_dir():
+        raise ConfigError(f"checkpoint {str(d)!r} is not a directory (expected config.json + *.safetensors)")
+    if not (d / "config.json").is_file():
+        raise ConfigError(f"checkpoint {str(d)!r} has no config.json: expected a Hugging Face directory "
+                          f"(config.json + *.safetensors)")
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        bins = ", ".join(p.name for p in d.glob("*.bin")) or "none"
+        raise ConfigError(f"checkpoint {str(d)!r} has no *.safetensors weights (found .bin: {bins}); effml loads "
+                          f"safetensors only (convert with transformers: save_pretrained(dir))")
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"checkpoint {str(d)!r}: config.json is not valid JSON ({e})") from None
+    args_from_config(cfg, str(d))  # refuse before reading the weights
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(f))
+    model = from_state_dict(cfg, state, str(d), dtype)
+    tok = None
+    if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
+        from effml.llm.weights import Tokenizer
+
+        tok = Tokenizer(Tokenizer.from_dir(d).hf, d.name)
+    return model, tok
+
+
+def load_checkpoint_llm(path: str | Path):
+    """A LoadedModel for the LLM commands; the directory must hold the tokenizer too."""
+    from effml.llm.registry import LoadedModel
+
+    model, tok = load_checkpoint(path)
+    if tok is None:
+        raise ConfigError(f"checkpoint {str(path)!r} has no tokenizer files (tokenizer.json): the LLM commands "
+                          f"need one to read the prompt")
+    return LoadedModel(Path(path).name, model, tok)
+
+
+def from_transformers(hf) -> Transformer:
+    """effml's decoder with the weights of an in-memory transformers Llama/Qwen2/Mistral model (fp32)."""
+    cfg = hf.config.to_dict()
+    cfg.setdefault("architectures", [type(hf).__name__])
+    if not cfg["architectures"]:
+        cfg["architectures"] = [type(hf).__name__]
+    return from_state_dict(cfg, hf.state_dict(), type(hf).__name__)

@@ -1,0 +1,82 @@
+"""The engine: fused projections are exact, every weight format decodes, the roofline counts the right bytes."""
+
+import copy
+
+import pytest
+import torch
+
+from effml.compress.weight_only import fast_act_dtype, weight_only
+from effml.errors import ConfigError
+from effml.llm.engine import FormatConfig, prepare, to_format, weights_format
+from effml.llm.generate import GenerateConfig, generate
+from effml.llm.model import compute_dtype, fuse_projections
+from effml.llm.roofline import decode_roofline, read_bandwidth, weight_bytes_per_token
+
+
+def test_fusing_qkv_and_gate_up_is_exact_and_idempotent(model):
+    m = copy.deepcopy(model)
+    ids = torch.tensor([[5, 17, 42, 8, 64, 3]])
+    with torch.no_grad():
+        ref = m(ids)
+        names = fuse_projections(m)
+        assert len(names) == 2 * m.args.n_layers and fuse_projections(m) == []
+        assert m.layers[0].attention.wqkv.weight.shape == (m.args.dim + 2 * m.args.n_kv_heads * m.args.head_dim,
+                                                           m.args.dim)
+        torch.testing.assert_close(m(ids), ref, atol=1e-5, rtol=1e-5)  # the same products, other kernel calls
+    assert generate(m, [5, 17, 42], GenerateConfig(max_new_tokens=12)).tokens == \
+        generate(model, [5, 17, 42], GenerateConfig(max_new_tokens=12)).tokens
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8", "int4"])
+def test_every_format_decodes_and_says_its_kernel(model, fmt):
+    m = copy.deepcopy(model)
+    notes = to_format(m, FormatConfig(fmt))
+    plan = prepare(m)
+    assert weights_format(m) == fmt and plan.format == fmt
+    res = generate(m, [5, 17, 42], GenerateConfig(max_new_tokens=8, kv="paged"))
+    assert len(res.tokens) == 8
+    if fmt in ("int8", "int4"):
+        op = "_weight_int8pack_mm" if fmt == "int8" else "_weight_int4pack_mm_for_cpu"
+        assert any(op in k for k in plan.kernels) and any(op in n for n in notes)
+        if fmt == "int4":  # the tiny head has 97 rows: not a multiple of 16 -> the int8 head; nothing is silent
+            assert any("LM head" in n for n in notes)
+    assert compute_dtype(m) == (torch.bfloat16 if fmt == "bf16" or (fmt != "fp32" and plan.native_bf16)
+                                else torch.float32)
+
+
+def test_compressed_models_from_effml_compress_run_in_generate(model):
+    """Issue 14: int8 weight-only and dynamic int8 used to crash in generate (they have no .weight tensor)."""
+    m = copy.deepcopy(model)
+    weight_only(m, 8, 128, "packed")
+    assert len(generate(m, [1, 2, 3], GenerateConfig(max_new_tokens=4)).tokens) == 4
+    d = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    assert len(generate(d, [1, 2, 3], GenerateConfig(max_new_tokens=4)).tokens) == 4
+    assert weights_format(d) == "int8-dynamic"
+
+
+def test_roofline_counts_stored_bytes(model):
+    a = model.args
+    # fp32, tied head: every parameter once, 4 bytes each (the table is read whole as the head)
+    assert weight_bytes_per_token(model) == a.params() * 4
+    m = copy.deepcopy(model)
+    to_format(m, FormatConfig("int8"))
+    act = torch.empty(0, dtype=fast_act_dtype() or torch.float32).element_size()
+    linears = [(q.out_features, q.in_features) for q in m.modules() if hasattr(q, "codes")]
+    # int8: a byte per weight + one scale per output row (in the activation dtype); the embedding: one row;
+    # the 2 norms per layer + the final norm in fp32
+    expect = sum(o * i + o * act for o, i in linears) + a.dim * 4 + (2 * a.n_layers + 1) * a.dim * 4
+    assert weight_bytes_per_token(m) == expect
+    r = decode_roofline(model, tokens_per_s=10.0, context=100, bandwidth=1e9)
+    kv = 2 * a.n_layers * a.n_kv_heads * a.head_dim * 4 * 100
+    assert r.kv_bytes == kv and r.bound_tokens_per_s == pytest.approx(1e9 / (a.params() * 4 + kv))
+    assert r.fraction == pytest.approx(10.0 / r.bound_tokens_per_s)
+    assert read_bandwidth(mib=64, repeats=1) > 1e8  # any machine reads faster than 100 MB/s
+    with pytest.raises(ConfigError, match="context and tokens_per_s must be >= 0"):
+        decode_roofline(model, -1, 10)
+
+
+def test_format_config_is_validated():
+    with pytest.raises(ConfigError, match="weight format 'int3' unknown"):
+        FormatConfig("int3")
+    with pytest.raises(ConfigError, match="group_size must be 32, 64, 128 or 256"):
+        FormatConfig("int4", group_size=48)
