@@ -174,6 +174,10 @@ CASES = [
     C([*FAST_STUDY, "--store", "notes.txt"], "store 'notes.txt' is not an effml SQLite store: it is a text file",
       id="study-into-a-text-file"),
     C(["report", "--store", "outdir"], "store 'outdir' is a directory", id="report-store-a-directory"),
+    C([*FAST_STUDY, "--store", "outdir"], "store 'outdir' is a directory", id="study-store-a-directory"),
+    C([*FAST_STUDY, "--store", "missing/runs.db"], "store 'missing/runs.db': directory 'missing' does not exist",
+      id="study-store-missing-dir"),
+    C([*FAST_STUDY, "--store", "/proc/runs.db"], "store '/proc/runs.db' cannot be created", id="study-store-read-only"),
     C(["report", "--store", "nothing.db"], "no study store at 'nothing.db'", id="report-store-missing"),
     C(["report", "--store", "badjson.db"], r"table runs, row id 1 \(variant 'baseline'\): field 'metrics' is not "
       "valid JSON", id="report-row-bad-json"),
