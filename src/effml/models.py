@@ -192,6 +192,8 @@ def model_builder(spec: str, *, source: str = "zoo", flag: str = "--model") -> C
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             what, example = {"zoo": ("zoo model", "effml.zoo:lenet5"),
                              "llm": ("LLM", "mymodels:load_llm")}[source]
+            if source == "zoo" and spec in configs.available():
+                hint = f"; {spec!r} is a bundled model config: use --config {spec}"
             raise ConfigError(f"{flag} {spec!r} is not a known {what} name{hint} (known: {', '.join(sorted(table))}); "
                               f"a model spec is NAME or package.module:callable (e.g. {example})")
         fn, name = table[spec], spec

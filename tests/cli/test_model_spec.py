@@ -50,6 +50,12 @@ def test_bad_constructor_args_name_the_field(args, text):
     assert str(e.value).startswith(text)
 
 
+def test_a_config_name_given_as_model_points_to_config(capsys):
+    err = one_line_error(capsys, ["profile", "--model", "llama-2-7b"])
+    assert "--model 'llama-2-7b' is not a known zoo model name; 'llama-2-7b' is a bundled model config: use " \
+           "--config llama-2-7b" in err
+
+
 def test_set_does_not_apply_to_a_config():
     with pytest.raises(ConfigError, match="--set does not apply to --config 'gpt2'"):
         resolve(config="gpt2", model_args=(("width", 2),))
