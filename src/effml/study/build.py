@@ -39,7 +39,7 @@ def best_run(runs: list[Run], devices: list[str]) -> Run:
 def build(store: Store, study: str, devices: list[str] | None = None, title: str | None = None,
           roofline_device: str | None = None) -> tuple[str, list[str]]:
     """(HTML, headline sentences) for the study's latest runs."""
-    from effml.hardware import DeviceError, predict
+    from effml.hardware import predict
     from effml.hardware.plot import roofline_figure
 
     runs = [r for r in latest_runs(store, study) if r.metrics.get("accuracy") is not None]  # not NAS rejects
@@ -54,7 +54,7 @@ def build(store: Store, study: str, devices: list[str] | None = None, title: str
         dtype = best.predictions.get(dev, {}).get("dtype")
         try:
             roof = roofline_figure({dev: predict(profile, dev, dtype=dtype)}, f"roofline of {best.name} on {dev}")
-        except DeviceError as e:  # a device the catalog no longer has (or a hand-edited name): no roofline
+        except ConfigError as e:  # a device (or dtype) the catalog no longer has, or hand-edited: no roofline
             if roofline_device is not None:
                 raise
             note = f"no roofline: {e}"
