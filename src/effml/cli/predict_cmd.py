@@ -68,7 +68,7 @@ def run(args) -> int:
     if args.plot:
         from effml.guards import check_output_path
 
-        check_output_path(args.plot, "--plot", suffixes=(".html", ".png", ".svg"))
+        check_output_path(args.plot, "--plot", suffixes=(".html", ".htm", ".png", ".svg", ".pdf"))
     for name in devices:  # unknown names and missing dtypes fail before any counting
         get_device(name).peak_flops(args.dtype)
     if args.kv_len is not None and args.kv_len < 0:

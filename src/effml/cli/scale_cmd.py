@@ -87,7 +87,7 @@ def _check(args) -> list[str]:
     if not devices and (args.budget_usd is not None or args.gpu_hours is not None):
         raise ConfigError("--budget-usd and --gpu-hours need --hw (a catalog device, e.g. --hw h100)")
     if args.plot:
-        check_output_path(args.plot, "--plot", suffixes=(".svg", ".html", ".png"))
+        check_output_path(args.plot, "--plot", suffixes=(".svg", ".html"))
     return devices
 
 
