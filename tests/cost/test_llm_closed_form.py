@@ -49,7 +49,7 @@ def test_every_op_of_the_bundled_architectures_has_a_formula(name):
 
 def test_mistral_v01_sliding_window_attention_at_8192():
     # Mistral-7B-v0.1 (Jiang et al. 2023): W = 4096, 32 layers x 32 query heads x head dim 128 (E + E_v = 256).
-    # Full square: 8192² = 67,108,864 pairs -> 67,108,864·256·32·32 = 17.59 T MACs (what an explicit mask cost before).
+    # Full square: 8192² = 67,108,864 pairs -> 67,108,864·256·32·32 = 17.59 T MACs (an explicit mask's cost before).
     # Window: Σ_i min(i+1, 4096) = 4096·4097/2 + 4096·4096 = 8,390,656 + 16,777,216 = 25,167,872 pairs
     #         -> 25,167,872·256·1024 = 6,597,606,637,568 = 6.6 T MACs (causal without a window: 8.8 T).
     T, W = 8192, 4096

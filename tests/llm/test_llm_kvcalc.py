@@ -50,8 +50,8 @@ def test_max_batch_beside_the_weights_on_h100():
 
 def test_mistral_v01_rolling_buffer_at_32k():
     # Mistral-7B-v0.1 (Jiang et al. 2023): W = 4096 in all 32 layers, a rolling buffer of the last 4096 tokens:
-    # 2 · 32 · 8 kv heads · 128 · 4096 · 2 B = 536,870,912 B = 0.5 GiB at 32k (not 2 · 32 · 8 · 128 · 32768 · 2 = 4 GiB,
-    # which v0.3 without a window does hold)
+    # 2 · 32 · 8 kv heads · 128 · 4096 · 2 B = 536,870,912 B = 0.5 GiB at 32k
+    # (not 2 · 32 · 8 · 128 · 32768 · 2 = 4 GiB, which v0.3 without a window does hold)
     r = kv_report("mistral-7b-v0.1", seq=32768, batch=1, dtype="fp16", hw="h100")
     assert r.bytes == 2 * 32 * 8 * 128 * 4096 * 2 == 2**29
     assert kv_report("mistral-7b", seq=32768, batch=1, dtype="fp16").bytes == 2**32

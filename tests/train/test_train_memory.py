@@ -166,8 +166,8 @@ def test_layout_is_validated_and_round_trips():
 @pytest.mark.parametrize("T", [64, 128])
 def test_attention_kernel_activations_against_korthikanti(T):
     # Korthikanti et al. 2022 (Reducing Activation Recomputation), Eq. 1: a 16-bit transformer layer keeps
-    # s·b·h·(34 + 5·a·s/h) bytes: 34·s·b·h linear terms + 5·a·s²·b for the attention scores (softmax 2, dropout
-    # mask 1, dropout output 2); with a fused (flash) kernel the s² term is gone. The zoo GPT has attention
+    # s·b·h·(34 + 5·a·s/h) bytes: 34·s·b·h linear terms + 5·a·s²·b for the attention scores (softmax 2,
+    # dropout mask 1, dropout output 2); with a fused (flash) kernel the s² term is gone. The zoo GPT has attention
     # dropout but no residual/MLP dropout, so 2·s·b·h of masks less: 32·s·b·h — here 16 B·T·C elements x 2 B
     # (bf16-true), + per token the 4 layer-norm stats and the kernel's per-head logsumexp (fp32).
     b, h, a = B, C, H

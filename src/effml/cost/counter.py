@@ -293,8 +293,8 @@ def profile(model: nn.Module, *example_inputs, backward: bool = False, forward_k
             "device": str((params or inputs)[0].device) if (params or inputs) else "cpu",
             "backward": backward,
             "torch": torch.__version__,
-            "unknown_masks": counter.shadows.unknown,
-            "embedding_params": embedding_params(model),  # stay fp16 in an int4/int8 checkpoint  # explicit attention masks too large to read: all pairs
+            "unknown_masks": counter.shadows.unknown,  # explicit attention masks of unknown values: all pairs
+            "embedding_params": embedding_params(model),  # stay fp16 in an int4/int8 checkpoint
         },
     )
 

@@ -70,8 +70,8 @@ class KVReport:
         b = self.dtype_bytes
         tail = f" · {self.batch} batch · {b:g} B ({self.dtype})"
         if not self.windowed_layers:
-            return (f"2 · {self.layers} layers · {self.kv_heads} kv_heads · {self.head_dim} head_dim · {self.seq} tokens"
-                    + tail)
+            return (f"2 · {self.layers} layers · {self.kv_heads} kv_heads · {self.head_dim} head_dim · "
+                    f"{self.seq} tokens" + tail)
         full = self.layers - self.windowed_layers
         tokens = f"{self.windowed_layers} layers · min({self.seq}, window {self.window}) tokens (rolling buffer)"
         if full:

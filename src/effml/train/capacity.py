@@ -209,4 +209,5 @@ def attention_kernel(tgt: Target) -> str:
     return "flash" if tgt.kind == "gpu" else "cpu"
 
 
-__all__ = ["TASK_LOSS", "FitReport", "attention_kernel", "Option", "Target", "check_target_precision", "estimator_for", "fit_report", "target"]
+__all__ = ["TASK_LOSS", "FitReport", "Option", "Target", "attention_kernel", "check_target_precision", "estimator_for",
+           "fit_report", "target"]

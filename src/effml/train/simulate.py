@@ -350,4 +350,5 @@ def _watch(mod: nn.Module, name: str, log: StorageLog, out: dict) -> list:
     return [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
 
 
-__all__ = ["ATTENTION_KERNELS", "AttentionKernel", "Lifetime", "StorageLog", "Trace", "fake_batch", "fake_clone", "optimizer_profile", "simulate"]
+__all__ = ["ATTENTION_KERNELS", "AttentionKernel", "Lifetime", "StorageLog", "Trace", "fake_batch", "fake_clone",
+           "optimizer_profile", "simulate"]
