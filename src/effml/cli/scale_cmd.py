@@ -87,6 +87,10 @@ def _check(args) -> list[str]:
     if not devices and (args.budget_usd is not None or args.gpu_hours is not None):
         raise ConfigError("--budget-usd and --gpu-hours need --hw (a catalog device, e.g. --hw h100)")
     if args.plot:
+        from pathlib import Path
+
+        if Path(args.plot).suffix.lower() not in (".svg", ".html"):
+            raise ConfigError(f"--plot {args.plot!r} must end in .svg or .html")
         check_output_path(args.plot, "--plot", suffixes=(".svg", ".html"))
     return devices
 
