@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
                                    "prediction (run `effml calibrate` once) and its error.")
     src = p.add_mutually_exclusive_group(required=True)
     add_model_flags(p, group=src)
-    src.add_argument("--config", help="a bundled model config, built with random weights on the CPU (e.g. gpt2)")
+    src.add_argument("--config", help="a bundled model config (e.g. gpt2), a config.json, a model folder or a hub "
+                                      "id (org/name, from the local HF cache): built with random weights")
     p.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1), e.g. 1,8,32")
     p.add_argument("--seq", type=positive_int, help="sequence length for --config")
     p.add_argument("--input-shape", help="input shape for --model without a zoo entry (batch from --batch)")
