@@ -54,3 +54,18 @@ def test_evaluating_restores_the_mode_without_gradients():
     with evaluating(m):
         assert not m.training and not m(torch.ones(1, 2)).requires_grad
     assert m.training
+
+
+def test_logits_of_every_output_kind():
+    from effml.errors import ModelError
+    from effml.train.core import logits_of
+
+    class HF:  # an HF encoder output without a head: no logits
+        logits = None
+        last_hidden_state = torch.ones(1, 4, 8)
+
+    t = torch.zeros(2, 3)
+    assert logits_of(t) is t and logits_of((t, None)) is t
+    assert logits_of(HF(), hidden_state=True).shape == (1, 4, 8)
+    with pytest.raises(ModelError, match="cannot read logits from a model output of type HF"):
+        logits_of(HF())  # a classifier never trains on hidden states by accident

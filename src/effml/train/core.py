@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from effml.errors import ConfigError
+from effml.errors import ConfigError, ModelError
 
 Progress = Callable[[str, float], None]
 
@@ -123,6 +123,19 @@ def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, **step_kwargs) 
     optimizer_step(optimizer, **step_kwargs)
 
 
+def logits_of(out, *, hidden_state: bool = False) -> torch.Tensor:
+    """A model's output -> its tensor: the tensor itself, `.logits` (an HF output), or the first item of a
+    tuple/list; with `hidden_state`, `.last_hidden_state` too (an encoder without a head)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for attr in ("logits", "last_hidden_state") if hidden_state else ("logits",):
+        if getattr(out, attr, None) is not None:
+            return getattr(out, attr)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise ModelError(f"cannot read logits from a model output of type {type(out).__name__}")
+
+
 # ---- book-keeping and evaluation ------------------------------------------------------------------------------
 @dataclass
 class LossLog:
@@ -160,5 +173,5 @@ def evaluating(model: nn.Module):
         model.train(was_training)
 
 
-__all__ = ["LossLog", "Progress", "Step", "backward", "evaluating", "iterate", "no_progress", "optimizer_step",
-           "steps_per_epoch", "total_steps", "update"]
+__all__ = ["LossLog", "Progress", "Step", "backward", "evaluating", "iterate", "logits_of", "no_progress",
+           "optimizer_step", "steps_per_epoch", "total_steps", "update"]

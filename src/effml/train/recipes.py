@@ -76,14 +76,7 @@ LOSSES: Registry = Registry("loss")
 
 
 def _logits(out) -> torch.Tensor:
-    for attr in ("logits", "last_hidden_state"):
-        if hasattr(out, attr) and getattr(out, attr) is not None:
-            return getattr(out, attr)
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    if not isinstance(out, torch.Tensor):
-        raise ModelError(f"cannot find a tensor in the model output of type {type(out).__name__}")
-    return out
+    return core.logits_of(out, hidden_state=True)
 
 
 @LOSSES.register("lm")

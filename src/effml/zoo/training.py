@@ -22,7 +22,7 @@ from torch import nn
 from effml.errors import ConfigError
 from effml.train import core
 from effml.train.config import OPTIMIZERS
-from effml.train.core import Progress
+from effml.train.core import Progress, logits_of  # noqa: F401 (logits_of: re-exported, zoo users import it here)
 
 SCHEDULES = ("constant", "cosine")
 
@@ -67,17 +67,6 @@ class TrainLoopResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def logits_of(out) -> torch.Tensor:
-    """Model output -> logits tensor: a tensor, an object with .logits, or a tuple whose first item is one."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise ConfigError(f"cannot read logits from a model output of type {type(out).__name__}")
 
 
 def _split(data) -> tuple[Iterable, Iterable | None]:
