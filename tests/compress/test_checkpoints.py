@@ -85,3 +85,22 @@ def test_wrong_architecture_is_a_clear_error(tmp_path):
     path = save_compressed(m, tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match="does not fit"):
         load_compressed(path, lenet5())
+
+
+@pytest.mark.parametrize("config", [LinearQuantConfig(bits=4), KMeansConfig(bits=3), DynamicInt8Config()])
+def test_gpt2_conv1d_round_trip(config, tmp_path):
+    """Quantizing GPT-2 turns its Conv1D layers into nn.Linear; the checkpoint says so and a fresh GPT-2 (with
+    Conv1D) loads it back exactly."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    res = quantize(model, config)
+    path = save_compressed(model, tmp_path / "gpt2.safetensors", codes=res.codes)
+    torch.manual_seed(1)
+    loaded = load_compressed(path, transformers.GPT2LMHeadModel(cfg).eval())
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    assert type(loaded.transformer.h[0].attn.c_attn) is type(model.transformer.h[0].attn.c_attn)

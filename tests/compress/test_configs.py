@@ -105,17 +105,66 @@ def test_skipped_layers_have_reasons():
     assert res.skipped == [("0", "reduction size 6 is not a multiple of m=4; left dense")]
 
 
-def test_hf_conv1d_is_listed_never_silently_skipped():
-    import transformers  # a dependency of effml: a broken install fails here, never skips
+def _gpt2():
+    transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16,
                                   bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
-    gpt2 = transformers.GPT2LMHeadModel(cfg).eval()
-    conv1d = [n for n, x in gpt2.named_modules() if type(x).__name__ == "Conv1D"]
-    assert len(conv1d) == 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj
-    res = prune(gpt2, FinePrune(sparsity=0.5))
-    listed = dict(res.skipped)
-    if set(conv1d) & set(res.layers):  # a method that learned Conv1D handles it; the rest must be listed
-        conv1d = [n for n in conv1d if n not in res.layers]
-    assert all("Conv1D" in listed[n] for n in conv1d)
-    assert set(res.layers) | set(listed) >= set(conv1d) | {"lm_head"}
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+CONV1D = ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc",
+          "transformer.h.0.mlp.c_proj"]
+TIED = "its weight is tied to transformer.wte (Embedding)"
+GPT2_CASES = {
+    "fine": lambda m: prune(m, FinePrune(sparsity=0.5)),
+    "n:m": lambda m: prune(m, NMPrune()),
+    "linear": lambda m: quantize(m, LinearQuantConfig(bits=8)),
+    "kmeans": lambda m: quantize(m, KMeansConfig(bits=4)),
+    "int8-dynamic": lambda m: quantize(m, DynamicInt8Config()),
+    "weight-only": lambda m: quantize(m, WeightOnlyConfig(bits=4, group_size=32, act_dtype="fp32")),
+}
+
+
+@pytest.mark.parametrize("case", list(GPT2_CASES))
+def test_gpt2_conv1d_handled_and_tied_head_left_with_its_reason(case):
+    """GPT-2 writes every projection as transformers' Conv1D: each method handles all four (quantization turns
+    them into the equivalent nn.Linear first), and the lm_head tied to the embedding is never compressed by
+    accident: it is listed with the reason."""
+    gpt2 = _gpt2()
+    ids = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = gpt2(ids).logits
+    res = GPT2_CASES[case](gpt2)
+    assert set(res.layers) == set(CONV1D)
+    assert dict(res.skipped) == {"lm_head": dict(res.skipped)["lm_head"]} and TIED in dict(res.skipped)["lm_head"]
+    assert gpt2.lm_head.weight is gpt2.transformer.wte.weight  # still tied, the embedding untouched
+    with torch.no_grad():
+        out = gpt2(ids).logits
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+
+
+def test_gpt2_conv1d_as_linear_is_exact_and_generate_runs():
+    gpt2 = _gpt2()
+    ids = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = gpt2(ids).logits
+    res = quantize(gpt2, LinearQuantConfig(bits=16, symmetric=False, granularity="tensor", exclude=CONV1D))
+    assert res.layers == [] and {n for n, _ in res.skipped} == {"lm_head", *CONV1D}
+    from effml.compress.quantize import choose_layers
+
+    choose_layers(gpt2, LinearQuantConfig(), ("Linear",))  # Conv1D -> nn.Linear only, nothing quantized
+    assert all(isinstance(gpt2.get_submodule(n), nn.Linear) for n in CONV1D)
+    with torch.no_grad():
+        # same products, the weight read transposed: equal to float rounding (|logits| ~ 1: 1e-5 absolute)
+        torch.testing.assert_close(gpt2(ids).logits, ref, atol=1e-5, rtol=1e-5)
+    quantize(gpt2, DynamicInt8Config())
+    out = gpt2.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 11)  # transformers' own generate runs on the quantized model
+
+
+def test_tied_head_quantized_when_named():
+    gpt2 = _gpt2()
+    res = quantize(gpt2, WeightOnlyConfig(bits=8, layers=("lm_head",), act_dtype="fp32"))
+    assert res.layers == ["lm_head"]  # named explicitly: the user chose it (the embedding keeps its fp32 copy)
+    assert TIED not in str(res.skipped)

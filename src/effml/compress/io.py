@@ -5,7 +5,8 @@
 
 The file holds the float tensors of the model, integer codes in place of quantized weights, and JSON
 metadata ("effml"): the structure that differs from a freshly built model (modules replaced by
-`HeadPrunedAttention`, `WeightOnlyLinear` or a dynamic int8 Linear; head counts) plus how each quantized
+`HeadPrunedAttention`, `WeightOnlyLinear`, a dynamic int8 Linear, or the nn.Linear that replaced an HF Conv1D;
+head counts) plus how each quantized
 weight is coded. A channel-pruned model needs no extra description: every tensor's shape is in the file,
 and loading resizes the matching module (its in/out sizes follow its tensors). Linear/k-means codes are
 stored one per byte (int8/uint8); `stored_bytes` in the results is the bit-packed size.
@@ -56,6 +57,8 @@ def _structure(model: nn.Module) -> dict:
             per_channel = m.weight().qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
             entry["class"] = {"type": "DynamicInt8Linear", "in": m.in_features, "out": m.out_features,
                               "per_channel": per_channel}
+        elif isinstance(m, nn.Linear) and getattr(m, "converted_from", None) == "Conv1D":
+            entry["class"] = {"type": "Linear", "in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
         attrs = {a: getattr(m, a) for a in HEAD_ATTRS if isinstance(getattr(m, a, None), int)}
         if attrs:
             entry["attrs"] = attrs
@@ -71,7 +74,7 @@ def save_compressed(model: nn.Module, path: str | Path, codes: dict[str, dict] |
 
     if isinstance(model, torch.fx.GraphModule):
         raise CheckpointError("a static int8 FX model holds a traced graph that safetensors cannot store; save the "
-                              "float model and re-run quantize(..., mode='static') with its calibration data")
+                              "float model and re-run quantize(model, StaticInt8Config(), calibration=...)")
     tensors, quant = {}, {}
     dyn = _dynamic_linear_type()
     for name, m in model.named_modules():
@@ -159,6 +162,10 @@ def _rebuild(model: nn.Module, name: str, cls: dict, tensors: dict) -> None:
         _replace(model, name, q)
     elif kind == "SmoothInt8Linear":
         _replace(model, name, SmoothInt8Linear.empty(cls["in"], cls["out"]))
+    elif kind == "Linear":  # an nn.Linear that replaced transformers' Conv1D (same function, W transposed)
+        lin = nn.Linear(cls["in"], cls["out"], bias=cls["bias"])
+        lin.converted_from = "Conv1D"
+        _replace(model, name, lin)
     else:
         raise CheckpointError(f"{name}: unknown module class {kind!r} in the checkpoint")
 

@@ -37,18 +37,25 @@ def unknown_name_error(name: str, known: Iterable[str], what: str = "layer") -> 
     return ConfigError(f"{what} {name!r} does not exist in the model{hint}")
 
 
+def _is_target(m: nn.Module, types: tuple, targets: Iterable[str]) -> bool:
+    """An instance of a target type; transformers' Conv1D counts as "Linear" (it is one, stored transposed)."""
+    return isinstance(m, types) or ("Linear" in targets and is_hf_conv1d(m))
+
+
 def select_layers(model: nn.Module, targets: Iterable[str] = ("Linear", "Conv2d"), names: Iterable[str] | None = None,
                   exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
-    """name -> module of the weight layers a technique applies to; unknown names are errors."""
+    """name -> module of the weight layers a technique applies to; unknown names are errors. HF Conv1D layers
+    are selected with "Linear"."""
+    targets = tuple(targets)
     modules = dict(model.named_modules())
     types = tuple(LAYER_TYPES[t] for t in targets)
     for n in list(names or []) + list(exclude):
         if n not in modules:
-            raise unknown_name_error(n, [k for k, m in modules.items() if isinstance(m, types)])
+            raise unknown_name_error(n, [k for k, m in modules.items() if _is_target(m, types, targets)])
     wanted = set(names) if names is not None else None
     out = {}
     for name, m in modules.items():
-        if not isinstance(m, types) or name in exclude or (wanted is not None and name not in wanted):
+        if not _is_target(m, types, targets) or name in exclude or (wanted is not None and name not in wanted):
             continue
         out[name] = m
     if names is not None:
@@ -56,6 +63,26 @@ def select_layers(model: nn.Module, targets: Iterable[str] = ("Linear", "Conv2d"
         if wrong:
             raise ConfigError(f"layer {wrong[0]!r} is a {type(modules[wrong[0]]).__name__}, not one of the "
                               f"target types {', '.join(targets)}")
+    return out
+
+
+def tied_layers(model: nn.Module, chosen: dict[str, nn.Module], explicit: Iterable[str] | None = None
+                ) -> dict[str, str]:
+    """name -> reason, for each chosen layer whose weight tensor another module shares (a head tied to its
+    embedding) and that the config did not name explicitly: compressing it would change the other module too."""
+    owners: dict[int, list[str]] = {}
+    for n, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor):
+            owners.setdefault(id(w), []).append(n)
+    named = set(explicit or ())
+    out = {}
+    for name, m in chosen.items():
+        others = [o for o in owners.get(id(m.weight), []) if o != name and o not in chosen]
+        if others and name not in named:
+            kind = type(model.get_submodule(others[0])).__name__
+            out[name] = (f"its weight is tied to {others[0]} ({kind}): compressing it would change {others[0]} "
+                         "too; name it in the config's layers to compress it anyway")
     return out
 
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from effml.compress.configs import ChannelPrune, FinePrune, NMPrune
-from effml.compress.layers import (count_nonzero, count_params, param_bytes, select_layers, skipped_layers,
-                                   unknown_name_error, weight_layers)
+from effml.compress.layers import (count_nonzero, count_params, is_hf_conv1d, param_bytes, select_layers,
+                                   skipped_layers, tied_layers, unknown_name_error, weight_layers)
 from effml.compress.masks import MaskSet, sparse_bits
 from effml.compress.structured import CRITERIA, Group, cut
 from effml.errors import ConfigError
@@ -106,10 +106,12 @@ def _finish_masked(model, config, masks, before, dense, notes, why=None) -> Prun
 @torch.no_grad()
 def fine_prune(model: nn.Module, config: FinePrune, *, progress: Progress = _no_progress, **_) -> PruneResult:
     """Zero the smallest-|w| weights: one global threshold, or per layer (config.scope / per_layer)."""
-    layers = select_layers(model, config.targets, None, config.exclude)
+    layers = select_layers(model, config.targets, None, config.exclude)  # HF Conv1D included with "Linear"
     for name in config.per_layer or {}:
         if name not in layers:
             raise unknown_name_error(name, layers)
+    tied = tied_layers(model, layers, config.per_layer)  # a tied head is pruned only when named in per_layer
+    layers = {n: m for n, m in layers.items() if n not in tied}
     before, dense = count_params(model), param_bytes(model)
     masks: dict[str, tuple[nn.Module, torch.Tensor]] = {}
     per = set(config.per_layer or {})
@@ -129,18 +131,22 @@ def fine_prune(model: nn.Module, config: FinePrune, *, progress: Progress = _no_
         thr = torch.kthvalue(w.reshape(-1), k).values if k > 0 else w.new_tensor(-1.0)
         masks[name] = (m, w > thr)
     progress("fine pruning", 1.0)
-    return _finish_masked(model, config, MaskSet(masks), before, dense, [])
+    return _finish_masked(model, config, MaskSet(masks), before, dense, [], tied)
 
 
 @PRUNERS.register(NMPrune)
 @torch.no_grad()
 def nm_prune(model: nn.Module, config: NMPrune, *, progress: Progress = _no_progress, **_) -> PruneResult:
     """Keep the n largest |w| of every m consecutive weights along the reduction (input) dimension."""
-    layers = select_layers(model, config.targets, None, config.exclude)
+    layers = select_layers(model, config.targets, None, config.exclude)  # HF Conv1D included with "Linear"
+    why = tied_layers(model, layers)
     before, dense = count_params(model), param_bytes(model)
-    masks, notes, why = {}, [NM_NOTE], {}
+    masks, notes = {}, [NM_NOTE]
     for name, m in layers.items():
-        w = m.weight.detach()
+        if name in why:
+            continue
+        conv1d = is_hf_conv1d(m)
+        w = m.weight.detach().t() if conv1d else m.weight.detach()  # Conv1D stores (in, out): view it (out, in)
         wk = w.movedim(1, -1).reshape(w.shape[0], -1) if w.ndim > 2 else w  # (out, K), input channels innermost
         if wk.shape[1] % config.m:
             why[name] = f"reduction size {wk.shape[1]} is not a multiple of m={config.m}; left dense"
@@ -150,7 +156,7 @@ def nm_prune(model: nn.Module, config: NMPrune, *, progress: Progress = _no_prog
         mk = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, top, True).reshape(wk.shape)
         if w.ndim > 2:
             mk = mk.reshape(w.shape[0], *w.shape[2:], w.shape[1]).movedim(-1, 1)
-        masks[name] = (m, mk)
+        masks[name] = (m, mk.t().contiguous() if conv1d else mk)  # in the layout of m.weight
     progress("n:m pruning", 1.0)
     return _finish_masked(model, config, MaskSet(masks), before, dense, notes, why)
 

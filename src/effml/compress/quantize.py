@@ -32,7 +32,8 @@ from effml.compress.configs import (DynamicInt8Config, KMeansConfig, LinearQuant
 from effml.compress.int8 import dynamic_int8, float_layers, static_int8
 from effml.compress.kmeans import KMeansQuant
 from effml.compress.kmeans import storage_bits as kmeans_bits
-from effml.compress.layers import count_params, param_bytes, select_layers, skipped_layers
+from effml.compress.layers import (count_params, is_hf_conv1d, param_bytes, select_layers, skipped_layers,
+                                   tied_layers)
 from effml.compress.qlinear import LinearFakeQuant, QSpec
 from effml.compress.qlinear import storage_bits as linear_bits
 from effml.compress.smooth import smooth_dynamic_int8
@@ -94,8 +95,30 @@ def _stored_bytes(model: nn.Module, replaced: dict[int, int]) -> int:
     return math.ceil((bits + sum(replaced.values())) / 8)
 
 
-def _parametrize(model, config, make, progress: Progress) -> tuple[list[str], int]:
-    layers = select_layers(model, config.targets, config.layers, config.exclude)
+def choose_layers(model: nn.Module, config, targets: tuple[str, ...]
+                  ) -> tuple[dict[str, nn.Module], dict[str, str], list[str]]:
+    """(name -> layer to quantize, name -> why a candidate is left alone, notes). A layer whose weight is tied to
+    another module (a head tied to its embedding) is left alone unless named in config.layers; transformers'
+    Conv1D layers among the chosen are replaced, in place, by the equivalent nn.Linear (exact: W transposed)."""
+    from effml.compress.hf_layers import as_linear, replace_module
+
+    chosen = select_layers(model, targets, config.layers, config.exclude)
+    why = tied_layers(model, chosen, config.layers)
+    for name in why:
+        chosen.pop(name)
+    conv = [n for n, m in chosen.items() if is_hf_conv1d(m)]
+    for name in conv:
+        lin = as_linear(chosen[name])
+        lin.converted_from = "Conv1D"  # load_compressed rebuilds it (effml.compress.io)
+        replace_module(model, name, lin)
+        chosen[name] = lin
+    notes = [f"{len(conv)} transformers Conv1D layer(s) replaced by the equivalent nn.Linear (W transposed, exact) "
+             "and quantized"] if conv else []
+    return chosen, why, notes
+
+
+def _parametrize(model, config, make, progress: Progress) -> tuple[list[str], int, dict, list[str]]:
+    layers, why, notes = choose_layers(model, config, config.targets)
     replaced: dict[int, int] = {}
     for i, (name, m) in enumerate(layers.items()):
         progress(f"{config.name}: {name}", i / max(1, len(layers)))
@@ -103,12 +126,12 @@ def _parametrize(model, config, make, progress: Progress) -> tuple[list[str], in
         parametrize.register_parametrization(m, "weight", p, unsafe=True)
         replaced[id(m.parametrizations.weight.original)] = bits
     progress(config.name, 1.0)
-    return list(layers), _stored_bytes(model, replaced)
+    return list(layers), _stored_bytes(model, replaced), why, notes
 
 
-def _skipped(model, names, config) -> list[tuple[str, str]]:
+def _skipped(model, names, config, why) -> list[tuple[str, str]]:
     return skipped_layers(model, names, exclude=config.exclude, layers=config.layers,
-                          targets=getattr(config, "targets", None))
+                          targets=getattr(config, "targets", None), why=why)
 
 
 @QUANTIZERS.register(LinearQuantConfig)
@@ -122,12 +145,12 @@ def linear_method(model: nn.Module, config: LinearQuantConfig, *, progress: Prog
         fq(w)  # validates group sizes before touching the model
         return fq, linear_bits(w.numel(), w.shape[0], spec)
 
-    names, stored = _parametrize(model, config, make, progress)
+    names, stored, why, conv_notes = _parametrize(model, config, make, progress)
     notes = [f"weights only ({spec.granularity}, {'symmetric' if spec.symmetric else 'asymmetric'}); "
-             "activations stay fp32"]
+             "activations stay fp32"] + conv_notes
     codes = None if config.qat else freeze(model)
     return QuantResult("linear", model, names, count_params(model), dense, stored, config.bits, notes, codes,
-                       _skipped(model, names, config))
+                       _skipped(model, names, config, why))
 
 
 @QUANTIZERS.register(KMeansConfig)
@@ -139,20 +162,21 @@ def kmeans_method(model: nn.Module, config: KMeansConfig, *, progress: Progress 
         km = KMeansQuant(w, config.bits, w != 0, mode)
         return km, kmeans_bits(w.numel(), config.bits)  # dense index per weight (sparse: deep_compress)
 
-    names, stored = _parametrize(model, config, make, progress)
+    names, stored, why, conv_notes = _parametrize(model, config, make, progress)
     notes = [f"k-means weight sharing: {2 ** config.bits} centroids per layer (linear init), "
              f"{'trainable: ' + mode if config.qat else 'post-training'}; pruned zeros are kept out of the "
-             "codebook (their positions belong to the sparse format)"]
+             "codebook (their positions belong to the sparse format)"] + conv_notes
     codes = None if config.qat else freeze(model)
     return QuantResult("kmeans", model, names, count_params(model), dense, stored, config.bits, notes, codes,
-                       _skipped(model, names, config))
+                       _skipped(model, names, config, why))
 
 
-def _int8_skip(model: nn.Module, config) -> tuple[str, ...]:
-    """Names of the Linear/Conv layers outside config.layers or inside config.exclude (validated by name)."""
-    chosen = select_layers(model, ("Linear", "Conv1d", "Conv2d", "Conv3d"), config.layers, config.exclude)
-    return tuple(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+def _int8_skip(model: nn.Module, config) -> tuple[tuple[str, ...], dict[str, str], list[str]]:
+    """(names of the Linear/Conv layers left alone: outside config.layers, excluded or tied, why, notes)."""
+    chosen, why, notes = choose_layers(model, config, ("Linear", "Conv1d", "Conv2d", "Conv3d"))
+    skip = tuple(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
                  and n not in chosen)
+    return skip, why, notes
 
 
 def _int8_result(method, model, names, params, dense, sizes, notes, skipped) -> QuantResult:
@@ -167,7 +191,7 @@ def _int8_result(method, model, names, params, dense, sizes, notes, skipped) -> 
 def dynamic_int8_method(model: nn.Module, config: DynamicInt8Config, *, calibration=None,
                         progress: Progress = _no_progress, **_) -> QuantResult:
     dense, params = param_bytes(model), count_params(model)
-    skip = _int8_skip(model, config)
+    skip, why, conv_notes = _int8_skip(model, config)
     sizes = {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip}
     progress("int8-dynamic", 0.0)
     if config.smooth_alpha is None:
@@ -175,17 +199,17 @@ def dynamic_int8_method(model: nn.Module, config: DynamicInt8Config, *, calibrat
     else:
         model, names, notes = smooth_dynamic_int8(model, skip, config.per_channel, config.smooth_alpha, calibration)
     progress("int8-dynamic", 1.0)
-    why = {n: "no dynamic int8 kernel for convolutions in PyTorch (use StaticInt8Config)"
-           for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and n not in skip}
+    why.update({n: "no dynamic int8 kernel for convolutions in PyTorch (use StaticInt8Config)"
+                for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and n not in skip})
     skipped = skipped_layers(model, names, exclude=config.exclude, layers=config.layers, why=why)
-    return _int8_result("int8-dynamic", model, names, params, dense, sizes, notes, skipped)
+    return _int8_result("int8-dynamic", model, names, params, dense, sizes, notes + conv_notes, skipped)
 
 
 @QUANTIZERS.register(StaticInt8Config)
 def static_int8_method(model: nn.Module, config: StaticInt8Config, *, calibration=None, example_inputs=None,
                        progress: Progress = _no_progress, **_) -> QuantResult:
     dense, params = param_bytes(model), count_params(model)
-    skip = _int8_skip(model, config)
+    skip, tied, conv_notes = _int8_skip(model, config)
     sizes_before = {n: m.weight.numel() for n, m in model.named_modules()
                     if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
     calib = list(calibration) if calibration is not None else None
@@ -196,11 +220,12 @@ def static_int8_method(model: nn.Module, config: StaticInt8Config, *, calibratio
     model, names, notes = static_int8(model, calib, example_inputs or (), skip)
     progress("int8-static", 1.0)
     left = set(float_layers(model))
-    why = {n: "skipped by the config" if n in skip else "no int8 kernel for it in the FX lowering" for n in left}
+    why = {n: tied.get(n, "skipped by the config") if n in skip else "no int8 kernel for it in the FX lowering"
+           for n in left}
     skipped = skipped_layers(model, [n for n in sizes_before if n not in left], exclude=config.exclude,
                              layers=config.layers, why=why)
-    return _int8_result("int8-static", model, names, params, dense, {n: sizes_before[n] for n in names if n in sizes_before},
-                        notes, skipped)
+    return _int8_result("int8-static", model, names, params, dense,
+                        {n: sizes_before[n] for n in names if n in sizes_before}, notes + conv_notes, skipped)
 
 
 @QUANTIZERS.register(WeightOnlyConfig)
@@ -210,13 +235,13 @@ def weight_only_method(model: nn.Module, config: WeightOnlyConfig, *, progress: 
 
     bits, gs = config.bits, config.group_size or 128
     dense = param_bytes(model)
-    layers = select_layers(model, ("Linear",), config.layers, config.exclude)
+    layers, why, conv_notes = choose_layers(model, config, ("Linear",))
     skip = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in layers)
     progress(f"int{bits} weight-only", 0.0)
     model, names, left = weight_only(model, bits, gs, config.kernel, skip, act_dtype=config.act_dtype)
     progress(f"int{bits} weight-only", 1.0)
-    why = {n: f"in_features {m.in_features} is not a multiple of group_size {gs}"
-           for n, m in model.named_modules() if isinstance(m, nn.Linear) and n in layers and n not in names}
+    why.update({n: f"in_features {m.in_features} is not a multiple of group_size {gs}"
+                for n, m in model.named_modules() if isinstance(m, nn.Linear) and n in layers and n not in names})
     why.update({n: "weight-only quantization handles nn.Linear only" for n, m in model.named_modules()
                 if isinstance(m, nn.modules.conv._ConvNd)})
     skipped = skipped_layers(model, names, exclude=config.exclude, layers=config.layers, why=why)
@@ -226,7 +251,7 @@ def weight_only_method(model: nn.Module, config: WeightOnlyConfig, *, progress: 
     note = (f"int{bits} weight-only ({'per-channel symmetric' if bits == 8 else f'groups of {gs}, asymmetric'}), "
             f"activations {config.act_dtype}, kernel={config.kernel!r}")
     return QuantResult(f"int{bits}-weight", model, names, sum(m.codes.numel() for m in wol) + other // 32, dense,
-                       stored, bits, [note] + left, None, skipped)
+                       stored, bits, [note] + left + conv_notes, None, skipped)
 
 
 def quantized_weights(model: nn.Module) -> dict[str, dict]:
