@@ -121,3 +121,23 @@ def test_bench_cli_onnxruntime_refuses_half_precision(capsys):
 
     assert main(["bench", "--model", "mlp", "--backend", "onnxruntime", "--dtype", "bf16"]) == 2
     assert "--backend onnxruntime compares fp32 and int8" in capsys.readouterr().err
+
+
+def test_bench_cli_onnxruntime_causal_lm(tmp_path, capsys):
+    import json
+
+    from effml.cli import main
+
+    # without an attention mask transformers' packed-sequence check calls torch.diff (no ONNX symbolic at opset
+    # 17); the CLI passes an all-ones mask to both runtimes, so a Llama-style model exports and agrees
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 128, "hidden_size": 32,
+           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64,
+           "max_position_embeddings": 64}
+    folder = tmp_path / "tiny-llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert main(["bench", "--config", str(folder), "--seq", "8", "--backend", "onnxruntime", "--budget", "0.2",
+                 "--json"]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)["results"][0]["rows"]}
+    assert rows["ort fp32"]["error"] is None and rows["ort fp32"]["cosine"] > 0.99999
+    assert rows["ort int8"]["error"] is None and rows["ort int8"]["cosine"] > 0.99

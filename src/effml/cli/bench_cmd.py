@@ -115,6 +115,8 @@ def _prediction_target(hw: str, device: str) -> tuple[str | None, str]:
 
 def _run_onnxruntime(args, batches: list[int], device: str) -> int:
     """PyTorch fp32 vs ORT fp32 and ORT int8, per batch size, interleaved in this process."""
+    import torch
+
     from effml.errors import ConfigError
     from effml.measure.onnxrt import OrtConfig, compare_backends
     from effml.models import resolve
@@ -131,7 +133,12 @@ def _run_onnxruntime(args, batches: list[int], device: str) -> int:
     for b in batches:
         spec = resolve(config=args.config, model=args.model, input_shape=(b, *shape[1:]) if shape else None,
                        batch=b, seq=args.seq, dtype="fp32", device="cpu", model_args=parse_sets(args.set))
-        results.append(compare_backends(spec.model, spec.args, kwargs=spec.kwargs, name=spec.name, config=ort_cfg,
+        kwargs = dict(spec.kwargs)
+        if spec.config is not None and spec.config.task == "causal-lm":
+            # both runtimes run one full forward without a KV cache; an explicit all-ones mask (the same attention)
+            # keeps transformers off its packed-sequence check (torch.diff: no ONNX symbolic at opset 17)
+            kwargs |= {"use_cache": False, "attention_mask": torch.ones_like(spec.args[0])}
+        results.append(compare_backends(spec.model, spec.args, kwargs=kwargs, name=spec.name, config=ort_cfg,
                                         rounds=10_000, budget_s=args.budget))
     if args.json:
         print_json({"backend": "onnxruntime", "results": [r.to_dict() for r in results]})
