@@ -79,6 +79,7 @@ def ws(tmp_path, monkeypatch):
     (tmp_path / "old.html").write_text("<!doctype html><p>an older report</p>\n")
     os.symlink("runs.db", tmp_path / "link.db")
     (tmp_path / "outdir").mkdir()
+    (tmp_path / "res.csv").mkdir()
     (tmp_path / "boommod.py").write_text(BOOM)
     (tmp_path / "hot.json").write_text(json.dumps(DEVICE))
     for name, (field, value) in CONFIGS.items():
@@ -162,6 +163,7 @@ CASES = [
     C(["report", "--out", "missing/r.html"], "--out 'missing/r.html': directory 'missing' does not exist",
       id="report-out-missing-dir"),
     C(["report", "--out", "outdir"], "--out 'outdir' is a directory", id="report-out-a-directory"),
+    C(["report", "--out", "res.html", "--export"], "--export 'res.csv' is a directory", id="report-export-a-directory"),
     C(["prune", "--model", "lenet5", "--kind", "fine", "--sparsity", "0.5", "--no-measure", "--out",
        "missing/p.safetensors"], "--out 'missing/p.safetensors'", id="prune-out-missing-dir"),
     C(["quantize", "--model", "lenet5", "--method", "int8-dynamic", "--no-measure", "--out", "outdir"],

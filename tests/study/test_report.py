@@ -139,3 +139,16 @@ def test_hostile_store_strings_run_no_script(runs, lenet_profile, tmp_path):
         h.replace("\u2028", "").replace("\u2029", "") for h in HOSTILE)  # inner_text may drop the separators
     for dev in HOSTILE:
         assert f"predicted latency on {dev} (ms)" in options
+
+
+def test_store_strings_are_not_terminal_markup(runs, tmp_path, capsys):
+    from effml.cli import main
+    from effml.study.store import Store
+
+    with Store(tmp_path / "runs.db") as store:
+        for run in runs:
+            run.study, run.key = "default", f"{run.key}@fp"
+            run.name = {"int8": "[/oops] [bold]int8"}.get(run.name, run.name)
+            store.put(run)
+    assert main(["report", "--store", str(tmp_path / "runs.db"), "--out", str(tmp_path / "r.html")]) == 0
+    assert "[/oops] [bold]int8 is 4.0× smaller" in capsys.readouterr().out  # printed as text (rich would raise)

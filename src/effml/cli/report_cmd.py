@@ -32,6 +32,12 @@ def run(args) -> int:
     from effml.study.store import Store
 
     check_paths(args.out, args.store)
+    if args.export:  # the CSV and JSON beside the report: checked before any work too
+        from effml.guards import check_output_path
+        from effml.study.export import export_paths
+
+        for p, kind in zip(export_paths(args.out), (".csv", ".json")):
+            check_output_path(p, "--export", suffixes=(kind,), not_same_as=[args.store, args.out])
     with Store(args.store, create=False) as store:
         html, lines = build(store, args.study)
     path = write(args.out, html)
@@ -45,6 +51,6 @@ def run(args) -> int:
         print_json({"report": str(path), "headline": lines} | ({"exported": exported} if exported else {}))
     else:
         for line in lines:
-            console().print(f"• {line}")
-        console().print(f"report: {path}" + (f" (rows: {', '.join(exported)})" if exported else ""))
+            console().print(f"• {line}", markup=False)  # store strings: "[/]" in a name is text, not markup
+        console().print(f"report: {path}" + (f" (rows: {', '.join(exported)})" if exported else ""), markup=False)
     return 0

@@ -97,10 +97,10 @@ def run_study(args) -> int:
     if res.data.get("note"):
         con.print(f"[yellow]data: {res.data['note']}[/]")
     for line in lines:
-        con.print(f"• {line}")
+        con.print(f"• {line}", markup=False)
     if res.remaining:
         con.print(f"[yellow]out of budget: {len(res.remaining)} variants left; rerun to resume[/]")
-    con.print(f"report: {path} ({len(res.runs)} variants; {len(res.skipped)} resumed from {args.store})")
+    con.print(f"report: {path} ({len(res.runs)} variants; {len(res.skipped)} resumed from {args.store})", markup=False)
     from effml.hardware.calibrate import saved_busy_warning
 
     from effml.study.present import prediction_check
