@@ -114,10 +114,11 @@ __all__ = ["COMPARED", "StudyComparison", "compare_rows", "compare_stores", "exp
 def compare_table(cmp: StudyComparison):
     """A rich Table of the comparison (the CLI prints it): accuracy, latency and size of A and B; --json has
     every compared column."""
+    from rich.markup import escape  # store strings and paths are text, not rich markup ("[/]" would raise)
     from rich.table import Table
 
-    t = Table(title=f"study {cmp.study!r}: A = {cmp.a} ({cmp.machines[0] or '?'}), "
-                    f"B = {cmp.b} ({cmp.machines[1] or '?'})")
+    t = Table(title=escape(f"study {cmp.study!r}: A = {cmp.a} ({cmp.machines[0] or '?'}), "
+                           f"B = {cmp.b} ({cmp.machines[1] or '?'})"))
     cols = (("accuracy", "acc", False), ("latency_ms", "ms p50", True), ("size_bytes", "bytes", True))
     t.add_column("variant")
     for _, label, ratio in cols:
@@ -125,7 +126,7 @@ def compare_table(cmp: StudyComparison):
             t.add_column(f"{label} {side}", justify="right")
     for r in cmp.rows:
         cells = [_fmt(r[f"{key} {s}"]) for key, _, ratio in cols for s in ("a", "b") + (("b/a",) if ratio else ())]
-        t.add_row(r["name"] + ("" if r["in"] == "both" else f" (only {r['in'].upper()})"), *cells)
+        t.add_row(escape(r["name"] + ("" if r["in"] == "both" else f" (only {r['in'].upper()})")), *cells)
     return t
 
 
