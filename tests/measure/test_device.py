@@ -78,3 +78,14 @@ def test_calibrate_cuda_fits_this_gpu(tmp_path, capsys):
     if torch.cuda.get_device_capability(0) >= (7, 0):  # tensor cores: half precision beats fp32
         assert peak["fp16"] > 1.5 * peak["fp32"]
     assert dev["memory_bytes"]["value"] == torch.cuda.get_device_properties(0).total_memory
+
+
+@needs_gpu
+def test_interleave_on_cuda_waits_for_the_gpu():
+    from effml.measure.ab import interleave, median
+
+    a = torch.randn(4096, 4096, device="cuda")
+    times = interleave({"mm": lambda: a @ a}, rounds=5, warmup=1)
+    # 2 x 4096^3 = 137 GFLOP; no GPU reaches 1 PFLOP/s in fp32, so a timed call that waited for the GPU lasts
+    # >= 0.137 ms, where an unsynchronised launch returns in ~10 us
+    assert median(times["mm"]) >= 137e9 / 1e15

@@ -31,15 +31,20 @@ def interleave(calls: dict[str, Callable[[], object]], *, rounds: int = 15, warm
     if budget_s <= 0:
         raise ConfigError(f"timing budget_s must be > 0, got {budget_s}")
     times: dict[str, list[float]] = {k: [] for k in calls}
+    # CUDA launches return before the GPU finishes: once CUDA is in use, each call is timed to its completion
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     with torch.inference_mode():
         for _ in range(warmup):
             for fn in calls.values():
                 fn()
+        sync()
         start = time.perf_counter()
         for r in range(rounds):
             for key, fn in calls.items():
                 t0 = time.perf_counter()
                 fn()
+                sync()
                 times[key].append(time.perf_counter() - t0)
             if time.perf_counter() - start > budget_s and r + 1 >= min_rounds:
                 break
@@ -92,7 +97,9 @@ def beside(model, baseline, inputs: tuple, *, budget_s: float, warmup: int = 2, 
     def call(m):
         return lambda: m(*inputs)
 
-    tracker = PeakTracker("cpu")
+    first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+    device = str(first.device) if first is not None else "cpu"
+    tracker = PeakTracker(device)  # on CUDA: torch.cuda.max_memory_allocated of the warm-up calls
     with tracker, torch.inference_mode():
         for _ in range(max(1, warmup)):
             model(*inputs)
@@ -103,9 +110,8 @@ def beside(model, baseline, inputs: tuple, *, budget_s: float, warmup: int = 2, 
                        min_rounds=min_rounds)
     mine = times["model"]
     stop = "budget" if len(mine) < max_rounds else "max_repeats"
-    first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
     batch = int(first.shape[0]) if first is not None and first.ndim else 1
     m = Measurement(mine, batch, warmup, stop, median_ci(sorted(mine)), torch.get_num_threads(),
-                    torch.backends.cpu.get_cpu_capability(), "cpu", tracker.result, wall_times_s=list(mine))
+                    torch.backends.cpu.get_cpu_capability(), device, tracker.result, wall_times_s=list(mine))
     speedup = median(times["baseline"]) / m.p50 if baseline is not None else 1.0
     return m, speedup
