@@ -207,3 +207,24 @@ def test_grouped_mm_counts_routed_rows_times_expert_shape_and_backward_twice(dev
     p = effml.profile(Experts(), a, backward=True)
     assert p.by_op("forward")["aten._grouped_mm"].macs == 6 * 16 * 8
     assert p.by_op("backward")["aten._grouped_mm"].macs == 2 * 6 * 16 * 8
+
+
+def test_transformers_grouped_mm_fallback_counts_like_grouped_mm():
+    # transformers' per-expert loop (its CPU path for torch <= 2.10): the same routed rows x k x n, backward twice
+    moe = pytest.importorskip("transformers.integrations.moe")
+    x = torch.randn(6, 16, requires_grad=True)
+    w = nn.Parameter(torch.randn(2, 16, 8))
+    offs = torch.tensor([2, 6], dtype=torch.int32)
+
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = w
+
+        def forward(self, inp):
+            return torch.ops.transformers.grouped_mm_fallback(inp, self.w, offs)
+
+    assert moe is not None
+    p = effml.profile(Experts(), x, backward=True)
+    assert p.unsupported == {}
+    assert p.total("forward").macs == 6 * 16 * 8 and p.total("backward").macs == 2 * 6 * 16 * 8

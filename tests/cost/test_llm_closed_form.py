@@ -80,3 +80,19 @@ def test_mixtral_8x7b_total_and_active_params_and_flops_per_token():
     # FLOPs per token ≈ 2 x active params = 25.76 G (the embedding lookup is no matmul, attention at T=128 is small)
     assert p.flops / T == pytest.approx(2 * active, rel=0.02)
     assert p.to_dict()["active_params"] == active
+
+
+def test_qwen2_sliding_layers_count_the_window_full_layers_the_causal_triangle():
+    # Qwen2 with use_sliding_window and max_window_layers=1: layer 0 full, layer 1 windowed (W = 8). T = 32,
+    # 4 query heads, head dim 16 (E + E_v = 32): causal 32·33/2 = 528 pairs -> 4·528·32 = 67,584 MACs;
+    # window Σ_i min(i+1, 8) = 36 + 24·8 = 228 pairs -> 4·228·32 = 29,184 MACs
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf = AutoConfig.for_model("qwen2", hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=16, vocab_size=100, num_hidden_layers=2,
+                              use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf, attn_implementation="sdpa").eval()
+    p = effml.profile(model, torch.empty(1, 32, dtype=torch.long, device="meta"), forward_kwargs={"use_cache": True})
+    assert [e.macs for e in p.events if e.category == "attention"] == [67_584, 29_184]

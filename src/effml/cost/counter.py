@@ -29,7 +29,8 @@ from effml.units import dtype_name
 
 SDPA = torch.nn.functional.scaled_dot_product_attention
 SDPA_OP = "aten.scaled_dot_product_attention"
-MODULES_TAG = "effml_modules"  # autograd node metadata: the module stack whose forward created the node
+MODULES_TAG = "effml_modules"
+GROUPED_MM_OPS = ("aten._grouped_mm", "transformers.grouped_mm_fallback")  # (routed rows, expert weights (G, ., .))  # autograd node metadata: the module stack whose forward created the node
 
 
 _QUANTIZED = {torch.quint8: "int8", torch.qint8: "int8", torch.qint32: "int32", torch.quint4x2: "int4"}
@@ -85,7 +86,7 @@ class _Counter:
             bytes_read=read, bytes_written=written, dtype=dtype, args=args))
 
     def record(self, func, args, kwargs, out) -> None:
-        if func is torch.ops.aten._grouped_mm.default and self.phase == "forward" and args[1].dim() == 3:
+        if self.phase == "forward" and str(func.overloadpacket) in GROUPED_MM_OPS and args[1].dim() == 3:
             self._route(args[0], args[1])
         entry = lookup(func)
         op = str(func.overloadpacket)

@@ -67,8 +67,29 @@ def formula(*ops, category: str):
     return wrap
 
 
+# ops of other libraries' namespaces, by qualified name: their packets exist only once the library is imported
+# (e.g. "transformers.grouped_mm_fallback", made by transformers.integrations.moe)
+NAMED_FORMULAS: dict[str, Entry] = {}
+
+
+def named_formula(*names: str, category: str):
+    """Register `fn(args, kwargs, out) -> OpCost` for ops named "namespace.op" (not aten)."""
+
+    def wrap(fn: Formula) -> Formula:
+        for name in names:
+            if name in NAMED_FORMULAS:
+                raise CountError(f"two formulas registered for {name}")
+            NAMED_FORMULAS[name] = Entry(fn, category)
+        return fn
+
+    return wrap
+
+
 def lookup(func) -> Entry | None:
-    return FORMULAS.get(func.overloadpacket)
+    entry = FORMULAS.get(func.overloadpacket)
+    if entry is None and NAMED_FORMULAS:
+        entry = NAMED_FORMULAS.get(str(func.overloadpacket))
+    return entry
 
 
 # ---- tensors and bytes -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from effml.cost.registry import OpCost, bind, formula, prod
+from effml.cost.registry import OpCost, bind, formula, named_formula, prod
 
 aten = torch.ops.aten
 
@@ -115,6 +115,19 @@ def _grouped_mm(args, kwargs, out):
     if a.dim() == 2 and b.dim() == 2:
         return matmul_cost(a.shape[0] * a.shape[1] * b.shape[1])
     return matmul_cost(out.numel() * a.shape[-1])
+
+
+@named_formula("transformers.grouped_mm_fallback", category="matmul")
+def _grouped_mm_fallback(args, kwargs, out):
+    # transformers' loop of one mm per expert (CPU torch <= 2.10, torch.compile): input (M, k), weight (G, k, n)
+    x, w = args[0], args[1]
+    return matmul_cost(x.shape[0] * w.shape[1] * w.shape[2])
+
+
+@named_formula("transformers.grouped_mm_fallback_backward", category="matmul")
+def _grouped_mm_fallback_backward(args, kwargs, out):
+    x, w = args[0], args[1]  # grad input (M x n @ n x k) + grad weight (k x M @ M x n per expert): 2 x forward
+    return matmul_cost(2 * x.shape[0] * w.shape[1] * w.shape[2])
 
 
 def grouped_mm_on_meta(args, kwargs) -> torch.Tensor:
