@@ -80,3 +80,19 @@ def test_format_config_is_validated():
         FormatConfig("int3")
     with pytest.raises(ConfigError, match="group_size must be 32, 64, 128 or 256"):
         FormatConfig("int4", group_size=48)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_equals_f_linear(dtype):
+    from effml.llm.engine import PackedLinear, native_bf16
+
+    if dtype == torch.bfloat16 and not (native_bf16() and torch.backends.mkldnn.is_available()):
+        pytest.skip("oneDNN bf16 packing is used only on CPUs with bf16 arithmetic")
+    if dtype == torch.float32 and not torch.backends.mkl.is_available():
+        pytest.skip("no MKL in this torch build")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96, bias=True).to(dtype)
+    p = PackedLinear(lin, "mkl" if dtype == torch.float32 else "mkldnn")
+    for x in (torch.randn(1, 64, dtype=dtype), torch.randn(2, 5, 64, dtype=dtype)):  # a decode row, a prefill
+        tol = 1e-5 if dtype == torch.float32 else 2e-2  # fp32: summation order; bf16: output rounding 2^-8
+        torch.testing.assert_close(p(x), lin(x), atol=tol, rtol=tol)
