@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from effml.errors import CountError
+from effml.registries import Registry
 
 aten = torch.ops.aten
 
@@ -37,7 +38,9 @@ class Entry:
     category: str
 
 
-FORMULAS: dict[Any, Entry] = {}
+# aten ops by overload packet; ops of other libraries' namespaces by qualified name "namespace.op" (their
+# packets exist only once the library is imported, e.g. "transformers.grouped_mm_fallback")
+FORMULAS: Registry[Entry] = Registry("op formula")
 FREE = OpCost(0, 0, 0, 0)  # metadata-only ops: views, aliases, shape queries
 
 
@@ -59,17 +62,16 @@ def formula(*ops, category: str):
 
     def wrap(fn: Formula) -> Formula:
         for pkt in _packets(ops):
-            if pkt in FORMULAS:
-                raise CountError(f"two formulas registered for {pkt}")
-            FORMULAS[pkt] = Entry(fn, category)
+            _add(pkt, Entry(fn, category))
         return fn
 
     return wrap
 
 
-# ops of other libraries' namespaces, by qualified name: their packets exist only once the library is imported
-# (e.g. "transformers.grouped_mm_fallback", made by transformers.integrations.moe)
-NAMED_FORMULAS: dict[str, Entry] = {}
+def _add(key, entry: Entry) -> None:
+    if key in FORMULAS:
+        raise CountError(f"two formulas registered for {key}")
+    FORMULAS.add(key, entry)
 
 
 def named_formula(*names: str, category: str):
@@ -77,19 +79,18 @@ def named_formula(*names: str, category: str):
 
     def wrap(fn: Formula) -> Formula:
         for name in names:
-            if name in NAMED_FORMULAS:
-                raise CountError(f"two formulas registered for {name}")
-            NAMED_FORMULAS[name] = Entry(fn, category)
+            _add(name, Entry(fn, category))
         return fn
 
     return wrap
 
 
 def lookup(func) -> Entry | None:
-    entry = FORMULAS.get(func.overloadpacket)
-    if entry is None and NAMED_FORMULAS:
-        entry = NAMED_FORMULAS.get(str(func.overloadpacket))
-    return entry
+    pkt = func.overloadpacket
+    if pkt in FORMULAS:
+        return FORMULAS[pkt]
+    name = str(pkt)
+    return FORMULAS[name] if not name.startswith("aten.") and name in FORMULAS else None
 
 
 # ---- tensors and bytes -----------------------------------------------------------------------------
