@@ -58,11 +58,26 @@ def test_a_read_only_place_is_refused():
 
 
 def test_write_atomic_replaces_whole_and_leaves_nothing_on_failure(tmp_path):
-    p = write_atomic(tmp_path / "r.html", "<p>new</p>")
+    umask = os.umask(0o022)
+    try:
+        p = write_atomic(tmp_path / "r.html", "<p>new</p>")
+    finally:
+        os.umask(umask)
     assert p.read_text() == "<p>new</p>"
+    assert p.stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0600
+    p.chmod(0o640)
+    write_atomic(p, "<p>newer</p>")
+    assert p.stat().st_mode & 0o777 == 0o640  # a rewritten report keeps its mode
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere" / "real.html", tmp_path / "link.html")
+    write_atomic(tmp_path / "link.html", "<p>through the link</p>")
+    assert (tmp_path / "link.html").is_symlink()
+    assert (tmp_path / "elsewhere" / "real.html").read_text() == "<p>through the link</p>"
+    (tmp_path / "link.html").unlink()
+    write_atomic(p, "<p>new</p>")
     with pytest.raises(TypeError):
         write_atomic(tmp_path / "r.html", 42)  # not text: the old file stays
-    assert p.read_text() == "<p>new</p>" and sorted(x.name for x in tmp_path.iterdir()) == ["r.html"]
+    assert p.read_text() == "<p>new</p>" and sorted(x.name for x in tmp_path.iterdir()) == ["elsewhere", "r.html"]
 
 
 def test_describe_file(tmp_path):

@@ -102,11 +102,19 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, encoding: str = "ut
     """Write `data` to a temporary file beside `path`, then rename it onto `path`: a reader (or a crash) never
     sees half a file, and a failure leaves the old file as it was."""
     p = Path(path)
+    p = p.resolve() if p.is_symlink() else p  # a link to a report elsewhere: that report is rewritten
     raw = data.encode(encoding) if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
+        if p.exists():  # the mode it had; else what a plain open() would give (mkstemp makes it 0600)
+            mode = p.stat().st_mode & 0o7777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
