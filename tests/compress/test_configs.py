@@ -168,3 +168,12 @@ def test_tied_head_quantized_when_named():
     res = quantize(gpt2, WeightOnlyConfig(bits=8, layers=("lm_head",), act_dtype="fp32"))
     assert res.layers == ["lm_head"]  # named explicitly: the user chose it (the embedding keeps its fp32 copy)
     assert TIED not in str(res.skipped)
+
+
+def test_a_model_with_no_weight_layer_is_an_error():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4))
+    with pytest.raises(ConfigError, match=r"quantize\(DynamicInt8Config\): Sequential has no nn.Linear.*Embedding, "
+                                          "LayerNorm"):
+        quantize(model, DynamicInt8Config())
+    with pytest.raises(ConfigError, match=r"prune\(FinePrune\): Sequential has no nn.Linear"):
+        prune(model, FinePrune())

@@ -128,6 +128,14 @@ def skipped_layers(model: nn.Module, done: Iterable[str], *, exclude: Iterable[s
     return out
 
 
+def require_weight_layers(model: nn.Module, what: str) -> None:
+    """A model with no layer any compression method handles is an error, not an empty result."""
+    if not weight_layers(model):
+        kinds = sorted({type(m).__name__ for m in model.modules() if any(True for _ in m.parameters(recurse=False))})
+        raise ConfigError(f"{what}: {type(model).__name__} has no nn.Linear, nn.Conv1d/2d/3d or transformers Conv1D "
+                          f"layer to compress (its parameters live in {', '.join(kinds) or 'no module'})")
+
+
 def param_bytes(model: nn.Module, bytes_per_param: float = 4.0) -> int:
     """Bytes of every parameter (each shared tensor once) at bytes_per_param: dense fp32 by default."""
     seen, total = set(), 0

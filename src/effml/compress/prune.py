@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from effml.compress.configs import ChannelPrune, FinePrune, NMPrune
-from effml.compress.layers import (count_nonzero, count_params, is_hf_conv1d, param_bytes, select_layers,
-                                   skipped_layers, tied_layers, unknown_name_error, weight_layers)
+from effml.compress.layers import (count_nonzero, count_params, is_hf_conv1d, param_bytes, require_weight_layers,
+                                   select_layers, skipped_layers, tied_layers, unknown_name_error, weight_layers)
 from effml.compress.masks import MaskSet, sparse_bits
 from effml.compress.structured import CRITERIA, Group, cut
 from effml.errors import ConfigError
@@ -74,8 +74,9 @@ def prune(model: nn.Module, config, *, example_inputs: tuple | None = None, data
     data: (x, y) batches for the Taylor criterion (and tracing when example_inputs is None).
     progress(what, fraction).
     """
-    return PRUNERS.get_for(config)(model, config, example_inputs=example_inputs, data=data,
-                                   progress=progress or _no_progress)
+    fn = PRUNERS.get_for(config)
+    require_weight_layers(model, f"prune({type(config).__name__})")
+    return fn(model, config, example_inputs=example_inputs, data=data, progress=progress or _no_progress)
 
 
 # ---- fine-grained ------------------------------------------------------------------------------------------

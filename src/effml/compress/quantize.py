@@ -32,8 +32,8 @@ from effml.compress.configs import (DynamicInt8Config, KMeansConfig, LinearQuant
 from effml.compress.int8 import dynamic_int8, float_layers, static_int8
 from effml.compress.kmeans import KMeansQuant
 from effml.compress.kmeans import storage_bits as kmeans_bits
-from effml.compress.layers import (count_params, is_hf_conv1d, param_bytes, select_layers, skipped_layers,
-                                   tied_layers)
+from effml.compress.layers import (count_params, is_hf_conv1d, param_bytes, require_weight_layers, select_layers,
+                                   skipped_layers, tied_layers)
 from effml.compress.qlinear import LinearFakeQuant, QSpec
 from effml.compress.qlinear import storage_bits as linear_bits
 from effml.compress.smooth import smooth_dynamic_int8
@@ -78,8 +78,9 @@ def quantize(model: nn.Module, config, *, calibration: Iterable | None = None, e
     calibration: batches (tensors, (x, y) pairs or keyword dicts) for static int8 and SmoothQuant;
     example_inputs: for FX tracing (static int8; else the first calibration batch). progress(what, fraction).
     """
-    return QUANTIZERS.get_for(config)(model, config, calibration=calibration, example_inputs=example_inputs,
-                                      progress=progress or _no_progress)
+    fn = QUANTIZERS.get_for(config)
+    require_weight_layers(model, f"quantize({type(config).__name__})")
+    return fn(model, config, calibration=calibration, example_inputs=example_inputs, progress=progress or _no_progress)
 
 
 def _stored_bytes(model: nn.Module, replaced: dict[int, int]) -> int:
