@@ -22,7 +22,6 @@ _EXPORTS = {
     "Measurement": "effml.measure.timing:Measurement",
     "prune": "effml.compress.prune:prune",
     "quantize": "effml.compress.quantize:quantize",
-    "compress": "effml.compress.workflow:compress",
     **{c: f"effml.compress.configs:{c}" for c in (
         "FinePrune", "ChannelPrune", "NMPrune", "LinearQuantConfig", "KMeansConfig", "DynamicInt8Config",
         "StaticInt8Config", "WeightOnlyConfig", "config_from_dict")},

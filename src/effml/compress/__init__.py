@@ -20,8 +20,10 @@ from effml.compress.io import load_compressed, save_compressed
 from effml.compress.prune import PRUNERS, PruneResult, channel_groups, prune
 from effml.compress.quantize import QUANTIZERS, QuantResult, freeze, quantize
 from effml.compress.sensitivity import SensitivityResult, sensitivity
+from effml.compress.workflow import CompressionReport, Measure, compress
 
 __all__ = ["CONFIGS", "PAPER_SPARSITY", "PRUNERS", "QUANTIZERS", "ChannelPrune", "CompressionConfig",
+           "CompressionReport", "Measure", "compress",
            "DeepCompressionConfig", "DeepCompressionResult", "DynamicInt8Config", "FinePrune", "KMeansConfig",
            "LinearQuantConfig", "NMPrune", "PruneResult", "QuantResult", "SensitivityResult", "StaticInt8Config",
            "WeightOnlyConfig", "channel_groups", "config_from_dict", "deep_compress", "freeze", "load_compressed",
