@@ -131,3 +131,14 @@ def test_cli_commands_take_a_folder_and_a_cached_hub_id(argv, tmp_path, monkeypa
     # the same config from a folder and from the cache: the same numbers (names differ)
     assert json.dumps(a).replace("tiny-llama", "X").replace("acme/", "") == \
         json.dumps(b).replace("tiny-llama", "X").replace("acme/", "")
+
+
+def test_a_hanging_name_lookup_is_bounded(monkeypatch):
+    # a resolver that never answers: create_connection's timeout does not cover the DNS lookup, the probe does
+    def hang(*a, **k):
+        time.sleep(30)
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    t0 = time.perf_counter()
+    why = hub.reachable("https://hub.invalid", timeout_s=0.5)
+    assert time.perf_counter() - t0 < 2.0 and why == "hub.invalid:443 not reachable within 0.5 s (name lookup hung)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -61,11 +62,21 @@ def reachable(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
     host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
     if not host:
         return f"HF_ENDPOINT {url!r} has no host"
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return None
-    except OSError as e:  # refused, unresolvable, timed out
-        return f"{host}:{port} not reachable within {timeout_s:g} s ({type(e).__name__}: {e})"
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                result.append(None)
+        except OSError as e:  # refused, unresolvable, timed out
+            result.append(f"{host}:{port} not reachable within {timeout_s:g} s ({type(e).__name__}: {e})")
+
+    # the DNS lookup inside create_connection ignores the timeout (a dead resolver can stall for tens of
+    # seconds): the probe runs in a daemon thread and is abandoned when it overruns
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout_s + 0.5)
+    return result[0] if result else f"{host}:{port} not reachable within {timeout_s:g} s (name lookup hung)"
 
 
 def cache_dir() -> str:
