@@ -197,3 +197,21 @@ def test_gpu_targets_train_with_a_fused_attention_kernel():
     cpu = estimator_for(spec, target())(TrainConfig(precision="bf16-mixed"))
     s2 = 12 * 12 * 512 * 512  # layers x heads x s² (b = 1)
     assert cpu.full["activations"] - gpu.full["activations"] >= 5 * s2
+
+
+def test_mixture_of_experts_trains_on_fake_tensors_in_fp32():
+    # Mixtral's experts run torch._grouped_mm, whose fake/meta kernel refuses fp32 (the CUDA kernel's bf16 limit):
+    # the simulation makes those outputs from shapes. A tiny Mixtral: AdamW fp32 = 4 + 4 + 8 B per parameter.
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf = AutoConfig.for_model("mixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, vocab_size=100, num_local_experts=4,
+                              num_experts_per_tok=2)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf)
+    p = sum(t.numel() for t in model.parameters())
+    est = train_memory(model, (torch.zeros(2, 16, dtype=torch.long),), TrainConfig(micro_batch=2),
+                       forward_kwargs={"use_cache": False}, kernel_workspace=False)
+    buffers = sum(t.numel() * 4 for t in model.buffers())  # RoPE inv_freq (and its original copy): 2 x 8 fp32
+    assert est.full["weights"] == 4 * p + buffers and est.full["gradients"] == 4 * p
+    assert est.full["activations"] > 0

@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from effml.cost import formulas  # noqa: F401  (registers the formulas)
-from effml.cost.formulas.linalg import AttentionShape, grouped_mm_on_meta
+from effml.cost.formulas.linalg import AttentionShape, grouped_mm_output, shape_only_grouped_mm
 from effml.cost.masks import Shadows
 from effml.cost.profile import OpEvent, Profile
 from effml.cost.registry import OpCost, bytes_of, lookup, tensors
@@ -222,9 +222,8 @@ class _DispatchMode(TorchDispatchMode):
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
-        if func is torch.ops.aten._grouped_mm.default and args[0].device.type == "meta" \
-                and args[0].dtype != torch.bfloat16:
-            out = grouped_mm_on_meta(args, kwargs)  # its meta kernel refuses fp32, which CPUs run
+        if shape_only_grouped_mm(func, args, kwargs):
+            out = grouped_mm_output(args, kwargs, "meta")  # its meta kernel refuses fp32, which CPUs run
         else:
             out = func(*args, **kwargs)
         if not self.counter.suppress:

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from effml.cost.formulas.linalg import grouped_mm_output, shape_only_grouped_mm
 from effml.errors import ConfigError, EffmlError, ModelError
 from effml.train import checkpoint as ckpt
 from effml.train.config import TrainConfig, get_optimizer, get_precision
@@ -77,7 +78,10 @@ class StorageLog(TorchDispatchMode):
         self.marks_current[name] = self.current
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        if shape_only_grouped_mm(func, args, kwargs or {}):  # MoE experts in fp32: the fake kernel refuses them
+            out = grouped_mm_output(args, kwargs or {}, "cpu")  # made under the fake mode below: a fake tensor
+        else:
+            out = func(*args, **(kwargs or {}))
         cast = func is torch.ops.aten._to_copy.default and _key(args[0]) in self.param_keys
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):

@@ -130,13 +130,19 @@ def _grouped_mm_fallback_backward(args, kwargs, out):
     return matmul_cost(2 * x.shape[0] * w.shape[1] * w.shape[2])
 
 
-def grouped_mm_on_meta(args, kwargs) -> torch.Tensor:
-    """torch._grouped_mm's meta kernel accepts only bf16 (the CUDA kernel's limit; the CPU kernel runs fp32):
-    for counting, an fp32/fp16 call on meta gets an empty output of the right shape."""
+def shape_only_grouped_mm(func, args, kwargs) -> bool:
+    """torch._grouped_mm's meta kernel (which fake tensors use too) accepts only bf16, the CUDA kernel's limit;
+    the CPU kernel runs fp32. True for the calls that then need their output made from shapes alone."""
+    return (func is aten._grouped_mm.default and args[0].dtype != torch.bfloat16
+            and (args[0].device.type == "meta" or type(args[0]).__name__ == "FakeTensor"))
+
+
+def grouped_mm_output(args, kwargs, device) -> torch.Tensor:
+    """An empty output of torch._grouped_mm's shape and dtype (for meta and fake-tensor runs)."""
     b = bind(aten._grouped_mm.default, args, kwargs)
     a, w = b["self"], b["mat2"]
     dtype = b.get("out_dtype") or a.dtype
-    return torch.empty(grouped_mm_shape(a, w, b["offs"]), dtype=dtype, device="meta")
+    return torch.empty(grouped_mm_shape(a, w, b["offs"]), dtype=dtype, device=device)
 
 
 # ---- convolution -----------------------------------------------------------------------------------
