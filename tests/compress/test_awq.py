@@ -68,7 +68,7 @@ def test_effml_transformer_closer_than_rtn():
 
     model = build("tiny", std=0.3)
     ref = copy.deepcopy(model)
-    calib = torch.randint(0, 97, (8, 64), generator=torch.Generator().manual_seed(0))
+    calib = torch.randint(0, 97, (16, 64), generator=torch.Generator().manual_seed(0))
     res = awq_model(model, AWQConfig(group_size=32), calib)
     assert len(res.layers) == 14
     # grouped-query attention: wv has 32 outputs, wo 64 inputs, so o's scales have nowhere to go
@@ -77,7 +77,7 @@ def test_effml_transformer_closer_than_rtn():
     x = torch.randint(0, 97, (4, 32), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         a, b, c = ref(x), model(x), rtn_model(x)
-    assert ((a - b) ** 2).mean() < ((a - c) ** 2).mean()
+    assert ((a - b) ** 2).mean() < ((a - c) ** 2).mean()  # measured 1.07 vs 1.28 mean squared logit error
 
 
 def test_gpt2_conv1d():

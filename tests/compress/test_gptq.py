@@ -62,7 +62,7 @@ def _calibration(vocab, n=4, T=32, seed=0):
 def test_effml_transformer_block_by_block():
     model = build("tiny", std=0.3)
     ref = copy.deepcopy(model)
-    calib = _calibration(97)
+    calib = _calibration(97, 16, 64)  # 1024 tokens: H (128 x 128 for w2) needs well over 128 tokens to be full rank
     res = gptq_model(model, GPTQConfig(group_size=32), calib)
     assert len(res.layers) == 14  # 2 blocks x (wq, wk, wv, wo, w1, w3, w2)
     assert isinstance(model.layers[1].feed_forward.w2, WeightOnlyLinear)
@@ -73,7 +73,8 @@ def test_effml_transformer_block_by_block():
     x = _calibration(97, 4, 32, seed=5)  # held-out tokens of the calibration's distribution
     with torch.no_grad():
         a, b, c = ref(x), model(x), rtn_model(x)
-    assert ((a - b) ** 2).mean() < ((a - c) ** 2).mean()  # GPTQ's logits are nearer the float model's than RTN's
+    # GPTQ's logits are nearer the float model's than RTN's (measured 1.00 vs 1.28 mean squared error)
+    assert ((a - b) ** 2).mean() < ((a - c) ** 2).mean()
 
 
 def test_gpt2_conv1d_layers_are_quantized():
@@ -108,3 +109,20 @@ def test_bad_input_is_named():
         GPTQConfig(bits=8, group_size=128)
     with pytest.raises(ConfigError, match="damp"):
         GPTQConfig(damp=1.5)
+
+
+def test_through_quantize_and_configs():
+    from effml.compress.configs import config_from_dict
+    from effml.compress.quantize import quantize
+
+    model = build("tiny", std=0.3)
+    cfg = config_from_dict({"method": "gptq", "group_size": 32})
+    assert cfg == GPTQConfig(group_size=32) and cfg.to_dict()["method"] == "gptq"
+    seen = []
+    res = quantize(model, cfg, calibration=_calibration(97), progress=lambda what, f: seen.append(f))
+    assert res.model is model and res.method == "gptq-int4" and len(res.layers) == 14 and seen[-1] == 1.0
+    # stored: 14 layers' 4-bit codes + 2 fp32 (scale, zero) per group of 32, plus every float tensor
+    codes = sum(m.codes.numel() for m in model.modules() if isinstance(m, WeightOnlyLinear))
+    floats = sum(p.numel() for p in model.parameters())
+    assert res.stored_bytes == (codes * 4 + codes // 32 * 64 + floats * 32) // 8
+    assert res.skipped == [("output", "LM head tied to the input embedding: kept in float with it")]

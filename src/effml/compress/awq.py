@@ -232,3 +232,21 @@ def awq_model(model: nn.Module, config: AWQConfig, calibration: torch.Tensor, pr
     res.notes = notes
     res.alphas = alphas
     return res
+
+
+def _register():
+    from effml.compress.gptq import quant_result
+    from effml.compress.layers import param_bytes
+    from effml.compress.quantize import QUANTIZERS
+
+    @QUANTIZERS.register(AWQConfig)
+    def awq_method(model: nn.Module, config: AWQConfig, *, calibration=None, progress=None, **_):
+        dense = param_bytes(model)
+        cb = None if progress is None else (lambda i, n: progress(f"awq: block {i}/{n}", i / n))
+        res = awq_model(model, config, calibration, cb)
+        note = (f"AWQ int4 (groups of {config.group_size}, alpha grid {config.grid}, clip={config.clip}) on "
+                f"{calibration.shape[0]}x{calibration.shape[1]} calibration tokens, block by block")
+        return quant_result("awq-int4", model, res, dense, 4, [note])
+
+
+_register()

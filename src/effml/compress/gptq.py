@@ -33,7 +33,8 @@ from effml.errors import ConfigError
 
 @dataclass(frozen=True)
 class Grid:
-    """bits=4: asymmetric codes 0..15 per group (w = (q - zero) * scale); bits=8: symmetric -127..127 per row."""
+    """bits=4: codes 0..15 over each group's [min, max] (w = (q - zero) * scale, zero fractional); bits=8: symmetric
+    -127..127 per row. The same grids as `effml.compress.weight_only` (round to nearest)."""
 
     bits: int
 
@@ -42,17 +43,17 @@ class Grid:
         return self.bits == 8
 
     def params(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """w (rows, cols) -> scale, zero, each (rows,): the min/max grid of the rows (0 always representable)."""
+        """w (rows, cols) -> scale, zero, each (rows,): the grid of each row."""
         if self.symmetric:
             scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
             return scale, torch.zeros_like(scale)
-        lo, hi = w.amin(1).clamp(max=0), w.amax(1).clamp(min=0)
-        scale = ((hi - lo) / 15).clamp(min=1e-12)
-        return scale, torch.round(-lo / scale)
+        lo, hi = w.amin(1), w.amax(1)  # the group's own range (llama.cpp Q4_1, effml's int4 RTN): 16 levels used
+        scale = torch.where(hi > lo, (hi - lo) / 15, torch.ones_like(hi))
+        return scale, -lo / scale  # a fractional zero point: the code of w = 0
 
     def codes(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         lo, hi = (-127, 127) if self.symmetric else (0, 15)
-        return torch.clamp(torch.round(w / scale) + zero, lo, hi)
+        return torch.clamp(torch.round(w / scale + zero), lo, hi)
 
     def dequant(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         return (q - zero) * scale
@@ -269,3 +270,35 @@ def gptq_model(model: nn.Module, config: GPTQConfig, calibration: torch.Tensor, 
 
     return calibrated_quantize(model, calibration, config.bits, config.group_size, config.exclude,
                                config.batch_size, quantize_block, progress)
+
+
+def quant_result(method: str, model: nn.Module, res: CalibratedQuant, dense: int, bits: int, notes: list[str]):
+    """The QuantResult of a calibrated method: codes + scales of the WeightOnlyLinear layers, every other tensor fp32."""
+    import math
+
+    from effml.compress.quantize import QuantResult
+    from effml.compress.weight_only import WeightOnlyLinear
+
+    wol = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    other = sum({id(p): p.numel() for p in model.parameters()}.values()) * 32
+    stored = math.ceil((other + sum(m.storage_bits() for m in wol)) / 8)
+    params = sum(m.codes.numel() for m in wol) + other // 32
+    return QuantResult(method, model, res.layers, params, dense, stored, bits, notes + res.notes, None, res.skipped)
+
+
+def _register():
+    from effml.compress.layers import param_bytes
+    from effml.compress.quantize import QUANTIZERS
+
+    @QUANTIZERS.register(GPTQConfig)
+    def gptq_method(model: nn.Module, config: GPTQConfig, *, calibration=None, progress=None, **_):
+        dense = param_bytes(model)
+        cb = None if progress is None else (lambda i, n: progress(f"gptq: block {i}/{n}", i / n))
+        res = gptq_model(model, config, calibration, cb)
+        g = f"groups of {config.group_size}" if config.group_size else "one group per row"
+        note = (f"GPTQ int{config.bits} ({g}, damp {config.damp}, act_order={config.act_order}) on "
+                f"{calibration.shape[0]}x{calibration.shape[1]} calibration tokens, block by block")
+        return quant_result(f"gptq-int{config.bits}", model, res, dense, config.bits, [note])
+
+
+_register()

@@ -12,6 +12,14 @@ LayerNorms normalise over it, so removing features would change every other feat
   replaced by `HeadPrunedAttention` (its forward splits by heads x head_dim, not by C). MLP: `mlp.0` rows +
   `mlp.2` columns.
 - `llama-mlp`: `gate_proj`/`up_proj` rows + `down_proj` columns (HF Llama, Mistral, SmolLM2).
+- `hf-llama-attn`: `q_proj`/`k_proj`/`v_proj`/`o_proj` with `head_dim` (HF Llama family). Multi-head: head h is
+  rows h*hd.. of q, k, v and the same columns of o. Grouped-query (n_kv < n_heads): only query heads are pruned,
+  the same number from every KV group (a `HeadGroup` with kv_heads set), k/v stay whole and
+  `num_key_value_groups` becomes the kept queries per KV head; whole heads only, so RoPE's head_dim is intact.
+- `effml-llama-attn` / `effml-llama-mlp`: effml.llm's `Attention` (wq/wk/wv/wo, same GQA handling, `n_heads`
+  updated) and `FeedForward` (w1/w3 rows + w2 columns).
+- `hf-gpt2`: GPT2Attention's fused Conv1D `c_attn` (q|k|v at 0, C, 2C along the Conv1D's output dim 1) +
+  `c_proj` (input dim 0); `num_heads`/`split_size` updated. GPT2MLP: `c_fc` outputs + `c_proj` inputs.
 """
 
 from __future__ import annotations
@@ -20,10 +28,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataclasses import dataclass
+
 from effml.registries import Registry
 from effml.compress.structured import Group, Member
 
 RULES: Registry = Registry("transformer structure rule")
+
+
+@dataclass
+class HeadGroup(Group):
+    """Attention heads; kv_heads > 0: grouped-query attention, query heads kv-group-major (heads g*rep..g*rep+rep-1
+    share KV head g), pruned by the same count in every group."""
+
+    kv_heads: int = 0
 
 
 class HeadPrunedAttention(nn.Module):
@@ -130,3 +148,105 @@ def llama_mlp_groups(model: nn.Module) -> list[Group]:
 def transformer_groups(model: nn.Module) -> list[Group]:
     """Groups found by every rule (empty when the model has no transformer block we know)."""
     return [g for rule in RULES.names() for g in RULES.get(rule)(model)]
+
+
+def _conv1d_members(name: str, m: nn.Module, dim: int, role: str, block: int = 1,
+                    segments: tuple[int, ...] = (0,)) -> list[Member]:
+    """transformers Conv1D: weight (in, out): outputs are dim 1 (`dim`=0 means outputs, as for nn.Linear)."""
+    mems = [Member(name, "weight", 1 if dim == 0 else 0, role, block, segments)]
+    if m.bias is not None and dim == 0:
+        mems.append(Member(name, "bias", 0, role, block, segments))
+    return mems
+
+
+def _gqa_members(name, parts, heads, kv, hd):
+    """Members of one attention's head group: q (+ k, v when heads == kv) rows and o columns."""
+    q, k, v, o = parts
+    mems = _linear_members(_join(name, q[0]), q[1], 0, "out", hd)
+    if kv == heads:
+        mems += _linear_members(_join(name, k[0]), k[1], 0, "out", hd)
+        mems += _linear_members(_join(name, v[0]), v[1], 0, "out", hd)
+    mems += _linear_members(_join(name, o[0]), o[1], 1, "in", hd)
+    return mems
+
+
+@RULES.register("hf-llama-attn")
+def llama_attn_groups(model: nn.Module) -> list[Group]:
+    groups = []
+    for name, m in model.named_modules():
+        names = ("q_proj", "k_proj", "v_proj", "o_proj")
+        parts = [(k, getattr(m, k, None)) for k in names]
+        if not (all(isinstance(p, nn.Linear) for _, p in parts) and isinstance(getattr(m, "head_dim", None), int)):
+            continue
+        hd = m.head_dim
+        heads, kv = parts[0][1].out_features // hd, parts[1][1].out_features // hd
+
+        def fix(model, keep, m=m, kv=kv):
+            m.num_key_value_groups = len(keep) // kv
+
+        groups.append(HeadGroup(name, "heads", heads, _gqa_members(name, parts, heads, kv, hd), [fix],
+                                kv if kv < heads else 0))
+    return groups
+
+
+@RULES.register("effml-llama-attn")
+def effml_attn_groups(model: nn.Module) -> list[Group]:
+    from effml.llm.model import Attention
+
+    groups = []
+    for name, m in model.named_modules():
+        if not isinstance(m, Attention):
+            continue
+        parts = [(k, getattr(m, k)) for k in ("wq", "wk", "wv", "wo")]
+        heads, kv, hd = m.n_heads, m.n_kv, m.hd
+
+        def fix(model, keep, m=m):
+            m.n_heads = len(keep)
+
+        groups.append(HeadGroup(name, "heads", heads, _gqa_members(name, parts, heads, kv, hd), [fix],
+                                kv if kv < heads else 0))
+    return groups
+
+
+@RULES.register("effml-llama-mlp")
+def effml_mlp_groups(model: nn.Module) -> list[Group]:
+    from effml.llm.model import FeedForward
+
+    groups = []
+    for name, m in model.named_modules():
+        if isinstance(m, FeedForward):
+            mems = _linear_members(_join(name, "w1"), m.w1, 0, "out")
+            mems += _linear_members(_join(name, "w3"), m.w3, 0, "out")
+            mems += _linear_members(_join(name, "w2"), m.w2, 1, "in")
+            groups.append(Group(name, "mlp", m.w1.out_features, mems))
+    return groups
+
+
+@RULES.register("hf-gpt2")
+def gpt2_groups(model: nn.Module) -> list[Group]:
+    from effml.compress.hf_layers import is_conv1d
+
+    groups = []
+    for name, m in model.named_modules():
+        c_attn, c_proj, c_fc = getattr(m, "c_attn", None), getattr(m, "c_proj", None), getattr(m, "c_fc", None)
+        if c_attn is not None and is_conv1d(c_attn) and is_conv1d(c_proj) and hasattr(m, "num_heads") \
+                and not getattr(m, "is_cross_attention", False):
+            hd, heads = m.head_dim, m.num_heads
+            inner = heads * hd
+            mems = _conv1d_members(_join(name, "c_attn"), c_attn, 0, "out", hd, (0, inner, 2 * inner))
+            mems += _conv1d_members(_join(name, "c_proj"), c_proj, 1, "in", hd)
+
+            def fix(model, keep, m=m, hd=hd):
+                m.num_heads, m.split_size = len(keep), len(keep) * hd
+                m.c_attn.nf = m.c_attn.weight.shape[1]
+
+            groups.append(Group(name, "heads", heads, mems, [fix]))
+        elif c_fc is not None and is_conv1d(c_fc) and c_proj is not None and is_conv1d(c_proj):
+            mems = _conv1d_members(_join(name, "c_fc"), c_fc, 0, "out")
+            mems += _conv1d_members(_join(name, "c_proj"), c_proj, 1, "in")
+
+            def fix(model, keep, m=m):
+                m.c_fc.nf = m.c_fc.weight.shape[1]
+
+            groups.append(Group(name, "mlp", c_fc.nf, mems, [fix]))
+    return groups
