@@ -172,3 +172,33 @@ def test_sampling_matches_the_targets_distribution():
     naive = [generate(draft, prompt, GenerateConfig(max_new_tokens=2, temperature=temp, seed=s)).tokens
              for s in range(n)]
     assert _chi2(naive, law) < 1e-6
+
+
+def test_prompt_lookup_proposes_the_latest_continuation_and_keeps_greedy_identical(target):
+    from effml.llm.speculative import PromptLookup
+
+    lk = PromptLookup(max_ngram=3)
+    assert lk.propose([7, 1, 2, 3, 9, 1, 2, 3, 4, 5, 1, 2, 3], 2) == [4, 5]  # latest "1 2 3" is followed by 4 5
+    assert lk.propose([1, 2, 3], 4) == []  # nothing earlier matches: no proposal (a plain step)
+    for prompt in ([5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [3, 1, 4, 1, 5, 9, 2, 6], [11]):
+        ref = generate(target, prompt, GenerateConfig(max_new_tokens=24)).tokens
+        for gamma in (2, "auto"):
+            res = speculative_generate(target, lk, prompt, SpecConfig(gamma=gamma, max_new_tokens=24))
+            assert res.tokens == ref and res.draft_calls == 0
+
+
+def test_prompt_lookup_sampling_matches_the_targets_distribution():
+    from effml.llm.speculative import PromptLookup
+
+    target = build(ModelArgs.preset("tiny", vocab_size=V), seed=0, std=0.15)
+    prompt, temp, n = [1, 4, 2, 1, 4], 1.0, 400  # the lookup proposes "2 1" (what followed "1 4") every time
+    law = _exact_two_token_law(target, prompt, temp)
+    law = law / law.sum()  # float32 probabilities: the sum is 1 only to ~1e-7, scipy wants 1.5e-8
+    spec = [speculative_generate(target, PromptLookup(), prompt, SpecConfig(gamma=2, max_new_tokens=2,
+                                                                             temperature=temp, seed=s)).tokens
+            for s in range(n)]
+    # the same test as above: a correct sampler gives p > 0.01 with probability 0.99; one that kept the
+    # proposal "2 1" whenever p(2) > 0 would put far more than law[2 * V + 1] of the mass on that cell
+    assert law[2 * V + 1] < 0.2  # so "always accept" (every sample "2 1") is far from the target's law
+    assert _chi2(spec, law) > 0.01
+    assert _chi2([[2, 1]] * n, law) < 1e-6

@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--top-k", type=nonneg_int, default=0, help="sample among the k most likely tokens (0: all)")
     p.add_argument("--kv", default="paged", help="KV cache: paged (default), contiguous, none (recompute)")
     p.add_argument("--speculative", metavar="DRAFT",
-                   help="draft model: smollm2-135m-draft (distilled here; built once, minutes), layers:0,1,29 "
+                   help="draft: lookup (prompt lookup, no model: for answers that copy the prompt), self-int4 "
+                        "(the target in int4), smollm2-135m-draft (distilled here; built once), layers:0,1,29 "
                         "(a layer subset of the target), or a model name")
     p.add_argument("--gamma", default=None, help="with --speculative: draft tokens per target call, or 'auto' "
                                                   "(default 4)")
@@ -104,7 +105,7 @@ def run(args) -> int:
                 bar.stop()
     notes = to_format(lm.model, FormatConfig(args.format, group_size=args.group_size))
     plan = prepare(lm.model)
-    if draft is not None and draft is not lm.model:
+    if draft is not None and draft is not lm.model and hasattr(draft, "layers"):  # a model draft, not lookup
         prepare(draft)
     if not args.json:
         for n in notes + plan.notes:

@@ -3,6 +3,8 @@
     lm = load_model("smollm2-135m")                 # LoadedModel(name, model, tokenizer)
     draft = load_draft("smollm2-135m-draft", lm)    # distilled layer-subset draft (built once, cached)
     draft = load_draft("layers:0,1,29", lm)         # an untrained layer subset of the target
+    draft = load_draft("lookup", lm)                # prompt lookup: no model, copies n-gram continuations
+    draft = load_draft("self-int4", lm)             # the target itself in int4 weight-only (self-speculation)
     lm = load_model("tiny")                         # random-weight toy of the same architecture (tests, demos)
 """
 
@@ -74,7 +76,24 @@ def _distilled(target: LoadedModel, progress=None):
 
 
 def load_draft(name: str, target: LoadedModel, progress=None):
-    """A draft model for `target`: a registered draft, `layers:i,j,..` (a layer subset), or any model name."""
+    """A draft for `target`: a registered draft, `layers:i,j,..` (a layer subset), `lookup[:N]` (prompt lookup
+    with n-grams up to N, default 3), `self-int4` / `self-int8` (a quantized copy of the target), or a model name."""
+    if name == "lookup" or name.startswith("lookup:"):
+        from effml.llm.speculative import PromptLookup
+
+        try:
+            n = int(name.removeprefix("lookup:")) if ":" in name else 3
+        except ValueError:
+            raise ConfigError(f"draft {name!r}: expected lookup or lookup:N with N the longest n-gram (e.g. lookup:3)")
+        return PromptLookup(max_ngram=n)
+    if name in ("self-int4", "self-int8"):
+        import copy
+
+        from effml.llm.engine import FormatConfig, to_format
+
+        draft = copy.deepcopy(target.model)
+        to_format(draft, FormatConfig(name.removeprefix("self-")))
+        return draft
     if name.startswith("layers:"):
         from effml.llm.draft import layer_subset
 
@@ -87,4 +106,5 @@ def load_draft(name: str, target: LoadedModel, progress=None):
         return DRAFTS[name](target, progress)
     if name in MODELS:
         return load_model(name).model
-    raise ConfigError(f"unknown draft {name!r}; expected one of {', '.join([*DRAFTS, *MODELS])} or layers:i,j,..")
+    raise ConfigError(f"unknown draft {name!r}; expected one of {', '.join([*DRAFTS, *MODELS])}, lookup[:N], "
+                      f"self-int4, self-int8 or layers:i,j,..")

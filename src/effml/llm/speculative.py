@@ -170,6 +170,27 @@ class SpecResult:
                 "formula_speedup": self.formula_speedup}
 
 
+class PromptLookup:
+    """A draft without a model (prompt-lookup decoding, Saxena 2023): find the latest earlier occurrence of the
+    sequence's last n tokens (n = max_ngram down to min_ngram) and propose the tokens that followed it. Free to
+    run (c ≈ 0) and right whenever the answer copies its input (editing, quoting, retrieval-grounded answers).
+    Its proposal law is a point mass, so rejection sampling stays exact: accept x with probability p(x), else
+    sample from p with x removed."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ConfigError(f"PromptLookup needs 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def propose(self, seq: list[int], gamma: int) -> list[int]:
+        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
+            tail = seq[-n:]
+            for start in range(len(seq) - n - 1, -1, -1):  # latest match first, never the tail itself
+                if seq[start:start + n] == tail:
+                    return seq[start + n:start + n + gamma]
+        return []
+
+
 def check_pair(target: Transformer, draft: Transformer) -> None:
     """A draft must score the same vocabulary as the target (same ids, same size)."""
     vt, vd = target.args.vocab_size, draft.args.vocab_size
@@ -198,6 +219,9 @@ def _accept(p: torch.Tensor, q: torch.Tensor, x: int, greedy: bool, gen) -> tupl
     if greedy:
         best = int(p.argmax())
         return (best == x), (None if best == x else best)
+    if q is None:  # a point-mass proposal (prompt lookup): q(x) = 1
+        q = torch.zeros_like(p)
+        q[x] = 1.0
     if float(torch.rand((), generator=gen)) * float(q[x]) < float(p[x]):  # u < p(x)/q(x), no division by 0
         return True, None
     residual = (p - q).clamp_min(0)
@@ -210,16 +234,20 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
                          on_token: Callable[[int], None] | None = None) -> SpecResult:
     prompt = [int(t) for t in prompt]
     check_request(target, prompt, config.max_new_tokens)
-    if not isinstance(draft, Transformer):
-        raise ConfigError(f"the draft must be an effml.llm.model.Transformer, not {type(draft).__name__}")
-    check_pair(target, draft)
+    lookup = isinstance(draft, PromptLookup)
+    if not lookup and not isinstance(draft, Transformer):
+        raise ConfigError(f"the draft must be an effml.llm.model.Transformer or a PromptLookup, not "
+                          f"{type(draft).__name__}")
+    if not lookup:
+        check_pair(target, draft)
     greedy = config.temperature == 0
     gen = torch.Generator().manual_seed(config.seed)
     auto = config.gamma == "auto"
     warmup = [min(g, config.max_gamma) for g in config.warmup_gammas] if auto else []
     gamma = config.gamma if not auto else warmup[0]
     span = len(prompt) + config.max_new_tokens + config.max_gamma + 1
-    ts, ds = new_session(config.kv, target, span), new_session(config.kv, draft, span)
+    ts = new_session(config.kv, target, span)
+    ds = None if lookup else new_session(config.kv, draft, span)
     costs = CallCosts()
     tcall, dcall = _Timed(costs), _Timed()
     dist = (lambda lg: lg) if greedy else (lambda lg: next_probs(lg, config.temperature, config.top_k))
@@ -230,7 +258,8 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     t0 = time.perf_counter()
     if len(prompt) > 1:  # both caches hold all but the last token; it is fed with the first proposal
         ts.feed(prompt[:-1], last=1)
-        ds.feed(prompt[:-1], last=1)
+        if ds is not None:
+            ds.feed(prompt[:-1], last=1)
     while len(out) < config.max_new_tokens:
         if auto:  # warm-up γs first, then the best γ for the running α, draft step and target t(T)
             if len(history) < len(warmup):
@@ -240,10 +269,16 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
                 c = (dcall.time / dcall.calls) / t1 if dcall.calls else 0.0
                 alpha = min(accepted / tested, 0.999) if tested else 0.0
                 gamma = best_gamma(alpha, c, config.max_gamma, costs.v, min_gamma=0)
+        else:
+            gamma = config.gamma  # (a lookup round may have proposed fewer)
         history.append(gamma)
         base = len(seq)  # tokens committed
         drafts, qs = [], []
-        for _ in range(gamma):  # draft γ tokens, one call each (the first also catches the draft up)
+        if lookup:  # up to γ copied tokens (none when nothing matches: a plain step), point-mass law
+            drafts = draft.propose(seq, gamma)
+            qs = [None] * len(drafts)
+            gamma = len(drafts)
+        for _ in range(0 if lookup else gamma):  # draft γ tokens, one call each (the first catches the draft up)
             lg = dcall(ds, seq[ds.length:] if not drafts else drafts[-1:], last=1)[-1]
             q = dist(lg)
             x = int(q.argmax()) if greedy else int(torch.multinomial(q, 1, generator=gen))
@@ -269,7 +304,8 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
             nxt = int(ps[gamma].argmax()) if greedy else int(torch.multinomial(ps[gamma], 1, generator=gen))
         new = drafts[:n] + [nxt]
         ts.truncate(base + n)  # keep the accepted drafts' K/V; nxt is fed next round
-        ds.truncate(min(ds.length, base + n))
+        if ds is not None:
+            ds.truncate(min(ds.length, base + n))
         stop = False
         for tok in new:
             if len(out) == config.max_new_tokens:
