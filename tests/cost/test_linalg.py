@@ -228,3 +228,15 @@ def test_transformers_grouped_mm_fallback_counts_like_grouped_mm():
     p = effml.profile(Experts(), x, backward=True)
     assert p.unsupported == {}
     assert p.total("forward").macs == 6 * 16 * 8 and p.total("backward").macs == 2 * 6 * 16 * 8
+
+
+@pytest.mark.parametrize("device, rows, split, hit", [("cpu", 6, [2, 2, 6], 2), ("meta", 2, [1, 2, 2], 2),
+                                                      ("meta", 6, [2, 2, 6], 3)])
+def test_grouped_mm_reads_only_the_experts_that_got_rows(device, rows, split, hit):
+    # 3 experts of (16 x 8) fp32 = 512 B each. On CPU the offsets say which experts got rows (2, 0, 4 rows: 2
+    # experts); on meta min(experts, rows) (a decode step's top-2 of 8 reads 2 experts' weights, not 8)
+    a = torch.randn(rows, 16, device=device)
+    w = torch.randn(3, 16, 8, device=device)
+    offs = torch.tensor(split, dtype=torch.int32, device=device)
+    p = effml.profile(_Fn(lambda x, y: torch._grouped_mm(x, y, offs=offs)), a, w)
+    assert p.by_op()["aten._grouped_mm"].bytes_read == rows * 16 * 4 + 3 * 4 + hit * 16 * 8 * 4

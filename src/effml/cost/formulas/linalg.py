@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from effml.cost.registry import OpCost, bind, formula, named_formula, prod
+from effml.cost.registry import OpCost, bind, formula, named_formula, nbytes, prod
 
 aten = torch.ops.aten
 
@@ -114,7 +114,21 @@ def _grouped_mm(args, kwargs, out):
     a, b = args[0], args[1]
     if a.dim() == 2 and b.dim() == 2:
         return matmul_cost(a.shape[0] * a.shape[1] * b.shape[1])
-    return matmul_cost(out.numel() * a.shape[-1])
+    cost = matmul_cost(out.numel() * a.shape[-1])
+    if a.dim() == 2 and b.dim() == 3:  # routed rows x stacked experts: only the experts that got rows are read
+        offs = bind(aten._grouped_mm.default, args, kwargs)["offs"]
+        read = nbytes(a) + nbytes(offs) + experts_hit(offs, a.shape[0], b.shape[0]) * nbytes(b) // b.shape[0]
+        cost = OpCost(cost.flops, cost.macs, bytes_read=read)
+    return cost
+
+
+def experts_hit(offs: torch.Tensor, rows: int, groups: int) -> int:
+    """Experts with at least one routed row: counted from the offsets where they have values, else (meta)
+    min(groups, rows) — exact for a decode step (top-2 of 8: 2 experts' weights read, not 8)."""
+    if offs.device.type != "meta" and type(offs).__name__ != "FakeTensor":
+        bounds = [0, *offs.tolist()]
+        return sum(hi > lo for lo, hi in zip(bounds, bounds[1:]))
+    return min(groups, rows)
 
 
 @named_formula("transformers.grouped_mm_fallback", category="matmul")
