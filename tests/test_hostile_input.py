@@ -274,6 +274,9 @@ CASES = [
       id="batch-beyond-ram"),
     C(["profile", "--config", "gpt2", "--device", "cpu", "--batch", "100000000", "--seq", "1024"],
       "'gpt2' with real weights", id="config-inputs-beyond-ram"),
+    # 512 x 1024 x 50257 fp32 logits = 105.4 GB, whatever the rest of the activations
+    C(["profile", "--config", "gpt2", "--device", "cpu", "--batch", "512", "--seq", "1024"], r"logits 105 GB\)",
+      id="config-logits-beyond-ram"),
     C(["profile", "--model", "lenet5", "--set", "width=1000"], r"--model lenet5: its weights \(242 GB as built with",
       id="set-width-beyond-ram"),
     C(["train", "--model", "tiny_gpt", "--seq", "100000000", "--steps", "2", "--warmup", "0"],

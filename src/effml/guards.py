@@ -163,7 +163,9 @@ def module_bytes(model) -> int:
 
 def check_config_fits_ram(cfg, batch: int, seq: int | None, dtype: str, device: str = "cpu") -> None:
     """Before building a model config with real weights: its parameters and buffers (counted on the meta
-    device, in `dtype`) plus its example inputs must fit in the memory available now."""
+    device, in `dtype`), its example inputs and, for a causal LM, the logits every forward returns (batch x seq
+    x vocab in `dtype`: 105 GB for GPT-2 at batch 512, seq 1024) must fit in the memory available now. Other
+    activations are not counted: this is a lower bound."""
     from effml import configs
     from effml.units import fmt_bytes, si
 
@@ -174,8 +176,13 @@ def check_config_fits_ram(cfg, batch: int, seq: int | None, dtype: str, device: 
     n = sum(p.numel() for p in meta.parameters())
     args, kwargs = configs.example_inputs(cfg, batch=batch, seq=seq, device="meta", dtype=dtype)
     inputs = sum(t.numel() * t.element_size() for t in (*args, *kwargs.values()) if hasattr(t, "element_size"))
-    check_fits_ram(weights + inputs, f"building {cfg.name!r} with real weights in {dtype} "
-                                     f"({si(n)} params = {fmt_bytes(weights)}, inputs {fmt_bytes(inputs)})")
+    logits, vocab = 0, getattr(getattr(meta, "config", None), "vocab_size", None)
+    if cfg.task == "causal-lm" and args and vocab:
+        b, t = args[0].shape  # the token ids (B, T)
+        logits = b * t * vocab * next(meta.parameters()).element_size()
+    check_fits_ram(weights + inputs + logits, f"building {cfg.name!r} with real weights in {dtype} "
+                   f"({si(n)} params = {fmt_bytes(weights)}, inputs {fmt_bytes(inputs)}"
+                   + (f", logits {fmt_bytes(logits)})" if logits else ")"))
 
 
 def check_build_fits_ram(build, kwargs: dict, what: str) -> None:
