@@ -47,3 +47,17 @@ def test_weight_only_int4_from_flags(capsys):
     # mlp: 784 -> 300 -> 100 -> 10; groups of 50 divide 300 and 100, not 784: layer "1" is listed, with the reason
     assert d["skipped"] == [["1", "weight-only: in_features 784 is not a multiple of group_size 50"]]
     assert d["result"]["layers"] == ["3", "5"]
+
+
+def test_tied_head_quantized_when_named_on_the_command_line(capsys):
+    """Without --layers the tied GPT-2 head is listed, with its reason (tests/compress/test_configs.py); naming it
+    quantizes it, and every other layer is then listed as not in the config's layers."""
+    import json
+
+    pytest.importorskip("transformers")
+    assert main(["quantize", "--config", "gpt2", "--seq", "8", "--method", "int8-dynamic", "--layers", "lm_head",
+                 "--hw", "none", "--no-measure", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["result"]["layers"] == ["lm_head"] and d["config"]["layers"] == ["lm_head"]
+    # GPT-2 (124M): 12 blocks x 4 Conv1D projections, each listed as left alone
+    assert len(d["skipped"]) == 48 and all(why.endswith("not in the config's layers") for _, why in d["skipped"])

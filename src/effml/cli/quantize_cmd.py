@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--qat-epochs", type=nonneg_float, default=0,
                    help="linear/kmeans: quantization-aware training epochs (straight-through; needs --data)")
     p.add_argument("--exclude", default="", help="layer names left in float, comma-separated")
+    p.add_argument("--layers", default="", help="only these layers, comma-separated (naming a head tied to the "
+                                                "embedding quantizes it too)")
     p.set_defaults(run=run)
 
 
@@ -40,13 +42,14 @@ def quant_config(args):
     from effml.cli.prune_cmd import config_from_flags
 
     exclude = tuple(x.strip() for x in args.exclude.split(",") if x.strip()) or None
+    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip()) or None
     given = {"bits": args.bits, "symmetric": False if args.asymmetric else None, "granularity": args.granularity,
              "group_size": args.group_size, "per_channel": False if args.per_tensor else None,
              "smooth_alpha": args.smooth, "kernel": args.kernel, "qat": True if args.qat_epochs > 0 else None,
-             "exclude": exclude}
+             "exclude": exclude, "layers": layers}
     flags = {"bits": "--bits", "symmetric": "--asymmetric", "granularity": "--granularity",
              "group_size": "--group-size", "per_channel": "--per-tensor", "smooth_alpha": "--smooth",
-             "kernel": "--kernel", "qat": "--qat-epochs", "exclude": "--exclude"}
+             "kernel": "--kernel", "qat": "--qat-epochs", "exclude": "--exclude", "layers": "--layers"}
     return config_from_flags(args.method, given, flags, "--method")
 
 

@@ -82,7 +82,7 @@ def tied_layers(model: nn.Module, chosen: dict[str, nn.Module], explicit: Iterab
         if others and name not in named:
             kind = type(model.get_submodule(others[0])).__name__
             out[name] = (f"its weight is tied to {others[0]} ({kind}): compressing it would change {others[0]} "
-                         "too; name it in the config's layers to compress it anyway")
+                         "too, or untie it into a second copy; name it in the config's layers to compress it anyway")
     return out
 
 
