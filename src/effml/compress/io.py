@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from effml.compress.weight_only import WeightOnlyLinear
+from effml.compress.hf_layers import replace_module
 from effml.compress.qlinear import QSpec, dequantize
 from effml.compress.smooth import SmoothInt8Linear
 from effml.compress.structured import resizer_for
@@ -137,19 +138,14 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
-
-
 def _rebuild(model: nn.Module, name: str, cls: dict, tensors: dict) -> None:
     kind = cls["type"]
     if kind == "HeadPrunedAttention":
-        _replace(model, name, HeadPrunedAttention(cls["n_embd"], cls["n_head"], cls["head_dim"], cls["bias"],
-                                                  cls["dropout"]))
+        replace_module(model, name, HeadPrunedAttention(cls["n_embd"], cls["n_head"], cls["head_dim"], cls["bias"],
+                                                        cls["dropout"]))
     elif kind == "WeightOnlyLinear":
         lin = nn.Linear(cls["in"], cls["out"], bias=cls["bias"])
-        _replace(model, name, WeightOnlyLinear(lin, cls["bits"], cls["group_size"], cls["kernel"], name))
+        replace_module(model, name, WeightOnlyLinear(lin, cls["bits"], cls["group_size"], cls["kernel"], name))
     elif kind == "DynamicInt8Linear":
         codes = tensors.pop(f"{name}.weight.codes")
         scale, zero = tensors.pop(f"{name}.weight.scale"), tensors.pop(f"{name}.weight.zero")
@@ -159,13 +155,13 @@ def _rebuild(model: nn.Module, name: str, cls: dict, tensors: dict) -> None:
             qw = torch._make_per_tensor_quantized_tensor(codes, float(scale[0]), int(zero[0]))
         q = _dynamic_linear_type()(cls["in"], cls["out"])
         q.set_weight_bias(qw, tensors.pop(f"{name}.bias", None))
-        _replace(model, name, q)
+        replace_module(model, name, q)
     elif kind == "SmoothInt8Linear":
-        _replace(model, name, SmoothInt8Linear.empty(cls["in"], cls["out"]))
+        replace_module(model, name, SmoothInt8Linear.empty(cls["in"], cls["out"]))
     elif kind == "Linear":  # an nn.Linear that replaced transformers' Conv1D (same function, W transposed)
         lin = nn.Linear(cls["in"], cls["out"], bias=cls["bias"])
         lin.converted_from = "Conv1D"
-        _replace(model, name, lin)
+        replace_module(model, name, lin)
     else:
         raise CheckpointError(f"{name}: unknown module class {kind!r} in the checkpoint")
 
@@ -210,13 +206,13 @@ def load_compressed(path: str | Path, model: nn.Module) -> nn.Module:
     # dynamic int8 Linears were rebuilt with their codes already: set aside while the rest loads strictly
     dyn = {n: m for n, m in model.named_modules() if isinstance(m, _dynamic_linear_type())}
     for n in dyn:
-        _replace(model, n, nn.Identity())
+        replace_module(model, n, nn.Identity())
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit {type(model).__name__}: {str(e).splitlines()[0]}") from None
     finally:
         for n, m in dyn.items():
-            _replace(model, n, m)
+            replace_module(model, n, m)
     return model.eval()
 

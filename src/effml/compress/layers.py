@@ -8,6 +8,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from effml.compress.hf_layers import is_conv1d as is_hf_conv1d  # transformers' Conv1D: a Linear stored (in, out)
 from effml.errors import ConfigError
 
 # type names a config may list in `targets`
@@ -84,11 +85,6 @@ def tied_layers(model: nn.Module, chosen: dict[str, nn.Module], explicit: Iterab
             out[name] = (f"its weight is tied to {others[0]} ({kind}): compressing it would change {others[0]} "
                          "too, or untie it into a second copy; name it in the config's layers to compress it anyway")
     return out
-
-
-def is_hf_conv1d(m: nn.Module) -> bool:
-    """transformers' Conv1D (GPT-2's projections): a Linear stored transposed, weight (in, out)."""
-    return type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers")
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
