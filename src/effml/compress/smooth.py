@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from effml.compress.hf_layers import replace_module
 from effml.compress.int8 import dynamic_notes, dynamic_targets, pick_engine, quantize_linear_dynamic
 from effml.errors import ConfigError
 
@@ -90,9 +91,7 @@ def smooth_linears(model: nn.Module, names: list[str], absmax: dict[str, torch.T
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"SmoothQuant alpha must be in [0, 1], got {alpha}")
     for n in names:
-        parent, _, attr = n.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        setattr(owner, attr, SmoothInt8Linear.from_linear(getattr(owner, attr), absmax[n], alpha, per_channel))
+        replace_module(model, n, SmoothInt8Linear.from_linear(model.get_submodule(n), absmax[n], alpha, per_channel))
     return model
 
 
