@@ -39,6 +39,8 @@ _EXPORTS = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "study":  # the package effml.study, callable: effml.study(model, evaluate, example_inputs=...)
+        return importlib.import_module("effml.study")
     try:
         target = _EXPORTS[name]
     except KeyError:
@@ -50,4 +52,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+    return sorted(list(globals()) + list(_EXPORTS) + ["study"])
