@@ -122,7 +122,12 @@ def test_output_paths_are_checked_before_the_work(capsys, tmp_path):
     precious.write_text("params,tokens,loss\n")
     before = _md5(precious)
     err = one_line_error(capsys, ["scale", "--compute", "1e21", "--plot", str(precious)])
-    assert "--plot" in err and "refusing to overwrite" in err and _md5(precious) == before
+    assert "--plot" in err and "must end in .svg or .html" in err and _md5(precious) == before
+    store = tmp_path / "plot.html"  # an SQLite file that happens to be named .html is not overwritten either
+    store.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    before = _md5(store)
+    err = one_line_error(capsys, ["scale", "--compute", "1e21", "--plot", str(store)])
+    assert "--plot" in err and "is an SQLite database: refusing to overwrite it" in err and _md5(store) == before
 
 
 def test_unwritable_output_directory_even_for_root(capsys):
