@@ -134,3 +134,10 @@ def test_profile_by_name_with_set(capsys):
     # LeNet-5 at width 2: conv(1->12, 5x5) 312, conv(12->32, 5x5) 9,632, fc 800->240 192,240, 240->168 40,488,
     # 168->10 1,690 = 244,362 parameters
     assert d["params"] == 244_362 and d["model"]["source"] == "zoo:lenet5"
+
+
+def test_help_names_are_the_registries():
+    from effml.cli.common import HELP_NAMES
+
+    assert {source: list(names) for source, names in HELP_NAMES.items()} == \
+        {"zoo": known_models("zoo"), "llm": known_models("llm")}

@@ -105,10 +105,15 @@ def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
+# the registry names shown in --help (written out: importing the registries would import torch for --help;
+# tests/cli/test_model_spec.py checks them against the registries)
+HELP_NAMES = {"zoo": ("lenet5", "mlp", "resnet", "tiny_gpt", "vgg"), "llm": ("smollm2-135m", "tiny", "tiny-draft")}
+
+
 def add_model_flags(parser, *, source: str = "zoo", default: str | None = None, group=None) -> None:
     """`--model SPEC` (a registry NAME or package.module:callable) and `--set KEY=VALUE` constructor arguments.
     `group`: add --model to a mutually exclusive group (beside --config)."""
-    names = "lenet5, mlp, vgg, resnet, tiny_gpt" if source == "zoo" else "smollm2-135m, tiny"
+    names = ", ".join(HELP_NAMES[source])
     help_ = (f"model spec: a {source} name ({names}) or package.module:callable returning it"
              + (f" (default {default})" if default else ""))
     (group or parser).add_argument("--model", default=default, help=help_)
