@@ -150,3 +150,13 @@ def test_through_prune_and_configs():
     assert res.model is model and len(model.transformer.h) == 2 and res.params_after < res.params_before
     res = prune(model, config_from_dict({"method": "heads", "ratio": 0.5}))
     assert model.transformer.h[0].attn.num_heads == 2 and res.method == "heads"
+
+
+def test_unbalanced_gqa_heads_are_refused():
+    from effml.compress.structured import cut
+    from effml.compress.transformer import transformer_groups
+
+    model = _llama(heads=6, kv=2)
+    g = next(g for g in transformer_groups(model) if g.kind == "heads")
+    with pytest.raises(ConfigError, match=r"same number of query heads kept in each of its 2 KV groups, got \[3, 1\]"):
+        cut(model, {g.name: (g, torch.tensor([0, 1, 2, 3]))})  # 3 heads of group 0, 1 of group 1

@@ -30,6 +30,7 @@ from torch import nn
 
 from dataclasses import dataclass
 
+from effml.errors import ConfigError
 from effml.registries import Registry
 from effml.compress.structured import Group, Member
 
@@ -159,6 +160,16 @@ def _conv1d_members(name: str, m: nn.Module, dim: int, role: str, block: int = 1
     return mems
 
 
+def check_gqa_keep(name: str, keep: torch.Tensor, heads: int, kv: int) -> None:
+    """Grouped-query attention stays valid only if every KV group keeps the same number of its query heads."""
+    if kv >= heads:
+        return
+    per = torch.bincount(keep // (heads // kv), minlength=kv)  # (kv,) kept query heads per KV group
+    if not bool((per == per[0]).all()):
+        raise ConfigError(f"{name}: grouped-query attention needs the same number of query heads kept in each of its "
+                          f"{kv} KV groups, got {per.tolist()}; prune heads with HeadPrune (it keeps them balanced)")
+
+
 def _gqa_members(name, parts, heads, kv, hd):
     """Members of one attention's head group: q (+ k, v when heads == kv) rows and o columns."""
     q, k, v, o = parts
@@ -181,7 +192,8 @@ def llama_attn_groups(model: nn.Module) -> list[Group]:
         hd = m.head_dim
         heads, kv = parts[0][1].out_features // hd, parts[1][1].out_features // hd
 
-        def fix(model, keep, m=m, kv=kv):
+        def fix(model, keep, m=m, kv=kv, heads=heads, name=name):
+            check_gqa_keep(name, keep, heads, kv)
             m.num_key_value_groups = len(keep) // kv
 
         groups.append(HeadGroup(name, "heads", heads, _gqa_members(name, parts, heads, kv, hd), [fix],
@@ -200,7 +212,8 @@ def effml_attn_groups(model: nn.Module) -> list[Group]:
         parts = [(k, getattr(m, k)) for k in ("wq", "wk", "wv", "wo")]
         heads, kv, hd = m.n_heads, m.n_kv, m.hd
 
-        def fix(model, keep, m=m):
+        def fix(model, keep, m=m, kv=kv, heads=heads, name=name):
+            check_gqa_keep(name, keep, heads, kv)
             m.n_heads = len(keep)
 
         groups.append(HeadGroup(name, "heads", heads, _gqa_members(name, parts, heads, kv, hd), [fix],
