@@ -269,6 +269,24 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
     metrics: directions of metric names DIRECTIONS does not know; objective: the metric the frontier uses
     (default: the first one evaluate returns). budget_s: start no new variant after this many seconds.
     extra_plans: plans to run beside the registered ones (e.g. the search's compositions)."""
+    if budget_s is not None and not budget_s > 0:
+        raise ConfigError(f"effml.study: budget_s must be > 0, got {budget_s!r}")
+    session, chosen = prepare(model, evaluate, example_inputs=example_inputs, train=train, calibration=calibration,
+                              plans=plans, devices=devices, store=store, name=name, metrics=metrics,
+                              objective=objective, train_steps=train_steps, measure_budget_s=measure_budget_s,
+                              model_name=model_name, progress=progress)
+    try:
+        return session.run(chosen + list(extra_plans), budget_s)
+    finally:
+        session.close()
+
+
+def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inputs, train=None, calibration=None,
+            plans=None, devices=DEFAULT_DEVICES, store="runs.db", name="user", metrics=None, objective=None,
+            train_steps=100, measure_budget_s=1.0, model_name=None, progress=None) -> tuple["Session", list]:
+    """Everything `study` checks and computes before the first variant: (the open Session, the plans that fit).
+    Fails fast: a model that does not run on example_inputs, a bad device, an evaluate that fails on the
+    baseline, a metric of unknown direction."""
     progress = progress or (lambda what, frac: None)
     label = model_name or type(model).__name__
     if not isinstance(model, nn.Module):
@@ -280,15 +298,12 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
         raise ConfigError(f"effml.study: train must be callable (model, steps) -> None, got {type(train).__name__}")
     if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
         raise ConfigError(f"effml.study: train_steps must be a positive integer, got {train_steps!r}")
-    if budget_s is not None and not budget_s > 0:
-        raise ConfigError(f"effml.study: budget_s must be > 0, got {budget_s!r}")
     overrides = _overrides(metrics)
     inputs = Inputs.of(example_inputs)
     model.eval()
     _check_runs(model, inputs, label)  # before any work
     have = {n for n, v in (("train", train), ("calibration", calibration)) if v is not None}
     chosen = select(model, plans, have=have)
-    chosen.plans += list(extra_plans)
     for spec in devices:  # a bad device name fails here, before any variant
         from effml.hardware import get_device
 
@@ -308,14 +323,10 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
     fp = _fingerprint(model, inputs, {"metrics": sorted(base_metrics), "train": train is not None,
                                       "train_steps": train_steps if train is not None else None,
                                       "calibration": calibration is not None})
-    own = not isinstance(store, Store)
-    st = Store(store) if own else store
-    try:
-        return _run(st, name, fp, model, evaluate, inputs, chosen, dirs, objective, devices, train, train_steps,
-                    calibration, measure_budget_s, budget_s, base_metrics, progress)
-    finally:
-        if own:
-            st.close()
+    session = Session(Store(store) if not isinstance(store, Store) else store, not isinstance(store, Store),
+                      name, fp, model, evaluate, inputs, chosen.skipped, dirs, objective, tuple(devices), train,
+                      train_steps, calibration, measure_budget_s, base_metrics, progress)
+    return session, chosen.plans
 
 
 def _ok_metrics(values: dict, dirs: dict, objective: str, measured: dict, stored_bytes: int, notes) -> dict:
@@ -328,39 +339,66 @@ def _ok_metrics(values: dict, dirs: dict, objective: str, measured: dict, stored
     return m
 
 
-def _run(st: Store, name, fp, model, evaluate, inputs, chosen, dirs, objective, devices, train, train_steps,
-         calibration, measure_budget_s, budget_s, base_metrics, progress) -> UserStudyResult:
-    from effml.compress.layers import param_bytes
-    from effml.study.pipeline import _machine
+@dataclass
+class Session:
+    """A prepared study (checked model, baseline metrics, fingerprint, open store): `run(plans)` runs plans
+    not yet in the store and returns everything stored under this fingerprint. The search calls it per trial."""
 
-    t0 = time.perf_counter()
-    res = UserStudyResult(name, fp, objective, dirs[objective], [], {}, list(chosen.skipped))
-    base_key = f"baseline@{fp}"
-    if not st.has(name, base_key):
-        progress("baseline: measuring", 0.0)
-        meas = measure(model, None, inputs, budget_s=measure_budget_s, devices=devices)
-        metrics = _ok_metrics(base_metrics, dirs, objective, meas, param_bytes(model), [])
-        st.put(Run(name, base_key, "baseline", [], metrics, meas["predictions"], _machine()))
-        res.done.append("baseline")
-    plans = chosen.plans
-    for i, plan in enumerate(plans):
-        key = f"{plan.key}@{fp}"
-        if st.has(name, key):
-            continue
-        if budget_s is not None and time.perf_counter() - t0 > budget_s:
-            res.remaining = [p.name for p in plans[i:] if not st.has(name, f"{p.key}@{fp}")]
-            break
-        frac = (i + 1) / (len(plans) + 1)
-        hook = (lambda what, f, n=plan.name: progress(f"{n}: {what}", frac))
-        run = _variant(plan, model, evaluate, inputs, dirs, objective, devices, train, train_steps, calibration,
-                       measure_budget_s, hook)
-        st.put(Run(name, key, plan.name, plan.chain(), run[0], run[1], _machine()))
-        res.done.append(plan.name)
-    mine = [r for r in st.runs(name) if r.key.endswith(f"@{fp}")]
-    res.rows = [_flat(r) for r in mine if r.metrics.get("status") == "ok"]
-    res.failed = [(r.name, r.metrics.get("error", "")) for r in mine if r.metrics.get("status") == "failed"]
-    res.frontier = _frontier(res.rows, objective, dirs[objective])
-    return res
+    st: Store
+    own_store: bool
+    name: str
+    fp: str
+    model: nn.Module
+    evaluate: Callable
+    inputs: Inputs
+    skipped: list
+    dirs: dict
+    objective: str
+    devices: tuple
+    train: Callable | None
+    train_steps: int
+    calibration: Any
+    measure_budget_s: float
+    base_metrics: dict
+    progress: Progress
+
+    def close(self) -> None:
+        if self.own_store:
+            self.st.close()
+
+    def run(self, plans: list[UserPlan], budget_s: float | None = None) -> UserStudyResult:
+        from effml.compress.layers import param_bytes
+        from effml.study.pipeline import _machine
+
+        t0 = time.perf_counter()
+        name, fp, st = self.name, self.fp, self.st
+        res = UserStudyResult(name, fp, self.objective, self.dirs[self.objective], [], {}, list(self.skipped))
+        base_key = f"baseline@{fp}"
+        if not st.has(name, base_key):
+            self.progress("baseline: measuring", 0.0)
+            meas = measure(self.model, None, self.inputs, budget_s=self.measure_budget_s, devices=self.devices)
+            metrics = _ok_metrics(self.base_metrics, self.dirs, self.objective, meas, param_bytes(self.model), [])
+            st.put(Run(name, base_key, "baseline", [], metrics, meas["predictions"], _machine()))
+            res.done.append("baseline")
+        for i, plan in enumerate(plans):
+            key = f"{plan.key}@{fp}"
+            if st.has(name, key):
+                continue
+            if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                res.remaining = [p.name for p in plans[i:] if not st.has(name, f"{p.key}@{fp}")]
+                break
+            frac = (i + 1) / (len(plans) + 1)
+            hook = (lambda what, f, n=plan.name: self.progress(f"{n}: {what}", frac))
+            metrics, preds = _variant(plan, self.model, self.evaluate, self.inputs, self.dirs, self.objective,
+                                      self.devices, self.train, self.train_steps, self.calibration,
+                                      self.measure_budget_s, hook)
+            st.put(Run(name, key, plan.name, plan.chain(), metrics, preds, _machine()))
+            res.done.append(plan.name)
+        mine = [r for r in st.runs(name) if r.key.endswith(f"@{fp}")]
+        res.rows = [_flat(r) for r in mine if r.metrics.get("status") == "ok"]
+        res.failed = [(r.name, r.metrics.get("error", "")) for r in mine if r.metrics.get("status") == "failed"]
+        res.frontier = _frontier(res.rows, self.objective, self.dirs[self.objective])
+        return res
 
 
 def _variant(plan, baseline, evaluate, inputs, dirs, objective, devices, train, train_steps, calibration,
