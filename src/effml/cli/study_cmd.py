@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
                    help="start no new variant after this time, in seconds or with a unit (8m, 1h); rerun resumes")
     p.add_argument("--no-calibrate", action="store_true",
                    help="do not calibrate this machine first (local predictions stay empty until `effml calibrate`)")
+    p.add_argument("--spec", metavar="TOML",
+                   help="study your own trained model: a TOML file naming model, evaluate, example_inputs "
+                        "(module:callable), optional train, calibration, plans, devices, budget")
     add_json_flag(p)
     p.set_defaults(run=run_study)
 
@@ -60,6 +63,10 @@ def check_paths(out: str, store: str) -> None:
 
 
 def run_study(args) -> int:
+    if getattr(args, "spec", None):  # the user's own model (effml/cli/study_spec.py); the default study below
+        from effml.cli.study_spec import run as run_spec
+
+        return run_spec(args)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from effml.study.build import build
