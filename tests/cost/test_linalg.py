@@ -240,3 +240,16 @@ def test_grouped_mm_reads_only_the_experts_that_got_rows(device, rows, split, hi
     offs = torch.tensor(split, dtype=torch.int32, device=device)
     p = effml.profile(_Fn(lambda x, y: torch._grouped_mm(x, y, offs=offs)), a, w)
     assert p.by_op()["aten._grouped_mm"].bytes_read == rows * 16 * 4 + 3 * 4 + hit * 16 * 8 * 4
+
+
+def test_decode_past_a_sliding_window_reads_only_the_window():
+    # one query over 12 cached keys with a window of 4: 4 pairs per head, and only those 4 keys' K and V are read
+    # (a rolling buffer holds just them): q (1,2,1,8) + mask (1,1,1,12) bool + K, V 2 x (1,2,4,8) fp32
+    q = torch.randn(1, 2, 1, 8)
+    k = v = torch.randn(1, 2, 12, 8)
+    mask = torch.zeros(1, 1, 1, 12, dtype=torch.bool)
+    mask[..., 8:] = True
+    s = _only(effml.profile(_Fn(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask)), q, k, v),
+              "aten.scaled_dot_product_attention")
+    assert s.macs == 2 * 4 * 16
+    assert s.bytes_read == 2 * 8 * 4 + 12 + 2 * (2 * 4 * 8 * 4)

@@ -152,15 +152,16 @@ class _Counter:
         b = {**dict(zip(names, args)), **kwargs}
         q, k, v, mask = b["query"], b["key"], b["value"], b.get("attn_mask")
         dropout = bool(b.get("dropout_p", 0.0))
-        kept = self.shadows.scores(mask, q, k) if isinstance(mask, torch.Tensor) else None
+        counted = self.shadows.scores(mask, q, k) if isinstance(mask, torch.Tensor) else None
+        kept, keys = counted if counted is not None else (None, 1.0)
         shape = AttentionShape.of(q, k, v, bool(b.get("is_causal", False)), kept)
         self.suppress += 1
         try:
             out = func(*args, **kwargs)
         finally:
             self.suppress -= 1
-        self.add(SDPA_OP, "attention", shape.forward(mask is not None, dropout),
-                 bytes_of([q, k, v, mask]), bytes_of(out), _dtype_label(q))
+        read = bytes_of([q, mask]) + round(bytes_of([k, v]) * keys)  # only the keys some query attends
+        self.add(SDPA_OP, "attention", shape.forward(mask is not None, dropout), read, bytes_of(out), _dtype_label(q))
         self.memory.track(out)
         if isinstance(out, torch.Tensor) and out.grad_fn is not None:
             self._fuse_backward(out, [q, k, v, mask], shape.backward(dropout), bytes_of([q, k, v, out, out]),

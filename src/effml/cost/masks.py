@@ -65,9 +65,11 @@ class Shadows:
         for t, r in zip(outs, tensors(res)):
             self.values[t] = r
 
-    def scores(self, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> int | None:
-        """(query, key) pairs the mask lets through, summed over the query's leading dims (batch x heads);
-        None when the mask's values are unknown. Bool masks keep True; float masks keep entries above -inf."""
+    def scores(self, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[int, float] | None:
+        """(pairs, keys): the (query, key) pairs the mask lets through, summed over the query's leading dims
+        (batch x heads), and the share of key positions some query attends (a decode step past a sliding window
+        reads W of its S cached keys); None when the mask's values are unknown. Bool masks keep True; float
+        masks keep entries above -inf."""
         value = mask if mask.device.type != "meta" else self.get(mask)
         if value is None:
             self.unknown += 1
@@ -78,4 +80,5 @@ class Shadows:
         broadcast = 1
         for full, own in zip(lead, keep.shape):
             broadcast *= full if own == 1 else 1
-        return int(torch.count_nonzero(keep)) * broadcast
+        keys = float(keep.any(dim=-2).float().mean()) if keep.numel() else 1.0
+        return int(torch.count_nonzero(keep)) * broadcast, keys
