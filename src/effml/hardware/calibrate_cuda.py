@@ -134,16 +134,22 @@ def calibrate_cuda(device: str = "cuda:0", quick: bool = False, progress: Progre
         progress("launch overhead", 0.9)
         overhead = _overheads(stamp)
     progress("done", 1.0)
-    raw = {"name": f"local ({props.name}, cc {cc})", "kind": "gpu", "memory_level": "dram",
-           "energy_ref_dtype": "fp32", "peak_flops": peak, "mem_bw": mem_bw, "bw_curve": curve,
-           "memory_bytes": _fig(total, "torch.cuda.get_device_properties().total_memory", stamp),
-           "overhead_s": overhead,
-           "meta": {"gpu": props.name, "capability": cc, "device": device, "cuda": torch.version.cuda,
-                    "torch": torch.__version__, "quick": quick, "threads": torch.get_num_threads(),
-                    "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average": [round(x, 2) for x in load_before],
-                    "cpu_count": os.cpu_count(),
-                    "int8_kernel": peak["int8"]["source"] if "int8" in peak else "none: torch._int_mm failed"}}
+    meta = {"device": device, "cuda": torch.version.cuda, "torch": torch.__version__, "quick": quick,
+            "threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in load_before]}
+    raw = gpu_entry(props.name, cc, peak, mem_bw, curve, total, overhead, stamp, meta)
     return Calibration(device_from_dict(LOCAL, raw), raw, [], time.perf_counter() - t_start)
 
 
-__all__ = ["calibrate_cuda", "cuda_time"]
+def gpu_entry(name: str, cc: str, peak: dict, mem_bw: dict, curve: dict, total: float, overhead: dict, stamp: str,
+              meta: dict) -> dict:
+    """The `local` device entry of a GPU calibration (the catalog schema, kind 'gpu')."""
+    return {"name": f"local ({name}, cc {cc})", "kind": "gpu", "memory_level": "dram", "energy_ref_dtype": "fp32",
+            "peak_flops": peak, "mem_bw": mem_bw, "bw_curve": curve,
+            "memory_bytes": _fig(total, "torch.cuda.get_device_properties().total_memory", stamp),
+            "overhead_s": overhead,
+            "meta": {"gpu": name, "capability": cc, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "cpu_count": os.cpu_count(), **meta,
+                     "int8_kernel": peak["int8"]["source"] if "int8" in peak else "none: torch._int_mm failed"}}
+
+
+__all__ = ["calibrate_cuda", "cuda_time", "gpu_entry"]
