@@ -143,7 +143,7 @@ def test_additive_float_mask_keeps_finite_entries():
 
 def test_mask_too_large_to_evaluate_counts_every_pair_and_says_so(monkeypatch):
     from effml.cost import masks
-    monkeypatch.setattr(masks, "MAX_ELEMENTS", 100)  # a 12 x 12 mask is then "too large"
+    monkeypatch.setattr(masks, "MAX_BYTES", 100)  # a 12 x 12 bool mask (144 B) is then "too large"
     q = k = v = torch.empty(1, 1, 12, 8, device="meta")
     fn = _Fn(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=_window_mask(12, 4, "meta")[:1]))
     p = effml.profile(fn, q, k, v)

@@ -6,8 +6,9 @@ A meta tensor has a shape and no values, so an explicit attention mask on meta s
 values do not depend on the model's weights or inputs, so `Shadows` replays such ops on the CPU: an op gets a
 CPU "shadow" when it makes values out of nothing (arange, full, ones, zeros, scalar_tensor) or when every
 tensor it reads has a shadow. A mask reaching `scaled_dot_product_attention` with a shadow is then counted
-exactly. Shadows are kept only for tensors of at most `MAX_ELEMENTS` elements (the L x S mask of a 16k
-sequence); beyond that the mask is unknown and the counter charges every pair (and says so).
+exactly. Shadows are kept only for tensors of at most `MAX_BYTES` (the bool L x S mask of a 16k sequence),
+float ones only up to `MAX_FLOAT_BYTES` (an additive fp32 mask of a 4k sequence: a zeros_like of activations is
+not worth copying); beyond that the mask is unknown and the counter charges every pair (and says so).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from effml.cost.registry import tensors
 
 aten = torch.ops.aten
-MAX_ELEMENTS = 1 << 28  # 16384 x 16384: 256 MiB of bool per intermediate
+MAX_BYTES = 1 << 28  # 16384 x 16384 bool: 256 MiB per intermediate
+MAX_FLOAT_BYTES = 1 << 26  # 4096 x 4096 fp32: 64 MiB
 _SOURCES = {aten.arange, aten.full, aten.ones, aten.zeros, aten.scalar_tensor, aten.new_ones, aten.new_zeros,
             aten.new_full, aten.ones_like, aten.zeros_like, aten.full_like}
 
@@ -33,8 +35,9 @@ def _cpu(x):
 class Shadows:
     """CPU values of the small meta tensors that do not depend on data (see the module docstring)."""
 
-    def __init__(self, max_elements: int | None = None):
-        self.max_elements = MAX_ELEMENTS if max_elements is None else max_elements
+    def __init__(self, max_bytes: int | None = None, max_float_bytes: int | None = None):
+        self.max_bytes = MAX_BYTES if max_bytes is None else max_bytes
+        self.max_float_bytes = MAX_FLOAT_BYTES if max_float_bytes is None else max_float_bytes
         self.values = WeakIdKeyDictionary()
         self.unknown = 0  # explicit masks that reached attention with unknown values (all pairs counted)
 
@@ -44,7 +47,8 @@ class Shadows:
     def record(self, func, args, kwargs, out) -> None:
         """Called after each meta op: compute its CPU shadow when all it reads is known."""
         outs = [t for t in tensors(out) if t.device.type == "meta"]
-        if not outs or any(t.numel() > self.max_elements for t in outs):
+        if not outs or any(t.numel() * t.element_size() > (self.max_float_bytes if t.is_floating_point()
+                                                           else self.max_bytes) for t in outs):
             return
         # sources make values from shapes alone (ones_like reads only its input's shape); others need every input
         ins = tensors((args, kwargs))
