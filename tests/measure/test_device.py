@@ -89,3 +89,19 @@ def test_interleave_on_cuda_waits_for_the_gpu():
     # 2 x 4096^3 = 137 GFLOP; no GPU reaches 1 PFLOP/s in fp32, so a timed call that waited for the GPU lasts
     # >= 0.137 ms, where an unsynchronised launch returns in ~10 us
     assert median(times["mm"]) >= 137e9 / 1e15
+
+
+def test_a_gpu_run_is_not_compared_with_the_cpu_calibration(tmp_path, monkeypatch):
+    from effml.cli.bench_cmd import _prediction_target
+
+    fig = {"value": 1e12, "source": "hand-written for this test"}
+    for kind, expect in (("cpu", None), ("gpu", "local")):
+        local = {"name": f"local {kind}", "kind": kind, "peak_flops": {"fp32": fig}, "mem_bw": fig,
+                 "memory_bytes": fig}
+        path = tmp_path / f"{kind}.json"
+        path.write_text(json.dumps({"devices": {"local": local}}))
+        monkeypatch.setenv("EFFML_LOCAL_DEVICE", str(path))
+        hw, note = _prediction_target("local", "cuda:0")
+        assert hw == expect and (("--hw" in note) if kind == "cpu" else note == "")
+    assert _prediction_target("local", "cpu") == ("local", "")
+    assert _prediction_target("h100-sxm", "cuda:0") == ("h100-sxm", "")
