@@ -115,8 +115,9 @@ def main() -> int:
         "every variant exports and runs": {"value": len(failures), "target": 0, "holds": not failures},
         "ORT fp32 cosine vs PyTorch fp32": {"value": min(ort_cos, default=None), "target": MIN_COS_ORT_FP32,
                                             "holds": bool(ort_cos) and min(ort_cos) >= MIN_COS_ORT_FP32},
-        "MiniLM effml int8 embedding cosine (>= 32 tokens)": {"value": min(minilm_int8, default=None), "target": MIN_COS_INT8,
-                                               "holds": bool(minilm_int8) and min(minilm_int8) >= MIN_COS_INT8},
+        "MiniLM effml int8 embedding cosine (>= 32 tokens)": {
+            "value": min(minilm_int8, default=None), "target": MIN_COS_INT8,
+            "holds": bool(minilm_int8) and min(minilm_int8) >= MIN_COS_INT8},
     }
     import onnxruntime
 
