@@ -31,7 +31,8 @@ def test_installed_version_command():
 
 
 @pytest.mark.parametrize("argv, text", [
-    (["profile", "--model", "lenet5", "--batch", "0"], "effml profile: error: argument --batch: must be an integer > 0"),
+    (["profile", "--model", "lenet5", "--batch", "0"],
+     "effml profile: error: argument --batch: must be an integer > 0"),
     (["profile", "--model", "lenet5", "--depth=-1"], "argument --depth: must be an integer >= 0, got '-1'"),
     (["predict", "--config", "gpt2", "--hw", "h100", "--price=-2"], "argument --price: must be a finite number > 0"),
     (["predict", "--config", "gpt2", "--hw", "h100", "--kv-len=-1"], "argument --kv-len: must be an integer >= 0"),

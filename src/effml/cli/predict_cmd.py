@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     add_hw_flag(p, default=["local"], help="device(s), space- or comma-separated (e.g. h100 a100 t4; default local)")
     p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16, fp16, int8, fp8, int4 where the device has it")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
-    p.add_argument("--seq", type=positive_int, help="new tokens this step (--config; e.g. 1 to decode, 2048 to prefill)")
+    p.add_argument("--seq", type=positive_int,
+                   help="new tokens this step (--config; e.g. 1 to decode, 2048 to prefill)")
     p.add_argument("--kv-len", type=nonneg_int, help="tokens already in the KV cache (a decode step; causal LMs)")
     p.add_argument("--input-shape", help="input shape for --model, e.g. 1,3,224,224")
     p.add_argument("--price", type=positive_float, help="override the $/hour of every device")

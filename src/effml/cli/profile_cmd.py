@@ -39,7 +39,8 @@ def run(args) -> int:
     from effml.models import resolve
 
     refuse_unless(args, {"--by": args.by}, not args.json, "to --json (it holds by_module and by_op)")
-    refuse_unless(args, {"--batch": args.batch}, not args.input_shape, "with --input-shape (its first size is the batch)")
+    refuse_unless(args, {"--batch": args.batch}, not args.input_shape,
+                  "with --input-shape (its first size is the batch)")
     refuse_unless(args, {"--depth": args.depth}, args.by != "op", "to --by op (it shows modules)")
     shape = parse_shape(args.input_shape) if args.input_shape else None
     spec = resolve(config=args.config, model=args.model, input_shape=shape, batch=args.batch or 1, seq=args.seq,

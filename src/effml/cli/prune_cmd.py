@@ -28,7 +28,8 @@ def add_common(p) -> None:
     add_model_flags(p, group=src)
     src.add_argument("--config", help="a bundled model config, built with random weights on the CPU (e.g. bert-base)")
     p.add_argument("--input-shape", help="input shape for --model without a zoo entry, e.g. 1,1,28,28")
-    p.add_argument("--batch", type=positive_int, default=1, help="batch size of the profiled and timed input (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="batch size of the profiled and timed input (default 1)")
     p.add_argument("--seq", type=positive_int, help="sequence length for --config")
     p.add_argument("--weights", help="trained weights: a state dict (.safetensors or torch.save) or an effml checkpoint")
     p.add_argument("--data", choices=DATASETS, help="measure accuracy on this data set (grayscale, resized to the model)")

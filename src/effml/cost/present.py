@@ -103,7 +103,8 @@ def text(profile: Profile, top: int = 5) -> str:
     phases = "forward + backward" if meta.get("backward") else "forward"
     lines = [f"Profile of {meta.get('model', 'model')}: one {phases} pass, inputs {inputs}, "
              f"{meta.get('dtype', '?')} on {meta.get('device', '?')}",
-             f"  params {profile.params:,} | FLOPs {si(total.flops)}{' (lower bound)' if profile.is_lower_bound else ''}"
+             f"  params {profile.params:,} | FLOPs {si(total.flops)}"
+             f"{' (lower bound)' if profile.is_lower_bound else ''}"
              f" | MACs {si(total.macs)} | bytes moved {fmt_bytes(total.bytes)} | "
              f"peak activations {fmt_bytes(profile.peak_activation_bytes)} | {len(profile.events):,} op calls"]
     ops = [(op, s) for op, s in profile.by_op().items() if s.flops][:top]

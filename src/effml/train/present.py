@@ -29,7 +29,8 @@ def run_summary(r) -> Group:
     if r.measured is not None:
         t.add_row("peak memory, measured (CPU allocator)", fmt_bytes(r.measured.peak_bytes))
     if r.estimated_peak_bytes is not None:
-        t.add_row("peak memory, estimated (train-mem)", f"{fmt_bytes(r.estimated_peak_bytes)} ({r.estimate_error:+.1%})")
+        t.add_row("peak memory, estimated (train-mem)",
+                  f"{fmt_bytes(r.estimated_peak_bytes)} ({r.estimate_error:+.1%})")
     t.add_row("loss first -> last", f"{r.losses[0]:.4f} -> {r.losses[-1]:.4f}")
     lines = [Text(title, style="bold"), t, Text(f"data: {r.data}", style="dim")]
     if r.precision_note:
@@ -57,7 +58,8 @@ def memory_report(report) -> Group:
              Text(f"peak during the {est.peak_phase} phase; model states (weights+grads+states) "
                   f"{fmt_bytes(est.model_states)} per device")]
     if est.cast_weight_bytes:
-        lines.append(Text(f"activations include {fmt_bytes(est.cast_weight_bytes)} of autocast bf16/fp16 weight copies"))
+        lines.append(Text(f"activations include {fmt_bytes(est.cast_weight_bytes)} of autocast bf16/fp16 "
+                          "weight copies"))
     lines += [Text("note: " + n, style="dim") for n in est.notes]
     lines.append(Text(report.message, style="green" if report.fits else "bold red"))
     if report.tried:
