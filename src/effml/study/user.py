@@ -175,11 +175,15 @@ def _check_runs(model: nn.Module, inputs: Inputs, name: str) -> None:
 
 
 def resident_bytes(model: nn.Module) -> int:
-    """Bytes of the model's distinct parameter/buffer storages plus weights packed inside int8 modules."""
+    """Bytes of the model's distinct parameter/buffer storages plus weights packed inside int8 modules (not
+    gradients a training loop left behind: inference does not need them)."""
     from effml.cost.tracking import packed_weights
-    from effml.train.measured import persistent_bytes
 
-    return persistent_bytes(model) + sum(t.numel() * t.element_size() for t in packed_weights(model))
+    seen: dict[int, int] = {}
+    for t in (*model.parameters(), *model.buffers()):
+        st = t.untyped_storage()
+        seen[st._cdata] = st.nbytes()
+    return sum(seen.values()) + sum(t.numel() * t.element_size() for t in packed_weights(model))
 
 
 def measure(model: nn.Module, baseline: nn.Module | None, inputs: Inputs, *, budget_s: float,
