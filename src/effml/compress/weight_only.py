@@ -118,6 +118,12 @@ class WeightOnlyLinear(nn.Module):
             if self.kernel == "packed" and self.act_dtype == torch.float32:
                 self.note = (f"{name}: int{spec.bits} with fp32 activations runs torch's slow path (0.2-0.4x an "
                              f"fp32 F.linear here); act_dtype='auto' picks bf16")
+        if self.kernel == "packed" and spec.bits == 8 and self.act_dtype == torch.bfloat16 and inp % 16:
+            # torch 2.13's bf16 _weight_int8pack_mm segfaults (AVX-512 BF16 EPYC, seen here) when in_features % 16
+            # and more than one row: (2, 300) x (100, 300) crashes, (2, 304) runs. Such layers take fp32 rows.
+            self.act_dtype = torch.float32
+            self.note = (f"{name}: in_features {inp} is not a multiple of 16, which torch's bf16 int8 kernel "
+                         f"needs; fp32 activations (slower) for this layer")
         self._prepared = None  # (codes or int4 pack, scales in act dtype) built on the first call
 
     @classmethod
