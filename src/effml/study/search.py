@@ -64,7 +64,9 @@ def _point(chain: list[dict], prune: str | None, formats: dict) -> tuple[float, 
 
 def search(model, evaluate, *, trials: int, budget_s: float | None = None, seed: int = 0, **kw) -> UserStudyResult:
     """Run the fixed plans (those kw selects), then `trials` Optuna trials (TPE, multi-objective) under
-    `budget_s` (the whole call). Returns every stored variant of this study, fixed and searched."""
+    `budget_s` (the whole call); the number run is kept in the store, so a rerun resumes rather than adds (a
+    proposal of a point already measured costs a trial but no work). Returns every stored variant, fixed and
+    searched."""
     import optuna
 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
@@ -94,13 +96,18 @@ def search(model, evaluate, *, trials: int, budget_s: float | None = None, seed:
                 ost.add_trial(optuna.trial.create_trial(params={"ratio": pt[0], "format": pt[1]},
                                                         distributions=dists, values=values(row)))
         searched: list[str] = []
-        for _ in range(trials):
+        # `trials` counts the trials run under this study's settings (kept in the store): a rerun resumes
+        count_key = f"search-trials@{session.fp}"
+        blob = session.st.get_artifact(session.name, count_key)
+        done_before = int(blob.decode()) if blob and blob.decode().isdigit() else 0
+        for i in range(done_before, trials):
             if budget_s is not None and time.perf_counter() - t0 > budget_s:
                 break
             trial = ost.ask(dists)
             pt = (trial.params["ratio"], trial.params["format"])
             if pt in seen:  # measured already (a fixed plan, the baseline, or an earlier trial)
                 ost.tell(trial, values(seen[pt]))
+                session.st.put_artifact(session.name, count_key, str(i + 1).encode())
                 continue
             plan = composition(prune, pt[0], pt[1], formats)
             out = session.run([plan])
@@ -111,6 +118,7 @@ def search(model, evaluate, *, trials: int, budget_s: float | None = None, seed:
             else:
                 seen[pt] = row
                 ost.tell(trial, values(row))
+            session.st.put_artifact(session.name, count_key, str(i + 1).encode())
         final = session.run([])
         final.skipped, final.done = res.skipped, res.done + searched
         return final
