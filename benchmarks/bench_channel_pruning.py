@@ -104,7 +104,7 @@ def transformer_part():
     prune(small, ChannelPrune(sparsity=0.5, exclude=()))
     cos = (enc.embed(text, model=small) * ref).sum(-1)
     ids = torch.randint(0, 30522, (1, 128))
-    meas = compare(enc.model, small, (), kwargs={"input_ids": ids}, rounds=10)
+    meas = compare(enc.model, small, (), forward_kwargs={"input_ids": ids}, rounds=10)
     sa = small.encoder.layer[0].attention.self
     return [{"model": "all-MiniLM-L6-v2", "removed": "50% heads + 50% MLP units", "tokens": 128,
              "heads/layer": sa.num_attention_heads, "MLP units": small.encoder.layer[0].intermediate.dense.out_features,

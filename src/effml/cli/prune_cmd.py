@@ -178,7 +178,7 @@ def run_compress(args, spec, data, config, *, finetune_epochs: float = 0.0, cali
 
     recipe = TrainLoopConfig(epochs=finetune_epochs, lr=args.lr, seed=args.seed) if finetune_epochs else None
     measure = Measure(hw=None if args.hw == "none" else args.hw, rounds=0 if args.no_measure else args.rounds,
-                      kwargs=dict(spec.kwargs or {}))
+                      forward_kwargs=dict(spec.kwargs or {}))
     with progress_hook(config.name) as progress:
         return compress(spec.model, [config], data=data, finetune=recipe, example_inputs=spec.args,
                         calibration=calibration, measure=measure, progress=progress)

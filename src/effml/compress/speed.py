@@ -55,14 +55,14 @@ class SpeedCheck:
 
 
 def predict_change(model: nn.Module, inputs: tuple, change: str, *, after: nn.Module | None = None,
-                   hw="local", kwargs: dict | None = None) -> Predicted:
+                   hw="local", forward_kwargs: dict | None = None) -> Predicted:
     """Predicted latency before and after `change` (one of CHANGES) on `hw` (a name or a Device)."""
     from effml.cost.counter import profile
     from effml.hardware import predict
 
     if change not in CHANGES:
         raise ConfigError(f"unknown change {change!r}; expected one of {CHANGES}")
-    kwargs = dict(kwargs or {})
+    kwargs = dict(forward_kwargs or {})
     batch = int(inputs[0].shape[0]) if inputs and hasattr(inputs[0], "shape") else 1
     prof = profile(model, *inputs, forward_kwargs=kwargs)
     before = predict(prof, hw, dtype="fp32", batch=batch)

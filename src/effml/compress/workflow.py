@@ -52,11 +52,12 @@ class ModelFacts:
 @dataclass(frozen=True)
 class Measure:
     """What `compress` measures before and after: counted cost always; latency predicted on `hw` (None: no
-    prediction) and timed side by side for `rounds` rounds (0: not timed). kwargs: the model's keyword inputs."""
+    prediction) and timed side by side for `rounds` rounds (0: not timed). forward_kwargs: the model's keyword
+    inputs."""
 
     hw: object = "local"  # a catalog name or a Device
     rounds: int = 10
-    kwargs: dict = field(default_factory=dict)
+    forward_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
@@ -210,24 +211,25 @@ def _measure(rep: CompressionReport, dense: nn.Module, inputs: tuple | None, dat
         from effml.zoo.training import evaluate
 
         acc_before, acc_after = evaluate(dense, test), evaluate(rep.model, test)
-    rep.before = facts(dense, inputs, accuracy=acc_before, kwargs=m.kwargs)
-    rep.after = facts(rep.model, inputs, stored_bytes=rep.stored_bytes, accuracy=acc_after, kwargs=m.kwargs)
+    rep.before = facts(dense, inputs, accuracy=acc_before, forward_kwargs=m.forward_kwargs)
+    rep.after = facts(rep.model, inputs, stored_bytes=rep.stored_bytes, accuracy=acc_after,
+                      forward_kwargs=m.forward_kwargs)
     change = speed_change(rep.configs)
     pred = meas = None
     note = ""
     if m.hw is not None:
         try:
             pred = predict_change(dense, inputs, change, after=rep.model if change == "channel" else None, hw=m.hw,
-                                  kwargs=m.kwargs)
+                                  forward_kwargs=m.forward_kwargs)
         except EffmlError as e:
             note = f"no prediction: {e}"
     if m.rounds:
-        meas = compare(dense, rep.model, inputs, kwargs=m.kwargs, rounds=m.rounds)
+        meas = compare(dense, rep.model, inputs, forward_kwargs=m.forward_kwargs, rounds=m.rounds)
     rep.speed = SpeedCheck(change, pred, meas, note)
 
 
 def facts(model: nn.Module, inputs: tuple, *, stored_bytes: int | None = None, accuracy: float | None = None,
-          kwargs: dict | None = None) -> ModelFacts:
+          forward_kwargs: dict | None = None) -> ModelFacts:
     """Count the model on `inputs` with effml.profile; parameters include packed int8 weights."""
     from effml.cost.counter import profile
 
@@ -235,7 +237,7 @@ def facts(model: nn.Module, inputs: tuple, *, stored_bytes: int | None = None, a
     macs = flops = None
     note = ""
     try:
-        prof = profile(model, *inputs, forward_kwargs=dict(kwargs or {}))
+        prof = profile(model, *inputs, forward_kwargs=dict(forward_kwargs or {}))
         tot = prof.total()
         macs, flops = tot.macs, tot.flops
         params = max(params, prof.params)

@@ -75,12 +75,12 @@ class ABResult:
                 "threads": self.threads, "cpu_capability": self.cpu_capability}
 
 
-def compare(before, after, inputs: tuple, *, kwargs: dict | None = None, rounds: int = 15, warmup: int = 2,
+def compare(before, after, inputs: tuple, *, forward_kwargs: dict | None = None, rounds: int = 15, warmup: int = 2,
             budget_s: float = 60.0) -> ABResult:
-    """Time `before(*inputs, **kwargs)` and `after(...)` alternately: their medians and the speedup."""
+    """Time `before(*inputs, **forward_kwargs)` and `after(...)` alternately: their medians and the speedup."""
     import torch
 
-    kwargs = dict(kwargs or {})
+    kwargs = dict(forward_kwargs or {})
     times = interleave({"before": lambda: before(*inputs, **kwargs), "after": lambda: after(*inputs, **kwargs)},
                        rounds=rounds, warmup=warmup, budget_s=budget_s)
     return ABResult(median(times["before"]), median(times["after"]), len(times["after"]), torch.get_num_threads(),

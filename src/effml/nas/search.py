@@ -150,26 +150,26 @@ def search(config: NasConfig | None = None, *, progress: Progress | None = None,
     """Run (or resume) the search; NasConfig fields work as keywords. Returns every trial of the study.
 
     `progress(what, frac)`: what = "12/40 trials · last: NAME 41.2%", frac = evaluated / trials."""
-    cfg = replace(config, **overrides) if config is not None else NasConfig(**overrides)
-    space, budget = cfg.space_obj(), cfg.budget()
-    check_reachable(space, budget, cfg.dtype)  # nothing can fit: say so before any search
-    if cfg.store:  # a file that is not an effml store is refused before the Optuna file is made beside it
-        _open_store(cfg).close()
-    study = _study(cfg)
+    config = replace(config, **overrides) if config is not None else NasConfig(**overrides)
+    space, budget = config.space_obj(), config.budget()
+    check_reachable(space, budget, config.dtype)  # nothing can fit: say so before any search
+    if config.store:  # a file that is not an effml store is refused before the Optuna file is made beside it
+        _open_store(config).close()
+    study = _study(config)
     done = len(_evaluated(study))
-    todo = max(0, cfg.trials - done)
+    todo = max(0, config.trials - done)
 
     def report(done: int, total: int, trial: NasTrial | None) -> None:
         _report(progress, done, total, trial)
 
-    report(done, cfg.trials, None)
+    report(done, config.trials, None)
     if todo:
-        quotas = [todo // cfg.workers + (i < todo % cfg.workers) for i in range(cfg.workers)]
-        if cfg.workers == 1:
-            run_worker(cfg, quotas[0], 0, progress=progress)
+        quotas = [todo // config.workers + (i < todo % config.workers) for i in range(config.workers)]
+        if config.workers == 1:
+            run_worker(config, quotas[0], 0, progress=progress)
         else:
-            _spawn(cfg, quotas, study, report)
-    return collect(cfg)
+            _spawn(config, quotas, study, report)
+    return collect(config)
 
 
 def _report(progress: Progress | None, done: int, total: int, trial: NasTrial | None) -> None:
@@ -178,61 +178,61 @@ def _report(progress: Progress | None, done: int, total: int, trial: NasTrial | 
         progress(f"{done}/{total} trials{trial_line(trial)}", done / max(total, 1))
 
 
-def collect(cfg: NasConfig) -> NasResult:
+def collect(config: NasConfig) -> NasResult:
     """The study's trials as a NasResult (from the storage alone)."""
     import optuna
 
-    study = optuna.load_study(study_name=cfg.study_name(), storage=cfg.storage_url())
+    study = optuna.load_study(study_name=config.study_name(), storage=config.storage_url())
     trials = [_to_trial(t) for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     notes = {t.user_attrs.get("note", "") for t in study.get_trials(deepcopy=False)} - {""}
-    return NasResult(cfg.to_dict(), cfg.budget().to_dict(), cfg.study_name(), _redact(cfg.storage_url()),
-                     cfg.objective, trials, "; ".join(sorted(notes)))
+    return NasResult(config.to_dict(), config.budget().to_dict(), config.study_name(), _redact(config.storage_url()),
+                     config.objective, trials, "; ".join(sorted(notes)))
 
 
 # ---- one worker ------------------------------------------------------------------------------------
-def run_worker(cfg: NasConfig, quota: int, worker: int = 0, progress: Progress | None = None) -> int:
+def run_worker(config: NasConfig, quota: int, worker: int = 0, progress: Progress | None = None) -> int:
     """Evaluate `quota` trials of the shared study (plus any rejected ones); returns trials evaluated.
     `progress(what, frac)` after each trial, counting the whole study's evaluated trials."""
     import optuna
     import torch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    torch.set_num_threads(cfg.proxy_config.threads)
-    space, budget = cfg.space_obj(), cfg.budget()
+    torch.set_num_threads(config.proxy_config.threads)
+    space, budget = config.space_obj(), config.budget()
     params = space.searchable()
     # Optuna >= 5 reads constraints set on the trial; older releases take a constraints_func
     legacy = {} if _TRIAL_CONSTRAINTS() else {"constraints_func": _constraints}
-    samp = SAMPLERS[cfg.sampler](cfg.seed * 1000 + worker, cfg.trials, legacy)
-    study = optuna.load_study(study_name=cfg.study_name(), storage=cfg.storage_url(), sampler=samp)
-    store = _open_store(cfg)
+    samp = SAMPLERS[config.sampler](config.seed * 1000 + worker, config.trials, legacy)
+    study = optuna.load_study(study_name=config.study_name(), storage=config.storage_url(), sampler=samp)
+    store = _open_store(config)
     evaluated = rejected = 0
     try:
         while evaluated < quota:
             trial = study.ask()
             arch = space.check({k: trial.suggest_categorical(k, list(v)) for k, v in params.items()})
-            rec = _evaluate(cfg, space, budget, study, trial, arch, worker)
+            rec = _evaluate(config, space, budget, study, trial, arch, worker)
             study.tell(trial, [rec.accuracy or 0.0, rec.objective])
             if store is not None:
-                store.put(_run(cfg, space, rec))
+                store.put(_run(config, space, rec))
             if rec.feasible:
                 evaluated += 1
             else:
                 rejected += 1
-                if rejected > cfg.max_rejections:
+                if rejected > config.max_rejections:
                     raise EffmlError(f"worker {worker}: {rejected} proposals broke the budget in a row of "
                                      f"{evaluated + rejected}; the feasible region of {space.name!r} is too "
                                      "small for this sampler: loosen the budget")
             if progress is not None:
-                _report(progress, len(_evaluated(study)), cfg.trials, rec)
+                _report(progress, len(_evaluated(study)), config.trials, rec)
     finally:
         if store is not None:
             store.close()
     return evaluated
 
 
-def _evaluate(cfg: NasConfig, space: Space, budget: Budget, study, trial, arch: dict, worker: int) -> NasTrial:
-    cost = cost_of(space, arch, budget.device, cfg.dtype)
-    objective = OBJECTIVES[cfg.objective](cost)
+def _evaluate(config: NasConfig, space: Space, budget: Budget, study, trial, arch: dict, worker: int) -> NasTrial:
+    cost = cost_of(space, arch, budget.device, config.dtype)
+    objective = OBJECTIVES[config.objective](cost)
     over = budget.violations(cost)
     attrs = {"arch": arch, "name": space.describe(arch), "cost": cost.to_dict(), "objective": objective,
              "constraints": budget.constraints(cost), "worker": worker, "accuracy": None, "rejected": "",
@@ -244,7 +244,7 @@ def _evaluate(cfg: NasConfig, space: Space, budget: Budget, study, trial, arch: 
         if twin is not None:
             attrs["accuracy"], attrs["reused_from"] = twin.user_attrs["accuracy"], twin.number
         else:
-            res = run_proxy(cfg.proxy, space, arch, cfg.proxy_config)
+            res = run_proxy(config.proxy, space, arch, config.proxy_config)
             attrs["accuracy"], attrs["seconds"] = res.accuracy, res.seconds
             if res.note:
                 attrs["note"] = res.note
@@ -291,19 +291,19 @@ def _evaluated(study) -> list:
     return [t for t in study.get_trials(deepcopy=False, states=_complete()) if not t.user_attrs.get("rejected")]
 
 
-def _study(cfg: NasConfig):
+def _study(config: NasConfig):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.create_study(study_name=cfg.study_name(), storage=cfg.storage_url(),
+        return optuna.create_study(study_name=config.study_name(), storage=config.storage_url(),
                                    directions=["maximize", "minimize"], load_if_exists=True)
     except ImportError as exc:  # e.g. postgresql:// without psycopg2
-        raise ConfigError(f"storage {_redact(cfg.storage_url())}: driver missing ({exc}); "
+        raise ConfigError(f"storage {_redact(config.storage_url())}: driver missing ({exc}); "
                           "pip install psycopg2-binary for PostgreSQL") from None
     except Exception as exc:  # sqlalchemy.exc.OperationalError and friends: a server down, a bad path
         if "sqlalchemy" in type(exc).__module__:
-            raise ConfigError(f"storage {_redact(cfg.storage_url())}: cannot open it "
+            raise ConfigError(f"storage {_redact(config.storage_url())}: cannot open it "
                               f"({str(exc).splitlines()[0]})") from None
         raise
 
@@ -328,21 +328,21 @@ def _redact(url: str) -> str:
 
 
 # ---- several workers ----------------------------------------------------------------------------------
-def _worker_main(cfg: NasConfig, quota: int, worker: int) -> None:
-    run_worker(cfg, quota, worker)
+def _worker_main(config: NasConfig, quota: int, worker: int) -> None:
+    run_worker(config, quota, worker)
 
 
-def _spawn(cfg: NasConfig, quotas: list[int], study, report) -> None:
+def _spawn(config: NasConfig, quotas: list[int], study, report) -> None:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(cfg, q, i), daemon=True) for i, q in enumerate(quotas) if q]
+    procs = [ctx.Process(target=_worker_main, args=(config, q, i), daemon=True) for i, q in enumerate(quotas) if q]
     for p in procs:
         p.start()
     try:
         while any(p.is_alive() for p in procs):
             time.sleep(0.5)
-            report(len(_evaluated(study)), cfg.trials, None)
+            report(len(_evaluated(study)), config.trials, None)
     finally:
         for p in procs:
             p.join(timeout=1 if any(p.is_alive() for p in procs) else None)
@@ -353,33 +353,33 @@ def _spawn(cfg: NasConfig, quotas: list[int], study, report) -> None:
         raise EffmlError(f"NAS worker(s) {', '.join(map(str, failed))} failed (exit codes "
                          f"{', '.join(str(procs[i].exitcode) for i in failed)}); their finished trials are kept "
                          "in the storage: run the same command again to resume")
-    report(len(_evaluated(study)), cfg.trials, None)
+    report(len(_evaluated(study)), config.trials, None)
 
 
 # ---- the study store -----------------------------------------------------------------------------------
-def _open_store(cfg: NasConfig):
-    if not cfg.store:
+def _open_store(config: NasConfig):
+    if not config.store:
         return None
     from effml.study.store import Store
 
-    return Store(cfg.store)
+    return Store(config.store)
 
 
-def _run(cfg: NasConfig, space: Space, t: NasTrial):
+def _run(config: NasConfig, space: Space, t: NasTrial):
     """One study-store row per trial: key 'nas:<trial>@<optuna study name>' (the report groups by it)."""
     from effml.study.store import Run
 
     c = t.cost
-    devices = [(cfg.hw, cfg.dtype)] + [(d, None) for d in STUDY_DEVICES if d != c["device"]]
+    devices = [(config.hw, config.dtype)] + [(d, None) for d in STUDY_DEVICES if d != c["device"]]
     preds = predictions(space, t.arch, devices)
-    if cfg.hw != c["device"]:  # the store keys predictions by catalog key
-        preds[c["device"]] = preds.pop(cfg.hw)
+    if config.hw != c["device"]:  # the store keys predictions by catalog key
+        preds[c["device"]] = preds.pop(config.hw)
     metrics = {"accuracy": t.accuracy, "params": c["params"], "model_bytes": c["flash_bytes"],
                "flops": c["flops"], "macs": c["macs"], "sram_bytes": c["sram_bytes"],
                "flash_bytes": c["flash_bytes"], "objective": t.objective, "rejected": t.rejected or None,
                "reused_from": t.reused_from, "proxy_seconds": t.seconds, "lower_bound": c["lower_bound"]}
     chain = [{"technique": "nas", "config": {"space": space.name, "arch": t.arch, "trial": t.number,
-                                             "sampler": cfg.sampler, "proxy": cfg.to_dict()["proxy"],
-                                             "proxy_config": cfg.proxy_config.to_dict()}}]
-    return Run(cfg.store_study, f"nas:{t.number}@{cfg.study_name()}", f"nas#{t.number} {t.name}", chain,
+                                             "sampler": config.sampler, "proxy": config.to_dict()["proxy"],
+                                             "proxy_config": config.proxy_config.to_dict()}}]
+    return Run(config.store_study, f"nas:{t.number}@{config.study_name()}", f"nas#{t.number} {t.name}", chain,
                metrics, preds, {"worker": t.worker})

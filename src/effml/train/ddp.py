@@ -1,4 +1,4 @@
-"""Data-parallel training with PyTorch DDP, launched by torchrun: `launch(run, cfg, nproc=2)`.
+"""Data-parallel training with PyTorch DDP, launched by torchrun: `launch(run, config, nproc=2)`.
 
 The launcher writes the run to a JSON file and starts
     python -m torch.distributed.run --standalone --nproc-per-node N -m effml.train.ddp SPEC.json OUT.json
@@ -30,15 +30,15 @@ def torchrun_command(spec_path: str, out_path: str, nproc: int) -> list[str]:
             "-m", "effml.train.ddp", spec_path, out_path]
 
 
-def launch(run: RunConfig, cfg: TrainConfig, nproc: int, timeout_s: float = 900) -> TrainResult:
+def launch(run: RunConfig, config: TrainConfig, nproc: int, timeout_s: float = 900) -> TrainResult:
     """Train with `nproc` DDP processes on this machine; the result as rank 0 saw it (losses averaged
-    over ranks). cfg.world_size is set to nproc; its micro_batch stays per process."""
+    over ranks). config.world_size is set to nproc; its micro_batch stays per process."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ConfigError(f"nproc (world size) must be an integer >= 1, got {nproc!r}")
-    cfg = cfg.replace(world_size=nproc)
+    config = config.replace(world_size=nproc)
     with tempfile.TemporaryDirectory(prefix="effml-ddp-") as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec.write_text(json.dumps({"run": run.to_dict(), "config": cfg.to_dict()}))
+        spec.write_text(json.dumps({"run": run.to_dict(), "config": config.to_dict()}))
         env = dict(os.environ)
         threads = run.threads or max(1, (os.cpu_count() or 1) // nproc)
         env.setdefault("OMP_NUM_THREADS", str(threads))  # torchrun would otherwise force 1
@@ -63,11 +63,11 @@ def worker(spec_path: str, out_path: str) -> int:
     from effml.train.loop import train
 
     spec = json.loads(Path(spec_path).read_text())
-    run, cfg = RunConfig(**spec["run"]), TrainConfig.from_dict(spec["config"])
+    run, config = RunConfig(**spec["run"]), TrainConfig.from_dict(spec["config"])
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
     try:
-        result = train(run, cfg)
+        result = train(run, config)
         if dist.get_rank() == 0:
             Path(out_path).write_text(json.dumps(result.to_dict()))
         dist.barrier()

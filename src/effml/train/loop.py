@@ -168,43 +168,43 @@ def build_model(run: RunConfig) -> tuple[torch.nn.Module, object]:
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------
-def train(run: RunConfig, cfg: TrainConfig, progress=None) -> TrainResult:
+def train(run: RunConfig, config: TrainConfig, progress=None) -> TrainResult:
     """Train run.steps optimizer steps; timing, memory and loss as in the module docstring. `progress(what,
     fraction)` (effml's one progress hook) is called after every step with the step and its loss."""
     if run.threads:
         torch.set_num_threads(run.threads)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if world != cfg.world_size:
-        raise ConfigError(f"TrainConfig.world_size={cfg.world_size} but {world} process(es) are running; "
+    if world != config.world_size:
+        raise ConfigError(f"TrainConfig.world_size={config.world_size} but {world} process(es) are running; "
                           "use effml train --nproc N (it sets both)")
-    if cfg.zero_stage:
+    if config.zero_stage:
         raise ConfigError("effml train runs plain DDP (zero_stage 0); ZeRO stages are estimated by train-mem")
     device = _device(run.device, distributed)
-    precision = check_precision(cfg.precision, device)
+    precision = check_precision(config.precision, device)
     model, entry = build_model(run)
     model.to(device).train()
-    data = _data_for(entry)(entry, run, cfg.global_batch)
+    data = _data_for(entry)(entry, run, config.global_batch)
     ddp = None
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
-    step = TrainStep(model, cfg, "auto", device.type, ddp=ddp)
-    plan = ckpt.plan(model, cfg.checkpointing) if cfg.checkpointing.strategy != "budget" else None
+    step = TrainStep(model, config, "auto", device.type, ddp=ddp)
+    plan = ckpt.plan(model, config.checkpointing) if config.checkpointing.strategy != "budget" else None
     if plan is None:
         from effml.train.memory import train_memory
 
         x0, y0 = data(0)
-        plan = train_memory(model, (x0[:cfg.micro_batch],), cfg, target=y0[:cfg.micro_batch]).checkpoint
+        plan = train_memory(model, (x0[:config.micro_batch],), config, target=y0[:config.micro_batch]).checkpoint
 
     def micro_batches(i: int) -> list[Batch]:
         x, y = (t.to(device) for t in data(i))  # the global batch (B_global, ...): same on every rank
-        mb = cfg.micro_batch
-        base = rank * cfg.grad_accum * mb
+        mb = config.micro_batch
+        base = rank * config.grad_accum * mb
         return [Batch((x[base + j * mb: base + (j + 1) * mb],), y[base + j * mb: base + (j + 1) * mb])
-                for j in range(cfg.grad_accum)]
+                for j in range(config.grad_accum)]
 
     losses, times, measured = [], [], None
     dump = _grad_dumper(model, run.dump_grads, rank)
@@ -230,12 +230,12 @@ def train(run: RunConfig, cfg: TrainConfig, progress=None) -> TrainResult:
 
         x, y = micro_batches(0)[0].args[0].cpu(), micro_batches(0)[0].target.cpu()
         fresh, _ = build_model(run)
-        estimate = train_memory(fresh, (x,), cfg, target=y, kernel_workspace=device.type == "cpu").peak
+        estimate = train_memory(fresh, (x,), config, target=y, kernel_workspace=device.type == "cpu").peak
     if distributed:
         notes.append(f"DDP over {world} processes ({dist.get_backend()}); memory is not measured under DDP")
     return TrainResult(
-        model=run.model, params=sum(p.numel() for p in model.parameters()), config=cfg, run=run, data=data.label,
-        losses=tuple(losses), step_times_s=tuple(times), samples_per_step=cfg.global_batch,
+        model=run.model, params=sum(p.numel() for p in model.parameters()), config=config, run=run, data=data.label,
+        losses=tuple(losses), step_times_s=tuple(times), samples_per_step=config.global_batch,
         tokens_per_sample=data.tokens_per_sample, measured=measured, estimated_peak_bytes=estimate,
         precision_note=_precision_note(precision) if device.type == "cpu" else "", notes=tuple(notes))
 

@@ -62,13 +62,13 @@ def autocast(precision: Precision, device_type: str):
     return torch.autocast(device_type, dtype=torch_dtype(precision.autocast))
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str = "cpu") -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: TrainConfig, device_type: str = "cpu") -> torch.optim.Optimizer:
     """The configured optimizer over the trainable parameters; foreach kernels where torch uses them by
     default (CUDA), the per-tensor loop elsewhere."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError(f"{type(model).__name__} has no trainable parameters")
-    return get_optimizer(cfg.optimizer).build(params, cfg.lr, device_type == "cuda")
+    return get_optimizer(config.optimizer).build(params, config.lr, device_type == "cuda")
 
 
 # ---- losses: a registry keyed by what the model outputs --------------------------------------------------------
@@ -134,10 +134,10 @@ class TrainStep:
     micro-batch (no_sync before it). `hooks.forward_end()` is called after each forward (the estimator
     marks the moment the saved activations are complete)."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, loss: str, device_type: str = "cpu",
+    def __init__(self, model: nn.Module, config: TrainConfig, loss: str, device_type: str = "cpu",
                  optimizer: torch.optim.Optimizer | None = None, ddp: nn.Module | None = None):
-        self.model, self.cfg, self.device_type = model, cfg, device_type
-        self.precision = get_precision(cfg.precision)
+        self.model, self.config, self.device_type = model, config, device_type
+        self.precision = get_precision(config.precision)
         self.param_dtype = torch_dtype(self.precision.param_dtype)
         if any(p.is_floating_point() and p.dtype != self.param_dtype for p in model.parameters()):
             model.to(self.param_dtype)  # bf16-true: weights (hence grads and states) in bf16
@@ -155,7 +155,7 @@ class TrainStep:
         with sync:
             with autocast(self.precision, self.device_type):
                 out = net(*batch.args, **batch.kwargs)
-                loss = self.loss_fn(out, batch.target) / self.cfg.grad_accum
+                loss = self.loss_fn(out, batch.target) / self.config.grad_accum
             del out
             if hooks is not None:
                 hooks.forward_end()
@@ -164,16 +164,16 @@ class TrainStep:
 
     def optimizer_step(self) -> None:
         if self.optimizer is None:
-            self.optimizer = build_optimizer(self.model, self.cfg, self.device_type)
+            self.optimizer = build_optimizer(self.model, self.config, self.device_type)
         core.optimizer_step(self.optimizer, scaler=self.scaler)
         self.optimizer.zero_grad(set_to_none=True)
 
     def run(self, micro_batches: list[Batch], before_step=None) -> float:
         """One optimizer step over len(micro_batches) == grad_accum micro-batches; the mean loss.
         `before_step()` runs when the gradients are complete, before the optimizer uses them."""
-        if len(micro_batches) != self.cfg.grad_accum:
+        if len(micro_batches) != self.config.grad_accum:
             raise ConfigError(f"TrainStep.run got {len(micro_batches)} micro-batches for "
-                              f"grad_accum={self.cfg.grad_accum}")
+                              f"grad_accum={self.config.grad_accum}")
         total = 0.0
         for i, b in enumerate(micro_batches):
             total += float(self.forward_backward(b, last=i == len(micro_batches) - 1))
