@@ -59,7 +59,7 @@ def main() -> None:
                 res[sampler] = (search(cfg), time.perf_counter() - t0)
             ref = max(t.objective for r, _ in res.values() for t in r.evaluated) * 1.0001
             for sampler, (r, secs) in res.items():
-                fits = all(not budget.violations(_cost(t)) for t in r.front)
+                fits = all(not budget.violations(t.cost) for t in r.front)
                 row = {"seed": seed, "sampler": sampler, "evaluated": len(r.evaluated), "rejected": len(r.rejected),
                        "best_acc_%": 100 * r.best.accuracy,
                        "hypervolume": hypervolume([(t.accuracy, t.objective) for t in r.evaluated], ref) / ref,
@@ -90,12 +90,6 @@ def main() -> None:
         print(f"wrote {path}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _cost(trial):
-    from effml.nas.budgets import Cost
-
-    return Cost(**trial.cost)
 
 
 if __name__ == "__main__":

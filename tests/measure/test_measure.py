@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from effml.errors import EffmlError
-from effml.hardware.sweep import parse_batches
+from effml.hardware.sweep import PredictionSummary, parse_batches
 from effml.measure import MeasureConfig, measure, median_ci, percentile
 
 
@@ -49,7 +49,7 @@ def test_budget_stops_the_loop():
 
 def test_error_pct_against_a_prediction():
     m = measure(nn.Identity(), torch.randn(2), config=MeasureConfig(warmup=0, min_repeats=5, max_repeats=5))
-    m.prediction = {"time_s": 1.5 * m.p50}
+    m.prediction = PredictionSummary("local", 1.5 * m.p50, "memory", 0.0, 0.0, 1.5 * m.p50)
     assert m.error_pct == pytest.approx(50.0)
 
 

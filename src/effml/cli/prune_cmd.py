@@ -187,16 +187,16 @@ def run_compress(args, spec, data, config, *, finetune_epochs: float = 0.0, cali
 def present(args, spec, data, rep, save, notes: list[str] = ()) -> int:
     """Save if asked, then the report: one JSON object (--json) or a table and its notes."""
     out = str(save(args.out)) if args.out else None
-    d = {"model": spec.to_dict(), **rep.to_dict(), "out": out, "data": data.to_dict() if data else None}
-    d["notes"] = d["notes"] + list(notes)
     if args.json:
+        d = {"model": spec.to_dict(), **rep.to_dict(), "out": out, "data": data.to_dict() if data else None}
+        d["notes"] = d["notes"] + list(notes)
         print_json(d)
         return 0
     from effml.compress.present import notes_lines, report_table
 
     con = console()
-    con.print(report_table(d))
-    for line in notes_lines(d):
+    con.print(report_table(rep, spec.name))
+    for line in notes_lines(rep, notes, out):
         con.print(f"- {line}")
     return 0
 

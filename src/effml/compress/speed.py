@@ -17,10 +17,14 @@ alike; the ratio of medians is the measured speedup.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from effml.errors import ConfigError, EffmlError
+
+if TYPE_CHECKING:
+    from effml.measure.ab import ABResult
 
 CHANGES = ("sparse", "channel", "int8", "int8-weight", "int4-weight", "none")
 
@@ -46,7 +50,7 @@ class Predicted:
 class SpeedCheck:
     label: str
     predicted: Predicted | None
-    measured: object | None  # effml.measure.ab.ABResult
+    measured: ABResult | None
     note: str = ""
 
     def to_dict(self) -> dict:

@@ -28,6 +28,7 @@ from effml.compress.configs import (ChannelPrune, CompressionConfig, DynamicInt8
 from effml.compress.layers import count_nonzero, count_params, param_bytes
 from effml.compress.prune import PRUNERS, PruneResult, prune
 from effml.compress.quantize import QUANTIZERS, QuantResult, freeze, quantize
+from effml.compress.speed import SpeedCheck
 from effml.errors import ConfigError, EffmlError
 from effml.guards import check_fits_ram, module_bytes
 
@@ -75,7 +76,7 @@ class CompressionReport:
     codes: dict[str, dict] | None = field(default=None, repr=False)  # quantization codes (for save_compressed)
     before: ModelFacts | None = None
     after: ModelFacts | None = None
-    speed: object | None = None  # effml.compress.speed.SpeedCheck
+    speed: SpeedCheck | None = None
     notes: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (layer, reason), every step's
 

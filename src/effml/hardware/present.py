@@ -108,7 +108,7 @@ def bench_table(res):
     for col in ("batch", "p50", "p90", "p99", "runs", "stop", "throughput", "peak RSS +", "predicted", "error"):
         t.add_column(col, justify="right")
     for m in res.rows:
-        pred = m.prediction["time_s"] if m.prediction else None
+        pred = m.prediction.time_s if m.prediction else None
         err = m.error_pct
         t.add_row(str(m.batch), fmt_time(m.p50), fmt_time(m.p90), fmt_time(m.p99), str(len(m.times_s)), m.stop,
                   si(m.throughput_per_s, "inf/s"), fmt_bytes(m.memory.rss_delta_bytes) if m.memory else "n/a",

@@ -4,7 +4,7 @@ It lives in `hardware` (above `measure`): it joins the timer of `effml.measure` 
 `effml.cost` and the prediction of `effml.hardware`, so `measure` itself depends on neither.
 
     res = bench(lambda b: resolve(model="effml.zoo:vgg", batch=b), [1, 8, 32])
-    res.rows[0].p50, res.rows[0].prediction["time_s"], res.rows[0].error_pct
+    res.rows[0].p50, res.rows[0].prediction.time_s, res.rows[0].error_pct
 
 For each batch: build the model and input, count it with `effml.profile` (on the very input timed),
 predict it on the `local` device (if this machine was calibrated; otherwise the rows say so), then time it.
@@ -12,7 +12,7 @@ predict it on the `local` device (if this machine was calibrated; otherwise the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from effml.errors import ConfigError, EffmlError
@@ -36,10 +36,26 @@ class BenchResult:
                 "measure_config": self.config, "results": [r.to_dict() for r in self.rows]}
 
 
-def prediction_summary(pred) -> dict:
-    """The few numbers of a Prediction worth printing beside a measurement."""
-    return {"hw": pred.device, "time_s": pred.time_s, "bound": pred.bound, "overhead_s": pred.overhead_s,
-            "compute_s": pred.compute_s, "memory_s": pred.memory_s, "lower_bound": pred.lower_bound}
+@dataclass(frozen=True)
+class PredictionSummary:
+    """The few numbers of a Prediction worth printing beside a measurement (Measurement.prediction)."""
+
+    hw: str
+    time_s: float
+    bound: str
+    overhead_s: float
+    compute_s: float
+    memory_s: float
+    lower_bound: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prediction_summary(pred) -> PredictionSummary:
+    """The summary of a hardware Prediction."""
+    return PredictionSummary(pred.device, pred.time_s, pred.bound, pred.overhead_s, pred.compute_s, pred.memory_s,
+                             pred.lower_bound)
 
 
 def attach_prediction(m: Measurement, pred) -> Measurement:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from effml.errors import ConfigError
 from effml.measure.memory import PeakMemory, PeakTracker
 from effml.registries import Registry
+
+if TYPE_CHECKING:
+    from effml.hardware.sweep import PredictionSummary
 
 
 # the timers a measurement may read: wall time (latency) or the calling thread's CPU time
@@ -102,7 +105,7 @@ class Measurement:
     memory: PeakMemory | None = None
     clock: str = "wall"
     wall_times_s: list[float] | None = None  # the same calls on the wall clock (differs when clock='cpu')
-    prediction: dict | None = None  # the `local` prediction next to it (effml.hardware.sweep.attach_prediction)
+    prediction: PredictionSummary | None = None  # the `local` prediction next to it (hardware.sweep.attach_prediction)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -133,9 +136,9 @@ class Measurement:
     @property
     def error_pct(self) -> float | None:
         """(predicted - measured p50) / measured x 100, when a prediction is attached."""
-        if not self.prediction or self.prediction.get("time_s") is None:
+        if self.prediction is None or self.prediction.time_s is None:
             return None
-        return (self.prediction["time_s"] - self.p50) / self.p50 * 100
+        return (self.prediction.time_s - self.p50) / self.p50 * 100
 
     def to_dict(self, times: bool = False) -> dict:
         d = {"batch": self.batch, "p50_s": self.p50, "p90_s": self.p90, "p99_s": self.p99, "mean_s": self.mean,
@@ -145,7 +148,8 @@ class Measurement:
              "cpu_capability": self.cpu_capability, "device": self.device, "clock": self.clock,
              "wall_p50_s": percentile(sorted(self.wall_times_s), 50) if self.wall_times_s else None,
              "memory": self.memory.to_dict() if self.memory else None,
-             "prediction": self.prediction, "error_pct": self.error_pct, **self.extra}
+             "prediction": self.prediction.to_dict() if self.prediction else None, "error_pct": self.error_pct,
+             **self.extra}
         if times:
             d["times_s"] = list(self.times_s)
         return d

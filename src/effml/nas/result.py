@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from effml.nas.budgets import Budget, Cost
+
+if TYPE_CHECKING:
+    from effml.nas.search import NasConfig
 
 
 @dataclass
@@ -12,7 +18,7 @@ class NasTrial:
     number: int
     arch: dict
     name: str
-    cost: dict  # budgets.Cost.to_dict()
+    cost: Cost
     objective: float  # the device cost the search minimises (e.g. latency_s)
     accuracy: float | None
     rejected: str = ""  # why the budget rejected it before training ("" when it fitted)
@@ -25,7 +31,7 @@ class NasTrial:
         return not self.rejected
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self)  # the Cost nested as a dict
 
 
 def trial_line(trial: NasTrial | None) -> str:
@@ -62,8 +68,8 @@ def hypervolume(points: list[tuple[float, float]], ref_cost: float, ref_accuracy
 
 @dataclass
 class NasResult:
-    config: dict
-    budget: dict
+    config: NasConfig
+    budget: Budget
     study_name: str
     storage: str  # password redacted
     objective: str
@@ -96,7 +102,7 @@ class NasResult:
 
     def to_dict(self) -> dict:
         best = self.best
-        return {"config": self.config, "budget": self.budget, "study_name": self.study_name,
+        return {"config": self.config.to_dict(), "budget": self.budget.to_dict(), "study_name": self.study_name,
                 "storage": self.storage, "objective": self.objective, "note": self.note,
                 "trials_evaluated": len(self.evaluated), "trials_rejected": len(self.rejected),
                 "best": best.to_dict() if best else None, "front": [t.to_dict() for t in self.front],

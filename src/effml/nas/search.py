@@ -185,7 +185,7 @@ def collect(config: NasConfig) -> NasResult:
     study = optuna.load_study(study_name=config.study_name(), storage=config.storage_url())
     trials = [_to_trial(t) for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     notes = {t.user_attrs.get("note", "") for t in study.get_trials(deepcopy=False)} - {""}
-    return NasResult(config.to_dict(), config.budget().to_dict(), config.study_name(), _redact(config.storage_url()),
+    return NasResult(config, config.budget(), config.study_name(), _redact(config.storage_url()),
                      config.objective, trials, "; ".join(sorted(notes)))
 
 
@@ -282,7 +282,7 @@ def _TRIAL_CONSTRAINTS() -> bool:
 
 def _to_trial(t, number: int | None = None, attrs: dict | None = None) -> NasTrial:
     a = attrs if attrs is not None else t.user_attrs
-    return NasTrial(t.number if number is None else number, dict(a["arch"]), a["name"], dict(a["cost"]),
+    return NasTrial(t.number if number is None else number, dict(a["arch"]), a["name"], Cost(**a["cost"]),
                     float(a["objective"]), a["accuracy"], a["rejected"], a["reused_from"], float(a["seconds"]),
                     int(a["worker"]))
 
@@ -370,14 +370,14 @@ def _run(config: NasConfig, space: Space, t: NasTrial):
     from effml.study.store import Run
 
     c = t.cost
-    devices = [(config.hw, config.dtype)] + [(d, None) for d in STUDY_DEVICES if d != c["device"]]
+    devices = [(config.hw, config.dtype)] + [(d, None) for d in STUDY_DEVICES if d != c.device]
     preds = predictions(space, t.arch, devices)
-    if config.hw != c["device"]:  # the store keys predictions by catalog key
-        preds[c["device"]] = preds.pop(config.hw)
-    metrics = {"accuracy": t.accuracy, "params": c["params"], "model_bytes": c["flash_bytes"],
-               "flops": c["flops"], "macs": c["macs"], "sram_bytes": c["sram_bytes"],
-               "flash_bytes": c["flash_bytes"], "objective": t.objective, "rejected": t.rejected or None,
-               "reused_from": t.reused_from, "proxy_seconds": t.seconds, "lower_bound": c["lower_bound"]}
+    if config.hw != c.device:  # the store keys predictions by catalog key
+        preds[c.device] = preds.pop(config.hw)
+    metrics = {"accuracy": t.accuracy, "params": c.params, "model_bytes": c.flash_bytes,
+               "flops": c.flops, "macs": c.macs, "sram_bytes": c.sram_bytes,
+               "flash_bytes": c.flash_bytes, "objective": t.objective, "rejected": t.rejected or None,
+               "reused_from": t.reused_from, "proxy_seconds": t.seconds, "lower_bound": c.lower_bound}
     chain = [{"technique": "nas", "config": {"space": space.name, "arch": t.arch, "trial": t.number,
                                              "sampler": config.sampler, "proxy": config.to_dict()["proxy"],
                                              "proxy_config": config.proxy_config.to_dict()}}]
