@@ -72,7 +72,7 @@ def accuracy_part():
     from effml.compress import ChannelPrune, prune
     from effml.zoo import vgg
     from effml.zoo.data import load
-    from effml.zoo.training import evaluate, train_classifier, train_cached
+    from effml.train.classifier import evaluate, train_classifier, train_cached
 
     data = load("fashion-mnist", batch_size=128, seed=0, train_limit=20000)
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ def run_model(name, build, per_layer, fc_bits, data, ft_data, dense_epochs, scal
     import copy
 
     from effml.compress import DeepCompressionConfig, deep_compress
-    from effml.zoo.training import train_cached
+    from effml.train.classifier import train_cached
 
     torch.manual_seed(0)
     dense = build()

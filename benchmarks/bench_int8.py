@@ -102,7 +102,7 @@ def classifier_part():
     from effml.compress import DynamicInt8Config, StaticInt8Config, quantize
     from effml.zoo import lenet5, mlp
     from effml.zoo.data import load
-    from effml.zoo.training import evaluate, train_cached
+    from effml.train.classifier import evaluate, train_cached
 
     data = load("fashion-mnist", batch_size=128, seed=0)
     rows = []

@@ -30,7 +30,7 @@ def main() -> int:
     from effml.compress import config_from_dict, freeze, quantize
     from effml.zoo import lenet5
     from effml.zoo.data import load
-    from effml.zoo.training import evaluate, train_classifier, train_cached
+    from effml.train.classifier import evaluate, train_classifier, train_cached
 
     torch.set_num_threads(THREADS)
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ from effml.compress.huffman import HuffmanCode, entropy_bits
 from effml.errors import ConfigError
 from effml.zoo import mlp
 from effml.zoo.data import load
-from effml.zoo.training import train_classifier
+from effml.train.classifier import train_classifier
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

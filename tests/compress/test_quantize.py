@@ -14,7 +14,7 @@ from effml.compress.qlinear import quantize as qcodes
 from effml.errors import ConfigError
 from effml.zoo import lenet5, mlp
 from effml.zoo.data import load
-from effml.zoo.training import train_classifier, predictions
+from effml.train.classifier import train_classifier, predictions
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,7 +10,7 @@ from effml.compress.workflow import Measure, compress, speed_change
 from effml.errors import ConfigError
 from effml.zoo import lenet5
 from effml.zoo.data import load
-from effml.zoo.training import TrainLoopConfig
+from effml.train.classifier import TrainLoopConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

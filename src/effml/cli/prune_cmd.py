@@ -137,7 +137,7 @@ def prepare(args):
     from effml.compress.workflow import data_for, load_weights
     from effml.errors import ConfigError
     from effml.models import resolve
-    from effml.zoo.training import train_classifier
+    from effml.train.classifier import train_classifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,7 +174,7 @@ def run_compress(args, spec, data, config, *, finetune_epochs: float = 0.0, cali
     recipe (--lr, --seed), measurement (--hw, --rounds, --no-measure), a progress bar."""
     from effml.cli.common import progress_hook
     from effml.compress.workflow import Measure, compress
-    from effml.zoo.training import TrainLoopConfig
+    from effml.train.classifier import TrainLoopConfig
 
     recipe = TrainLoopConfig(epochs=finetune_epochs, lr=args.lr, seed=args.seed) if finetune_epochs else None
     measure = Measure(hw=None if args.hw == "none" else args.hw, rounds=0 if args.no_measure else args.rounds,

@@ -127,7 +127,7 @@ def _weight_layers(model: nn.Module, names) -> dict[str, nn.Module]:
 def deep_compress(model: nn.Module, data, config: DeepCompressionConfig | None = None,
                   progress: Progress | None = None) -> DeepCompressionResult:
     """Run the pipeline in place on a trained classifier; `data` is a DataBundle (train + test)."""
-    from effml.zoo.training import evaluate, train_classifier
+    from effml.train.classifier import evaluate, train_classifier
 
     cfg = config or DeepCompressionConfig()
     progress = progress or (lambda what, frac: None)

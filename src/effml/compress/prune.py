@@ -175,7 +175,7 @@ def channel_groups(model: nn.Module, example_inputs: tuple | None) -> list[Group
 def _taylor_grads(model: nn.Module, data: Iterable | None, batches: int) -> None:
     import torch.nn.functional as F
 
-    from effml.zoo.training import logits_of
+    from effml.train.core import logits_of
 
     if data is None:
         raise ConfigError("ChannelPrune.criterion='taylor' needs data: prune(model, cfg, data=loader)")

@@ -49,7 +49,7 @@ class SensitivityResult:
 def _metric(data, metric, max_batches):
     if metric is not None:
         return metric
-    from effml.zoo.training import evaluate
+    from effml.train.classifier import evaluate
 
     loader = getattr(data, "test", data)
     return lambda m: evaluate(m, loader, max_batches=max_batches)

@@ -135,7 +135,7 @@ def compress(model: nn.Module, configs: CompressionConfig | Sequence[Compression
     """Apply a chain of pruning/quantization configs to `model` IN PLACE (`report.model is model`).
 
     data: a DataBundle (train on .train, accuracy on .test) or (x, y) training batches: the Taylor criterion,
-    fine-tuning, and tracing when example_inputs is None. finetune: an effml.zoo.training.TrainLoopConfig run
+    fine-tuning, and tracing when example_inputs is None. finetune: an effml.train.classifier.TrainLoopConfig run
     after each pruning step and each qat=True quantization step (None: no fine-tuning; QAT then refused).
     calibration: batches for static int8 / SmoothQuant. progress(what, fraction) over the whole chain.
     """
@@ -192,7 +192,7 @@ def compress(model: nn.Module, configs: CompressionConfig | Sequence[Compression
 
 
 def _finetune(model, train, recipe, res, progress: Progress, what: str) -> None:
-    from effml.zoo.training import train_classifier
+    from effml.train.classifier import train_classifier
 
     masks = getattr(res, "masks", None)
     train_classifier(model, train, recipe, step_hook=masks.apply if masks is not None else None,
@@ -209,7 +209,7 @@ def _measure(rep: CompressionReport, dense: nn.Module, inputs: tuple | None, dat
     test = getattr(data, "test", None)
     acc_before = acc_after = None
     if test is not None:
-        from effml.zoo.training import evaluate
+        from effml.train.classifier import evaluate
 
         acc_before, acc_after = evaluate(dense, test), evaluate(rep.model, test)
     rep.before = facts(dense, inputs, accuracy=acc_before, forward_kwargs=m.forward_kwargs)

@@ -117,7 +117,7 @@ def train_proxy(space: Space, arch: Arch, config: ProxyConfig) -> ProxyResult:
     """Short training from scratch (Adam, cosine schedule), top-1 on the test subset."""
     import torch
 
-    from effml.zoo.training import TrainLoopConfig, evaluate, train_classifier
+    from effml.train.classifier import TrainLoopConfig, evaluate, train_classifier
 
     torch.set_num_threads(config.threads)
     data = _resized(config.dataset, config.train_images, config.test_images, config.seed,

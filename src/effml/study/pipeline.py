@@ -158,7 +158,7 @@ def evaluate_variant(model, stored_bytes: int, data, config: StudyConfig, device
     import effml
     from effml.hardware import DeviceError, predict
     from effml.measure.ab import beside
-    from effml.zoo.training import evaluate
+    from effml.train.classifier import evaluate
 
     x = data.test.x[: config.measure_batch]
     prof = effml.profile(model, x)
@@ -211,7 +211,7 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
     base_key = f"baseline@{fp}"
     blob = store.get_artifact(config.study, f"weights:{base_key}")
     if blob is None:
-        from effml.zoo.training import TrainLoopConfig, train_classifier
+        from effml.train.classifier import TrainLoopConfig, train_classifier
 
         train_classifier(baseline, data.train, TrainLoopConfig(epochs=config.epochs, lr=2e-3, seed=config.seed),
             progress=lambda msg, frac: progress("baseline", msg, frac), evaluate_after=False)

@@ -68,7 +68,7 @@ def _compress(verb: str, model: nn.Module, cfg: dict, ctx: StudyContext) -> Step
     study's fine-tuning recipe (after pruning and for QAT) and its calibration batch."""
     from effml.compress.configs import config_from_dict
     from effml.compress.workflow import compress, verb_of
-    from effml.zoo.training import TrainLoopConfig
+    from effml.train.classifier import TrainLoopConfig
 
     config = config_from_dict(cfg)
     if verb_of(config) != verb:

@@ -7,7 +7,7 @@
         progress(f"training: loss {log.running():.3f}", (s.index + 1) / total_steps)
 
 The loops that use it differ only in what a batch is and how the loss is made: the classifier trainer
-(`effml.zoo.training.train_classifier`), knowledge distillation (`effml.compress.distill`), the scaling-law
+(`effml.train.classifier.train_classifier`), knowledge distillation (`effml.compress.distill`), the scaling-law
 runs (`effml.scaling.demo`) and `effml train` (`effml.train.loop`, whose `TrainStep` adds gradient accumulation,
 mixed precision and DDP around `backward` and `optimizer_step`).
 

@@ -6,9 +6,7 @@ from effml.zoo.registry import ZOO, ZooEntry, get, zoo_model
 
 __all__ = ["ZOO", "ZooEntry", "GPT", "GPTConfig", "get", "lenet5", "mlp", "resnet", "tiny_gpt", "vgg", "zoo_model"]
 
-# real data and training: Fashion-MNIST / digits loaders, train_classifier / evaluate
+# real data: Fashion-MNIST / digits loaders (training them: effml.train.classifier, a layer above the zoo)
 from effml.zoo.data import BatchLoader, DataBundle, load as load_data  # noqa: E402
-from effml.zoo.training import TrainLoopConfig, TrainLoopResult, evaluate, train_classifier  # noqa: E402
 
-__all__ += ["BatchLoader", "DataBundle", "TrainLoopConfig", "TrainLoopResult", "evaluate", "load_data",
-            "train_classifier"]
+__all__ += ["BatchLoader", "DataBundle", "load_data"]

@@ -7,7 +7,8 @@ from torch import nn
 from effml.errors import ConfigError
 from effml.zoo import mlp
 from effml.zoo.data import BatchLoader, load
-from effml.zoo.training import TrainLoopConfig, evaluate, logits_of, train_classifier
+from effml.train.classifier import TrainLoopConfig, evaluate, train_classifier
+from effml.train.core import logits_of
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +64,7 @@ def test_config_errors_name_the_field():
 
 
 def test_the_optimizer_comes_from_the_one_optimizer_registry():
-    from effml.zoo.training import _optimizer
+    from effml.train.classifier import _optimizer
 
     model = mlp(in_features=4, hidden=(3,))
     sgd = _optimizer(model, TrainLoopConfig(optimizer="sgd", lr=0.1, momentum=0.5, weight_decay=1e-4))

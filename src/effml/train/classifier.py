@@ -22,7 +22,7 @@ from torch import nn
 from effml.errors import ConfigError
 from effml.train import core
 from effml.train.config import OPTIMIZERS
-from effml.train.core import Progress, logits_of  # noqa: F401 (logits_of: re-exported, zoo users import it here)
+from effml.train.core import Progress, logits_of
 
 SCHEDULES = ("constant", "cosine")
 
