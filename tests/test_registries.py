@@ -4,7 +4,7 @@ import pytest
 
 from effml.errors import ConfigError
 from effml.llm.batching import ENGINES
-from effml.registries import Registry, registrar
+from effml.registries import Registry
 from effml.study.variants import STEPS
 
 
@@ -47,11 +47,6 @@ def test_type_keyed_lookup_walks_the_bases():
     assert reg.get_for(Child()) == "base-handler"
     with pytest.raises(ConfigError, match="unknown config handler int"):
         reg.get_for(3)
-
-
-def test_registrar_needs_a_registry():
-    with pytest.raises(TypeError):
-        registrar({})
 
 
 def test_every_library_registry_is_filled():

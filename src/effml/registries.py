@@ -90,10 +90,3 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.what!r}, {len(self._items)} entries)"
-
-
-def registrar(table: Registry[T]) -> Callable[[Hashable], Callable[[T], T]]:
-    """`step = registrar(STEPS)` then `@step("prune")`: the registry's own `register`, under a short name."""
-    if not isinstance(table, Registry):
-        raise TypeError(f"registrar() needs an effml Registry, got {type(table).__name__}")
-    return table.register

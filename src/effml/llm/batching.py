@@ -31,7 +31,7 @@ from effml.errors import ConfigError
 from effml.llm.generate import check_request
 from effml.llm.kvcache import ContiguousCache, KVStats, PagedCache, kv_bytes_per_token
 from effml.llm.model import Transformer, compute_dtype
-from effml.registries import Registry, registrar
+from effml.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ class _KVMeter:
 ENGINES: Registry = Registry("batching engine")
 
 
-engine = registrar(ENGINES)
+engine = ENGINES.register
 
 
 @engine("static")

@@ -20,7 +20,7 @@ import torch
 from effml.errors import ConfigError
 from effml.llm.kvcache import ContiguousCache, PagedCache
 from effml.llm.model import Transformer, compute_dtype
-from effml.registries import Registry, registrar
+from effml.registries import Registry
 
 
 # ---- sampling -----------------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ class Session:
 SESSIONS: Registry = Registry("KV session kind")
 
 
-session_kind = registrar(SESSIONS)
+session_kind = SESSIONS.register
 
 
 @session_kind("none")

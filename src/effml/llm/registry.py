@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from effml.errors import ConfigError
-from effml.registries import Registry, registrar
+from effml.registries import Registry
 from effml.zoo.text import CharTokenizer  # effml's one character tokenizer (CharTokenizer.ascii() here)
 
 
@@ -29,10 +29,10 @@ MODELS: Registry = Registry("model")
 DRAFTS: Registry = Registry("draft")
 
 
-model_entry = registrar(MODELS)
+model_entry = MODELS.register
 
 
-draft_entry = registrar(DRAFTS)
+draft_entry = DRAFTS.register
 
 
 @model_entry("smollm2-135m")

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from torch import nn
 
 from effml.errors import ConfigError
-from effml.registries import Registry, registrar
+from effml.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,6 @@ class StepOut:
 STEPS: Registry = Registry("study technique")
 
 
-step = registrar(STEPS)
-
-
 def _compress(verb: str, model: nn.Module, cfg: dict, ctx: StudyContext) -> StepOut:
     """A pruning or quantization step: the library's one workflow (effml.compress.workflow.compress), with the
     study's fine-tuning recipe (after pruning and for QAT) and its calibration batch."""
@@ -79,17 +76,17 @@ def _compress(verb: str, model: nn.Module, cfg: dict, ctx: StudyContext) -> Step
     return StepOut(rep.model, rep.stored_bytes, list(rep.notes) + [f"skipped {n}: {why}" for n, why in rep.skipped])
 
 
-@step("prune")
+@STEPS.register("prune")
 def _prune(model: nn.Module, cfg: dict, ctx: StudyContext) -> StepOut:
     return _compress("prune", model, cfg, ctx)
 
 
-@step("quantize")
+@STEPS.register("quantize")
 def _quantize(model: nn.Module, cfg: dict, ctx: StudyContext) -> StepOut:
     return _compress("quantize", model, cfg, ctx)
 
 
-@step("distill")
+@STEPS.register("distill")
 def _distill(model: nn.Module, cfg: dict, ctx: StudyContext) -> StepOut:
     from effml.compress.distill import DistillConfig, distill
     from effml.compress.layers import param_bytes
