@@ -57,6 +57,18 @@ class CompressionConfig:
     def _targets(self) -> None:
         object.__setattr__(self, "targets", check_targets(self.targets, f"{type(self).__name__}.targets"))
 
+    def _layer_fields(self) -> None:
+        """The layer-selection fields this config has: `targets` checked, `layers`/`exclude` stored as tuples,
+        `index_bits` copied (later edits of the caller's dict do not leak in)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        if "targets" in names:
+            self._targets()
+        for name in ("layers", "exclude"):
+            if name in names:
+                self._names(name)
+        if "index_bits" in names:
+            object.__setattr__(self, "index_bits", dict(self.index_bits))
+
     def _bits(self, low: int, high: int) -> None:
         b = self.bits
         if isinstance(b, bool) or not isinstance(b, int) or not low <= b <= high:
@@ -102,9 +114,7 @@ class FinePrune(CompressionConfig):
         check_fraction(self.sparsity, "FinePrune.sparsity")
         _per_layer(self)
         self._choice("scope", ("global", "layer"))
-        self._targets()
-        self._names("exclude")
-        object.__setattr__(self, "index_bits", dict(self.index_bits))
+        self._layer_fields()
 
     def layer_sparsity(self, name: str) -> float:
         return self.per_layer.get(name, self.sparsity) if self.per_layer else self.sparsity
@@ -130,7 +140,7 @@ class ChannelPrune(CompressionConfig):
         if self.criterion not in CRITERIA:
             raise ConfigError(f"ChannelPrune.criterion {self.criterion!r} unknown; expected one of "
                               f"{', '.join(CRITERIA)}")
-        self._names("exclude")
+        self._layer_fields()
         if isinstance(self.taylor_batches, bool) or not isinstance(self.taylor_batches, int) or \
                 self.taylor_batches < 1:
             raise ConfigError(f"ChannelPrune.taylor_batches must be an integer >= 1, got {self.taylor_batches!r}")
@@ -151,9 +161,7 @@ class NMPrune(CompressionConfig):
     def __post_init__(self):
         if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n < self.m):
             raise ConfigError(f"NMPrune n, m must satisfy 0 < n < m, got n={self.n!r}, m={self.m!r}")
-        self._targets()
-        self._names("exclude")
-        object.__setattr__(self, "index_bits", dict(self.index_bits))
+        self._layer_fields()
 
 
 # ---- quantization -------------------------------------------------------------------------------------------
@@ -182,9 +190,7 @@ class LinearQuantConfig(CompressionConfig):
             QSpec(self.bits, self.symmetric, self.granularity, self.group_size)
         except ConfigError as e:
             raise ConfigError(f"LinearQuantConfig: {e}") from None
-        self._targets()
-        self._names("layers")
-        self._names("exclude")
+        self._layer_fields()
 
 
 @_register
@@ -208,9 +214,7 @@ class KMeansConfig(CompressionConfig):
         if self.qat:
             object.__setattr__(self, "train", self.train or "ste")
             self._choice("train", ("ste", "centroids"))
-        self._targets()
-        self._names("layers")
-        self._names("exclude")
+        self._layer_fields()
 
 
 @_register
@@ -228,8 +232,7 @@ class DynamicInt8Config(CompressionConfig):
         a = self.smooth_alpha
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
             raise ConfigError(f"DynamicInt8Config.smooth_alpha must be in [0, 1], got {a!r}")
-        self._names("layers")
-        self._names("exclude")
+        self._layer_fields()
 
 
 @_register
@@ -242,8 +245,7 @@ class StaticInt8Config(CompressionConfig):
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
-        self._names("layers")
-        self._names("exclude")
+        self._layer_fields()
 
 
 @_register
@@ -274,8 +276,7 @@ class WeightOnlyConfig(CompressionConfig):
             object.__setattr__(self, "group_size", gs)
         self._choice("kernel", WEIGHT_KERNELS)
         self._choice("act_dtype", ACT_DTYPES)
-        self._names("layers")
-        self._names("exclude")
+        self._layer_fields()
 
 
 PRUNE_CONFIGS = (FinePrune, ChannelPrune, NMPrune)

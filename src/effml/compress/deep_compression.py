@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from effml.compress.masks import relative_index_stream
 from effml.compress.configs import FinePrune
 from effml.compress.prune import prune
 from effml.errors import ConfigError
+from effml.train.core import Progress
 
 # The paper's per-layer sparsities (Han et al. 2016, Tables 2-3: weights kept 8/9/26% and 66/12/8/19%), keyed by
 # effml module names: zoo `mlp` for LeNet-300-100, the Caffe LeNet-5 (conv 20, conv 50, fc 500) of the benchmark.
@@ -38,7 +39,6 @@ PAPER_SPARSITY = {
     "lenet300": {"1": 0.92, "3": 0.91, "5": 0.74},
     "lenet5-caffe": {"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81},
 }
-Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -29,17 +29,13 @@ from effml.compress.masks import MaskSet, sparse_bits
 from effml.compress.structured import CRITERIA, Group, cut
 from effml.errors import ConfigError
 from effml.registries import Registry
+from effml.train.core import Progress, no_progress
 
 PRUNERS: Registry = Registry("pruning method")  # config class -> pruner
-Progress = Callable[[str, float], None]  # (what, fraction done in [0, 1])
 NM_NOTE = ("N:M (2:4) sparsity runs faster only where the hardware has sparse kernels: NVIDIA Ampere and newer "
            "sparse tensor cores (cuSPARSELt, torch.sparse.to_sparse_semi_structured; the datasheets' 'with "
            "sparsity' figures are 2x the dense peak, ~1.3-1.8x end to end on large GEMMs). On this CPU the dense "
            "kernels multiply the zeros: no speedup, only the storage saving.")
-
-
-def _no_progress(what: str, frac: float) -> None:
-    return None
 
 
 @dataclass
@@ -76,7 +72,7 @@ def prune(model: nn.Module, config, *, example_inputs: tuple | None = None, data
     """
     fn = PRUNERS.get_for(config)
     require_weight_layers(model, f"prune({type(config).__name__})")
-    return fn(model, config, example_inputs=example_inputs, data=data, progress=progress or _no_progress)
+    return fn(model, config, example_inputs=example_inputs, data=data, progress=progress or no_progress)
 
 
 # ---- fine-grained ------------------------------------------------------------------------------------------
@@ -105,7 +101,7 @@ def _finish_masked(model, config, masks, before, dense, notes, why=None) -> Prun
 
 @PRUNERS.register(FinePrune)
 @torch.no_grad()
-def fine_prune(model: nn.Module, config: FinePrune, *, progress: Progress = _no_progress, **_) -> PruneResult:
+def fine_prune(model: nn.Module, config: FinePrune, *, progress: Progress = no_progress, **_) -> PruneResult:
     """Zero the smallest-|w| weights: one global threshold, or per layer (config.scope / per_layer)."""
     layers = select_layers(model, config.targets, None, config.exclude)  # HF Conv1D included with "Linear"
     for name in config.per_layer or {}:
@@ -137,7 +133,7 @@ def fine_prune(model: nn.Module, config: FinePrune, *, progress: Progress = _no_
 
 @PRUNERS.register(NMPrune)
 @torch.no_grad()
-def nm_prune(model: nn.Module, config: NMPrune, *, progress: Progress = _no_progress, **_) -> PruneResult:
+def nm_prune(model: nn.Module, config: NMPrune, *, progress: Progress = no_progress, **_) -> PruneResult:
     """Keep the n largest |w| of every m consecutive weights along the reduction (input) dimension."""
     layers = select_layers(model, config.targets, None, config.exclude)  # HF Conv1D included with "Linear"
     why = tied_layers(model, layers)
@@ -188,7 +184,7 @@ def _taylor_grads(model: nn.Module, data: Iterable | None, batches: int) -> None
 
 @PRUNERS.register(ChannelPrune)
 def channel_prune(model: nn.Module, config: ChannelPrune, *, example_inputs=None, data=None,
-                  progress: Progress = _no_progress, **_) -> PruneResult:
+                  progress: Progress = no_progress, **_) -> PruneResult:
     """Remove the least important channels of every prunable group; the model gets physically smaller."""
     if example_inputs is None and data is not None:
         example_inputs = (next(iter(data))[0],)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -39,13 +39,9 @@ from effml.compress.qlinear import storage_bits as linear_bits
 from effml.compress.smooth import smooth_dynamic_int8
 from effml.compress.weight_only import weight_only
 from effml.registries import Registry
+from effml.train.core import Progress, no_progress
 
 QUANTIZERS: Registry = Registry("quantization method")  # config class -> quantizer
-Progress = Callable[[str, float], None]  # (what, fraction done in [0, 1])
-
-
-def _no_progress(what: str, frac: float) -> None:
-    return None
 
 
 @dataclass
@@ -80,7 +76,7 @@ def quantize(model: nn.Module, config, *, calibration: Iterable | None = None, e
     """
     fn = QUANTIZERS.get_for(config)
     require_weight_layers(model, f"quantize({type(config).__name__})")
-    return fn(model, config, calibration=calibration, example_inputs=example_inputs, progress=progress or _no_progress)
+    return fn(model, config, calibration=calibration, example_inputs=example_inputs, progress=progress or no_progress)
 
 
 def _stored_bytes(model: nn.Module, replaced: dict[int, int]) -> int:
@@ -136,7 +132,7 @@ def _skipped(model, names, config, why) -> list[tuple[str, str]]:
 
 
 @QUANTIZERS.register(LinearQuantConfig)
-def linear_method(model: nn.Module, config: LinearQuantConfig, *, progress: Progress = _no_progress,
+def linear_method(model: nn.Module, config: LinearQuantConfig, *, progress: Progress = no_progress,
                   **_) -> QuantResult:
     spec = QSpec(config.bits, config.symmetric, config.granularity, config.group_size)
     dense = param_bytes(model)
@@ -155,7 +151,7 @@ def linear_method(model: nn.Module, config: LinearQuantConfig, *, progress: Prog
 
 
 @QUANTIZERS.register(KMeansConfig)
-def kmeans_method(model: nn.Module, config: KMeansConfig, *, progress: Progress = _no_progress, **_) -> QuantResult:
+def kmeans_method(model: nn.Module, config: KMeansConfig, *, progress: Progress = no_progress, **_) -> QuantResult:
     dense = param_bytes(model)
     mode = config.train if config.qat else "frozen"
 
@@ -190,7 +186,7 @@ def _int8_result(method, model, names, params, dense, sizes, notes, skipped) -> 
 
 @QUANTIZERS.register(DynamicInt8Config)
 def dynamic_int8_method(model: nn.Module, config: DynamicInt8Config, *, calibration=None,
-                        progress: Progress = _no_progress, **_) -> QuantResult:
+                        progress: Progress = no_progress, **_) -> QuantResult:
     dense, params = param_bytes(model), count_params(model)
     skip, why, conv_notes = _int8_skip(model, config)
     sizes = {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip}
@@ -208,7 +204,7 @@ def dynamic_int8_method(model: nn.Module, config: DynamicInt8Config, *, calibrat
 
 @QUANTIZERS.register(StaticInt8Config)
 def static_int8_method(model: nn.Module, config: StaticInt8Config, *, calibration=None, example_inputs=None,
-                       progress: Progress = _no_progress, **_) -> QuantResult:
+                       progress: Progress = no_progress, **_) -> QuantResult:
     dense, params = param_bytes(model), count_params(model)
     skip, tied, conv_notes = _int8_skip(model, config)
     sizes_before = {n: m.weight.numel() for n, m in model.named_modules()
@@ -230,7 +226,7 @@ def static_int8_method(model: nn.Module, config: StaticInt8Config, *, calibratio
 
 
 @QUANTIZERS.register(WeightOnlyConfig)
-def weight_only_method(model: nn.Module, config: WeightOnlyConfig, *, progress: Progress = _no_progress,
+def weight_only_method(model: nn.Module, config: WeightOnlyConfig, *, progress: Progress = no_progress,
                        **_) -> QuantResult:
     from effml.compress.weight_only import WeightOnlyLinear
 

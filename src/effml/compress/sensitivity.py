@@ -17,8 +17,8 @@ from torch import nn
 
 from effml.compress.layers import check_fraction, select_layers
 from effml.errors import ConfigError
+from effml.train.core import Progress
 
-Progress = Callable[[str, float], None]
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 

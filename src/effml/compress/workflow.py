@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -31,8 +31,7 @@ from effml.compress.quantize import QUANTIZERS, QuantResult, freeze, quantize
 from effml.compress.speed import SpeedCheck
 from effml.errors import ConfigError, EffmlError
 from effml.guards import check_fits_ram, module_bytes
-
-Progress = Callable[[str, float], None]  # (what, fraction done in [0, 1])
+from effml.train.core import Progress
 
 
 @dataclass
