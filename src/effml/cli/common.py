@@ -30,44 +30,29 @@ def _number(text: str, kind: type) -> float | int:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer > 0 (batch sizes, steps, threads, widths)."""
-    value = _number(text, int)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be an integer > 0, got {text!r}")
-    return value
+def _bounded(name: str, kind: type, ok: Callable[[Any], bool], rule: str, doc: str) -> Callable[[str], Any]:
+    """A `type=` validator: a `kind` number for which `ok` holds, else 'must be RULE, got TEXT'."""
+    def parse(text: str):
+        value = _number(text, kind)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = doc
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    """An integer >= 0 (depths, counts where 0 means none)."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (learning rates, rates, budgets, MFU)."""
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    """A finite number >= 0 (prices, temperatures, epochs)."""
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1] (sparsities, MFU-like shares)."""
-    value = _number(text, float)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
-    return value
+positive_int = _bounded("positive_int", int, lambda v: v > 0, "an integer > 0",
+                        "An integer > 0 (batch sizes, steps, threads, widths).")
+nonneg_int = _bounded("nonneg_int", int, lambda v: v >= 0, "an integer >= 0",
+                      "An integer >= 0 (depths, counts where 0 means none).")
+positive_float = _bounded("positive_float", float, lambda v: v > 0, "a finite number > 0",
+                          "A finite number > 0 (learning rates, rates, budgets, MFU).")
+nonneg_float = _bounded("nonneg_float", float, lambda v: v >= 0, "a finite number >= 0",
+                        "A finite number >= 0 (prices, temperatures, epochs).")
+fraction = _bounded("fraction", float, lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]",
+                    "A number in [0, 1] (sparsities, MFU-like shares).")
 
 
 def unit_fraction(text: str) -> float:
