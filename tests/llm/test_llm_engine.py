@@ -96,3 +96,19 @@ def test_packed_linear_equals_f_linear(dtype):
     for x in (torch.randn(1, 64, dtype=dtype), torch.randn(2, 5, 64, dtype=dtype)):  # a decode row, a prefill
         tol = 1e-5 if dtype == torch.float32 else 2e-2  # fp32: summation order; bf16: output rounding 2^-8
         torch.testing.assert_close(p(x), lin(x), atol=tol, rtol=tol)
+
+
+def test_without_bf16_arithmetic_int4_keeps_fp32_activations_and_says_so(model, monkeypatch):
+    """An AVX2-only CPU (no avx512_bf16, no AMX): the step stays fp32, each quantized projection converts."""
+    import effml.llm.engine as engine
+
+    monkeypatch.setattr(engine, "native_bf16", lambda: False)
+    m = copy.deepcopy(model)
+    to_format(m, FormatConfig("int4"))
+    plan = prepare(m)
+    assert plan.act_dtype == "float32" and compute_dtype(m) == torch.float32
+    assert any("activations stay fp32" in n and "no bf16 arithmetic" in n for n in plan.notes)
+    assert len(generate(m, [4, 5, 6], GenerateConfig(max_new_tokens=4)).tokens) == 4
+    b = copy.deepcopy(model)
+    notes = to_format(b, FormatConfig("bf16"))
+    assert any("emulated" in n for n in notes) and any("emulated" in n for n in prepare(b).notes)
