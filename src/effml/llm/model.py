@@ -103,6 +103,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == torch.float32:  # one fused op (not 7) computing the same in fp32
+            return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # as transformers: in fp32
         return (self.weight * h.to(x.dtype)).to(x.dtype)  # a no-op cast unless weights and activations differ
