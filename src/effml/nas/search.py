@@ -40,6 +40,7 @@ from effml.nas.proxy import ProxyConfig, get_proxy, run_proxy
 from effml.nas.result import NasResult, NasTrial, trial_line
 from effml.nas.spaces import Space, get_space
 from effml.registries import Registry
+from effml.train.core import Progress
 
 # the device cost a search minimises, read off a trial's counted Cost
 OBJECTIVES: Registry[Callable[[Cost], float]] = Registry("NAS objective")
@@ -141,9 +142,6 @@ class NasConfig:
         d = asdict(self)
         d["proxy"] = self.proxy if isinstance(self.proxy, str) else getattr(self.proxy, "__qualname__", "callable")
         return d
-
-
-Progress = Callable[[str, float], None]
 
 
 def search(config: NasConfig | None = None, *, progress: Progress | None = None, **overrides) -> NasResult:
