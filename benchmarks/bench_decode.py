@@ -9,8 +9,8 @@ interleave every configuration, so load from other processes hits them alike; me
 median, "p10-step tok/s" = 1 / the 10th-percentile decode-step time: on a shared CPU, the rate of the steps that
 other processes disturbed least (the bandwidth measurement is the best of 3 for the same reason).
 Bound: read bandwidth (measured at the start and the end: a sum over 512 MiB, 1 thread) / bytes read per token
-(weights as stored + K/V at the mean context). `torch.compile` of the decode step is reported separately
-(`--compile`: its compile time and tokens/s), since it costs minutes to compile here.
+(weights as stored + K/V at the mean context). `--compile`: torch.compile (fullgraph, static shapes) of a
+gpt-fast style static-cache decode step vs the same step eager, interleaved, with the compile time (minutes here).
 Run: `flock /tmp/effml_bench.lock python benchmarks/bench_decode.py [--rounds 3] [--tokens 64]`.
 """
 
@@ -70,7 +70,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the model (minutes)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of a static-cache decode "
+                                                                "step (minutes per format)")
     ap.add_argument("--out", default="llm_decode")
     a = ap.parse_args()
     import torch
@@ -169,26 +170,71 @@ def _fresh_bw() -> float:
     return roofline.read_bandwidth()
 
 
+def _static_step(m, max_len: int):
+    """gpt-fast style decode step for torch.compile: static K/V buffers of max_len, position as a tensor, a mask
+    over the whole buffer; uses the prepared model's fused wqkv / w13 and its RoPE table. -> (step, reset)."""
+    import torch
+    import torch.nn.functional as F
+
+    from effml.llm.model import compute_dtype
+
+    a = m.args
+    dt = compute_dtype(m)
+    L, Hkv, hd, H = a.n_layers, a.n_kv_heads, a.head_dim, a.n_heads
+    kc = torch.zeros(L, 1, Hkv, max_len, hd, dtype=dt)  # (L, 1, H_kv, S, hd)
+    vc = torch.zeros_like(kc)
+    cos_t, sin_t = (t.to(dt) for t in m.rope._table)  # (max_seq, hd)
+
+    def rot(x, cos, sin):
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+    def step(tok, pos):  # tok (1, 1) int64, pos (1,) int64 -> logits (1, 1, V)
+        x = m.tok_embeddings(tok).to(dt)  # (1, 1, C)
+        cos, sin = cos_t[pos][None, None], sin_t[pos][None, None]  # (1, 1, 1, hd)
+        mask = (torch.arange(max_len) <= pos)[None, None, None]  # (1, 1, 1, S)
+        for i, blk in enumerate(m.layers):
+            at, ff = blk.attention, blk.feed_forward
+            qkv = at.wqkv(blk.attention_norm(x)).view(1, 1, H + 2 * Hkv, hd).transpose(1, 2)  # (1, heads, 1, hd)
+            q, k, v = qkv.split([H, Hkv, Hkv], 1)
+            q, k = rot(q, cos, sin), rot(k, cos, sin)
+            kc[i].index_copy_(2, pos, k)
+            vc[i].index_copy_(2, pos, v)
+            y = F.scaled_dot_product_attention(q.reshape(1, Hkv, H // Hkv, hd), kc[i], vc[i], attn_mask=mask)
+            x = x + at.wo(y.reshape(1, 1, H * hd))
+            g, u = ff.w13(blk.ffn_norm(x)).chunk(2, -1)
+            x = x + ff.w2(F.silu(g) * u)
+        return m.output(m.norm(x)).float()
+
+    return step
+
+
 def _compile_run(models, ids, n) -> dict:
-    """torch.compile of the model's forward, eager vs compiled decode tokens/s interleaved, and the compile time."""
+    """Eager vs torch.compile (fullgraph, static shapes) of the static-cache decode step: compile time and decode
+    tokens/s, interleaved (greedy from a fixed token; prefill is not part of this measurement)."""
     import torch
 
-    from effml.llm.generate import GenerateConfig, generate
+    def rate(step, rounds=2):
+        out = []
+        for _ in range(rounds):
+            tok = torch.tensor([[ids[-1]]])
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for i in range(n):
+                    tok = step(tok, torch.tensor([len(ids) + i]))[:, -1].argmax(-1, keepdim=True)
+            out.append(n / (time.perf_counter() - t0))
+        return statistics.median(out)
 
     res = {}
     for f, m in models.items():
-        c = copy.copy(m)
+        step = _static_step(m, len(ids) + n + 1)
         t0 = time.perf_counter()
-        c.forward = torch.compile(m.forward, dynamic=True)
-        generate(c, ids, GenerateConfig(max_new_tokens=4))
+        cstep = torch.compile(step, dynamic=False, fullgraph=True)
+        with torch.no_grad():
+            cstep(torch.tensor([[ids[-1]]]), torch.tensor([len(ids)]))
         ct = time.perf_counter() - t0
-        e, k = [], []
-        for _ in range(2):
-            r = generate(m, ids, GenerateConfig(max_new_tokens=n))
-            e.append((len(r.tokens) - 1) / (r.time_s - r.ttft_s))
-            r = generate(c, ids, GenerateConfig(max_new_tokens=n))
-            k.append((len(r.tokens) - 1) / (r.time_s - r.ttft_s))
-        res[f] = {"compile_s": ct, "eager_tok_s": statistics.median(e), "compiled_tok_s": statistics.median(k)}
+        e1, c1, e2, c2 = rate(step), rate(cstep), rate(step), rate(cstep)
+        res[f] = {"compile_s": ct, "eager_tok_s": [e1, e2], "compiled_tok_s": [c1, c2]}
         print(f"compile {f}: {res[f]}", flush=True)
     return res
 
