@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from effml.errors import ConfigError
+from effml.progress import Progress
 
-Progress = Callable[[str, float], None]  # the one progress hook of the library: (what is being done, fraction done)
 
 
 # ---- argparse type= validators --------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from effml.compress.masks import relative_index_stream
 from effml.compress.configs import FinePrune
 from effml.compress.prune import prune
 from effml.errors import ConfigError
-from effml.train.core import Progress
+from effml.progress import Progress
 
 # The paper's per-layer sparsities (Han et al. 2016, Tables 2-3: weights kept 8/9/26% and 66/12/8/19%), keyed by
 # effml module names: zoo `mlp` for LeNet-300-100, the Caffe LeNet-5 (conv 20, conv 50, fc 500) of the benchmark.

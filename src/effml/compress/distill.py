@@ -18,7 +18,7 @@ from torch import nn
 
 from effml.errors import ConfigError
 from effml.train import core
-from effml.train.core import Progress
+from effml.progress import Progress
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from effml.compress.masks import MaskSet, sparse_bits
 from effml.compress.structured import CRITERIA, Group, cut
 from effml.errors import ConfigError
 from effml.registries import Registry
-from effml.train.core import Progress, no_progress
+from effml.progress import Progress, no_progress
 
 PRUNERS: Registry = Registry("pruning method")  # config class -> pruner
 NM_NOTE = ("N:M (2:4) sparsity runs faster only where the hardware has sparse kernels: NVIDIA Ampere and newer "

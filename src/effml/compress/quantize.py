@@ -39,7 +39,7 @@ from effml.compress.qlinear import storage_bits as linear_bits
 from effml.compress.smooth import smooth_dynamic_int8
 from effml.compress.weight_only import weight_only
 from effml.registries import Registry
-from effml.train.core import Progress, no_progress
+from effml.progress import Progress, no_progress
 
 QUANTIZERS: Registry = Registry("quantization method")  # config class -> quantizer
 

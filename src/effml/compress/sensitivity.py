@@ -17,7 +17,7 @@ from torch import nn
 
 from effml.compress.layers import check_fraction, select_layers
 from effml.errors import ConfigError
-from effml.train.core import Progress
+from effml.progress import Progress
 
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 

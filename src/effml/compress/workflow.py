@@ -31,7 +31,7 @@ from effml.compress.quantize import QUANTIZERS, QuantResult, freeze, quantize
 from effml.compress.speed import SpeedCheck
 from effml.errors import ConfigError, EffmlError
 from effml.guards import check_fits_ram, module_bytes
-from effml.train.core import Progress
+from effml.progress import Progress
 
 
 @dataclass

@@ -28,8 +28,8 @@ from typing import Callable
 from effml.errors import ConfigError
 from effml.hardware.catalog import LOCAL, Device, device_from_dict, local_device_path
 from effml.hardware.curvefit import fit_op_model
+from effml.progress import Progress
 
-Progress = Callable[[str, float], None]  # (what is running, fraction done)
 
 
 @dataclass(frozen=True)

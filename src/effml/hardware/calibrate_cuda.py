@@ -20,8 +20,8 @@ from typing import Callable
 from effml.errors import ConfigError
 from effml.hardware.calibrate import Calibration, _fig
 from effml.hardware.catalog import LOCAL, device_from_dict
+from effml.progress import Progress
 
-Progress = Callable[[str, float], None]
 MIB = 1 << 20
 
 

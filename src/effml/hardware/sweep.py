@@ -17,8 +17,8 @@ from typing import Callable
 
 from effml.errors import ConfigError, EffmlError
 from effml.measure.timing import MeasureConfig, Measurement, measure
+from effml.progress import Progress
 
-Progress = Callable[[str, float], None]
 
 
 @dataclass

@@ -31,8 +31,8 @@ from torch import nn
 
 from effml.errors import ConfigError, EffmlError
 from effml.extras import require
+from effml.progress import Progress
 
-Progress = Callable[[str, float], None]
 # ORT fp32; ORT dynamic int8 (quantize_dynamic's default: int8 weights per tensor, activations at run time); the
 # same with per-output-channel weight scales
 ORT_VARIANTS = ("fp32", "int8", "int8-per-channel")

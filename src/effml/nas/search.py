@@ -40,7 +40,7 @@ from effml.nas.proxy import ProxyConfig, get_proxy, run_proxy
 from effml.nas.result import NasResult, NasTrial, trial_line
 from effml.nas.spaces import Space, get_space
 from effml.registries import Registry
-from effml.train.core import Progress
+from effml.progress import Progress
 
 # the device cost a search minimises, read off a trial's counted Cost
 OBJECTIVES: Registry[Callable[[Cost], float]] = Registry("NAS objective")

@@ -22,7 +22,8 @@ from torch import nn
 from effml.errors import ConfigError
 from effml.train import core
 from effml.train.config import OPTIMIZERS
-from effml.train.core import Progress, logits_of
+from effml.progress import Progress
+from effml.train.core import logits_of
 
 SCHEDULES = ("constant", "cosine")
 

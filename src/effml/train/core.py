@@ -26,12 +26,8 @@ import torch
 from torch import nn
 
 from effml.errors import ConfigError, ModelError
+from effml.progress import Progress, no_progress  # noqa: F401 (the loops here take the one hook)
 
-Progress = Callable[[str, float], None]
-
-
-def no_progress(what: str, frac: float) -> None:
-    """The default progress hook: says nothing."""
 
 
 # ---- iteration ----------------------------------------------------------------------------------------------
