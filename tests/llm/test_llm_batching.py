@@ -130,3 +130,21 @@ def test_bad_input(model):
         serve(model, [Request(0, 0.0, (1,) * 250, 10)], "continuous")
     with pytest.raises(ConfigError, match="rate"):
         TraceConfig(rate=0)
+
+
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_chunked_prefill_gives_the_plain_greedy_tokens_in_fewer_model_calls(model, trace, results, chunk):
+    """Prompt chunks ride along the decode rows in one forward: same tokens as generate(), and the prefill
+    forwards the continuous engine makes separately (one per request) disappear into the decode iterations."""
+    res = serve(model, trace, "chunked", EngineConfig(max_batch=4, block_size=4, prefill_chunk=chunk))
+    for r in trace:
+        ref = generate(model, list(r.prompt), GenerateConfig(max_new_tokens=r.max_new_tokens)).tokens
+        got = next(x for x in res.requests if x.rid == r.rid)
+        assert got.tokens == ref, (r.rid, chunk)
+        assert got.first_token_s >= r.arrival_s and got.finish_s >= got.first_token_s
+    assert len(res.requests) == len(trace)
+    if chunk == 64:  # every prompt (< 30 tokens) fits one chunk: a prompt rides along a decode iteration, so
+        # fewer model calls than continuous makes (its decode steps + one separate prefill per request)
+        assert res.steps < results["continuous"].steps + len(trace)
+    with pytest.raises(ConfigError, match="prefill_chunk must be positive"):
+        EngineConfig(prefill_chunk=0)

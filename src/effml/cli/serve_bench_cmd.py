@@ -12,8 +12,11 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default) or tiny")
     p.add_argument("--requests", type=positive_int, default=32, help="requests in the trace (default 32)")
     p.add_argument("--rate", type=positive_float, default=8.0, help="arrivals per second (default 8)")
-    p.add_argument("--batching", choices=("static", "continuous", "both"), default="both",
-                   help="engine (default both: side by side with the ratio)")
+    p.add_argument("--batching", choices=("static", "continuous", "chunked", "both", "all"), default="both",
+                   help="engine: static, continuous, chunked (continuous with chunked prefill riding along the "
+                        "decode rows), both (static + continuous, default) or all three, side by side")
+    p.add_argument("--prefill-chunk", type=positive_int, default=64,
+                   help="chunked: prompt tokens per iteration (default 64)")
     p.add_argument("--max-batch", type=positive_int, default=8, help="sequences decoded together at most (default 8)")
     p.add_argument("--mean-output", type=positive_float, default=48,
                    help="mean output length, exponential (default 48)")
@@ -43,8 +46,9 @@ def run(args) -> int:
 
     lm = load_llm(args.model)
     trace = trace_for(lm, args.requests, args.rate, args.mean_output, args.max_output, args.seed)
-    engines = ("static", "continuous") if args.batching == "both" else (args.batching,)
-    cfg = EngineConfig(max_batch=args.max_batch, block_size=args.block_size)
+    engines = {"both": ("static", "continuous"), "all": ("static", "continuous", "chunked")}.get(
+        args.batching, (args.batching,))
+    cfg = EngineConfig(max_batch=args.max_batch, block_size=args.block_size, prefill_chunk=args.prefill_chunk)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
                   TimeElapsedColumn(), console=console() if not args.json else None, transient=True,
                   disable=args.json) as bar:
@@ -54,10 +58,14 @@ def run(args) -> int:
                                      progress=lambda *a: bar.update(tasks[a[0] if len(a) == 3 else engines[0]],
                                                                     completed=a[-2]))
     summary = {name: {k: v for k, v in r.to_dict().items() if k != "per_request"} for name, r in results.items()}
-    ratio = (results["continuous"].throughput / results["static"].throughput) if len(results) == 2 else None
+    ratio = (results["continuous"].throughput / results["static"].throughput
+             if {"static", "continuous"} <= set(results) else None)
+    chunked = (results["chunked"].throughput / results["static"].throughput
+               if {"static", "chunked"} <= set(results) else None)
     if args.json:
         print_json({"model": lm.name, "requests": len(trace), "rate": args.rate, "max_batch": args.max_batch,
-                    "results": summary, "continuous_over_static_throughput": ratio})
+                    "results": summary, "continuous_over_static_throughput": ratio,
+                    "chunked_over_static_throughput": chunked})
         return 0
     from effml.llm.present import serve_table
 
@@ -65,4 +73,6 @@ def run(args) -> int:
     con.print(serve_table(lm.name, len(trace), args.rate, args.max_batch, results))
     if ratio is not None:
         con.print(f"continuous / static throughput: {ratio:.2f}x")
+    if chunked is not None:
+        con.print(f"chunked / static throughput: {chunked:.2f}x")
     return 0

@@ -29,7 +29,7 @@ import torch
 
 from effml.errors import ConfigError
 from effml.llm.generate import check_request
-from effml.llm.kvcache import ContiguousCache, KVStats, PagedCache, kv_bytes_per_token
+from effml.llm.kvcache import ContiguousCache, KVStats, PagedCache, VarlenPagedCache, kv_bytes_per_token
 from effml.llm.model import Transformer, compute_dtype
 from effml.registries import Registry
 
@@ -83,8 +83,11 @@ class EngineConfig:
     num_blocks: int = 0  # 0: the memory of the contiguous reservation, max_batch x ceil(max_len / block_size)
     max_len: int = 0  # 0: the trace's longest prompt + output
     stop_token: int | None = None  # a sequence that emits it is done (benchmarks leave None: fixed lengths)
+    prefill_chunk: int = 64  # "chunked": prompt tokens per iteration riding along the decode rows
 
     def __post_init__(self):
+        if self.prefill_chunk <= 0:
+            raise ConfigError(f"EngineConfig.prefill_chunk must be positive, got {self.prefill_chunk}")
         if self.max_batch <= 0 or self.block_size <= 0 or self.num_blocks < 0 or self.max_len < 0:
             raise ConfigError(f"EngineConfig: max_batch and block_size must be positive, num_blocks and max_len "
                               f">= 0; got {self.max_batch}, {self.block_size}, {self.num_blocks}, {self.max_len}")
@@ -308,6 +311,87 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
     return sorted(done, key=lambda r: r.rid), clock.now, steps
 
 
+def _logits_at(model: Transformer, tokens: torch.Tensor, cache, idx: torch.Tensor) -> torch.Tensor:
+    """One forward over the flat token row (1, T); the head only at positions idx (n,) -> logits (n, V)."""
+    x = model.hidden(tokens, cache)[0, idx]  # (n, C)
+    return model.output(model.norm(x)).float()
+
+
+@engine("chunked")
+def _chunked(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress, clock):
+    """Continuous batching with chunked prefill (Sarathi-Serve, Agrawal et al. 2024): every iteration is ONE forward
+    over a flat row of tokens: the next token of every decoding sequence plus up to `prefill_chunk` prompt tokens
+    of admitted sequences still prefilling. The projections and MLP read their weights once per iteration for all
+    rows (one matmul per layer); attention runs per sequence over its paged blocks; the LM head scores only the
+    rows that emit a token (decode rows, and a prompt's last chunk)."""
+    bs = cfg.block_size
+    num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
+    cache = VarlenPagedCache(model.args, num_blocks, bs, compute_dtype(model))
+    pending, done, steps = list(trace), [], 0
+    running: dict[int, list] = {}  # rid -> [request, tokens out, first token time, prompt tokens prefilled]
+    stop = cfg.stop_token
+
+    def blocks_total(r: Request) -> int:
+        return -(-(len(r.prompt) + r.max_new_tokens - 1) // bs)
+
+    worst = max(trace, key=blocks_total)
+    if blocks_total(worst) > num_blocks:
+        raise ConfigError(f"request {worst.rid} needs {blocks_total(worst)} blocks of {bs} tokens but the pool has "
+                          f"{num_blocks}: raise EngineConfig.num_blocks")
+
+    def retire() -> None:
+        for rid in [rid for rid, (r, t, _, _) in running.items() if t and (len(t) >= r.max_new_tokens or t[-1] == stop)]:
+            r, t, first, _ = running.pop(rid)
+            cache.free(rid)
+            done.append(RequestResult(rid, r.arrival_s, first, clock.now, len(r.prompt), t))
+            if progress:
+                progress(len(done), len(trace))
+
+    while pending or running:
+        if not running:
+            clock.now = max(clock.now, pending[0].arrival_s)
+        owed = sum(blocks_total(r) - len(cache.tables[rid]) for rid, (r, _, _, _) in running.items())
+        while (pending and pending[0].arrival_s <= clock.now and len(running) < cfg.max_batch
+               and owed + blocks_total(pending[0]) <= cache.allocator.n_free):
+            r = pending.pop(0)
+            owed += blocks_total(r)
+            cache.add(r.rid)
+            running[r.rid] = [r, [], None, 0]
+        budget, ids, rows, emit = cfg.prefill_chunk, [], [], []
+        for rid, (r, out, _, done_p) in running.items():
+            if done_p < len(r.prompt):  # prefilling: the next chunk of its prompt, within the budget
+                n = min(budget, len(r.prompt) - done_p)
+                if n == 0:
+                    continue
+                budget -= n
+                rows.append(list(r.prompt[done_p:done_p + n]))
+                if done_p + n == len(r.prompt):
+                    emit.append(rid)
+            else:  # decoding: its last token
+                rows.append([out[-1]])
+                emit.append(rid)
+            ids.append(rid)
+        cache.select_varlen(ids, [len(t) for t in rows])
+        meter.add(cache.stats(meter.bpt), cache.lengths)
+        ends = torch.tensor([len(t) for t in rows]).cumsum(0) - 1  # (rows,) last position of each row
+        idx = ends[[i for i, rid in enumerate(ids) if rid in emit]]  # (emitting rows,)
+        flat = torch.tensor([[t for row in rows for t in row]])  # (1, T)
+        logits = yield _logits_at, (model, flat, cache, idx), {}  # (emitting rows, V)
+        meter.logits(emit, logits)
+        for rid, row in zip(ids, rows):
+            st = running[rid]
+            if st[3] < len(st[0].prompt):
+                st[3] += len(row)
+        for rid, t in zip(emit, logits.argmax(-1)):
+            st = running[rid]
+            if not st[1]:
+                st[2] = clock.now  # first token
+            st[1].append(int(t))
+        steps += 1
+        retire()
+    return sorted(done, key=lambda r: r.rid), clock.now, steps
+
+
 @torch.no_grad()
 def serve(model: Transformer, trace: list[Request], batching: str = "continuous",
           config: EngineConfig = EngineConfig(), progress: Callable[[int, int], None] | None = None,
@@ -349,5 +433,5 @@ def serve_side_by_side(model: Transformer, trace: list[Request], batchings=("sta
     gens = [ENGINES[b](model, trace, config, max_len, m, report(b), c) for b, m, c in zip(batchings, meters, clocks)]
     out = {}
     for b, m, (done, makespan, steps) in zip(batchings, meters, _drive(gens, clocks)):
-        out[b] = ServeResult(b, done, makespan, steps, m.summary("paged" if b == "continuous" else "contiguous"))
+        out[b] = ServeResult(b, done, makespan, steps, m.summary("contiguous" if b == "static" else "paged"))
     return out

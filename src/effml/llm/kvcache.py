@@ -271,6 +271,56 @@ class PagedCache:
         return KVStats(reserved, sum(self.lens.values()), bytes_per_token)
 
 
+class VarlenPagedCache(PagedCache):
+    """A PagedCache whose forward pass carries a different number of new tokens per sequence, flattened into one
+    row (1, T = Σ counts): decode sequences add 1 token, prefilling ones a chunk of their prompt. The projections
+    and MLP then run one matmul per layer for all of them; attention runs per sequence over its own blocks."""
+
+    def select_varlen(self, seq_ids: list, counts: list[int]) -> VarlenPagedCache:
+        if len(seq_ids) != len(counts) or any(c <= 0 for c in counts):
+            raise ConfigError(f"select_varlen needs one positive count per sequence, got {counts} for {seq_ids}")
+        self.select(seq_ids)
+        self.counts = list(counts)
+        return self
+
+    def begin(self, T: int) -> torch.Tensor:
+        if T != sum(self.counts):
+            raise ConfigError(f"VarlenPagedCache: a pass of {T} tokens, but the selected counts sum to "
+                              f"{sum(self.counts)}")
+        bs = self.block_size
+        for s, c in zip(self.seq_ids, self.counts):
+            if self.lens[s] + c > self.max_seq_len:
+                raise ConfigError(f"sequence {s!r}: {self.lens[s] + c} tokens exceed the context {self.max_seq_len}")
+        need = sum(self.blocks_needed(s, c) for s, c in zip(self.seq_ids, self.counts))
+        if need > self.allocator.n_free:
+            raise CacheFull(f"VarlenPagedCache: {need} more blocks needed, {self.allocator.n_free} free")
+        segs, slots, positions, start = [], [], [], 0
+        for s, c in zip(self.seq_ids, self.counts):
+            for _ in range(self.blocks_needed(s, c)):
+                self.tables[s].append(self.allocator.allocate())
+            pos = self.lens[s] + torch.arange(c)  # (c,)
+            table = torch.tensor([self.tables[s]])  # (1, nb)
+            slots.append(table[0][pos // bs] * bs + pos % bs)  # (c,) flat slots of the new tokens
+            segs.append((start, start + c, table, _visible(pos[None], table.shape[1] * bs)))  # mask (1, c, nb*bs)
+            positions.append(pos)
+            start += c
+        self._step = (torch.cat(slots), segs)
+        return torch.cat(positions)[None]  # (1, T)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        slots, segs = self._step  # q: (1, H, T, hd); k, v: (1, H_kv, T, hd)
+        kp, vp = self.k[layer], self.v[layer]  # (N, bs, H_kv, hd)
+        _, Hkv, T, hd = k.shape
+        kp.view(-1, Hkv, hd).index_copy_(0, slots, k[0].transpose(0, 1))  # (T, H_kv, hd) into their slots
+        vp.view(-1, Hkv, hd).index_copy_(0, slots, v[0].transpose(0, 1))
+        return torch.cat([self.kernel(q[:, :, a:b], kp, vp, table, mask) for a, b, table, mask in segs], 2)
+
+    def commit(self, T: int) -> None:
+        for s, c in zip(self.seq_ids, self.counts):
+            self.lens[s] += c
+        self._step = None
+
+
 def kv_bytes_per_token(args: ModelArgs, dtype: torch.dtype = torch.float32) -> int:
     """K and V for one token: 2 x layers x kv_heads x head_dim x bytes."""
     return 2 * args.n_layers * args.n_kv_heads * args.head_dim * torch.empty(0, dtype=dtype).element_size()

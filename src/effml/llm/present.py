@@ -42,7 +42,7 @@ def serve_table(model: str, n_requests: int, rate: float, max_batch: int, result
     for col in SERVE_COLUMNS:
         t.add_column(col, justify="right")
     for name, r in results.items():
-        own = r.kv["paged" if name == "continuous" else "contiguous"]
+        own = r.kv["contiguous" if name == "static" else "paged"]
         t.add_row(name, f"{r.throughput:.1f}", f"{r.latency_p(50):.2f}", f"{r.latency_p(99):.2f}",
                   f"{r.ttft_p(50):.2f}", f"{r.ttft_p(99):.2f}",
                   f"{own['reserved_tokens_avg']:.0f} vs {own['used_tokens_avg']:.0f} tok ({own['waste']:.1%})")
