@@ -290,9 +290,7 @@ CASES = [
                          ("prune", ["--kind", "fine", "--input-shape", "1,3", "--no-measure"]))],
     C([*FAST_STUDY[:2], "boommod:boom", *FAST_STUDY[3:]], "boommod:boom", id="study-model-raises"),
     C(["nas", "--space", "mobilenetv2", "--hw", "stm32f746", "--trials", "1", "--proxy", "boommod:proxy", "--store",
-       "nas.db"], "boommod:proxy", id="nas-proxy-raises",
-      marks=xfail("H3 (user callables named in every command)", "a --proxy that raises is a RuntimeError traceback; "
-                  "nas.db and nas.db.optuna.db are created before the proxy runs")),
+       "nas.db"], "boommod:proxy", id="nas-proxy-raises"),
 ]
 
 

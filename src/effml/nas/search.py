@@ -151,23 +151,51 @@ def search(config: NasConfig | None = None, *, progress: Progress | None = None,
     config = replace(config, **overrides) if config is not None else NasConfig(**overrides)
     space, budget = config.space_obj(), config.budget()
     check_reachable(space, budget, config.dtype)  # nothing can fit: say so before any search
-    if config.store:  # a file that is not an effml store is refused before the Optuna file is made beside it
-        _open_store(config).close()
-    study = _study(config)
-    done = len(_evaluated(study))
-    todo = max(0, config.trials - done)
+    made = [f for f in _local_files(config) if not f.exists()]  # files this call creates: removed if it fails first
+    try:
+        if config.store:  # a file that is not an effml store is refused before the Optuna file is made beside it
+            _open_store(config).close()
+        study = _study(config)
+        done = len(_evaluated(study))
+        todo = max(0, config.trials - done)
 
-    def report(done: int, total: int, trial: NasTrial | None) -> None:
-        _report(progress, done, total, trial)
+        def report(done: int, total: int, trial: NasTrial | None) -> None:
+            _report(progress, done, total, trial)
 
-    report(done, config.trials, None)
-    if todo:
-        quotas = [todo // config.workers + (i < todo % config.workers) for i in range(config.workers)]
-        if config.workers == 1:
-            run_worker(config, quotas[0], 0, progress=progress)
-        else:
-            _spawn(config, quotas, study, report)
+        report(done, config.trials, None)
+        if todo:
+            quotas = [todo // config.workers + (i < todo % config.workers) for i in range(config.workers)]
+            if config.workers == 1:
+                run_worker(config, quotas[0], 0, progress=progress)
+            else:
+                _spawn(config, quotas, study, report)
+    except BaseException:
+        if made and not _any_trial(config):  # nothing was found: leave no half-made store behind (a raising proxy)
+            for f in made:
+                for g in (f, f.with_name(f.name + "-wal"), f.with_name(f.name + "-shm")):
+                    g.unlink(missing_ok=True)
+        raise
     return collect(config)
+
+
+def _local_files(config: NasConfig) -> list[Path]:
+    """The SQLite files a search writes on this machine: the effml store and the default Optuna file."""
+    files = [Path(config.store)] if config.store and "://" not in config.store else []
+    url = config.storage_url()
+    if url.startswith("sqlite:///"):
+        files.append(Path(url.removeprefix("sqlite:///")))
+    return files
+
+
+def _any_trial(config: NasConfig) -> bool:
+    """Whether the Optuna study holds a finished trial (False when it was never made)."""
+    try:
+        import optuna
+
+        study = optuna.load_study(study_name=config.study_name(), storage=config.storage_url())
+        return any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+    except Exception:
+        return False
 
 
 def _report(progress: Progress | None, done: int, total: int, trial: NasTrial | None) -> None:
