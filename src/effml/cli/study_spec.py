@@ -5,8 +5,9 @@ from __future__ import annotations
 from effml.errors import ConfigError
 
 # flags of the built-in study that a spec file replaces: given beside --spec they are refused, not ignored
-_DEFAULT_ONLY = (("set", [], "--set"), ("hw", None, "--hw"), ("variants", None, "--variants"), ("budget", None, "--budget"),
-                 ("data", "fashion-mnist", "--data"), ("model", "effml.zoo:lenet5", "--model"))
+_DEFAULT_ONLY = (("set", [], "--set"), ("hw", None, "--hw"), ("variants", None, "--variants"),
+                 ("budget", None, "--budget"), ("data", "fashion-mnist", "--data"),
+                 ("model", "effml.zoo:lenet5", "--model"))
 
 
 def check_flags(args) -> None:
