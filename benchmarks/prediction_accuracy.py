@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             x, kw = make(b)
             prof = profile(model, *x, forward_kwargs=kw)
             pred = predict(prof, device, batch=b)
-            m = measure(model, x, kwargs=kw, batch=b, config=mcfg)
+            m = measure(model, x, forward_kwargs=kw, batch=b, config=mcfg)
             best = min(m.times_s)  # calibration takes the min of its samples too (timeit's rule)
             err = (pred.time_s - best) / best
             wall = m.to_dict()["wall_p50_s"]

@@ -242,38 +242,38 @@ def build(cfg: ModelConfig, dtype: str = "fp32", device: str | torch.device = "m
     return model.to(dtype=tdtype).eval()
 
 
-def max_positions(cfg: ModelConfig, hf=None) -> int | None:
+def max_positions(config: ModelConfig, hf=None) -> int | None:
     """The longest sequence the model's position embeddings/RoPE table allow (None for images)."""
-    hf = hf if hf is not None else hf_config(cfg)
+    hf = hf if hf is not None else hf_config(config)
     return getattr(hf, "max_position_embeddings", None)  # GPT-2 maps it to n_positions
 
 
-def default_seq(cfg: ModelConfig, hf=None) -> int | None:
+def default_seq(config: ModelConfig, hf=None) -> int | None:
     """128 for encoders, 2048 for causal LMs, both capped at the model's max positions; None for images."""
-    seq = TASKS[cfg.task].default_seq
-    limit = max_positions(cfg, hf) if seq is not None else None
+    seq = TASKS[config.task].default_seq
+    limit = max_positions(config, hf) if seq is not None else None
     return min(seq, limit) if seq is not None and limit else seq
 
 
-def example_inputs(cfg: ModelConfig, batch: int = 1, seq: int | None = None, device: str | torch.device = "meta",
+def example_inputs(config: ModelConfig, batch: int = 1, seq: int | None = None, device: str | torch.device = "meta",
                    dtype: str = "fp32", seed: int = DEFAULT_SEED) -> tuple[tuple, dict]:
     """(args, kwargs) for model(*args, **kwargs): token ids (B, T) or images (B, C, H, W); seeded off meta."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise ConfigError(f"batch must be a positive integer, got {batch!r}")
-    hf = hf_config(cfg)
-    t = TASKS[cfg.task]
+    hf = hf_config(config)
+    t = TASKS[config.task]
     if t.default_seq is None:
         if seq is not None:
-            raise ConfigError(f"seq does not apply to {cfg.name!r} ({cfg.task}: its input is an image)")
+            raise ConfigError(f"seq does not apply to {config.name!r} ({config.task}: its input is an image)")
     elif seq is None:
-        seq = default_seq(cfg, hf)
+        seq = default_seq(config, hf)
     else:
         if isinstance(seq, bool) or not isinstance(seq, int) or seq <= 0:
             raise ConfigError(f"seq must be a positive integer, got {seq!r}")
-        limit = max_positions(cfg, hf)
+        limit = max_positions(config, hf)
         if limit is not None and seq > limit:
-            raise ConfigError(f"seq {seq} exceeds {cfg.name!r}'s max_position_embeddings {limit}; use seq <= {limit}")
-    return t.inputs(cfg, hf, batch, seq, str(device), torch_dtype(dtype), seed)
+            raise ConfigError(f"seq {seq} exceeds {config.name!r}'s max_position_embeddings {limit}; use seq <= {limit}")
+    return t.inputs(config, hf, batch, seq, str(device), torch_dtype(dtype), seed)
 
 
 __all__ = ["ModelConfig", "TASKS", "Task", "available", "build", "default_seq", "example_inputs", "hf_config",

@@ -106,7 +106,7 @@ def bench(make: Callable[[int], object], batches: list[int], *, config: MeasureC
         if device is not None:
             prof = profile(spec.model, *spec.args, forward_kwargs=spec.kwargs)
             pred = predict(prof, device, dtype=dtype, batch=b)
-        m = measure(spec.model, spec.args, kwargs=spec.kwargs, batch=b, config=config)
+        m = measure(spec.model, spec.args, forward_kwargs=spec.kwargs, batch=b, config=config)
         if pred is not None:
             attach_prediction(m, pred)
         rows.append(m)

@@ -214,14 +214,14 @@ def time_calls(fn: Callable[[], Any], config: MeasureConfig, sync: Callable[[], 
     return times, walls, stop, ci
 
 
-def measure(model, inputs, *, kwargs: dict | None = None, batch: int | None = None,
+def measure(model, inputs, *, forward_kwargs: dict | None = None, batch: int | None = None,
             config: MeasureConfig | None = None) -> Measurement:
-    """Time `model(*inputs, **kwargs)` under inference mode; `inputs` a tensor or a tuple of them."""
+    """Time `model(*inputs, **forward_kwargs)` under inference mode; `inputs` a tensor or a tuple of them."""
     import torch
 
     config = config or MeasureConfig()
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-    kwargs = dict(kwargs or {})
+    kwargs = dict(forward_kwargs or {})
     first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
     device = str(first.device) if first is not None else "cpu"
     if device == "meta":

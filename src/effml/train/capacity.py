@@ -109,12 +109,12 @@ def _divisors_below(n: int) -> list[int]:
     return [d for d in range(n - 1, 0, -1) if n % d == 0]
 
 
-def fit_report(est: Estimator, cfg: TrainConfig, tgt: Target, progress=None) -> FitReport:
-    """Estimate cfg on tgt; if it does not fit, try the changes in the module docstring's order."""
+def fit_report(est: Estimator, config: TrainConfig, tgt: Target, progress=None) -> FitReport:
+    """Estimate config on tgt; if it does not fit, try the changes in the module docstring's order."""
     say = progress or (lambda msg: None)
     cap = tgt.capacity_bytes
-    say(f"simulating {cfg.precision}, micro-batch {cfg.micro_batch}")
-    base = est(cfg)
+    say(f"simulating {config.precision}, micro-batch {config.micro_batch}")
+    base = est(config)
     tried: list[Option] = []
     if base.peak <= cap:
         return FitReport(base, tgt, None, ())
@@ -158,13 +158,13 @@ def fit_report(est: Estimator, cfg: TrainConfig, tgt: Target, progress=None) -> 
     def first_fit(options):
         return next((o for o in (attempt(*z) for z in options) if o.fits), None)
 
-    ck = cfg.checkpointing.enabled
-    with_ck = cfg.replace(checkpointing="per-block")
-    steps = [lambda: first_fit(zero_options(cfg, "", ""))]
+    ck = config.checkpointing.enabled
+    with_ck = config.replace(checkpointing="per-block")
+    steps = [lambda: first_fit(zero_options(config, "", ""))]
     if not ck:
         steps.append(lambda: first_fit([("per-block checkpointing", "--checkpointing", with_ck)]))
         steps.append(lambda: first_fit(zero_options(with_ck, "per-block checkpointing + ", "--checkpointing ")))
-    steps.append(lambda: micro_batch(cfg, "", ""))
+    steps.append(lambda: micro_batch(config, "", ""))
     if not ck:
         steps.append(lambda: micro_batch(with_ck, "per-block checkpointing + ", "--checkpointing "))
     steps.append(lambda: _more_devices(attempt, with_ck))

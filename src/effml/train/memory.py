@@ -200,17 +200,17 @@ def make_batch(example_inputs, micro_batch: int, target=None, forward_kwargs=Non
 
 
 # ---- the estimator ------------------------------------------------------------------------------------------
-def train_memory(model: nn.Module, example_inputs, cfg: TrainConfig | None = None, *, target=None,
+def train_memory(model: nn.Module, example_inputs, config: TrainConfig | None = None, *, target=None,
                  loss: str = "auto", forward_kwargs: dict | None = None, foreach: bool = False,
                  kernel_workspace: bool = True, extrapolate: bool = True, name: str | None = None,
                  attention: str = "cpu") -> MemoryEstimate:
-    """Estimate the per-device peak memory of training `model` with `cfg` (one micro-batch of
-    cfg.micro_batch examples shaped like `example_inputs`). The model is not run for real and may live on
+    """Estimate the per-device peak memory of training `model` with `config` (one micro-batch of
+    config.micro_batch examples shaped like `example_inputs`). The model is not run for real and may live on
     meta. `foreach=True` models torch's CUDA default optimizer kernels; `kernel_workspace` measures the
     scratch of convolution/attention kernels on this CPU (turn it off for other targets)."""
     return Estimator(model, example_inputs, target=target, loss=loss, forward_kwargs=forward_kwargs,
                      foreach=foreach, kernel_workspace=kernel_workspace, extrapolate=extrapolate,
-                     name=name, attention=attention)(cfg or TrainConfig())
+                     name=name, attention=attention)(config or TrainConfig())
 
 
 class Estimator:
@@ -300,19 +300,19 @@ class _NotAffine(Exception):
     pass
 
 
-def plan_for_budget(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str, foreach: bool,
+def plan_for_budget(model: nn.Module, batch: Batch, config: TrainConfig, loss: str, foreach: bool,
                     name: str, workspace_max_bytes: float = 0, attention: str = "cpu") -> MemoryEstimate:
-    """Checkpoint the fewest blocks that bring the peak under cfg's budget: estimate with none and with
+    """Checkpoint the fewest blocks that bring the peak under config's budget: estimate with none and with
     every block checkpointed, take blocks in order of bytes saved until the predicted peak fits, then
     re-estimate to confirm (adding blocks while it does not). If even every block is not enough, the
     sqrt(n) segments of Chen et al. are tried; the estimate says whether the budget was met."""
-    spec = cfg.checkpointing
+    spec = config.checkpointing
     budget = float(spec.budget_bytes)
     container = spec.container
 
     def run(plan):
-        trace = simulate(model, batch, cfg, loss, plan, foreach, container or None, workspace_max_bytes, attention)
-        return from_trace(trace, cfg, name, plan)
+        trace = simulate(model, batch, config, loss, plan, foreach, container or None, workspace_max_bytes, attention)
+        return from_trace(trace, config, name, plan)
 
     base = run(ckpt.NO_PLAN)
     if base.peak <= budget:

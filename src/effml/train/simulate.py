@@ -170,7 +170,7 @@ def fake_batch(fm: FakeTensorMode, batch: Batch, float_dtype: torch.dtype | None
     return Batch(tuple(conv(a) for a in batch.args), conv(batch.target), {k: conv(v) for k, v in batch.kwargs.items()})
 
 
-def optimizer_profile(cfg: TrainConfig, params: list[torch.Tensor], fm: FakeTensorMode,
+def optimizer_profile(config: TrainConfig, params: list[torch.Tensor], fm: FakeTensorMode,
                       foreach: bool) -> tuple[int, int]:
     """(state bytes for all `params`, temporary bytes of one step), measured by stepping the real torch
     optimizer twice on fake proxies. Per-tensor loop: the proxy is the largest parameter, whose step has
@@ -183,7 +183,7 @@ def optimizer_profile(cfg: TrainConfig, params: list[torch.Tensor], fm: FakeTens
     with fm:
         for p in proxies:
             p.grad = torch.empty_like(p)
-    opt = get_optimizer(cfg.optimizer).build(proxies, cfg.lr, foreach)
+    opt = get_optimizer(config.optimizer).build(proxies, config.lr, foreach)
     with fm:
         opt.step()  # creates the state
         states = [s for st in opt.state.values() for s in st.values() if isinstance(s, torch.Tensor)]
@@ -268,16 +268,16 @@ class AttentionKernel:
         F.scaled_dot_product_attention = self._sdpa
 
 
-def simulate(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
+def simulate(model: nn.Module, batch: Batch, config: TrainConfig, loss: str,
              plan: ckpt.CheckpointPlan = ckpt.NO_PLAN, foreach: bool = False,
              watch_container: str | None | bool = False, workspace_max_bytes: float = 0,
              attention: str = "cpu") -> Trace:
-    """Run one micro-step (forward, loss, backward) of `cfg` on a fake clone of `model` and log it.
+    """Run one micro-step (forward, loss, backward) of `config` on a fake clone of `model` and log it.
     workspace_max_bytes > 0: measure the scratch of workspace ops whose inputs are at most that large.
     attention: 'cpu' (this CPU's SDPA kernels) or 'flash' (a GPU target's fused kernel), see ATTENTION_KERNELS."""
     if attention not in ATTENTION_KERNELS:
         raise ConfigError(f"attention kernel {attention!r} is not one of {', '.join(ATTENTION_KERNELS)}")
-    precision = get_precision(cfg.precision)
+    precision = get_precision(config.precision)
     fm = FakeTensorMode()
     clone = fake_clone(model, fm, torch_dtype(precision.param_dtype))
     fb = fake_batch(fm, batch, torch_dtype(precision.param_dtype) if precision.param_dtype != "fp32" else None)
@@ -285,14 +285,14 @@ def simulate(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ModelError(f"{type(model).__name__} has no trainable parameters")
-    if cfg.grad_accum > 1:  # later micro-steps start with every gradient allocated: the worst case
+    if config.grad_accum > 1:  # later micro-steps start with every gradient allocated: the worst case
         with fm:
             for p in trainable:
                 p.grad = torch.zeros_like(p)
     inputs = [t for t in tree_leaves((fb.args, fb.kwargs, fb.target)) if isinstance(t, torch.Tensor)]
     pre = [*params, *clone.buffers(), *inputs, *[p.grad for p in trainable if p.grad is not None]]
     log = StorageLog(pre, params, record_workspace=workspace_max_bytes > 0)
-    step = TrainStep(clone, cfg, loss, "cpu")
+    step = TrainStep(clone, config, loss, "cpu")
     block_bytes, order, container = {}, (), None
     handles = []
     if watch_container is not False:
@@ -320,7 +320,7 @@ def simulate(model: nn.Module, batch: Batch, cfg: TrainConfig, loss: str,
             h.remove()
     log.mark("backward_end")
     grad_keys = {_key(p.grad) for p in trainable if p.grad is not None}
-    states, temp = optimizer_profile(cfg, trainable, fm, foreach)
+    states, temp = optimizer_profile(config, trainable, fm, foreach)
     log.active = False
     calls = log.calls or []
     sizes = workspace_bytes([c for _, _, c in calls], workspace_max_bytes) if calls else []
