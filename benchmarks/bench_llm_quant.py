@@ -5,7 +5,8 @@
 
 Perplexity (effml.eval.perplexity) on the first --tokens tokens of the held-out KJV chapters (effml.eval: chapters
 i % 100 == 9, never used for calibration), windows of --ctx tokens. Calibration for GPTQ/AWQ: --calib-samples
-random windows of --calib-len tokens from the calibration chapters (i % 10 != 9). Every variant is a deep copy of
+random windows of --calib-len tokens from the calibration chapters (i % 10 != 9); GPTQ with act_order (measured
+here at g64, 8 x 256 tokens: 14.68 with it, 15.66 without; RTN 18.95, fp32 11.99). Every variant is a deep copy of
 the same fp32 model, quantized in this process; int4/int8 layers run effml's WeightOnlyLinear (bf16 activations
 where the CPU has the fast kernels). One torch thread.
 
@@ -38,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", type=int, nargs="+", default=[64])
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--calib-len", type=int, default=256)
+    ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
+                    help="GPTQ columns by decreasing Hessian diagonal (AutoGPTQ's desc_act)")
     ap.add_argument("--out", default="llm_quant")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -55,7 +58,8 @@ def main(argv=None) -> int:
     variants = [("fp32", None), ("int8 weight-only", WeightOnlyConfig(bits=8))]
     for g in args.groups:
         variants += [(f"int4 RTN g{g}", WeightOnlyConfig(bits=4, group_size=g)),
-                     (f"int4 GPTQ g{g}", GPTQConfig(group_size=g)), (f"int4 AWQ g{g}", AWQConfig(group_size=g))]
+                     (f"int4 GPTQ g{g}", GPTQConfig(group_size=g, act_order=args.act_order)),
+                     (f"int4 AWQ g{g}", AWQConfig(group_size=g))]
     rows, load = [], {"before": os.getloadavg()}
     for name, cfg in variants:
         m = copy.deepcopy(model)
