@@ -66,7 +66,7 @@ def resident_bytes(model: nn.Module) -> int:
 
 
 def measure(model: nn.Module, baseline: nn.Module | None, inputs: Inputs, *, budget_s: float,
-            devices: tuple[str, ...]) -> dict:
+            devices: tuple[str, ...], decode: bool = False) -> dict:
     """Counted cost, latency beside the baseline, peak memory and per-device predictions of one variant.
 
     Peak memory = resident weights + the allocator's peak during one forward on the example inputs (CPU: the
@@ -113,4 +113,35 @@ def measure(model: nn.Module, baseline: nn.Module | None, inputs: Inputs, *, bud
             preds[name] = {"latency_s": p.time_s, "energy_j": p.energy.total / inputs.batch,
                            "usd_per_1m": p.usd_per_1m, "fits": p.fits, "bound": p.bound, "dtype": p.dtype}
     out["predictions"] = preds
+    if decode:  # a causal LM: what its users feel is time to first token and decode tokens/s
+        out.update(decode_speed(model, baseline, inputs, budget_s=budget_s))
+    return out
+
+
+def decode_speed(model: nn.Module, baseline: nn.Module | None, inputs: Inputs, *, new_tokens: int = 16,
+                 budget_s: float = 2.0) -> dict:
+    """Time to first token and greedy decode tokens/s of a transformers causal LM (`generate`) on the first row
+    of the example input ids, timed in alternating rounds with the baseline: 1-token and `new_tokens`-token
+    generations; decode rate = (new_tokens - 1) / (median time of the long one - median time of the short one)."""
+    from effml.measure.ab import interleave, median
+
+    ids = inputs.kwargs.get("input_ids", inputs.args[0] if inputs.args else None)
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point():
+        return {"decode_note": "no (batch, tokens) input_ids among the example inputs: decode not timed"}
+    ids = ids[:1]  # (1, T)
+
+    def gen(m, n):
+        return lambda: m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                  do_sample=False, pad_token_id=0)
+
+    calls = {"first": gen(model, 1), "all": gen(model, new_tokens)}
+    if baseline is not None:
+        calls.update(base_first=gen(baseline, 1), base_all=gen(baseline, new_tokens))
+    t = {k: median(v) for k, v in interleave(calls, rounds=50, warmup=1, budget_s=budget_s, min_rounds=3).items()}
+    out = {"ttft_s": t["first"], "new_tokens": new_tokens}
+    step = (t["all"] - t["first"]) / (new_tokens - 1)  # seconds per decoded token after the first
+    out["decode_tok_s"] = 1.0 / step if step > 0 else None
+    if baseline is not None:
+        base_step = (t["base_all"] - t["base_first"]) / (new_tokens - 1)
+        out["decode_speedup"] = base_step / step if step > 0 and base_step > 0 else None
     return out

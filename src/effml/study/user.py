@@ -27,7 +27,7 @@ from torch import nn
 
 from effml.errors import ConfigError
 from effml.study.measured import Inputs, measure, resident_bytes  # noqa: F401 - re-exported
-from effml.study.plans import UserPlan, apply_plan, select
+from effml.study.plans import UserPlan, apply_plan, model_kinds, select
 from effml.study.store import Run, Store
 
 # metric name -> higher is better; matched case-insensitively on the name and on its last "_"/"-" part
@@ -231,7 +231,8 @@ def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_i
                                       "calibration": calibration is not None})
     session = Session(Store(store) if not isinstance(store, Store) else store, not isinstance(store, Store),
                       name, fp, model, evaluate, inputs, chosen.skipped, dirs, objective, tuple(devices), train,
-                      train_steps, calibration, measure_budget_s, base_metrics, progress)
+                      train_steps, calibration, measure_budget_s, base_metrics, progress,
+                      decoder="decoder" in model_kinds(model) and hasattr(model, "generation_config"))
     return session, chosen.plans
 
 
@@ -267,6 +268,7 @@ class Session:
     measure_budget_s: float
     base_metrics: dict
     progress: Progress
+    decoder: bool = False  # a transformers causal LM: decode speed timed too
 
     def close(self) -> None:
         if self.own_store:
@@ -282,7 +284,8 @@ class Session:
         base_key = f"baseline@{fp}"
         if not st.has(name, base_key):
             self.progress("baseline: measuring", 0.0)
-            meas = measure(self.model, None, self.inputs, budget_s=self.measure_budget_s, devices=self.devices)
+            meas = measure(self.model, None, self.inputs, budget_s=self.measure_budget_s, devices=self.devices,
+                           decode=self.decoder)
             metrics = _ok_metrics(self.base_metrics, self.dirs, self.objective, meas, param_bytes(self.model), [])
             st.put(Run(name, base_key, "baseline", [], metrics, meas["predictions"], _machine()))
             res.done.append("baseline")
@@ -297,7 +300,7 @@ class Session:
             hook = (lambda what, f, n=plan.name: self.progress(f"{n}: {what}", frac))
             metrics, preds = _variant(plan, self.model, self.evaluate, self.inputs, self.dirs, self.objective,
                                       self.devices, self.train, self.train_steps, self.calibration,
-                                      self.measure_budget_s, hook)
+                                      self.measure_budget_s, hook, self.decoder)
             st.put(Run(name, key, plan.name, plan.chain(), metrics, preds, _machine()))
             res.done.append(plan.name)
         mine = [r for r in st.runs(name) if r.key.endswith(f"@{fp}")]
@@ -308,7 +311,7 @@ class Session:
 
 
 def _variant(plan, baseline, evaluate, inputs, dirs, objective, devices, train, train_steps, calibration,
-             measure_budget_s, progress) -> tuple[dict, dict]:
+             measure_budget_s, progress, decoder=False) -> tuple[dict, dict]:
     """(metrics, predictions) of one plan's variant; a failure at any step is a failed row with its error."""
     stage = "compressing"
     try:
@@ -322,7 +325,7 @@ def _variant(plan, baseline, evaluate, inputs, dirs, objective, devices, train, 
             raise ConfigError(f"evaluate({plan.name}) returned no {', '.join(missing)} (the baseline had them)")
         stage = "measuring"
         progress("measuring", 1.0)
-        meas = measure(out.model, baseline, inputs, budget_s=measure_budget_s, devices=devices)
+        meas = measure(out.model, baseline, inputs, budget_s=measure_budget_s, devices=devices, decode=decoder)
     except Exception as e:  # noqa: BLE001 - recorded with its error; the study goes on
         msg = f"{stage}: {type(e).__name__}: {str(e)[:500]}"
         return {"status": "failed", "error": msg}, {}
