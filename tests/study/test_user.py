@@ -178,3 +178,13 @@ def test_effml_study_is_callable_package():
 
     assert effml.study.pipeline.run_study is not None
     assert isinstance(nn.Module, type)
+
+
+def test_budget_leaves_the_rest_for_a_rerun(trained, data, tmp_path):
+    x, _ = data
+    kw = dict(example_inputs=x, plans=["linear-8b", "kmeans-4b"], store=tmp_path / "b.db", devices=(),
+              measure_budget_s=0.2)
+    first = study(trained, digits_cnn.evaluate, budget_s=1e-9, **kw)  # the baseline alone takes longer than that
+    assert first.done == ["baseline"] and first.remaining == ["linear-8b", "kmeans-4b"]
+    rest = study(trained, digits_cnn.evaluate, **kw)
+    assert rest.done == ["linear-8b", "kmeans-4b"] and rest.remaining == []
