@@ -188,3 +188,20 @@ def test_budget_leaves_the_rest_for_a_rerun(trained, data, tmp_path):
     assert first.done == ["baseline"] and first.remaining == ["linear-8b", "kmeans-4b"]
     rest = study(trained, digits_cnn.evaluate, **kw)
     assert rest.done == ["linear-8b", "kmeans-4b"] and rest.remaining == []
+
+
+def test_search_per_channel_group(trained, data, tmp_path):
+    from effml.study.search import search
+
+    x, calib = data
+    res = search(trained, digits_cnn.evaluate, trials=3, per_group=True, example_inputs=x, calibration=calib,
+                 plans=["prune-channel-50%+int8"], store=tmp_path / "s.db", devices=(), measure_budget_s=0.2)
+    searched = [r for r in res.rows if r["name"].startswith("search:")]
+    assert 1 <= len(searched) <= 3 and res.done[:2] == ["baseline", "prune-channel-50%+int8"]
+    groups = ["features.0", "features.2", "features.5", "head.1"]  # DigitsCNN's channel groups, graph order
+    for r in searched:
+        prune = r["chain"][0]["config"] if r["chain"][0]["technique"] == "prune" else None
+        if prune is not None:
+            assert prune["method"] == "channel" and list(prune["per_layer"]) == groups
+            ratios = "/".join(str(round(100 * prune["per_layer"][g])) for g in groups)
+            assert r["name"].startswith(f"search:channel-{ratios}%")

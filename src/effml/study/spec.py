@@ -10,6 +10,7 @@
     devices = ["rpi5", "h100-sxm"]             # catalog names (name:dtype) to predict on
     budget = "10m"                             # optional: start no new variant after this (seconds or 90s/8m/1h)
     search = 8                                 # optional: Optuna trials over prune ratio x format (0: none)
+    search_per_group = false                   # optional: a pruning ratio per channel group (needs more trials)
     train_steps = 100
     measure_budget_s = 1.0                     # timing window per variant, beside the baseline
     objective = "accuracy"                     # optional: the metric the frontier is drawn on
@@ -36,7 +37,7 @@ from typing import Any
 from effml.errors import ConfigError
 
 KEYS = ("name", "model", "model_args", "evaluate", "train", "calibration", "example_inputs", "plans", "devices",
-        "budget", "search", "train_steps", "measure_budget_s", "objective", "store", "metrics")
+        "budget", "search", "search_per_group", "train_steps", "measure_budget_s", "objective", "store", "metrics")
 REQUIRED = ("model", "evaluate", "example_inputs")
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -55,6 +56,7 @@ class StudySpec:
     devices: tuple[str, ...] | None = None
     budget_s: float | None = None
     search: int = 0
+    search_per_group: bool = False
     train_steps: int = 100
     measure_budget_s: float = 1.0
     objective: str | None = None
@@ -80,6 +82,8 @@ class StudySpec:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "search" else 1):
                 raise ConfigError(f"{where}: {k!r} must be an integer >= {0 if k == 'search' else 1}, got {v!r}")
+        if not isinstance(self.search_per_group, bool):
+            raise ConfigError(f"{where}: 'search_per_group' must be true or false, got {self.search_per_group!r}")
         v = self.measure_budget_s
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ConfigError(f"{where}: 'measure_budget_s' must be a number of seconds > 0, got {v!r}")
@@ -211,5 +215,5 @@ def run_spec(spec: StudySpec, store, progress=None):
     if spec.search:
         from effml.study.search import search
 
-        return search(r.model, r.evaluate, trials=spec.search, **kw)
+        return search(r.model, r.evaluate, trials=spec.search, per_group=spec.search_per_group, **kw)
     return study(r.model, r.evaluate, **kw)
