@@ -7,8 +7,9 @@ The fixed plans run first (effml.study.user); those that are a point of the sear
 ratio, or with per_group=True one per channel group of a CNN of up to MAX_GROUPS groups; then a format) are
 told to the sampler as finished trials, so the search starts from them. Each trial is a plan
 `search:channel-30%+int8-static` (per group: `channel-30/50/20/40%`, in graph order) run through the same
-session (stored as it finishes, resumed from the store when a trial proposes a composition already measured). The objectives are the study's
-metric (its direction) and the latency relative to the baseline, 1 / speedup measured beside it.
+session (stored as it finishes, resumed from the store when a trial proposes a composition already measured).
+The objectives are the study's metric (its direction) and the latency relative to the baseline, 1 / speedup
+measured beside it.
 """
 
 from __future__ import annotations
