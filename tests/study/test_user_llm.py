@@ -18,10 +18,11 @@ def test_decoder_study(tmp_path):
         return {"perplexity": torch.exp(m(ids, labels=ids).loss).item()}
 
     res = study(model, evaluate, example_inputs={"input_ids": ids[:2]}, calibration=ids, devices=(),
-                plans=["weight-only-int4", "gptq-4b", "int8-static", "kmeans-2b-qat"], store=tmp_path / "llm.db",
+                plans=["weight-only-int4", "gptq-4b", "smoothquant-int8", "int8-static", "kmeans-2b-qat"], store=tmp_path / "llm.db",
                 measure_budget_s=0.3)
     assert res.objective == "perplexity" and res.higher_is_better is False
-    assert [r["name"] for r in res.rows] == ["baseline", "weight-only-int4", "gptq-4b"]
+    # SmoothQuant gets the (4, 32) token ids as four (1, 32) batches; GPTQ the tensor itself
+    assert [r["name"] for r in res.rows] == ["baseline", "weight-only-int4", "gptq-4b", "smoothquant-int8"]
     assert dict(res.skipped).keys() == {"int8-static", "kmeans-2b-qat"}
     # baseline: 112,384 fp32 params. int4 (group 32) of the 4 block matrices, 49,152 weights per layer x 2 layers:
     # 49,152 B of codes + 3,072 groups x (fp32 scale + zero) 24,576 B; left fp32: wte + wpe 12,288 params

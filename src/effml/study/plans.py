@@ -190,6 +190,17 @@ def select(model: nn.Module, names: list[str] | None, *, have: set[str]) -> Sele
     return out
 
 
+def _calibration_for(config, calibration):
+    """Token ids given as one (samples, tokens) tensor (what GPTQ, AWQ and block pruning take) become (1, tokens)
+    batches for the methods that run calibration batches through the model (static int8, SmoothQuant)."""
+    import torch
+
+    if config.name in ("int8-dynamic", "int8-static") and isinstance(calibration, torch.Tensor) \
+            and calibration.ndim == 2 and not calibration.is_floating_point():
+        return [calibration[i:i + 1] for i in range(calibration.shape[0])]  # (1, T) each
+    return calibration
+
+
 @dataclass
 class Applied:
     model: nn.Module
@@ -215,7 +226,8 @@ def apply_plan(plan: UserPlan, baseline: nn.Module, *, example_inputs: tuple, ca
         if technique == "prune":
             res = prune(model, config, example_inputs=example_inputs, data=calibration, progress=hook)
         else:
-            res = quantize(model, config, calibration=calibration, example_inputs=example_inputs, progress=hook)
+            res = quantize(model, config, calibration=_calibration_for(config, calibration),
+                           example_inputs=example_inputs, progress=hook)
         qat = getattr(config, "qat", False)
         if train is not None and (technique == "prune" or qat):
             model.train()
