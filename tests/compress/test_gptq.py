@@ -126,3 +126,14 @@ def test_through_quantize_and_configs():
     floats = sum(p.numel() for p in model.parameters())
     assert res.stored_bytes == (codes * 4 + codes // 32 * 64 + floats * 32) // 8
     assert res.skipped == [("output", "LM head tied to the input embedding: kept in float with it")]
+
+
+def test_quantized_effml_model_runs_in_the_engine():
+    from effml.llm.generate import GenerateConfig, generate
+
+    model = build("tiny", std=0.3)
+    gptq_model(model, GPTQConfig(group_size=32), _calibration(97, 8, 32))
+    out = generate(model, [1, 2, 3], GenerateConfig(max_new_tokens=5))  # KV-cached decode through WeightOnlyLinear
+    assert len(out.tokens) == 5 and all(0 <= t < 97 for t in out.tokens)
+    with torch.no_grad():  # its first token is the uncached model's argmax after the prompt
+        assert out.tokens[0] == int(model(torch.tensor([[1, 2, 3]]))[0, -1].argmax())
