@@ -90,7 +90,8 @@ def main(argv=None) -> int:
     path = write_results(args.out, {"config": vars(args), "rows": rows, "fraction_of_rtn_gap_closed": closed,
                                     "claims": claims, "loadavg": load,
                                     "heldout": "KJV chapters i % 100 == 9 (effml.eval)",
-                                    "calibration": f"{args.calib_samples} x {args.calib_len} tokens, chapters i % 10 != 9"})
+                                    "calibration": f"{args.calib_samples} x {args.calib_len} tokens, "
+                                                   "chapters i % 10 != 9"})
     print(f"wrote {path}")
     return claims_exit_code(claims)
 

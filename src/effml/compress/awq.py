@@ -79,8 +79,8 @@ def _has(block: nn.Module, *names: str) -> bool:
 
 def _prev_linear(block, prev, layer) -> list[ScaleGroup]:
     """prev's rows can carry layer's scales only when prev's outputs are exactly layer's inputs."""
-    return [ScaleGroup(prev, [layer])] if in_out(block.get_submodule(prev))[1] == in_out(block.get_submodule(layer))[0] \
-        else []
+    widths_match = in_out(block.get_submodule(prev))[1] == in_out(block.get_submodule(layer))[0]
+    return [ScaleGroup(prev, [layer])] if widths_match else []
 
 
 @SCALE_RULES.register("effml-llama")

@@ -273,7 +273,7 @@ def gptq_model(model: nn.Module, config: GPTQConfig, calibration: torch.Tensor, 
 
 
 def quant_result(method: str, model: nn.Module, res: CalibratedQuant, dense: int, bits: int, notes: list[str]):
-    """The QuantResult of a calibrated method: codes + scales of the WeightOnlyLinear layers, every other tensor fp32."""
+    """The QuantResult of a calibrated method: WeightOnlyLinear codes + scales, every other tensor at fp32."""
     import math
 
     from effml.compress.quantize import QuantResult
