@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effml.compress.blockwise import block_inputs, find_blocks, hidden_of, run_block
+from effml.compress.blockwise import block_inputs, find_blocks, hidden_of, next_input, run_block
 from effml.compress.configs import CONFIGS, CompressionConfig
 from effml.compress.hf_layers import linear_weight
 from effml.compress.structured import CRITERIA, Group, cut
-from effml.compress.transformer import HeadGroup, transformer_groups
+from effml.compress.transformer import transformer_groups
 from effml.errors import ConfigError
 from effml.registries import Registry
 
@@ -202,7 +202,7 @@ def _keep_heads(g: Group, score: torch.Tensor, ratio: float) -> torch.Tensor:
 
 def keep_channels(g: Group, score: torch.Tensor, ratio: float) -> torch.Tensor:
     """Sorted kept channel indices of a transformer group at `ratio` removed; refuses to empty a group, naming it.
-    Heads of grouped-query attention are kept by the same count in every KV group (`HeadGroup.kv_heads`)."""
+    Heads of grouped-query attention are kept by the same count in every KV group (`effml.compress.transformer.HeadGroup.kv_heads`)."""
     if g.kind == "heads":
         return _keep_heads(g, score, ratio)
     remove = int(round(ratio * g.channels))
@@ -266,8 +266,6 @@ def block_scores(model: nn.Module, data: torch.Tensor, criterion: str = "cosine"
             h_in = torch.cat([hidden_of(i).reshape(-1, hidden_of(i).shape[-1]) for i in inputs])  # (N, C)
             h_out = torch.cat([o.reshape(-1, o.shape[-1]) for o in outs])  # (N, C)
             scores.append(fn(h_in.float(), h_out.float()))
-            from effml.compress.blockwise import next_input
-
             inputs = [next_input(i, o) for i, o in zip(inputs, outs)]
     finally:
         model.train(was)
