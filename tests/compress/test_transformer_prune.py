@@ -160,3 +160,16 @@ def test_unbalanced_gqa_heads_are_refused():
     g = next(g for g in transformer_groups(model) if g.kind == "heads")
     with pytest.raises(ConfigError, match=r"same number of query heads kept in each of its 2 KV groups, got \[3, 1\]"):
         cut(model, {g.name: (g, torch.tensor([0, 1, 2, 3]))})  # 3 heads of group 0, 1 of group 1
+
+
+def test_channel_prune_of_gpt2_needs_no_tracing():
+    # ChannelPrune used to fail on GPT2LMHeadModel ("could not trace ... with torch.fx"): the Conv1D rules group it
+    from effml.compress import ChannelPrune, prune
+
+    model = _gpt2()
+    res = prune(model, ChannelPrune(sparsity=0.5), example_inputs=(_ids(),))
+    # per block: 2 of 4 heads (c_attn 64x(3x16) + bias, c_proj 16x64 each) and 128 of 256 MLP channels
+    per_block = 2 * (64 * 48 + 48 + 16 * 64) + 128 * (64 + 1 + 64)
+    assert res.params_before - res.params_after == 2 * per_block
+    assert [s[0] for s in res.skipped] == ["lm_head"]
+    assert model.generate(_ids()[:1, :4], max_new_tokens=2, do_sample=False, pad_token_id=0).shape == (1, 6)

@@ -82,7 +82,9 @@ def bert_groups(model: nn.Module) -> list[Group]:
     for name, m in model.named_modules():
         sa, out, inter = getattr(m, "self", None), getattr(m, "output", None), getattr(m, "intermediate", None)
         out_dense = getattr(out, "dense", None)
-        if (isinstance(sa, nn.Module) and all(isinstance(getattr(sa, k, None), nn.Linear) for k in ("query", "key", "value"))
+        qkv_linear = isinstance(sa, nn.Module) and all(isinstance(getattr(sa, k, None), nn.Linear)
+                                                       for k in ("query", "key", "value"))
+        if (qkv_linear
                 and hasattr(sa, "num_attention_heads") and isinstance(out_dense, nn.Linear)):
             hd, heads = sa.attention_head_size, sa.num_attention_heads
             mems = []
