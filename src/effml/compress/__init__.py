@@ -21,8 +21,13 @@ from effml.compress.prune import PRUNERS, PruneResult, channel_groups, prune
 from effml.compress.quantize import QUANTIZERS, QuantResult, freeze, quantize
 from effml.compress.sensitivity import SensitivityResult, sensitivity
 from effml.compress.workflow import CompressionReport, Measure, compress
+# the transformer methods register their configs and handlers (CONFIGS, QUANTIZERS, PRUNERS) on import, so
+# config_from_dict({"method": "gptq" | "awq" | "heads" | "ffn" | "blocks", ...}) and the verbs know them
+from effml.compress.awq import AWQConfig  # noqa: E402
+from effml.compress.gptq import GPTQConfig  # noqa: E402
+from effml.compress.transformer_prune import BlockPrune, FFNPrune, HeadPrune  # noqa: E402
 
-__all__ = ["CONFIGS", "PAPER_SPARSITY", "PRUNERS", "QUANTIZERS", "ChannelPrune", "CompressionConfig",
+__all__ = ["AWQConfig", "BlockPrune", "FFNPrune", "GPTQConfig", "HeadPrune", "CONFIGS", "PAPER_SPARSITY", "PRUNERS", "QUANTIZERS", "ChannelPrune", "CompressionConfig",
            "CompressionReport", "Measure", "compress",
            "DeepCompressionConfig", "DeepCompressionResult", "DynamicInt8Config", "FinePrune", "KMeansConfig",
            "LinearQuantConfig", "NMPrune", "PruneResult", "QuantResult", "SensitivityResult", "StaticInt8Config",
