@@ -104,6 +104,8 @@ for _plan in (
     UserPlan("smoothquant-int8", (_q("int8-dynamic", smooth_alpha=0.5),), ("linear",), ("calibration",)),
     UserPlan("weight-only-int8", (_q("weight-only", bits=8),), ("linear",)),
     UserPlan("weight-only-int4", (_q("weight-only", bits=4, group_size=32),), ("decoder",)),
+    # group 64: fp32 scale + zero cost 1 bit per weight instead of 2 (group 32); 64 divides d=576 (SmolLM2)
+    UserPlan("weight-only-int4-g64", (_q("weight-only", bits=4, group_size=64),), ("decoder",)),
     UserPlan("prune-channel-30%+int8", (_p("channel", sparsity=0.3), _q("int8-static")), ("conv",),
              ("calibration",)),
     UserPlan("prune-channel-50%+int8", (_p("channel", sparsity=0.5), _q("int8-static")), ("conv",),
