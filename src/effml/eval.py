@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
 from effml.errors import ConfigError
+from effml.progress import Progress
 
 EVAL_EVERY, EVAL_OFFSET = 100, 9  # evaluation chapters: i % 100 == 9
 CALIB_EVERY = 10  # calibration chapters: i % 10 != 9 (never an evaluation chapter: those have i % 10 == 9)
@@ -142,7 +142,7 @@ def windows(n: int, ctx: int, stride: int) -> list[tuple[int, int, int]]:
 
 @torch.no_grad()
 def perplexity(model: nn.Module, tokens, ctx: int, *, stride: int | None = None, batch_size: int = 1,
-               progress: Callable[[int, int], None] | None = None) -> PerplexityResult:
+               progress: Progress | None = None) -> PerplexityResult:
     """exp(mean NLL) of `tokens` ((N,) ids) under `model`, each token predicted from <= ctx tokens before it."""
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     if tokens.ndim != 1 or tokens.numel() < 2:
@@ -184,7 +184,7 @@ def perplexity(model: nn.Module, tokens, ctx: int, *, stride: int | None = None,
                 count += scored
             i = j
             if progress is not None:
-                progress(i, len(wins))
+                progress(f"perplexity: window {i}/{len(wins)}", i / len(wins))
     finally:
         model.train(was)
     mean = total / count
