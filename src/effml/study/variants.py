@@ -140,6 +140,7 @@ DEFAULT_PLANS: tuple[Plan, ...] = (
     Plan("prune-channel-30%+linear-8b", (_p("channel", sparsity=0.3), _q("linear", bits=8))),
     Plan("prune-channel-40%+linear-8b", (_p("channel", sparsity=0.4), _q("linear", bits=8))),
     Plan("prune-channel-50%+linear-8b", (_p("channel", sparsity=0.5), _q("linear", bits=8))),
+    Plan("prune-channel-30%+int8", (_p("channel", sparsity=0.3), _q("int8-static"))),
     Plan("prune-channel-50%+int8", (_p("channel", sparsity=0.5), _q("int8-static"))),
     Plan("distill+int8", (("distill", {"temperature": 4.0, "alpha": 0.7}), _q("int8-static"))),
 )
