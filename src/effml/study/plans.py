@@ -21,8 +21,6 @@ fake-quantization before it is frozen: the same prepare -> apply -> fine-tune ->
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +28,7 @@ from torch import nn
 
 from effml.errors import ConfigError
 from effml.registries import Registry
+from effml.study.variants import Plan
 
 KINDS = ("conv", "linear", "heads", "blocks", "decoder")
 KIND_TEXT = {"conv": "convolutions", "linear": "linear layers", "heads": "attention heads",
@@ -38,10 +37,11 @@ NEEDS = ("train", "calibration")
 
 
 @dataclass(frozen=True)
-class UserPlan:
-    name: str
-    steps: tuple[tuple[str, dict], ...]  # ("prune" | "quantize", a config_from_dict-able dict)
-    applies_to: tuple[str, ...]
+class UserPlan(Plan):
+    """A default-study Plan (name, steps: ("prune" | "quantize", a config_from_dict-able dict); its store key and
+    chain) plus what it applies to and what it needs."""
+
+    applies_to: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -65,15 +65,6 @@ class UserPlan:
             config = config_from_dict(cfg)  # refuses unknown methods and fields by name
             if verb_of(config) != technique:
                 raise ConfigError(f"plan {self.name!r}: step {technique!r} got a {verb_of(config)} config {cfg!r}")
-
-    @property
-    def key(self) -> str:
-        """Identity in the store: the name plus a hash of the exact steps (a changed config is a new row)."""
-        digest = hashlib.sha1(json.dumps(self.steps, sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.name}#{digest}"
-
-    def chain(self) -> list[dict]:
-        return [{"technique": t, "config": dict(c)} for t, c in self.steps]
 
 
 USER_PLANS: Registry = Registry("study plan")
