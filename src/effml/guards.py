@@ -161,7 +161,7 @@ def module_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def check_config_fits_ram(cfg, batch: int, seq: int | None, dtype: str, device: str = "cpu") -> None:
+def check_config_fits_ram(config, batch: int, seq: int | None, dtype: str, device: str = "cpu") -> None:
     """Before building a model config with real weights: its parameters and buffers (counted on the meta
     device, in `dtype`), its example inputs and, for a causal LM, the logits every forward returns (batch x seq
     x vocab in `dtype`: 105 GB for GPT-2 at batch 512, seq 1024) must fit in the memory available now. Other
@@ -171,16 +171,16 @@ def check_config_fits_ram(cfg, batch: int, seq: int | None, dtype: str, device: 
 
     if str(device) == "meta":
         return
-    meta = configs.build(cfg, dtype=dtype, device="meta")
+    meta = configs.build(config, dtype=dtype, device="meta")
     weights = module_bytes(meta)
     n = sum(p.numel() for p in meta.parameters())
-    args, kwargs = configs.example_inputs(cfg, batch=batch, seq=seq, device="meta", dtype=dtype)
+    args, kwargs = configs.example_inputs(config, batch=batch, seq=seq, device="meta", dtype=dtype)
     inputs = sum(t.numel() * t.element_size() for t in (*args, *kwargs.values()) if hasattr(t, "element_size"))
     logits, vocab = 0, getattr(getattr(meta, "config", None), "vocab_size", None)
-    if cfg.task == "causal-lm" and args and vocab:
+    if config.task == "causal-lm" and args and vocab:
         b, t = args[0].shape  # the token ids (B, T)
         logits = b * t * vocab * next(meta.parameters()).element_size()
-    check_fits_ram(weights + inputs + logits, f"building {cfg.name!r} with real weights in {dtype} "
+    check_fits_ram(weights + inputs + logits, f"building {config.name!r} with real weights in {dtype} "
                    f"({si(n)} params = {fmt_bytes(weights)}, inputs {fmt_bytes(inputs)}"
                    + (f", logits {fmt_bytes(logits)})" if logits else ")"))
 

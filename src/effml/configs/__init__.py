@@ -211,31 +211,31 @@ def infer_task(hf: dict, what: str = "config") -> str:
 
 # ---- building ---------------------------------------------------------------------------------------------
 
-def hf_config(cfg: ModelConfig):
-    """The transformers PretrainedConfig object for cfg (cheap: no weights)."""
+def hf_config(config: ModelConfig):
+    """The transformers PretrainedConfig object for config (cheap: no weights)."""
     from transformers import AutoConfig
 
-    kw = {k: v for k, v in cfg.hf_config.items() if k != "model_type"}
+    kw = {k: v for k, v in config.hf_config.items() if k != "model_type"}
     try:
-        return AutoConfig.for_model(cfg.hf_config["model_type"], **kw)
+        return AutoConfig.for_model(config.hf_config["model_type"], **kw)
     except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"model config {cfg.name!r}: transformers cannot make a config from it: {e}") from None
+        raise ConfigError(f"model config {config.name!r}: transformers cannot make a config from it: {e}") from None
 
 
-def build(cfg: ModelConfig, dtype: str = "fp32", device: str | torch.device = "meta") -> nn.Module:
+def build(config: ModelConfig, dtype: str = "fp32", device: str | torch.device = "meta") -> nn.Module:
     """The model in eval mode, constructed directly on `device` (meta: shapes only) in `dtype`."""
     import transformers
 
     tdtype = torch_dtype(dtype)
     if not tdtype.is_floating_point:
-        raise ConfigError(f"cannot build {cfg.name!r} in {dtype!r}: build in a float dtype, then quantize")
-    hf = hf_config(cfg)
-    auto = getattr(transformers, TASKS[cfg.task].auto_class)
+        raise ConfigError(f"cannot build {config.name!r} in {dtype!r}: build in a float dtype, then quantize")
+    hf = hf_config(config)
+    auto = getattr(transformers, TASKS[config.task].auto_class)
     try:
         cls = auto._model_mapping[type(hf)]
     except KeyError:
-        raise ConfigError(f"model config {cfg.name!r}: transformers has no {TASKS[cfg.task].auto_class} for "
-                          f"model_type {cfg.hf_config['model_type']!r} (task {cfg.task!r})")
+        raise ConfigError(f"model config {config.name!r}: transformers has no {TASKS[config.task].auto_class} for "
+                          f"model_type {config.hf_config['model_type']!r} (task {config.task!r})")
     kw = {"attn_implementation": "sdpa"} if getattr(cls, "_supports_sdpa", False) else {}  # CNNs reject it
     with torch.device(device):
         model = auto.from_config(hf, dtype=tdtype, **kw)
@@ -272,7 +272,8 @@ def example_inputs(config: ModelConfig, batch: int = 1, seq: int | None = None, 
             raise ConfigError(f"seq must be a positive integer, got {seq!r}")
         limit = max_positions(config, hf)
         if limit is not None and seq > limit:
-            raise ConfigError(f"seq {seq} exceeds {config.name!r}'s max_position_embeddings {limit}; use seq <= {limit}")
+            raise ConfigError(f"seq {seq} exceeds {config.name!r}'s max_position_embeddings {limit}; "
+                              f"use seq <= {limit}")
     return t.inputs(config, hf, batch, seq, str(device), torch_dtype(dtype), seed)
 
 

@@ -34,31 +34,32 @@ def _architecture(cfg: dict, where: str) -> str:
     return arch
 
 
-def args_from_config(cfg: dict, where: str = "checkpoint") -> ModelArgs:
+def args_from_config(config: dict, where: str = "checkpoint") -> ModelArgs:
     """ModelArgs for a Llama/Qwen2/Mistral config.json; refuses what the decoder would compute differently."""
-    arch = _architecture(cfg, where)
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    arch = _architecture(config, where)
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in (None, "default"):
         raise ConfigError(f"{where}: RoPE scaling {rope_type!r} is not implemented in effml's decoder")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"{where}: activation {cfg.get('hidden_act')!r} is not supported (SwiGLU with SiLU only)")
-    if cfg.get("mlp_bias"):
+    if config.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{where}: activation {config.get('hidden_act')!r} is not supported (SwiGLU with SiLU only)")
+    if config.get("mlp_bias"):
         raise ConfigError(f"{where}: MLP biases (mlp_bias=true) are not supported")
-    if arch == "LlamaForCausalLM" and cfg.get("attention_bias"):
+    if arch == "LlamaForCausalLM" and config.get("attention_bias"):
         raise ConfigError(f"{where}: attention_bias=true (an o_proj bias) is not supported")
-    heads, dim = cfg["num_attention_heads"], cfg["hidden_size"]
-    if cfg.get("head_dim") not in (None, dim // heads):
-        raise ConfigError(f"{where}: head_dim {cfg['head_dim']} differs from hidden_size / heads = {dim // heads}")
-    ctx = cfg.get("max_position_embeddings", 2048)
-    window = cfg.get("sliding_window") if (arch == "MistralForCausalLM" or cfg.get("use_sliding_window")) else None
+    heads, dim = config["num_attention_heads"], config["hidden_size"]
+    if config.get("head_dim") not in (None, dim // heads):
+        raise ConfigError(f"{where}: head_dim {config['head_dim']} differs from hidden_size / heads = {dim // heads}")
+    ctx = config.get("max_position_embeddings", 2048)
+    windowed = arch == "MistralForCausalLM" or config.get("use_sliding_window")
+    window = config.get("sliding_window") if windowed else None
     ctx = min(ctx, window) if window else ctx  # inside the window, sliding-window attention is full attention
-    theta = rope.get("rope_theta", cfg.get("rope_theta") or 10000.0)
-    return ModelArgs(dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=heads,
-                     n_kv_heads=cfg.get("num_key_value_heads") or heads, vocab_size=cfg["vocab_size"],
-                     hidden_dim=cfg["intermediate_size"], norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+    theta = rope.get("rope_theta", config.get("rope_theta") or 10000.0)
+    return ModelArgs(dim=dim, n_layers=config["num_hidden_layers"], n_heads=heads,
+                     n_kv_heads=config.get("num_key_value_heads") or heads, vocab_size=config["vocab_size"],
+                     hidden_dim=config["intermediate_size"], norm_eps=float(config.get("rms_norm_eps", 1e-6)),
                      rope_theta=float(theta), max_seq_len=ctx,
-                     tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                     tie_embeddings=bool(config.get("tie_word_embeddings", False)),
                      qkv_bias=arch == "Qwen2ForCausalLM")
 
 
@@ -73,9 +74,9 @@ def _hf_to_ours(name: str, where: str) -> str | None:
         raise ModelError(f"{where}: unexpected parameter {name!r} for a Llama-family decoder") from None
 
 
-def from_state_dict(cfg: dict, state: dict[str, torch.Tensor], where: str = "checkpoint",
+def from_state_dict(config: dict, state: dict[str, torch.Tensor], where: str = "checkpoint",
                     dtype: torch.dtype = torch.float32) -> Transformer:
-    args = args_from_config(cfg, where)
+    args = args_from_config(config, where)
     ours = {}
     for k, v in state.items():
         n = _hf_to_ours(k, where)

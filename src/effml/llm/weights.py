@@ -126,15 +126,16 @@ def hf_to_ours(name: str) -> str:
     raise ModelError(f"unexpected parameter {name!r} in the SmolLM2 checkpoint")
 
 
-def args_from_hf(cfg: dict) -> ModelArgs:
-    rope = cfg.get("rope_parameters") or {}
-    return ModelArgs(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
-                     n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-                     vocab_size=cfg["vocab_size"], hidden_dim=cfg["intermediate_size"],
-                     norm_eps=float(cfg["rms_norm_eps"]),
-                     rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
-                     max_seq_len=cfg["max_position_embeddings"],
-                     tie_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+def args_from_hf(config: dict) -> ModelArgs:
+    rope = config.get("rope_parameters") or {}
+    return ModelArgs(dim=config["hidden_size"], n_layers=config["num_hidden_layers"],
+                     n_heads=config["num_attention_heads"],
+                     n_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+                     vocab_size=config["vocab_size"], hidden_dim=config["intermediate_size"],
+                     norm_eps=float(config["rms_norm_eps"]),
+                     rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+                     max_seq_len=config["max_position_embeddings"],
+                     tie_embeddings=bool(config.get("tie_word_embeddings", False)))
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Transformer, Tokenizer]:

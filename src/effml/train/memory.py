@@ -122,14 +122,14 @@ def _layout_scale(cfg: TrainConfig) -> float:
     return 1.0
 
 
-def from_trace(trace: Trace, cfg: TrainConfig, name: str, plan: ckpt.CheckpointPlan) -> MemoryEstimate:
+def from_trace(trace: Trace, config: TrainConfig, name: str, plan: ckpt.CheckpointPlan) -> MemoryEstimate:
     log = trace.log
     t_fwd = log.marks["forward_end"]
-    fw, fg, fs = _shard(cfg)
-    stage3 = cfg.zero_stage == 3
-    lp = _layout_scale(cfg)  # 1.0 (torch-amp, or no mixed precision) | 0.5 (zero-paper, bf16/fp16-mixed)
+    fw, fg, fs = _shard(config)
+    stage3 = config.zero_stage == 3
+    lp = _layout_scale(config)  # 1.0 (torch-amp, or no mixed precision) | 0.5 (zero-paper, bf16/fp16-mixed)
     master = trace.grad_bytes if lp < 1 else 0  # zero-paper: fp32 master weights, sharded with the states
-    pre_grads = trace.grad_bytes * lp if cfg.grad_accum > 1 else 0  # allocated before this micro-step
+    pre_grads = trace.grad_bytes * lp if config.grad_accum > 1 else 0  # allocated before this micro-step
     grads = {id(log.live[k]) for k in trace.grad_keys if k in log.live}
 
     def weight(life) -> float:
@@ -155,10 +155,10 @@ def from_trace(trace: Trace, cfg: TrainConfig, name: str, plan: ckpt.CheckpointP
             "optimizer_states": (trace.optimizer_state_bytes + master) * fs,
             "activations": float(sum(weight(life) * life.nbytes for life in acts)),
             "temporary": max(step["temporary"], optimizer["temporary"])}
-    notes = [f"layout {cfg.layout}: {LAYOUTS.get(cfg.layout).description}"] \
-        if get_precision(cfg.precision).autocast else []
-    if cfg.grad_accum > 1:
-        notes.append(f"grad_accum={cfg.grad_accum}: every gradient is allocated during later micro-batches")
+    notes = [f"layout {config.layout}: {LAYOUTS.get(config.layout).description}"] \
+        if get_precision(config.precision).autocast else []
+    if config.grad_accum > 1:
+        notes.append(f"grad_accum={config.grad_accum}: every gradient is allocated during later micro-batches")
     if gather:
         notes.append(f"ZeRO-3: weights gathered layer by layer (largest {fmt_bytes(gather)}); "
                      "no autocast cast cache")
@@ -170,7 +170,7 @@ def from_trace(trace: Trace, cfg: TrainConfig, name: str, plan: ckpt.CheckpointP
         notes.append(f"attention kernel: {trace.attention}, {ATTENTION_KERNELS[trace.attention]}")
     cast = float(sum(weight(life) * life.nbytes for life in acts if life.cast))
     return MemoryEstimate(
-        model=name, params=trace.params, config=cfg, full=full, phases={"step": step, "optimizer": optimizer},
+        model=name, params=trace.params, config=config, full=full, phases={"step": step, "optimizer": optimizer},
         step_peak_phase="forward" if peak_t <= t_fwd else "backward", cast_weight_bytes=cast,
         unsharded={"weights": float(trace.param_bytes * lp), "gradients": float(trace.grad_bytes * lp),
                    "optimizer_states": float(trace.optimizer_state_bytes + master)},
