@@ -148,8 +148,8 @@ def _drafts(names: list[str], target, tok) -> tuple[dict, dict]:
             from effml.llm.draft import DraftConfig, load_or_build_draft
 
             drafts[n], build[n] = load_or_build_draft(
-                target, tok, DraftConfig(), progress=lambda s, d, k: print(f"\rdraft {s}: {d}/{k}", end="",
-                                                                           flush=True))
+                target, tok, DraftConfig(), progress=lambda what, frac: print(f"\rdraft {what} ({frac:.0%})",
+                                                                               end="", flush=True))
             prepare(drafts[n])
         else:
             raise SystemExit(f"unknown draft {n!r}: lookup, self-int4, self-int8, distilled")

@@ -51,15 +51,14 @@ def _progress(con, quiet: bool):
         return None, None
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), console=con, transient=True)
-    tasks: dict = {}
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=con, transient=True)
+    task: list = []
 
-    def cb(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(f"draft: {stage}", total=total)
+    def cb(what: str, frac: float) -> None:  # the one progress hook: (what, fraction done)
+        if not task:
+            task.append(bar.add_task("draft", total=1.0))
             bar.start()
-        bar.update(tasks[stage], completed=done)
+        bar.update(task[0], description=f"draft: {what}", completed=frac)
     return bar, cb
 
 

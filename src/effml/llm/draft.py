@@ -26,6 +26,7 @@ from torch import nn
 
 from effml.errors import ConfigError, ModelError
 from effml.llm.model import ModelArgs, Transformer, no_init
+from effml.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def agreement(draft: Transformer, answers: list[Answer]) -> float:
 
 
 def distill_draft(target: Transformer, tokenizer, config: DraftConfig = DraftConfig(),
-                  progress: Callable[[str, int, int], None] | None = None) -> tuple[Transformer, DraftReport]:
+                  progress: Progress | None = None) -> tuple[Transformer, DraftReport]:
     """Generate (or load) the target's answers, cut the layer-subset draft, distill it with effml.distill."""
     from effml.compress.distill import DistillConfig, distill
 
@@ -250,7 +251,8 @@ def distill_draft(target: Transformer, tokenizer, config: DraftConfig = DraftCon
         if not n:
             continue
         answers, secs = answers_cached(target, tokenizer, family, n, config,
-                                       None if progress is None else (lambda d, k, f=family: progress(f"{f}", d, k)))
+                                       None if progress is None else (
+                                           lambda d, k, f=family: progress(f"{f} answers {d}/{k}", d / max(k, 1))))
         gen_s += secs
         held[family] = answers[: max(1, len(answers) // 10)]  # measured on answers the draft never trains on
         train += answers[len(held[family]):]
@@ -262,14 +264,11 @@ def distill_draft(target: Transformer, tokenizer, config: DraftConfig = DraftCon
     coverage = sum(int((head_map[torch.tensor(a.tokens)] >= 0).sum()) for a in every) / sum(len(a.tokens) for a in every)
     before = {f: agreement(draft, h) for f, h in held.items()}
     draft.tok_embeddings.weight.requires_grad_(False)  # the target's own embedding: shared, frozen
-    steps_per_epoch = len(train) // config.batch
-    total = steps_per_epoch * config.epochs
     t1 = time.perf_counter()
     result = distill(_CachedTeacher(), _Student(draft), _Epochs(train, head_map, config.batch, config.seed),
                      DistillConfig(temperature=config.temperature, alpha=config.kd_weight, epochs=config.epochs,
                                    lr=config.lr, seed=config.seed),
-                     progress=None if progress is None else (
-                         lambda what, frac: progress("distill", round(frac * total), total)))
+                     progress=None if progress is None else (lambda what, frac: progress(f"distill {what}", frac)))
     draft.eval()
     report = DraftReport(config.layers, int(head_ids.numel()), len(train), sum(len(a.tokens) for a in train),
                          coverage, before, {f: agreement(draft, h) for f, h in held.items()}, gen_s,
@@ -284,7 +283,7 @@ def draft_dir(config: DraftConfig):
 
 
 def load_or_build_draft(target: Transformer, tokenizer, config: DraftConfig = DraftConfig(),
-                        progress: Callable[[str, int, int], None] | None = None) -> tuple[Transformer, dict]:
+                        progress: Progress | None = None) -> tuple[Transformer, dict]:
     """The cached draft for `config` (built and saved on the first call); returns (draft, build report dict)."""
     from safetensors.torch import load_file, save_file
 
