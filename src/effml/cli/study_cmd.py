@@ -68,6 +68,7 @@ def run_study(args) -> int:
 
         return run_spec(args)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.markup import escape
 
     from effml.study.build import build
     from effml.study.pipeline import DEFAULT_DEVICES, StudyConfig, run_study as run
@@ -91,8 +92,8 @@ def run_study(args) -> int:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TimeElapsedColumn(), console=con, disable=args.json, transient=True) as bar:
             task = bar.add_task("starting", total=1.0)
-            res = run(cfg, store, progress=lambda variant, what, frac: bar.update(
-                task, description=f"[bold]{variant}[/]: {what}", completed=min(frac, 1.0)))
+            res = run(cfg, store, progress=lambda what, frac: bar.update(
+                task, description=escape(what), completed=min(frac, 1.0)))
         html, lines = build(store, cfg.study, devices=[d.partition(":")[0] for d in cfg.devices])
     path = write(args.out, html)
     if args.json:

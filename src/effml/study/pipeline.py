@@ -13,11 +13,12 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from effml.errors import ConfigError
+from effml.progress import Progress, no_progress
 from effml.study.store import Run, Store
 from effml.study.variants import PLANS, Plan, StudyContext, apply
 
@@ -88,7 +89,6 @@ class StudyResult:
         return {**asdict(self), "runs": [r.to_dict() for r in self.runs]}
 
 
-Progress = Callable[[str, str, float], None]  # (variant, message, fraction)
 
 
 def _builder(spec: str):
@@ -186,13 +186,15 @@ def _ensure_local(progress: Progress) -> None:
     from effml.hardware.calibrate import CalibrateConfig, calibrate
 
     if not local_device_path().exists():
-        cal = calibrate(CalibrateConfig(), progress=lambda what, frac: progress("calibrating this machine", what, frac))
+        cal = calibrate(CalibrateConfig(), progress=lambda what, frac: progress(f"calibrating this machine: {what}", frac))
         cal.save(None)
 
 
 def run_study(config: StudyConfig, store: Store, progress: Progress | None = None) -> StudyResult:
-    """Run (or resume) a study; returns what is in the store for it once this call stops."""
-    progress = progress or (lambda variant, what, frac: None)
+    """Run (or resume) a study; returns what is in the store for it once this call stops.
+
+    `progress(what, frac)`: what = "<variant>: <step>", frac = the fraction of that variant's step done."""
+    progress = progress or no_progress
     t0 = time.perf_counter()
     fp = config.fingerprint()
     fn = _builder(config.model)
@@ -214,14 +216,14 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
         from effml.train.classifier import TrainLoopConfig, train_classifier
 
         train_classifier(baseline, data.train, TrainLoopConfig(epochs=config.epochs, lr=2e-3, seed=config.seed),
-            progress=lambda msg, frac: progress("baseline", msg, frac), evaluate_after=False)
+            progress=lambda msg, frac: progress(f"baseline: {msg}", frac), evaluate_after=False)
         store.put_artifact(config.study, f"weights:{base_key}", _state_bytes(baseline))
     else:
         _load_state(baseline, blob, f"store {str(store.path)!r}, table artifacts, key 'weights:{base_key}'")
     baseline.eval()
     example = (data.test.x[:1],)
     if not store.has(config.study, base_key):
-        progress("baseline", "measuring", 1.0)
+        progress("baseline: measuring", 1.0)
         from effml.compress.layers import param_bytes
 
         metrics, preds, prof = evaluate_variant(baseline, param_bytes(baseline), data, config, devices)
@@ -240,9 +242,9 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
         ctx = StudyContext(data, example, config.finetune_epochs,
                            student=lambda: _build(fn, data, config.seed, **_student_args(config.constructor_args)),
                            teacher=baseline,
-                           progress=lambda what, frac, n=plan.name: progress(n, what, frac), seed=config.seed)
+                           progress=lambda what, frac, n=plan.name: progress(f"{n}: {what}", frac), seed=config.seed)
         out = apply(plan, baseline, ctx)
-        progress(plan.name, "measuring", 1.0)
+        progress(f"{plan.name}: measuring", 1.0)
         metrics, preds, prof = evaluate_variant(out.model, out.stored_bytes, data, config, devices, baseline)
         metrics["notes"] = out.notes
         store.put_artifact(config.study, f"profile:{key}", json.dumps(prof).encode())
