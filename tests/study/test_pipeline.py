@@ -30,6 +30,13 @@ def test_study_stores_resumes_and_reports(tmp_path):
         assert q["macs"] == base["macs"]  # int8 keeps every MAC, in int8
         assert 3.5 < base["model_bytes"] / q["model_bytes"] <= 4.0  # int8 weights + fp32 scales/biases
         assert runs["int8"].predictions["stm32f746"]["dtype"] == "int8"
+        for r in runs.values():  # peak memory measured for every variant (the RSS high-water mark read 0 B)
+            m = r.metrics
+            assert m["peak_mem_bytes"] == m["resident_bytes"] + m["activation_peak_bytes"]
+            # the weights are resident (fp32 baseline: 4 B x 61,706 params) and one forward allocates at least
+            # its logits: 16 images x 10 classes x 4 B
+            assert m["resident_bytes"] >= (4 * 61_706 if r.name == "baseline" else 1)
+            assert m["activation_peak_bytes"] >= 16 * 10 * 4
         html, lines = build(store, "default")
     assert "prune-channel-50%" in html
     # a headline exactly when some variant stays within 1 pt of the baseline (on 360 digits test images one

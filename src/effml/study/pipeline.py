@@ -160,13 +160,23 @@ def evaluate_variant(model, stored_bytes: int, data, config: StudyConfig, device
     from effml.measure.ab import beside
     from effml.train.classifier import evaluate
 
+    from effml.study.measured import resident_bytes
+    from effml.train.measured import AllocatorPeak
+
     x = data.test.x[: config.measure_batch]
     prof = effml.profile(model, x)
     m, speedup = beside(model, baseline, (x,), budget_s=config.measure_budget_s)  # timed in turn
+    # peak memory = resident weights + the allocator's peak in one forward: the RSS high-water mark stays flat
+    # (0 B) for a model run after a larger one, since the process already holds the pages (kept as rss_delta)
+    with AllocatorPeak("cpu") as alloc, torch.inference_mode():
+        model(x)
+    resident = resident_bytes(model)
     metrics = {"accuracy": evaluate(model, data.test), "params": prof.params, "model_bytes": int(stored_bytes),
                "flops": prof.total().flops, "macs": prof.total().macs, "bytes_moved": prof.total().bytes,
                "latency_p50_s": m.p50, "latency_p90_s": m.p90, "throughput": m.throughput_per_s,
-               "speedup_measured": speedup, "peak_mem_bytes": m.memory.rss_delta_bytes if m.memory else None,
+               "speedup_measured": speedup, "peak_mem_bytes": resident + alloc.peak_bytes,
+               "resident_bytes": resident, "activation_peak_bytes": alloc.peak_bytes,
+               "rss_delta_bytes": m.memory.rss_delta_bytes if m.memory else None,
                "batch": config.measure_batch, "lower_bound": prof.is_lower_bound}
     try:
         metrics["local_pred_s"] = predict(prof, "local", batch=config.measure_batch).time_s
