@@ -50,10 +50,7 @@ class AWQConfig(CompressionConfig):
             raise ConfigError(f"AWQConfig.bits must be 4, got {self.bits!r}")
         if not isinstance(self.clip, bool):
             raise ConfigError(f"AWQConfig.clip must be True or False, got {self.clip!r}")
-        for f in ("group_size", "grid", "search_tokens", "clip_tokens", "batch_size"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"AWQConfig.{f} must be a positive integer, got {v!r}")
+        self._positive_ints("group_size", "grid", "search_tokens", "clip_tokens", "batch_size")
         self._names("exclude")
 
 

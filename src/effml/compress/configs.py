@@ -69,6 +69,12 @@ class CompressionConfig:
         if "index_bits" in names:
             object.__setattr__(self, "index_bits", dict(self.index_bits))
 
+    def _positive_ints(self, *field_names: str) -> None:
+        for f in field_names:
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{type(self).__name__}.{f} must be a positive integer, got {v!r}")
+
     def _bits(self, low: int, high: int) -> None:
         b = self.bits
         if isinstance(b, bool) or not isinstance(b, int) or not low <= b <= high:
@@ -270,10 +276,9 @@ class WeightOnlyConfig(CompressionConfig):
             raise ConfigError("WeightOnlyConfig.group_size applies to bits=4 only (int8 weight-only is per output "
                               "channel)")
         if self.bits == 4:
-            gs = 128 if self.group_size is None else self.group_size
-            if isinstance(gs, bool) or not isinstance(gs, int) or gs < 1:
-                raise ConfigError(f"WeightOnlyConfig.group_size must be a positive integer, got {gs!r}")
-            object.__setattr__(self, "group_size", gs)
+            if self.group_size is None:
+                object.__setattr__(self, "group_size", 128)
+            self._positive_ints("group_size")
         self._choice("kernel", WEIGHT_KERNELS)
         self._choice("act_dtype", ACT_DTYPES)
         self._layer_fields()

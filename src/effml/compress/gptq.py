@@ -155,14 +155,10 @@ class GPTQConfig(CompressionConfig):
         gs = self.group_size
         if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs < 1):
             raise ConfigError(f"{type(self).__name__}.group_size must be a positive integer or None, got {gs!r}")
-        for f in ("damp",):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-                raise ConfigError(f"{type(self).__name__}.{f} must be in [0, 1), got {v!r}")
-        for f in ("block_size", "batch_size"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{type(self).__name__}.{f} must be a positive integer, got {v!r}")
+        d = self.damp
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+            raise ConfigError(f"{type(self).__name__}.damp must be in [0, 1), got {d!r}")
+        self._positive_ints("block_size", "batch_size")
         self._names("exclude")
 
 
