@@ -21,9 +21,10 @@ from effml.measure.timing import Measurement, median_ci, percentile
 
 
 def interleave(calls: dict[str, Callable[[], object]], *, rounds: int = 15, warmup: int = 2, budget_s: float = 60.0,
-               min_rounds: int = 3) -> dict[str, list[float]]:
+               min_rounds: int = 3, device: str | None = None) -> dict[str, list[float]]:
     """Seconds per call of each function, timed in turn (a, b, c, a, b, c, ...) under inference mode, for
-    `rounds` rounds or until `budget_s` has passed (never fewer than `min_rounds`)."""
+    `rounds` rounds or until `budget_s` has passed (never fewer than `min_rounds`). `device` "cuda[:N]": every
+    call runs on that GPU's work and is timed with CUDA events around it (then synchronised)."""
     import torch
 
     if rounds < 1 or min_rounds < 1:
@@ -34,6 +35,12 @@ def interleave(calls: dict[str, Callable[[], object]], *, rounds: int = 15, warm
     # CUDA launches return before the GPU finishes: once CUDA is in use, each call is timed to its completion
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    timer = None
+    if device is not None and str(device).startswith("cuda"):
+        from effml.measure.timing import cuda_event_timer
+
+        torch.cuda.set_device(torch.device(device))
+        timer, sync = cuda_event_timer(), torch.cuda.synchronize
     with torch.inference_mode():
         for _ in range(warmup):
             for fn in calls.values():
@@ -42,6 +49,9 @@ def interleave(calls: dict[str, Callable[[], object]], *, rounds: int = 15, warm
         start = time.perf_counter()
         for r in range(rounds):
             for key, fn in calls.items():
+                if timer is not None:
+                    times[key].append(timer(fn))
+                    continue
                 t0 = time.perf_counter()
                 fn()
                 sync()
@@ -107,11 +117,12 @@ def beside(model, baseline, inputs: tuple, *, budget_s: float, warmup: int = 2, 
     if baseline is not None:
         calls["baseline"] = call(baseline)
     times = interleave(calls, rounds=max_rounds, warmup=warmup if baseline is not None else 0, budget_s=budget_s,
-                       min_rounds=min_rounds)
+                       min_rounds=min_rounds, device=device)
     mine = times["model"]
     stop = "budget" if len(mine) < max_rounds else "max_repeats"
     batch = int(first.shape[0]) if first is not None and first.ndim else 1
     m = Measurement(mine, batch, warmup, stop, median_ci(sorted(mine)), torch.get_num_threads(),
-                    torch.backends.cpu.get_cpu_capability(), device, tracker.result, wall_times_s=list(mine))
+                    torch.backends.cpu.get_cpu_capability(), device, tracker.result, wall_times_s=list(mine),
+                    clock="cuda-events" if device.startswith("cuda") else "wall")
     speedup = median(times["baseline"]) / m.p50 if baseline is not None else 1.0
     return m, speedup

@@ -66,12 +66,14 @@ def resident_bytes(model: nn.Module) -> int:
 
 
 def measure(model: nn.Module, baseline: nn.Module | None, inputs: Inputs, *, budget_s: float,
-            devices: tuple[str, ...], decode: bool = False) -> dict:
+            devices: tuple[str, ...], decode: bool = False, backends: tuple[str, ...] = ("torch",)) -> dict:
     """Counted cost, latency beside the baseline, peak memory and per-device predictions of one variant.
 
     Peak memory = resident weights + the allocator's peak during one forward on the example inputs (CPU: the
     profiler's allocation events; CUDA: max_memory_allocated). The RSS high-water mark the default study
-    records stays at 0 B for a model run after a larger one: the process already holds the pages."""
+    records stays at 0 B for a model run after a larger one: the process already holds the pages.
+    On CUDA inputs the rounds are timed with CUDA events and the GPU's name and capability are recorded;
+    `backends` with "onnxruntime" adds the ORT metrics of effml.study.backends."""
     import functools
 
     from effml.hardware import predict
@@ -113,6 +115,13 @@ def measure(model: nn.Module, baseline: nn.Module | None, inputs: Inputs, *, bud
             preds[name] = {"latency_s": p.time_s, "energy_j": p.energy.total / inputs.batch,
                            "usd_per_1m": p.usd_per_1m, "fits": p.fits, "bound": p.bound, "dtype": p.dtype}
     out["predictions"] = preds
+    from effml.study.on_device import recorded
+
+    out.update(recorded(inputs.device))  # on CUDA: which GPU (name, compute capability) the numbers come from
+    if "onnxruntime" in backends:  # the same variant exported and timed in ONNX Runtime (effml.study.backends)
+        from effml.study.backends import ort_metrics
+
+        out.update(ort_metrics(model, baseline, inputs.args, inputs.kwargs, budget_s=budget_s))
     if decode:  # a causal LM: what its users feel is time to first token and decode tokens/s
         out.update(decode_speed(model, baseline, inputs, budget_s=budget_s))
     return out

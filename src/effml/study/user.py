@@ -167,20 +167,25 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
           store: str | Store = "runs.db", name: str = "user", metrics: list[Metric] | None = None,
           objective: str | None = None, train_steps: int = 100, measure_budget_s: float = 1.0,
           budget_s: float | None = None, extra_plans: list[UserPlan] = (), model_name: str | None = None,
-          progress: Progress | None = None) -> UserStudyResult:
+          progress: Progress | None = None, device: str = "cpu", backends: tuple[str, ...] = ("torch",)
+          ) -> UserStudyResult:
     """Study `model` as it is: every plan that fits it (or `plans`), each evaluated, measured and stored.
 
     evaluate(model) -> a number or {name: number}; train(model, steps) fine-tunes a pruned/QAT variant in
     place; calibration: batches for static int8, SmoothQuant, GPTQ, AWQ (and data-driven pruning criteria).
     metrics: directions of metric names DIRECTIONS does not know; objective: the metric the frontier uses
     (default: the first one evaluate returns). budget_s: start no new variant after this many seconds.
-    extra_plans: plans to run beside the registered ones (e.g. the search's compositions)."""
+    extra_plans: plans to run beside the registered ones (e.g. the search's compositions).
+    device: cpu | cuda | cuda:N, where every variant is made and measured (the model, example inputs and
+    calibration batches are moved there; evaluate/train get the model on it; CPU-only quantized formats are
+    skipped with the reason). backends: ("torch", "onnxruntime") also exports and times every variant in ONNX
+    Runtime (effml.study.backends: ort_* metrics)."""
     if budget_s is not None and not budget_s > 0:
         raise ConfigError(f"effml.study: budget_s must be > 0, got {budget_s!r}")
     session, chosen = prepare(model, evaluate, example_inputs=example_inputs, train=train, calibration=calibration,
                               plans=plans, devices=devices, store=store, name=name, metrics=metrics,
                               objective=objective, train_steps=train_steps, measure_budget_s=measure_budget_s,
-                              model_name=model_name, progress=progress)
+                              model_name=model_name, progress=progress, device=device, backends=backends)
     try:
         return session.run(chosen + list(extra_plans), budget_s)
     finally:
@@ -189,7 +194,8 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
 
 def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inputs, train=None, calibration=None,
             plans=None, devices=DEFAULT_DEVICES, store="runs.db", name="user", metrics=None, objective=None,
-            train_steps=100, measure_budget_s=1.0, model_name=None, progress=None) -> tuple["Session", list]:
+            train_steps=100, measure_budget_s=1.0, model_name=None, progress=None, device="cpu",
+            backends=("torch",)) -> tuple["Session", list]:
     """Everything `study` checks and computes before the first variant: (the open Session, the plans that fit).
     Fails fast: a model that does not run on example_inputs, a bad device, an evaluate that fails on the
     baseline, a metric of unknown direction."""
@@ -205,11 +211,16 @@ def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_i
     if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
         raise ConfigError(f"effml.study: train_steps must be a positive integer, got {train_steps!r}")
     overrides = _overrides(metrics)
+    from effml.study.on_device import place, split_plans
+
+    device, backends, example_inputs, calibration = place(model, example_inputs, calibration, device, backends)
     inputs = Inputs.of(example_inputs)
     model.eval()
     _check_runs(model, inputs, label)  # before any work
     have = {n for n, v in (("train", train), ("calibration", calibration)) if v is not None}
     chosen = select(model, plans, have=have)
+    chosen.plans, refused = split_plans(chosen.plans, device)  # CPU-only formats: skipped on CUDA, with why
+    chosen.skipped += refused
     for spec in devices:  # a bad device name fails here, before any variant
         from effml.hardware import get_device
 
@@ -228,11 +239,14 @@ def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_i
     dirs = {k: direction(k, overrides) for k in base_metrics}
     fp = _fingerprint(model, inputs, {"metrics": sorted(base_metrics), "train": train is not None,
                                       "train_steps": train_steps if train is not None else None,
-                                      "calibration": calibration is not None})
+                                      "calibration": calibration is not None,
+                                      **({"device": device} if device != "cpu" else {}),
+                                      **({"backends": list(backends)} if backends != ("torch",) else {})})
     session = Session(Store(store) if not isinstance(store, Store) else store, not isinstance(store, Store),
                       name, fp, model, evaluate, inputs, chosen.skipped, dirs, objective, tuple(devices), train,
                       train_steps, calibration, measure_budget_s, base_metrics, progress,
-                      decoder="decoder" in model_kinds(model) and hasattr(model, "generation_config"))
+                      decoder="decoder" in model_kinds(model) and hasattr(model, "generation_config"),
+                      device=device, backends=backends)
     return session, chosen.plans
 
 
@@ -269,6 +283,8 @@ class Session:
     base_metrics: dict
     progress: Progress
     decoder: bool = False  # a transformers causal LM: decode speed timed too
+    device: str = "cpu"  # where the variants are made and measured
+    backends: tuple = ("torch",)  # "onnxruntime" too: ORT metrics per variant (effml.study.backends)
 
     def close(self) -> None:
         if self.own_store:
@@ -285,7 +301,7 @@ class Session:
         if not st.has(name, base_key):
             self.progress("baseline: measuring", 0.0)
             meas = measure(self.model, None, self.inputs, budget_s=self.measure_budget_s, devices=self.devices,
-                           decode=self.decoder)
+                           decode=self.decoder, backends=self.backends)
             metrics = _ok_metrics(self.base_metrics, self.dirs, self.objective, meas, param_bytes(self.model), [])
             st.put(Run(name, base_key, "baseline", [], metrics, meas["predictions"], _machine()))
             res.done.append("baseline")
@@ -300,7 +316,7 @@ class Session:
             hook = (lambda what, f, n=plan.name: self.progress(f"{n}: {what}", frac))
             metrics, preds = _variant(plan, self.model, self.evaluate, self.inputs, self.dirs, self.objective,
                                       self.devices, self.train, self.train_steps, self.calibration,
-                                      self.measure_budget_s, hook, self.decoder)
+                                      self.measure_budget_s, hook, self.decoder, self.backends)
             st.put(Run(name, key, plan.name, plan.chain(), metrics, preds, _machine()))
             res.done.append(plan.name)
         mine = [r for r in st.runs(name) if r.key.endswith(f"@{fp}")]
@@ -311,7 +327,7 @@ class Session:
 
 
 def _variant(plan, baseline, evaluate, inputs, dirs, objective, devices, train, train_steps, calibration,
-             measure_budget_s, progress, decoder=False) -> tuple[dict, dict]:
+             measure_budget_s, progress, decoder=False, backends=("torch",)) -> tuple[dict, dict]:
     """(metrics, predictions) of one plan's variant; a failure at any step is a failed row with its error."""
     stage = "compressing"
     try:
@@ -325,7 +341,8 @@ def _variant(plan, baseline, evaluate, inputs, dirs, objective, devices, train, 
             raise ConfigError(f"evaluate({plan.name}) returned no {', '.join(missing)} (the baseline had them)")
         stage = "measuring"
         progress("measuring", 1.0)
-        meas = measure(out.model, baseline, inputs, budget_s=measure_budget_s, devices=devices, decode=decoder)
+        meas = measure(out.model, baseline, inputs, budget_s=measure_budget_s, devices=devices, decode=decoder,
+                       backends=backends)
     except Exception as e:  # noqa: BLE001 - recorded with its error; the study goes on
         msg = f"{stage}: {type(e).__name__}: {str(e)[:500]}"
         return {"status": "failed", "error": msg}, {}
