@@ -1,60 +1,10 @@
-"""A throwaway PostgreSQL server for the shared-storage test: initdb into a temp dir, pg_ctl on a free
-loopback port, stopped (and the directory removed) at the end. Debian's `postgresql` package provides
-the binaries (`.ci/run` installs it); without them the test is skipped and says why."""
+"""The NAS tests' helpers: nas_helpers (the fake proxy) importable by worker processes. The throwaway
+PostgreSQL server (`postgres_url`) is tests/conftest.py's, shared with the study store tests."""
 
-import glob
-import os
-import pwd
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-
-import pytest
 
 # the fake proxy is named as a spec, "nas_helpers:fake_accuracy", and NAS workers import it in fresh processes:
 # this directory must be importable whatever pytest's import mode (importlib mode adds nothing to sys.path)
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
-
-
-def _bin(name):
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or ([shutil.which(name)] if shutil.which(name) else [])
-    return found[-1] if found else None
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def postgres_url():
-    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does)")
-    # psycopg2 is an optional extra (the postgres storage); without it this one test skips and says why
-    pytest.importorskip("psycopg2", reason="psycopg2-binary not installed (pip install '.[postgres]')")
-    root = tempfile.mkdtemp(prefix="nas_pg_")
-    data = os.path.join(root, "data")
-    prefix = []
-    if os.geteuid() == 0:  # the server refuses to run as root: run it as the package's postgres user
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-
-    def run(*cmd):
-        subprocess.run(prefix + list(cmd), check=True, capture_output=True, timeout=60)
-
-    run(initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    run(pg_ctl, "-D", data, "-w", "-l", os.path.join(root, "log"),
-        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        run(pg_ctl, "-D", data, "-w", "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)

@@ -5,6 +5,11 @@ Each variant is written in its own transaction under a key derived from its tech
 study killed half-way keeps every finished variant and, run again, skips them (no duplicates, nothing
 lost). Artifacts (e.g. the trained baseline's weights, as safetensors bytes) live beside the runs so a
 resumed study does not retrain what it already has.
+
+Claims let several workers share one study: a worker claims a variant's key for `ttl_s` seconds before
+computing it (`claim`, atomic: BEGIN IMMEDIATE here), renews it while it computes (`renew`), and `put`
+removes it. A claim that is not renewed (a killed worker) expires and may be taken over. `Store(target)`
+takes a path, `sqlite:///path` or a `postgresql://` URL (the same tables on a PostgreSQL server, store_pg.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import secrets
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +47,37 @@ CREATE TABLE IF NOT EXISTS artifacts (
     study TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (study, key)
 );
 """
+_CLAIMS = """CREATE TABLE IF NOT EXISTS claims (
+    study TEXT NOT NULL, key TEXT NOT NULL, worker TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (study, key)
+)"""
+# URL schemes a store opens besides a plain path and sqlite:///PATH: scheme -> "module:class"
+URL_BACKENDS = {"postgresql": "effml.study.store_pg:PgStore", "postgresql+psycopg2": "effml.study.store_pg:PgStore",
+                "postgresql+psycopg": "effml.study.store_pg:PgStore"}
+
+
+def is_url(target) -> bool:
+    """A database URL (postgresql://..., sqlite:///...), as opposed to a file path."""
+    return isinstance(target, str) and "://" in target
+
+
+def _backend(target):
+    """The Store class that opens `target`: this one for a path or sqlite:///, else the URL scheme's backend."""
+    import importlib
+
+    if not is_url(target) or target.startswith("sqlite:///"):
+        return Store
+    scheme = target.split("://", 1)[0].lower()
+    if scheme not in URL_BACKENDS:
+        raise ConfigError(f"store URL scheme {scheme!r} is not supported; use a file path, sqlite:///PATH or "
+                          "postgresql://USER@HOST[:PORT]/DATABASE")
+    module, _, cls = URL_BACKENDS[scheme].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _check_ttl(ttl_s) -> float:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise ConfigError(f"claim ttl_s must be a number of seconds > 0, got {ttl_s!r}")
+    return float(ttl_s)
 
 
 @dataclass
@@ -63,13 +100,14 @@ class Run:
 
 _COLUMNS = {"meta": ("key", "value"),
             "runs": ("id", "study", "key", "name", "chain", "metrics", "predictions", "machine", "created"),
-            "artifacts": ("study", "key", "data")}
+            "artifacts": ("study", "key", "data"), "claims": ("study", "key", "worker", "expires")}
 _JSON_FIELDS = (("chain", list), ("metrics", dict), ("predictions", dict), ("machine", dict))
 # the numbers the report and the terminal table compute with: what each must be when present (null is allowed)
 _METRICS = {"accuracy": "fraction", "params": "nonneg", "model_bytes": "positive", "flops": "nonneg",
             "macs": "nonneg", "bytes_moved": "nonneg", "latency_p50_s": "positive", "latency_p90_s": "positive",
             "throughput": "positive", "speedup_measured": "positive", "local_pred_s": "positive",
-            "peak_mem_bytes": "finite", "batch": "positive"}
+            "peak_mem_bytes": "finite", "batch": "positive",
+            "ort_latency_p50_s": "positive", "ort_speedup_measured": "positive", "ort_cosine": "finite"}
 _RULES = {"fraction": ("a number in [0, 1]", lambda v: 0 <= v <= 1), "nonneg": ("a number >= 0", lambda v: v >= 0),
           "positive": ("a number > 0", lambda v: v > 0), "finite": ("a finite number", lambda v: True)}
 
@@ -97,9 +135,16 @@ class Store:
     Opens only an effml store: a new path becomes one (built beside it and linked into place whole, so no
     other process ever sees a half-made store); an existing file that is anything else (another program's
     SQLite database, an empty file, text) is refused before anything is written to it. `create=False` (for
-    `effml report`) refuses a missing path instead of creating it."""
+    `effml report`) refuses a missing path instead of creating it. A `postgresql://` URL opens a PgStore
+    (store_pg.py): the same methods on a PostgreSQL server."""
+
+    def __new__(cls, path=None, create: bool = True):
+        return super().__new__(_backend(path) if cls is Store else cls)
 
     def __init__(self, path: str | Path, create: bool = True):
+        self.target = str(path)  # what reopen() opens again
+        if isinstance(path, str) and path.startswith("sqlite:///"):
+            path = path.removeprefix("sqlite:///")
         self.path = Path(path)
         if self.path.is_dir():
             raise ConfigError(f"store {str(self.path)!r} is a directory, not an SQLite file")
@@ -141,7 +186,7 @@ class Store:
             try:
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(_SCHEMA)
+                conn.executescript(_SCHEMA + _CLAIMS + ";")
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             finally:
                 conn.close()  # the last connection checkpoints and removes the -wal file
@@ -173,7 +218,7 @@ class Store:
                 (app,) = conn.execute("PRAGMA application_id").fetchone()
                 tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
                                                            "AND name NOT LIKE 'sqlite_%'"))
-                legacy = app == 0 and set(tables) == {"meta", "runs", "artifacts"} and conn.execute(
+                legacy = app == 0 and set(tables) - {"claims"} == {"meta", "runs", "artifacts"} and conn.execute(
                     "SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is not None
                 break
             except sqlite3.DatabaseError as exc:
@@ -198,19 +243,25 @@ class Store:
         if self.conn.execute("PRAGMA application_id").fetchone()[0] == 0:  # a store made before the id
             self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         self._check_version()
+        self.conn.execute(_CLAIMS)  # a store made before claims gets the table
         self._check_columns()
 
     def _check_columns(self) -> None:
+        self._columns_ok({t: {r[1] for r in self.conn.execute(f"PRAGMA table_info({t})")} for t in _COLUMNS})
+
+    def _columns_ok(self, columns: dict[str, set]) -> None:
         """Every column effml reads is there (a hand-edited table is named here, not by a failing query)."""
         for table, cols in _COLUMNS.items():
-            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            have = columns.get(table, set())
             missing = [c for c in cols if c not in have]
             if missing:
                 raise ConfigError(f"store {str(self.path)!r}: table {table} has no column(s) {', '.join(missing)} "
                                   "(hand-edited?); use the effml that wrote it, or another --store path")
 
     def _check_version(self) -> None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        self._version_ok(self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone())
+
+    def _version_ok(self, row) -> None:
         if row is None:
             raise ConfigError(f"store {str(self.path)!r}: table meta has no 'schema_version' row (hand-edited?); "
                               f"this effml reads schema version {SCHEMA_VERSION}")
@@ -229,17 +280,39 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def reopen(self) -> "Store":
+        """Another connection to the same store (e.g. for a heartbeat thread)."""
+        return Store(self.target, create=False)
+
+    @contextmanager
+    def _immediate(self):
+        """One write transaction that holds the write lock from its start (so a read inside it stays true)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
     # ---- runs ----------------------------------------------------------------------------------------
     def put(self, run: Run) -> bool:
         """Insert a finished variant; False (and nothing written) if the study already has its key. A run the
         store could not read back (a NaN accuracy, a metric of the wrong type) is refused, naming the field."""
+        values = self._checked(run)
+        with self._immediate():
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO runs (study, key, name, chain, metrics, predictions, machine, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+            self.conn.execute("DELETE FROM claims WHERE study = ? AND key = ?", (run.study, run.key))
+        return cur.rowcount == 1
+
+    def _checked(self, run: Run) -> tuple:
+        """The row's values (study, key, name, chain, metrics, predictions, machine, created), read back first."""
         values = (run.study, run.key, run.name, json.dumps(run.chain), json.dumps(run.metrics),
                   json.dumps(run.predictions), json.dumps(run.machine), run.created)
         self._row(("(new)", *values))
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO runs (study, key, name, chain, metrics, predictions, machine, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
-        return cur.rowcount == 1
+        return values
 
     def has(self, study: str, key: str) -> bool:
         return self.conn.execute("SELECT 1 FROM runs WHERE study = ? AND key = ?", (study, key)).fetchone() is not None
@@ -304,9 +377,43 @@ class Store:
 
     def get_artifact(self, study: str, key: str) -> bytes | None:
         row = self.conn.execute("SELECT data FROM artifacts WHERE study = ? AND key = ?", (study, key)).fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._artifact(study, key, row)
+
+    def _artifact(self, study: str, key: str, row) -> bytes:
         if not isinstance(row[0], (bytes, memoryview)):
             raise ConfigError(f"store {str(self.path)!r}, table artifacts, key {key!r} (study {study!r}): field 'data' "
                               f"is {type(row[0]).__name__}, not bytes (hand-edited?); delete that row")
         return bytes(row[0])
+
+    # ---- claims: which worker computes which variant ---------------------------------------------------
+    def claim(self, study: str, key: str, worker: str, ttl_s: float) -> bool:
+        """Claim `key` for `worker` for `ttl_s` seconds: True unless the study already has that run or another
+        worker's claim on it has not expired (an expired claim is taken over; the worker's own is renewed)."""
+        ttl_s = _check_ttl(ttl_s)
+        with self._immediate():  # the checks and the write under one lock: two workers never both win
+            now = time.time()
+            if self.has(study, key):
+                return False
+            row = self.conn.execute("SELECT worker, expires FROM claims WHERE study = ? AND key = ?",
+                                    (study, key)).fetchone()
+            if row is not None and row[0] != worker and row[1] >= now:
+                return False
+            self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)", (study, key, worker, now + ttl_s))
+        return True
+
+    def renew(self, study: str, key: str, worker: str, ttl_s: float) -> bool:
+        """The heartbeat: push the worker's claim `ttl_s` seconds ahead; False if it no longer holds it."""
+        ttl_s = _check_ttl(ttl_s)
+        cur = self.conn.execute("UPDATE claims SET expires = ? WHERE study = ? AND key = ? AND worker = ?",
+                                (time.time() + ttl_s, study, key, worker))
+        return cur.rowcount == 1
+
+    def release(self, study: str, key: str, worker: str) -> None:
+        """Give up the worker's claim (it stopped before finishing the variant); another's claim is left alone."""
+        self.conn.execute("DELETE FROM claims WHERE study = ? AND key = ? AND worker = ?", (study, key, worker))
+
+    def claims(self, study: str) -> dict[str, tuple[str, float]]:
+        """key -> (worker, seconds until the claim expires; < 0: expired) for every claim of the study."""
+        now = time.time()
+        return {k: (w, e - now) for k, w, e in self.conn.execute(
+            "SELECT key, worker, expires FROM claims WHERE study = ? ORDER BY key", (study,))}
