@@ -45,6 +45,10 @@ def run(args) -> int:
 
     check_flags(args)
     spec = load_spec(args.spec)
+    from effml.cli.study_cmd import check_setup
+
+    # the HTML report draws accuracy: plotly is needed unless the spec names another objective
+    device, backends = check_setup(args, report=spec.objective in (None, "accuracy"))
     store = spec.store or args.store
     from effml.cli.study_cmd import check_paths
 
@@ -54,16 +58,14 @@ def run(args) -> int:
                   TimeElapsedColumn(), console=con, disable=args.json, transient=True) as bar:
         task = bar.add_task("starting", total=1.0)
         res = run_spec(spec, store, progress=lambda what, frac: bar.update(
-            task, description=escape(what), completed=min(frac, 1.0)))
-    report = None
-    if res.objective == "accuracy":  # the HTML report draws accuracy; other metrics are in the table and --json
-        from effml.study.build import build
-        from effml.study.report import write
-        from effml.study.store import Store
+            task, description=escape(what), completed=min(frac, 1.0)), device=device, backends=backends)
+    from effml.study.build import build
+    from effml.study.report import write
+    from effml.study.store import Store
 
-        with Store(store) as st:
-            html, _ = build(st, spec.name)
-        report = str(write(args.out, html))
+    with Store(store) as st:  # the report draws the study's objective, with its direction
+        html, _ = build(st, spec.name, objective=res.objective)
+    report = str(write(args.out, html))
     if args.json:
         print_json({"report": report, **res.to_dict()})
         return 0
@@ -74,7 +76,5 @@ def run(args) -> int:
         con.print(f"[red]failed {escape(name)}: {escape(err)}[/]")
     if res.remaining:
         con.print(f"[yellow]out of budget: {len(res.remaining)} variants left; rerun to resume[/]")
-    con.print(f"{len(res.rows)} variants in {store} ({len(res.done)} computed now)"
-              + (f"; report: {report}" if report else f"; no HTML report (it draws accuracy, not {res.objective})"),
-              markup=False)
+    con.print(f"{len(res.rows)} variants in {store} ({len(res.done)} computed now); report: {report}", markup=False)
     return 0

@@ -6,7 +6,7 @@ import json
 
 from effml.errors import ConfigError
 from effml.study import report
-from effml.study.rows import flatten, headline
+from effml.study.rows import Objective, best_within, headline, metric_value, objective_of, report_rows
 from effml.study.store import Run, Store
 
 
@@ -26,27 +26,32 @@ def kind(run: Run) -> str:
     return "nas" if run.chain and run.chain[0].get("technique") == "nas" else "study"
 
 
-def best_run(runs: list[Run], devices: list[str]) -> Run:
-    """The headline variant: fastest (measured) within 1 pt of the baseline; else the baseline."""
-    rows = {r.key: flatten(r, devices) for r in runs}
+def best_run(runs: list[Run], devices: list[str], objective: Objective | None = None) -> Run:
+    """The headline variant: fastest (measured beside the baseline) within 1 pt of its accuracy (within 1% of
+    the baseline's value, for another objective); else the baseline."""
+    objective = objective or objective_of(runs)
+    rows = [r for r in report_rows(runs, devices, objective) if r["status"] == "ok"]
+    best = best_within(rows, "latency_beside_ms", objective)
     base = next((r for r in runs if not r.chain), runs[0])
-    b = rows[base.key]
-    ok = [r for r in runs if r is not base and rows[r.key]["latency_ms"] and rows[r.key]["accuracy"] is not None
-          and 100 * (b["accuracy"] - rows[r.key]["accuracy"]) <= 1.0]
-    return min(ok, key=lambda r: rows[r.key]["latency_ms"]) if ok else base
+    return next(r for r in runs if r.key == best["key"]) if best else base
 
 
 def build(store: Store, study: str, devices: list[str] | None = None, title: str | None = None,
-          roofline_device: str | None = None) -> tuple[str, list[str]]:
-    """(HTML, headline sentences) for the study's latest runs."""
+          roofline_device: str | None = None, objective: str | None = None) -> tuple[str, list[str]]:
+    """(HTML, headline sentences) for the study's latest runs; `objective`: the metric to draw (default: the one
+    the runs stored, accuracy for the default study)."""
     from effml.hardware import predict
     from effml.hardware.plot import roofline_figure
 
-    runs = [r for r in latest_runs(store, study) if r.metrics.get("accuracy") is not None]  # not NAS rejects
-    if not runs:
-        raise ConfigError(f"the store {str(store.path)!r} has no run of study {study!r} with an accuracy")
+    latest = latest_runs(store, study)
+    goal = objective_of(latest, objective)
+    # the variants with a value of the objective, and the failed ones (listed with their error); not NAS rejects
+    runs = [r for r in latest if r.metrics.get("status") == "failed" or metric_value(r, goal.name) is not None]
+    if not any(metric_value(r, goal.name) is not None for r in runs):
+        raise ConfigError(f"the store {str(store.path)!r} has no run of study {study!r} with a value of "
+                          f"{goal.name!r}")
     devices = devices or sorted({d for r in runs for d in r.predictions})
-    best = best_run(runs, devices)
+    best = best_run(runs, devices, goal)
     profile = _profile(store, study, best.key)
     roof, note = None, None
     if profile is not None and devices:
@@ -59,14 +64,35 @@ def build(store: Store, study: str, devices: list[str] | None = None, title: str
                 raise
             note = f"no roofline: {e}"
     base = next((r for r in runs if not r.chain), None)
-    meta = {"title": title or f"effml study '{study}'", "best": best.name, "variants": len(runs),
+    meta = {"title": title or f"effml study '{study}'", "objective": goal.label, "best": best.name,
+            "variants": len(runs),
             "measured at batch": (base or best).metrics.get("batch"),
             "machine": ", ".join(f"{k} {v}" for k, v in (base or best).machine.items()),
             "devices": ", ".join(devices)}
     if note:
         meta["note"] = note
-    rows = [flatten(r, devices) for r in runs]
-    return report.render(runs, devices, best_profile=profile, roofline=roof, meta=meta), headline(rows)
+    rows = [r for r in report_rows(runs, devices, goal) if r["status"] == "ok"]
+    html = report.render(runs, devices, best_profile=profile, roofline=roof, meta=meta, objective=goal,
+                         skipped=skipped_plans(store, study, runs))
+    return html, headline(rows, goal)
+
+
+def skipped_plans(store: Store, study: str, runs: list[Run]) -> list[tuple[str, str]]:
+    """(plan, reason) of the plans a user study skipped, as it stored them (artifact 'skipped@<fingerprint>' of
+    the runs' settings); [] when none were stored."""
+    fps = {r.key.rpartition("@")[2] for r in runs if kind(r) == "study"}
+    out = []
+    for fp in sorted(fps):
+        blob = store.get_artifact(study, f"skipped@{fp}")
+        if blob is None:
+            continue
+        try:
+            items = json.loads(blob)
+            out += [(str(name), str(why)) for name, why in items]
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"store {str(store.path)!r}, table artifacts, key 'skipped@{fp}' (study {study!r}) is "
+                              f"not a list of [plan, reason] ({type(e).__name__}: {e}); delete that row") from None
+    return out
 
 
 def _profile(store: Store, study: str, key: str):

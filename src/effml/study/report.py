@@ -1,9 +1,10 @@
 """The study report: one self-contained HTML file (plotly.js inlined, opens offline).
 
-Sections: headline, Pareto scatter with a cost-axis switch (measured latency, size, FLOPs, and predicted
-latency / energy / $ per catalog device), a table sortable by every column, per-layer cost of the best
-variant, its roofline on a device, and predicted-vs-measured latency. Built from the store alone, so
-`effml report --store runs.db` rebuilds it.
+Sections: headline, Pareto scatter of the study's objective (accuracy, or a user study's metric with its
+direction) against a cost-axis switch (latency measured beside the baseline, size, FLOPs, and predicted latency /
+energy / $ per catalog device), a table sortable by every column, the failed and skipped variants with their
+reasons, per-layer cost of the best variant, its roofline on a device, and predicted-vs-measured latency per
+device that measured it. Built from the store alone, so `effml report --store runs.db` rebuilds it.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import html
 import json
 from pathlib import Path
 
-from effml.extras import require
-from effml.study.rows import cost_axes, flatten, frontier_keys, headline
+from effml.study.figures import layer_figure, pareto_data, pareto_figure, predicted_vs_measured
+from effml.study.rows import Objective, cost_axes, frontier_keys, headline, objective_of, report_rows
 from effml.study.store import Run
 
+# (row key, header); "metric" is the study's objective, headed by its name and direction
 TABLE_COLUMNS = [
-    ("name", "variant"), ("chain", "techniques"), ("accuracy", "accuracy"), ("params", "params"),
+    ("name", "variant"), ("chain", "techniques"), ("metric", None), ("params", "params"),
     ("size_bytes", "size (B)"), ("flops", "FLOPs"), ("latency_ms", "latency p50 (ms)"),
     ("latency_p90_ms", "p90 (ms)"), ("speedup", "× faster (beside baseline)"),
     ("local_pred_ms", "predicted here (ms)"), ("throughput", "samples/s"),
     ("peak_mem_bytes", "peak mem (B)"),
 ]
+# ONNX Runtime columns (effml.study.backends), shown when any row has the metric
+ORT_COLUMNS = [("ort_latency_ms", "ORT p50 (ms)"), ("ort_speedup", "ORT × faster (beside PyTorch baseline)"),
+               ("ort_cosine", "ORT cosine vs PyTorch"), ("ort_error", "ORT error")]
 
 
 def _fmt(v) -> str:
@@ -47,95 +52,62 @@ def script_json(obj) -> str:
     return json.dumps(obj, allow_nan=False).translate(_SCRIPT_SAFE)
 
 
-def pareto_figure(rows: list[dict], axes, frontier: dict[str, list[str]]):
-    go = require("plotly.graph_objects", extra="report")
-
-    first = axes[0].name
-    by_key = {r["key"]: r for r in rows}
-    front = [by_key[k] for k in frontier[first]]
-    fig = go.Figure([
-        go.Scatter(x=[r[first] for r in rows], y=[100 * r["accuracy"] for r in rows], mode="markers",
-                   name="variants", text=[r["name"] for r in rows],
-                   marker={"size": 10, "symbol": ["triangle-up" if r["chain"] == "nas" else "circle" for r in rows]},
-                   hovertemplate="%{text}<br>%{x:.4g}<br>%{y:.2f}%<extra></extra>"),
-        go.Scatter(x=[r[first] for r in front], y=[100 * r["accuracy"] for r in front], mode="lines+markers",
-                   name="Pareto frontier", line={"shape": "hv"}, marker={"symbol": "diamond", "size": 12}),
-    ])
-    fig.update_layout(title="accuracy vs cost: every variant, and the frontier", template="plotly_white",
-                      xaxis={"type": "log", "title": {"text": axes[0].label}},
-                      yaxis={"title": {"text": "accuracy (%)"}},
-                      height=480)
-    return fig
+def _table(rows: list[dict], objective: Objective, front: set[str]) -> tuple[str, str]:
+    cols = [(c, label or objective.label) for c, label in TABLE_COLUMNS]
+    cols += [(c, label) for c, label in ORT_COLUMNS if any(c in r for r in rows)]
+    head = "".join(f'<th data-col="{i}">{html.escape(label)}</th>' for i, (_, label) in enumerate(cols))
+    body = "".join(
+        "<tr" + (' class="front"' if r["key"] in front else "") + ">"
+        + "".join(f'<td data-v="{html.escape(json.dumps(r.get(c)))}">'
+                  + (html.escape(objective.text(r[c])) if c == "metric" and r.get(c) is not None else _fmt(r.get(c)))
+                  + "</td>" for c, _ in cols) + "</tr>" for r in rows)
+    return head, body
 
 
-def layer_figure(profile, title: str):
-    go = require("plotly.graph_objects", extra="report")
-
-    rows = profile.by_module()
-    leaves = [n for n in rows if n and not any(o.startswith(n + ".") for o in rows)]
-    leaves = [n for n in leaves if rows[n].flops or rows[n].bytes]
-    fig = go.Figure([
-        go.Bar(x=leaves, y=[rows[n].flops for n in leaves], name="FLOPs"),
-        go.Bar(x=leaves, y=[rows[n].bytes for n in leaves], name="bytes moved", yaxis="y2", opacity=0.6),
-    ])
-    fig.update_layout(title=title, barmode="group", template="plotly_white", height=420,
-                      yaxis={"title": {"text": "FLOPs"}},
-                      yaxis2={"title": {"text": "bytes"}, "overlaying": "y", "side": "right"})
-    return fig
+def _not_measured(rows: list[dict], skipped) -> str:
+    """The failed variants (status and error as stored) and the skipped plans (reason), as a table; '' if none."""
+    items = [(r["name"], r["status"], r.get("error") or "") for r in rows if r["status"] != "ok"]
+    items += [(name, "skipped", why) for name, why in skipped]
+    if not items:
+        return ""
+    body = "".join(f"<tr><td>{html.escape(str(n))}</td><td>{html.escape(str(s))}</td><td>{html.escape(str(w))}"
+                   "</td></tr>" for n, s, w in items)
+    return ('<h2>Failed and skipped variants</h2>\n<table id="not-measured"><thead><tr><th>variant</th>'
+            f"<th>status</th><th>reason</th></tr></thead><tbody>{body}</tbody></table>")
 
 
-def predicted_vs_measured_figure(rows: list[dict]):
-    go = require("plotly.graph_objects", extra="report")
-
-    pts = [r for r in rows if r.get("latency_ms") and r.get("local_pred_ms")]
-    lim = [min([r["latency_ms"] for r in pts] + [r["local_pred_ms"] for r in pts] or [0.01]) / 1.5,
-           max([r["latency_ms"] for r in pts] + [r["local_pred_ms"] for r in pts] or [1.0]) * 1.5]
-    fig = go.Figure([
-        go.Scatter(x=[r["local_pred_ms"] for r in pts], y=[r["latency_ms"] for r in pts], mode="markers",
-                   text=[r["name"] for r in pts], name="variants",
-                   hovertemplate="%{text}<br>predicted %{x:.3g} ms<br>measured %{y:.3g} ms<extra></extra>"),
-        go.Scatter(x=lim, y=lim, mode="lines", name="measured = predicted", line={"dash": "dot"}),
-    ])
-    fig.update_layout(title="roofline prediction for this machine ('local') vs measured latency",
-                      template="plotly_white", height=420,
-                      xaxis={"type": "log", "title": {"text": "predicted (ms)"}},
-                      yaxis={"type": "log", "title": {"text": "measured p50 (ms)"}})
-    return fig
-
-
-def render(runs: list[Run], devices: list[str], best_profile=None, roofline=None, meta: dict | None = None) -> str:
+def render(runs: list[Run], devices: list[str], best_profile=None, roofline=None, meta: dict | None = None,
+           objective: Objective | None = None, skipped=()) -> str:
     """The report's HTML. `best_profile`: the Profile of the variant to break down per layer;
-    `roofline`: a plotly figure of its ops on a device (effml.hardware.plot.roofline_figure)."""
+    `roofline`: a plotly figure of its ops on a device (effml.hardware.plot.roofline_figure); `objective`: the
+    metric drawn (default: as the runs stored it, effml.study.rows.objective_of); `skipped`: (plan, reason)
+    of plans the study did not run."""
     meta = meta or {}
-    rows = [flatten(r, devices) for r in runs]
-    axes = [a for a in cost_axes(devices) if any(r.get(a.name) for r in rows)]
-    frontier = {a.name: frontier_keys(rows, a.name) for a in axes}
-    figs = [("pareto", pareto_figure(rows, axes, frontier))]
+    objective = objective or objective_of(runs)
+    rows = report_rows(runs, devices, objective)
+    ok = [r for r in rows if r["status"] == "ok"]
+    axes = [a for a in cost_axes(devices) if any(r.get(a.name) for r in ok)]
+    frontier = {a.name: frontier_keys(ok, a.name, objective) for a in axes}
+    if not any(r["metric"] is not None for r in ok):
+        axes = []  # nothing to draw (every variant failed): the table and the failures section still say so
+    data = pareto_data(ok, axes, frontier, objective) if axes else {"axes": {}}
+    figs = [("pareto", pareto_figure(data, objective, axes[0].name))] if axes else []
     if best_profile is not None:
         figs.append(("layers", layer_figure(best_profile, f"per-layer cost of {meta.get('best', 'the best variant')}")))
     if roofline is not None:
         figs.append(("roofline", roofline))
-    figs.append(("predicted", predicted_vs_measured_figure(rows)))
+    figs += predicted_vs_measured(ok, devices)
     parts = []
     for i, (div, fig) in enumerate(figs):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=div,
                                  config={"displaylogo": False}))
-    by_key = {r["key"]: r for r in rows}
-    switch = {a.name: {"label": a.label, "x": [r.get(a.name) for r in rows],
-                       "fx": [by_key[k][a.name] for k in frontier[a.name]],
-                       "fy": [100 * by_key[k]["accuracy"] for k in frontier[a.name]]} for a in axes}
     options = "".join(f'<option value="{html.escape(a.name)}">{html.escape(a.label)}</option>' for a in axes)
-    head = "".join(f'<th data-col="{i}">{html.escape(label)}</th>' for i, (_, label) in enumerate(TABLE_COLUMNS))
-    body = "".join(
-        "<tr" + (' class="front"' if r["key"] in frontier[axes[0].name] else "") + ">"
-        + "".join(f'<td data-v="{html.escape(json.dumps(r.get(c)))}">'
-                  + (_fmt(100 * r[c]) + "%" if c == "accuracy" and r.get(c) is not None else _fmt(r.get(c)))
-                  + "</td>" for c, _ in TABLE_COLUMNS) + "</tr>" for r in rows)
-    lines = "".join(f"<li>{html.escape(s)}</li>" for s in headline(rows)) or "<li>no baseline run yet</li>"
+    head, body = _table(ok, objective, set(frontier[axes[0].name]) if axes else set())
+    lines = "".join(f"<li>{html.escape(s)}</li>" for s in headline(ok, objective)) or "<li>no baseline run yet</li>"
     info = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in meta.items())
     return _TEMPLATE.format(title=html.escape(meta.get("title", "effml study")), headline=lines, info=info,
                             options=options, figures="\n".join(parts), head=head, body=body,
-                            switch=script_json(switch))
+                            not_measured=_not_measured(rows, skipped), switch=script_json(data["axes"]))
 
 
 def write(path: str | Path, html_text: str) -> Path:
@@ -164,12 +136,13 @@ _TEMPLATE = """<!doctype html>
 {figures}
 <h2>All variants <small>(click a header to sort; bold = on the frontier of the first cost axis)</small></h2>
 <table id="runs"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{not_measured}
 <script>
 const SWITCH = {switch};
 document.getElementById("cost-axis").addEventListener("change", (e) => {{
   const s = SWITCH[e.target.value];
-  Plotly.restyle("pareto", {{x: [s.x, s.fx]}}, [0, 1])
-    .then(() => Plotly.restyle("pareto", {{y: [s.fy]}}, [1]))
+  Plotly.restyle("pareto", {{x: [s.x, s.fx, s.ox, s.tx]}}, [0, 1, 2, 3])
+    .then(() => Plotly.restyle("pareto", {{y: [s.fy], text: [s.ft]}}, [1]))
     .then(() => Plotly.relayout("pareto", {{"xaxis.title.text": s.label}}));
 }});
 document.querySelectorAll("#runs th").forEach((th) => th.addEventListener("click", () => {{

@@ -297,6 +297,7 @@ class Session:
         t0 = time.perf_counter()
         name, fp, st = self.name, self.fp, self.st
         res = UserStudyResult(name, fp, self.objective, self.dirs[self.objective], [], {}, list(self.skipped))
+        st.put_artifact(name, f"skipped@{fp}", json.dumps(self.skipped).encode())  # the report lists them
         base_key = f"baseline@{fp}"
         if not st.has(name, base_key):
             self.progress("baseline: measuring", 0.0)
