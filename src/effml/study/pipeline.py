@@ -2,7 +2,9 @@
 
 Every finished variant is one store row (see store.py), keyed by its plan and a fingerprint of the study
 settings, so a study that is killed or runs out of budget resumes where it stopped, and a study run with
-other settings never mixes its numbers with this one's.
+other settings never mixes its numbers with this one's. Workers sharing a store (e.g. on several machines
+over postgresql://) split the work through claims (claims.py): one trains the baseline, each variant is
+computed once, and each worker returns with every variant.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from effml.errors import ConfigError
 from effml.progress import Progress, no_progress
+from effml.study.claims import DEFAULT_TTL_S, Claims
 from effml.study.store import Run, Store
 from effml.study.variants import PLANS, Plan, StudyContext, apply
 
@@ -48,6 +51,7 @@ class StudyConfig:
     budget_min: float | None = None  # stop starting new variants after this many minutes
     calibrate: bool = True  # calibrate this machine first when it has no `local` device yet
     seed: int = 0
+    claim_ttl_s: float = DEFAULT_TTL_S  # a worker's claim on a variant lapses this long after its last heartbeat
 
     def __post_init__(self):
         if self.epochs <= 0 or self.finetune_epochs <= 0:
@@ -60,6 +64,9 @@ class StudyConfig:
             raise ConfigError(f"unknown variant plan(s) {', '.join(unknown)}; known: {', '.join(PLANS)}")
         if self.budget_min is not None and self.budget_min <= 0:
             raise ConfigError(f"StudyConfig.budget_min must be > 0, got {self.budget_min}")
+        if isinstance(self.claim_ttl_s, bool) or not isinstance(self.claim_ttl_s, (int, float)) \
+                or not self.claim_ttl_s > 0:
+            raise ConfigError(f"StudyConfig.claim_ttl_s must be a number of seconds > 0, got {self.claim_ttl_s!r}")
 
     @property
     def constructor_args(self) -> dict:
@@ -221,44 +228,48 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
         _ensure_local(progress)
     result = StudyResult(config.study, fp, [], data=data.to_dict())
     base_key = f"baseline@{fp}"
-    blob = store.get_artifact(config.study, f"weights:{base_key}")
-    if blob is None:
-        from effml.train.classifier import TrainLoopConfig, train_classifier
+    weights = f"weights:{base_key}"
+    with Claims(store, config.study, config.claim_ttl_s) as claims:  # other workers on this store: see claims.py
+        trained = False
+        for _ in claims.take([weights], done=lambda k: store.get_artifact(config.study, k) is not None):
+            from effml.train.classifier import TrainLoopConfig, train_classifier
 
-        train_classifier(baseline, data.train, TrainLoopConfig(epochs=config.epochs, lr=2e-3, seed=config.seed),
-            progress=lambda msg, frac: progress(f"baseline: {msg}", frac), evaluate_after=False)
-        store.put_artifact(config.study, f"weights:{base_key}", _state_bytes(baseline))
-    else:
-        _load_state(baseline, blob, f"store {str(store.path)!r}, table artifacts, key 'weights:{base_key}'")
-    baseline.eval()
-    example = (data.test.x[:1],)
-    if not store.has(config.study, base_key):
-        progress("baseline: measuring", 1.0)
-        from effml.compress.layers import param_bytes
+            train_classifier(baseline, data.train, TrainLoopConfig(epochs=config.epochs, lr=2e-3, seed=config.seed),
+                progress=lambda msg, frac: progress(f"baseline: {msg}", frac), evaluate_after=False)
+            store.put_artifact(config.study, weights, _state_bytes(baseline))
+            trained = True
+        if not trained:
+            _load_state(baseline, store.get_artifact(config.study, weights),
+                        f"store {str(store.path)!r}, table artifacts, key '{weights}'")
+        baseline.eval()
+        example = (data.test.x[:1],)
+        plans = {f"{p.key}@{fp}": p for p in (PLANS[n] for n in (config.plans or PLANS))}
+        result.skipped = [p.name for key, p in plans.items() if store.has(config.study, key)]
+        for key in claims.take([base_key, *plans]):
+            if key == base_key:
+                progress("baseline: measuring", 1.0)
+                from effml.compress.layers import param_bytes
 
-        metrics, preds, prof = evaluate_variant(baseline, param_bytes(baseline), data, config, devices)
-        store.put_artifact(config.study, f"profile:{base_key}", json.dumps(prof).encode())
-        store.put(Run(config.study, base_key, "baseline", [], metrics, preds, _machine()))
-        result.done.append("baseline")
-    plans: list[Plan] = [PLANS[n] for n in (config.plans or PLANS)]
-    for i, plan in enumerate(plans):
-        key = f"{plan.key}@{fp}"
-        if store.has(config.study, key):
-            result.skipped.append(plan.name)
-            continue
-        if config.budget_min is not None and time.perf_counter() - t0 > 60 * config.budget_min:
-            result.remaining = [p.name for p in plans[i:] if not store.has(config.study, f"{p.key}@{fp}")]
-            break
-        ctx = StudyContext(data, example, config.finetune_epochs,
-                           student=lambda: _build(fn, data, config.seed, **_student_args(config.constructor_args)),
-                           teacher=baseline,
-                           progress=lambda what, frac, n=plan.name: progress(f"{n}: {what}", frac), seed=config.seed)
-        out = apply(plan, baseline, ctx)
-        progress(f"{plan.name}: measuring", 1.0)
-        metrics, preds, prof = evaluate_variant(out.model, out.stored_bytes, data, config, devices, baseline)
-        metrics["notes"] = out.notes
-        store.put_artifact(config.study, f"profile:{key}", json.dumps(prof).encode())
-        store.put(Run(config.study, key, plan.name, plan.chain(), metrics, preds, _machine()))
-        result.done.append(plan.name)
+                metrics, preds, prof = evaluate_variant(baseline, param_bytes(baseline), data, config, devices)
+                store.put_artifact(config.study, f"profile:{base_key}", json.dumps(prof).encode())
+                store.put(Run(config.study, base_key, "baseline", [], metrics, preds, _machine()))
+                result.done.append("baseline")
+                continue
+            plan = plans[key]
+            if config.budget_min is not None and time.perf_counter() - t0 > 60 * config.budget_min:
+                result.remaining = [p.name for k, p in plans.items() if not store.has(config.study, k)]
+                break
+            ctx = StudyContext(data, example, config.finetune_epochs,
+                               student=lambda: _build(fn, data, config.seed, **_student_args(config.constructor_args)),
+                               teacher=baseline,
+                               progress=lambda what, frac, n=plan.name: progress(f"{n}: {what}", frac),
+                               seed=config.seed)
+            out = apply(plan, baseline, ctx)
+            progress(f"{plan.name}: measuring", 1.0)
+            metrics, preds, prof = evaluate_variant(out.model, out.stored_bytes, data, config, devices, baseline)
+            metrics["notes"] = out.notes
+            store.put_artifact(config.study, f"profile:{key}", json.dumps(prof).encode())
+            store.put(Run(config.study, key, plan.name, plan.chain(), metrics, preds, _machine()))
+            result.done.append(plan.name)
     result.runs = [r for r in store.runs(config.study) if r.key.endswith(f"@{fp}")]
     return result
