@@ -41,6 +41,8 @@ def add_common(p) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate for training / fine-tuning (Adam)")
     p.add_argument("--hw", default="local", help="device for the latency prediction (default local; 'none' skips)")
     p.add_argument("--no-measure", action="store_true", help="skip the measured latency")
+    p.add_argument("--device", default="cpu", help="where the before/after speed check runs: cpu (default), cuda "
+                                                   "or cuda:N (CUDA events; formats with CPU-only kernels refused)")
     p.add_argument("--rounds", type=positive_int, default=10, help="timing rounds (before/after alternately)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=nonneg_int, default=0)
@@ -141,6 +143,9 @@ def prepare(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from effml.measure.device import resolve_device
+
+    args.device = resolve_device(args.device)  # no GPU here: one line before any work
     if (args.train_epochs or args.finetune_epochs) and not args.data:
         raise ConfigError("--epochs and --finetune-epochs need --data")
     if args.hw != "none":  # an unknown device is an error before any work, not a note after it
@@ -178,7 +183,7 @@ def run_compress(args, spec, data, config, *, finetune_epochs: float = 0.0, cali
 
     recipe = TrainLoopConfig(epochs=finetune_epochs, lr=args.lr, seed=args.seed) if finetune_epochs else None
     measure = Measure(hw=None if args.hw == "none" else args.hw, rounds=0 if args.no_measure else args.rounds,
-                      forward_kwargs=dict(spec.kwargs or {}))
+                      forward_kwargs=dict(spec.kwargs or {}), device=args.device)
     with progress_hook(config.name) as progress:
         return compress(spec.model, [config], data=data, finetune=recipe, example_inputs=spec.args,
                         calibration=calibration, measure=measure, progress=progress)

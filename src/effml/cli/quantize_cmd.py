@@ -59,6 +59,11 @@ def run(args) -> int:
     from effml.errors import ConfigError
 
     cfg = quant_config(args)
+    from effml.measure.device import resolve_device
+    from effml.study.on_device import check_config_on
+
+    if not args.no_measure:  # the speed check runs the quantized model on --device: it needs a kernel there
+        check_config_on(cfg, resolve_device(args.device))
     calibrated = args.method == "int8-static" or args.smooth is not None
     if args.calibration is not None and not calibrated:
         raise ConfigError("--calibration applies to --method int8-static or --smooth")

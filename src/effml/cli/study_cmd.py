@@ -37,6 +37,13 @@ def add_parser(sub) -> None:
                    help="start no new variant after this time, in seconds or with a unit (8m, 1h); rerun resumes")
     p.add_argument("--no-calibrate", action="store_true",
                    help="do not calibrate this machine first (local predictions stay empty until `effml calibrate`)")
+    p.add_argument("--device", default="cpu",
+                   help="where latency and peak memory are measured: cpu (default), cuda or cuda:N (CUDA events, "
+                        "torch.cuda.max_memory_allocated; int8 formats with CPU-only kernels are listed as skipped)")
+    p.add_argument("--backend", action="append", default=[], metavar="NAME",
+                   help="also measure each variant in this backend: onnxruntime (export with torch.onnx.export, "
+                        "time beside the PyTorch baseline, compare outputs; needs effml[onnx]); repeatable or "
+                        "comma-separated")
     p.add_argument("--spec", metavar="TOML",
                    help="study your own trained model: a TOML file naming model, evaluate, example_inputs "
                         "(module:callable), optional train, calibration, plans, devices, budget")
@@ -62,6 +69,18 @@ def check_paths(out: str, store: str) -> None:
     check_output_path(out, "--out", suffixes=REPORT_SUFFIXES, not_same_as=[store, f"{store}-wal", f"{store}-shm"])
 
 
+def check_setup(args, report: bool = True) -> tuple[str, tuple[str, ...]]:
+    """Before any work: the report's plotly (when a report will be drawn), the --device and --backend flags."""
+    from effml.extras import require
+    from effml.measure.device import resolve_device
+    from effml.study.backends import check_backends
+
+    if report:
+        require("plotly", extra="report", what="the study's HTML report")
+    device = resolve_device(args.device)
+    return device, check_backends(args.backend, device, flag="--backend")
+
+
 def run_study(args) -> int:
     if getattr(args, "spec", None):  # the user's own model (effml/cli/study_spec.py); the default study below
         from effml.cli.study_spec import run as run_spec
@@ -74,12 +93,14 @@ def run_study(args) -> int:
     from effml.study.pipeline import DEFAULT_DEVICES, StudyConfig, run_study as run
     from effml.study.report import write
 
+    device, backends = check_setup(args)
     cfg = StudyConfig(model=args.model, model_args=parse_sets(args.set) if args.set else None, data=args.data,
                       devices=tuple(parse_hw(args.hw, dtypes=True) or DEFAULT_DEVICES), study=args.study,
                       epochs=args.epochs, finetune_epochs=args.finetune_epochs, train_limit=args.train_limit,
                       test_limit=args.test_limit, measure_batch=args.measure_batch,
                       plans=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
-                      budget_min=args.budget / 60 if args.budget else None, calibrate=not args.no_calibrate)
+                      budget_min=args.budget / 60 if args.budget else None, calibrate=not args.no_calibrate,
+                      device=device, backends=backends)
     check_paths(args.out, args.store)
     import torch
 
@@ -106,6 +127,8 @@ def run_study(args) -> int:
         con.print(f"[yellow]data: {res.data['note']}[/]")
     for line in lines:
         con.print(f"• {line}", markup=False)
+    for name, why in res.refused:
+        con.print(f"[dim]skipped {escape(name)}: {escape(why)}[/]")
     if res.remaining:
         con.print(f"[yellow]out of budget: {len(res.remaining)} variants left; rerun to resume[/]")
     con.print(f"report: {path} ({len(res.runs)} variants; {len(res.skipped)} resumed from {args.store})", markup=False)

@@ -52,7 +52,8 @@ def report_table(report: CompressionReport, model_name: str):
     if pred:
         t.add_row(f"predicted latency ({pred.hw})", _ms(pred.before_s), _ms(pred.after_s), f"{pred.speedup:.2f}x")
     if meas:
-        t.add_row(f"measured latency (p50, {meas.threads} threads)", _ms(meas.before_s), _ms(meas.after_s),
+        where = f"{meas.device_name}, CUDA events" if meas.device_name else f"{meas.threads} threads"
+        t.add_row(f"measured latency (p50, {where})", _ms(meas.before_s), _ms(meas.after_s),
                   f"{meas.speedup:.2f}x")
     return t
 

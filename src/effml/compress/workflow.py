@@ -58,10 +58,14 @@ class Measure:
     hw: object = "local"  # a catalog name or a Device
     rounds: int = 10
     forward_kwargs: dict = field(default_factory=dict)
+    device: str = "cpu"  # where the before/after timing runs (copies moved there; cuda: CUDA events)
 
     def __post_init__(self):
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
             raise ConfigError(f"Measure.rounds must be an integer >= 0, got {self.rounds!r}")
+        from effml.measure.device import resolve_device
+
+        object.__setattr__(self, "device", resolve_device(self.device, flag="Measure.device"))  # cuda -> cuda:0
 
 
 @dataclass
@@ -224,7 +228,13 @@ def _measure(rep: CompressionReport, dense: nn.Module, inputs: tuple | None, dat
         except EffmlError as e:
             note = f"no prediction: {e}"
     if m.rounds:
-        meas = compare(dense, rep.model, inputs, forward_kwargs=m.forward_kwargs, rounds=m.rounds)
+        from effml.study.on_device import check_config_on, for_timing, to_device
+
+        for config in rep.configs:  # a CPU-only int8 model is refused on CUDA, never timed on the CPU instead
+            check_config_on(config, m.device, "Measure.device")
+        a, b, x = for_timing(dense, rep.model, tuple(inputs), m.device)
+        meas = compare(a, b, x, forward_kwargs=to_device(m.forward_kwargs, m.device), rounds=m.rounds,
+                       device=m.device)
     rep.speed = SpeedCheck(change, pred, meas, note)
 
 

@@ -75,6 +75,8 @@ class ABResult:
     threads: int
     cpu_capability: str
     times: dict = field(default_factory=dict, repr=False)
+    device: str = "cpu"  # where both ran; on CUDA timed with CUDA events
+    device_name: str | None = None  # the GPU's name (None on the CPU)
 
     @property
     def speedup(self) -> float:
@@ -82,19 +84,22 @@ class ABResult:
 
     def to_dict(self) -> dict:
         return {"before_s": self.before_s, "after_s": self.after_s, "speedup": self.speedup, "rounds": self.rounds,
-                "threads": self.threads, "cpu_capability": self.cpu_capability}
+                "threads": self.threads, "cpu_capability": self.cpu_capability, "device": self.device,
+                "device_name": self.device_name}
 
 
 def compare(before, after, inputs: tuple, *, forward_kwargs: dict | None = None, rounds: int = 15, warmup: int = 2,
-            budget_s: float = 60.0) -> ABResult:
-    """Time `before(*inputs, **forward_kwargs)` and `after(...)` alternately: their medians and the speedup."""
+            budget_s: float = 60.0, device: str = "cpu") -> ABResult:
+    """Time `before(*inputs, **forward_kwargs)` and `after(...)` alternately: their medians and the speedup.
+    `device` cuda[:N]: the models and inputs are already there; each call is timed with CUDA events."""
     import torch
 
     kwargs = dict(forward_kwargs or {})
     times = interleave({"before": lambda: before(*inputs, **kwargs), "after": lambda: after(*inputs, **kwargs)},
-                       rounds=rounds, warmup=warmup, budget_s=budget_s)
+                       rounds=rounds, warmup=warmup, budget_s=budget_s, device=device)
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
     return ABResult(median(times["before"]), median(times["after"]), len(times["after"]), torch.get_num_threads(),
-                    torch.backends.cpu.get_cpu_capability(), times)
+                    torch.backends.cpu.get_cpu_capability(), times, device, name)
 
 
 def beside(model, baseline, inputs: tuple, *, budget_s: float, warmup: int = 2, min_rounds: int = 6,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from effml.errors import ConfigError
 from effml.registries import Registry
 
 _AO = ("torch.ao quantized int8 kernels (fbgemm / x86 / oneDNN engines) run only on the CPU; no CUDA kernel")
@@ -31,17 +32,32 @@ NO_CUDA_KERNEL.add("gptq", lambda config: _PACKED)
 NO_CUDA_KERNEL.add("awq", lambda config: _PACKED)
 
 
+def config_refusal(config) -> str | None:
+    """Why a compression config (effml.compress.configs) makes a model that cannot run on CUDA; None: it can."""
+    if config.name not in NO_CUDA_KERNEL:
+        return None
+    why: Callable[[Any], str | None] = NO_CUDA_KERNEL.get(config.name)
+    reason = why(config)
+    return f"{config.name}: {reason}" if reason else None
+
+
+def check_config_on(config, device: str, flag: str = "--device") -> None:
+    """ConfigError when `config` makes a model with no kernel on `device` (refused before any work)."""
+    reason = config_refusal(config) if device.startswith("cuda") else None
+    if reason:
+        raise ConfigError(f"{flag} {device}: {reason}; run it with {flag} cpu, or choose a format that runs on "
+                          "the GPU (pruning, linear or kmeans fake-quant, weight-only with kernel dequant)")
+
+
 def cuda_refusal(steps) -> str | None:
     """Why a plan's steps ((technique, config dict), ...) cannot run on CUDA; None when they can."""
     from effml.compress.configs import config_from_dict
 
     for technique, cfg in steps:
-        if technique != "quantize" or cfg.get("method") not in NO_CUDA_KERNEL:
-            continue
-        why: Callable[[Any], str | None] = NO_CUDA_KERNEL.get(cfg["method"])
-        reason = why(config_from_dict(cfg))
-        if reason:
-            return f"{cfg['method']}: {reason}"
+        if technique == "quantize" and cfg.get("method") in NO_CUDA_KERNEL:
+            reason = config_refusal(config_from_dict(cfg))
+            if reason:
+                return reason
     return None
 
 
@@ -98,4 +114,15 @@ def place(model, example_inputs, calibration, device: str | None, backends, flag
     return device, backends, example_inputs, calibration
 
 
-__all__ = ["NO_CUDA_KERNEL", "cuda_refusal", "place", "recorded", "split_plans", "to_device"]
+def for_timing(model, baseline, x, device: str):
+    """(model, baseline, x) on `device` for the timing and the memory peak: copies on a GPU (the default study
+    trains and evaluates its variants on the CPU and measures them where --device says), themselves on the CPU."""
+    if not device.startswith("cuda"):
+        return model, baseline, x
+    import copy
+
+    return (copy.deepcopy(model).to(device), copy.deepcopy(baseline).to(device) if baseline is not None else None,
+            to_device(x, device))
+
+
+__all__ = ["NO_CUDA_KERNEL", "check_config_on", "config_refusal", "cuda_refusal", "for_timing", "place", "recorded", "split_plans", "to_device"]

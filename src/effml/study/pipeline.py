@@ -52,6 +52,8 @@ class StudyConfig:
     calibrate: bool = True  # calibrate this machine first when it has no `local` device yet
     seed: int = 0
     claim_ttl_s: float = DEFAULT_TTL_S  # a worker's claim on a variant lapses this long after its last heartbeat
+    device: str = "cpu"  # where latency and peak memory are measured (cpu | cuda:N; effml.study.on_device)
+    backends: tuple[str, ...] = ("torch",)  # "onnxruntime" too: ORT metrics per variant (effml.study.backends)
 
     def __post_init__(self):
         if self.epochs <= 0 or self.finetune_epochs <= 0:
@@ -67,6 +69,11 @@ class StudyConfig:
         if isinstance(self.claim_ttl_s, bool) or not isinstance(self.claim_ttl_s, (int, float)) \
                 or not self.claim_ttl_s > 0:
             raise ConfigError(f"StudyConfig.claim_ttl_s must be a number of seconds > 0, got {self.claim_ttl_s!r}")
+        from effml.measure.device import resolve_device
+        from effml.study.backends import check_backends
+
+        object.__setattr__(self, "device", resolve_device(self.device, flag="StudyConfig.device"))  # cuda -> cuda:0
+        object.__setattr__(self, "backends", check_backends(self.backends, self.device, "StudyConfig.backends"))
 
     @property
     def constructor_args(self) -> dict:
@@ -77,7 +84,9 @@ class StudyConfig:
         """Hash of everything that changes the numbers (not the plan list, devices or budget)."""
         keys = ("model", "data", "epochs", "finetune_epochs", "batch_size", "measure_batch", "train_limit",
                 "test_limit", "seed")
-        blob = json.dumps({**{k: getattr(self, k) for k in keys}, "model_args": self.constructor_args},
+        blob = json.dumps({**{k: getattr(self, k) for k in keys}, "model_args": self.constructor_args,
+                           **({"device": self.device} if self.device != "cpu" else {}),
+                           **({"backends": list(self.backends)} if tuple(self.backends) != ("torch",) else {})},
                           sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
@@ -91,6 +100,7 @@ class StudyResult:
     skipped: list[str] = field(default_factory=list)  # already in the store
     remaining: list[str] = field(default_factory=list)  # not started: out of budget
     data: dict = field(default_factory=dict)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (plan, why): no kernel on config.device
 
     def to_dict(self) -> dict:
         return {**asdict(self), "runs": [r.to_dict() for r in self.runs]}
@@ -170,14 +180,17 @@ def evaluate_variant(model, stored_bytes: int, data, config: StudyConfig, device
     from effml.study.measured import resident_bytes
     from effml.train.measured import AllocatorPeak
 
+    from effml.study.on_device import for_timing, recorded
+
     x = data.test.x[: config.measure_batch]
     prof = effml.profile(model, x)
-    m, speedup = beside(model, baseline, (x,), budget_s=config.measure_budget_s)  # timed in turn
+    tm, tb, tx = for_timing(model, baseline, x, config.device)  # on --device (copies on a GPU)
+    m, speedup = beside(tm, tb, (tx,), budget_s=config.measure_budget_s)  # timed in turn
     # peak memory = resident weights + the allocator's peak in one forward: the RSS high-water mark stays flat
     # (0 B) for a model run after a larger one, since the process already holds the pages (kept as rss_delta)
-    with AllocatorPeak("cpu") as alloc, torch.inference_mode():
-        model(x)
-    resident = resident_bytes(model)
+    with AllocatorPeak(config.device) as alloc, torch.inference_mode():
+        tm(tx)
+    resident = resident_bytes(tm)
     metrics = {"accuracy": evaluate(model, data.test), "params": prof.params, "model_bytes": int(stored_bytes),
                "flops": prof.total().flops, "macs": prof.total().macs, "bytes_moved": prof.total().bytes,
                "latency_p50_s": m.p50, "latency_p90_s": m.p90, "throughput": m.throughput_per_s,
@@ -185,8 +198,14 @@ def evaluate_variant(model, stored_bytes: int, data, config: StudyConfig, device
                "resident_bytes": resident, "activation_peak_bytes": alloc.peak_bytes,
                "rss_delta_bytes": m.memory.rss_delta_bytes if m.memory else None,
                "batch": config.measure_batch, "lower_bound": prof.is_lower_bound}
-    try:
-        metrics["local_pred_s"] = predict(prof, "local", batch=config.measure_batch).time_s
+    metrics.update(recorded(config.device))
+    if "onnxruntime" in config.backends:
+        from effml.study.backends import ort_metrics
+
+        metrics.update(ort_metrics(model, baseline, (x,), budget_s=config.measure_budget_s))
+    try:  # `local` is this machine's CPU calibration: no prediction of a GPU measurement from it
+        metrics["local_pred_s"] = predict(prof, "local", batch=config.measure_batch).time_s \
+            if config.device == "cpu" else None
     except DeviceError:
         metrics["local_pred_s"] = None
     preds = {}

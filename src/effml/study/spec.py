@@ -15,6 +15,7 @@
     measure_budget_s = 1.0                     # timing window per variant, beside the baseline
     objective = "accuracy"                     # optional: the metric the frontier is drawn on
     store = "runs.db"                          # optional (else the CLI's --store)
+    backends = ["torch", "onnxruntime"]        # optional: also export and time each variant in ONNX Runtime
     [model_args]                               # optional keyword arguments of `model`
     path = "digits_cnn.pt"
     [metrics]                                  # directions of metric names effml does not know
@@ -37,7 +38,8 @@ from typing import Any
 from effml.errors import ConfigError
 
 KEYS = ("name", "model", "model_args", "evaluate", "train", "calibration", "example_inputs", "plans", "devices",
-        "budget", "search", "search_per_group", "train_steps", "measure_budget_s", "objective", "store", "metrics")
+        "budget", "search", "search_per_group", "train_steps", "measure_budget_s", "objective", "store", "metrics",
+        "backends")
 REQUIRED = ("model", "evaluate", "example_inputs")
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -62,6 +64,7 @@ class StudySpec:
     objective: str | None = None
     store: str | None = None
     metrics: dict = field(default_factory=dict)  # name -> "higher" | "lower"
+    backends: tuple[str, ...] = ("torch",)  # effml.study.backends.BACKENDS
 
     def __post_init__(self):
         where = f"spec {self.path}"
@@ -72,7 +75,7 @@ class StudySpec:
             v = getattr(self, k)
             if v is not None and (not isinstance(v, str) or not v.strip()):
                 raise ConfigError(f"{where}: {k!r} must be a non-empty string, got {v!r}")
-        for k in ("plans", "devices"):
+        for k in ("plans", "devices", "backends"):
             v = getattr(self, k)
             if v is not None and (not isinstance(v, tuple) or not all(isinstance(x, str) and x for x in v)):
                 raise ConfigError(f"{where}: {k!r} must be a list of names, got {v!r}")
@@ -134,8 +137,8 @@ def load_spec(path: str | Path) -> StudySpec:
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise ConfigError(f"{where}: missing key(s) {', '.join(missing)} (each a package.module:callable)")
-    kw: dict[str, Any] = {k: v for k, v in data.items() if k not in ("budget", "plans", "devices")}
-    for k in ("plans", "devices"):
+    kw: dict[str, Any] = {k: v for k, v in data.items() if k not in ("budget", "plans", "devices", "backends")}
+    for k in ("plans", "devices", "backends"):
         if k in data:
             v = data[k]
             kw[k] = tuple(v) if isinstance(v, list) else v
@@ -201,8 +204,9 @@ def resolve(spec: StudySpec) -> Resolved:
                     call("calibration") if funcs["calibration"] is not None else None)
 
 
-def run_spec(spec: StudySpec, store, progress=None):
-    """Run (or resume) the study a spec describes; returns effml.study.user.UserStudyResult."""
+def run_spec(spec: StudySpec, store, progress=None, device: str = "cpu", backends=()):
+    """Run (or resume) the study a spec describes; returns effml.study.user.UserStudyResult. `device` and
+    `backends` come from the command line (the backends there are added to the spec's)."""
     from effml.study.user import DEFAULT_DEVICES, Metric, study
 
     r = resolve(spec)
@@ -211,7 +215,8 @@ def run_spec(spec: StudySpec, store, progress=None):
               if spec.plans is not None else None, devices=spec.devices if spec.devices is not None
               else DEFAULT_DEVICES, store=store, name=spec.name, metrics=metrics, objective=spec.objective,
               train_steps=spec.train_steps, measure_budget_s=spec.measure_budget_s, budget_s=spec.budget_s,
-              model_name=spec.model, progress=progress)
+              model_name=spec.model, progress=progress, device=device,
+              backends=tuple(spec.backends) + tuple(backends))
     if spec.search:
         from effml.study.search import search
 
