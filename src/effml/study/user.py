@@ -8,9 +8,10 @@ named numbers; each metric has a direction (`Metric(name, higher_is_better)`; kn
 or perplexity are looked up in DIRECTIONS, any other must be given in `metrics=`). Every plan that fits the
 model and what was given (effml.study.plans) is applied to a copy of the baseline, evaluated, counted,
 timed beside the baseline on `example_inputs` (effml.measure.ab), its peak memory measured, and stored as
-it finishes (the store and keys of the default study: a killed study resumes). A plan that needs what was
-not given is listed in `skipped` with the reason; a variant whose `evaluate` raises or returns NaN is stored
-as failed with that error, and the study goes on.
+it finishes (the store and keys of the default study: a killed study resumes; workers sharing the store
+claim each variant, see claims.py). A plan that needs what was not given is listed in `skipped` with the
+reason; a variant whose `evaluate` raises or returns NaN is stored as failed with that error, and the study
+goes on.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from torch import nn
 
 from effml.errors import ConfigError
 from effml.study.measured import Inputs, measure, resident_bytes  # noqa: F401 - re-exported
+from effml.study.claims import DEFAULT_TTL_S, Claims
 from effml.study.plans import UserPlan, apply_plan, model_kinds, select
-from effml.study.store import Run, Store
+from effml.study.store import Run, Store, _check_ttl
 
 # metric name -> higher is better; matched case-insensitively on the name and on its last "_"/"-" part
 DIRECTIONS = {"accuracy": True, "acc": True, "top1": True, "top5": True, "f1": True, "precision": True,
@@ -167,8 +169,8 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
           store: str | Store = "runs.db", name: str = "user", metrics: list[Metric] | None = None,
           objective: str | None = None, train_steps: int = 100, measure_budget_s: float = 1.0,
           budget_s: float | None = None, extra_plans: list[UserPlan] = (), model_name: str | None = None,
-          progress: Progress | None = None, device: str = "cpu", backends: tuple[str, ...] = ("torch",)
-          ) -> UserStudyResult:
+          progress: Progress | None = None, device: str = "cpu", backends: tuple[str, ...] = ("torch",),
+          claim_ttl_s: float = DEFAULT_TTL_S) -> UserStudyResult:
     """Study `model` as it is: every plan that fits it (or `plans`), each evaluated, measured and stored.
 
     evaluate(model) -> a number or {name: number}; train(model, steps) fine-tunes a pruned/QAT variant in
@@ -179,13 +181,15 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
     device: cpu | cuda | cuda:N, where every variant is made and measured (the model, example inputs and
     calibration batches are moved there; evaluate/train get the model on it; CPU-only quantized formats are
     skipped with the reason). backends: ("torch", "onnxruntime") also exports and times every variant in ONNX
-    Runtime (effml.study.backends: ort_* metrics)."""
+    Runtime (effml.study.backends: ort_* metrics). claim_ttl_s: a worker's claim on a variant lapses this long
+    after its last heartbeat (several workers on one store, e.g. store="postgresql://...": effml.study.claims)."""
     if budget_s is not None and not budget_s > 0:
         raise ConfigError(f"effml.study: budget_s must be > 0, got {budget_s!r}")
     session, chosen = prepare(model, evaluate, example_inputs=example_inputs, train=train, calibration=calibration,
                               plans=plans, devices=devices, store=store, name=name, metrics=metrics,
                               objective=objective, train_steps=train_steps, measure_budget_s=measure_budget_s,
-                              model_name=model_name, progress=progress, device=device, backends=backends)
+                              model_name=model_name, progress=progress, device=device, backends=backends,
+                              claim_ttl_s=claim_ttl_s)
     try:
         return session.run(chosen + list(extra_plans), budget_s)
     finally:
@@ -195,7 +199,7 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
 def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inputs, train=None, calibration=None,
             plans=None, devices=DEFAULT_DEVICES, store="runs.db", name="user", metrics=None, objective=None,
             train_steps=100, measure_budget_s=1.0, model_name=None, progress=None, device="cpu",
-            backends=("torch",)) -> tuple["Session", list]:
+            backends=("torch",), claim_ttl_s=DEFAULT_TTL_S) -> tuple["Session", list]:
     """Everything `study` checks and computes before the first variant: (the open Session, the plans that fit).
     Fails fast: a model that does not run on example_inputs, a bad device, an evaluate that fails on the
     baseline, a metric of unknown direction."""
@@ -211,6 +215,7 @@ def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_i
     if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
         raise ConfigError(f"effml.study: train_steps must be a positive integer, got {train_steps!r}")
     overrides = _overrides(metrics)
+    _check_ttl(claim_ttl_s)
     from effml.study.on_device import place, split_plans
 
     device, backends, example_inputs, calibration = place(model, example_inputs, calibration, device, backends)
@@ -246,7 +251,7 @@ def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_i
                       name, fp, model, evaluate, inputs, chosen.skipped, dirs, objective, tuple(devices), train,
                       train_steps, calibration, measure_budget_s, base_metrics, progress,
                       decoder="decoder" in model_kinds(model) and hasattr(model, "generation_config"),
-                      device=device, backends=backends)
+                      device=device, backends=backends, claim_ttl_s=claim_ttl_s)
     return session, chosen.plans
 
 
@@ -285,6 +290,7 @@ class Session:
     decoder: bool = False  # a transformers causal LM: decode speed timed too
     device: str = "cpu"  # where the variants are made and measured
     backends: tuple = ("torch",)  # "onnxruntime" too: ORT metrics per variant (effml.study.backends)
+    claim_ttl_s: float = DEFAULT_TTL_S  # workers sharing the store: see effml.study.claims
 
     def close(self) -> None:
         if self.own_store:
@@ -299,27 +305,29 @@ class Session:
         res = UserStudyResult(name, fp, self.objective, self.dirs[self.objective], [], {}, list(self.skipped))
         st.put_artifact(name, f"skipped@{fp}", json.dumps(self.skipped).encode())  # the report lists them
         base_key = f"baseline@{fp}"
-        if not st.has(name, base_key):
-            self.progress("baseline: measuring", 0.0)
-            meas = measure(self.model, None, self.inputs, budget_s=self.measure_budget_s, devices=self.devices,
-                           decode=self.decoder, backends=self.backends)
-            metrics = _ok_metrics(self.base_metrics, self.dirs, self.objective, meas, param_bytes(self.model), [])
-            st.put(Run(name, base_key, "baseline", [], metrics, meas["predictions"], _machine()))
-            res.done.append("baseline")
-        for i, plan in enumerate(plans):
-            key = f"{plan.key}@{fp}"
-            if st.has(name, key):
-                continue
-            if budget_s is not None and time.perf_counter() - t0 > budget_s:
-                res.remaining = [p.name for p in plans[i:] if not st.has(name, f"{p.key}@{fp}")]
-                break
-            frac = (i + 1) / (len(plans) + 1)
-            hook = (lambda what, f, n=plan.name: self.progress(f"{n}: {what}", frac))
-            metrics, preds = _variant(plan, self.model, self.evaluate, self.inputs, self.dirs, self.objective,
-                                      self.devices, self.train, self.train_steps, self.calibration,
-                                      self.measure_budget_s, hook, self.decoder, self.backends)
-            st.put(Run(name, key, plan.name, plan.chain(), metrics, preds, _machine()))
-            res.done.append(plan.name)
+        todo = {f"{p.key}@{fp}": (i, p) for i, p in enumerate(plans)}
+        with Claims(st, name, self.claim_ttl_s) as claims:  # other workers on this store: see claims.py
+            for key in claims.take([base_key, *todo]):
+                if key == base_key:
+                    self.progress("baseline: measuring", 0.0)
+                    meas = measure(self.model, None, self.inputs, budget_s=self.measure_budget_s,
+                                   devices=self.devices, decode=self.decoder, backends=self.backends)
+                    metrics = _ok_metrics(self.base_metrics, self.dirs, self.objective, meas,
+                                          param_bytes(self.model), [])
+                    st.put(Run(name, base_key, "baseline", [], metrics, meas["predictions"], _machine()))
+                    res.done.append("baseline")
+                    continue
+                i, plan = todo[key]
+                if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                    res.remaining = [p.name for k, (_, p) in todo.items() if not st.has(name, k)]
+                    break
+                frac = (i + 1) / (len(plans) + 1)
+                hook = (lambda what, f, n=plan.name: self.progress(f"{n}: {what}", frac))
+                metrics, preds = _variant(plan, self.model, self.evaluate, self.inputs, self.dirs, self.objective,
+                                          self.devices, self.train, self.train_steps, self.calibration,
+                                          self.measure_budget_s, hook, self.decoder, self.backends)
+                st.put(Run(name, key, plan.name, plan.chain(), metrics, preds, _machine()))
+                res.done.append(plan.name)
         mine = [r for r in st.runs(name) if r.key.endswith(f"@{fp}")]
         res.rows = [_flat(r) for r in mine if r.metrics.get("status") == "ok"]
         res.failed = [(r.name, r.metrics.get("error", "")) for r in mine if r.metrics.get("status") == "failed"]
