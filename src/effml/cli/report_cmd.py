@@ -1,4 +1,4 @@
-"""`effml report`: rebuild a study's HTML report from its SQLite store."""
+"""`effml report`: rebuild a study's HTML report from its store (an SQLite file or a postgresql:// URL)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from effml.cli.common import add_json_flag, console, print_json
 
 def add_parser(sub) -> None:
     r = sub.add_parser("report", help="rebuild report.html from a study store")
-    r.add_argument("--store", default="runs.db", help="the study's SQLite store (default runs.db)")
+    r.add_argument("--store", default="runs.db",
+                   help="the study's store: SQLite file (default runs.db) or postgresql://USER@HOST/DB")
     r.add_argument("--study", default="default", help="study name inside the store")
     r.add_argument("--out", default="report.html", help="report file (default report.html)")
     r.add_argument("--export", action="store_true",
@@ -26,7 +27,7 @@ def run(args) -> int:
         cmp = compare_stores(*args.compare, study=args.study)
         print_json(cmp.to_dict()) if args.json else console().print(compare_table(cmp))
         return 0
-    from effml.cli.study_cmd import check_paths
+    from effml.cli.study_cmd import check_paths, store_files
     from effml.study.build import build
     from effml.study.report import write
     from effml.study.store import Store
@@ -37,7 +38,7 @@ def run(args) -> int:
         from effml.study.export import export_paths
 
         for p, kind in zip(export_paths(args.out), (".csv", ".json")):
-            check_output_path(p, "--export", suffixes=(kind,), not_same_as=[args.store, args.out])
+            check_output_path(p, "--export", suffixes=(kind,), not_same_as=[*store_files(args.store), args.out])
     with Store(args.store, create=False) as store:
         html, lines = build(store, args.study)
     path = write(args.out, html)

@@ -24,7 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default) or digits")
     add_hw_flag(p, help="catalog devices (name or name:dtype), space- or comma-separated, to predict on")
     p.add_argument("--study", default="default", help="study name inside the store")
-    p.add_argument("--store", default="runs.db", help="SQLite store (default runs.db); reruns resume")
+    p.add_argument("--store", default="runs.db",
+                   help="SQLite file (default runs.db) or postgresql://USER@HOST/DB: reruns resume; workers on "
+                        "several machines given the same PostgreSQL store share the study (each variant once)")
     p.add_argument("--out", default="report.html", help="report file (default report.html)")
     p.add_argument("--epochs", type=positive_float, default=3.0, help="baseline training epochs (default 3)")
     p.add_argument("--finetune-epochs", type=positive_float, default=0.5,
@@ -61,12 +63,23 @@ def _open(path: str):
     return Store(path)
 
 
+def store_files(store: str) -> list[str]:
+    """The files an SQLite store is kept in; none for a postgresql:// store (its tables live on the server)."""
+    from effml.study.store import is_url
+
+    if is_url(store):
+        if not store.startswith("sqlite:///"):
+            return []
+        store = store.removeprefix("sqlite:///")
+    return [store, f"{store}-wal", f"{store}-shm"]
+
+
 def check_paths(out: str, store: str) -> None:
     """Before any work: the report can be written, and writing it destroys nothing (not the store itself, not
     an existing file that is not a report)."""
     from effml.guards import check_output_path
 
-    check_output_path(out, "--out", suffixes=REPORT_SUFFIXES, not_same_as=[store, f"{store}-wal", f"{store}-shm"])
+    check_output_path(out, "--out", suffixes=REPORT_SUFFIXES, not_same_as=store_files(store))
 
 
 def check_setup(args, report: bool = True) -> tuple[str, tuple[str, ...]]:
@@ -131,7 +144,10 @@ def run_study(args) -> int:
         con.print(f"[dim]skipped {escape(name)}: {escape(why)}[/]")
     if res.remaining:
         con.print(f"[yellow]out of budget: {len(res.remaining)} variants left; rerun to resume[/]")
-    con.print(f"report: {path} ({len(res.runs)} variants; {len(res.skipped)} resumed from {args.store})", markup=False)
+    from effml.study.store_pg import mask_url
+
+    con.print(f"report: {path} ({len(res.runs)} variants; {len(res.skipped)} resumed from {mask_url(args.store)})",
+              markup=False)
     from effml.hardware.calibrate import saved_busy_warning
 
     from effml.study.present import prediction_check

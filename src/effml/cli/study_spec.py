@@ -76,5 +76,8 @@ def run(args) -> int:
         con.print(f"[red]failed {escape(name)}: {escape(err)}[/]")
     if res.remaining:
         con.print(f"[yellow]out of budget: {len(res.remaining)} variants left; rerun to resume[/]")
-    con.print(f"{len(res.rows)} variants in {store} ({len(res.done)} computed now); report: {report}", markup=False)
+    from effml.study.store_pg import mask_url
+
+    con.print(f"{len(res.rows)} variants in {mask_url(str(store))} ({len(res.done)} computed now); report: {report}",
+              markup=False)
     return 0
