@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from effml.study.figures import layer_figure, pareto_data, pareto_figure, predicted_vs_measured
-from effml.study.rows import Objective, cost_axes, frontier_keys, headline, objective_of, report_rows
+from effml.study.rows import Objective, baseline_row, cost_axes, frontier_keys, headline, objective_of, report_rows
 from effml.study.store import Run
 
 # (row key, header); "metric" is the study's objective, headed by its name and direction
@@ -103,7 +103,9 @@ def render(runs: list[Run], devices: list[str], best_profile=None, roofline=None
                                  config={"displaylogo": False}))
     options = "".join(f'<option value="{html.escape(a.name)}">{html.escape(a.label)}</option>' for a in axes)
     head, body = _table(ok, objective, set(frontier[axes[0].name]) if axes else set())
-    lines = "".join(f"<li>{html.escape(s)}</li>" for s in headline(ok, objective)) or "<li>no baseline run yet</li>"
+    lines = "".join(f"<li>{html.escape(s)}</li>" for s in headline(ok, objective)) or "<li>{}</li>".format(
+        "no baseline run yet" if baseline_row(ok) is None else
+        f"no variant is within {'1 pt' if objective.percent else '1%'} of the baseline's {html.escape(objective.name)}")
     info = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in meta.items())
     return _TEMPLATE.format(title=html.escape(meta.get("title", "effml study")), headline=lines, info=info,
                             options=options, figures="\n".join(parts), head=head, body=body,

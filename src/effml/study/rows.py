@@ -174,6 +174,8 @@ def frontier_keys(rows: list[dict], cost: str, objective: Objective = ACCURACY) 
     if not pts:
         return []
     keys = pareto(pts, ("m", "c"), maximize=frozenset({"m"} if objective.higher_is_better else ())).frontier
+    cost_of = {p["key"]: p["c"] for p in pts}
+    keys.sort(key=lambda k: (cost_of[k], k))  # by cost (pareto orders by its first minimised objective)
     base = baseline_row(rows)
     if base is None or base["key"] not in keys:
         return keys
