@@ -266,3 +266,68 @@ def test_a_dropped_column_and_a_text_artifact_are_named(tmp_path):
     conn.close()
     with pytest.raises(ConfigError, match=r"runs.db': table runs has no column\(s\) machine \(hand-edited\?\)"):
         Store(db)
+
+
+# ---- claims: one worker per variant ---------------------------------------------------------------------------
+
+def _claim_helpers():
+    import sys
+    from pathlib import Path
+
+    here = str(Path(__file__).parent)  # claim_worker must be importable by the spawned processes too
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import claim_worker
+
+    return claim_worker
+
+
+def race_claims(target: str, n_keys: int = 40) -> list[tuple[str, list[str]]]:
+    """Two spawned processes claim the same keys, in the same order, from the same instant."""
+    import multiprocessing as mp
+    import time
+
+    helpers = _claim_helpers()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    keys = [f"k{i}" for i in range(n_keys)]
+    start_at = time.time() + 8  # after both have imported effml and opened the store
+    procs = [ctx.Process(target=helpers.race, args=(target, "r", keys, 60, start_at, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return results
+
+
+def test_claim_rules(tmp_path):
+    with Store(tmp_path / "runs.db") as s:
+        _claim_helpers().claim_rules(s)
+        with pytest.raises(ConfigError, match="claim ttl_s must be a number of seconds > 0, got 0"):
+            s.claim("c", "k9", "w1", 0)
+
+
+def test_two_processes_racing_claims_win_each_key_once(tmp_path):
+    db = tmp_path / "runs.db"
+    Store(db).close()
+    (w1, won1), (w2, won2) = race_claims(str(db))
+    assert w1 != w2
+    assert sorted(won1 + won2) == sorted(f"k{i}" for i in range(40))  # 40 keys, each won by exactly one
+    with Store(db) as s:
+        held = s.claims("r")
+    assert {k: w for k, (w, _) in held.items()} == {**{k: w1 for k in won1}, **{k: w2 for k in won2}}
+
+
+def test_a_store_made_before_claims_gets_the_table(tmp_path):
+    import sqlite3
+
+    from effml.study.store import _SCHEMA
+
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.executescript(_SCHEMA + "INSERT INTO meta VALUES ('schema_version', '1');")  # meta, runs, artifacts only
+    conn.close()
+    with Store(old) as s:
+        assert s.claim("s", "a", "w1", 60) is True
