@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
                                                   "(default 4)")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     p.add_argument("--seed", type=nonneg_int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: the model, its KV cache and "
+                                                   "sampling on that GPU (--format fp32 or bf16; no --speculative)")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -63,6 +65,16 @@ def _progress(con, quiet: bool):
 
 
 def run(args) -> int:
+    from contextlib import ExitStack
+
+    from effml.llm.on_device import check_device
+
+    device = check_device(args.device, fmt=args.format, speculative=args.speculative)  # before loading anything
+    with ExitStack() as stack:
+        return _run(args, device, stack)
+
+
+def _run(args, device: str, stack) -> int:
     from rich.console import Console
 
     from effml.errors import ConfigError
@@ -103,6 +115,9 @@ def run(args) -> int:
             if bar is not None:
                 bar.stop()
     notes = to_format(lm.model, FormatConfig(args.format, group_size=args.group_size))
+    from effml.llm.on_device import device_dict, running_on
+
+    stack.enter_context(running_on(lm.model, device))  # a GPU: the model, KV cache and token ids there
     plan = prepare(lm.model)
     if draft is not None and draft is not lm.model and hasattr(draft, "layers"):  # a model draft, not lookup
         prepare(draft)
@@ -118,12 +133,13 @@ def run(args) -> int:
                              kv=args.kv, stop_token=stop, seed=args.seed)
         res = generate(lm.model, ids, cfg, on_token)
     text = tok.decode(res.tokens)
-    roof = _roofline(lm.model, res, len(ids))
+    roof = _roofline(lm.model, res, len(ids)) if device == "cpu" else None  # its bound is this CPU's bandwidth
     if args.json:
         print_json({"model": lm.name, "prompt": args.prompt, "text": text,
                     "mode": "speculative" if args.speculative else "plain", "draft": args.speculative,
                     "kv": args.kv, "format": args.format, "engine": plan.to_dict(), "notes": notes,
-                    "result": res.to_dict(), "roofline": roof.to_dict() if roof else None})
+                    "result": res.to_dict(), "roofline": roof.to_dict() if roof else None,
+                    "device": device_dict(device)})
         return 0
     sys.stdout.write(text[len(printed[0]):] + "\n")
     from effml.llm.present import generation_line

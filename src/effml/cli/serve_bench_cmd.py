@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-output", type=positive_int, default=192, help="longest output (default 192)")
     p.add_argument("--block-size", type=positive_int, default=16, help="paged KV block size in tokens (default 16)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="trace seed (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: serve on that GPU (each "
+                                                   "model call synchronised before its clock stops)")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -42,16 +44,19 @@ def run(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from effml.llm.batching import EngineConfig, serve_side_by_side
+    from effml.llm.on_device import check_device, device_dict, running_on
     from effml.models import load_llm
 
+    device = check_device(args.device)  # before loading the model
     lm = load_llm(args.model)
     trace = trace_for(lm, args.requests, args.rate, args.mean_output, args.max_output, args.seed)
     engines = {"both": ("static", "continuous"), "all": ("static", "continuous", "chunked")}.get(
         args.batching, (args.batching,))
     cfg = EngineConfig(max_batch=args.max_batch, block_size=args.block_size, prefill_chunk=args.prefill_chunk)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
-                  TimeElapsedColumn(), console=console() if not args.json else None, transient=True,
-                  disable=args.json) as bar:
+    with running_on(lm.model, device), \
+            Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
+                     TimeElapsedColumn(), console=console() if not args.json else None, transient=True,
+                     disable=args.json) as bar:
         tasks = {name: bar.add_task(f"{name} batching", total=len(trace)) for name in engines}
         # both engines side by side, their model calls interleaved: load from other processes hits both alike
         results = serve_side_by_side(lm.model, trace, engines, cfg,
@@ -65,7 +70,7 @@ def run(args) -> int:
     if args.json:
         print_json({"model": lm.name, "requests": len(trace), "rate": args.rate, "max_batch": args.max_batch,
                     "results": summary, "continuous_over_static_throughput": ratio,
-                    "chunked_over_static_throughput": chunked})
+                    "chunked_over_static_throughput": chunked, "device": device_dict(device)})
         return 0
     from effml.llm.present import serve_table
 

@@ -167,6 +167,8 @@ def _drive(engines: list, clocks: list[_Clock]) -> list:
                 continue
             t = time.perf_counter()
             sent[i] = fn(*a, **kw)
+            if isinstance(sent[i], torch.Tensor) and sent[i].is_cuda:  # the GPU's work, not just its launch
+                torch.cuda.synchronize(sent[i].device)
             clocks[i].now += time.perf_counter() - t
     return outs
 

@@ -113,7 +113,7 @@ def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
     """Swap plain fp32 (out > in) and bf16 nn.Linear layers for PackedLinear where the library is there: names, notes."""
     names, notes = [], []
     for name, m in list(model.named_modules()):
-        if type(m) is not nn.Linear:
+        if type(m) is not nn.Linear or m.weight.device.type != "cpu":  # MKL / oneDNN packing is for the CPU
             continue
         dt = m.weight.dtype
         if dt == torch.float32 and m.out_features > m.in_features and torch.backends.mkl.is_available():

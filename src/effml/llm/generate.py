@@ -177,7 +177,7 @@ def generate(model: Transformer, prompt: list[int], config: GenerateConfig = Gen
              on_token: Callable[[int], None] | None = None) -> GenerateResult:
     prompt = [int(t) for t in prompt]
     check_request(model, prompt, config.max_new_tokens)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)  # where logits are
     session = new_session(config.kv, model, len(prompt) + config.max_new_tokens)
     out: list[int] = []
     times = []
