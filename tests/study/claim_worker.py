@@ -33,6 +33,24 @@ def race(target: str, study: str, keys: list[str], ttl_s: float, start_at: float
     queue.put((worker, won))
 
 
+def race_claims(target: str, n_keys: int = 40) -> list[tuple[str, list[str]]]:
+    """Two spawned processes claim the same keys, in the same order, from the same instant."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    keys = [f"k{i}" for i in range(n_keys)]
+    start_at = time.time() + 8  # after both have imported effml and opened the store
+    procs = [ctx.Process(target=race, args=(target, "r", keys, 60, start_at, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return results
+
+
 def claim_rules(s) -> None:
     """The claim rules on an open store `s` (either backend)."""
     from effml.study.store import Run

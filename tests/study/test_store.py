@@ -282,26 +282,6 @@ def _claim_helpers():
     return claim_worker
 
 
-def race_claims(target: str, n_keys: int = 40) -> list[tuple[str, list[str]]]:
-    """Two spawned processes claim the same keys, in the same order, from the same instant."""
-    import multiprocessing as mp
-    import time
-
-    helpers = _claim_helpers()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    keys = [f"k{i}" for i in range(n_keys)]
-    start_at = time.time() + 8  # after both have imported effml and opened the store
-    procs = [ctx.Process(target=helpers.race, args=(target, "r", keys, 60, start_at, queue)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return results
-
-
 def test_claim_rules(tmp_path):
     with Store(tmp_path / "runs.db") as s:
         _claim_helpers().claim_rules(s)
@@ -312,7 +292,7 @@ def test_claim_rules(tmp_path):
 def test_two_processes_racing_claims_win_each_key_once(tmp_path):
     db = tmp_path / "runs.db"
     Store(db).close()
-    (w1, won1), (w2, won2) = race_claims(str(db))
+    (w1, won1), (w2, won2) = _claim_helpers().race_claims(str(db))
     assert w1 != w2
     assert sorted(won1 + won2) == sorted(f"k{i}" for i in range(40))  # 40 keys, each won by exactly one
     with Store(db) as s:
