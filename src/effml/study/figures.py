@@ -107,7 +107,7 @@ def pareto_figure(data: dict, objective: Objective, first: str):
                    marker={"symbol": "diamond", "size": 12}, hoverinfo="skip"),
         go.Scatter(x=ax["ox"], y=off["y"], mode="markers+text", name="off the axis (value in label)",
                    text=off["text"], customdata=off["names"], showlegend=bool(off["y"]),
-                   textposition=["top center" if d else "bottom center" for d in off["down"]],
+                   textposition="middle right", textfont={"size": 11, "color": "#c0392b"},
                    marker={"size": 12, "color": "#c0392b",
                            "symbol": ["triangle-down" if d else "triangle-up" for d in off["down"]]},
                    hovertemplate="%{text}<extra></extra>"),

@@ -29,6 +29,8 @@ TABLE_COLUMNS = [
 ORT_COLUMNS = [("ort_latency_ms", "ORT p50 (ms)"), ("ort_speedup", "ORT × faster (beside PyTorch baseline)"),
                ("ort_cosine", "ORT cosine vs PyTorch"), ("ort_error", "ORT error")]
 
+_CELL_CLASS = {"ort_error": ' class="text"'}  # text columns, left-aligned
+
 
 def _fmt(v) -> str:
     if v is None:
@@ -58,7 +60,7 @@ def _table(rows: list[dict], objective: Objective, front: set[str]) -> tuple[str
     head = "".join(f'<th data-col="{i}">{html.escape(label)}</th>' for i, (_, label) in enumerate(cols))
     body = "".join(
         "<tr" + (' class="front"' if r["key"] in front else "") + ">"
-        + "".join(f'<td data-v="{html.escape(json.dumps(r.get(c)))}">'
+        + "".join(f'<td{_CELL_CLASS.get(c, "")} data-v="{html.escape(json.dumps(r.get(c)))}">'
                   + (html.escape(objective.text(r[c])) if c == "metric" and r.get(c) is not None else _fmt(r.get(c)))
                   + "</td>" for c, _ in cols) + "</tr>" for r in rows)
     return head, body
@@ -128,6 +130,7 @@ _TEMPLATE = """<!doctype html>
  th {{ cursor: pointer; background: #f4f4f4; position: sticky; top: 0; }}
  td:first-child, td:nth-child(2), th:first-child, th:nth-child(2) {{ text-align: left; }}
  tr.front td {{ font-weight: 600; }}
+ td.text, #not-measured td, #not-measured th {{ text-align: left; max-width: 28em; font-size: 12px; }}
  dl {{ display: grid; grid-template-columns: max-content auto; gap: 2px 12px; font-size: 13px; }}
  dt {{ color: #666; }}
 </style></head><body>
