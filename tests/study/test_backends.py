@@ -101,3 +101,18 @@ def test_missing_ort_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ModuleNotFoundError
     with pytest.raises(ImportError, match=r"pip install 'effml\[onnx\]'"):
         check_backends(["onnxruntime"])
+
+
+def test_default_study_variant_gets_ort_metrics():
+    from effml.study.pipeline import StudyConfig, _build, _builder, _load_data, evaluate_variant
+
+    cfg = StudyConfig(data="digits", measure_batch=16, measure_budget_s=BUDGET, test_limit=64, calibrate=False,
+                      backends=("onnxruntime",))
+    fn = _builder(cfg.model)
+    data = _load_data(cfg, fn)
+    model = _build(fn, data, 0, **cfg.constructor_args).eval()
+    metrics, _, _ = evaluate_variant(model, 1, data, cfg, [("rpi5", None)])
+    # LeNet-5 (conv, pool, linear) in fp32, exported as it is: same outputs up to float32 rounding
+    assert metrics["ort_error"] is None and metrics["ort_cosine"] > 0.999
+    assert metrics["ort_latency_p50_s"] > 0 and metrics["ort_int8_error"] is None  # the baseline row (no baseline)
+    assert "device_name" not in metrics  # the CPU: the machine info says which CPU
