@@ -263,6 +263,10 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
         baseline.eval()
         example = (data.test.x[:1],)
         plans = {f"{p.key}@{fp}": p for p in (PLANS[n] for n in (config.plans or PLANS))}
+        from effml.study.on_device import split_plans
+
+        kept, result.refused = split_plans(list(plans.values()), config.device)  # CPU-only int8 on CUDA: listed
+        plans = {k: p for k, p in plans.items() if p in kept}
         result.skipped = [p.name for key, p in plans.items() if store.has(config.study, key)]
         for key in claims.take([base_key, *plans]):
             if key == base_key:
