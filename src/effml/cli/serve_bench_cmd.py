@@ -53,9 +53,10 @@ def run(args) -> int:
     engines = {"both": ("static", "continuous"), "all": ("static", "continuous", "chunked")}.get(
         args.batching, (args.batching,))
     cfg = EngineConfig(max_batch=args.max_batch, block_size=args.block_size, prefill_chunk=args.prefill_chunk)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
+               TimeElapsedColumn())
     with running_on(lm.model, device), \
-            Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
-                     TimeElapsedColumn(), console=console() if not args.json else None, transient=True,
+            Progress(*columns, console=console() if not args.json else None, transient=True,
                      disable=args.json) as bar:
         tasks = {name: bar.add_task(f"{name} batching", total=len(trace)) for name in engines}
         # both engines side by side, their model calls interleaved: load from other processes hits both alike

@@ -125,4 +125,5 @@ def for_timing(model, baseline, x, device: str):
             to_device(x, device))
 
 
-__all__ = ["NO_CUDA_KERNEL", "check_config_on", "config_refusal", "cuda_refusal", "for_timing", "place", "recorded", "split_plans", "to_device"]
+__all__ = ["NO_CUDA_KERNEL", "check_config_on", "config_refusal", "cuda_refusal", "for_timing", "place", "recorded",
+           "split_plans", "to_device"]
