@@ -27,6 +27,9 @@ def test_headline_and_frontier(runs):
     # prune-80% (1.5 ms, 89.5%) is beaten by int8 on both, 'bad' by everything
     assert frontier_keys(rows, "latency_beside_ms") == ["student", "int8", "baseline"]
     lines = headline(rows)
+    # every fixture run predicts 0.9 × its measured p50 on 'local': |0.9 − 1| = 10% for each of the 5
+    (div, fig), = predicted_vs_measured(rows, ["h100"])
+    assert div == "predicted" and fig.layout.title.text.endswith("median |predicted/measured − 1| = 10% over 5 variants")
     # within 1 pt: int8 is the fastest (2.0/1.0 = 2×) and prune-80% the smallest (246824/60000 = 4.1×)
     assert lines[0].startswith("int8 is 4.0× smaller and 2.00× faster (measured) at -0.2 pt")
     assert lines[1].startswith("prune-80% is 4.1× smaller and 1.33× faster (measured) at -0.5 pt")
@@ -256,7 +259,7 @@ def test_ort_columns_series_and_predicted_per_device():
     figs = dict(predicted_vs_measured(report_rows(runs, [], objective_of(runs)), []))
     assert set(figs) == {"predicted", "predicted-ort"}
     assert figs["predicted"].layout.title.text.endswith("median |predicted/measured − 1| = 22% over 2 variants")
-    assert figs["predicted-ort"].layout.title.text.endswith("= 80% over 1 variants")
+    assert figs["predicted-ort"].layout.title.text.endswith("= 80% over 1 variant")
     gpu = [_user_run("baseline", 0.9, 1e-3, objective="accuracy", up=True, device="cuda:0",
                      device_name="NVIDIA H100 80GB HBM3")]
     gpu[0].predictions = {"h100-sxm": {"latency_s": 0.5e-3}, "rpi5": {"latency_s": 9e-3}}
@@ -264,4 +267,5 @@ def test_ort_columns_series_and_predicted_per_device():
     # measured on the H100: compared with the h100-sxm roofline (0.5 ms vs 1 ms: 50%), not the local CPU's
     assert set(figs) == {"predicted-cuda"}
     assert figs["predicted-cuda"].layout.title.text == (
-        "PyTorch on the GPU vs its catalog roofline (h100-sxm): median |predicted/measured − 1| = 50% over 1 variants")
+        "PyTorch on the GPU vs its catalog roofline (h100-sxm): median |predicted/measured − 1| = 50% over 1 "
+        "variant")

@@ -186,7 +186,7 @@ def predicted_vs_measured(rows: list[dict], devices: list[str]) -> list[tuple[st
             go.Scatter(x=lim, y=lim, mode="lines", name="measured = predicted", line={"dash": "dot"}),
         ])
         fig.update_layout(title=f"{what.format(dev=', '.join(gpus))}: median |predicted/measured − 1| = "
-                                f"{err:.0%} over {len(pts)} variants", template="plotly_white", height=420,
+                                f"{err:.0%} over {len(pts)} variant{'s' if len(pts) != 1 else ''}", template="plotly_white", height=420,
                           xaxis={"type": "log", "title": {"text": "predicted (ms)"}},
                           yaxis={"type": "log", "title": {"text": "measured p50 (ms)"}})
         out.append((div, fig))
