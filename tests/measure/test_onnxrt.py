@@ -13,8 +13,8 @@ pytest.importorskip("onnx", reason="onnx not installed (pip install 'effml[onnx]
 from effml.configs import ModelConfig, build  # noqa: E402
 from effml.errors import ConfigError  # noqa: E402
 from effml.extras import MissingExtra  # noqa: E402
-from effml.measure.onnxrt import (OnnxExportError, OrtConfig, OrtRunner, agreement, compare_backends,  # noqa: E402
-                                  export)
+from effml.measure.onnxrt import (MIN_ROUNDS, OnnxExportError, OrtConfig, OrtRunner, agreement,  # noqa: E402
+                                  compare_backends, export, time_beside_torch)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_BERT = ModelConfig("tiny-bert", "encoder", {"model_type": "bert", "vocab_size": 100, "hidden_size": 64,
@@ -73,6 +73,31 @@ def test_session_uses_the_configured_threads(tmp_path):
     for n in (1, 2):
         opts = OrtRunner(tmp_path / "l.onnx", names, threads=n).session.get_session_options()
         assert opts.intra_op_num_threads == n and opts.inter_op_num_threads == 1
+        # no busy-waiting workers between runs: they would hold the cores the PyTorch call timed next needs
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    spin = OrtRunner(tmp_path / "l.onnx", names, threads=2, spinning=True).session.get_session_options()
+    assert spin.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_time_beside_torch_warms_up_interleaves_and_keeps_min_rounds():
+    order, threads_seen = [], set()
+
+    def call(name):
+        def fn():
+            order.append(name)
+            threads_seen.add(torch.get_num_threads())
+        return fn
+
+    before = torch.get_num_threads()  # 1 (the one_thread fixture)
+    # a budget far below one round: the window still takes min_rounds timed rounds after the warm-up rounds
+    times = time_beside_torch({"torch": call("torch"), "ort": call("ort")}, threads=2, budget_s=1e-9, warmup=5)
+    assert [len(times["torch"]), len(times["ort"])] == [MIN_ROUNDS, MIN_ROUNDS] and MIN_ROUNDS == 20
+    # 5 warm-up + 20 timed rounds, each torch then ort: 50 calls strictly alternating
+    assert order == ["torch", "ort"] * 25
+    assert threads_seen == {2} and torch.get_num_threads() == before  # torch's threads set for the window only
+    with pytest.raises(ConfigError, match="time_beside_torch threads must be a positive integer, got 0"):
+        time_beside_torch({"torch": call("torch")}, threads=0, budget_s=1.0)
 
 
 def test_agreement_numbers():
@@ -113,7 +138,8 @@ def test_bench_cli_onnxruntime_backend(tmp_path, capsys):
         rows = {r["variant"]: r for r in res["rows"]}
         assert list(rows) == ["pytorch fp32", "ort fp32", "ort int8"] and res["threads"] == 1
         assert rows["ort fp32"]["cosine"] > 0.99999 and rows["ort int8"]["cosine"] > 0.99
-        assert all(r["p50_s"] > 0 and r["repeats"] >= 3 for r in rows.values())  # >= min_rounds of interleave
+        # a 0.3 s budget still gets the window's MIN_ROUNDS (20) interleaved rounds of every variant
+        assert all(r["p50_s"] > 0 and r["repeats"] >= MIN_ROUNDS for r in rows.values())
 
 
 def test_bench_cli_onnxruntime_refuses_half_precision(capsys):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from effml.errors import ConfigError
+from effml.measure.onnxrt import MIN_ROUNDS
 from effml.study.backends import check_backends
 from effml.study.user import study
 
@@ -54,7 +55,12 @@ def test_ort_metrics_per_variant(tmp_path):
         # GEMMs; float32 rounding differences only, relative ~1e-7 -> cosine 1 - O(1e-12)
         assert r["ort_cosine"] > 0.999
         assert r["ort_max_abs_err"] < 1e-4
-        assert r["ort_latency_p50_s"] > 0 and r["ort_rounds"] >= 6  # interleave's min_rounds
+        # a 0.05 s budget still gets the window's MIN_ROUNDS (20) rounds, after its warm-up rounds
+        assert r["ort_latency_p50_s"] > 0 and r["ort_rounds"] >= MIN_ROUNDS == 20
+        assert r["ort_threads"] == torch.get_num_threads()
+        # the ratio is exactly the two medians of the one window, both stored: PyTorch baseline p50 / ORT p50
+        # (the same float division, so equal up to the last bit; rel 1e-12 allows a recomputation's rounding)
+        assert r["ort_speedup_measured"] == pytest.approx(r["ort_torch_p50_s"] / r["ort_latency_p50_s"], rel=1e-12)
         assert math.isfinite(r["ort_speedup_measured"]) and r["ort_speedup_measured"] > 0
         assert r["latency_p50_s"] > 0  # the PyTorch numbers stand beside the ORT ones
     base = res.row("baseline")
@@ -63,7 +69,31 @@ def test_ort_metrics_per_variant(tmp_path):
     assert base["ort_int8_error"] is None
     assert 0.95 < base["ort_int8_cosine"] <= 1.0 + 1e-9
     assert base["ort_int8_latency_p50_s"] > 0
+    # ORT int8 was timed in the baseline's same window: its ratio divides the same PyTorch p50
+    assert base["ort_int8_speedup_measured"] == pytest.approx(
+        base["ort_torch_p50_s"] / base["ort_int8_latency_p50_s"], rel=1e-12)
     assert "ort_int8_cosine" not in res.row("linear-8b")  # measured once, on the baseline row
+
+
+def test_ort_ratio_is_the_windows_two_medians(monkeypatch):
+    import effml.measure.onnxrt as onnxrt
+    from effml.study.backends import ort_metrics
+
+    model, _, x = _setup()
+    seen = {}
+
+    def window(calls, *, threads, budget_s):  # hand-made seconds per call, in the window's call order
+        seen.update(keys=list(calls), threads=threads, budget_s=budget_s)
+        return {"torch baseline": [3e-3, 1e-3, 2e-3], "ort": [1e-3, 0.5e-3, 0.8e-3], "ort int8": [0.4e-3] * 3}
+
+    monkeypatch.setattr(onnxrt, "time_beside_torch", window)
+    m = ort_metrics(model, None, (x[:1],), budget_s=0.5, name="mlp")
+    assert seen == {"keys": ["torch baseline", "ort", "ort int8"], "threads": torch.get_num_threads(),
+                    "budget_s": 0.5}
+    # medians: torch 2 ms, ORT 0.8 ms, ORT int8 0.4 ms -> 2 / 0.8 = 2.5x and 2 / 0.4 = 5x, from the same 2 ms
+    assert (m["ort_torch_p50_s"], m["ort_latency_p50_s"], m["ort_int8_latency_p50_s"]) == (2e-3, 0.8e-3, 0.4e-3)
+    assert m["ort_speedup_measured"] == pytest.approx(2.5) and m["ort_int8_speedup_measured"] == pytest.approx(5.0)
+    assert m["ort_rounds"] == 3 and m["ort_error"] is None
 
 
 def test_export_failure_is_listed_and_study_continues(tmp_path):

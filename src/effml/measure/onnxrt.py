@@ -7,9 +7,17 @@ own dynamic int8 from `onnxruntime.quantization.quantize_dynamic`), and time it 
 The exporter is the TorchScript one (`dynamo=False`): on torch 2.13 it needs only the `onnx` package, while the
 dynamo exporter needs `onnxscript`. Each model is exported for the exact input shapes it is timed on (no
 dynamic axes: the trace of a transformer can bake in shape-dependent branches), so one export per shape.
-ORT runs with `threads` intra-op threads (default 1), sequential execution, every graph optimisation; PyTorch
-runs with the same number of threads during the comparison. Outputs are compared with PyTorch fp32's on the
-same inputs: cosine similarity and max absolute error of the first output tensor (logits or hidden states).
+ORT runs with `threads` intra-op threads (default 1), one inter-op thread, sequential execution, every graph
+optimisation and no spinning (session.intra_op.allow_spinning 0); PyTorch runs with the same number of threads
+during the comparison. Outputs are compared with PyTorch fp32's on the same inputs: cosine similarity and max
+absolute error of the first output tensor (logits or hidden states).
+
+`time_beside_torch` is the one timer of PyTorch vs ORT (the study's ORT metrics, compare_backends, `effml bench
+--backend onnxruntime`): both sides warmed up, then called in turn (torch, ORT, torch, ORT, ...) in one window of
+at least MIN_ROUNDS rounds. Why no spinning: ORT's idle workers otherwise busy-wait after each run and hold the
+cores that the PyTorch call timed next needs; measured on a 2-core machine (2 threads each, 3x Linear(1024) MLP,
+batch 32), PyTorch's p50 in the window went from 0.8 ms alone to 20-28 ms beside a spinning ORT session, which
+made ORT read 20-28x faster.
 A variant that fails to export or quantize is kept as a row with its error; the others still run.
 """
 
@@ -146,11 +154,14 @@ def quantize_int8(src: str | Path, dst: str | Path, *, per_channel: bool = False
 class OrtRunner:
     """An ORT CPU session over an .onnx file: runner(*tensors) -> the first output as a torch tensor."""
 
-    def __init__(self, path: str | Path, input_names: list[str], threads: int = 1):
+    def __init__(self, path: str | Path, input_names: list[str], threads: int = 1, spinning: bool = False):
         ort = require("onnxruntime", extra="onnx")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # idle workers sleep between runs instead of busy-waiting on the cores PyTorch is timed on next
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path, self.input_names, self.threads = Path(path), list(input_names), threads
@@ -164,6 +175,30 @@ class OrtRunner:
 
     def __call__(self, *tensors) -> torch.Tensor:
         return torch.from_numpy(self.run(self.feed(tensors)))
+
+
+# the PyTorch-vs-ORT window: rounds of warm-up (ORT's first runs allocate and plan), at least MIN_ROUNDS timed
+# rounds, however short the budget
+WARMUP_ROUNDS, MIN_ROUNDS = 5, 20
+
+
+def time_beside_torch(calls: dict[str, Callable[[], object]], *, threads: int, budget_s: float,
+                      rounds: int = 10_000, min_rounds: int = MIN_ROUNDS, warmup: int = WARMUP_ROUNDS
+                      ) -> dict[str, list[float]]:
+    """Seconds per call of PyTorch and ORT callables timed in turn (torch, ort, torch, ort, ...; effml.measure.ab
+    .interleave) after `warmup` untimed rounds, for `rounds` rounds or `budget_s` seconds, never fewer than
+    `min_rounds`; torch runs with `threads` threads in the window (the ORT sessions' intra-op count, OrtRunner)."""
+    from effml.measure.ab import interleave
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"time_beside_torch threads must be a positive integer, got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return interleave(calls, rounds=max(rounds, min_rounds), warmup=warmup, budget_s=budget_s,
+                          min_rounds=min_rounds)
+    finally:
+        torch.set_num_threads(before)
 
 
 def agreement(ref: torch.Tensor, out: torch.Tensor) -> dict:
@@ -225,8 +260,6 @@ def compare_backends(model: nn.Module, args: tuple, *, kwargs: dict | None = Non
     """PyTorch fp32 (the reference), the given PyTorch `variants` (e.g. effml int8) and ORT fp32/int8 of `model`
     on the same inputs: medians from interleaved rounds, outputs against the reference's. `reduce` maps each
     output before comparing (e.g. mean pooling to a sentence embedding); default: the output itself."""
-    from effml.measure.ab import interleave
-
     ort = require("onnxruntime", extra="onnx")
     config = config or OrtConfig()
     progress = progress or (lambda what, frac: None)
@@ -248,7 +281,8 @@ def compare_backends(model: nn.Module, args: tuple, *, kwargs: dict | None = Non
             progress(f"exporting {name} to ONNX", 0.1)
             rows += _ort_rows(model, args, kwargs, name, config, Path(tmp), ref, reduce, calls, progress)
             progress(f"timing {len(calls)} variants", 0.5)
-            times = interleave(calls, rounds=rounds, budget_s=budget_s)
+            times = time_beside_torch(calls, threads=config.threads, rounds=rounds, budget_s=budget_s,
+                                      min_rounds=min(rounds, MIN_ROUNDS))
     finally:
         torch.set_num_threads(threads_before)
     for r in rows:
@@ -293,5 +327,6 @@ def _ort_rows(model, args, kwargs, name, config: OrtConfig, tmp: Path, ref, redu
     return rows
 
 
-__all__ = ["BackendComparison", "BackendRow", "ORT_VARIANTS", "OnnxExportError", "OrtConfig", "OrtRunner",
-           "agreement", "compare_backends", "export", "first_tensor", "quantize_int8"]
+__all__ = ["BackendComparison", "BackendRow", "MIN_ROUNDS", "ORT_VARIANTS", "OnnxExportError", "OrtConfig",
+           "OrtRunner", "WARMUP_ROUNDS", "agreement", "compare_backends", "export", "first_tensor", "quantize_int8",
+           "time_beside_torch"]

@@ -6,10 +6,13 @@ For each variant (the baseline included) `ort_metrics` exports the variant with 
 example inputs' exact shapes (effml.measure.onnxrt: the TorchScript exporter, constant folding, opset 17), runs
 it in ORT's CPU execution provider as exported (fp32 stays fp32; a quantized PyTorch variant is exported as
 whatever its modules trace to), and times it in alternating rounds with the PyTorch *baseline* on the same
-inputs, in one window. ORT gets as many intra-op threads as torch has. The run's metrics get:
+inputs, in one window (effml.measure.onnxrt.time_beside_torch: both warmed up, at least MIN_ROUNDS rounds, ORT
+with as many intra-op threads as torch has, one inter-op thread, no spinning). The run's metrics get:
 
     ort_latency_p50_s      median seconds per call of the variant in ORT
-    ort_speedup_measured   PyTorch-baseline p50 / ORT-variant p50, measured in that one window
+    ort_torch_p50_s        median seconds per call of the PyTorch baseline in that same window
+    ort_speedup_measured   ort_torch_p50_s / ort_latency_p50_s (both from the one window)
+    ort_rounds, ort_threads  timed rounds of the window; threads of each runtime in it
     ort_cosine             cosine similarity of ORT's output with the PyTorch variant's (same inputs, first
                            output tensor, flattened, float64); ort_max_abs_err its max absolute error
     ort_error              why there is no ORT number (export, ORT session or run failed): the variant's ORT
@@ -37,6 +40,7 @@ from effml.extras import require
 BACKENDS = ("torch", "onnxruntime")  # in the order they are measured; torch always
 ALIASES = {"pytorch": "torch", "ort": "onnxruntime"}
 ORT_KEYS = ("ort_latency_p50_s", "ort_speedup_measured", "ort_cosine", "ort_max_abs_err", "ort_error")
+WINDOW_KEYS = ("ort_torch_p50_s", "ort_rounds", "ort_threads")  # the timing window's own numbers
 
 
 def check_backends(backends: Iterable[str] | str | None, device: str = "cpu", flag: str = "backends"
@@ -89,14 +93,14 @@ def ort_metrics(model: nn.Module, baseline: nn.Module | None, args: tuple, kwarg
                 budget_s: float, name: str = "variant") -> dict:
     """The ORT metrics of one variant (see the module docstring); `baseline` None: `model` is the baseline
     (its ORT int8 is measured too). Never raises for a model ORT cannot take: that is `ort_error`."""
-    from effml.measure.ab import interleave, median
-    from effml.measure.onnxrt import export, first_tensor, quantize_int8
+    from effml.measure.ab import median
+    from effml.measure.onnxrt import export, first_tensor, quantize_int8, time_beside_torch
 
     kwargs = dict(kwargs or {})
     args = tuple(args)
     is_base = baseline is None
     ref_model = model if is_base else baseline
-    out: dict = dict.fromkeys(ORT_KEYS)
+    out: dict = dict.fromkeys(ORT_KEYS + WINDOW_KEYS)
     if is_base:
         out.update(dict.fromkeys(f"ort_int8_{k[4:]}" for k in ORT_KEYS))
     with torch.inference_mode():
@@ -125,16 +129,15 @@ def ort_metrics(model: nn.Module, baseline: nn.Module | None, args: tuple, kwarg
                 calls["ort int8"] = lambda r=runner8, f=feed8: r.run(f)
             except Exception as e:  # noqa: BLE001 - ORT's quantizer or its int8 graph: listed with the error
                 out["ort_int8_error"] = _error(e)
-        times = interleave(calls, rounds=10_000, budget_s=budget_s, min_rounds=6)
+        times = time_beside_torch(calls, threads=threads, budget_s=budget_s)
     base = median(times["torch baseline"])
+    out.update(ort_torch_p50_s=base, ort_rounds=len(times["ort"]), ort_threads=threads)
     for key, prefix in (("ort", "ort"), ("ort int8", "ort_int8")):
         if key in times:
             p50 = median(times[key])
             out[f"{prefix}_latency_p50_s"] = p50
             out[f"{prefix}_speedup_measured"] = base / p50 if p50 > 0 else None
-    out["ort_threads"] = threads
-    out["ort_rounds"] = len(times["ort"])
     return out
 
 
-__all__ = ["ALIASES", "BACKENDS", "ORT_KEYS", "check_backends", "ort_metrics"]
+__all__ = ["ALIASES", "BACKENDS", "ORT_KEYS", "WINDOW_KEYS", "check_backends", "ort_metrics"]
