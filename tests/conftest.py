@@ -68,3 +68,18 @@ def postgres_url():
     finally:
         run(pg_ctl, "-D", data, "-w", "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_db(postgres_url):
+    """A fresh, empty database on the shared server (one per test: no state carried between tests)."""
+    import secrets
+
+    import psycopg2
+
+    name = f"t_{secrets.token_hex(4)}"
+    conn = psycopg2.connect(postgres_url)
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return postgres_url.rsplit("/", 1)[0] + "/" + name

@@ -111,7 +111,7 @@ def main(store: str, log: str, ttl_s: float, slow: bool) -> None:
     res = effml.study(mlp(), evaluate, example_inputs=x[:8], store=store, name=STUDY, devices=(),
                       measure_budget_s=0.05, claim_ttl_s=ttl_s)
     print("done", ",".join(res.done), flush=True)
-    print("rows", ",".join(sorted(r["name"] for r in res.rows)), flush=True)
+    print("all", ",".join(sorted([r["name"] for r in res.rows] + [name for name, _ in res.failed])), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,15 @@
 """The study store on PostgreSQL (a throwaway server, tests/conftest.py's postgres_url): the same rows and checks
 as SQLite, atomic claims across processes, clear errors for a server that cannot be reached or a database that
-holds someone else's tables, and `effml study` / `effml report` with --store postgresql://..."""
+holds someone else's tables, and `effml study` / `effml report` with --store postgresql://... Each test gets a
+fresh database (tests/conftest.py's pg_db)."""
 
 import json
-import secrets
 import socket
 
 import pytest
 
 from effml.errors import ConfigError
 from effml.study.store import Run, Store
-
-
-@pytest.fixture
-def pg_db(postgres_url):
-    """A fresh, empty database on the shared server (one per test: no state between tests)."""
-    import psycopg2
-
-    name = f"t_{secrets.token_hex(4)}"
-    conn = psycopg2.connect(postgres_url)
-    conn.autocommit = True
-    conn.cursor().execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
 
 
 def _sql(url: str, statement: str) -> None:

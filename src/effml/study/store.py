@@ -281,8 +281,14 @@ class Store:
         self.conn.close()
 
     def reopen(self) -> "Store":
-        """Another connection to the same store (e.g. for a heartbeat thread)."""
-        return Store(self.target, create=False)
+        """Another connection to this (already checked) store, e.g. for a heartbeat thread. Not Store(path): its
+        check reads the file with open()/close(), and closing any descriptor of the file drops every POSIX lock
+        this process holds on it, SQLite's too (another process then no longer saw the heartbeat's writes)."""
+        other = object.__new__(Store)
+        other.target, other.path = self.target, self.path
+        other.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        other.conn.execute("PRAGMA busy_timeout=60000")
+        return other
 
     @contextmanager
     def _immediate(self):

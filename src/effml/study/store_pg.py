@@ -130,6 +130,9 @@ class PgStore(Store):
     def close(self) -> None:
         self.engine.dispose()
 
+    def reopen(self) -> "PgStore":
+        return PgStore(self.target, create=False)
+
     # ---- runs ----------------------------------------------------------------------------------------
     def put(self, run: Run) -> bool:
         names = ("study", "key", "name", "chain", "metrics", "predictions", "machine", "created")
