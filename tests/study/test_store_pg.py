@@ -150,3 +150,43 @@ def test_cli_study_and_report_on_postgres(pg_db, tmp_path, capsys):
     empty = pg_db.rsplit("/", 1)[0] + "/template1"  # a database with no store: refused, nothing created in it
     assert main(["report", "--store", empty, "--out", str(out)]) == 2
     assert f"no study store at '{empty}'" in capsys.readouterr().err
+
+
+TINY_MODULE = '''
+import torch
+from torch import nn
+
+X = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+Y = torch.arange(64) % 4
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+def evaluate(m):
+    with torch.no_grad():
+        return {"accuracy": (m(X).argmax(1) == Y).float().mean().item()}
+
+
+def inputs():
+    return X[:8]
+'''
+
+
+def test_cli_spec_study_and_report_on_postgres(pg_db, tmp_path, capsys):
+    from effml.cli import main
+
+    (tmp_path / "tiny_pg_model.py").write_text(TINY_MODULE)  # the user's module, beside the spec
+    spec = tmp_path / "study.toml"
+    spec.write_text('name = "tiny"\nmodel = "tiny_pg_model:model"\nevaluate = "tiny_pg_model:evaluate"\n'
+                    'example_inputs = "tiny_pg_model:inputs"\nplans = ["linear-8b"]\ndevices = ["rpi5"]\n'
+                    "measure_budget_s = 0.05\n")
+    out = tmp_path / "report.html"
+    assert main(["study", "--spec", str(spec), "--store", pg_db, "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in res["rows"]] == ["baseline", "linear-8b"] and res["done"] == ["baseline", "linear-8b"]
+    again = tmp_path / "again.html"
+    assert main(["report", "--store", pg_db, "--study", "tiny", "--out", str(again)]) == 0
+    assert "linear-8b" in again.read_text()
