@@ -119,6 +119,18 @@ def test_unreachable_server_is_a_clear_error_with_the_password_masked():
     assert "Connection refused" in msg and "s3cret" not in msg
 
 
+@pytest.mark.timeout(60)
+def test_a_server_that_never_answers_times_out():
+    pytest.importorskip("psycopg2", reason="psycopg2-binary not installed (pip install '.[postgres]')")
+    with socket.socket() as silent:  # accepts the connection, never says a word: without a timeout, a hang
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"store 'postgresql://effml:\*\*\*@127.0.0.1:{port}/studies': cannot "
+                                              r"reach the PostgreSQL server \(.*timeout expired\)"):
+            Store(f"postgresql://effml:s3cret@127.0.0.1:{port}/studies")  # CONNECT_TIMEOUT_S = 5 applies
+
+
 def test_unsupported_url_scheme():
     with pytest.raises(ConfigError, match="store URL scheme 'mysql' is not supported; use a file path, "
                                           r"sqlite:///PATH or postgresql://"):
