@@ -335,22 +335,15 @@ def _study(config: NasConfig):
 
 
 def _driver(url: str) -> str:
-    """postgresql:// -> postgresql+psycopg2:// unless psycopg 3 is installed (SQLAlchemy 2.1's default
-    PostgreSQL driver is psycopg 3; the `postgres` extra installs psycopg2-binary)."""
-    import importlib.util
+    from effml.study.store_pg import driver_url  # one rule for the NAS storage and the study store
 
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
+    return driver_url(url)
 
 
 def _redact(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if at and ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    return f"{scheme}{sep}{creds}{at}{host}"
+    from effml.study.store_pg import mask_url
+
+    return mask_url(url)
 
 
 # ---- several workers ----------------------------------------------------------------------------------
