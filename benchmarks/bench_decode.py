@@ -91,11 +91,12 @@ def main() -> int:
     models, plans, notes, hfs = {}, {}, {}, {}
     for f in formats:
         m = copy.deepcopy(lm.model)
-        notes[f] = to_format(m, FormatConfig(f))
+        fmt, _, kernel = f.partition("-")  # "int8-torch": int8 on torch's kernels only (the A/B reference)
+        notes[f] = to_format(m, FormatConfig(fmt, kernel=kernel or "packed"))
         plans[f] = prepare(m)
         models[f] = m
         if not a.no_hf:
-            hfs[f] = hf_in_format(load_hf_reference(), f)
+            hfs[f] = hf_in_format(load_hf_reference(), f.partition("-")[0])
     cfg = GenerateConfig(max_new_tokens=a.tokens)
     for m in models.values():
         generate(m, ids, GenerateConfig(max_new_tokens=4))  # warm-up (first-call packing, allocator)

@@ -5,8 +5,10 @@ import copy
 import pytest
 import torch
 
-from effml.compress.weight_only import fast_act_dtype, weight_only
+from effml import native as gemv
+from effml.compress.weight_only import WeightOnlyLinear, fast_act_dtype, weight_only
 from effml.errors import ConfigError
+from effml.llm import fastpath
 from effml.llm.engine import FormatConfig, prepare, to_format, weights_format
 from effml.llm.generate import GenerateConfig, generate
 from effml.llm.model import compute_dtype, fuse_projections
@@ -40,8 +42,15 @@ def test_every_format_decodes_and_says_its_kernel(model, fmt):
         assert any(op in k for k in plan.kernels) and any(op in n for n in notes)
         if fmt == "int4":  # the tiny head has 97 rows: not a multiple of 16 -> the int8 head; nothing is silent
             assert any("LM head" in n for n in notes)
-    assert compute_dtype(m) == (torch.bfloat16 if fmt == "bf16" or (fmt != "fp32" and plan.native_bf16)
-                                else torch.float32)
+    # int8 runs effml's own GEMV where it is built, which takes fp32 activations; torch's int kernels want bf16
+    native = fmt == "int8" and all(q.native() for q in m.modules() if isinstance(q, WeightOnlyLinear))
+    assert any("effml native int8 GEMV" in k for k in plan.kernels) == (fmt in ("int8", "int4") and gemv.load()
+                                                                        is not None)
+    # with effml's fused decode ops the step stays fp32 (int4 projections convert their rows inside the call)
+    fused = fastpath.available()
+    assert m.fast_decode == (fused and fmt != "bf16")
+    assert compute_dtype(m) == (torch.bfloat16 if fmt == "bf16" or (fmt != "fp32" and plan.native_bf16
+                                                                    and not native and not fused) else torch.float32)
 
 
 def test_compressed_models_from_effml_compress_run_in_generate(model):
@@ -103,6 +112,7 @@ def test_without_bf16_arithmetic_int4_keeps_fp32_activations_and_says_so(model, 
     import effml.llm.engine as engine
 
     monkeypatch.setattr(engine, "native_bf16", lambda: False)
+    monkeypatch.setattr(fastpath, "available", lambda: False)  # and no compiler: the generic step, and the note
     m = copy.deepcopy(model)
     to_format(m, FormatConfig("int4"))
     plan = prepare(m)

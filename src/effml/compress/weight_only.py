@@ -8,8 +8,11 @@ Code layout (what `WeightOnlyLinear.from_codes` takes; GPTQ/AWQ results build th
            zero points, fractional for the min-max groups `minmax_int4` makes)
     w[o, i] = (codes[o, i] - zero[o, g]) * scale[o, g],  g = i // group_size   (int8: g = 0)
 
-Kernels (`kernel=`): "packed" runs torch's weight-only CPU kernels, `torch._weight_int8pack_mm` and
-`aten._weight_int4pack_mm_for_cpu`; "dequant" dequantizes on every call and runs F.linear (a reference: slow).
+Kernels (`kernel=`): "packed" runs the fastest integer kernels here: for int8 and up to 16 activation rows (a
+decode step, a speculative verification) effml's own GEMV (effml.native: fp32 activations, each weight
+read once at close to the memory bandwidth; 2-3x torch's kernel on SmolLM2's shapes), and otherwise torch's
+weight-only CPU kernels, `torch._weight_int8pack_mm` and `aten._weight_int4pack_mm_for_cpu`; "torch" runs only
+torch's kernels (the A/B reference); "dequant" dequantizes on every call and runs F.linear (a reference: slow).
 The packed kernels are fast only with bf16 activations: measured here on one thread (AMD EPYC, AVX-512 VNNI+BF16,
 and the same machine restricted to AVX2 with ATEN_CPU_CAPABILITY=avx2), against an fp32 F.linear of the same
 shape — int8: 2.5-3.3x with bf16 activations but 0.4x with fp32; int4 (g32): 4-6x with bf16, 0.2x with fp32
@@ -31,7 +34,7 @@ from torch import nn
 from effml.compress.qlinear import QSpec, dequantize, qparams, quantize
 from effml.errors import ConfigError
 
-WEIGHT_KERNELS = ("packed", "dequant")
+WEIGHT_KERNELS = ("packed", "torch", "dequant")
 ACT_DTYPES = ("auto", "fp32", "bf16")
 FAST_CAPABILITIES = ("AVX2", "AVX512", "AMX")  # prefixes of get_cpu_capability() with vectorized int8/int4 kernels
 
@@ -58,6 +61,12 @@ def minmax_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.T
     zero = -lo / scale  # the (fractional) code of w = 0
     codes = torch.clamp(torch.round((g - lo) / scale), 0, 15).to(torch.int32).reshape(out, inp)
     return scale[..., 0], zero[..., 0], codes
+
+
+def _gemv_rows() -> int:
+    from effml.native import MAX_ROWS
+
+    return MAX_ROWS
 
 
 class WeightOnlyLinear(nn.Module):
@@ -104,27 +113,28 @@ class WeightOnlyLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.kernel, self.act_dtype_name = kernel, act_dtype
         self.note = ""
-        if kernel == "packed" and spec.bits == 4 and (out % 16 or inp % 32):
+        if kernel in ("packed", "torch") and spec.bits == 4 and (out % 16 or inp % 32):
             self.kernel = "dequant"
             self.note = "int4-shape"  # weight_only() lists these layers in one note
         fast = fast_act_dtype()
         if act_dtype == "auto":
             self.act_dtype = fast or torch.float32
-            if fast is None and self.kernel == "packed":
+            if fast is None and self.kernel in ("packed", "torch"):
                 self.note = (f"{name}: no vectorized int{spec.bits} weight-only kernel for CPU capability "
                              f"{cpu_capability()}: the packed kernel runs scalar (slower than fp32)")
         else:
             self.act_dtype = torch.bfloat16 if act_dtype == "bf16" else torch.float32
-            if self.kernel == "packed" and self.act_dtype == torch.float32:
+            if self.kernel in ("packed", "torch") and self.act_dtype == torch.float32:
                 self.note = (f"{name}: int{spec.bits} with fp32 activations runs torch's slow path (0.2-0.4x an "
                              f"fp32 F.linear here); act_dtype='auto' picks bf16")
-        if self.kernel == "packed" and spec.bits == 8 and self.act_dtype == torch.bfloat16 and inp % 16:
+        if self.kernel in ("packed", "torch") and spec.bits == 8 and self.act_dtype == torch.bfloat16 and inp % 16:
             # torch 2.13's bf16 _weight_int8pack_mm segfaults (AVX-512 BF16 EPYC, seen here) when in_features % 16
             # and more than one row: (2, 300) x (100, 300) crashes, (2, 304) runs. Such layers take fp32 rows.
             self.act_dtype = torch.float32
             self.note = (f"{name}: in_features {inp} is not a multiple of 16, which torch's bf16 int8 kernel "
                          f"needs; fp32 activations (slower) for this layer")
         self._prepared = None  # (codes or int4 pack, scales in act dtype) built on the first call
+        self._gemv = None  # (effml's compiled GEMV module, fp32 scales) for int8 "packed", loaded in _prepare
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
@@ -172,15 +182,27 @@ class WeightOnlyLinear(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._prepared = None  # new codes: pack again on the next call
+        self._prepared = self._gemv = None  # new codes: pack again on the next call
 
     # ---- compute ------------------------------------------------------------------------------------------
     def dequantized(self) -> torch.Tensor:
         return dequantize(self.codes.to(torch.int32), self.scale[..., None].float(), self.zero[..., None].float(),
                           self.spec)  # (out, in) fp32
 
+    def native(self) -> bool:
+        """Does this layer run effml's own GEMV for decode rows (int8, kernel "packed", the module built)?"""
+        if self.bits != 8 or self.kernel != "packed":
+            return False
+        self._prepare()
+        return self._gemv is not None
+
     def _prepare(self):
         if self._prepared is None:
+            if self.bits == 8 and self.kernel == "packed":
+                from effml import native as gemv
+
+                ext = gemv.load()  # compiled once per machine (about 35 s), then loaded from the cache
+                self._gemv = None if ext is None else (ext, self.scale.reshape(-1).float().contiguous())
             dt = self.act_dtype
             if self.bits == 8:
                 self._prepared = (self.codes.contiguous(), self.scale.reshape(-1).to(dt).contiguous())
@@ -197,6 +219,11 @@ class WeightOnlyLinear(nn.Module):
             return F.linear(x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         w, s = self._prepare()
         x2 = x.reshape(-1, self.in_features)  # (N, in)
+        if self._gemv is not None and x2.shape[0] <= _gemv_rows():
+            ext, s32 = self._gemv
+            bias = None if self.bias is None else self.bias.float()
+            y = ext.int8_gemv(x2.float().contiguous(), w, s32, bias)  # (N, out) fp32
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         if x2.dtype != self.act_dtype or not x2.is_contiguous():
             x2 = x2.to(self.act_dtype).contiguous()  # the kernels need contiguous rows of the activation dtype
         if self.bits == 8:
@@ -211,7 +238,12 @@ class WeightOnlyLinear(nn.Module):
         if self.kernel == "dequant":
             return "dequantize + F.linear"
         op = "torch._weight_int8pack_mm" if self.bits == 8 else "aten._weight_int4pack_mm_for_cpu"
-        return f"{op} ({str(self.act_dtype).removeprefix('torch.')} activations, CPU {cpu_capability()})"
+        torch_op = f"{op} ({str(self.act_dtype).removeprefix('torch.')} activations, CPU {cpu_capability()})"
+        if self.native():
+            from effml import native as gemv
+
+            return f"{gemv.status()} for <= {_gemv_rows()} rows; {torch_op} above"
+        return torch_op
 
     def storage_bits(self) -> int:
         groups = self.scale.numel()
@@ -246,9 +278,13 @@ def weight_only(model: nn.Module, bits: int, group_size: int, kernel: str, skip:
         if q.note:
             slow.append(q.note)
     notes = [f"left in fp32, in_features not a multiple of group_size={group_size}: {', '.join(left)}"] if left else []
-    fast = sorted({q.kernel_used() for q in made if q.kernel == "packed"})
+    fast = sorted({q.kernel_used() for q in made if q.kernel in ("packed", "torch")})
     if fast:
         notes.append(f"int{bits} kernel: {'; '.join(fast)}")
+    if bits == 8 and any(q.kernel == "packed" and not q.native() for q in made):
+        from effml import native as gemv
+
+        notes.append(gemv.status())
     shape = [q.name for q in made if q.note == "int4-shape"]
     if shape:
         notes.append(f"int4 kernel needs out % 16 == 0 and in % 32 == 0; dequantize + fp32 GEMM for {', '.join(shape)}")

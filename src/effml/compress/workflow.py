@@ -228,7 +228,8 @@ def _measure(rep: CompressionReport, dense: nn.Module, inputs: tuple | None, dat
         except EffmlError as e:
             note = f"no prediction: {e}"
     if m.rounds:
-        from effml.study.on_device import check_config_on, for_timing, to_device
+        from effml.compress.on_device import check_config_on
+        from effml.measure.device import for_timing, to_device
 
         for config in rep.configs:  # a CPU-only int8 model is refused on CUDA, never timed on the CPU instead
             check_config_on(config, m.device, "Measure.device")

@@ -37,8 +37,13 @@ class FormatConfig:
     # int8/int4: the LM head's format (the largest matrix, 49152 x 576 in SmolLM2). "auto": int8 for both; an int4
     # head costs SmolLM2 the most quality (teacher-forced greedy agreement with fp32: 86% with it vs 97% with int8)
     head: str = "auto"
+    # int8/int4: "packed" = the fastest kernels here (effml's own int8 GEMV for decode rows where it is built, torch's
+    # weight-only kernels otherwise); "torch" = torch's kernels only (the reference the benchmark compares against)
+    kernel: str = "packed"
 
     def __post_init__(self):
+        if self.kernel not in ("packed", "torch"):
+            raise ConfigError(f"FormatConfig.kernel {self.kernel!r} must be packed or torch")
         if self.head not in ("auto", "fp32", "int8", "int4"):
             raise ConfigError(f"FormatConfig.head {self.head!r} must be auto, fp32, int8 or int4")
         if self.format not in FORMATS:
@@ -73,10 +78,10 @@ def to_format(model: Transformer, config: FormatConfig) -> list[str]:
                                          f"{torch.backends.cpu.get_cpu_capability()}): emulated, expect it slower "
                                          f"than fp32"]
     bits = 8 if config.format == "int8" else 4
-    _, _, notes = weight_only(model, bits, config.group_size, "packed", ("output",))
+    _, _, notes = weight_only(model, bits, config.group_size, config.kernel, ("output",))
     head = {"auto": 8, "int8": 8, "int4": 4, "fp32": 0}[config.head]
     if head:  # only the head is still an nn.Linear now
-        _, _, head_notes = weight_only(model, head, config.group_size, "packed")
+        _, _, head_notes = weight_only(model, head, config.group_size, config.kernel)
         notes += [f"LM head: {n}" for n in head_notes]
     return notes
 
@@ -176,15 +181,27 @@ def prepare(model: Transformer) -> EnginePlan:
     notes = []
     plain = [n for n, m in model.named_modules() if type(m) in (nn.Linear, PackedLinear) and
              m.weight.dtype != torch.bfloat16]
-    if wol and bf16 and not plain and all(m.act_dtype == torch.bfloat16 for m in wol):
+    from effml.llm import fastpath
+
+    torch_kernels = [m for m in wol if not m.native()]  # effml's own int8 GEMV takes fp32 activations
+    fused_ops = fastpath.available()  # fp32 fused decode ops: int4 layers then take bf16 rows inside each call
+    if torch_kernels and bf16 and not plain and not fused_ops and \
+            all(m.act_dtype == torch.bfloat16 for m in torch_kernels):
         model.act_dtype = torch.bfloat16  # the whole step in bf16: no conversion at each projection
-    elif wol:
+    elif torch_kernels and not fused_ops:
         why = f"{', '.join(plain[:3])} stay fp32" if plain else "no bf16 arithmetic on this CPU"
         notes.append(f"activations stay fp32 and are converted at each quantized projection ({why})")
+    elif torch_kernels:
+        notes.append("activations stay fp32 for effml's fused decode ops; each int4 projection converts its rows "
+                     "to its kernel's dtype")
     if fmt == "bf16" and not bf16:
         notes.append("bf16 weights on a CPU without bf16 arithmetic: emulated, slower than fp32")
     _, pnotes = pack_linears(model)
+    pnotes += fastpath.enable(model)
     kernels, knotes = _kernels(model)
+    if model.fast_decode:
+        kernels.append("effml fused decode ops (rms_norm, RoPE + cache write + attention, silu*up): up to "
+                       f"{fastpath.MAX_TOKENS} tokens of one sequence in a contiguous cache")
     notes += pnotes
     return EnginePlan(fmt, torch.backends.cpu.get_cpu_capability(), bf16,
                       str(compute_dtype(model)).removeprefix("torch."), len(fused), kernels, notes + knotes)

@@ -241,6 +241,7 @@ class Transformer(nn.Module):
             self.register_buffer("head_ids", torch.arange(args.head_tokens))
         self.rope = RoPE(args.head_dim, args.rope_theta)
         self.act_dtype: torch.dtype | None = None  # activations' dtype when it differs from the embedding's
+        self.fast_decode = False  # engine.prepare(): decode steps through effml.llm.fastpath's fused ops
 
     @property
     def vocab_size(self) -> int:
@@ -252,6 +253,12 @@ class Transformer(nn.Module):
             raise ConfigError(f"Transformer input must be (batch, tokens) with at least one token, "
                               f"got shape {tuple(tokens.shape)}")
         B, T = tokens.shape
+        if self.fast_decode and cache is not None:
+            from effml.llm.fastpath import fast_hidden
+
+            x = fast_hidden(self, tokens, cache)  # None: not a call the fused path takes (the generic one runs)
+            if x is not None:
+                return x
         if cache is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)  # (B, T)
         else:

@@ -35,7 +35,7 @@ def check_device(text: str | None, *, fmt: str = "fp32", speculative: str | None
         return device
     if fmt not in CUDA_FORMATS:
         from effml.compress.configs import config_from_dict
-        from effml.study.on_device import config_refusal
+        from effml.compress.on_device import config_refusal
 
         why = config_refusal(config_from_dict({"method": "weight-only", "bits": 8 if fmt == "int8" else 4}))
         raise ConfigError(f"{flag} {device}: --format {fmt} is not available on the GPU ({why}); use --format "

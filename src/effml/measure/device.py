@@ -58,3 +58,27 @@ def synchronize(device: str) -> None:
 
 
 __all__ = ["device_info", "resolve_device", "synchronize"]
+
+
+def to_device(x, device: str):
+    """Tensors moved to `device`, also inside tuples, lists and dicts; anything else as it is."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+def for_timing(model, baseline, x, device: str):
+    """(model, baseline, x) on `device` for the timing and the memory peak: copies on a GPU (the default study
+    trains and evaluates its variants on the CPU and measures them where --device says), themselves on the CPU."""
+    if not device.startswith("cuda"):
+        return model, baseline, x
+    import copy
+
+    return (copy.deepcopy(model).to(device), copy.deepcopy(baseline).to(device) if baseline is not None else None,
+            to_device(x, device))

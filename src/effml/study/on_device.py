@@ -15,38 +15,8 @@ Pruning and the fake-quant formats (linear, k-means) keep fp32 weights and run o
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from effml.errors import ConfigError
-from effml.registries import Registry
-
-_AO = ("torch.ao quantized int8 kernels (fbgemm / x86 / oneDNN engines) run only on the CPU; no CUDA kernel")
-_PACKED = ("the packed weight-only kernels (aten._weight_int4pack_mm_for_cpu, torch._weight_int8pack_mm) run only "
-           "on the CPU; no CUDA kernel")
-
-NO_CUDA_KERNEL: Registry = Registry("CPU-only quantization method")
-NO_CUDA_KERNEL.add("int8-dynamic", lambda config: _AO)
-NO_CUDA_KERNEL.add("int8-static", lambda config: _AO)
-NO_CUDA_KERNEL.add("weight-only", lambda config: _PACKED if getattr(config, "kernel", "packed") == "packed" else None)
-NO_CUDA_KERNEL.add("gptq", lambda config: _PACKED)
-NO_CUDA_KERNEL.add("awq", lambda config: _PACKED)
-
-
-def config_refusal(config) -> str | None:
-    """Why a compression config (effml.compress.configs) makes a model that cannot run on CUDA; None: it can."""
-    if config.name not in NO_CUDA_KERNEL:
-        return None
-    why: Callable[[Any], str | None] = NO_CUDA_KERNEL.get(config.name)
-    reason = why(config)
-    return f"{config.name}: {reason}" if reason else None
-
-
-def check_config_on(config, device: str, flag: str = "--device") -> None:
-    """ConfigError when `config` makes a model with no kernel on `device` (refused before any work)."""
-    reason = config_refusal(config) if device.startswith("cuda") else None
-    if reason:
-        raise ConfigError(f"{flag} {device}: {reason}; run it with {flag} cpu, or choose a format that runs on "
-                          "the GPU (pruning, linear or kmeans fake-quant, weight-only with kernel dequant)")
+from effml.compress.on_device import NO_CUDA_KERNEL, check_config_on, config_refusal  # noqa: F401 (re-exported)
+from effml.measure.device import for_timing, to_device  # noqa: F401 (re-exported)
 
 
 def cuda_refusal(steps) -> str | None:
@@ -75,19 +45,6 @@ def split_plans(plans: list, device: str) -> tuple[list, list[tuple[str, str]]]:
     return kept, refused
 
 
-def to_device(x, device: str):
-    """Tensors moved to `device`, also inside tuples, lists and dicts; anything else as it is."""
-    import torch
-
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_device(v, device) for v in x)
-    return x
-
-
 def recorded(device: str) -> dict:
     """What the results record about the device the numbers were measured on (empty for the CPU: the machine
     info already says which CPU)."""
@@ -112,17 +69,6 @@ def place(model, example_inputs, calibration, device: str | None, backends, flag
         model.to(device)
         example_inputs, calibration = to_device(example_inputs, device), to_device(calibration, device)
     return device, backends, example_inputs, calibration
-
-
-def for_timing(model, baseline, x, device: str):
-    """(model, baseline, x) on `device` for the timing and the memory peak: copies on a GPU (the default study
-    trains and evaluates its variants on the CPU and measures them where --device says), themselves on the CPU."""
-    if not device.startswith("cuda"):
-        return model, baseline, x
-    import copy
-
-    return (copy.deepcopy(model).to(device), copy.deepcopy(baseline).to(device) if baseline is not None else None,
-            to_device(x, device))
 
 
 __all__ = ["NO_CUDA_KERNEL", "check_config_on", "config_refusal", "cuda_refusal", "for_timing", "place", "recorded",

@@ -1,0 +1,78 @@
+"""The decode step with a decode step's small ops fused (effml.native's rms_norm, attend, silu_mul).
+
+    x = fast_hidden(model, tokens, cache)   # (1, T, C), or None when this call is not one the fast path takes
+
+The generic `Transformer.hidden` dispatches ~170 aten ops per layer for one token (norm: 10, RoPE + cache write +
+SDPA: ~100 with their views and casts), a few microseconds each: for SmolLM2-135M that is as long as reading the
+int8 weights. Here a layer is 7 calls: norm, fused QKV projection, attend (RoPE, cache write, causal grouped-query
+attention), output projection + residual, norm, fused gate/up projection, SiLU·up, down projection + residual.
+The arithmetic is the same as the modules' (fp32), so the tokens agree with the generic path
+(tests/llm/test_fastpath.py checks the logits). Taken when: `prepare` enabled it, the activations are fp32, one
+sequence in a ContiguousCache, at most 16 new tokens (decode steps and speculative verification; a prompt's
+prefill takes the generic path), and the projections fused.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from effml.llm.kvcache import ContiguousCache
+
+MAX_TOKENS = 16
+
+
+def available() -> bool:
+    from effml import native
+
+    ext = native.load()
+    return ext is not None and hasattr(ext, "attend")
+
+
+def eligible(model, tokens: torch.Tensor, cache) -> bool:
+    return (getattr(model, "fast_decode", False) and type(cache) is ContiguousCache and cache.batch == 1
+            and tokens.shape[0] == 1 and tokens.shape[1] <= MAX_TOKENS
+            and cache.k.dtype == torch.float32 and model.rope._table is not None
+            and cache.lengths[0] + tokens.shape[1] <= model.rope._table[0].shape[0])
+
+
+def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
+    """The last block's hidden states (1, T, C) for `tokens` (1, T), written through `cache`; None if not eligible."""
+    if not eligible(model, tokens, cache):
+        return None
+    from effml import native
+
+    ext = native.load()
+    T = tokens.shape[1]
+    positions = cache.begin(T)  # (1, T); raises CacheFull like the generic path
+    pos0 = int(positions[0, 0])
+    cos_t, sin_t = model.rope._table
+    cos, sin = cos_t[pos0:pos0 + T], sin_t[pos0:pos0 + T]  # (T, hd) contiguous rows of the table
+    x = model.tok_embeddings(tokens[0]).float()  # (T, C)
+    a = model.args
+    for i, blk in enumerate(model.layers):
+        at, ff = blk.attention, blk.feed_forward
+        h = ext.rms_norm(x, blk.attention_norm.weight, blk.attention_norm.eps)
+        y = ext.attend(at.wqkv(h), cos, sin, cache.k[i, 0], cache.v[i, 0], pos0, a.n_heads, a.n_kv_heads)
+        x = x + at.wo(y)
+        h = ext.rms_norm(x, blk.ffn_norm.weight, blk.ffn_norm.eps)
+        x = x + ff.w2(ext.silu_mul(ff.w13(h)))
+    cache.commit(T)
+    return x[None]  # (1, T, C)
+
+
+def enable(model) -> list[str]:
+    """Turn the fast path on for a prepared fp32-activation model; returns notes (why not, when it cannot)."""
+    from effml import native
+    from effml.llm.model import compute_dtype
+
+    model.fast_decode = False
+    if not available():
+        return [f"fused decode ops unavailable: {native.status()}; the generic step runs"]
+    if compute_dtype(model) != torch.float32:
+        return []  # bf16 activations: the generic step (the fused ops are fp32)
+    if not all(b.attention.fused and b.feed_forward.fused for b in model.layers):
+        return ["fused decode ops need fused QKV and gate/up projections; the generic step runs"]
+    if any(b.attention_norm.weight.dtype != torch.float32 for b in model.layers):
+        return []
+    model.fast_decode = True
+    return []

@@ -1,0 +1,135 @@
+// effml's fused decode-step ops for the Llama-family decoder (fp32, one sequence, a few tokens per call).
+//
+// A decode step of a small model is ~30 layers x ~170 aten dispatches (norms, RoPE, the cache write, SDPA, SiLU),
+// each a few microseconds: on a CPU that is as long as reading the int8 weights. These three ops do the same
+// arithmetic as effml.llm.model's modules in one call each:
+//   rms_norm(x, w, eps)                 x (T, C) -> x * rsqrt(mean(x^2) + eps) * w
+//   attend(qkv, cos, sin, kc, vc, pos0, H, Hkv)
+//       qkv (T, (H + 2 Hkv) hd): q heads, k heads, v heads (the fused wqkv output); cos, sin (T, hd) for positions
+//       pos0..pos0+T-1 (rotate-half RoPE); kc, vc (Hkv, max_len, hd) this layer's cache: k (rotated) and v written
+//       at pos0+t, then query t attends causally to positions 0..pos0+t (grouped-query: head h reads KV head
+//       h / (H / Hkv)). Returns (T, H hd).
+//   silu_mul(gu) gu (T, 2F) -> silu(gu[:, :F]) * gu[:, F:]
+#include <torch/extension.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+void check_f32(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat && t.is_contiguous() && t.device().is_cpu(),
+              what, " must be a contiguous fp32 CPU tensor");
+}
+
+inline void rope(const float* x, const float* c, const float* s, float* out, int64_t hd) {
+  const int64_t half = hd / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x[i], b = x[i + half];
+    out[i] = a * c[i] - b * s[i];
+    out[i + half] = b * c[i + half] + a * s[i + half];
+  }
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+}  // namespace
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  check_f32(x, "rms_norm: x");
+  check_f32(w, "rms_norm: weight");
+  const int64_t C = w.numel();
+  TORCH_CHECK(x.size(-1) == C, "rms_norm: x's last dimension must equal the weight's size");
+  auto y = torch::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t t = 0, T = x.numel() / C; t < T; ++t) {
+    const float* xr = xp + t * C;
+    float* yr = yp + t * C;
+    const float r = 1.f / std::sqrt(dot(xr, xr, C) / static_cast<float>(C) + static_cast<float>(eps));
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * r * wp[c];
+  }
+  return y;
+}
+
+torch::Tensor attend(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kc,
+                     torch::Tensor vc, int64_t pos0, int64_t H, int64_t Hkv) {
+  check_f32(qkv, "attend: qkv");
+  check_f32(cos, "attend: cos");
+  check_f32(sin, "attend: sin");
+  check_f32(kc, "attend: k cache");
+  check_f32(vc, "attend: v cache");
+  TORCH_CHECK(kc.dim() == 3 && vc.sizes() == kc.sizes() && kc.size(0) == Hkv && H % Hkv == 0,
+              "attend: caches must be (Hkv, max_len, hd) and H a multiple of Hkv");
+  const int64_t max_len = kc.size(1), hd = kc.size(2), rep = H / Hkv, width = (H + 2 * Hkv) * hd;
+  TORCH_CHECK(qkv.size(-1) == width, "attend: qkv's last dimension must be (H + 2 Hkv) * hd");
+  const int64_t T = qkv.numel() / width;
+  TORCH_CHECK(cos.numel() == T * hd && sin.numel() == T * hd, "attend: cos/sin must be (T, hd)");
+  TORCH_CHECK(pos0 >= 0 && pos0 + T <= max_len, "attend: positions past the cache's max_len");
+  auto y = torch::empty({T, H * hd}, qkv.options());
+  const float* in = qkv.data_ptr<float>();
+  float* kp = kc.data_ptr<float>();
+  float* vp = vc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> q(H * hd), p(pos0 + T);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* row = in + t * width;
+    const float* c = cos.data_ptr<float>() + t * hd;
+    const float* s = sin.data_ptr<float>() + t * hd;
+    const int64_t pos = pos0 + t, S = pos + 1;
+    for (int64_t j = 0; j < Hkv; ++j) {
+      rope(row + (H + j) * hd, c, s, kp + (j * max_len + pos) * hd, hd);
+      std::copy_n(row + (H + Hkv + j) * hd, hd, vp + (j * max_len + pos) * hd);
+    }
+    for (int64_t h = 0; h < H; ++h) rope(row + h * hd, c, s, q.data() + h * hd, hd);
+    for (int64_t h = 0; h < H; ++h) {
+      const float* qh = q.data() + h * hd;
+      const float* K = kp + (h / rep) * max_len * hd;
+      const float* V = vp + (h / rep) * max_len * hd;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < S; ++j) {
+        p[j] = dot(qh, K + j * hd, hd) * scale;
+        mx = std::max(mx, p[j]);
+      }
+      float sum = 0.f;
+      for (int64_t j = 0; j < S; ++j) {
+        p[j] = std::exp(p[j] - mx);
+        sum += p[j];
+      }
+      float* out = yp + t * H * hd + h * hd;
+      std::fill_n(out, hd, 0.f);
+      for (int64_t j = 0; j < S; ++j) {
+        const float pj = p[j] / sum;
+        const float* vj = V + j * hd;
+#pragma omp simd
+        for (int64_t i = 0; i < hd; ++i) out[i] += pj * vj[i];
+      }
+    }
+  }
+  return y;
+}
+
+torch::Tensor silu_mul(const torch::Tensor& gu) {
+  check_f32(gu, "silu_mul: input");
+  const int64_t F2 = gu.size(-1), F = F2 / 2, T = gu.numel() / F2;
+  TORCH_CHECK(F2 % 2 == 0, "silu_mul: the last dimension must be even (gate and up side by side)");
+  auto sizes = gu.sizes().vec();
+  sizes.back() = F;
+  auto y = torch::empty(sizes, gu.options());
+  const float* g = gu.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    const float* gr = g + t * F2;
+    float* yr = yp + t * F;
+    for (int64_t i = 0; i < F; ++i) yr[i] = gr[i] / (1.f + std::exp(-gr[i])) * gr[F + i];
+  }
+  return y;
+}

@@ -1,0 +1,92 @@
+"""effml's compiled CPU kernels against the torch ops they replace (same arithmetic, fp32 rounding only)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from effml import native
+from effml.llm.model import gqa_attention
+
+ext = native.load()
+pytestmark = pytest.mark.skipif(ext is None, reason=f"no native kernels here: {native.status()}")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 16])
+@pytest.mark.parametrize("K", [576, 300])  # 300: not a multiple of the 16 (AVX-512) or 8 (AVX2) lanes: scalar tail
+def test_int8_gemv_is_the_weight_only_product(rows, K):
+    g = torch.Generator().manual_seed(rows * K)
+    x = torch.randn(rows, K, generator=g)
+    w = torch.randint(-127, 128, (40, K), dtype=torch.int8, generator=g)
+    scale, bias = torch.rand(40, generator=g) / 100, torch.randn(40, generator=g)
+    ref = (x.double() @ w.double().T) * scale.double() + bias.double()  # (rows, 40) in fp64
+    got = ext.int8_gemv(x, w, scale, bias)
+    # fp32 sums of K products of |x w| <= ~4 * 127: the rounding error is < K * eps32 * max partial sum
+    bound = K * 2 ** -23 * (x.abs() @ w.abs().double().T.float()).max() * scale.max()
+    assert got.shape == (rows, 40) and (got.double() - ref).abs().max() <= bound
+    assert (ext.int8_gemv(x, w, scale, None).double() + bias.double() - ref).abs().max() <= bound
+
+
+def test_int8_gemv_refuses_wrong_inputs_by_name():
+    x, w, s = torch.randn(1, 64), torch.randint(-5, 5, (8, 64), dtype=torch.int8), torch.rand(8)
+    with pytest.raises(RuntimeError, match="w must be a contiguous int8"):
+        ext.int8_gemv(x, w.float(), s, None)
+    with pytest.raises(RuntimeError, match="K = x.size"):
+        ext.int8_gemv(torch.randn(1, 32), w, s, None)
+    with pytest.raises(RuntimeError, match="scale must be"):
+        ext.int8_gemv(x, w, torch.rand(7), None)
+
+
+def test_rms_norm_and_silu_mul_match_torch():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5, 576, generator=g) * 3, torch.rand(576, generator=g)
+    torch.testing.assert_close(ext.rms_norm(x, w, 1e-5), F.rms_norm(x, (576,), w, 1e-5), rtol=1e-5, atol=1e-5)
+    gu = torch.randn(4, 2 * 96, generator=g) * 4
+    torch.testing.assert_close(ext.silu_mul(gu), F.silu(gu[:, :96]) * gu[:, 96:], rtol=1e-5, atol=1e-5)
+
+
+def _rotate(x, cos, sin):  # rotate-half RoPE, as effml.llm.model: x (..., T, hd), cos/sin (T, hd)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+@pytest.mark.parametrize("T", [1, 4])
+def test_attend_is_rope_cache_write_and_causal_gqa_attention(T):
+    """H=6 query heads over Hkv=2 KV heads, 5 tokens already cached, T new ones: the cache rows and the output are
+    what RoPE + SDPA over the same cache give (query t sees positions 0..5+t)."""
+    g = torch.Generator().manual_seed(T)
+    H, Hkv, hd, L, pos0 = 6, 2, 16, 32, 5
+    kc, vc = torch.randn(Hkv, L, hd, generator=g), torch.randn(Hkv, L, hd, generator=g)
+    k_ref, v_ref = kc.clone(), vc.clone()
+    qkv = torch.randn(T, (H + 2 * Hkv) * hd, generator=g)
+    ang = torch.arange(pos0, pos0 + T)[:, None] * torch.rand(hd // 2, generator=g)
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)  # (T, hd)
+    y = ext.attend(qkv, cos, sin, kc, vc, pos0, H, Hkv)
+    heads = qkv.view(T, H + 2 * Hkv, hd).transpose(0, 1)  # (heads, T, hd)
+    q, k, v = _rotate(heads[:H], cos, sin), _rotate(heads[H:H + Hkv], cos, sin), heads[H + Hkv:]
+    k_ref[:, pos0:pos0 + T], v_ref[:, pos0:pos0 + T] = k, v
+    torch.testing.assert_close(kc, k_ref)
+    torch.testing.assert_close(vc, v_ref)
+    S = pos0 + T
+    mask = torch.arange(S)[None] <= torch.arange(pos0, S)[:, None]  # (T, S): query t sees 0..pos0+t
+    ref = gqa_attention(q[None], k_ref[None, :, :S], v_ref[None, :, :S], mask[None])  # (1, H, T, hd)
+    torch.testing.assert_close(y, ref[0].transpose(0, 1).reshape(T, H * hd), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="past the cache's max_len"):
+        ext.attend(qkv, cos, sin, kc, vc, L - T + 1, H, Hkv)
+
+
+def test_disabled_by_environment_says_so(monkeypatch):
+    monkeypatch.setenv("EFFML_NATIVE_KERNELS", "0")
+    native.load.cache_clear()
+    try:
+        assert native.load() is None and "EFFML_NATIVE_KERNELS=0" in native.status()
+    finally:
+        monkeypatch.delenv("EFFML_NATIVE_KERNELS")
+        native.load.cache_clear()
+        assert native.load() is not None
+
+
+def test_the_build_is_keyed_by_source_torch_and_cpu(monkeypatch):
+    before = native.tag()
+    assert native.build_dir().name == before
+    monkeypatch.setattr(native, "_cpu_flags", lambda: "flags: sse2 avx2")  # another CPU kind: another binary
+    assert native.tag() != before
