@@ -24,7 +24,7 @@ def _feed_both(m, prompt, steps, kv="contiguous"):
     return out
 
 
-@pytest.mark.parametrize("fmt", ["fp32", "int8"])
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8", "int4"])
 def test_fused_steps_give_the_generic_logits(model, fmt):
     m = copy.deepcopy(model)
     to_format(m, FormatConfig(fmt))
@@ -65,8 +65,13 @@ def test_a_full_cache_is_the_same_error(model):
             s.feed([8, 9])
 
 
-def test_bf16_activations_keep_the_generic_step(model):
+def test_bf16_weights_decode_with_fp32_activations(model):
+    """bf16 weights are widened exactly inside effml's GEMV: the step runs in fp32 with the bf16 weights' values."""
     m = copy.deepcopy(model)
     to_format(m, FormatConfig("bf16"))
-    prepare(m)
-    assert not m.fast_decode
+    plan = prepare(m)
+    assert m.fast_decode and plan.act_dtype == "float32" and m.tok_embeddings.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        fast, slow = _feed_both(m, [5, 17, 42, 7], [[3], [9, 1]])
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

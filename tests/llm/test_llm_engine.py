@@ -44,13 +44,14 @@ def test_every_format_decodes_and_says_its_kernel(model, fmt):
             assert any("LM head" in n for n in notes)
     # int8 runs effml's own GEMV where it is built, which takes fp32 activations; torch's int kernels want bf16
     native = fmt == "int8" and all(q.native() for q in m.modules() if isinstance(q, WeightOnlyLinear))
-    assert any("effml native int8 GEMV" in k for k in plan.kernels) == (fmt in ("int8", "int4") and gemv.load()
-                                                                        is not None)
-    # with effml's fused decode ops the step stays fp32 (int4 projections convert their rows inside the call)
+    # effml's GEMV (where built) runs every decode row of fp32/bf16/int8 weights and int4's int8 head
+    assert any("effml native GEMV" in k for k in plan.kernels) == (gemv.load() is not None)
+    # with effml's fused decode ops the step stays fp32 (bf16 weights are widened in the GEMV; int4 projections
+    # convert their rows inside the call); without them, bf16 where the CPU has bf16 arithmetic
     fused = fastpath.available()
-    assert m.fast_decode == (fused and fmt != "bf16")
-    assert compute_dtype(m) == (torch.bfloat16 if fmt == "bf16" or (fmt != "fp32" and plan.native_bf16
-                                                                    and not native and not fused) else torch.float32)
+    assert m.fast_decode == fused
+    assert compute_dtype(m) == (torch.float32 if fused or fmt == "fp32" or native or
+                                (fmt != "bf16" and not plan.native_bf16) else torch.bfloat16)
 
 
 def test_compressed_models_from_effml_compress_run_in_generate(model):
@@ -101,10 +102,11 @@ def test_packed_linear_equals_f_linear(dtype):
         pytest.skip("no MKL in this torch build")
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 96, bias=True).to(dtype)
-    p = PackedLinear(lin, "mkl" if dtype == torch.float32 else "mkldnn")
-    for x in (torch.randn(1, 64, dtype=dtype), torch.randn(2, 5, 64, dtype=dtype)):  # a decode row, a prefill
-        tol = 1e-5 if dtype == torch.float32 else 2e-2  # fp32: summation order; bf16: output rounding 2^-8
-        torch.testing.assert_close(p(x), lin(x), atol=tol, rtol=tol)
+    kind = "mkl" if dtype == torch.float32 else "mkldnn"
+    for p in (PackedLinear(lin, kind), PackedLinear(lin, kind, gemv.load())):  # library kernels; + effml's GEMV
+        for x in (torch.randn(1, 64, dtype=dtype), torch.randn(2, 9, 64, dtype=dtype)):  # a decode row, a prefill
+            tol = 1e-5 if dtype == torch.float32 else 2e-2  # fp32: summation order; bf16: output rounding 2^-8
+            torch.testing.assert_close(p(x), lin(x), atol=tol, rtol=tol)
 
 
 def test_without_bf16_arithmetic_int4_keeps_fp32_activations_and_says_so(model, monkeypatch):
@@ -112,7 +114,7 @@ def test_without_bf16_arithmetic_int4_keeps_fp32_activations_and_says_so(model, 
     import effml.llm.engine as engine
 
     monkeypatch.setattr(engine, "native_bf16", lambda: False)
-    monkeypatch.setattr(fastpath, "available", lambda: False)  # and no compiler: the generic step, and the note
+    monkeypatch.setattr(gemv, "load", lambda: None)  # and no compiler: torch's kernels, the generic step, the note
     m = copy.deepcopy(model)
     to_format(m, FormatConfig("int4"))
     plan = prepare(m)

@@ -19,21 +19,34 @@ def test_int8_gemv_is_the_weight_only_product(rows, K):
     w = torch.randint(-127, 128, (40, K), dtype=torch.int8, generator=g)
     scale, bias = torch.rand(40, generator=g) / 100, torch.randn(40, generator=g)
     ref = (x.double() @ w.double().T) * scale.double() + bias.double()  # (rows, 40) in fp64
-    got = ext.int8_gemv(x, w, scale, bias)
+    got = ext.gemv(x, w, scale, bias)
     # fp32 sums of K products of |x w| <= ~4 * 127: the rounding error is < K * eps32 * max partial sum
     bound = K * 2 ** -23 * (x.abs() @ w.abs().double().T.float()).max() * scale.max()
     assert got.shape == (rows, 40) and (got.double() - ref).abs().max() <= bound
-    assert (ext.int8_gemv(x, w, scale, None).double() + bias.double() - ref).abs().max() <= bound
+    assert (ext.gemv(x, w, scale, None).double() + bias.double() - ref).abs().max() <= bound
 
 
-def test_int8_gemv_refuses_wrong_inputs_by_name():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_float_gemv_is_f_linear(dtype):
+    g = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(3, 300, generator=g), torch.randn(50, 300, generator=g).to(dtype), torch.randn(50, generator=g)
+    ref = x.double() @ w.double().T + b.double()  # the bf16 weights exactly (widening bf16 -> fp32 is exact)
+    bound = 300 * 2 ** -23 * (x.abs() @ w.abs().float().T).max()  # fp32 rounding of 300-term sums
+    assert (ext.gemv(x, w, None, b).double() - ref).abs().max() <= bound
+
+
+def test_gemv_refuses_wrong_inputs_by_name():
     x, w, s = torch.randn(1, 64), torch.randint(-5, 5, (8, 64), dtype=torch.int8), torch.rand(8)
-    with pytest.raises(RuntimeError, match="w must be a contiguous int8"):
-        ext.int8_gemv(x, w.float(), s, None)
+    with pytest.raises(RuntimeError, match="int8 weights need a scale"):
+        ext.gemv(x, w, None, None)
+    with pytest.raises(RuntimeError, match="bf16/fp32 take none"):
+        ext.gemv(x, w.float(), s, None)
+    with pytest.raises(RuntimeError, match="int8, bf16 or fp32"):
+        ext.gemv(x, w.half(), None, None)
     with pytest.raises(RuntimeError, match="K = x.size"):
-        ext.int8_gemv(torch.randn(1, 32), w, s, None)
+        ext.gemv(torch.randn(1, 32), w, s, None)
     with pytest.raises(RuntimeError, match="scale must be"):
-        ext.int8_gemv(x, w, torch.rand(7), None)
+        ext.gemv(x, w, torch.rand(7), None)
 
 
 def test_rms_norm_and_silu_mul_match_torch():

@@ -222,7 +222,7 @@ class WeightOnlyLinear(nn.Module):
         if self._gemv is not None and x2.shape[0] <= _gemv_rows():
             ext, s32 = self._gemv
             bias = None if self.bias is None else self.bias.float()
-            y = ext.int8_gemv(x2.float().contiguous(), w, s32, bias)  # (N, out) fp32
+            y = ext.gemv(x2.float().contiguous(), w, s32, bias)  # (N, out) fp32
             return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         if x2.dtype != self.act_dtype or not x2.is_contiguous():
             x2 = x2.to(self.act_dtype).contiguous()  # the kernels need contiguous rows of the activation dtype

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import ConfigError
@@ -73,8 +74,10 @@ def to_format(model: Transformer, config: FormatConfig) -> list[str]:
     if config.format == "fp32":
         return []
     if config.format == "bf16":
+        from effml import native
+
         model.to(torch.bfloat16)
-        return [] if native_bf16() else [f"bf16 on a CPU without bf16 arithmetic (capability "
+        return [] if native_bf16() or native.load() is not None else [f"bf16 on a CPU without bf16 arithmetic (capability "
                                          f"{torch.backends.cpu.get_cpu_capability()}): emulated, expect it slower "
                                          f"than fp32"]
     bits = 8 if config.format == "int8" else 4
@@ -87,48 +90,74 @@ def to_format(model: Transformer, config: FormatConfig) -> list[str]:
 
 
 class PackedLinear(nn.Module):
-    """An nn.Linear whose weight is also kept in the CPU library's blocked layout, packed once: fp32 through MKL's
-    packed sgemm (`torch.ops.mkl._mkl_linear`, what torch.compile's CPU freezing pass calls), bf16 through oneDNN
-    (`torch.ops.mkldnn._linear_pointwise`). Measured here on one thread for a single decode row, against F.linear:
-    fp32 tall matrices (out > in: fused QKV, gate/up, the 49152-row head) 1.2-2.6x, square and wide ones slower
-    (kept as F.linear); bf16 1.2-2.4x on every shape of the model."""
+    """An nn.Linear run by the fastest kernel here for the rows it gets.
 
-    def __init__(self, lin: nn.Linear, kind: str):
+    Decode rows (up to effml.native.MAX_ROWS, fp32 activations): effml's own GEMV, which reads each fp32 or bf16
+    weight once at close to the memory bandwidth (1.8-2x MKL's and oneDNN's packed kernels on SmolLM2's shapes,
+    one thread, measured here). More rows (a prefill): the weight kept in the CPU library's blocked layout, packed
+    once: fp32 through MKL's packed sgemm (`torch.ops.mkl._mkl_linear`, what torch.compile's CPU freezing pass
+    calls) for tall matrices (out > in: fused QKV, gate/up, the 49152-row head; 1.2-2.6x F.linear), bf16 through
+    oneDNN (`torch.ops.mkldnn._linear_pointwise`), F.linear otherwise."""
+
+    def __init__(self, lin: nn.Linear, kind: str, gemv=None):
         super().__init__()
         self.weight, self.bias, self.kind = lin.weight, lin.bias, kind  # the original (possibly tied) tensors
         self.in_features, self.out_features = lin.in_features, lin.out_features
         w = lin.weight.detach()
         packed = (torch.ops.mkl._mkl_reorder_linear_weight(w, 1) if kind == "mkl"
-                  else torch.ops.mkldnn._reorder_linear_weight(w, 1))
+                  else torch.ops.mkldnn._reorder_linear_weight(w, 1) if kind == "mkldnn" else None)
         self.register_buffer("packed", packed, persistent=False)
+        self._gemv = gemv if w.is_contiguous() else None  # effml.native's module, or None
+        self._bias32 = None if lin.bias is None else lin.bias.detach().float().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
         x2 = x.reshape(-1, self.in_features)  # (N, in)
-        if self.kind == "mkl":
+        if self._gemv is not None and x2.shape[0] <= _gemv_rows():
+            y = self._gemv.gemv(x2.float().contiguous(), self.weight.detach(), None, self._bias32)  # (N, out) fp32
+        elif self.kind == "mkl":
             y = torch.ops.mkl._mkl_linear(x2, self.packed, self.weight, self.bias, 1)
+        elif self.kind == "mkldnn":
+            y = torch.ops.mkldnn._linear_pointwise(x2.to(self.weight.dtype), self.packed, self.bias, "none", [], "")
         else:
-            y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.bias, "none", [], "")
-        return y.reshape(*x.shape[:-1], self.out_features)  # (..., out)
+            y = F.linear(x2.to(self.weight.dtype), self.weight, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., out)
 
     def kernel_used(self) -> str:
-        return "MKL packed sgemm (fp32)" if self.kind == "mkl" else "oneDNN packed matmul (bf16)"
+        big = {"mkl": "MKL packed sgemm (fp32)", "mkldnn": "oneDNN packed matmul (bf16)"}.get(
+            self.kind, f"F.linear ({str(self.weight.dtype).removeprefix('torch.')})")
+        if self._gemv is None:
+            return big
+        from effml import native
+
+        return f"{native.status()} for <= {_gemv_rows()} rows; {big} above"
+
+
+def _gemv_rows() -> int:
+    from effml.native import MAX_ROWS
+
+    return MAX_ROWS
 
 
 def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Swap plain fp32 (out > in) and bf16 nn.Linear layers for PackedLinear where the library is there: names, notes."""
+    """Swap plain fp32 and bf16 nn.Linear layers for PackedLinear where a faster kernel is there: names, notes."""
+    from effml import native
+
+    gemv = native.load() if next(model.parameters()).device.type == "cpu" else None
     names, notes = [], []
     for name, m in list(model.named_modules()):
-        if type(m) is not nn.Linear or m.weight.device.type != "cpu":  # MKL / oneDNN packing is for the CPU
+        if type(m) is not nn.Linear or m.weight.dtype not in (torch.float32, torch.bfloat16):
             continue
         dt = m.weight.dtype
         if dt == torch.float32 and m.out_features > m.in_features and torch.backends.mkl.is_available():
             kind = "mkl"
         elif dt == torch.bfloat16 and torch.backends.mkldnn.is_available() and native_bf16():
             kind = "mkldnn"
+        elif gemv is not None:
+            kind = "plain"
         else:
             continue
         try:
-            packed = PackedLinear(m, kind)
+            packed = PackedLinear(m, kind, gemv)
         except RuntimeError as e:  # a build without the packed op: F.linear stays, and says so
             notes.append(f"{name}: packing for {kind} failed ({e}); F.linear kept")
             continue
@@ -194,7 +223,9 @@ def prepare(model: Transformer) -> EnginePlan:
     elif torch_kernels:
         notes.append("activations stay fp32 for effml's fused decode ops; each int4 projection converts its rows "
                      "to its kernel's dtype")
-    if fmt == "bf16" and not bf16:
+    if fmt == "bf16" and fused_ops:
+        model.act_dtype = torch.float32  # bf16 weights widened inside effml's GEMV; the fused step runs in fp32
+    elif fmt == "bf16" and not bf16:
         notes.append("bf16 weights on a CPU without bf16 arithmetic: emulated, slower than fp32")
     _, pnotes = pack_linears(model)
     pnotes += fastpath.enable(model)

@@ -72,7 +72,7 @@ def enable(model) -> list[str]:
         return []  # bf16 activations: the generic step (the fused ops are fp32)
     if not all(b.attention.fused and b.feed_forward.fused for b in model.layers):
         return ["fused decode ops need fused QKV and gate/up projections; the generic step runs"]
-    if any(b.attention_norm.weight.dtype != torch.float32 for b in model.layers):
-        return []
+    for norm in [model.norm] + [n for b in model.layers for n in (b.attention_norm, b.ffn_norm)]:
+        norm.weight.data = norm.weight.data.float()  # a bf16 model's norm weights, widened exactly (C values each)
     model.fast_decode = True
     return []

@@ -2,7 +2,7 @@
 
     from effml import native
     ext = native.load()        # the compiled module, or None (then native.status() says why)
-    y = ext.int8_gemv(x, codes, scale, bias)    # gemv.cpp: x (M, K) fp32, codes (N, K) int8, scale (N,) fp32
+    y = ext.gemv(x, codes, scale, bias)   # gemv.cpp: x (M, K) fp32; codes (N, K) int8 + scale (N,), or bf16/fp32 w
     ext.rms_norm / ext.attend / ext.silu_mul    # decode.cpp: a decode step's small ops fused (effml.llm.fastpath)
 
 Why a kernel of our own: a decode step (one activation row) is a matrix-vector product whose cost is reading the
@@ -79,7 +79,7 @@ def load():
         first = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
         _status = f"effml's native kernels could not be built ({type(e).__name__}: {first}); torch's kernels run"
         return None
-    _status = f"effml native int8 GEMV ({ext.isa()}, fp32 activations)"
+    _status = f"effml native GEMV ({ext.isa()}, fp32 activations)"
     return ext
 
 

@@ -1,16 +1,17 @@
-// effml's weight-only int8 GEMV: y[m, n] = scale[n] * sum_k x[m, k] * w[n, k] (+ bias[n]).
+// effml's GEMV for decode rows: y[m, n] = scale[n] * sum_k x[m, k] * w[n, k] (+ bias[n]).
 //
-// x: (M, K) fp32 activations, w: (N, K) int8 codes (row-major, one row per output), scale: (N,) fp32.
-// Built for the CPU it runs on (-march=native): AVX-512 (16 lanes) or AVX2 (8 lanes), scalar otherwise.
-// For a decode step (M = 1) or a short verification/batch (M <= 16) the cost is reading the weights: each
-// weight row is loaded from memory once, widened int8 -> fp32 in registers and multiplied into up to R_MAX
-// activation rows, so the kernel runs at memory bandwidth instead of converting the codes to bf16 first
-// (torch's _weight_int8pack_mm) and the activations stay fp32 (no activation rounding: exact weight-only).
+// x: (M, K) fp32 activations; w: (N, K) row-major, one row per output, stored as int8 codes (with scale: (N,) fp32,
+// weight-only int8), bf16 or fp32 (no scale). Built for the CPU it runs on (-march=native): AVX-512 (16 lanes) or
+// AVX2 (8 lanes), scalar otherwise. For a decode step (M = 1) or a short verification/batch (M <= 16) the cost is
+// reading the weights: each weight row is loaded from memory once, widened to fp32 in registers (int8: sign-extend
+// and convert; bf16: a 16-bit shift) and multiplied into up to R_MAX activation rows, so the kernel runs at memory
+// bandwidth; the activations stay fp32 (no activation rounding: exact weight-only arithmetic).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 namespace {
 
@@ -26,6 +27,11 @@ inline float vsum(vf a) { return _mm512_reduce_add_ps(a); }
 inline vf widen(const int8_t* p) {  // 16 int8 -> 16 fp32
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
+inline vf widen(const uint16_t* p) {  // 16 bf16 -> 16 fp32 (the bf16 bits are the fp32's upper half)
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline vf widen(const float* p) { return _mm512_loadu_ps(p); }
 const char* kIsa = "AVX-512";
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr int W = 8;
@@ -42,6 +48,11 @@ inline float vsum(vf a) {
 inline vf widen(const int8_t* p) {  // 8 int8 -> 8 fp32
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
+inline vf widen(const uint16_t* p) {  // 8 bf16 -> 8 fp32
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+inline vf widen(const float* p) { return _mm256_loadu_ps(p); }
 const char* kIsa = "AVX2";
 #else
 constexpr int W = 1;
@@ -51,15 +62,26 @@ inline vf vload(const float* p) { return *p; }
 inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
 inline float vsum(vf a) { return a; }
 inline vf widen(const int8_t* p) { return static_cast<float>(*p); }
+inline vf widen(const uint16_t* p) { uint32_t u = static_cast<uint32_t>(*p) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline vf widen(const float* p) { return *p; }
 const char* kIsa = "scalar";
 #endif
 
-template <int R>
-void rows(const float* x, int64_t K, const int8_t* w, const float* scale, const float* bias, float* y, int64_t N,
+inline float scalar(int8_t v) { return static_cast<float>(v); }
+inline float scalar(float v) { return v; }
+inline float scalar(uint16_t v) {
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <typename T, int R>
+void rows(const float* x, int64_t K, const T* w, const float* scale, const float* bias, float* y, int64_t N,
           int64_t n0, int64_t n1) {
   const int64_t kv = K - K % W;
   for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* wr = w + n * K;
+    const T* wr = w + n * K;
     vf acc[R];
     for (int r = 0; r < R; ++r) acc[r] = vzero();
     for (int64_t k = 0; k < kv; k += W) {
@@ -68,44 +90,62 @@ void rows(const float* x, int64_t K, const int8_t* w, const float* scale, const 
     }
     for (int r = 0; r < R; ++r) {
       float t = vsum(acc[r]);
-      for (int64_t k = kv; k < K; ++k) t += x[r * K + k] * static_cast<float>(wr[k]);
-      y[r * N + n] = scale[n] * t + (bias ? bias[n] : 0.f);
+      for (int64_t k = kv; k < K; ++k) t += x[r * K + k] * scalar(wr[k]);
+      y[r * N + n] = (scale ? scale[n] * t : t) + (bias ? bias[n] : 0.f);
     }
   }
 }
 
-using RowsFn = void (*)(const float*, int64_t, const int8_t*, const float*, const float*, float*, int64_t, int64_t,
+template <typename T>
+using RowsFn = void (*)(const float*, int64_t, const T*, const float*, const float*, float*, int64_t, int64_t,
                         int64_t);
-const RowsFn kRows[R_MAX] = {rows<1>, rows<2>, rows<3>, rows<4>, rows<5>, rows<6>, rows<7>, rows<8>};
+template <typename T>
+constexpr RowsFn<T> kRows[R_MAX] = {rows<T, 1>, rows<T, 2>, rows<T, 3>, rows<T, 4>,
+                                    rows<T, 5>, rows<T, 6>, rows<T, 7>, rows<T, 8>};
 
-}  // namespace
-
-torch::Tensor int8_gemv(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& scale,
-                        const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(),
-              "int8_gemv: x must be a contiguous fp32 (M, K) tensor");
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kChar && w.is_contiguous() && w.size(1) == x.size(1),
-              "int8_gemv: w must be a contiguous int8 (N, K) tensor with K = x.size(1)");
-  TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous() && scale.numel() == w.size(0),
-              "int8_gemv: scale must be a contiguous fp32 tensor of N entries");
-  const float* bp = nullptr;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == torch::kFloat && bias->is_contiguous() && bias->numel() == w.size(0),
-                "int8_gemv: bias must be a contiguous fp32 tensor of N entries");
-    bp = bias->data_ptr<float>();
-  }
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  auto y = torch::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
+template <typename T>
+void run(const float* xp, int64_t M, int64_t K, const T* wp, const float* sp, const float* bp, float* yp, int64_t N) {
   at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < M; m += R_MAX) {
       const int64_t r = std::min<int64_t>(R_MAX, M - m);
-      kRows[r - 1](xp + m * K, K, wp, sp, bp, yp + m * N, N, n0, n1);
+      kRows<T>[r - 1](xp + m * K, K, wp, sp, bp, yp + m * N, N, n0, n1);
     }
   });
+}
+
+}  // namespace
+
+torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& scale,
+                   const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(),
+              "gemv: x must be a contiguous fp32 (M, K) tensor");
+  const auto wt = w.scalar_type();
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.size(1) == x.size(1) &&
+              (wt == torch::kChar || wt == torch::kBFloat16 || wt == torch::kFloat),
+              "gemv: w must be a contiguous int8, bf16 or fp32 (N, K) tensor with K = x.size(1)");
+  TORCH_CHECK((wt == torch::kChar) == scale.has_value(), "gemv: int8 weights need a scale, bf16/fp32 take none");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  const float* sp = nullptr;
+  if (scale.has_value()) {
+    TORCH_CHECK(scale->scalar_type() == torch::kFloat && scale->is_contiguous() && scale->numel() == N,
+                "gemv: scale must be a contiguous fp32 tensor of N entries");
+    sp = scale->data_ptr<float>();
+  }
+  const float* bp = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat && bias->is_contiguous() && bias->numel() == N,
+                "gemv: bias must be a contiguous fp32 tensor of N entries");
+    bp = bias->data_ptr<float>();
+  }
+  auto y = torch::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  if (wt == torch::kChar)
+    run(xp, M, K, w.data_ptr<int8_t>(), sp, bp, yp, N);
+  else if (wt == torch::kBFloat16)
+    run(xp, M, K, reinterpret_cast<const uint16_t*>(w.data_ptr()), sp, bp, yp, N);
+  else
+    run(xp, M, K, w.data_ptr<float>(), sp, bp, yp, N);
   return y;
 }
 
@@ -117,7 +157,7 @@ torch::Tensor attend(const torch::Tensor& qkv, const torch::Tensor& cos, const t
 torch::Tensor silu_mul(const torch::Tensor& gu);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int8_gemv", &int8_gemv, "y = (x @ w.T) * scale + bias for int8 w, fp32 x (weight-only int8)");
+  m.def("gemv", &gemv, "y = (x @ w.T) [* scale] + bias: w int8 (with scale), bf16 or fp32; x fp32, M <= 16 rows");
   m.def("isa", &isa, "the vector ISA this build uses");
   m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * w over the last dimension (decode.cpp)");
   m.def("attend", &attend, "RoPE q/k, write k/v into the layer's cache, causal GQA attention (decode.cpp)");
