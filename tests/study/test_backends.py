@@ -93,7 +93,11 @@ def test_ort_ratio_is_the_windows_two_medians(monkeypatch):
     # medians: torch 2 ms, ORT 0.8 ms, ORT int8 0.4 ms -> 2 / 0.8 = 2.5x and 2 / 0.4 = 5x, from the same 2 ms
     assert (m["ort_torch_p50_s"], m["ort_latency_p50_s"], m["ort_int8_latency_p50_s"]) == (2e-3, 0.8e-3, 0.4e-3)
     assert m["ort_speedup_measured"] == pytest.approx(2.5) and m["ort_int8_speedup_measured"] == pytest.approx(5.0)
-    assert m["ort_rounds"] == 3 and m["ort_error"] is None
+    assert m["ort_rounds"] == 3 and m["ort_error"] is None and m["ort_note"] is None  # no reference p50 given
+    # PyTorch's p50 in its own window 1.5 ms: 2 / 1.5 = 1.33x <= DISTURBED (1.5), no note; 1 ms: 2.0x, noted
+    assert ort_metrics(model, None, (x[:1],), budget_s=0.5, torch_p50_s=1.5e-3)["ort_note"] is None
+    note = ort_metrics(model, None, (x[:1],), budget_s=0.5, torch_p50_s=1e-3)["ort_note"]
+    assert note.startswith("PyTorch ran 2.0x slower beside ORT (2 ms) than in its own window (1 ms)")
 
 
 def test_export_failure_is_listed_and_study_continues(tmp_path):

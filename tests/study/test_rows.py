@@ -84,3 +84,16 @@ def test_failed_rows_have_no_metric():
     assert (failed["status"], failed["error"], failed["metric"], failed["latency_beside_ms"]) == (
         "failed", "evaluating: RuntimeError: boom", None, None)
     assert frontier_keys(rows, "latency_beside_ms", objective_of(runs)) == ["int4@fp", "int8@fp", "baseline@fp"]
+
+
+def test_headline_says_slower_and_larger_when_the_variant_is():
+    runs = [
+        _run("baseline", 0.90, 400_000, 2.0e-3),
+        # the only variant: 0.96x the baseline's speed beside it (slower) and 600k / 400k = 1.5x its size
+        _run("wide", 0.90, 600_000, 2.1e-3, speedup=0.96),
+    ]
+    rows = report_rows(runs, [])
+    tail = " at +0.0 pt accuracy (90.0% vs 90.0%): the {} within 1 pt."
+    # not "0.96× faster" nor "0.7× smaller": 2.0 ms / (2.0 ms / 0.96) = 0.96 of the speed; 400k / 600k -> 1.5x larger
+    line = "wide is 1.5× larger and 0.96× the baseline's speed (measured: slower)" + tail
+    assert headline(rows) == [line.format("fastest"), line.format("smallest")]

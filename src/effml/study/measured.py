@@ -121,7 +121,8 @@ def measure(model: nn.Module, baseline: nn.Module | None, inputs: Inputs, *, bud
     if "onnxruntime" in backends:  # the same variant exported and timed in ONNX Runtime (effml.study.backends)
         from effml.study.backends import ort_metrics
 
-        out.update(ort_metrics(model, baseline, inputs.args, inputs.kwargs, budget_s=budget_s))
+        out.update(ort_metrics(model, baseline, inputs.args, inputs.kwargs, budget_s=budget_s,
+                               torch_p50_s=m.p50 * speedup))  # the baseline's p50 in the PyTorch window
     if decode:  # a causal LM: what its users feel is time to first token and decode tokens/s
         out.update(decode_speed(model, baseline, inputs, budget_s=budget_s))
     return out

@@ -202,7 +202,7 @@ def evaluate_variant(model, stored_bytes: int, data, config: StudyConfig, device
     if "onnxruntime" in config.backends:
         from effml.study.backends import ort_metrics
 
-        metrics.update(ort_metrics(model, baseline, (x,), budget_s=config.measure_budget_s))
+        metrics.update(ort_metrics(model, baseline, (x,), budget_s=config.measure_budget_s, torch_p50_s=m.p50*speedup))
     try:  # `local` is this machine's CPU calibration: no prediction of a GPU measurement from it
         metrics["local_pred_s"] = predict(prof, "local", batch=config.measure_batch).time_s \
             if config.device == "cpu" else None

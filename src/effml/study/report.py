@@ -27,9 +27,9 @@ TABLE_COLUMNS = [
 ]
 # ONNX Runtime columns (effml.study.backends), shown when any row has the metric
 ORT_COLUMNS = [("ort_latency_ms", "ORT p50 (ms)"), ("ort_speedup", "ORT × faster (beside PyTorch baseline)"),
-               ("ort_cosine", "ORT cosine vs PyTorch"), ("ort_error", "ORT error")]
+               ("ort_cosine", "ORT cosine vs PyTorch"), ("ort_error", "ORT error"), ("ort_note", "ORT timing note")]
 
-_CELL_CLASS = {"ort_error": ' class="text"'}  # text columns, left-aligned
+_CELL_CLASS = {"ort_error": ' class="text"', "ort_note": ' class="text"'}  # text columns, left-aligned
 
 
 def _fmt(v) -> str:

@@ -66,7 +66,7 @@ DEVICE_COSTS: tuple[tuple[str, str, Callable[[dict], float | None]], ...] = (
 # ONNX Runtime measurements (effml.study.backends): row key <- metric, scale; a row gets them only when stored
 ORT_FIELDS = (("ort_latency_ms", "ort_latency_p50_s", 1e3), ("ort_speedup", "ort_speedup_measured", 1.0),
               ("ort_cosine", "ort_cosine", 1.0), ("ort_error", "ort_error", None),
-              ("ort_int8_speedup", "ort_int8_speedup_measured", 1.0))
+              ("ort_int8_speedup", "ort_int8_speedup_measured", 1.0), ("ort_note", "ort_note", None))
 
 
 def cost_axes(devices: list[str]) -> list[CostAxis]:
@@ -195,6 +195,14 @@ def best_within(rows: list[dict], cost: str, objective: Objective = ACCURACY, wi
     return min(cands, key=lambda r: r[cost]) if cands else None
 
 
+def _times(ratio: float, better: str, worse: str, invert: bool = True) -> str:
+    """A baseline/variant ratio in honest words: `better` at >= 1 (2.00× faster); below 1 `worse`, with the
+    inverse ratio when `invert` (0.8 -> 1.2× larger), else the ratio itself (0.96× the baseline's speed)."""
+    if ratio >= 1:
+        return better.format(ratio)
+    return worse.format(1 / ratio if invert else ratio)
+
+
 def headline(rows: list[dict], objective: Objective = ACCURACY, within: float = 1.0) -> list[str]:
     """Sentences like 'X is 7.9× smaller and 2.1× faster at −0.3 pt' for the fastest and smallest variants within
     `within` pt of the baseline (a % metric) or `within` % of its value (any other metric)."""
@@ -206,16 +214,18 @@ def headline(rows: list[dict], objective: Objective = ACCURACY, within: float = 
         best = best_within(rows, cost, objective, within)
         if best is None or not best.get("size_bytes") or not best.get("latency_beside_ms"):
             continue
-        size = base["size_bytes"] / best["size_bytes"]
-        speed = base["latency_beside_ms"] / best["latency_beside_ms"]  # = the speedup measured beside it
+        size = _times(base["size_bytes"] / best["size_bytes"], "{:.1f}× smaller", "{:.1f}× larger")
+        # = the speedup measured beside the baseline
+        speed = _times(base["latency_beside_ms"] / best["latency_beside_ms"], "{:.2f}× faster (measured)",
+                       "{:.2f}× the baseline's speed (measured: slower)", invert=False)
         v, b = best["metric"], base["metric"]
         if objective.percent:
-            out.append(f"{best['name']} is {size:.1f}× smaller and {speed:.2f}× faster (measured) at "
+            out.append(f"{best['name']} is {size} and {speed} at "
                        f"{100 * (v - b):+.1f} pt {objective.name} ({100 * v:.1f}% vs {100 * b:.1f}%): the {word} "
                        f"within {within:g} pt.")
         else:
             rel = f" ({(v - b) / abs(b):+.1%})" if b else ""
-            out.append(f"{best['name']} is {size:.1f}× smaller and {speed:.2f}× faster (measured) at "
+            out.append(f"{best['name']} is {size} and {speed} at "
                        f"{objective.name} {v:.4g} vs {b:.4g}{rel}, {objective.direction}: the {word} within "
                        f"{within:g}% of the baseline.")
     return list(dict.fromkeys(out))
