@@ -49,8 +49,10 @@ def _wait(cond, timeout_s: float, what: str) -> None:
 def test_the_mlp_takes_five_plans():
     from effml.study.plans import select
 
-    # Linear layers only, no train= or calibration=: the plans the workers run (the baseline makes six variants)
-    assert [p.name for p in select(mlp(), None, have=set()).plans] == MLP_PLANS
+    # Linear layers only, no train= or calibration=: all five plans the workers run apply (with the baseline, six
+    # variants), none skipped
+    sel = select(mlp(), MLP_PLANS, have=set())
+    assert [p.name for p in sel.plans] == MLP_PLANS and sel.skipped == []
 
 
 def test_a_killed_workers_variant_is_redone_by_the_other(shared_store, tmp_path):
