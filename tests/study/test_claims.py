@@ -147,12 +147,13 @@ def test_two_workers_share_the_default_study(tmp_path):
 def test_claims_helper_skips_waits_and_takes_over(tmp_path):
     with Store(tmp_path / "runs.db") as s:
         assert s.claim("s", "b", "other", 0.5) is True  # another worker holds b for 0.5 s, then stops renewing
-        got = []
+        got, waited = [], []
         with Claims(s, "s", ttl_s=0.5, poll_s=0.1) as claims:
-            for key in claims.take(["a", "b", "c"]):
+            for key in claims.take(["a", "b", "c"], waiting=waited.append):
                 got.append(key)
                 s.put(Run("s", key, key, [], {"accuracy": 0.5}))
         assert got == ["a", "c", "b"]  # b put aside while held, taken over once its claim expired
+        assert waited and all(w == ["b"] for w in waited)  # told, at each pause, what it waits for
         assert s.claims("s") == {}
         with Claims(s, "s", ttl_s=0.4) as claims:  # the heartbeat renews the claim every 0.1 s while f is computed
             for key in claims.take(["f"]):

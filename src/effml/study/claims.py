@@ -57,17 +57,21 @@ class Claims:
             self._beat.join()
         self._drop()
 
-    def take(self, keys: Iterable[str], done: Callable[[str], bool] | None = None) -> Iterator[str]:
+    def take(self, keys: Iterable[str], done: Callable[[str], bool] | None = None,
+             waiting: Callable[[list[str]], None] | None = None) -> Iterator[str]:
         """Yield each of `keys` that this worker claimed; return once every key is `done` (default: its run is
-        in the store) or was yielded. The caller stores the result before asking for the next key."""
+        in the store) or was yielded. The caller stores the result before asking for the next key. `waiting`
+        is told, before each pause, the keys other workers still hold (e.g. for a progress line)."""
         done = done or (lambda key: self.store.has(self.study, key))
-        waiting = list(keys)
+        waiting_for = list(keys)
         first = True
-        while waiting:
+        while waiting_for:
             if not first:
+                if waiting is not None:
+                    waiting(waiting_for)
                 time.sleep(self.poll_s)
             first, later = False, []
-            for key in waiting:
+            for key in waiting_for:
                 if done(key):
                     continue
                 if not self._claim(key, done):
@@ -76,7 +80,7 @@ class Claims:
                 yield key
                 self._drop()
                 self._raise_heartbeat_error()
-            waiting = later
+            waiting_for = later
 
     def _claim(self, key: str, done) -> bool:
         if not self.store.claim(self.study, key, self.worker, self.ttl_s):

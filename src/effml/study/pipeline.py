@@ -268,7 +268,8 @@ def run_study(config: StudyConfig, store: Store, progress: Progress | None = Non
         kept, result.refused = split_plans(list(plans.values()), config.device)  # CPU-only int8 on CUDA: listed
         plans = {k: p for k, p in plans.items() if p in kept}
         result.skipped = [p.name for key, p in plans.items() if store.has(config.study, key)]
-        for key in claims.take([base_key, *plans]):
+        for key in claims.take([base_key, *plans], waiting=lambda held: progress(
+                f"waiting for {len(held)} variant(s) other workers are computing", 0.0)):
             if key == base_key:
                 progress("baseline: measuring", 1.0)
                 from effml.compress.layers import param_bytes

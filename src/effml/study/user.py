@@ -307,7 +307,8 @@ class Session:
         base_key = f"baseline@{fp}"
         todo = {f"{p.key}@{fp}": (i, p) for i, p in enumerate(plans)}
         with Claims(st, name, self.claim_ttl_s) as claims:  # other workers on this store: see claims.py
-            for key in claims.take([base_key, *todo]):
+            for key in claims.take([base_key, *todo], waiting=lambda held: self.progress(
+                    f"waiting for {len(held)} variant(s) other workers are computing", 0.0)):
                 if key == base_key:
                     self.progress("baseline: measuring", 0.0)
                     meas = measure(self.model, None, self.inputs, budget_s=self.measure_budget_s,
