@@ -131,6 +131,18 @@ def test_a_server_that_never_answers_times_out():
             Store(f"postgresql://effml:s3cret@127.0.0.1:{port}/studies")  # CONNECT_TIMEOUT_S = 5 applies
 
 
+def test_a_missing_driver_names_the_extra(monkeypatch):
+    import sys
+
+    from effml.extras import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # as if psycopg2-binary were not installed
+    with pytest.raises(MissingExtra, match=r"a study store on PostgreSQL \(--store postgresql://...\) needs the "
+                                           r"optional package 'psycopg2-binary', which is not installed: pip install "
+                                           r"'effml\[postgres\]'"):
+        Store("postgresql+psycopg2://effml@127.0.0.1:1/studies")
+
+
 def test_unsupported_url_scheme():
     with pytest.raises(ConfigError, match="store URL scheme 'mysql' is not supported; use a file path, "
                                           r"sqlite:///PATH or postgresql://"):
