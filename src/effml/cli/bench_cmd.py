@@ -165,4 +165,7 @@ def _run_onnxruntime(args, batches: list[int], device: str) -> int:
               f"{c0.cpu_capability}; cosine and max |err| against PyTorch fp32 on the same inputs")
     for e in errors:
         con.print(f"[yellow]not run:[/] {e}")
+    for b, cmp in zip(batches, results):
+        if cmp.note:  # the window was disturbed (effml.measure.onnxrt.disturbed_note): its ratios are not shown as-is
+            con.print(f"[yellow]batch {b}: timing disturbed:[/] {cmp.note}")
     return 0

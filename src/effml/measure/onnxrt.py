@@ -178,8 +178,8 @@ class OrtRunner:
 
 
 # the PyTorch-vs-ORT window: rounds of warm-up (ORT's first runs allocate and plan), at least MIN_ROUNDS timed
-# rounds, however short the budget
-WARMUP_ROUNDS, MIN_ROUNDS = 5, 20
+# rounds, however short the budget; a callable's p50 over DISTURBED x its reference: the window was disturbed
+WARMUP_ROUNDS, MIN_ROUNDS, DISTURBED = 5, 20, 3.0
 
 
 def time_beside_torch(calls: dict[str, Callable[[], object]], *, threads: int, budget_s: float,
@@ -199,6 +199,29 @@ def time_beside_torch(calls: dict[str, Callable[[], object]], *, threads: int, b
                           min_rounds=min_rounds)
     finally:
         torch.set_num_threads(before)
+
+
+def disturbed_note(times: dict[str, list[float]], threads: int, reference: tuple[str, float] | None = None
+                   ) -> str | None:
+    """Why a window's ratios are not the runtimes' own, or None: a callable's p50 there over DISTURBED x its
+    fastest tenth of calls there, or (`reference` = (key, seconds)) that callable's p50 over DISTURBED x its p50
+    measured elsewhere (back to back). The cause measured: torch threads >= 2 on a busy CPU, whose OpenMP workers
+    sleep while ORT runs and then wait for a core on each parallel op (see effml.study.backends)."""
+    from effml.measure.ab import median
+
+    for key, xs in times.items():
+        if not xs:
+            continue
+        p50, p10 = median(xs), sorted(xs)[len(xs) // 10]  # p10: the fastest tenth's upper end (>= 10 rounds)
+        refs = [("its fastest tenth of calls there", p10)]
+        if reference is not None and reference[0] == key and reference[1]:
+            refs.insert(0, ("its p50 back to back, without the other runtime", reference[1]))
+        for what, ref in refs:
+            if p50 > DISTURBED * ref:
+                return (f"{key}: p50 in the window ({1e3 * p50:.3g} ms) is {p50 / ref:.1f}x {what} "
+                        f"({1e3 * ref:.3g} ms): its {threads} thread(s) waited for the CPU, so the window's ratios "
+                        f"are off; rerun on an idle machine or with 1 thread")
+    return None
 
 
 def agreement(ref: torch.Tensor, out: torch.Tensor) -> dict:
@@ -238,6 +261,7 @@ class BackendComparison:
     cpu_capability: str
     versions: dict
     rounds: int
+    note: str | None = None  # disturbed_note of the timing window: its ratios are not the runtimes' own
 
     def speedup(self, row: BackendRow) -> float | None:
         ref = self.rows[0].p50_s
@@ -249,7 +273,7 @@ class BackendComparison:
                  "repeats": len(r.times_s), "error": r.error} for r in self.rows]
         return {"model": self.model, "input_shapes": self.input_shapes, "threads": self.threads,
                 "cpu_capability": self.cpu_capability, "versions": self.versions, "rounds": self.rounds,
-                "reference": self.rows[0].variant, "rows": rows}
+                "reference": self.rows[0].variant, "rows": rows, "note": self.note}
 
 
 def compare_backends(model: nn.Module, args: tuple, *, kwargs: dict | None = None, name: str = "model",
@@ -291,7 +315,8 @@ def compare_backends(model: nn.Module, args: tuple, *, kwargs: dict | None = Non
     shapes = [list(t.shape) for t in args] + [list(v.shape) for v in kwargs.values() if isinstance(v, torch.Tensor)]
     return BackendComparison(name, shapes, rows, config.threads, torch.backends.cpu.get_cpu_capability(),
                              {"torch": torch.__version__, "onnxruntime": ort.__version__},
-                             max((len(t) for t in times.values()), default=0))
+                             max((len(t) for t in times.values()), default=0),
+                             disturbed_note(times, config.threads))
 
 
 def _agree(ref, out) -> dict:
@@ -327,6 +352,6 @@ def _ort_rows(model, args, kwargs, name, config: OrtConfig, tmp: Path, ref, redu
     return rows
 
 
-__all__ = ["BackendComparison", "BackendRow", "MIN_ROUNDS", "ORT_VARIANTS", "OnnxExportError", "OrtConfig",
-           "OrtRunner", "WARMUP_ROUNDS", "agreement", "compare_backends", "export", "first_tensor", "quantize_int8",
-           "time_beside_torch"]
+__all__ = ["BackendComparison", "BackendRow", "DISTURBED", "MIN_ROUNDS", "ORT_VARIANTS", "OnnxExportError",
+           "OrtConfig", "OrtRunner", "WARMUP_ROUNDS", "agreement", "compare_backends", "disturbed_note", "export",
+           "first_tensor", "quantize_int8", "time_beside_torch"]

@@ -17,9 +17,9 @@ with as many intra-op threads as torch has, one inter-op thread, no spinning). T
                            output tensor, flattened, float64); ort_max_abs_err its max absolute error
     ort_error              why there is no ORT number (export, ORT session or run failed): the variant's ORT
                            cell is listed with it; its PyTorch numbers still stand and the study goes on
-    ort_note               set when the window was disturbed: a runtime's p50 in it over DISTURBED x its fastest
-                           tenth of calls there, or PyTorch's p50 in it over DISTURBED x the baseline's p50 in
-                           the study's own PyTorch window (`torch_p50_s`); the ratios are then not the runtimes'
+    ort_note               set when the window was disturbed (effml.measure.onnxrt.disturbed_note): a runtime's
+                           p50 in it over DISTURBED (3) x its fastest tenth of calls there, or PyTorch's p50 in it
+                           over 3x the baseline's p50 in the study's own PyTorch window (`torch_p50_s`)
 
 Why the note: with torch threads >= 2 on a busy CPU, PyTorch's OpenMP workers go to sleep while ORT runs, and
 each parallel op then waits for a sleeping worker to get a core back, while ORT's pool lets its calling thread do
@@ -52,7 +52,6 @@ BACKENDS = ("torch", "onnxruntime")  # in the order they are measured; torch alw
 ALIASES = {"pytorch": "torch", "ort": "onnxruntime"}
 ORT_KEYS = ("ort_latency_p50_s", "ort_speedup_measured", "ort_cosine", "ort_max_abs_err", "ort_error")
 WINDOW_KEYS = ("ort_torch_p50_s", "ort_rounds", "ort_threads", "ort_note")  # the timing window's own numbers
-DISTURBED = 3.0  # a p50 over this x its reference (see ort_note): the window was disturbed
 
 
 def check_backends(backends: Iterable[str] | str | None, device: str = "cpu", flag: str = "backends"
@@ -101,31 +100,13 @@ def _agree(prefix: str, ref: torch.Tensor, out) -> dict:
     return {f"{prefix}_cosine": a["cosine"], f"{prefix}_max_abs_err": a["max_abs_err"]}
 
 
-def _disturbed(times: dict[str, list[float]], torch_p50_s: float | None, threads: int) -> str | None:
-    """Why the window's ratios are not the runtimes' own (see ort_note), or None."""
-    from effml.measure.ab import median
-
-    for key, xs in times.items():
-        p50, p10 = median(xs), sorted(xs)[len(xs) // 10]  # p10: the fastest tenth's upper end (>= 10 rounds)
-        refs = [("its fastest tenth of calls there", p10)]
-        if key == "torch baseline" and torch_p50_s:
-            refs.insert(0, ("its p50 in its own PyTorch window", torch_p50_s))
-        for what, ref in refs:
-            if p50 > DISTURBED * ref:
-                who = "PyTorch" if key == "torch baseline" else key.replace("ort", "ORT")
-                return (f"{who}'s p50 beside the other runtime ({1e3 * p50:.3g} ms) is {p50 / ref:.1f}x {what} "
-                        f"({1e3 * ref:.3g} ms): its {threads} thread(s) waited for the CPU, so the ORT ratios are "
-                        f"off; rerun on an idle machine or with torch.set_num_threads(1)")
-    return None
-
-
 def ort_metrics(model: nn.Module, baseline: nn.Module | None, args: tuple, kwargs: dict | None = None, *,
                 budget_s: float, name: str = "variant", torch_p50_s: float | None = None) -> dict:
     """The ORT metrics of one variant (see the module docstring); `baseline` None: `model` is the baseline
     (its ORT int8 is measured too). `torch_p50_s`: the PyTorch baseline's p50 in the study's own window, to
     check the ORT window by (ort_note). Never raises for a model ORT cannot take: that is `ort_error`."""
     from effml.measure.ab import median
-    from effml.measure.onnxrt import export, first_tensor, quantize_int8, time_beside_torch
+    from effml.measure.onnxrt import disturbed_note, export, first_tensor, quantize_int8, time_beside_torch
 
     kwargs = dict(kwargs or {})
     args = tuple(args)
@@ -139,14 +120,14 @@ def ort_metrics(model: nn.Module, baseline: nn.Module | None, args: tuple, kwarg
     # the graph's inputs, in export's order: positional tensors, then keyword tensors (others are constants)
     tensors = args + tuple(v for v in kwargs.values() if isinstance(v, torch.Tensor))
     threads = torch.get_num_threads()
-    calls = {"torch baseline": lambda: ref_model(*args, **kwargs)}
+    calls = {"PyTorch baseline": lambda: ref_model(*args, **kwargs)}
     with tempfile.TemporaryDirectory(prefix="effml-study-onnx-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
         try:
             names = export(model, args, fp32, kwargs=kwargs, name=name)
             runner, feed = _runner(fp32, names, tensors, threads)
             out.update(_agree("ort", ref, runner.run(feed)))
-            calls["ort"] = lambda r=runner, f=feed: r.run(f)
+            calls["ORT"] = lambda r=runner, f=feed: r.run(f)
         except Exception as e:  # noqa: BLE001 - export / ORT failures of any type: listed, the study goes on
             out["ort_error"] = _error(e)
             if is_base:
@@ -157,14 +138,14 @@ def ort_metrics(model: nn.Module, baseline: nn.Module | None, args: tuple, kwarg
                 path = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", name=name)
                 runner8, feed8 = _runner(path, names, tensors, threads)
                 out.update(_agree("ort_int8", ref, runner8.run(feed8)))
-                calls["ort int8"] = lambda r=runner8, f=feed8: r.run(f)
+                calls["ORT int8"] = lambda r=runner8, f=feed8: r.run(f)
             except Exception as e:  # noqa: BLE001 - ORT's quantizer or its int8 graph: listed with the error
                 out["ort_int8_error"] = _error(e)
         times = time_beside_torch(calls, threads=threads, budget_s=budget_s)
-    base = median(times["torch baseline"])
-    out.update(ort_torch_p50_s=base, ort_rounds=len(times["ort"]), ort_threads=threads)
-    out["ort_note"] = _disturbed(times, torch_p50_s, threads)
-    for key, prefix in (("ort", "ort"), ("ort int8", "ort_int8")):
+    base = median(times["PyTorch baseline"])
+    out.update(ort_torch_p50_s=base, ort_rounds=len(times["ORT"]), ort_threads=threads,
+               ort_note=disturbed_note(times, threads, ("PyTorch baseline", torch_p50_s)))
+    for key, prefix in (("ORT", "ort"), ("ORT int8", "ort_int8")):
         if key in times:
             p50 = median(times[key])
             out[f"{prefix}_latency_p50_s"] = p50
@@ -172,4 +153,4 @@ def ort_metrics(model: nn.Module, baseline: nn.Module | None, args: tuple, kwarg
     return out
 
 
-__all__ = ["ALIASES", "BACKENDS", "DISTURBED", "ORT_KEYS", "WINDOW_KEYS", "check_backends", "ort_metrics"]
+__all__ = ["ALIASES", "BACKENDS", "ORT_KEYS", "WINDOW_KEYS", "check_backends", "ort_metrics"]
