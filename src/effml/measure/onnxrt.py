@@ -15,9 +15,10 @@ absolute error of the first output tensor (logits or hidden states).
 `time_beside_torch` is the one timer of PyTorch vs ORT (the study's ORT metrics, compare_backends, `effml bench
 --backend onnxruntime`): both sides warmed up, then called in turn (torch, ORT, torch, ORT, ...) in one window of
 at least MIN_ROUNDS rounds. Why no spinning: ORT's idle workers otherwise busy-wait after each run and hold the
-cores that the PyTorch call timed next needs; measured on a 2-core machine (2 threads each, 3x Linear(1024) MLP,
-batch 32), PyTorch's p50 in the window went from 0.8 ms alone to 20-28 ms beside a spinning ORT session, which
-made ORT read 20-28x faster.
+cores that the PyTorch call timed next needs. Measured with `effml study --spec --backend onnxruntime` on a 2-core
+machine (MLP 16-1024-1024-4, batch 32, 2 threads each), spinning the only change: the PyTorch baseline's p50 in
+the window was 8-23 ms with ORT spinning (0.9-1.8 ms back to back), so ORT fp32 read 6.8-28x faster, and 1.1-1.7
+ms without it, ORT fp32 1.6-2.0x faster (3 runs each). `disturbed_note` says when a window was still disturbed.
 A variant that fails to export or quantize is kept as a row with its error; the others still run.
 """
 

@@ -21,13 +21,14 @@ with as many intra-op threads as torch has, one inter-op thread, no spinning). T
                            p50 in it over DISTURBED (3) x its fastest tenth of calls there, or PyTorch's p50 in it
                            over 3x the baseline's p50 in the study's own PyTorch window (`torch_p50_s`)
 
-Why the note: with torch threads >= 2 on a busy CPU, PyTorch's OpenMP workers go to sleep while ORT runs, and
-each parallel op then waits for a sleeping worker to get a core back, while ORT's pool lets its calling thread do
-the work. Measured on a 2-core machine under load (MLP 16-1024-1024-4, batch 32, 2 threads): the baseline's p50
-was 0.7-0.9 ms in back-to-back PyTorch calls and 9-35 ms when each call followed an ORT run, or only a 1 ms
-sleep (fastest tenth of those calls: ~1 ms); ORT's p50 stayed 0.8-1.1 ms, so ORT read 15-30x faster (40-130x
-before ORT's spinning was turned off). Interleaving alone costs less: with 1 thread, the two runtimes evicting
-each other's weights from cache made PyTorch up to 2.4x slower beside ORT than back to back (batch 1).
+Why the note: measured on a 2-core machine (MLP 16-1024-1024-4, batch 32, 2 threads), the reviewer's 100x came
+from PyTorch, not ORT: the baseline's p50 in the window was 8-23 ms beside an ORT session whose workers spin
+(busy-wait) between runs, against 0.9-1.8 ms back to back; ORT now runs without spinning (1.1-1.7 ms, ORT fp32
+1.6-2.0x faster). A second cause remains on a busy CPU: PyTorch's OpenMP workers sleep while ORT runs, and each
+parallel op then waits for a worker to get a core back (9-35 ms per call under load, even when ORT's run is
+replaced by a 1 ms sleep), while ORT's pool lets its calling thread do the work; with 1 thread neither happens
+(old and new code both read ORT fp32 1.2-1.35x faster). Interleaving alone costs less: at 1 thread the runtimes
+evicting each other's weights from cache made PyTorch up to 2.4x slower beside ORT than back to back (batch 1).
 
 ORT's own int8 is measured once, on the baseline row: the exported fp32 baseline through
 onnxruntime.quantization.quantize_dynamic (int8 weights, activations quantized at run time), timed in the same
