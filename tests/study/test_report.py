@@ -245,9 +245,16 @@ def test_ort_columns_series_and_predicted_per_device():
                       ort_speedup_measured=None, ort_cosine=None, ort_error="export: <unsupported op>",
                       local_pred_s=0.4e-3)]
     page = report.render(runs, [])
-    for header in ("ORT p50 (ms)", "ORT × faster (beside PyTorch baseline)", "ORT cosine vs PyTorch", "ORT error"):
+    for header in ("ORT p50 (ms)", "ORT × PyTorch baseline speed (one window)", "ORT cosine vs PyTorch",
+                   "ORT error", "× baseline speed (beside it; &lt; 1: slower)"):  # not '× faster' for 0.96
         assert f">{header}</th>" in page
     assert ">export: &lt;unsupported op&gt;</td>" in page
+    # ort_note (the window was disturbed) gets its own text column when stored
+    noted = runs[:1] + [_user_run("int8", 0.89, 0.6e-3, 2.0, 100_000, objective="accuracy", up=True,
+                                  ort_latency_p50_s=0.5e-3, ort_speedup_measured=20.0, ort_cosine=1.0,
+                                  ort_note="PyTorch baseline: p50 in the window (20 ms) is 20.0x ...")]
+    page = report.render(noted, [])
+    assert ">ORT timing note</th>" in page and '<td class="text" data-v="&quot;PyTorch baseline: p50' in page
     fig = _page_figure(runs, objective_of(runs))
     ort = fig.data[3]
     # ORT baseline: PyTorch baseline p50 1 ms ÷ ORT speedup 2.0 = 0.5 ms; int8 has no ORT number

@@ -21,12 +21,12 @@ from effml.study.store import Run
 TABLE_COLUMNS = [
     ("name", "variant"), ("chain", "techniques"), ("metric", None), ("params", "params"),
     ("size_bytes", "size (B)"), ("flops", "FLOPs"), ("latency_ms", "latency p50 (ms)"),
-    ("latency_p90_ms", "p90 (ms)"), ("speedup", "× faster (beside baseline)"),
+    ("latency_p90_ms", "p90 (ms)"), ("speedup", "× baseline speed (beside it; < 1: slower)"),
     ("local_pred_ms", "predicted here (ms)"), ("throughput", "samples/s"),
     ("peak_mem_bytes", "peak mem (B)"),
 ]
 # ONNX Runtime columns (effml.study.backends), shown when any row has the metric
-ORT_COLUMNS = [("ort_latency_ms", "ORT p50 (ms)"), ("ort_speedup", "ORT × faster (beside PyTorch baseline)"),
+ORT_COLUMNS = [("ort_latency_ms", "ORT p50 (ms)"), ("ort_speedup", "ORT × PyTorch baseline speed (one window)"),
                ("ort_cosine", "ORT cosine vs PyTorch"), ("ort_error", "ORT error"), ("ort_note", "ORT timing note")]
 
 _CELL_CLASS = {"ort_error": ' class="text"', "ort_note": ' class="text"'}  # text columns, left-aligned
