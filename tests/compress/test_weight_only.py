@@ -1,5 +1,7 @@
 """Weight-only int8/int4 layers: the code layout, from_codes, fusion, the activation dtype and the notes."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -94,3 +96,38 @@ def test_notes_name_the_kernel_and_a_cpu_without_a_fast_kernel_is_said(monkeypat
     assert fast_act_dtype() is None
     _, _, notes = weight_only(nn.Sequential(nn.Linear(64, 32)), 8, 128, "packed")
     assert any("no vectorized int8 weight-only kernel for CPU capability DEFAULT" in n for n in notes)
+
+
+def test_tied_head_and_embedding_become_one_int8_table():
+    """WeightOnlyConfig(tied="int8") on a transformers Llama with tied embeddings: the head runs int8 and the
+    embedding reads the same codes; stored once. Hand count (vocab 320, d 64, 2 layers, ffn 128, 4 heads / 2 KV of
+    16): params 320*64 + 2*(2*64*64 + 2*64*32 + 3*64*128 + 2*64) + 64 = 94,528 (fp32: 378,112 B); int8: the 94,208
+    matrix weights as codes + one fp32 scale per output row (320 + 2*(64+32+32+64+128+128+64) = 1,344 rows: 5,376 B)
+    + the 320 norm weights in fp32 (1,280 B) = 100,864 B."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from effml.compress import WeightOnlyConfig, quantize
+    from effml.compress.weight_only import TiedInt8Embedding
+
+    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(cfg).eval()
+    ref = copy.deepcopy(m)
+    keep = quantize(copy.deepcopy(m), WeightOnlyConfig(bits=8))
+    assert [n for n, _ in keep.skipped] == ["lm_head"]  # the default keeps the tied pair float, and says so
+    res = quantize(m, WeightOnlyConfig(bits=8, tied="int8"))
+    assert res.skipped == [] and "lm_head" in res.layers and res.dense_bytes == 378_112
+    assert res.stored_bytes == 100_864
+    emb = m.model.embed_tokens
+    assert isinstance(emb, TiedInt8Embedding) and isinstance(m.lm_head, WeightOnlyLinear)
+    x = torch.randint(0, 320, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        # each embedding row is its int8 rounding: |error| <= scale / 2 = max|row| / 254 per element
+        w = ref.model.embed_tokens.weight
+        assert ((emb(x) - w[x]).abs() <= w[x].abs().amax(-1, keepdim=True) / 254 + 1e-7).all()
+        a, b = ref(x).logits, m(x).logits
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+    assert m.generate(x, max_new_tokens=4, do_sample=False).shape == (1, 16)
+    with pytest.raises(ConfigError, match="tied 'int4' unknown"):
+        WeightOnlyConfig(tied="int4")

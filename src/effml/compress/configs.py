@@ -266,10 +266,15 @@ class WeightOnlyConfig(CompressionConfig):
     act_dtype: str = "auto"  # activations fed to the packed kernels: auto (bf16 where fast) | fp32 | bf16
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    # an LM head tied to the input embedding (SmolLM2, GPT-2: the largest matrix, 49152 x 576): "keep" it float
+    # (listed as skipped), or "int8": one int8 table with per-row scales serves both, the head through the int8
+    # kernels and the embedding by looking rows up (stored once; an int4 head costs the most quality)
+    tied: str = "keep"
 
     def __post_init__(self):
         from effml.compress.weight_only import ACT_DTYPES, WEIGHT_KERNELS
 
+        self._choice("tied", ("keep", "int8"))
         if self.bits not in (4, 8) or isinstance(self.bits, bool):
             raise ConfigError(f"WeightOnlyConfig.bits must be 8 or 4, got {self.bits!r}")
         if self.bits == 8 and self.group_size is not None:

@@ -241,6 +241,17 @@ def weight_only_method(model: nn.Module, config: WeightOnlyConfig, *, progress: 
                 for n, m in model.named_modules() if isinstance(m, nn.Linear) and n in layers and n not in names})
     why.update({n: "weight-only quantization handles nn.Linear only" for n, m in model.named_modules()
                 if isinstance(m, nn.modules.conv._ConvNd)})
+    tied_notes = []
+    if config.tied == "int8":  # the tied head and its embedding: one int8 table (WeightOnlyConfig.tied)
+        from effml.compress.weight_only import tie_int8
+
+        for head in [n for n, reason in why.items() if "is tied to" in reason]:
+            emb = tie_int8(model, head, config.kernel, config.act_dtype)
+            if emb is not None:
+                why.pop(head)
+                names.append(head)
+                tied_notes.append(f"{head} and the embedding {emb} tied to it: one int8 table (per-row scales), "
+                                  "the head through the int8 kernel, the embedding by row lookup")
     skipped = skipped_layers(model, names, exclude=config.exclude, layers=config.layers, why=why)
     wol = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
     other = sum(p.numel() for p in model.parameters() if p.requires_grad) * 32
@@ -248,7 +259,7 @@ def weight_only_method(model: nn.Module, config: WeightOnlyConfig, *, progress: 
     note = (f"int{bits} weight-only ({'per-channel symmetric' if bits == 8 else f'groups of {gs}, asymmetric'}), "
             f"activations {config.act_dtype}, kernel={config.kernel!r}")
     return QuantResult(f"int{bits}-weight", model, names, sum(m.codes.numel() for m in wol) + other // 32, dense,
-                       stored, bits, [note] + left + conv_notes, None, skipped)
+                       stored, bits, [note] + left + conv_notes + tied_notes, None, skipped)
 
 
 def quantized_weights(model: nn.Module) -> dict[str, dict]:

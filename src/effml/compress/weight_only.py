@@ -296,3 +296,42 @@ def weight_only(model: nn.Module, bits: int, group_size: int, kernel: str, skip:
     if slow:
         notes.append("slow path: " + "; ".join(slow))
     return model, names, notes
+
+
+class TiedInt8Embedding(nn.Module):
+    """An input embedding that reads its rows from the int8 LM head it is tied to (WeightOnlyLinear, bits=8): row i
+    is codes[i] * scale[i], the head's own per-output-channel quantization, so the tied pair is stored once as
+    (vocab x dim) int8 codes + vocab fp32 scales instead of one (vocab x dim) fp32 table."""
+
+    def __init__(self, head: WeightOnlyLinear, emb: nn.Embedding):
+        super().__init__()
+        if head.bits != 8 or (head.out_features, head.in_features) != tuple(emb.weight.shape):
+            raise ConfigError(f"{head.name}: a tied int8 embedding needs the int8 head of the embedding's shape "
+                              f"{tuple(emb.weight.shape)}")
+        self.num_embeddings, self.embedding_dim = emb.num_embeddings, emb.embedding_dim
+        self.padding_idx = emb.padding_idx
+        self.dtype = emb.weight.dtype
+        self.__dict__["head"] = head  # not a submodule: the head is registered where it sits; its codes are stored once
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids (...) int64 -> (..., dim)
+        h = self.__dict__["head"]
+        return (F.embedding(ids, h.codes).to(self.dtype) * F.embedding(ids, h.scale).to(self.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows of the tied head {self.__dict__['head'].name}"
+
+
+def tie_int8(model: nn.Module, head_name: str, kernel: str = "packed", act_dtype: str = "auto") -> str | None:
+    """Quantize a head tied to an input embedding to int8 and make the embedding read the same codes, in place.
+    Returns the embedding's name, or None when `head_name` shares its weight with no nn.Embedding."""
+    head = model.get_submodule(head_name)
+    emb_name = next((n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.weight is head.weight),
+                    None)
+    if emb_name is None:
+        return None
+    emb = model.get_submodule(emb_name)
+    q = WeightOnlyLinear(head, 8, 128, kernel, head_name, act_dtype)
+    for name, new in ((head_name, q), (emb_name, TiedInt8Embedding(q, emb))):
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return emb_name

@@ -9,7 +9,7 @@ Why a kernel of our own: a decode step (one activation row) is a matrix-vector p
 weights. torch 2.13's `_weight_int8pack_mm` converts the codes to bf16 before multiplying and runs at a third of
 this machine's read bandwidth; the effml kernel widens int8 to fp32 in registers and multiplies up to 8
 activation rows per pass over a weight row (AVX-512: 16 lanes, AVX2: 8, chosen by `-march=native` when it is
-built), so it reads each weight once at close to the bandwidth, with fp32 activations (no activation rounding).
+built; `EFFML_NATIVE_MARCH=haswell` builds the AVX2 version anywhere), so it reads each weight once at close to the bandwidth, with fp32 activations (no activation rounding).
 benchmarks/bench_decode.py measures it beside torch's kernel. The decode ops exist because a decode step of a
 small model is otherwise ~170 aten dispatches per layer, as long as reading its int8 weights (decode.cpp says more).
 
@@ -48,8 +48,14 @@ def _cpu_flags() -> str:
 def tag() -> str:
     """What the binary depends on: the source, torch's version and ABI, the CPU's instruction sets."""
     h = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES))
-    h.update(f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}".encode())
+    h.update(f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}|{march()}".encode())
     return h.hexdigest()[:16]
+
+
+def march() -> str:
+    """The -march the kernels are built for: `native` (this CPU), or $EFFML_NATIVE_MARCH (e.g. `haswell`: the
+    AVX2 build on an AVX-512 machine, to measure what an AVX2-only CPU gets)."""
+    return os.environ.get("EFFML_NATIVE_MARCH", "native")
 
 
 def build_dir() -> Path:
@@ -73,7 +79,7 @@ def load():
     try:
         out.mkdir(parents=True, exist_ok=True)
         ext = cpp_extension.load(f"effml_native_{tag()}", [str(p) for p in SOURCES], build_directory=str(out),
-                                 verbose=False, extra_cflags=["-O3", "-march=native", "-fno-math-errno",
+                                 verbose=False, extra_cflags=["-O3", f"-march={march()}", "-fno-math-errno",
                                                               "-fopenmp-simd"])
     except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a read-only cache: torch's kernels run instead
         first = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__

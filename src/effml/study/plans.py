@@ -97,6 +97,9 @@ for _plan in (
     UserPlan("weight-only-int4", (_q("weight-only", bits=4, group_size=32),), ("decoder",)),
     # group 64: fp32 scale + zero cost 1 bit per weight instead of 2 (group 32); 64 divides d=576 (SmolLM2)
     UserPlan("weight-only-int4-g64", (_q("weight-only", bits=4, group_size=64),), ("decoder",)),
+    # the tied embedding/head pair (the largest matrix of a small LM) as one int8 table too
+    UserPlan("weight-only-int8+tied", (_q("weight-only", bits=8, tied="int8"),), ("decoder",)),
+    UserPlan("weight-only-int4+tied-int8", (_q("weight-only", bits=4, group_size=32, tied="int8"),), ("decoder",)),
     UserPlan("prune-channel-30%+int8", (_p("channel", sparsity=0.3), _q("int8-static")), ("conv",),
              ("calibration",)),
     UserPlan("prune-channel-50%+int8", (_p("channel", sparsity=0.5), _q("int8-static")), ("conv",),
