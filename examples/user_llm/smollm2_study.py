@@ -14,7 +14,8 @@ import sys
 import torch
 
 TOKENS, CTX = 2048, 256
-DEFAULT_PLANS = ["weight-only-int8", "weight-only-int4", "gptq-4b", "int8-dynamic"]
+DEFAULT_PLANS = ["weight-only-int8", "weight-only-int4", "weight-only-int8+tied", "weight-only-int4+tied-int8",
+                 "gptq-4b", "int8-dynamic"]
 
 
 def main(store: str = "llm_runs.db", plans: str | None = None) -> None:
@@ -41,6 +42,8 @@ def main(store: str = "llm_runs.db", plans: str | None = None) -> None:
         print(f"{r['name']:20s} ppl {r['metrics']['perplexity']:7.3f}  {r['model_bytes'] / 1e6:6.1f} MB  "
               f"prefill {r['speedup_measured']:.2f}x  decode {r.get('decode_tok_s') or 0:5.1f} tok/s "
               f"({r.get('decode_speedup') or 1:.2f}x)  ttft {1e3 * (r.get('ttft_s') or 0):.0f} ms")
+    for cost, names in res.frontier.items():
+        print(f"frontier (perplexity vs {cost}): {', '.join(names)}")
     for name, why in res.skipped + res.failed:
         print(f"not run {name}: {why}")
 
