@@ -205,3 +205,22 @@ def test_search_per_channel_group(trained, data, tmp_path):
             assert prune["method"] == "channel" and list(prune["per_layer"]) == groups
             ratios = "/".join(str(round(100 * prune["per_layer"][g])) for g in groups)
             assert r["name"].startswith(f"search:channel-{ratios}%")
+
+
+def test_train_after_post_training_quantization(trained, data, tmp_path):
+    from effml.study.plans import apply_plan
+
+    x, _ = data
+    calls = []
+
+    def train(model, steps):  # records what it was given: the steps and whether the model is int8 already
+        calls.append((steps, any("quantized" in type(m).__module__ for m in model.modules())))
+
+    plan = USER_PLANS.get("int8-dynamic")
+    apply_plan(plan, trained, example_inputs=(x,), train=train, train_steps=7)
+    assert calls == []  # by default a post-training quantization step is not fine-tuned
+    out = apply_plan(plan, trained, example_inputs=(x,), train=train, train_steps=7, train_quantized=True)
+    assert calls == [(7, True)]  # once, after the step, on the model with its int8 Linear layers
+    assert out.model is not trained  # a copy: the baseline is untouched
+    with pytest.raises(ConfigError, match="train_quantized must be True or False and needs train="):
+        study(trained, digits_cnn.evaluate, example_inputs=x, train_quantized=True, store=tmp_path / "r.db")

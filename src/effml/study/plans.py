@@ -16,6 +16,9 @@ Each step runs one library verb (`effml.compress.prune` / `quantize`) on a copy 
 the pruned weights' gradients; the masks are re-applied after), and a `qat=True` step trains through its
 fake-quantization before it is frozen: the same prepare -> apply -> fine-tune -> finalize order as
 `effml.compress.workflow.compress`, with the user's training loop in place of effml's classifier recipe.
+With `train_quantized=True` a post-training quantization step is fine-tuned too (the user's loop trains
+what stays float after it, e.g. re-fits a classification head on the quantized features); off by default,
+since a loop that backpropagates through int8 kernels fails there.
 """
 
 from __future__ import annotations
@@ -205,7 +208,7 @@ class Applied:
 
 
 def apply_plan(plan: UserPlan, baseline: nn.Module, *, example_inputs: tuple, calibration=None,
-               train: Callable | None = None, train_steps: int = 100,
+               train: Callable | None = None, train_steps: int = 100, train_quantized: bool = False,
                progress: Callable[[str, float], None] = lambda what, frac: None) -> Applied:
     """Run the plan's steps on a deep copy of `baseline` (the baseline itself is not touched)."""
     from effml.compress.configs import config_from_dict
@@ -225,7 +228,7 @@ def apply_plan(plan: UserPlan, baseline: nn.Module, *, example_inputs: tuple, ca
             res = quantize(model, config, calibration=_calibration_for(config, calibration),
                            example_inputs=example_inputs, progress=hook)
         qat = getattr(config, "qat", False)
-        if train is not None and (technique == "prune" or qat):
+        if train is not None and (technique == "prune" or qat or train_quantized):
             model.train()
             train(model, train_steps)  # the masks' gradient hooks keep pruned weights at zero
         masks = getattr(res, "masks", None)

@@ -167,8 +167,8 @@ Progress = Callable[[str, float], None]
 def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inputs, train: Callable | None = None,
           calibration=None, plans: list[str] | None = None, devices: tuple[str, ...] = DEFAULT_DEVICES,
           store: str | Store = "runs.db", name: str = "user", metrics: list[Metric] | None = None,
-          objective: str | None = None, train_steps: int = 100, measure_budget_s: float = 1.0,
-          budget_s: float | None = None, extra_plans: list[UserPlan] = (), model_name: str | None = None,
+          objective: str | None = None, train_steps: int = 100, train_quantized: bool = False,
+          measure_budget_s: float = 1.0, budget_s: float | None = None, extra_plans: list[UserPlan] = (), model_name: str | None = None,
           progress: Progress | None = None, device: str = "cpu", backends: tuple[str, ...] = ("torch",),
           claim_ttl_s: float = DEFAULT_TTL_S) -> UserStudyResult:
     """Study `model` as it is: every plan that fits it (or `plans`), each evaluated, measured and stored.
@@ -176,7 +176,9 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
     evaluate(model) -> a number or {name: number}; train(model, steps) fine-tunes a pruned/QAT variant in
     place; calibration: batches for static int8, SmoothQuant, GPTQ, AWQ (and data-driven pruning criteria).
     metrics: directions of metric names DIRECTIONS does not know; objective: the metric the frontier uses
-    (default: the first one evaluate returns). budget_s: start no new variant after this many seconds.
+    (default: the first one evaluate returns). train_quantized: with train, also fine-tune after a
+    post-training quantization step (the user's loop trains what stays float, e.g. re-fits the head on the
+    quantized features; off by default: a loop that backpropagates through int8 kernels fails). budget_s: start no new variant after this many seconds.
     extra_plans: plans to run beside the registered ones (e.g. the search's compositions).
     device: cpu | cuda | cuda:N, where every variant is made and measured (the model, example inputs and
     calibration batches are moved there; evaluate/train get the model on it; CPU-only quantized formats are
@@ -187,7 +189,8 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
         raise ConfigError(f"effml.study: budget_s must be > 0, got {budget_s!r}")
     session, chosen = prepare(model, evaluate, example_inputs=example_inputs, train=train, calibration=calibration,
                               plans=plans, devices=devices, store=store, name=name, metrics=metrics,
-                              objective=objective, train_steps=train_steps, measure_budget_s=measure_budget_s,
+                              objective=objective, train_steps=train_steps, train_quantized=train_quantized,
+                              measure_budget_s=measure_budget_s,
                               model_name=model_name, progress=progress, device=device, backends=backends,
                               claim_ttl_s=claim_ttl_s)
     try:
@@ -198,7 +201,7 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
 
 def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inputs, train=None, calibration=None,
             plans=None, devices=DEFAULT_DEVICES, store="runs.db", name="user", metrics=None, objective=None,
-            train_steps=100, measure_budget_s=1.0, model_name=None, progress=None, device="cpu",
+            train_steps=100, train_quantized=False, measure_budget_s=1.0, model_name=None, progress=None, device="cpu",
             backends=("torch",), claim_ttl_s=DEFAULT_TTL_S) -> tuple["Session", list]:
     """Everything `study` checks and computes before the first variant: (the open Session, the plans that fit).
     Fails fast: a model that does not run on example_inputs, a bad device, an evaluate that fails on the
@@ -214,6 +217,9 @@ def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_i
         raise ConfigError(f"effml.study: train must be callable (model, steps) -> None, got {type(train).__name__}")
     if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
         raise ConfigError(f"effml.study: train_steps must be a positive integer, got {train_steps!r}")
+    if not isinstance(train_quantized, bool) or train_quantized and train is None:
+        raise ConfigError(f"effml.study: train_quantized must be True or False and needs train=, got "
+                          f"{train_quantized!r} with train={'given' if train is not None else None}")
     overrides = _overrides(metrics)
     _check_ttl(claim_ttl_s)
     from effml.study.on_device import place, split_plans
@@ -245,12 +251,14 @@ def prepare(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_i
     fp = _fingerprint(model, inputs, {"metrics": sorted(base_metrics), "train": train is not None,
                                       "train_steps": train_steps if train is not None else None,
                                       "calibration": calibration is not None,
+                                      **({"train_quantized": True} if train_quantized else {}),
                                       **({"device": device} if device != "cpu" else {}),
                                       **({"backends": list(backends)} if backends != ("torch",) else {})})
     session = Session(Store(store) if not isinstance(store, Store) else store, not isinstance(store, Store),
                       name, fp, model, evaluate, inputs, chosen.skipped, dirs, objective, tuple(devices), train,
                       train_steps, calibration, measure_budget_s, base_metrics, progress,
                       decoder="decoder" in model_kinds(model) and hasattr(model, "generation_config"),
+                      train_quantized=train_quantized,
                       device=device, backends=backends, claim_ttl_s=claim_ttl_s)
     return session, chosen.plans
 
@@ -291,6 +299,7 @@ class Session:
     device: str = "cpu"  # where the variants are made and measured
     backends: tuple = ("torch",)  # "onnxruntime" too: ORT metrics per variant (effml.study.backends)
     claim_ttl_s: float = DEFAULT_TTL_S  # workers sharing the store: see effml.study.claims
+    train_quantized: bool = False  # train() after post-training quantization steps too (apply_plan)
 
     def close(self) -> None:
         if self.own_store:
@@ -326,7 +335,8 @@ class Session:
                 hook = (lambda what, f, n=plan.name: self.progress(f"{n}: {what}", frac))
                 metrics, preds = _variant(plan, self.model, self.evaluate, self.inputs, self.dirs, self.objective,
                                           self.devices, self.train, self.train_steps, self.calibration,
-                                          self.measure_budget_s, hook, self.decoder, self.backends)
+                                          self.measure_budget_s, hook, self.decoder, self.backends,
+                                          self.train_quantized)
                 st.put(Run(name, key, plan.name, plan.chain(), metrics, preds, _machine()))
                 res.done.append(plan.name)
         mine = [r for r in st.runs(name) if r.key.endswith(f"@{fp}")]
@@ -337,12 +347,14 @@ class Session:
 
 
 def _variant(plan, baseline, evaluate, inputs, dirs, objective, devices, train, train_steps, calibration,
-             measure_budget_s, progress, decoder=False, backends=("torch",)) -> tuple[dict, dict]:
+             measure_budget_s, progress, decoder=False, backends=("torch",), train_quantized=False
+             ) -> tuple[dict, dict]:
     """(metrics, predictions) of one plan's variant; a failure at any step is a failed row with its error."""
     stage = "compressing"
     try:
         out = apply_plan(plan, baseline, example_inputs=inputs.args or None, calibration=calibration,
-                         train=train, train_steps=train_steps, progress=progress)
+                         train=train, train_steps=train_steps, train_quantized=train_quantized,
+                         progress=progress)
         stage = "evaluating"
         progress("evaluating", 1.0)
         values = read_metrics(evaluate(out.model), f"evaluate({plan.name})")
