@@ -43,6 +43,7 @@ def test_weight_only_int4_from_flags(capsys):
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert d["config"] == {"method": "weight-only", "bits": 4, "group_size": 50, "kernel": "packed", "act_dtype": "auto", "layers": None,
+                           "tied": "keep",
                            "exclude": []}
     # mlp: 784 -> 300 -> 100 -> 10; groups of 50 divide 300 and 100, not 784: layer "1" is listed, with the reason
     assert d["skipped"] == [["1", "weight-only: in_features 784 is not a multiple of group_size 50"]]
