@@ -35,3 +35,12 @@ def runs():
 @pytest.fixture(scope="session")
 def lenet_profile():
     return effml.profile(lenet5().eval(), torch.randn(1, 1, 28, 28))
+
+
+@pytest.fixture(scope="session")
+def claim_worker():
+    """tests/study/claim_worker.py (claim races and killed workers; tests/study is on pytest's pythonpath, which the
+    processes it spawns inherit)."""
+    import claim_worker as module
+
+    return module

@@ -16,10 +16,9 @@ from effml.errors import ConfigError
 from effml.study.claims import Claims
 from effml.study.store import Run, Store
 
+from claim_worker import MLP_PLANS, STUDY, mlp  # tests/study is on pytest's pythonpath (pyproject.toml)
+
 HERE = Path(__file__).parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-from claim_worker import MLP_PLANS, STUDY, mlp  # noqa: E402
 
 TTL = 3.0  # seconds: the workers' claim ttl (heartbeat every 0.75 s)
 

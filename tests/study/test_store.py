@@ -270,29 +270,17 @@ def test_a_dropped_column_and_a_text_artifact_are_named(tmp_path):
 
 # ---- claims: one worker per variant ---------------------------------------------------------------------------
 
-def _claim_helpers():
-    import sys
-    from pathlib import Path
-
-    here = str(Path(__file__).parent)  # claim_worker must be importable by the spawned processes too
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import claim_worker
-
-    return claim_worker
-
-
-def test_claim_rules(tmp_path):
+def test_claim_rules(tmp_path, claim_worker):
     with Store(tmp_path / "runs.db") as s:
-        _claim_helpers().claim_rules(s)
+        claim_worker.claim_rules(s)
         with pytest.raises(ConfigError, match="claim ttl_s must be a number of seconds > 0, got 0"):
             s.claim("c", "k9", "w1", 0)
 
 
-def test_two_processes_racing_claims_win_each_key_once(tmp_path):
+def test_two_processes_racing_claims_win_each_key_once(tmp_path, claim_worker):
     db = tmp_path / "runs.db"
     Store(db).close()
-    (w1, won1), (w2, won2) = _claim_helpers().race_claims(str(db))
+    (w1, won1), (w2, won2) = claim_worker.race_claims(str(db))
     assert w1 != w2
     assert sorted(won1 + won2) == sorted(f"k{i}" for i in range(40))  # 40 keys, each won by exactly one
     with Store(db) as s:

@@ -21,18 +21,6 @@ def _sql(url: str, statement: str) -> None:
     conn.close()
 
 
-def _helpers():
-    import sys
-    from pathlib import Path
-
-    here = str(Path(__file__).parent)  # claim_worker must be importable by the spawned processes too
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import claim_worker
-
-    return claim_worker
-
-
 def test_rows_artifacts_and_reopen(pg_db):
     from effml.study.store_pg import PgStore
 
@@ -50,14 +38,14 @@ def test_rows_artifacts_and_reopen(pg_db):
         assert s.studies() == ["s"] and [r.key for r in s.runs()] == ["a"] and s.has("s", "a")
 
 
-def test_claim_rules(pg_db):
+def test_claim_rules(pg_db, claim_worker):
     with Store(pg_db) as s:
-        _helpers().claim_rules(s)
+        claim_worker.claim_rules(s)
 
 
-def test_two_processes_racing_claims_win_each_key_once(pg_db):
+def test_two_processes_racing_claims_win_each_key_once(pg_db, claim_worker):
     Store(pg_db).close()
-    (w1, won1), (w2, won2) = _helpers().race_claims(pg_db)
+    (w1, won1), (w2, won2) = claim_worker.race_claims(pg_db)
     assert sorted(won1 + won2) == sorted(f"k{i}" for i in range(40))  # 40 keys, each won by exactly one
     with Store(pg_db) as s:
         assert {k: w for k, (w, _) in s.claims("r").items()} == {**{k: w1 for k in won1}, **{k: w2 for k in won2}}
