@@ -103,3 +103,18 @@ def test_the_build_is_keyed_by_source_torch_and_cpu(monkeypatch):
     assert native.build_dir().name == before
     monkeypatch.setattr(native, "_cpu_flags", lambda: "flags: sse2 avx2")  # another CPU kind: another binary
     assert native.tag() != before
+
+
+def test_a_stale_build_lock_is_cleared_and_a_fresh_one_kept(tmp_path):
+    """A build killed half-way leaves torch's `lock` file, which would make every later build wait forever."""
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    native._clear_stale_lock(tmp_path)
+    assert lock.exists()  # a build may hold it right now
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    native._clear_stale_lock(tmp_path)
+    assert not lock.exists()

@@ -78,6 +78,7 @@ def load():
     out = build_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        _clear_stale_lock(out)
         ext = cpp_extension.load(f"effml_native_{tag()}", [str(p) for p in SOURCES], build_directory=str(out),
                                  verbose=False, extra_cflags=["-O3", f"-march={march()}", "-fno-math-errno",
                                                               "-fopenmp-simd"])
@@ -87,6 +88,19 @@ def load():
         return None
     _status = f"effml native GEMV ({ext.isa()}, fp32 activations)"
     return ext
+
+
+def _clear_stale_lock(out: Path, max_age_s: float = 600.0) -> None:
+    """torch's build waits, without a limit, for the `lock` file a build in progress holds; a build killed half-way
+    (Ctrl-C during the first use) leaves it behind. One older than any real build (10 min) is removed."""
+    import time
+
+    lock = out / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > max_age_s:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def status() -> str:
