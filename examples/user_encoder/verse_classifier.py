@@ -103,7 +103,7 @@ class Task:
                 opt.zero_grad()
                 nn.functional.cross_entropy(head(feats), self.train_labels).backward()
                 opt.step()
-        model.head = head.requires_grad_(False)
+        model.head = head
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict:

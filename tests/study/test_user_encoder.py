@@ -31,10 +31,12 @@ def test_encoder_study(tmp_path):
 
     res = study(task.model, task.evaluate, example_inputs=x, calibration=task.calibration(n=1), train=train,
                 train_steps=50, train_quantized=True,
-                plans=["int8-dynamic", "prune-heads-25%", "prune-channel-30%"], devices=(),
+                plans=["int8-dynamic", "prune-heads-25%", "prune-channel-30%", "prune-fine-50%"], devices=(),
                 store=tmp_path / "enc.db", measure_budget_s=0.2)
-    assert [r["name"] for r in res.rows] == ["baseline", "int8-dynamic", "prune-heads-25%"]
-    assert calls == [50, 50]  # each variant's head re-fit once: after the quantization, after the pruning
+    # prune-fine-50% hooks every Linear weight's gradient, the re-fit head's too: it must stay trainable
+    assert res.failed == [] and [r["name"] for r in res.rows] == ["baseline", "int8-dynamic", "prune-heads-25%",
+                                                                   "prune-fine-50%"]
+    assert calls == [50, 50, 50]  # each variant's head re-fit once: after its quantization or its pruning
     assert res.skipped[0][0] == "prune-channel-30%" and "attention heads" in res.skipped[0][1]
     base, heads = res.row("baseline"), res.row("prune-heads-25%")
     # 25% of MiniLM's 12 heads of 32 dims: 3 heads = 96 rows of q, k, v (384 inputs + bias) and 96 columns of
