@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most (default 64)")
     p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=nonneg_int, default=0, help="sample among the k most likely tokens (0: all)")
-    p.add_argument("--kv", default="paged", help="KV cache: paged (default), contiguous, none (recompute)")
+    p.add_argument("--kv", default="contiguous", help="KV cache: contiguous (default: one sequence, pre-allocated; the "
+                   "fused decode step runs on it), paged (blocks, as a server keeps many sequences), none (recompute)")
     p.add_argument("--speculative", metavar="DRAFT",
                    help="draft: lookup (prompt lookup, no model: for answers that copy the prompt), self-int4 "
                         "(the target in int4), smollm2-135m-draft (distilled here; built once), layers:0,1,29 "
