@@ -168,7 +168,8 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
           calibration=None, plans: list[str] | None = None, devices: tuple[str, ...] = DEFAULT_DEVICES,
           store: str | Store = "runs.db", name: str = "user", metrics: list[Metric] | None = None,
           objective: str | None = None, train_steps: int = 100, train_quantized: bool = False,
-          measure_budget_s: float = 1.0, budget_s: float | None = None, extra_plans: list[UserPlan] = (), model_name: str | None = None,
+          measure_budget_s: float = 1.0, budget_s: float | None = None, extra_plans: list[UserPlan] = (),
+          model_name: str | None = None,
           progress: Progress | None = None, device: str = "cpu", backends: tuple[str, ...] = ("torch",),
           claim_ttl_s: float = DEFAULT_TTL_S) -> UserStudyResult:
     """Study `model` as it is: every plan that fits it (or `plans`), each evaluated, measured and stored.
@@ -178,7 +179,8 @@ def study(model: nn.Module, evaluate: Callable[[nn.Module], Any], *, example_inp
     metrics: directions of metric names DIRECTIONS does not know; objective: the metric the frontier uses
     (default: the first one evaluate returns). train_quantized: with train, also fine-tune after a
     post-training quantization step (the user's loop trains what stays float, e.g. re-fits the head on the
-    quantized features; off by default: a loop that backpropagates through int8 kernels fails). budget_s: start no new variant after this many seconds.
+    quantized features; off by default: a loop that backpropagates through int8 kernels fails).
+    budget_s: start no new variant after this many seconds.
     extra_plans: plans to run beside the registered ones (e.g. the search's compositions).
     device: cpu | cuda | cuda:N, where every variant is made and measured (the model, example inputs and
     calibration batches are moved there; evaluate/train get the model on it; CPU-only quantized formats are
