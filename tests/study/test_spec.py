@@ -58,6 +58,9 @@ def test_unknown_and_missing_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"\[metrics\] f2 = 'up'"):
         load_spec(_spec(tmp_path, BASE + '[metrics]\nf2 = "up"\n'))
     assert load_spec(_spec(tmp_path, BASE + 'budget = "8m"\n')).budget_s == 480.0  # 8 x 60 s
+    with pytest.raises(ConfigError, match="'train_quantized' must be true or false, got 'yes'"):
+        load_spec(_spec(tmp_path, BASE + 'train_quantized = "yes"\n'))
+    assert load_spec(_spec(tmp_path, BASE + "train_quantized = true\n")).train_quantized is True
 
 
 def test_callables_named_by_key(user_dir):

@@ -12,6 +12,7 @@
     search = 8                                 # optional: Optuna trials over prune ratio x format (0: none)
     search_per_group = false                   # optional: a pruning ratio per channel group (needs more trials)
     train_steps = 100
+    train_quantized = false                    # optional: also run `train` after post-training int8 steps
     measure_budget_s = 1.0                     # timing window per variant, beside the baseline
     objective = "accuracy"                     # optional: the metric the frontier is drawn on
     store = "runs.db"                          # optional (else the CLI's --store)
@@ -38,8 +39,8 @@ from typing import Any
 from effml.errors import ConfigError
 
 KEYS = ("name", "model", "model_args", "evaluate", "train", "calibration", "example_inputs", "plans", "devices",
-        "budget", "search", "search_per_group", "train_steps", "measure_budget_s", "objective", "store", "metrics",
-        "backends")
+        "budget", "search", "search_per_group", "train_steps", "train_quantized", "measure_budget_s", "objective",
+        "store", "metrics", "backends")
 REQUIRED = ("model", "evaluate", "example_inputs")
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -60,6 +61,7 @@ class StudySpec:
     search: int = 0
     search_per_group: bool = False
     train_steps: int = 100
+    train_quantized: bool = False  # effml.study(train_quantized=...): train after int8 PTQ steps too
     measure_budget_s: float = 1.0
     objective: str | None = None
     store: str | None = None
@@ -85,8 +87,9 @@ class StudySpec:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "search" else 1):
                 raise ConfigError(f"{where}: {k!r} must be an integer >= {0 if k == 'search' else 1}, got {v!r}")
-        if not isinstance(self.search_per_group, bool):
-            raise ConfigError(f"{where}: 'search_per_group' must be true or false, got {self.search_per_group!r}")
+        for k in ("search_per_group", "train_quantized"):
+            if not isinstance(getattr(self, k), bool):
+                raise ConfigError(f"{where}: {k!r} must be true or false, got {getattr(self, k)!r}")
         v = self.measure_budget_s
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ConfigError(f"{where}: 'measure_budget_s' must be a number of seconds > 0, got {v!r}")
@@ -214,7 +217,8 @@ def run_spec(spec: StudySpec, store, progress=None, device: str = "cpu", backend
     kw = dict(example_inputs=r.example_inputs, train=r.train, calibration=r.calibration, plans=list(spec.plans)
               if spec.plans is not None else None, devices=spec.devices if spec.devices is not None
               else DEFAULT_DEVICES, store=store, name=spec.name, metrics=metrics, objective=spec.objective,
-              train_steps=spec.train_steps, measure_budget_s=spec.measure_budget_s, budget_s=spec.budget_s,
+              train_steps=spec.train_steps, train_quantized=spec.train_quantized,
+              measure_budget_s=spec.measure_budget_s, budget_s=spec.budget_s,
               model_name=spec.model, progress=progress, device=device,
               backends=tuple(spec.backends) + tuple(backends))
     if spec.search:
