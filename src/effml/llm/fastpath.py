@@ -4,8 +4,9 @@
 
 The generic `Transformer.hidden` dispatches ~170 aten ops per layer for one token (norm: 10, RoPE + cache write +
 SDPA: ~100 with their views and casts), a few microseconds each: for SmolLM2-135M that is as long as reading the
-int8 weights. Here a layer is 7 calls: norm, fused QKV projection, attend (RoPE, cache write, causal grouped-query
-attention), output projection + residual, norm, fused gate/up projection, SiLU·up, down projection + residual.
+int8 weights. Here a layer is 7 kernel calls: norm, fused QKV projection, attend (RoPE, cache write, causal grouped-query
+attention), output projection + residual, norm, fused gate/up projection, SiLU·up, down projection + residual;
+the projections are called directly (`direct`), not through their modules.
 The arithmetic is the same as the modules' (fp32), so the tokens agree with the generic path
 (tests/llm/test_fastpath.py checks the logits). Taken when: `prepare` enabled it, the activations are fp32, one
 sequence in a ContiguousCache, at most 16 new tokens (decode steps and speculative verification; a prompt's
@@ -49,15 +50,36 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
     cos, sin = cos_t[pos0:pos0 + T], sin_t[pos0:pos0 + T]  # (T, hd) contiguous rows of the table
     x = model.tok_embeddings(tokens[0]).float()  # (T, C)
     a = model.args
-    for i, blk in enumerate(model.layers):
-        at, ff = blk.attention, blk.feed_forward
-        h = ext.rms_norm(x, blk.attention_norm.weight, blk.attention_norm.eps)
-        y = ext.attend(at.wqkv(h), cos, sin, cache.k[i, 0], cache.v[i, 0], pos0, a.n_heads, a.n_kv_heads)
-        x = x + at.wo(y)
-        h = ext.rms_norm(x, blk.ffn_norm.weight, blk.ffn_norm.eps)
-        x = x + ff.w2(ext.silu_mul(ff.w13(h)))
+    plan = model._fast_plan
+    for i, (n1, e1, wqkv, wo, n2, e2, w13, w2) in enumerate(plan):
+        y = ext.attend(wqkv(ext.rms_norm(x, n1, e1)), cos, sin, cache.k[i, 0], cache.v[i, 0], pos0, a.n_heads,
+                       a.n_kv_heads)
+        x = x + wo(y)
+        x = x + w2(ext.silu_mul(w13(ext.rms_norm(x, n2, e2))))
     cache.commit(T)
     return x[None]  # (1, T, C)
+
+
+def direct(m, ext):
+    """A projection as one direct kernel call on (T, in) fp32 rows, T <= 16 (the nn.Module call and its wrapper's
+    reshapes and dtype checks cost ~70 µs per layer, 2 ms per SmolLM2 token): effml's GEMV for int8 codes and
+    fp32/bf16 weights, torch's int4 kernel on bf16 rows; any other layer as its module. Bound to the tensors the
+    layer holds now: `engine.prepare` builds these after the weights are final."""
+    from effml.compress.weight_only import WeightOnlyLinear
+    from effml.llm.engine import PackedLinear
+
+    if isinstance(m, WeightOnlyLinear) and m.native():
+        (codes, _), (_, s32) = m._prepare(), m._gemv
+        bias = None if m.bias is None else m.bias.detach().float().contiguous()
+        return lambda x: ext.gemv(x, codes, s32, bias)
+    if isinstance(m, PackedLinear) and m._gemv is not None:
+        w, bias = m.weight.detach(), m._bias32
+        return lambda x: ext.gemv(x, w, None, bias)
+    if isinstance(m, WeightOnlyLinear) and m.bits == 4 and m.kernel in ("packed", "torch") and m.bias is None:
+        (w, sz), gs, dt = m._prepare(), m.spec.group_size, m.act_dtype
+        op = torch.ops.aten._weight_int4pack_mm_for_cpu
+        return lambda x: op(x.to(dt), w, gs, sz).float()
+    return m
 
 
 def enable(model) -> list[str]:
@@ -74,5 +96,9 @@ def enable(model) -> list[str]:
         return ["fused decode ops need fused QKV and gate/up projections; the generic step runs"]
     for norm in [model.norm] + [n for b in model.layers for n in (b.attention_norm, b.ffn_norm)]:
         norm.weight.data = norm.weight.data.float()  # a bf16 model's norm weights, widened exactly (C values each)
+    ext = native.load()
+    model._fast_plan = [(b.attention_norm.weight.detach(), b.attention_norm.eps, direct(b.attention.wqkv, ext),
+                         direct(b.attention.wo, ext), b.ffn_norm.weight.detach(), b.ffn_norm.eps,
+                         direct(b.feed_forward.w13, ext), direct(b.feed_forward.w2, ext)) for b in model.layers]
     model.fast_decode = True
     return []
