@@ -17,13 +17,14 @@ from effml.errors import ConfigError
 from effml.registries import Registry
 
 _AO = ("torch.ao quantized int8 kernels (fbgemm / x86 / oneDNN engines) run only on the CPU; no CUDA kernel")
-_PACKED = ("the packed weight-only kernels (aten._weight_int4pack_mm_for_cpu, torch._weight_int8pack_mm, effml's native GEMV) run only "
-           "on the CPU; no CUDA kernel")
+_PACKED = ("the packed weight-only kernels (aten._weight_int4pack_mm_for_cpu, torch._weight_int8pack_mm, effml's "
+           "native GEMV) run only on the CPU; no CUDA kernel")
 
 NO_CUDA_KERNEL: Registry = Registry("CPU-only quantization method")
 NO_CUDA_KERNEL.add("int8-dynamic", lambda config: _AO)
 NO_CUDA_KERNEL.add("int8-static", lambda config: _AO)
-NO_CUDA_KERNEL.add("weight-only", lambda config: _PACKED if getattr(config, "kernel", "packed") in ("packed", "torch") else None)
+NO_CUDA_KERNEL.add("weight-only",
+                   lambda config: _PACKED if getattr(config, "kernel", "packed") in ("packed", "torch") else None)
 NO_CUDA_KERNEL.add("gptq", lambda config: _PACKED)
 NO_CUDA_KERNEL.add("awq", lambda config: _PACKED)
 

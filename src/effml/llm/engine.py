@@ -77,9 +77,10 @@ def to_format(model: Transformer, config: FormatConfig) -> list[str]:
         from effml import native
 
         model.to(torch.bfloat16)
-        return [] if native_bf16() or native.load() is not None else [f"bf16 on a CPU without bf16 arithmetic (capability "
-                                         f"{torch.backends.cpu.get_cpu_capability()}): emulated, expect it slower "
-                                         f"than fp32"]
+        if native_bf16() or native.load() is not None:  # bf16 arithmetic, or effml's GEMV widening bf16 exactly
+            return []
+        return [f"bf16 on a CPU without bf16 arithmetic (capability {torch.backends.cpu.get_cpu_capability()}): "
+                "emulated, expect it slower than fp32"]
     bits = 8 if config.format == "int8" else 4
     _, _, notes = weight_only(model, bits, config.group_size, config.kernel, ("output",))
     head = {"auto": 8, "int8": 8, "int4": 4, "fp32": 0}[config.head]
