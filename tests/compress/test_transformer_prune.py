@@ -123,6 +123,26 @@ def test_block_importance_is_measured():
     assert model.generate(_ids()[:1, :4], max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 7)
 
 
+def test_block_scores_take_keyword_batches_like_a_data_loader():
+    """An encoder calibrated the way its users feed it (dicts of input_ids + attention_mask): the same scores as
+    the plain token ids when the mask is all ones, and a half-masked batch changes what the blocks see."""
+    model = _bert()
+    ids = _ids()  # (n, T)
+    plain = block_scores(model, ids)
+    batches = [{"input_ids": ids[i:i + 1], "attention_mask": torch.ones_like(ids[i:i + 1])} for i in range(len(ids))]
+    assert block_scores(model, batches) == pytest.approx(plain, rel=1e-5)
+    half = [{"input_ids": b["input_ids"], "attention_mask": torch.cat(
+        [torch.ones(1, ids.shape[1] // 2, dtype=torch.long), torch.zeros(1, ids.shape[1] - ids.shape[1] // 2,
+                                                                          dtype=torch.long)], 1)} for b in batches]
+    assert block_scores(model, half) != pytest.approx(plain, rel=1e-5)
+    res = block_prune(model, BlockPrune(n_blocks=1), data=batches)
+    assert len(model.encoder.layer) == 1 and res.params_after < res.params_before
+    with pytest.raises(ConfigError, match="calibration batch 0 is str"):
+        block_scores(_bert(), ["not a batch"])
+    with pytest.raises(ConfigError, match="vocabulary has 64 tokens"):
+        block_scores(_bert(), [{"input_ids": torch.full((1, 8), 99)}])
+
+
 def test_bad_input_is_named():
     with pytest.raises(ConfigError, match=r"would remove all 3 query heads of each of its 2 KV groups"):
         head_prune(_llama(heads=6, kv=2), HeadPrune(0.9))  # round(0.9 x 3) = 3

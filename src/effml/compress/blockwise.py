@@ -68,11 +68,38 @@ def check_tokens(model: nn.Module, calibration: torch.Tensor) -> torch.Tensor:
     return calibration.long()
 
 
+def calibration_calls(model: nn.Module, calibration, batch_size: int = 1) -> list[tuple[tuple, dict]]:
+    """(args, kwargs) of each calibration forward: token ids (n, T) in batches of `batch_size`, or an iterable of
+    batches as a user's data loader gives them (a tensor of ids, a tuple whose first item is the ids, or a dict of
+    keyword inputs such as input_ids + attention_mask). Every token-id tensor is checked against the vocabulary."""
+    if isinstance(calibration, torch.Tensor):
+        ids = check_tokens(model, calibration)
+        return [((ids[i:i + batch_size],), {}) for i in range(0, ids.shape[0], batch_size)]
+    if calibration is None or isinstance(calibration, (str, bytes)) or not hasattr(calibration, "__iter__"):
+        raise ConfigError(f"calibration must be token ids (samples, tokens) or an iterable of batches, got "
+                          f"{type(calibration).__name__}")
+    calls = []
+    for i, batch in enumerate(calibration):
+        if isinstance(batch, dict):
+            if "input_ids" in batch:
+                check_tokens(model, batch["input_ids"])
+            calls.append(((), dict(batch)))
+        elif isinstance(batch, (tuple, list)) and batch:
+            calls.append(((check_tokens(model, batch[0]),), {}))
+        elif isinstance(batch, torch.Tensor):
+            calls.append(((check_tokens(model, batch),), {}))
+        else:
+            raise ConfigError(f"calibration batch {i} is {type(batch).__name__}: expected token ids, a tuple whose "
+                              "first item is token ids, or a dict of keyword inputs")
+    if not calls:
+        raise ConfigError("calibration has no batches")
+    return calls
+
+
 @torch.no_grad()
-def block_inputs(model: nn.Module, blocks: nn.ModuleList, calibration: torch.Tensor,
-                 batch_size: int = 1) -> list[BlockInput]:
-    """Run the model on each calibration batch up to block 0 and keep what block 0 receives."""
-    calibration = check_tokens(model, calibration)
+def block_inputs(model: nn.Module, blocks: nn.ModuleList, calibration, batch_size: int = 1) -> list[BlockInput]:
+    """Run the model on each calibration batch (`calibration_calls`) up to block 0 and keep what block 0 receives."""
+    calls = calibration_calls(model, calibration, batch_size)
     caught: list[BlockInput] = []
 
     def hook(mod, args, kwargs):
@@ -81,14 +108,14 @@ def block_inputs(model: nn.Module, blocks: nn.ModuleList, calibration: torch.Ten
 
     h = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for i in range(0, calibration.shape[0], batch_size):
+        for args, kwargs in calls:
             try:
-                model(calibration[i:i + batch_size])
+                model(*args, **kwargs)
             except _Stop:
                 pass
     finally:
         h.remove()
-    if len(caught) != -(-calibration.shape[0] // batch_size):
+    if len(caught) != len(calls):
         raise ConfigError("the model never reached its first block on the calibration batches")
     return caught
 
