@@ -75,6 +75,10 @@ def load():
         return None
     from torch.utils import cpp_extension
 
+    if not _find_ninja():
+        _status = ("effml's native kernels need the ninja build tool (apt install ninja-build, or pip install "
+                   "ninja); torch's kernels run")
+        return None
     out = build_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -88,6 +92,21 @@ def load():
         return None
     _status = f"effml native GEMV ({ext.isa()}, fp32 activations)"
     return ext
+
+
+def _find_ninja() -> bool:
+    """torch builds with `ninja` from PATH; a pip-installed ninja in this environment's scripts folder (not on
+    PATH when python is run by its path) is put on PATH."""
+    import shutil
+    import sysconfig
+
+    if shutil.which("ninja"):
+        return True
+    scripts = sysconfig.get_path("scripts")
+    if scripts and shutil.which("ninja", path=scripts):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+        return True
+    return False
 
 
 def _clear_stale_lock(out: Path, max_age_s: float = 600.0) -> None:
