@@ -50,6 +50,12 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
     cos, sin = cos_t[pos0:pos0 + T], sin_t[pos0:pos0 + T]  # (T, hd) contiguous rows of the table
     x = model.tok_embeddings(tokens[0]).float()  # (T, C)
     a = model.args
+    if model._fast_layers is not None:  # every projection a kernel effml's C++ loop calls: no Python per layer
+        norms, eps, projs = model._fast_layers
+        x = ext.decode_layers(x, norms, eps, projs, cache.k[:, 0], cache.v[:, 0], cos, sin, pos0, a.n_heads,
+                              a.n_kv_heads)
+        cache.commit(T)
+        return x[None]
     plan = model._fast_plan
     for i, (n1, e1, wqkv, wo, n2, e2, w13, w2) in enumerate(plan):
         y = ext.attend(wqkv(ext.rms_norm(x, n1, e1)), cos, sin, cache.k[i, 0], cache.v[i, 0], pos0, a.n_heads,
@@ -58,6 +64,24 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
         x = x + w2(ext.silu_mul(w13(ext.rms_norm(x, n2, e2))))
     cache.commit(T)
     return x[None]  # (1, T, C)
+
+
+def kernel_spec(m) -> tuple | None:
+    """A projection as effml.native.decode_layers takes it: (0, w, scale, bias, 0) for effml's GEMV, (1, packed,
+    scales_and_zeros, None, group) for torch's int4 kernel; None for a layer only its module can run."""
+    from effml.compress.weight_only import WeightOnlyLinear
+    from effml.llm.engine import PackedLinear
+
+    if isinstance(m, WeightOnlyLinear) and m.native():
+        (codes, _), (_, s32) = m._prepare(), m._gemv
+        return (0, codes, s32, None if m.bias is None else m.bias.detach().float().contiguous(), 0)
+    if isinstance(m, PackedLinear) and m._gemv is not None:
+        return (0, m.weight.detach(), None, m._bias32, 0)
+    if isinstance(m, WeightOnlyLinear) and m.bits == 4 and m.kernel in ("packed", "torch") and m.bias is None \
+            and m.act_dtype == torch.bfloat16:
+        w, sz = m._prepare()
+        return (1, w, sz, None, m.spec.group_size)
+    return None
 
 
 def direct(m, ext):
@@ -100,5 +124,10 @@ def enable(model) -> list[str]:
     model._fast_plan = [(b.attention_norm.weight.detach(), b.attention_norm.eps, direct(b.attention.wqkv, ext),
                          direct(b.attention.wo, ext), b.ffn_norm.weight.detach(), b.ffn_norm.eps,
                          direct(b.feed_forward.w13, ext), direct(b.feed_forward.w2, ext)) for b in model.layers]
+    specs = [kernel_spec(p) for b in model.layers for p in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13,
+                                                              b.feed_forward.w2)]
+    model._fast_layers = None if any(sp is None for sp in specs) or not hasattr(ext, "decode_layers") else (
+        [w for b in model.layers for w in (b.attention_norm.weight.detach(), b.ffn_norm.weight.detach())],
+        [e for b in model.layers for e in (float(b.attention_norm.eps), float(b.ffn_norm.eps))], specs)
     model.fast_decode = True
     return []

@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
+#include <vector>
 
 namespace {
 
@@ -155,6 +157,10 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
 torch::Tensor attend(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kc,
                      torch::Tensor vc, int64_t pos0, int64_t H, int64_t Hkv);
 torch::Tensor silu_mul(const torch::Tensor& gu);
+using Proj = std::tuple<int64_t, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t>;
+torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& norms, const std::vector<double>& eps,
+                            const std::vector<Proj>& projs, const torch::Tensor& k, const torch::Tensor& v,
+                            const torch::Tensor& cos, const torch::Tensor& sin, int64_t pos0, int64_t H, int64_t Hkv);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "y = (x @ w.T) [* scale] + bias: w int8 (with scale), bf16 or fp32; x fp32, M <= 16 rows");
@@ -162,4 +168,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * w over the last dimension (decode.cpp)");
   m.def("attend", &attend, "RoPE q/k, write k/v into the layer's cache, causal GQA attention (decode.cpp)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up output (decode.cpp)");
+  m.def("decode_layers", &decode_layers, "every decoder block of a decode step in one call (decode.cpp)");
 }
