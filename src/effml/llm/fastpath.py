@@ -6,7 +6,8 @@ The generic `Transformer.hidden` dispatches ~170 aten ops per layer for one toke
 SDPA: ~100 with their views and casts), a few microseconds each: for SmolLM2-135M that is as long as reading the
 int8 weights. Here a layer is 7 kernel calls: norm, fused QKV projection, attend (RoPE, cache write, causal grouped-query
 attention), output projection + residual, norm, fused gate/up projection, SiLU·up, down projection + residual;
-the projections are called directly (`direct`), not through their modules.
+the projections are called directly (`direct`), not through their modules, and when every projection is effml's
+GEMV or torch's int4 kernel the whole block loop is one C++ call (`effml.native.decode_layers`, `kernel_spec`).
 The arithmetic is the same as the modules' (fp32), so the tokens agree with the generic path
 (tests/llm/test_fastpath.py checks the logits). Taken when: `prepare` enabled it, the activations are fp32, one
 sequence in a ContiguousCache, at most 16 new tokens (decode steps and speculative verification; a prompt's
