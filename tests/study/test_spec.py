@@ -72,8 +72,19 @@ def test_callables_named_by_key(user_dir):
         resolve(load_spec(p))
 
 
+def _run_cli(user_dir, tmp_path, capsys, base: str, body: str) -> tuple[dict, Path, Path]:
+    """`effml study --spec` on the saved CNN (width 8) with `body` added to the spec: (JSON result, store, report)."""
+    spec = _spec(user_dir, base + body + f'''[model_args]
+path = "{user_dir / 'cnn.pt'}"
+width = 8
+''')
+    store, out = tmp_path / "runs.db", tmp_path / "report.html"
+    assert main(["study", "--spec", str(spec), "--store", str(store), "--out", str(out), "--json"]) == 0
+    return json.loads(capsys.readouterr().out), store, out
+
+
 def test_cli_spec_end_to_end(user_dir, tmp_path, capsys):
-    spec = _spec(user_dir, BASE + f'''name = "digits"
+    body = '''name = "digits"
 train = "digits_cnn:finetune"
 calibration = "digits_cnn:calibration"
 plans = ["prune-channel-50%", "int8-static", "prune-channel-30%+int8"]
@@ -81,13 +92,8 @@ devices = ["rpi5"]
 train_steps = 20
 measure_budget_s = 0.2
 search = 2
-[model_args]
-path = "{user_dir / 'cnn.pt'}"
-width = 8
-''')
-    store, out = tmp_path / "runs.db", tmp_path / "report.html"
-    assert main(["study", "--spec", str(spec), "--store", str(store), "--out", str(out), "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
+'''
+    res, store, out = _run_cli(user_dir, tmp_path, capsys, BASE, body)
     names = [r["name"] for r in res["rows"]]
     assert names[:4] == ["baseline", "prune-channel-50%", "int8-static", "prune-channel-30%+int8"]
     searched = [n for n in names if n.startswith("search:")]
@@ -103,8 +109,7 @@ width = 8
     assert res["rows"][0]["metrics"]["accuracy"] == want
     assert all(r["peak_mem_bytes"] > 0 for r in res["rows"])
     # rerun: resumed from the store, nothing computed again
-    assert main(["study", "--spec", str(spec), "--store", str(store), "--out", str(out), "--json"]) == 0
-    again = json.loads(capsys.readouterr().out)
+    again, _, _ = _run_cli(user_dir, tmp_path, capsys, BASE, body)
     assert again["done"] == [] and [r["name"] for r in again["rows"]] == names
 
 
@@ -137,17 +142,12 @@ def evaluate(model):
 
 def test_cli_spec_report_for_a_lower_is_better_metric(user_dir, tmp_path, capsys):
     (user_dir / "digits_nll.py").write_text(NLL)
-    spec = _spec(user_dir, BASE.replace("digits_cnn:evaluate", "digits_nll:evaluate") + f'''name = "digits-nll"
+    res, store, out = _run_cli(user_dir, tmp_path, capsys, BASE.replace("digits_cnn:evaluate", "digits_nll:evaluate"),
+                               '''name = "digits-nll"
 plans = ["prune-channel-50%", "int8-static"]
 devices = ["rpi5"]
 measure_budget_s = 0.1
-[model_args]
-path = "{user_dir / 'cnn.pt'}"
-width = 8
 ''')
-    store, out = tmp_path / "runs.db", tmp_path / "report.html"
-    assert main(["study", "--spec", str(spec), "--store", str(store), "--out", str(out), "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
     assert res["objective"] == "nll" and res["higher_is_better"] is False and res["report"] == str(out)
     page = out.read_text()
     assert '<th data-col="2">nll (lower is better)</th>' in page  # the table's metric column, named with direction
