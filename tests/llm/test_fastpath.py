@@ -35,7 +35,9 @@ def test_fused_steps_give_the_generic_logits(model, fmt):
     for a, b in zip(fast, slow):
         # the same fp32 arithmetic in another summation order: logits of size ~10 agree to ~1e-5 relative
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    if fmt in ("fp32", "int8"):  # every projection is effml's GEMV: the whole layer loop runs in C++
+    if fmt != "bf16" or fastpath.kernel_spec(m.layers[0].attention.wqkv) is not None:
+        # every projection is effml's GEMV or torch's int4 kernel: the whole layer loop runs in C++ (int4: its own
+        # fp32 <-> bf16 loops around the kernel, which must round as torch's .to() does for the 1e-5 match below)
         assert m._fast_layers is not None
     layers, m._fast_layers = m._fast_layers, None  # the Python loop over the same kernels: the same logits
     with torch.no_grad():
