@@ -4,8 +4,9 @@
 
 The generic `Transformer.hidden` dispatches ~170 aten ops per layer for one token (norm: 10, RoPE + cache write +
 SDPA: ~100 with their views and casts), a few microseconds each: for SmolLM2-135M that is as long as reading the
-int8 weights. Here a layer is 7 kernel calls: norm, fused QKV projection, attend (RoPE, cache write, causal grouped-query
-attention), output projection + residual, norm, fused gate/up projection, SiLU·up, down projection + residual;
+int8 weights. Here a layer is 7 kernel calls: norm, fused QKV projection, attend (RoPE, cache write, causal
+grouped-query attention), output projection + residual, norm, fused gate/up projection, SiLU·up, down projection +
+residual;
 the projections are called directly (`direct`), not through their modules, and when every projection is effml's
 GEMV or torch's int4 kernel the whole block loop is one C++ call (`effml.native.decode_layers`, `kernel_spec`).
 The arithmetic is the same as the modules' (fp32), so the tokens agree with the generic path
