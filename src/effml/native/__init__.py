@@ -9,7 +9,8 @@ Why a kernel of our own: a decode step (one activation row) is a matrix-vector p
 weights. torch 2.13's `_weight_int8pack_mm` converts the codes to bf16 before multiplying and runs at a third of
 this machine's read bandwidth; the effml kernel widens int8 to fp32 in registers and multiplies up to 8
 activation rows per pass over a weight row (AVX-512: 16 lanes, AVX2: 8, chosen by `-march=native` when it is
-built; `EFFML_NATIVE_MARCH=haswell` builds the AVX2 version anywhere), so it reads each weight once at close to the bandwidth, with fp32 activations (no activation rounding).
+built, and per weight dtype; `EFFML_NATIVE_MARCH=haswell` builds the AVX2 version anywhere), so it reads each
+weight once at close to the bandwidth, with fp32 activations (no activation rounding).
 benchmarks/bench_decode.py measures it beside torch's kernel. The decode ops exist because a decode step of a
 small model is otherwise ~170 aten dispatches per layer, as long as reading its int8 weights (decode.cpp says more).
 

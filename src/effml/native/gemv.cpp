@@ -2,10 +2,11 @@
 //
 // x: (M, K) fp32 activations; w: (N, K) row-major, one row per output, stored as int8 codes (with scale: (N,) fp32,
 // weight-only int8), bf16 or fp32 (no scale). Built for the CPU it runs on (-march=native): AVX-512 (16 lanes) or
-// AVX2 (8 lanes), scalar otherwise, the width chosen per weight dtype (below). For a decode step (M = 1) or a short verification/batch (M <= 16) the cost is
-// reading the weights: each weight row is loaded from memory once, widened to fp32 in registers (int8: sign-extend
-// and convert; bf16: a 16-bit shift) and multiplied into up to R_MAX activation rows, so the kernel runs at memory
-// bandwidth; the activations stay fp32 (no activation rounding: exact weight-only arithmetic).
+// AVX2 (8 lanes), scalar otherwise, the width chosen per weight dtype (below). For a decode step (M = 1) or a
+// short verification/batch (M <= 16) the cost is reading the weights: each weight row is loaded from memory once,
+// widened to fp32 in registers (int8: sign-extend and convert; bf16: a 16-bit shift) and multiplied into up to
+// R_MAX activation rows, so the kernel runs at memory bandwidth; the activations stay fp32 (no activation
+// rounding: exact weight-only arithmetic).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
