@@ -256,6 +256,31 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
     return done, clock.now, steps
 
 
+def _blocks_needed(trace: list[Request], bs: int, num_blocks: int):
+    """blocks_total(request): the blocks a request holds at its end (its cache ends with prompt + output - 1 tokens:
+    the last one is never fed); a ConfigError when the largest request cannot fit the pool at all."""
+    def blocks_total(r: Request) -> int:
+        return -(-(len(r.prompt) + r.max_new_tokens - 1) // bs)
+
+    worst = max(trace, key=blocks_total)
+    need = blocks_total(worst)
+    if need > num_blocks:
+        raise ConfigError(f"request {worst.rid} needs {need} blocks of {bs} tokens but the pool has {num_blocks}: "
+                          f"raise EngineConfig.num_blocks")
+    return blocks_total
+
+
+def _retire(running: dict, cache, done: list, now: float, stop: int | None, progress, n: int) -> None:
+    """Finished sequences (running[rid] = (request, tokens out, first-token time, ...); a sequence still prefilling
+    has no tokens yet) leave at once and return their blocks."""
+    for rid in [rid for rid, (r, t, *_) in running.items() if t and (len(t) >= r.max_new_tokens or t[-1] == stop)]:
+        r, t, first, *_ = running.pop(rid)
+        cache.free(rid)
+        done.append(RequestResult(rid, r.arrival_s, first, now, len(r.prompt), t))
+        if progress:
+            progress(len(done), n)
+
+
 @engine("continuous")
 def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress, clock):
     bs = cfg.block_size
@@ -265,22 +290,10 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
     running: dict[int, tuple[Request, list[int], float]] = {}  # rid -> (request, tokens, first token time)
     stop = cfg.stop_token
 
-    def blocks_total(r: Request) -> int:  # the cache ends with prompt + output - 1 tokens (the last is never fed)
-        return -(-(len(r.prompt) + r.max_new_tokens - 1) // bs)
+    blocks_total = _blocks_needed(trace, bs, num_blocks)
 
-    worst = max(trace, key=blocks_total)
-    need = blocks_total(worst)
-    if need > num_blocks:
-        raise ConfigError(f"request {worst.rid} needs {need} blocks of {bs} tokens but the pool has {num_blocks}: "
-                          f"raise EngineConfig.num_blocks")
-
-    def retire() -> None:  # finished sequences leave at once and return their blocks
-        for rid in [rid for rid, (r, t, _) in running.items() if len(t) >= r.max_new_tokens or t[-1] == stop]:
-            r, t, first = running.pop(rid)
-            cache.free(rid)
-            done.append(RequestResult(rid, r.arrival_s, first, clock.now, len(r.prompt), t))
-            if progress:
-                progress(len(done), len(trace))
+    def retire() -> None:
+        _retire(running, cache, done, clock.now, stop, progress, len(trace))
 
     while pending or running:
         if not running:
@@ -333,21 +346,10 @@ def _chunked(model: Transformer, trace: list[Request], cfg: EngineConfig, max_le
     running: dict[int, list] = {}  # rid -> [request, tokens out, first token time, prompt tokens prefilled]
     stop = cfg.stop_token
 
-    def blocks_total(r: Request) -> int:
-        return -(-(len(r.prompt) + r.max_new_tokens - 1) // bs)
-
-    worst = max(trace, key=blocks_total)
-    if blocks_total(worst) > num_blocks:
-        raise ConfigError(f"request {worst.rid} needs {blocks_total(worst)} blocks of {bs} tokens but the pool has "
-                          f"{num_blocks}: raise EngineConfig.num_blocks")
+    blocks_total = _blocks_needed(trace, bs, num_blocks)
 
     def retire() -> None:
-        for rid in [rid for rid, (r, t, _, _) in running.items() if t and (len(t) >= r.max_new_tokens or t[-1] == stop)]:
-            r, t, first, _ = running.pop(rid)
-            cache.free(rid)
-            done.append(RequestResult(rid, r.arrival_s, first, clock.now, len(r.prompt), t))
-            if progress:
-                progress(len(done), len(trace))
+        _retire(running, cache, done, clock.now, stop, progress, len(trace))
 
     while pending or running:
         if not running:
