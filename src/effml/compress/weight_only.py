@@ -33,6 +33,7 @@ from torch import nn
 
 from effml.compress.qlinear import QSpec, dequantize, qparams, quantize
 from effml.errors import ConfigError
+from effml.native import MAX_ROWS
 
 WEIGHT_KERNELS = ("packed", "torch", "dequant")
 ACT_DTYPES = ("auto", "fp32", "bf16")
@@ -61,12 +62,6 @@ def minmax_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.T
     zero = -lo / scale  # the (fractional) code of w = 0
     codes = torch.clamp(torch.round((g - lo) / scale), 0, 15).to(torch.int32).reshape(out, inp)
     return scale[..., 0], zero[..., 0], codes
-
-
-def _gemv_rows() -> int:
-    from effml.native import MAX_ROWS
-
-    return MAX_ROWS
 
 
 class WeightOnlyLinear(nn.Module):
@@ -219,7 +214,7 @@ class WeightOnlyLinear(nn.Module):
             return F.linear(x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         w, s = self._prepare()
         x2 = x.reshape(-1, self.in_features)  # (N, in)
-        if self._gemv is not None and x2.shape[0] <= _gemv_rows():
+        if self._gemv is not None and x2.shape[0] <= MAX_ROWS:
             ext, s32 = self._gemv
             bias = None if self.bias is None else self.bias.float()
             y = ext.gemv(x2.float().contiguous(), w, s32, bias)  # (N, out) fp32
@@ -242,7 +237,7 @@ class WeightOnlyLinear(nn.Module):
         if self.native():
             from effml import native as gemv
 
-            return f"{gemv.status()} for <= {_gemv_rows()} rows; {torch_op} above"
+            return f"{gemv.status()} for <= {MAX_ROWS} rows; {torch_op} above"
         return torch_op
 
     def storage_bits(self) -> int:
@@ -330,8 +325,9 @@ def tie_int8(model: nn.Module, head_name: str, kernel: str = "packed", act_dtype
     if emb_name is None:
         return None
     emb = model.get_submodule(emb_name)
+    from effml.compress.hf_layers import replace_module
+
     q = WeightOnlyLinear(head, 8, 128, kernel, head_name, act_dtype)
-    for name, new in ((head_name, q), (emb_name, TiedInt8Embedding(q, emb))):
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    replace_module(model, head_name, q)
+    replace_module(model, emb_name, TiedInt8Embedding(q, emb))
     return emb_name

@@ -21,6 +21,7 @@ from torch import nn
 
 from effml.errors import ConfigError
 from effml.llm.model import Transformer, compute_dtype, fuse_projections
+from effml.native import MAX_ROWS
 
 FORMATS = ("fp32", "bf16", "int8", "int4")
 ROPE_TABLE_MAX = 32768  # positions tabulated at most (32768 x head_dim x 2 fp32: 16 MiB at head_dim 64)
@@ -113,7 +114,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
         x2 = x.reshape(-1, self.in_features)  # (N, in)
-        if self._gemv is not None and x2.shape[0] <= _gemv_rows():
+        if self._gemv is not None and x2.shape[0] <= MAX_ROWS:
             y = self._gemv.gemv(x2.float().contiguous(), self.weight.detach(), None, self._bias32)  # (N, out) fp32
         elif self.kind == "mkl":
             y = torch.ops.mkl._mkl_linear(x2, self.packed, self.weight, self.bias, 1)
@@ -130,13 +131,7 @@ class PackedLinear(nn.Module):
             return big
         from effml import native
 
-        return f"{native.status()} for <= {_gemv_rows()} rows; {big} above"
-
-
-def _gemv_rows() -> int:
-    from effml.native import MAX_ROWS
-
-    return MAX_ROWS
+        return f"{native.status()} for <= {MAX_ROWS} rows; {big} above"
 
 
 def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:

@@ -88,24 +88,17 @@ def kernel_spec(m) -> tuple | None:
 
 def direct(m, ext):
     """A projection as one direct kernel call on (T, in) fp32 rows, T <= 16 (the nn.Module call and its wrapper's
-    reshapes and dtype checks cost ~70 µs per layer, 2 ms per SmolLM2 token): effml's GEMV for int8 codes and
-    fp32/bf16 weights, torch's int4 kernel on bf16 rows; any other layer as its module. Bound to the tensors the
-    layer holds now: `engine.prepare` builds these after the weights are final."""
-    from effml.compress.weight_only import WeightOnlyLinear
-    from effml.llm.engine import PackedLinear
-
-    if isinstance(m, WeightOnlyLinear) and m.native():
-        (codes, _), (_, s32) = m._prepare(), m._gemv
-        bias = None if m.bias is None else m.bias.detach().float().contiguous()
-        return lambda x: ext.gemv(x, codes, s32, bias)
-    if isinstance(m, PackedLinear) and m._gemv is not None:
-        w, bias = m.weight.detach(), m._bias32
-        return lambda x: ext.gemv(x, w, None, bias)
-    if isinstance(m, WeightOnlyLinear) and m.bits == 4 and m.kernel in ("packed", "torch") and m.bias is None:
-        (w, sz), gs, dt = m._prepare(), m.spec.group_size, m.act_dtype
-        op = torch.ops.aten._weight_int4pack_mm_for_cpu
-        return lambda x: op(x.to(dt), w, gs, sz).float()
-    return m
+    reshapes and dtype checks cost ~70 µs per layer, 2 ms per SmolLM2 token): the kernel `kernel_spec` names, else
+    the module itself. Bound to the tensors the layer holds now: `engine.prepare` builds these after the weights
+    are final."""
+    spec = kernel_spec(m)
+    if spec is None:
+        return m
+    kind, w, scale, bias, group = spec
+    if kind == 0:
+        return lambda x: ext.gemv(x, w, scale, bias)
+    op = torch.ops.aten._weight_int4pack_mm_for_cpu
+    return lambda x: op(x.to(torch.bfloat16), w, group, scale).float()
 
 
 def enable(model) -> list[str]:
