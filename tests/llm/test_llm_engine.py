@@ -37,15 +37,22 @@ def test_every_format_decodes_and_says_its_kernel(model, fmt):
     assert weights_format(m) == fmt and plan.format == fmt
     res = generate(m, [5, 17, 42], GenerateConfig(max_new_tokens=8, kv="paged"))
     assert len(res.tokens) == 8
+    wol = [q for q in m.modules() if isinstance(q, WeightOnlyLinear)]
     if fmt in ("int8", "int4"):
-        op = "_weight_int8pack_mm" if fmt == "int8" else "_weight_int4pack_mm_for_cpu"
-        assert any(op in k for k in plan.kernels) and any(op in n for n in notes)
+        # each layer names its kernel: effml's gemv_a8 (VNNI CPUs, shapes of 16 rows x 32 inputs), else torch's op
+        torch_op = "_weight_int8pack_mm" if fmt == "int8" else "_weight_int4pack_mm_for_cpu"
+        for q in wol:
+            op = "gemv_a8" if q.a8() is not None else torch_op if q.bits == int(fmt[3]) else "_weight_int8pack_mm"
+            assert op in q.kernel_used() and any(op in k for k in plan.kernels) and any(op in n for n in notes)
+        assert any(q.a8() is not None for q in wol) == bool(gemv.load() is not None and gemv.load().has_vnni())
         if fmt == "int4":  # the tiny head has 97 rows: not a multiple of 16 -> the int8 head; nothing is silent
             assert any("LM head" in n for n in notes)
-    # int8 runs effml's own GEMV where it is built, which takes fp32 activations; torch's int kernels want bf16
-    native = fmt == "int8" and all(q.native() for q in m.modules() if isinstance(q, WeightOnlyLinear))
-    # effml's GEMV (where built) runs every decode row of fp32/bf16/int8 weights and int4's int8 head
-    assert any("effml native GEMV" in k for k in plan.kernels) == (gemv.load() is not None)
+    # effml's own kernels take fp32 activations; torch's int kernels want bf16
+    native = fmt == "int8" and all(q.native() or q.a8() is not None for q in wol)
+    # effml's fp32-activation GEMV (where built) runs every decode row of fp32/bf16 weights and of int8 codes
+    # that gemv_a8 does not take (int4's 97-row int8 head)
+    uses_gemv = fmt in ("fp32", "bf16") or any(q.native() for q in wol)
+    assert any("effml native GEMV" in k for k in plan.kernels) == (gemv.load() is not None and uses_gemv)
     # with effml's fused decode ops the step stays fp32 (bf16 weights are widened in the GEMV; int4 projections
     # convert their rows inside the call); without them, bf16 where the CPU has bf16 arithmetic
     fused = fastpath.available()

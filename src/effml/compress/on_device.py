@@ -24,7 +24,7 @@ NO_CUDA_KERNEL: Registry = Registry("CPU-only quantization method")
 NO_CUDA_KERNEL.add("int8-dynamic", lambda config: _AO)
 NO_CUDA_KERNEL.add("int8-static", lambda config: _AO)
 NO_CUDA_KERNEL.add("weight-only",
-                   lambda config: _PACKED if getattr(config, "kernel", "packed") in ("packed", "torch") else None)
+                   lambda config: _PACKED if getattr(config, "kernel", "packed") in ("packed", "a8", "torch") else None)
 NO_CUDA_KERNEL.add("gptq", lambda config: _PACKED)
 NO_CUDA_KERNEL.add("awq", lambda config: _PACKED)
 

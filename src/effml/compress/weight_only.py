@@ -12,7 +12,11 @@ Kernels (`kernel=`): "packed" runs the fastest integer kernels here: for int8 an
 decode step, a speculative verification) effml's own GEMV (effml.native: fp32 activations, each weight
 read once at close to the memory bandwidth; 2-3x torch's kernel on SmolLM2's shapes), and otherwise torch's
 weight-only CPU kernels, `torch._weight_int8pack_mm` and `aten._weight_int4pack_mm_for_cpu`; "torch" runs only
-torch's kernels (the A/B reference); "dequant" dequantizes on every call and runs F.linear (a reference: slow).
+torch's kernels (the A/B reference); "dequant" dequantizes on every call and runs F.linear (a reference: slow);
+"a8" runs every row through effml.native's gemv_a8 on CPUs with AVX-512 VNNI: the activations rounded to int8
+per block of 32 (as llama.cpp does for every quantized format), codes x activations as integer dot products (a
+SmolLM2 int4 decode step 1.3-1.6x "packed"'s, a prefill ~3x torch's int4 kernel, measured here); "packed"
+elsewhere.
 The packed kernels are fast only with bf16 activations: measured here on one thread (AMD EPYC, AVX-512 VNNI+BF16,
 and the same machine restricted to AVX2 with ATEN_CPU_CAPABILITY=avx2), against an fp32 F.linear of the same
 shape — int8: 2.5-3.3x with bf16 activations but 0.4x with fp32; int4 (g32): 4-6x with bf16, 0.2x with fp32
@@ -35,7 +39,8 @@ from effml.compress.qlinear import QSpec, dequantize, qparams, quantize
 from effml.errors import ConfigError
 from effml.native import MAX_ROWS
 
-WEIGHT_KERNELS = ("packed", "torch", "dequant")
+WEIGHT_KERNELS = ("packed", "a8", "torch", "dequant")
+INT_KERNELS = ("packed", "a8", "torch")  # the integer kernels (not "dequant")
 ACT_DTYPES = ("auto", "fp32", "bf16")
 FAST_CAPABILITIES = ("AVX2", "AVX512", "AMX")  # prefixes of get_cpu_capability() with vectorized int8/int4 kernels
 
@@ -108,21 +113,21 @@ class WeightOnlyLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.kernel, self.act_dtype_name = kernel, act_dtype
         self.note = ""
-        if kernel in ("packed", "torch") and spec.bits == 4 and (out % 16 or inp % 32):
+        if kernel in INT_KERNELS and spec.bits == 4 and (out % 16 or inp % 32):
             self.kernel = "dequant"
             self.note = "int4-shape"  # weight_only() lists these layers in one note
         fast = fast_act_dtype()
         if act_dtype == "auto":
             self.act_dtype = fast or torch.float32
-            if fast is None and self.kernel in ("packed", "torch"):
+            if fast is None and self.kernel in INT_KERNELS:
                 self.note = (f"{name}: no vectorized int{spec.bits} weight-only kernel for CPU capability "
                              f"{cpu_capability()}: the packed kernel runs scalar (slower than fp32)")
         else:
             self.act_dtype = torch.bfloat16 if act_dtype == "bf16" else torch.float32
-            if self.kernel in ("packed", "torch") and self.act_dtype == torch.float32:
+            if self.kernel in INT_KERNELS and self.act_dtype == torch.float32:
                 self.note = (f"{name}: int{spec.bits} with fp32 activations runs torch's slow path (0.2-0.4x an "
                              f"fp32 F.linear here); act_dtype='auto' picks bf16")
-        if self.kernel in ("packed", "torch") and spec.bits == 8 and self.act_dtype == torch.bfloat16 and inp % 16:
+        if self.kernel in INT_KERNELS and spec.bits == 8 and self.act_dtype == torch.bfloat16 and inp % 16:
             # torch 2.13's bf16 _weight_int8pack_mm segfaults (AVX-512 BF16 EPYC, seen here) when in_features % 16
             # and more than one row: (2, 300) x (100, 300) crashes, (2, 304) runs. Such layers take fp32 rows.
             self.act_dtype = torch.float32
@@ -130,6 +135,7 @@ class WeightOnlyLinear(nn.Module):
                          f"needs; fp32 activations (slower) for this layer")
         self._prepared = None  # (codes or int4 pack, scales in act dtype) built on the first call
         self._gemv = None  # (effml's compiled GEMV module, fp32 scales) for int8 "packed", loaded in _prepare
+        self._a8 = None  # gemv_a8's arguments for kernel "a8" on a VNNI CPU, built in _prepare
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
@@ -177,7 +183,7 @@ class WeightOnlyLinear(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._prepared = self._gemv = None  # new codes: pack again on the next call
+        self._prepared = self._gemv = self._a8 = None  # new codes: pack again on the next call
 
     # ---- compute ------------------------------------------------------------------------------------------
     def dequantized(self) -> torch.Tensor:
@@ -185,19 +191,42 @@ class WeightOnlyLinear(nn.Module):
                           self.spec)  # (out, in) fp32
 
     def native(self) -> bool:
-        """Does this layer run effml's own GEMV for decode rows (int8, kernel "packed", the module built)?"""
-        if self.bits != 8 or self.kernel != "packed":
+        """Does this layer run effml's own fp32-activation GEMV for decode rows (int8, kernel "packed" or "a8"
+        without VNNI, the module built)?"""
+        if self.bits != 8 or self.kernel not in ("packed", "a8"):
             return False
         self._prepare()
         return self._gemv is not None
 
+    def a8(self) -> tuple | None:
+        """gemv_a8's arguments (ext, packed codes, scale, zterm, group) when this layer runs effml's
+        int8-activation kernel (kernel "a8", a VNNI build, out % 16 == 0, in % 32 == 0, group % 32 == 0)."""
+        self._prepare()
+        return self._a8
+
+    def _prepare_a8(self, ext) -> None:
+        group = self.in_features if self.bits == 8 else self.spec.group_size
+        if not (ext.has_vnni() and self.out_features % 16 == 0 and self.in_features % 32 == 0 and group % 32 == 0):
+            return
+        t = self.out_features // 16  # gemv_a8's layout: 16 output rows interleaved, scales (tiles, groups, 16)
+        scale = self.scale.float().reshape(t, 16, -1).transpose(1, 2).contiguous()
+        zterm = None if self.bits == 8 else \
+            (-self.scale.float() * self.zero.float()).reshape(t, 16, -1).transpose(1, 2).contiguous()
+        self._a8 = (ext, ext.pack_a8(self.codes.contiguous(), self.bits), scale, zterm, group)
+
     def _prepare(self):
         if self._prepared is None:
-            if self.bits == 8 and self.kernel == "packed":
+            if self.kernel in ("packed", "a8"):
                 from effml import native as gemv
 
                 ext = gemv.load()  # compiled once per machine (about 35 s), then loaded from the cache
-                self._gemv = None if ext is None else (ext, self.scale.reshape(-1).float().contiguous())
+                if ext is not None and self.kernel == "a8":
+                    self._prepare_a8(ext)
+                if ext is not None and self.bits == 8 and self._a8 is None:
+                    self._gemv = (ext, self.scale.reshape(-1).float().contiguous())
+            if self._a8 is not None:  # gemv_a8 takes every row: torch's packing would be a second copy of the codes
+                self._prepared = (None, None)
+                return self._prepared
             dt = self.act_dtype
             if self.bits == 8:
                 self._prepared = (self.codes.contiguous(), self.scale.reshape(-1).to(dt).contiguous())
@@ -214,6 +243,11 @@ class WeightOnlyLinear(nn.Module):
             return F.linear(x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         w, s = self._prepare()
         x2 = x.reshape(-1, self.in_features)  # (N, in)
+        if self._a8 is not None:  # every row count: 16 rows per pass, 3x torch's int4 kernel at a prefill here
+            ext, packed, scale, zterm, group = self._a8
+            bias = None if self.bias is None else self.bias.float()
+            y = ext.gemv_a8(x2.float().contiguous(), packed, scale, zterm, self.bits, group, bias)  # (N, out) fp32
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         if self._gemv is not None and x2.shape[0] <= MAX_ROWS:
             ext, s32 = self._gemv
             bias = None if self.bias is None else self.bias.float()
@@ -234,6 +268,8 @@ class WeightOnlyLinear(nn.Module):
             return "dequantize + F.linear"
         op = "torch._weight_int8pack_mm" if self.bits == 8 else "aten._weight_int4pack_mm_for_cpu"
         torch_op = f"{op} ({str(self.act_dtype).removeprefix('torch.')} activations, CPU {cpu_capability()})"
+        if self.a8() is not None:
+            return f"effml gemv_a8 (AVX-512 VNNI, int{self.bits} codes x activations rounded to int8 per 32)"
         if self.native():
             from effml import native as gemv
 
@@ -273,10 +309,10 @@ def weight_only(model: nn.Module, bits: int, group_size: int, kernel: str, skip:
         if q.note:
             slow.append(q.note)
     notes = [f"left in fp32, in_features not a multiple of group_size={group_size}: {', '.join(left)}"] if left else []
-    fast = sorted({q.kernel_used() for q in made if q.kernel in ("packed", "torch")})
+    fast = sorted({q.kernel_used() for q in made if q.kernel in INT_KERNELS})
     if fast:
         notes.append(f"int{bits} kernel: {'; '.join(fast)}")
-    if bits == 8 and any(q.kernel == "packed" and not q.native() for q in made):
+    if any(q.kernel in ("packed", "a8") and not q.native() and q.a8() is None for q in made if q.bits == 8):
         from effml import native as gemv
 
         notes.append(gemv.status())

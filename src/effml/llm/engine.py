@@ -24,6 +24,7 @@ from effml.llm.model import Transformer, compute_dtype, fuse_projections
 from effml.native import MAX_ROWS
 
 FORMATS = ("fp32", "bf16", "int8", "int4")
+KERNELS = {"packed": "a8", "exact": "packed", "torch": "torch"}  # FormatConfig.kernel -> WeightOnlyLinear kernel
 ROPE_TABLE_MAX = 32768  # positions tabulated at most (32768 x head_dim x 2 fp32: 16 MiB at head_dim 64)
 
 
@@ -39,13 +40,15 @@ class FormatConfig:
     # int8/int4: the LM head's format (the largest matrix, 49152 x 576 in SmolLM2). "auto": int8 for both; an int4
     # head costs SmolLM2 the most quality (teacher-forced greedy agreement with fp32: 86% with it vs 97% with int8)
     head: str = "auto"
-    # int8/int4: "packed" = the fastest kernels here (effml's own int8 GEMV for decode rows where it is built, torch's
-    # weight-only kernels otherwise); "torch" = torch's kernels only (the reference the benchmark compares against)
+    # int8/int4: "packed" = the fastest kernels here: for decode rows effml's int8-activation GEMV on CPUs with
+    # AVX-512 VNNI (codes x activations rounded to int8 per 32, as llama.cpp), else "exact"'s; "exact" = weight-only
+    # arithmetic with fp32 activations (effml's own int8 GEMV, torch's int4 kernel); "torch" = torch's kernels only
+    # (the reference the benchmark compares against)
     kernel: str = "packed"
 
     def __post_init__(self):
-        if self.kernel not in ("packed", "torch"):
-            raise ConfigError(f"FormatConfig.kernel {self.kernel!r} must be packed or torch")
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"FormatConfig.kernel {self.kernel!r} must be one of {', '.join(KERNELS)}")
         if self.head not in ("auto", "fp32", "int8", "int4"):
             raise ConfigError(f"FormatConfig.head {self.head!r} must be auto, fp32, int8 or int4")
         if self.format not in FORMATS:
@@ -83,10 +86,11 @@ def to_format(model: Transformer, config: FormatConfig) -> list[str]:
         return [f"bf16 on a CPU without bf16 arithmetic (capability {torch.backends.cpu.get_cpu_capability()}): "
                 "emulated, expect it slower than fp32"]
     bits = 8 if config.format == "int8" else 4
-    _, _, notes = weight_only(model, bits, config.group_size, config.kernel, ("output",))
+    kernel = KERNELS[config.kernel]  # WeightOnlyLinear's name for it
+    _, _, notes = weight_only(model, bits, config.group_size, kernel, ("output",))
     head = {"auto": 8, "int8": 8, "int4": 4, "fp32": 0}[config.head]
     if head:  # only the head is still an nn.Linear now
-        _, _, head_notes = weight_only(model, head, config.group_size, config.kernel)
+        _, _, head_notes = weight_only(model, head, config.group_size, kernel)
         notes += [f"LM head: {n}" for n in head_notes]
     return notes
 
@@ -208,7 +212,7 @@ def prepare(model: Transformer) -> EnginePlan:
              m.weight.dtype != torch.bfloat16]
     from effml.llm import fastpath
 
-    torch_kernels = [m for m in wol if not m.native()]  # effml's own int8 GEMV takes fp32 activations
+    torch_kernels = [m for m in wol if not m.native() and m.a8() is None]  # effml's own GEMVs take fp32 rows
     fused_ops = fastpath.available()  # fp32 fused decode ops: int4 layers then take bf16 rows inside each call
     if torch_kernels and bf16 and not plain and not fused_ops and \
             all(m.act_dtype == torch.bfloat16 for m in torch_kernels):

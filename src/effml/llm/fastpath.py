@@ -70,9 +70,16 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
 
 def kernel_spec(m) -> tuple | None:
     """A projection as effml.native.decode_layers takes it: (0, w, scale, bias, 0) for effml's GEMV, (1, packed,
-    scales_and_zeros, None, group) for torch's int4 kernel; None for a layer only its module can run."""
+    scales_and_zeros, None, group) for torch's int4 kernel, (2, packed, scale, zterm, group) / (3, packed, scale,
+    bias, in) for effml's int8-activation kernel on int4 / int8 codes; None for a layer only its module can run."""
     from effml.compress.weight_only import WeightOnlyLinear
     from effml.llm.engine import PackedLinear
+
+    if isinstance(m, WeightOnlyLinear) and m.a8() is not None and (m.bits == 8 or m.bias is None):
+        _, packed, scale, zterm, group = m.a8()
+        if m.bits == 4:
+            return (2, packed, scale, zterm, group)
+        return (3, packed, scale, None if m.bias is None else m.bias.detach().float().contiguous(), group)
 
     if isinstance(m, WeightOnlyLinear) and m.native():
         (codes, _), (_, s32) = m._prepare(), m._gemv
@@ -97,6 +104,9 @@ def direct(m, ext):
     kind, w, scale, bias, group = spec
     if kind == 0:
         return lambda x: ext.gemv(x, w, scale, bias)
+    if kind in (2, 3):
+        bits, zterm, b = (4, bias, None) if kind == 2 else (8, None, bias)
+        return lambda x: ext.gemv_a8(x, w, scale, zterm, bits, group, b)
     op = torch.ops.aten._weight_int4pack_mm_for_cpu
     return lambda x: op(x.to(torch.bfloat16), w, group, scale).float()
 

@@ -14,7 +14,8 @@
 //       every block of the decoder in one call (no Python between the kernels): per layer norm -> QKV -> attend
 //       -> output projection + residual -> norm -> gate/up -> silu_mul -> down + residual. A projection is
 //       (0, w, scale?, bias?, 0): effml's GEMV (int8 codes with scale, bf16 or fp32 w), or (1, packed, scales
-//       and zeros, None, group): torch's int4 kernel on bf16 rows.
+//       and zeros, None, group): torch's int4 kernel on bf16 rows, or a8.cpp's int8-activation GEMV: (2, packed,
+//       scale, zterm, group) for int4 codes, (3, packed, scale, bias?, K) for int8 codes.
 #include <torch/extension.h>
 #include <cstdint>
 #include <tuple>
@@ -143,6 +144,9 @@ torch::Tensor silu_mul(const torch::Tensor& gu) {
 
 torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& scale,
                    const c10::optional<torch::Tensor>& bias);
+torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
+                      const c10::optional<torch::Tensor>& zterm, int64_t bits, int64_t group,
+                      const c10::optional<torch::Tensor>& bias);
 
 using Proj = std::tuple<int64_t, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t>;
 
@@ -170,8 +174,11 @@ torch::Tensor to_fp32(const torch::Tensor& y) {
 }
 
 torch::Tensor project(const Proj& p, const torch::Tensor& x) {
-  if (std::get<0>(p) == 0) return gemv(x, std::get<1>(p), std::get<2>(p), std::get<3>(p));
-  TORCH_CHECK(std::get<0>(p) == 1 && std::get<2>(p).has_value(), "decode_layers: projection kind must be 0 or 1");
+  const int64_t kind = std::get<0>(p);
+  if (kind == 0) return gemv(x, std::get<1>(p), std::get<2>(p), std::get<3>(p));
+  if (kind == 2) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), std::get<3>(p), 4, std::get<4>(p), c10::nullopt);
+  if (kind == 3) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), c10::nullopt, 8, std::get<4>(p), std::get<3>(p));
+  TORCH_CHECK(kind == 1 && std::get<2>(p).has_value(), "decode_layers: projection kind must be 0, 1, 2 or 3");
   const auto y = at::_weight_int4pack_mm_for_cpu(to_bf16(x), std::get<1>(p), std::get<4>(p), *std::get<2>(p));
   TORCH_CHECK(y.scalar_type() == torch::kBFloat16 && y.is_contiguous(), "decode_layers: int4 kernel output");
   return to_fp32(y);

@@ -1,0 +1,256 @@
+// effml's int8-activation GEMV for int4 / int8 weight codes (decode rows, llama.cpp's Q8_0 activations).
+//
+//   packed = pack_a8(codes, bits)       codes (N, K): int4 codes 0..15 (uint8) or int8 codes (-127..127)
+//   y = gemv_a8(x, packed, scale, zterm, bits, group, bias?)
+//       x (M, K) fp32, any M (decode rows, a verification, a prefill: 16 rows per pass over a weight tile); scale (N/16, K/group, 16) fp32 per output row and group; zterm the same shape,
+//       -scale * zero (int4, whose zero point is a float) or None (int8, symmetric: zero = 0).
+//       y[m, n] = sum_g scale[n, g] * sum_{k in g} (code[n, k] - zero[n, g]) * xd[m, k]
+//   xd is x rounded to int8 per block of 32 (xd = a_b * xq, a_b = max|x_b| / 127, xq = round(x / a_b)): the
+//   weights' arithmetic is exact, the activations carry an int8 rounding (relative error <= 1/254 of the block's
+//   largest value), what llama.cpp does for every quantized format. It lets the multiply run as integer dot products:
+//   AVX-512 VNNI's vpdpbusd multiplies 64 weight bytes by 4 broadcast activation bytes per instruction (16 output rows
+//   x 4 inputs), so an int4 weight costs ~0.1 instruction instead of the ~0.4 of widening it to fp32; a decode step
+//   is then bound by reading the weights, not by the arithmetic.
+//
+// Packed layout (16 output rows interleaved, so each 32-bit lane of a vector is one output row):
+//   int4: [N/16][K/8][16 rows][4 bytes]: byte j of row r holds k = 8o + j (low nibble) and k = 8o + 4 + j (high)
+//   int8: [N/16][K/4][16 rows][4 bytes]: code + 128 as uint8 (vpdpbusd takes unsigned weights, signed activations;
+//         the 128 * sum(xq) this adds is taken off in integers per block)
+// Without AVX-512 VNNI a scalar loop does the same arithmetic (tests); effml only routes decode rows here when
+// has_vnni() (effml/native/__init__.py).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int TILE = 16, BLOCK = 32, R_MAX = 4;
+constexpr int PREFETCH = 2048;  // bytes ahead of the weight stream: keeps more DRAM reads in flight for one core
+
+struct Act {  // one activation row rounded to int8 per block of 32
+  std::vector<int8_t> q;
+  std::vector<float> a;      // block scale
+  std::vector<int32_t> s;    // block sum of q
+  std::vector<float> g;      // per weight group: sum of the rounded values (a_b * sum q)
+};
+
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, std::vector<Act>& out) {
+  out.resize(M);
+  const int64_t nb = K / BLOCK, per = group / BLOCK;
+  for (int64_t m = 0; m < M; ++m) {
+    Act& r = out[m];
+    r.q.resize(K);
+    r.a.resize(nb);
+    r.s.resize(nb);
+    r.g.assign(K / group, 0.f);
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + m * K + b * BLOCK;
+      float amax = 0.f;
+      for (int i = 0; i < BLOCK; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float a = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+      int32_t s = 0;
+      for (int i = 0; i < BLOCK; ++i) {
+        const int v = static_cast<int>(std::nearbyint(xb[i] * inv));
+        r.q[b * BLOCK + i] = static_cast<int8_t>(std::clamp(v, -127, 127));
+        s += r.q[b * BLOCK + i];
+      }
+      r.a[b] = a;
+      r.s[b] = s;
+      r.g[b / per] += a * static_cast<float>(s);
+    }
+  }
+}
+
+// Scalar reference: the same sums in the same order of integer / float steps as the vector kernel below.
+void tile_scalar(int bits, const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group,
+                 const Act* acts, int R, float* y, int64_t N, int64_t n0, const float* bias) {
+  const int64_t ng = K / group, per = group / BLOCK, step = bits == 4 ? 8 : 4;
+  for (int r = 0; r < R; ++r) {
+    const Act& x = acts[r];
+    for (int row = 0; row < TILE; ++row) {
+      float out = 0.f;
+      for (int64_t g = 0; g < ng; ++g) {
+        float gacc = 0.f;
+        for (int64_t b = g * per; b < (g + 1) * per; ++b) {
+          int32_t acc = 0;
+          for (int64_t k = b * BLOCK; k < (b + 1) * BLOCK; k += step) {
+            const uint8_t* wb = wt + (k / step) * 64 + row * 4;
+            for (int j = 0; j < 4; ++j) {
+              if (bits == 4) {
+                acc += (wb[j] & 15) * x.q[k + j] + (wb[j] >> 4) * x.q[k + 4 + j];
+              } else {
+                acc += wb[j] * x.q[k + j];
+              }
+            }
+          }
+          if (bits == 8) acc -= 128 * x.s[b];
+          gacc += static_cast<float>(acc) * x.a[b];
+        }
+        out += gacc * sc[g * TILE + row];
+        if (bits == 4) out += zt[g * TILE + row] * x.g[g];
+      }
+      y[r * N + n0 + row] = out + (bias ? bias[n0 + row] : 0.f);
+    }
+  }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr bool kVnni = true;
+
+template <int BITS, int R>
+void tile_vnni(const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group, const Act* acts,
+               float* y, int64_t N, int64_t n0, const float* bias) {
+  const int64_t ng = K / group, per = group / BLOCK;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 out[R];
+  for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512 gacc[R];
+    for (int r = 0; r < R; ++r) gacc[r] = _mm512_setzero_ps();
+    for (int64_t b = g * per; b < (g + 1) * per; ++b) {
+      // two accumulators per row (even / odd steps): vpdpbusd's 4-cycle latency would otherwise bound one row's chain
+      __m512i acc[R], acc2[R];
+      for (int r = 0; r < R; ++r) acc[r] = acc2[r] = _mm512_setzero_si512();
+      const int64_t k0 = b * BLOCK;
+      if (BITS == 4) {
+        for (int o = 0; o < BLOCK / 8; ++o) {
+          const __m512i v = _mm512_loadu_si512(wt + (k0 / 8 + o) * 64);
+          _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 8 + o) * 64 + PREFETCH), _MM_HINT_T0);
+          const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+          for (int r = 0; r < R; ++r) {
+            const int8_t* q = acts[r].q.data() + k0 + 8 * o;
+            acc[r] = _mm512_dpbusd_epi32(acc[r], lo, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q)));
+            acc2[r] = _mm512_dpbusd_epi32(acc2[r], hi, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4)));
+          }
+        }
+      } else {
+        for (int o = 0; o < BLOCK / 4; o += 2) {
+          const __m512i v = _mm512_loadu_si512(wt + (k0 / 4 + o) * 64);
+          const __m512i v2 = _mm512_loadu_si512(wt + (k0 / 4 + o + 1) * 64);
+          _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 4 + o) * 64 + PREFETCH), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 4 + o + 1) * 64 + PREFETCH), _MM_HINT_T0);
+          for (int r = 0; r < R; ++r) {
+            const int8_t* q = acts[r].q.data() + k0 + 4 * o;
+            acc[r] = _mm512_dpbusd_epi32(acc[r], v, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q)));
+            acc2[r] = _mm512_dpbusd_epi32(acc2[r], v2, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4)));
+          }
+        }
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_sub_epi32(acc[r], _mm512_set1_epi32(128 * acts[r].s[b]));
+      }
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_add_epi32(acc[r], acc2[r]);
+      for (int r = 0; r < R; ++r)
+        gacc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_set1_ps(acts[r].a[b]), gacc[r]);
+    }
+    const __m512 s = _mm512_loadu_ps(sc + g * TILE);
+    for (int r = 0; r < R; ++r) out[r] = _mm512_fmadd_ps(gacc[r], s, out[r]);
+    if (BITS == 4) {
+      const __m512 z = _mm512_loadu_ps(zt + g * TILE);
+      for (int r = 0; r < R; ++r) out[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(acts[r].g[g]), out[r]);
+    }
+  }
+  const __m512 bv = bias ? _mm512_loadu_ps(bias + n0) : _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + n0, _mm512_add_ps(out[r], bv));
+}
+
+template <int BITS>
+void tile_rows(int R, const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group,
+               const Act* acts, float* y, int64_t N, int64_t n0, const float* bias) {
+  switch (R) {
+    case 1: return tile_vnni<BITS, 1>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 2: return tile_vnni<BITS, 2>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 3: return tile_vnni<BITS, 3>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    default: return tile_vnni<BITS, 4>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+  }
+}
+#else
+constexpr bool kVnni = false;
+#endif
+
+}  // namespace
+
+bool has_vnni() { return kVnni; }
+
+torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits) {
+  TORCH_CHECK(bits == 4 || bits == 8, "pack_a8: bits must be 4 or 8");
+  TORCH_CHECK(codes.dim() == 2 && codes.is_contiguous() &&
+              codes.scalar_type() == (bits == 4 ? torch::kByte : torch::kChar),
+              "pack_a8: codes must be a contiguous (N, K) ", bits == 4 ? "uint8" : "int8", " tensor");
+  const int64_t N = codes.size(0), K = codes.size(1);
+  TORCH_CHECK(N % TILE == 0 && K % BLOCK == 0, "pack_a8: N must be a multiple of 16 and K of 32, got (", N, ", ", K,
+              ")");
+  auto out = torch::empty({N * K * bits / 8}, codes.options().dtype(torch::kByte));
+  uint8_t* o = out.data_ptr<uint8_t>();
+  const int64_t step = bits == 4 ? 8 : 4;
+  for (int64_t t = 0; t < N / TILE; ++t)
+    for (int64_t c = 0; c < K / step; ++c)
+      for (int row = 0; row < TILE; ++row)
+        for (int j = 0; j < 4; ++j) {
+          const int64_t n = t * TILE + row, k = c * step + j;
+          uint8_t v;
+          if (bits == 4) {
+            const uint8_t* p = codes.data_ptr<uint8_t>() + n * K;
+            v = static_cast<uint8_t>((p[k] & 15) | ((p[k + 4] & 15) << 4));
+          } else {
+            v = static_cast<uint8_t>(codes.data_ptr<int8_t>()[n * K + k] + 128);
+          }
+          o[((t * (K / step) + c) * TILE + row) * 4 + j] = v;
+        }
+  return out;
+}
+
+torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
+                      const c10::optional<torch::Tensor>& zterm, int64_t bits, int64_t group,
+                      const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(),
+              "gemv_a8: x must be a contiguous fp32 (M, K) tensor");
+  TORCH_CHECK(bits == 4 || bits == 8, "gemv_a8: bits must be 4 or 8");
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(group > 0 && group % BLOCK == 0 && K % group == 0, "gemv_a8: group ", group,
+              " must be a multiple of 32 that divides K = ", K);
+  TORCH_CHECK(scale.dim() == 3 && scale.size(1) == K / group && scale.size(2) == TILE &&
+              scale.scalar_type() == torch::kFloat && scale.is_contiguous(),
+              "gemv_a8: scale must be a contiguous fp32 (N/16, K/group, 16) tensor");
+  const int64_t N = scale.size(0) * TILE;
+  TORCH_CHECK(packed.scalar_type() == torch::kByte && packed.numel() == N * K * bits / 8,
+              "gemv_a8: packed codes do not match N x K at ", bits, " bits");
+  TORCH_CHECK((bits == 4) == zterm.has_value(), "gemv_a8: int4 takes zterm, int8 none");
+  if (zterm) TORCH_CHECK(zterm->sizes() == scale.sizes() && zterm->scalar_type() == torch::kFloat &&
+                         zterm->is_contiguous(), "gemv_a8: zterm must be shaped like scale");
+  const float* bp = nullptr;
+  if (bias) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat && bias->is_contiguous() && bias->numel() == N,
+                "gemv_a8: bias must be a contiguous fp32 tensor of N entries");
+    bp = bias->data_ptr<float>();
+  }
+  std::vector<Act> acts;
+  quantize_rows(x.data_ptr<float>(), M, K, group, acts);
+  auto y = torch::empty({M, N}, x.options());
+  float* yp = y.data_ptr<float>();
+  const uint8_t* wp = packed.data_ptr<uint8_t>();
+  const float* sp = scale.data_ptr<float>();
+  const float* zp = zterm ? zterm->data_ptr<float>() : nullptr;
+  const int64_t ng = K / group, tile_bytes = TILE * K * bits / 8;
+  at::parallel_for(0, N / TILE, 4, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const uint8_t* wt = wp + t * tile_bytes;
+      const float* sc = sp + t * ng * TILE;
+      const float* zt = zp ? zp + t * ng * TILE : nullptr;
+      for (int64_t m = 0; m < M; m += R_MAX) {  // the tile (16 rows x K codes, <= 16 KiB) stays in L1/L2
+        const int R = static_cast<int>(std::min<int64_t>(R_MAX, M - m));
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+        if (bits == 4)
+          tile_rows<4>(R, wt, sc, zt, K, group, acts.data() + m, yp + m * N, N, t * TILE, bp);
+        else
+          tile_rows<8>(R, wt, sc, zt, K, group, acts.data() + m, yp + m * N, N, t * TILE, bp);
+#else
+        tile_scalar(static_cast<int>(bits), wt, sc, zt, K, group, acts.data() + m, R, yp + m * N, N, t * TILE, bp);
+#endif
+      }
+    }
+  });
+  return y;
+}
