@@ -8,7 +8,9 @@ i % 100 == 9, never used for calibration), windows of --ctx tokens. Calibration 
 random windows of --calib-len tokens from the calibration chapters (i % 10 != 9); GPTQ with act_order (measured
 here at g64, 8 x 256 tokens: 14.68 with it, 15.66 without; RTN 18.95, fp32 11.99). Every variant is a deep copy of
 the same fp32 model, quantized in this process; int4/int8 layers run effml's WeightOnlyLinear (bf16 activations
-where the CPU has the fast kernels). One torch thread.
+where the CPU has the fast kernels). One torch thread. "perplexity a8": the same codes again through effml's gemv_a8
+(activations rounded to int8 per block of 32, the kernel effml's engine decodes with on AVX-512 VNNI CPUs; absent
+where the CPU has no VNNI).
 
 Group size 128 does not divide SmolLM2's width 576 (576 = 4.5 x 128), so 64 (the largest power of two dividing
 576) and 32 are measured. Note: the shipped weights are the Q4_1 GGUF's (4-bit, groups of 32 over each group's
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
     from effml.compress.configs import WeightOnlyConfig
     from effml.compress.gptq import GPTQConfig
     from effml.compress.quantize import quantize
+    from effml.compress.weight_only import WeightOnlyLinear
     from effml.eval import calibration_tokens, heldout_tokens, perplexity
     from effml.llm.weights import load_smollm2
 
@@ -68,8 +71,16 @@ def main(argv=None) -> int:
         q_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         p = perplexity(m, ev, args.ctx)
-        rows.append({"variant": name, "perplexity": p.perplexity, "quantize_s": round(q_s, 1),
-                     "eval_s": round(time.perf_counter() - t0, 1),
+        row = {"variant": name, "perplexity": p.perplexity, "quantize_s": round(q_s, 1),
+               "eval_s": round(time.perf_counter() - t0, 1)}
+        wol = [q for q in m.modules() if isinstance(q, WeightOnlyLinear)]
+        n_a8 = sum(q.use_kernel("a8").a8() is not None for q in wol)  # the same codes, int8-rounded activations
+        if n_a8:
+            row["a8 layers"] = f"{n_a8}/{len(wol)}"
+            t0 = time.perf_counter()
+            row["perplexity a8"] = perplexity(m, ev, args.ctx).perplexity
+            row["eval_s a8"] = round(time.perf_counter() - t0, 1)
+        rows.append({**row,
                      "MB": round((res.stored_bytes if res else res_bytes(m)) / 1e6, 1),
                      "float_layers": len(res.skipped) if res else 0})
         print(rows[-1], flush=True)

@@ -44,7 +44,7 @@ def test_every_format_decodes_and_says_its_kernel(model, fmt):
         for q in wol:
             op = "gemv_a8" if q.a8() is not None else torch_op if q.bits == int(fmt[3]) else "_weight_int8pack_mm"
             assert op in q.kernel_used() and any(op in k for k in plan.kernels) and any(op in n for n in notes)
-        assert any(q.a8() is not None for q in wol) == bool(gemv.load() is not None and gemv.load().has_vnni())
+        assert any(q.a8() is not None for q in wol) == bool(gemv.load() is not None and gemv.load().a8_isa())
         if fmt == "int4":  # the tiny head has 97 rows: not a multiple of 16 -> the int8 head; nothing is silent
             assert any("LM head" in n for n in notes)
     # effml's own kernels take fp32 activations; torch's int kernels want bf16

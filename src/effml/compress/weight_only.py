@@ -13,10 +13,10 @@ decode step, a speculative verification) effml's own GEMV (effml.native: fp32 ac
 read once at close to the memory bandwidth; 2-3x torch's kernel on SmolLM2's shapes), and otherwise torch's
 weight-only CPU kernels, `torch._weight_int8pack_mm` and `aten._weight_int4pack_mm_for_cpu`; "torch" runs only
 torch's kernels (the A/B reference); "dequant" dequantizes on every call and runs F.linear (a reference: slow);
-"a8" runs every row through effml.native's gemv_a8 on CPUs with AVX-512 VNNI: the activations rounded to int8
-per block of 32 (as llama.cpp does for every quantized format), codes x activations as integer dot products (a
+"a8" runs every row through effml.native's gemv_a8 (AVX-512 VNNI or AVX2): the activations rounded to int8 per
+block of 32 (as llama.cpp does for every quantized format), codes x activations as integer dot products (a
 SmolLM2 int4 decode step 1.3-1.6x "packed"'s, a prefill ~3x torch's int4 kernel, measured here); "packed"
-elsewhere.
+where the build has neither.
 The packed kernels are fast only with bf16 activations: measured here on one thread (AMD EPYC, AVX-512 VNNI+BF16,
 and the same machine restricted to AVX2 with ATEN_CPU_CAPABILITY=avx2), against an fp32 F.linear of the same
 shape — int8: 2.5-3.3x with bf16 activations but 0.4x with fp32; int4 (g32): 4-6x with bf16, 0.2x with fp32
@@ -181,6 +181,15 @@ class WeightOnlyLinear(nn.Module):
                               torch.cat([lay.zero for lay in layers]), a.bits, a.spec.group_size or 128, bias,
                               a.kernel, a.act_dtype_name, name)
 
+    def use_kernel(self, kernel: str) -> WeightOnlyLinear:
+        """Run the same codes on another kernel (e.g. "a8" vs "packed": the activation rounding's cost in quality);
+        the packing is redone on the next call."""
+        if kernel not in WEIGHT_KERNELS:
+            raise ConfigError(f"{self.name}: weight-only kernel {kernel!r} unknown; expected one of {WEIGHT_KERNELS}")
+        self.kernel = kernel
+        self._prepared = self._gemv = self._a8 = None
+        return self
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._prepared = self._gemv = self._a8 = None  # new codes: pack again on the next call
@@ -200,13 +209,14 @@ class WeightOnlyLinear(nn.Module):
 
     def a8(self) -> tuple | None:
         """gemv_a8's arguments (ext, packed codes, scale, zterm, group) when this layer runs effml's
-        int8-activation kernel (kernel "a8", a VNNI build, out % 16 == 0, in % 32 == 0, group % 32 == 0)."""
+        int8-activation kernel (kernel "a8", an AVX-512 VNNI or AVX2 build, out % 16 == 0, in % 32 == 0,
+        group % 32 == 0)."""
         self._prepare()
         return self._a8
 
     def _prepare_a8(self, ext) -> None:
         group = self.in_features if self.bits == 8 else self.spec.group_size
-        if not (ext.has_vnni() and self.out_features % 16 == 0 and self.in_features % 32 == 0 and group % 32 == 0):
+        if not (ext.a8_isa() and self.out_features % 16 == 0 and self.in_features % 32 == 0 and group % 32 == 0):
             return
         t = self.out_features // 16  # gemv_a8's layout: 16 output rows interleaved, scales (tiles, groups, 16)
         scale = self.scale.float().reshape(t, 16, -1).transpose(1, 2).contiguous()
@@ -269,7 +279,8 @@ class WeightOnlyLinear(nn.Module):
         op = "torch._weight_int8pack_mm" if self.bits == 8 else "aten._weight_int4pack_mm_for_cpu"
         torch_op = f"{op} ({str(self.act_dtype).removeprefix('torch.')} activations, CPU {cpu_capability()})"
         if self.a8() is not None:
-            return f"effml gemv_a8 (AVX-512 VNNI, int{self.bits} codes x activations rounded to int8 per 32)"
+            return (f"effml gemv_a8 ({self._a8[0].a8_isa()}, int{self.bits} codes x activations rounded to int8 per "
+                    f"32)")
         if self.native():
             from effml import native as gemv
 

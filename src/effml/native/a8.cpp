@@ -16,8 +16,8 @@
 //   int4: [N/16][K/8][16 rows][4 bytes]: byte j of row r holds k = 8o + j (low nibble) and k = 8o + 4 + j (high)
 //   int8: [N/16][K/4][16 rows][4 bytes]: code + 128 as uint8 (vpdpbusd takes unsigned weights, signed activations;
 //         the 128 * sum(xq) this adds is taken off in integers per block)
-// Without AVX-512 VNNI a scalar loop does the same arithmetic (tests); effml only routes decode rows here when
-// has_vnni() (effml/native/__init__.py).
+// AVX2 CPUs without VNNI run the same sums with vpmaddubsw + vpmaddwd (tile_simd below); elsewhere a scalar loop
+// does the same arithmetic (tests), and effml routes layers here only where a8_isa() names a vector ISA.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -99,10 +99,10 @@ void tile_scalar(int bits, const uint8_t* wt, const float* sc, const float* zt, 
 }
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-constexpr bool kVnni = true;
+constexpr const char* kIsa = "AVX-512 VNNI";
 
 template <int BITS, int R>
-void tile_vnni(const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group, const Act* acts,
+void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group, const Act* acts,
                float* y, int64_t N, int64_t n0, const float* bias) {
   const int64_t ng = K / group, per = group / BLOCK;
   const __m512i low = _mm512_set1_epi8(0x0F);
@@ -156,23 +156,88 @@ void tile_vnni(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + n0, _mm512_add_ps(out[r], bv));
 }
 
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr const char* kIsa = "AVX2";
+
+// AVX2 (no VNNI): 8 rows per 256-bit vector, so a 16-row tile in two halves (bytes 0-31 / 32-63 of each 64-byte
+// step). u8 x s8 -> int16 pairs (vpmaddubsw) -> int32 (vpmaddwd with ones). int4: |15 * 127 * 2| fits int16, so
+// the low and high nibbles' pairs are added in int16 before widening. int8: the codes are taken back to signed
+// (xor 0x80) and multiplied as |w| x sign(w) * x (llama.cpp's trick: 127 * 127 * 2 fits int16, where the +128
+// unsigned codes would saturate), so no 128 * sum(xq) correction.
+template <int BITS, int R>
+void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group, const Act* acts,
+               float* y, int64_t N, int64_t n0, const float* bias) {
+  const int64_t ng = K / group, per = group / BLOCK;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(-128);
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* wh = wt + half * 32;
+    __m256 out[R];
+    for (int r = 0; r < R; ++r) out[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      __m256 gacc[R];
+      for (int r = 0; r < R; ++r) gacc[r] = _mm256_setzero_ps();
+      for (int64_t b = g * per; b < (g + 1) * per; ++b) {
+        __m256i acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
+        const int64_t k0 = b * BLOCK;
+        if (BITS == 4) {
+          for (int o = 0; o < BLOCK / 8; ++o) {
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + (k0 / 8 + o) * 64));
+            const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            for (int r = 0; r < R; ++r) {
+              const int8_t* q = acts[r].q.data() + k0 + 8 * o;
+              const __m256i p = _mm256_add_epi16(
+                  _mm256_maddubs_epi16(lo, _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q))),
+                  _mm256_maddubs_epi16(hi, _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4))));
+              acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+            }
+          }
+        } else {
+          for (int o = 0; o < BLOCK / 4; ++o) {
+            const __m256i v = _mm256_xor_si256(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + (k0 / 4 + o) * 64)), flip);
+            const __m256i a = _mm256_sign_epi8(v, v);  // |w|
+            for (int r = 0; r < R; ++r) {
+              const int8_t* q = acts[r].q.data() + k0 + 4 * o;
+              const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q)), v);
+              acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(a, sx), ones));
+            }
+          }
+        }
+        for (int r = 0; r < R; ++r)
+          gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(acts[r].a[b]), gacc[r]);
+      }
+      const __m256 s = _mm256_loadu_ps(sc + g * TILE + half * 8);
+      for (int r = 0; r < R; ++r) out[r] = _mm256_fmadd_ps(gacc[r], s, out[r]);
+      if (BITS == 4) {
+        const __m256 z = _mm256_loadu_ps(zt + g * TILE + half * 8);
+        for (int r = 0; r < R; ++r) out[r] = _mm256_fmadd_ps(z, _mm256_set1_ps(acts[r].g[g]), out[r]);
+      }
+    }
+    const __m256 bv = bias ? _mm256_loadu_ps(bias + n0 + half * 8) : _mm256_setzero_ps();
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * N + n0 + half * 8, _mm256_add_ps(out[r], bv));
+  }
+}
+#else
+constexpr const char* kIsa = "";
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
 template <int BITS>
 void tile_rows(int R, const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group,
                const Act* acts, float* y, int64_t N, int64_t n0, const float* bias) {
   switch (R) {
-    case 1: return tile_vnni<BITS, 1>(wt, sc, zt, K, group, acts, y, N, n0, bias);
-    case 2: return tile_vnni<BITS, 2>(wt, sc, zt, K, group, acts, y, N, n0, bias);
-    case 3: return tile_vnni<BITS, 3>(wt, sc, zt, K, group, acts, y, N, n0, bias);
-    default: return tile_vnni<BITS, 4>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 1: return tile_simd<BITS, 1>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 2: return tile_simd<BITS, 2>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 3: return tile_simd<BITS, 3>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    default: return tile_simd<BITS, 4>(wt, sc, zt, K, group, acts, y, N, n0, bias);
   }
 }
-#else
-constexpr bool kVnni = false;
 #endif
 
 }  // namespace
 
-bool has_vnni() { return kVnni; }
+std::string a8_isa() { return kIsa; }
 
 torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits) {
   TORCH_CHECK(bits == 4 || bits == 8, "pack_a8: bits must be 4 or 8");
@@ -241,7 +306,7 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
       const float* zt = zp ? zp + t * ng * TILE : nullptr;
       for (int64_t m = 0; m < M; m += R_MAX) {  // the tile (16 rows x K codes, <= 16 KiB) stays in L1/L2
         const int R = static_cast<int>(std::min<int64_t>(R_MAX, M - m));
-#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX2__) && defined(__FMA__)
         if (bits == 4)
           tile_rows<4>(R, wt, sc, zt, K, group, acts.data() + m, yp + m * N, N, t * TILE, bp);
         else

@@ -189,7 +189,7 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& n
                             const std::vector<Proj>& projs, const torch::Tensor& k, const torch::Tensor& v,
                             const torch::Tensor& cos, const torch::Tensor& sin, int64_t pos0, int64_t H, int64_t Hkv);
 
-bool has_vnni();
+std::string a8_isa();
 torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits);
 torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
                       const c10::optional<torch::Tensor>& zterm, int64_t bits, int64_t group,
@@ -198,7 +198,7 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "y = (x @ w.T) [* scale] + bias: w int8 (with scale), bf16 or fp32; x fp32, M <= 16 rows");
   m.def("isa", &isa, "the vector ISA this build uses");
-  m.def("has_vnni", &has_vnni, "gemv_a8 runs AVX-512 VNNI integer dot products (else a scalar reference loop)");
+  m.def("a8_isa", &a8_isa, "gemv_a8's vector ISA: 'AVX-512 VNNI', 'AVX2', or '' (a scalar reference loop)");
   m.def("pack_a8", &pack_a8, "int4 / int8 codes (N, K) into gemv_a8's 16-row interleaved layout (a8.cpp)");
   m.def("gemv_a8", &gemv_a8, "int4/int8 codes x int8-rounded activations (per 32), any number of rows (a8.cpp)");
   m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * w over the last dimension (decode.cpp)");
