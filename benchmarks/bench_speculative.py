@@ -1,6 +1,8 @@
 """Speculative decoding on SmolLM2-135M-Instruct (issues 6, 15).
 
-Target: SmolLM2-135M-Instruct, fp32, in effml's engine (`engine.prepare`: fused projections, packed weights).
+Target: SmolLM2-135M-Instruct in effml's engine (`engine.prepare`: fused projections, packed weights), fp32 or
+`--target int8|int4|bf16` (the baseline is always the same target alone; int8/int4 decode through gemv_a8, whose
+pass over T <= 8 tokens reads the weights once).
 Drafts (`--drafts`): `lookup` = prompt-lookup decoding (no model: proposes what followed the latest earlier
 occurrence of the last 1-3 tokens), `self-int4` = the target itself in int4 weight-only (self-speculation),
 `distilled` = `smollm2-135m-draft` (3 of the 30 blocks + a 4096-token head, distilled here; ~1 h to build once).
@@ -167,6 +169,8 @@ def main() -> int:
                                                                  "to build the first time)")
     ap.add_argument("--prompts", type=int, default=3, help="prompts per workload")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--target", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
+                    help="the target's weight format (effml's engine; the baseline is the same target alone)")
     a = ap.parse_args()
     torch.set_num_threads(THREADS)
     from effml.llm.engine import prepare
@@ -176,7 +180,11 @@ def main() -> int:
     load0 = os.getloadavg()
     target, tok = load_smollm2()
     drafts, build = _drafts(a.drafts.split(","), target, tok)
-    prepare(target)  # fp32, fused projections, packed weights: the engine's target
+    if a.target != "fp32":
+        from effml.llm.engine import FormatConfig, to_format
+
+        to_format(target, FormatConfig(a.target))
+    prepare(target)  # fused projections, packed weights: the engine's target
     workloads = {"chat": prompts("eval", a.prompts, seed=1), "grounded": grounded_prompts("eval", a.prompts, seed=1)}
     ctx = tok.chat(workloads["chat"][0])
     curve = cost_curve(target, ctx)
@@ -201,7 +209,7 @@ def main() -> int:
             out[f"{name}/{dname}"] = {"prompts": texts, **o}
         if hf is not None:
             rows += hf_rows(name, tok, ids, hf)
-    print_table(f"SmolLM2-135M fp32 target + drafts {', '.join(drafts)}, held-out prompts, <= {NEW_TOKENS} tokens "
+    print_table(f"SmolLM2-135M {a.target} target + drafts {', '.join(drafts)}, held-out prompts, <= {NEW_TOKENS} tokens "
                 f"each, greedy, {THREADS} thread(s), CPU {torch.backends.cpu.get_cpu_capability()}", rows)
     identical = all(d["identical"] for w in out.values() for d in w["speculative"].values())
     best = {w: max(o["speculative"].values(), key=lambda d: d["speedup"]) for w, o in out.items()}
@@ -212,7 +220,9 @@ def main() -> int:
                                   "holds": b["speedup"] >= need}
         print(f"{w}: best {b['speedup']:.2f}x at γ={b['gamma_used']} (α={b['alpha']:.2f}, c={b['c']:.3f}, "
               f"v={b['v']:.2f})")
-    write_results("llm_speculative" if THREADS == 2 else f"llm_speculative_{THREADS}thread", {"new_tokens": NEW_TOKENS, "draft_build": build, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    name = "llm_speculative" + ("" if THREADS == 2 else f"_{THREADS}thread") + \
+        ("" if a.target == "fp32" else f"_{a.target}")
+    write_results(name, {"new_tokens": NEW_TOKENS, "target_format": a.target, "draft_build": build, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                       "hf_rows": [r for r in rows if str(r["γ"]).startswith("HF")], "workloads": out,
                                       "pass_cost": {"context_tokens": len(ctx), "target_s": curve,
                                                     "draft_s": dcurve, "perfect_free_draft_ceiling": ceiling},

@@ -202,3 +202,4 @@ def test_prompt_lookup_sampling_matches_the_targets_distribution():
     assert law[2 * V + 1] < 0.2  # so "always accept" (every sample "2 1") is far from the target's law
     assert _chi2(spec, law) > 0.01
     assert _chi2([[2, 1]] * n, law) < 1e-6
+

@@ -182,7 +182,9 @@ def generate(model: Transformer, prompt: list[int], config: GenerateConfig = Gen
     out: list[int] = []
     times = []
     t0 = time.perf_counter()
-    logits = session.feed(prompt, last=1)[-1]  # (V,)
+    if len(prompt) > 1:  # the prefill: all but the last token. The last is fed alone, as every later token is, so
+        session.feed(prompt[:-1], last=1)  # the numbers match speculative decoding's target, which feeds it with
+    logits = session.feed(prompt[-1:], last=1)[-1]  # its first proposal through the same decode path (V,)
     ttft = None
     stopped = "length"
     while True:

@@ -28,7 +28,7 @@
 
 namespace {
 
-constexpr int TILE = 16, BLOCK = 32, R_MAX = 4;
+constexpr int TILE = 16, BLOCK = 32;
 constexpr int PREFETCH = 2048;  // bytes ahead of the weight stream: keeps more DRAM reads in flight for one core
 
 struct Act {  // one activation row rounded to int8 per block of 32
@@ -99,7 +99,9 @@ void tile_scalar(int bits, const uint8_t* wt, const float* sc, const float* zt, 
 }
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define R_MAX_8 1
 constexpr const char* kIsa = "AVX-512 VNNI";
+constexpr int R_MAX = 8;  // activation rows per pass over a weight tile (a verification of up to 8 tokens: one pass)
 
 template <int BITS, int R>
 void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group, const Act* acts,
@@ -112,7 +114,9 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
     __m512 gacc[R];
     for (int r = 0; r < R; ++r) gacc[r] = _mm512_setzero_ps();
     for (int64_t b = g * per; b < (g + 1) * per; ++b) {
-      // two accumulators per row (even / odd steps): vpdpbusd's 4-cycle latency would otherwise bound one row's chain
+      // one row: two accumulators (even / odd steps), as vpdpbusd's 4-cycle latency would otherwise bound the
+      // chain; several rows: their chains interleave, and the registers go to the rows (8 rows: 24 of 32)
+      constexpr bool two = R == 1;
       __m512i acc[R], acc2[R];
       for (int r = 0; r < R; ++r) acc[r] = acc2[r] = _mm512_setzero_si512();
       const int64_t k0 = b * BLOCK;
@@ -124,7 +128,11 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
           for (int r = 0; r < R; ++r) {
             const int8_t* q = acts[r].q.data() + k0 + 8 * o;
             acc[r] = _mm512_dpbusd_epi32(acc[r], lo, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q)));
-            acc2[r] = _mm512_dpbusd_epi32(acc2[r], hi, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4)));
+            const __m512i xh = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4));
+            if (two)
+              acc2[r] = _mm512_dpbusd_epi32(acc2[r], hi, xh);
+            else
+              acc[r] = _mm512_dpbusd_epi32(acc[r], hi, xh);
           }
         }
       } else {
@@ -136,12 +144,16 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
           for (int r = 0; r < R; ++r) {
             const int8_t* q = acts[r].q.data() + k0 + 4 * o;
             acc[r] = _mm512_dpbusd_epi32(acc[r], v, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q)));
-            acc2[r] = _mm512_dpbusd_epi32(acc2[r], v2, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4)));
+            const __m512i x2 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4));
+            if (two)
+              acc2[r] = _mm512_dpbusd_epi32(acc2[r], v2, x2);
+            else
+              acc[r] = _mm512_dpbusd_epi32(acc[r], v2, x2);
           }
         }
         for (int r = 0; r < R; ++r) acc[r] = _mm512_sub_epi32(acc[r], _mm512_set1_epi32(128 * acts[r].s[b]));
       }
-      for (int r = 0; r < R; ++r) acc[r] = _mm512_add_epi32(acc[r], acc2[r]);
+      if (two) acc[0] = _mm512_add_epi32(acc[0], acc2[0]);
       for (int r = 0; r < R; ++r)
         gacc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_set1_ps(acts[r].a[b]), gacc[r]);
     }
@@ -158,6 +170,7 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
 
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr const char* kIsa = "AVX2";
+constexpr int R_MAX = 4;  // 16 ymm registers: 3 per row
 
 // AVX2 (no VNNI): 8 rows per 256-bit vector, so a 16-row tile in two halves (bytes 0-31 / 32-63 of each 64-byte
 // step). u8 x s8 -> int16 pairs (vpmaddubsw) -> int32 (vpmaddwd with ones). int4: |15 * 127 * 2| fits int16, so
@@ -220,6 +233,7 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
 }
 #else
 constexpr const char* kIsa = "";
+constexpr int R_MAX = 4;
 #endif
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -230,7 +244,15 @@ void tile_rows(int R, const uint8_t* wt, const float* sc, const float* zt, int64
     case 1: return tile_simd<BITS, 1>(wt, sc, zt, K, group, acts, y, N, n0, bias);
     case 2: return tile_simd<BITS, 2>(wt, sc, zt, K, group, acts, y, N, n0, bias);
     case 3: return tile_simd<BITS, 3>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 4: return tile_simd<BITS, 4>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+#if R_MAX_8
+    case 5: return tile_simd<BITS, 5>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 6: return tile_simd<BITS, 6>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 7: return tile_simd<BITS, 7>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    default: return tile_simd<BITS, 8>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+#else
     default: return tile_simd<BITS, 4>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+#endif
   }
 }
 #endif
@@ -304,7 +326,7 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
       const uint8_t* wt = wp + t * tile_bytes;
       const float* sc = sp + t * ng * TILE;
       const float* zt = zp ? zp + t * ng * TILE : nullptr;
-      for (int64_t m = 0; m < M; m += R_MAX) {  // the tile (16 rows x K codes, <= 16 KiB) stays in L1/L2
+      for (int64_t m = 0; m < M; m += R_MAX) {  // the tile (16 rows x K codes) stays in L1/L2 between passes
         const int R = static_cast<int>(std::min<int64_t>(R_MAX, M - m));
 #if defined(__AVX2__) && defined(__FMA__)
         if (bits == 4)
