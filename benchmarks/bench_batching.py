@@ -3,7 +3,7 @@
 Claims: continuous batching (and its chunked-prefill variant, where prompt chunks ride along the decode rows in one
 forward) >= 2x the throughput of static batching on a mixed-length Poisson trace, with a lower p50 latency; paged
 KV waste < 4% while a contiguous max-length reservation wastes far more (both reported). The model is the engine's
-fp32 model (`engine.prepare`); torch threads from EFFML_BENCH_THREADS (default 1).
+fp32 model (`engine.prepare`), or `--format int8|int4|bf16`; torch threads from EFFML_BENCH_THREADS (default 1).
 
 Trace: held-out chat prompts (effml.llm.prompts, 40-60 tokens with the chat template), Poisson arrivals at
 `RATE`/s (faster than either engine serves them, so throughput measures the engine, not the arrivals), output
@@ -39,7 +39,10 @@ def main() -> int:
     global N_REQUESTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=N_REQUESTS)
-    N_REQUESTS = ap.parse_args().requests
+    ap.add_argument("--format", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
+                    help="the model's weight format in effml's engine (int8/int4: gemv_a8 where the CPU has it)")
+    args = ap.parse_args()
+    N_REQUESTS = args.requests
     import torch
 
     torch.set_num_threads(int(os.environ.get("EFFML_BENCH_THREADS", "1")))
@@ -52,10 +55,11 @@ def main() -> int:
     from effml.llm.prompts import prompts
     from effml.llm.weights import load_smollm2
 
-    from effml.llm.engine import prepare
+    from effml.llm.engine import FormatConfig, prepare, to_format
 
     model, tok = load_smollm2()
-    prepare(model)  # the engine's fp32 model: fused projections, packed weights
+    to_format(model, FormatConfig(args.format))
+    prepare(model)  # the engine's model: fused projections, packed weights
     pool = [tok.chat(p) for p in prompts("eval", 64, seed=0)]
     trace = poisson_trace(pool, TraceConfig(n_requests=N_REQUESTS, rate=RATE, mean_output=MEAN_OUT,
                                             max_output=MAX_OUT, seed=0))
@@ -72,7 +76,7 @@ def main() -> int:
                      "throughput tok/s": r.throughput, "latency p50 s": r.latency_p(50),
                      "latency p99 s": r.latency_p(99), "TTFT p50 s": r.ttft_p(50), "TTFT p99 s": r.ttft_p(99),
                      "decode steps": r.steps, "KV waste": own["waste"]})
-    print_table(f"SmolLM2-135M: {N_REQUESTS} requests, Poisson {RATE}/s, max batch {MAX_BATCH}", rows)
+    print_table(f"SmolLM2-135M {args.format}: {N_REQUESTS} requests, Poisson {RATE}/s, max batch {MAX_BATCH}", rows)
     ratio = res["continuous"].throughput / res["static"].throughput
     chunked = res["chunked"].throughput / res["static"].throughput
     kv = res["continuous"].kv
@@ -102,7 +106,8 @@ def main() -> int:
               "same_tokens_all_engines": {"value": same, "target": True, "holds": same}}
     print(f"continuous / static throughput = {ratio:.2f}x, chunked / static = {chunked:.2f}x; paged waste {paged['waste']:.1%} vs contiguous "
           f"max-length reservation {resv['waste']:.1%}")
-    write_results("llm_batching", {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    write_results("llm_batching" + ("" if args.format == "fp32" else f"_{args.format}"), {
+                                   "format": args.format, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                    "threads": torch.get_num_threads(), "load_average_end": os.getloadavg(),"trace": {"n_requests": N_REQUESTS, "rate": RATE, "mean_output": MEAN_OUT,
                                              "max_output": MAX_OUT, "max_batch": MAX_BATCH, "block_size": BLOCK},
                                    "results": {k: v.to_dict() for k, v in res.items()}, "claims": claims})
