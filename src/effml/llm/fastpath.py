@@ -38,10 +38,58 @@ def eligible(model, tokens: torch.Tensor, cache) -> bool:
             and cache.lengths[0] + tokens.shape[1] <= model.rope._table[0].shape[0])
 
 
+def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
+    """Several sequences, or a chunked prefill, through the C++ block loop (`fast_rows`): a contiguous batch cache,
+    a PagedCache or a VarlenPagedCache in fp32, every projection one of effml's kernels; more than 16 rows only
+    when every projection is gemv_a8 (any row count; effml's fp32/bf16 GEMV is for decode rows)."""
+    from effml.llm.kvcache import PagedCache
+
+    if not (getattr(model, "fast_decode", False) and model._fast_layers is not None and cache is not None
+            and (isinstance(cache, PagedCache) or type(cache) is ContiguousCache)
+            and cache.k.dtype == torch.float32 and model.rope._table is not None):
+        return False
+    if tokens.numel() > MAX_TOKENS and not all(sp[0] in (2, 3) for sp in model._fast_layers[2]):
+        return False
+    return max(cache.lengths, default=0) + tokens.shape[1] <= model.rope._table[0].shape[0]
+
+
+def fast_rows(model, tokens: torch.Tensor, cache) -> torch.Tensor:
+    """The last block's hidden states (B, T, C) for `tokens` (B, T) of the cache's selected sequences (a
+    VarlenPagedCache: one flat row (1, T) of every sequence's new tokens), in one C++ call
+    (effml.native.decode_layers_rows): the projections read their weights once for all rows."""
+    from effml import native
+    from effml.llm.kvcache import PagedCache, VarlenPagedCache
+
+    ext = native.load()
+    B, T = tokens.shape
+    positions = cache.begin(T)  # (B, T) or (1, T); allocates blocks, raises CacheFull like the generic path
+    if isinstance(cache, VarlenPagedCache):
+        seq = torch.repeat_interleave(torch.arange(len(cache.seq_ids)), torch.tensor(cache.counts))
+    else:
+        seq = torch.arange(B).repeat_interleave(T)
+    pos = positions.reshape(-1).contiguous()
+    tables = None
+    if isinstance(cache, PagedCache):
+        rows = [cache.tables[s] for s in cache.seq_ids]
+        nb = max(len(r) for r in rows)
+        tables = torch.tensor([r + [0] * (nb - len(r)) for r in rows], dtype=torch.long)  # (S, nb)
+        k, v = cache.k, cache.v  # (L, N, bs, Hkv, hd)
+    else:
+        k, v = cache.k, cache.v  # (L, B, Hkv, max_len, hd)
+    cos_t, sin_t = model.rope._table
+    x = model.tok_embeddings(tokens.reshape(-1)).float()  # (B*T, C)
+    norms, eps, projs = model._fast_layers
+    a = model.args
+    x = ext.decode_layers_rows(x, norms, eps, projs, k, v, cos_t[pos], sin_t[pos], tables, seq, pos, a.n_heads,
+                               a.n_kv_heads)
+    cache.commit(T)
+    return x.reshape(B, T, -1)
+
+
 def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
     """The last block's hidden states (1, T, C) for `tokens` (1, T), written through `cache`; None if not eligible."""
     if not eligible(model, tokens, cache):
-        return None
+        return fast_rows(model, tokens, cache) if eligible_rows(model, tokens, cache) else None
     from effml import native
 
     ext = native.load()

@@ -67,14 +67,15 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return acc;
 }
 
-// One query head over S cached positions: softmax(q K^T * scale) V into out (hd). HD > 0: the head size as a
-// compile-time constant (64, 128: the loops unroll into whole vectors), 0: hd at run time.
-template <int HD>
-void head(const float* q, const float* K, const float* V, int64_t S, float scale, float* p, float* out, int64_t hd) {
+// One query head over S cached positions: softmax(q K^T * scale) V into out (hd). K(j) / V(j): position j's key and
+// value rows (a contiguous cache, or a paged one's blocks). HD > 0: the head size as a compile-time constant (64,
+// 128: the loops unroll into whole vectors), 0: hd at run time.
+template <int HD, class KRow, class VRow>
+void head(const float* q, KRow K, VRow V, int64_t S, float scale, float* p, float* out, int64_t hd) {
   const int64_t d = HD > 0 ? HD : hd;
   float mx = -INFINITY;
   for (int64_t j = 0; j < S; ++j) {
-    const float* kj = K + j * d;
+    const float* kj = K(j);
     float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < d; ++i) acc += q[i] * kj[i];
@@ -91,10 +92,20 @@ void head(const float* q, const float* K, const float* V, int64_t S, float scale
   std::fill_n(out, d, 0.f);
   for (int64_t j = 0; j < S; ++j) {
     const float pj = p[j] * inv;
-    const float* vj = V + j * d;
+    const float* vj = V(j);
 #pragma omp simd
     for (int64_t i = 0; i < d; ++i) out[i] += pj * vj[i];
   }
+}
+
+template <class KRow, class VRow>
+void any_head(const float* q, KRow K, VRow V, int64_t S, float scale, float* p, float* out, int64_t hd) {
+  if (hd == 64)
+    head<64>(q, K, V, S, scale, p, out, hd);
+  else if (hd == 128)
+    head<128>(q, K, V, S, scale, p, out, hd);
+  else
+    head<0>(q, K, V, S, scale, p, out, hd);
 }
 
 }  // namespace
@@ -152,13 +163,8 @@ torch::Tensor attend(const torch::Tensor& qkv, const torch::Tensor& cos, const t
     for (int64_t h = 0; h < H; ++h) {
       const float* K = kp + (h / rep) * max_len * hd;
       const float* V = vp + (h / rep) * max_len * hd;
-      float* out = yp + t * H * hd + h * hd;
-      if (hd == 64)
-        head<64>(q.data() + h * hd, K, V, S, scale, p.data(), out, hd);
-      else if (hd == 128)
-        head<128>(q.data() + h * hd, K, V, S, scale, p.data(), out, hd);
-      else
-        head<0>(q.data() + h * hd, K, V, S, scale, p.data(), out, hd);
+      any_head(q.data() + h * hd, [=](int64_t j) { return K + j * hd; }, [=](int64_t j) { return V + j * hd; }, S,
+               scale, p.data(), yp + t * H * hd + h * hd, hd);
     }
   }
   return y;
@@ -236,6 +242,101 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& n
   for (int64_t l = 0; l < L; ++l) {
     auto h = rms_norm(x, norms[2 * l], eps[2 * l]);
     auto y = attend(project(projs[4 * l], h), cos, sin, k.select(0, l), v.select(0, l), pos0, H, Hkv);
+    x = x + project(projs[4 * l + 1], y);
+    h = rms_norm(x, norms[2 * l + 1], eps[2 * l + 1]);
+    x = x + project(projs[4 * l + 3], silu_mul(project(projs[4 * l + 2], h)));
+  }
+  return x;
+}
+
+// Several sequences in one pass (continuous batching; chunked prefill): token t of T belongs to sequence seq[t] at
+// position pos[t]. The cache is contiguous, k (B, Hkv, max_len, hd) with sequence s in row s (tables None), or
+// paged, a pool k (N, bs, Hkv, hd) holding sequence s's positions in the blocks tables[s] (S, nb) (effml.llm's
+// PagedCache layout). Every new token's K/V is written first, then each token attends to its own sequence's
+// positions 0..pos[t]: the same numbers as `attend` gives each sequence alone.
+torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                          torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
+                          const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv) {
+  check_f32(qkv, "attend_rows: qkv");
+  check_f32(cos, "attend_rows: cos");
+  check_f32(sin, "attend_rows: sin");
+  check_f32(kc, "attend_rows: k cache");
+  check_f32(vc, "attend_rows: v cache");
+  const bool paged = tables.has_value();
+  TORCH_CHECK(kc.dim() == 4 && vc.sizes() == kc.sizes() && kc.size(paged ? 2 : 1) == Hkv && H % Hkv == 0,
+              "attend_rows: caches must be (B, Hkv, max_len, hd) or a paged pool (N, bs, Hkv, hd)");
+  const int64_t hd = kc.size(3), rep = H / Hkv, width = (H + 2 * Hkv) * hd;
+  TORCH_CHECK(qkv.size(-1) == width, "attend_rows: qkv's last dimension must be (H + 2 Hkv) * hd");
+  const int64_t T = qkv.numel() / width;
+  TORCH_CHECK(cos.numel() == T * hd && sin.numel() == T * hd, "attend_rows: cos/sin must be (T, hd)");
+  TORCH_CHECK(seq.scalar_type() == torch::kLong && pos.scalar_type() == torch::kLong && seq.is_contiguous() &&
+              pos.is_contiguous() && seq.numel() == T && pos.numel() == T,
+              "attend_rows: seq and pos must be contiguous int64 tensors of T entries");
+  const int64_t* sp = seq.data_ptr<int64_t>();
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  const int64_t* tb = nullptr;
+  int64_t nseq, nb = 0, bs = 0, max_len = 0;
+  if (paged) {
+    TORCH_CHECK(tables->scalar_type() == torch::kLong && tables->dim() == 2 && tables->is_contiguous(),
+                "attend_rows: tables must be a contiguous int64 (S, nb) tensor");
+    tb = tables->data_ptr<int64_t>();
+    nseq = tables->size(0), nb = tables->size(1), bs = kc.size(1);
+  } else {
+    nseq = kc.size(0), max_len = kc.size(2);
+  }
+  int64_t longest = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    TORCH_CHECK(sp[t] >= 0 && sp[t] < nseq && pp[t] >= 0 && (paged ? pp[t] / bs < nb : pp[t] < max_len),
+                "attend_rows: token ", t, " (sequence ", sp[t], ", position ", pp[t], ") is outside the cache");
+    if (paged)
+      for (int64_t b = 0; b <= pp[t] / bs; ++b)
+        TORCH_CHECK(tb[sp[t] * nb + b] >= 0 && tb[sp[t] * nb + b] < kc.size(0), "attend_rows: block table entry");
+    longest = std::max(longest, pp[t] + 1);
+  }
+  const auto at = [=](int64_t s, int64_t j, int64_t p) {  // float offset of (sequence, KV head, position)
+    return paged ? ((tb[s * nb + p / bs] * bs + p % bs) * Hkv + j) * hd : ((s * Hkv + j) * max_len + p) * hd;
+  };
+  auto y = torch::empty({T, H * hd}, qkv.options());
+  const float* in = qkv.data_ptr<float>();
+  float* kp = kc.data_ptr<float>();
+  float* vp = vc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {  // the new keys (rotated) and values into their slots
+    const float* row = in + t * width;
+    for (int64_t j = 0; j < Hkv; ++j) {
+      rope(row + (H + j) * hd, cos.data_ptr<float>() + t * hd, sin.data_ptr<float>() + t * hd,
+           kp + at(sp[t], j, pp[t]), hd);
+      std::copy_n(row + (H + Hkv + j) * hd, hd, vp + at(sp[t], j, pp[t]));
+    }
+  }
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> q(hd), p(longest);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* row = in + t * width;
+    const int64_t s = sp[t];
+    for (int64_t h = 0; h < H; ++h) {
+      rope(row + h * hd, cos.data_ptr<float>() + t * hd, sin.data_ptr<float>() + t * hd, q.data(), hd);
+      const int64_t j = h / rep;
+      any_head(q.data(), [&](int64_t x) { return kp + at(s, j, x); }, [&](int64_t x) { return vp + at(s, j, x); },
+               pp[t] + 1, scale, p.data(), yp + t * H * hd + h * hd, hd);
+    }
+  }
+  return y;
+}
+
+torch::Tensor decode_layers_rows(torch::Tensor x, const std::vector<torch::Tensor>& norms,
+                                 const std::vector<double>& eps, const std::vector<Proj>& projs,
+                                 const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& cos,
+                                 const torch::Tensor& sin, const c10::optional<torch::Tensor>& tables,
+                                 const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv) {
+  const int64_t L = k.size(0);
+  TORCH_CHECK(static_cast<int64_t>(norms.size()) == 2 * L && static_cast<int64_t>(eps.size()) == 2 * L &&
+              static_cast<int64_t>(projs.size()) == 4 * L && v.size(0) == L,
+              "decode_layers_rows: 2 norms, 2 eps and 4 projections per layer, caches of L layers");
+  for (int64_t l = 0; l < L; ++l) {
+    auto h = rms_norm(x, norms[2 * l], eps[2 * l]);
+    auto y = attend_rows(project(projs[4 * l], h), cos, sin, k.select(0, l), v.select(0, l), tables, seq, pos, H,
+                         Hkv);
     x = x + project(projs[4 * l + 1], y);
     h = rms_norm(x, norms[2 * l + 1], eps[2 * l + 1]);
     x = x + project(projs[4 * l + 3], silu_mul(project(projs[4 * l + 2], h)));

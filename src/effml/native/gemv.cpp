@@ -195,6 +195,15 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
                       const c10::optional<torch::Tensor>& zterm, int64_t bits, int64_t group,
                       const c10::optional<torch::Tensor>& bias);
 
+torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                          torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
+                          const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv);
+torch::Tensor decode_layers_rows(torch::Tensor x, const std::vector<torch::Tensor>& norms,
+                                 const std::vector<double>& eps, const std::vector<Proj>& projs,
+                                 const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& cos,
+                                 const torch::Tensor& sin, const c10::optional<torch::Tensor>& tables,
+                                 const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "y = (x @ w.T) [* scale] + bias: w int8 (with scale), bf16 or fp32; x fp32, M <= 16 rows");
   m.def("isa", &isa, "the vector ISA this build uses");
@@ -205,4 +214,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attend", &attend, "RoPE q/k, write k/v into the layer's cache, causal GQA attention (decode.cpp)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up output (decode.cpp)");
   m.def("decode_layers", &decode_layers, "every decoder block of a decode step in one call (decode.cpp)");
+  m.def("attend_rows", &attend_rows, "attend for tokens of several sequences, contiguous or paged cache (decode.cpp)");
+  m.def("decode_layers_rows", &decode_layers_rows, "decode_layers for tokens of several sequences (decode.cpp)");
 }
