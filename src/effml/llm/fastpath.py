@@ -22,6 +22,7 @@ import torch
 from effml.llm.kvcache import ContiguousCache
 
 MAX_TOKENS = 16
+ROWS_FLOAT = 4  # rows of several sequences the fp32/bf16 GEMV takes (see eligible_rows)
 
 
 def available() -> bool:
@@ -40,15 +41,17 @@ def eligible(model, tokens: torch.Tensor, cache) -> bool:
 
 def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
     """Several sequences, or a chunked prefill, through the C++ block loop (`fast_rows`): a contiguous batch cache,
-    a PagedCache or a VarlenPagedCache in fp32, every projection one of effml's kernels; more than 16 rows only
-    when every projection is gemv_a8 (any row count; effml's fp32/bf16 GEMV is for decode rows)."""
+    a PagedCache or a VarlenPagedCache in fp32, every projection one of effml's kernels; more than ROWS_FLOAT rows
+    only when every projection is gemv_a8 (any row count at ~the cost of one: integer dot products). effml's
+    fp32/bf16 GEMV is for a few decode rows: 8 rows of fp32 cost 3.6x one there (SmolLM2's head, measured), worse
+    than MKL in the generic path for a batch of 8."""
     from effml.llm.kvcache import PagedCache
 
     if not (getattr(model, "fast_decode", False) and model._fast_layers is not None and cache is not None
             and (isinstance(cache, PagedCache) or type(cache) is ContiguousCache)
             and cache.k.dtype == torch.float32 and model.rope._table is not None):
         return False
-    if tokens.numel() > MAX_TOKENS and not all(sp[0] in (2, 3) for sp in model._fast_layers[2]):
+    if tokens.numel() > ROWS_FLOAT and not all(sp[0] in (2, 3) for sp in model._fast_layers[2]):
         return False
     return max(cache.lengths, default=0) + tokens.shape[1] <= model.rope._table[0].shape[0]
 
