@@ -39,6 +39,8 @@ def main() -> int:
     global N_REQUESTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=N_REQUESTS)
+    ap.add_argument("--rate", type=float, default=RATE, help="Poisson arrivals per second: faster than the engines "
+                    "serve (a faster format needs a faster trace, or throughput measures the arrivals)")
     ap.add_argument("--format", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
                     help="the model's weight format in effml's engine (int8/int4: gemv_a8 where the CPU has it)")
     args = ap.parse_args()
@@ -61,7 +63,7 @@ def main() -> int:
     to_format(model, FormatConfig(args.format))
     prepare(model)  # the engine's model: fused projections, packed weights
     pool = [tok.chat(p) for p in prompts("eval", 64, seed=0)]
-    trace = poisson_trace(pool, TraceConfig(n_requests=N_REQUESTS, rate=RATE, mean_output=MEAN_OUT,
+    trace = poisson_trace(pool, TraceConfig(n_requests=N_REQUESTS, rate=args.rate, mean_output=MEAN_OUT,
                                             max_output=MAX_OUT, seed=0))
     cfg = EngineConfig(max_batch=MAX_BATCH, block_size=BLOCK)
     res = serve_side_by_side(model, trace, ("continuous", "static", "chunked"), cfg,
@@ -76,7 +78,7 @@ def main() -> int:
                      "throughput tok/s": r.throughput, "latency p50 s": r.latency_p(50),
                      "latency p99 s": r.latency_p(99), "TTFT p50 s": r.ttft_p(50), "TTFT p99 s": r.ttft_p(99),
                      "decode steps": r.steps, "KV waste": own["waste"]})
-    print_table(f"SmolLM2-135M {args.format}: {N_REQUESTS} requests, Poisson {RATE}/s, max batch {MAX_BATCH}", rows)
+    print_table(f"SmolLM2-135M {args.format}: {N_REQUESTS} requests, Poisson {args.rate}/s, max batch {MAX_BATCH}", rows)
     ratio = res["continuous"].throughput / res["static"].throughput
     chunked = res["chunked"].throughput / res["static"].throughput
     kv = res["continuous"].kv
@@ -108,7 +110,7 @@ def main() -> int:
           f"max-length reservation {resv['waste']:.1%}")
     write_results("llm_batching" + ("" if args.format == "fp32" else f"_{args.format}"), {
                                    "format": args.format, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                   "threads": torch.get_num_threads(), "load_average_end": os.getloadavg(),"trace": {"n_requests": N_REQUESTS, "rate": RATE, "mean_output": MEAN_OUT,
+                                   "threads": torch.get_num_threads(), "load_average_end": os.getloadavg(),"trace": {"n_requests": N_REQUESTS, "rate": args.rate, "mean_output": MEAN_OUT,
                                              "max_output": MAX_OUT, "max_batch": MAX_BATCH, "block_size": BLOCK},
                                    "results": {k: v.to_dict() for k, v in res.items()}, "claims": claims})
     return claims_exit_code(claims)

@@ -87,3 +87,26 @@ def test_draft_with_another_vocabulary_is_refused(smol):
     model, tok = smol
     with pytest.raises(ConfigError, match="differs from the target's \\(49152\\)"):
         speculative_generate(model, build("tiny"), tok.chat("Hi"))
+
+
+def test_every_engine_gives_the_same_tokens_on_the_engines_kernels(smol):
+    """Batch invariance on the real model: a request's tokens do not depend on which engine (alone, continuous,
+    chunked, static batch) or which other requests ran beside it. With int8-rounded activations (gemv_a8) a last-bit
+    difference between two compiled copies of the same sums can flip a rounding (SmolLM2's hidden states reach
+    ~600 in one channel: one flip moves a logit by ~1): one C++ loop serves them all, rows rounded on their own."""
+    import copy
+
+    from effml.llm.batching import EngineConfig, TraceConfig, poisson_trace, serve_side_by_side
+    from effml.llm.engine import FormatConfig, prepare, to_format
+    from effml.llm.prompts import prompts
+
+    model, tok = smol
+    m = copy.deepcopy(model)
+    to_format(m, FormatConfig("int4"))
+    prepare(m)
+    pool = [tok.chat(p) for p in prompts("eval", 4, seed=0)]
+    trace = poisson_trace(pool, TraceConfig(n_requests=4, rate=100.0, mean_output=12, max_output=16, seed=0))
+    res = serve_side_by_side(m, trace, ("continuous", "static", "chunked"), EngineConfig(max_batch=4, block_size=4))
+    for r, a, b, c in zip(trace, res["static"].requests, res["continuous"].requests, res["chunked"].requests):
+        alone = generate(m, r.prompt, GenerateConfig(max_new_tokens=len(a.tokens))).tokens
+        assert a.tokens == b.tokens == c.tokens == alone

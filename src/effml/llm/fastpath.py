@@ -104,9 +104,13 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
     x = model.tok_embeddings(tokens[0]).float()  # (T, C)
     a = model.args
     if model._fast_layers is not None:  # every projection a kernel effml's C++ loop calls: no Python per layer
+        # the several-sequence loop with one sequence: one code path for decoding alone, in a batch (continuous,
+        # static) and in a speculative verification, so a token's numbers never depend on which one ran it (two
+        # compiled copies of the same sums can differ in the last bit, which gemv_a8's rounding can amplify)
         norms, eps, projs = model._fast_layers
-        x = ext.decode_layers(x, norms, eps, projs, cache.k[:, 0], cache.v[:, 0], cos, sin, pos0, a.n_heads,
-                              a.n_kv_heads)
+        seq, pos = torch.zeros(T, dtype=torch.long), torch.arange(pos0, pos0 + T)
+        x = ext.decode_layers_rows(x, norms, eps, projs, cache.k, cache.v, cos, sin, None, seq, pos, a.n_heads,
+                                   a.n_kv_heads)
         cache.commit(T)
         return x[None]
     plan = model._fast_plan

@@ -2,7 +2,8 @@
 //
 //   packed = pack_a8(codes, bits)       codes (N, K): int4 codes 0..15 (uint8) or int8 codes (-127..127)
 //   y = gemv_a8(x, packed, scale, zterm, bits, group, bias?)
-//       x (M, K) fp32, any M (decode rows, a verification, a prefill: 16 rows per pass over a weight tile); scale (N/16, K/group, 16) fp32 per output row and group; zterm the same shape,
+//       x (M, K) fp32, any M (decode rows, a verification, a prefill: up to 8 rows per pass over a weight tile);
+//       scale (N/16, K/group, 16) fp32 per output row and group; zterm the same shape,
 //       -scale * zero (int4, whose zero point is a float) or None (int8, symmetric: zero = 0).
 //       y[m, n] = sum_g scale[n, g] * sum_{k in g} (code[n, k] - zero[n, g]) * xd[m, k]
 //   xd is x rounded to int8 per block of 32 (xd = a_b * xq, a_b = max|x_b| / 127, xq = round(x / a_b)): the
