@@ -8,7 +8,7 @@ int8 weights. Here a layer is 7 kernel calls: norm, fused QKV projection, attend
 grouped-query attention), output projection + residual, norm, fused gate/up projection, SiLU·up, down projection +
 residual;
 the projections are called directly (`direct`), not through their modules, and when every projection is effml's
-GEMV or torch's int4 kernel the whole block loop is one C++ call (`effml.native.decode_layers`, `kernel_spec`).
+GEMV or torch's int4 kernel the whole block loop is one C++ call (`effml.native.decode_layers_rows`, `kernel_spec`).
 The arithmetic is the same as the modules' (fp32), so the tokens agree with the generic path
 (tests/llm/test_fastpath.py checks the logits). Taken when: `prepare` enabled it, the activations are fp32, one
 sequence in a ContiguousCache, at most 16 new tokens (decode steps and speculative verification; a prompt's
@@ -124,7 +124,7 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
 
 
 def kernel_spec(m) -> tuple | None:
-    """A projection as effml.native.decode_layers takes it: (0, w, scale, bias, 0) for effml's GEMV, (1, packed,
+    """A projection as effml.native.decode_layers_rows takes it: (0, w, scale, bias, 0) for effml's GEMV, (1, packed,
     scales_and_zeros, None, group) for torch's int4 kernel, (2, packed, scale, zterm, group) / (3, packed, scale,
     bias, in) for effml's int8-activation kernel on int4 / int8 codes; None for a layer only its module can run."""
     from effml.compress.weight_only import WeightOnlyLinear
@@ -186,7 +186,7 @@ def enable(model) -> list[str]:
                          direct(b.feed_forward.w13, ext), direct(b.feed_forward.w2, ext)) for b in model.layers]
     specs = [kernel_spec(p) for b in model.layers for p in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13,
                                                               b.feed_forward.w2)]
-    model._fast_layers = None if any(sp is None for sp in specs) or not hasattr(ext, "decode_layers") else (
+    model._fast_layers = None if any(sp is None for sp in specs) or not hasattr(ext, "decode_layers_rows") else (
         [w for b in model.layers for w in (b.attention_norm.weight.detach(), b.ffn_norm.weight.detach())],
         [e for b in model.layers for e in (float(b.attention_norm.eps), float(b.ffn_norm.eps))], specs)
     model.fast_decode = True

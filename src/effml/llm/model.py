@@ -243,7 +243,7 @@ class Transformer(nn.Module):
         self.act_dtype: torch.dtype | None = None  # activations' dtype when it differs from the embedding's
         self.fast_decode = False  # engine.prepare(): decode steps through effml.llm.fastpath's fused ops
         self._fast_plan: list = []  # fastpath.enable: per layer (norm, eps, direct projections ...)
-        self._fast_layers = None  # fastpath.enable: the same for effml.native.decode_layers (one C++ call)
+        self._fast_layers = None  # fastpath.enable: the same for effml.native.decode_layers_rows (one C++ call)
 
     @property
     def vocab_size(self) -> int:

@@ -10,9 +10,10 @@
 //       at pos0+t, then query t attends causally to positions 0..pos0+t (grouped-query: head h reads KV head
 //       h / (H / Hkv)). Returns (T, H hd).
 //   silu_mul(gu) gu (T, 2F) -> silu(gu[:, :F]) * gu[:, F:]
-//   decode_layers(x, norms, eps, projections, k, v, cos, sin, pos0, H, Hkv)
-//       every block of the decoder in one call (no Python between the kernels): per layer norm -> QKV -> attend
-//       -> output projection + residual -> norm -> gate/up -> silu_mul -> down + residual. A projection is
+//   decode_layers_rows(x, norms, eps, projections, k, v, cos, sin, tables, seq, pos, H, Hkv)
+//       every block of the decoder in one call (no Python between the kernels) for the new tokens of one or
+//       several sequences (attend_rows below): per layer norm -> QKV -> attend -> output projection + residual ->
+//       norm -> gate/up -> silu_mul -> down + residual. A projection is
 //       (0, w, scale?, bias?, 0): effml's GEMV (int8 codes with scale, bf16 or fp32 w), or (1, packed, scales
 //       and zeros, None, group): torch's int4 kernel on bf16 rows, or a8.cpp's int8-activation GEMV: (2, packed,
 //       scale, zterm, group) for int4 codes, (3, packed, scale, bias?, K) for int8 codes.
@@ -224,30 +225,13 @@ torch::Tensor project(const Proj& p, const torch::Tensor& x) {
   if (kind == 0) return gemv(x, std::get<1>(p), std::get<2>(p), std::get<3>(p));
   if (kind == 2) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), std::get<3>(p), 4, std::get<4>(p), c10::nullopt);
   if (kind == 3) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), c10::nullopt, 8, std::get<4>(p), std::get<3>(p));
-  TORCH_CHECK(kind == 1 && std::get<2>(p).has_value(), "decode_layers: projection kind must be 0, 1, 2 or 3");
+  TORCH_CHECK(kind == 1 && std::get<2>(p).has_value(), "decode_layers_rows: projection kind must be 0, 1, 2 or 3");
   const auto y = at::_weight_int4pack_mm_for_cpu(to_bf16(x), std::get<1>(p), std::get<4>(p), *std::get<2>(p));
-  TORCH_CHECK(y.scalar_type() == torch::kBFloat16 && y.is_contiguous(), "decode_layers: int4 kernel output");
+  TORCH_CHECK(y.scalar_type() == torch::kBFloat16 && y.is_contiguous(), "decode_layers_rows: int4 kernel output");
   return to_fp32(y);
 }
 
 }  // namespace
-
-torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& norms, const std::vector<double>& eps,
-                            const std::vector<Proj>& projs, const torch::Tensor& k, const torch::Tensor& v,
-                            const torch::Tensor& cos, const torch::Tensor& sin, int64_t pos0, int64_t H, int64_t Hkv) {
-  const int64_t L = k.size(0);
-  TORCH_CHECK(static_cast<int64_t>(norms.size()) == 2 * L && static_cast<int64_t>(eps.size()) == 2 * L &&
-              static_cast<int64_t>(projs.size()) == 4 * L && v.size(0) == L,
-              "decode_layers: 2 norms, 2 eps and 4 projections per layer, caches of L layers");
-  for (int64_t l = 0; l < L; ++l) {
-    auto h = rms_norm(x, norms[2 * l], eps[2 * l]);
-    auto y = attend(project(projs[4 * l], h), cos, sin, k.select(0, l), v.select(0, l), pos0, H, Hkv);
-    x = x + project(projs[4 * l + 1], y);
-    h = rms_norm(x, norms[2 * l + 1], eps[2 * l + 1]);
-    x = x + project(projs[4 * l + 3], silu_mul(project(projs[4 * l + 2], h)));
-  }
-  return x;
-}
 
 // Several sequences in one pass (continuous batching; chunked prefill): token t of T belongs to sequence seq[t] at
 // position pos[t]. The cache is contiguous, k (B, Hkv, max_len, hd) with sequence s in row s (tables None), or

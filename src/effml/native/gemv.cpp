@@ -185,9 +185,6 @@ torch::Tensor attend(const torch::Tensor& qkv, const torch::Tensor& cos, const t
                      torch::Tensor vc, int64_t pos0, int64_t H, int64_t Hkv);
 torch::Tensor silu_mul(const torch::Tensor& gu);
 using Proj = std::tuple<int64_t, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t>;
-torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& norms, const std::vector<double>& eps,
-                            const std::vector<Proj>& projs, const torch::Tensor& k, const torch::Tensor& v,
-                            const torch::Tensor& cos, const torch::Tensor& sin, int64_t pos0, int64_t H, int64_t Hkv);
 
 std::string a8_isa();
 torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits);
@@ -213,7 +210,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * w over the last dimension (decode.cpp)");
   m.def("attend", &attend, "RoPE q/k, write k/v into the layer's cache, causal GQA attention (decode.cpp)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up output (decode.cpp)");
-  m.def("decode_layers", &decode_layers, "every decoder block of a decode step in one call (decode.cpp)");
   m.def("attend_rows", &attend_rows, "attend for tokens of several sequences, contiguous or paged cache (decode.cpp)");
-  m.def("decode_layers_rows", &decode_layers_rows, "decode_layers for tokens of several sequences (decode.cpp)");
+  m.def("decode_layers_rows", &decode_layers_rows, "every decoder block for the new tokens of one or several sequences in one call (decode.cpp)");
 }
