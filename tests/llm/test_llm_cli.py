@@ -35,6 +35,22 @@ def test_generate_speculative_matches_plain_greedy(capsys):
     assert sub["result"]["tokens"] == plain["result"]["tokens"]
 
 
+def test_generate_kernel_choice_names_the_kernel(capsys):
+    """--kernel exact keeps fp32 activations (no gemv_a8 anywhere in the plan); the default names gemv_a8 where the
+    CPU has it (AVX-512 VNNI or AVX2); the greedy tokens of both are printed for the same prompt."""
+    from effml import native
+
+    ext = native.load()
+    runs = {k: run_json(capsys, "generate", "--model", "tiny", "--format", "int4", "--kernel", k, "--prompt", "abc",
+                        "--max-new-tokens", "8", "--ignore-eos") for k in ("packed", "exact")}
+    assert not any("gemv_a8" in k for k in runs["exact"]["engine"]["kernels"])
+    a8 = any("gemv_a8" in k for k in runs["packed"]["engine"]["kernels"])
+    assert a8 == bool(ext is not None and ext.a8_isa())
+    assert all(len(r["result"]["tokens"]) == 8 for r in runs.values())
+    assert main(["generate", "--model", "tiny", "--kernel", "fast", "--prompt", "abc"]) == 2  # argparse: one line
+    assert "--kernel" in capsys.readouterr().err
+
+
 def test_generate_streams_text(capsys):
     assert main(["generate", "--model", "tiny", "--prompt", "xyz", "--max-new-tokens", "8", "--ignore-eos"]) == 0
     out = capsys.readouterr().out

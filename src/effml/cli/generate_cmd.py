@@ -16,6 +16,9 @@ def add_parser(sub) -> None:
     p.add_argument("--format", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
                    help="weight format in the engine: fp32 (default), bf16, int8 or int4 weight-only (LM head int8)")
     p.add_argument("--group-size", type=positive_int, default=32, help="int4 group size (32, 64, 128; default 32)")
+    p.add_argument("--kernel", default="packed", choices=("packed", "exact", "torch"),
+                   help="int8/int4 kernels: packed (default: activations rounded to int8 per 32 where the CPU has "
+                        "AVX-512 VNNI or AVX2), exact (fp32 activations), torch (torch's kernels only)")
     p.add_argument("--prompt", required=True, help="the user message (wrapped in the model's chat template)")
     p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most (default 64)")
@@ -115,7 +118,7 @@ def _run(args, device: str, stack) -> int:
         finally:
             if bar is not None:
                 bar.stop()
-    notes = to_format(lm.model, FormatConfig(args.format, group_size=args.group_size))
+    notes = to_format(lm.model, FormatConfig(args.format, group_size=args.group_size, kernel=args.kernel))
     from effml.llm.on_device import device_dict, running_on
 
     stack.enter_context(running_on(lm.model, device))  # a GPU: the model, KV cache and token ids there

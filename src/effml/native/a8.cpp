@@ -314,7 +314,8 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
                 "gemv_a8: bias must be a contiguous fp32 tensor of N entries");
     bp = bias->data_ptr<float>();
   }
-  std::vector<Act> acts;
+  thread_local std::vector<Act> buffer;  // reused across calls: a decode step makes ~120 of them
+  std::vector<Act>& acts = buffer;  // the calling thread's (the parallel workers below read it through this name)
   quantize_rows(x.data_ptr<float>(), M, K, group, acts);
   auto y = torch::empty({M, N}, x.options());
   float* yp = y.data_ptr<float>();

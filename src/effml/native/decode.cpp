@@ -317,13 +317,14 @@ torch::Tensor decode_layers_rows(torch::Tensor x, const std::vector<torch::Tenso
   TORCH_CHECK(static_cast<int64_t>(norms.size()) == 2 * L && static_cast<int64_t>(eps.size()) == 2 * L &&
               static_cast<int64_t>(projs.size()) == 4 * L && v.size(0) == L,
               "decode_layers_rows: 2 norms, 2 eps and 4 projections per layer, caches of L layers");
+  x = x.clone();  // the residual stream, added to in place (no new tensor per residual add)
   for (int64_t l = 0; l < L; ++l) {
     auto h = rms_norm(x, norms[2 * l], eps[2 * l]);
     auto y = attend_rows(project(projs[4 * l], h), cos, sin, k.select(0, l), v.select(0, l), tables, seq, pos, H,
                          Hkv);
-    x = x + project(projs[4 * l + 1], y);
+    x.add_(project(projs[4 * l + 1], y));
     h = rms_norm(x, norms[2 * l + 1], eps[2 * l + 1]);
-    x = x + project(projs[4 * l + 3], silu_mul(project(projs[4 * l + 2], h)));
+    x.add_(project(projs[4 * l + 3], silu_mul(project(projs[4 * l + 2], h))));
   }
   return x;
 }
