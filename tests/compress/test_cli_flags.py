@@ -50,6 +50,25 @@ def test_weight_only_int4_from_flags(capsys):
     assert d["result"]["layers"] == ["3", "5"]
 
 
+def test_weight_only_a8_kernel_from_flags(capsys):
+    """--kernel a8 on GPT-2 (config-built): its 48 Conv1D layers (768/3072 wide: 16-row tiles, groups of 64) run
+    effml's gemv_a8 where the build has a vector ISA for it (AVX-512 VNNI, AVX2), and the notes say which; the
+    exact kernels elsewhere."""
+    import json
+
+    from effml import native
+
+    pytest.importorskip("transformers")
+    rc = main(["quantize", "--config", "gpt2", "--seq", "8", "--method", "weight-only", "--bits", "4",
+               "--group-size", "64", "--kernel", "a8", "--hw", "none", "--no-measure", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["config"]["kernel"] == "a8" and len(d["result"]["layers"]) == 48
+    ext = native.load()
+    isa = ext.a8_isa() if ext is not None else ""
+    assert any(f"gemv_a8 ({isa}" in n for n in d["result"]["notes"]) == bool(isa)
+
+
 def test_tied_head_quantized_when_named_on_the_command_line(capsys):
     """Without --layers the tied GPT-2 head is listed, with its reason (tests/compress/test_configs.py); naming it
     quantizes it, and every other layer is then listed as not in the config's layers."""

@@ -26,7 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--smooth", type=fraction, metavar="ALPHA",
                    help="int8-dynamic: SmoothQuant with this migration strength (e.g. 0.8), calibrated on --data "
                         "or the example input")
-    p.add_argument("--kernel", choices=("packed", "dequant"), help="weight-only kernel (default packed)")
+    p.add_argument("--kernel", choices=("packed", "a8", "dequant"),
+                   help="weight-only kernel: packed (default; fp32 activations), a8 (activations rounded to int8 per "
+                        "32: integer dot products where the CPU has AVX-512 VNNI or AVX2), dequant (reference)")
     p.add_argument("--calibration", type=positive_int,
                    help="int8-static and --smooth: calibration images from --data (default 512)")
     p.add_argument("--qat-epochs", type=nonneg_float, default=0,
