@@ -135,7 +135,7 @@ class WeightOnlyLinear(nn.Module):
                          f"needs; fp32 activations (slower) for this layer")
         self._prepared = None  # (codes or int4 pack, scales in act dtype) built on the first call
         self._gemv = None  # (effml's compiled GEMV module, fp32 scales) for int8 "packed", loaded in _prepare
-        self._a8 = None  # gemv_a8's arguments for kernel "a8" on a VNNI CPU, built in _prepare
+        self._a8 = None  # gemv_a8's arguments for kernel "a8" (an AVX-512 VNNI or AVX2 build), built in _prepare
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
@@ -200,8 +200,8 @@ class WeightOnlyLinear(nn.Module):
                           self.spec)  # (out, in) fp32
 
     def native(self) -> bool:
-        """Does this layer run effml's own fp32-activation GEMV for decode rows (int8, kernel "packed" or "a8"
-        without VNNI, the module built)?"""
+        """Does this layer run effml's own fp32-activation GEMV for decode rows (int8, kernel "packed", or "a8"
+        where gemv_a8 cannot take it, the module built)?"""
         if self.bits != 8 or self.kernel not in ("packed", "a8"):
             return False
         self._prepare()
@@ -253,7 +253,7 @@ class WeightOnlyLinear(nn.Module):
             return F.linear(x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         w, s = self._prepare()
         x2 = x.reshape(-1, self.in_features)  # (N, in)
-        if self._a8 is not None:  # every row count: 16 rows per pass, 3x torch's int4 kernel at a prefill here
+        if self._a8 is not None:  # every row count: up to 8 rows per pass, 3x torch's int4 kernel at a prefill here
             ext, packed, scale, zterm, group = self._a8
             bias = None if self.bias is None else self.bias.float()
             y = ext.gemv_a8(x2.float().contiguous(), packed, scale, zterm, self.bits, group, bias)  # (N, out) fp32

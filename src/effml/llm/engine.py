@@ -40,8 +40,8 @@ class FormatConfig:
     # int8/int4: the LM head's format (the largest matrix, 49152 x 576 in SmolLM2). "auto": int8 for both; an int4
     # head costs SmolLM2 the most quality (teacher-forced greedy agreement with fp32: 86% with it vs 97% with int8)
     head: str = "auto"
-    # int8/int4: "packed" = the fastest kernels here: for decode rows effml's int8-activation GEMV on CPUs with
-    # AVX-512 VNNI (codes x activations rounded to int8 per 32, as llama.cpp), else "exact"'s; "exact" = weight-only
+    # int8/int4: "packed" = the fastest kernels here: effml's gemv_a8 where the build has AVX-512 VNNI or AVX2
+    # (codes x activations rounded to int8 per 32, as llama.cpp), else "exact"'s; "exact" = weight-only
     # arithmetic with fp32 activations (effml's own int8 GEMV, torch's int4 kernel); "torch" = torch's kernels only
     # (the reference the benchmark compares against)
     kernel: str = "packed"
