@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <immintrin.h>
 #include <vector>
 
 namespace {
@@ -71,10 +72,50 @@ inline float dot(const float* a, const float* b, int64_t n) {
 // One query head over S cached positions: softmax(q K^T * scale) V into out (hd). K(j) / V(j): position j's key and
 // value rows (a contiguous cache, or a paged one's blocks). HD > 0: the head size as a compile-time constant (64,
 // 128: the loops unroll into whole vectors), 0: hd at run time.
+#if defined(__AVX512F__)
+// 16 vectors -> one vector of their 16 horizontal sums (in order), 45 shuffles/adds instead of 16 full reductions.
+inline __m512 sum16(const __m512* v) {
+  __m512 s[8], t[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit chunk: [a0+a2, b0+b2, a1+a3, b1+b3]
+    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per chunk: the chunk sums of 4 source vectors
+    const __m512d a = _mm512_castps_pd(s[2 * i]), b = _mm512_castps_pd(s[2 * i + 1]);
+    t[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  const __m512 v0 = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
+  const __m512 v1 = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], 0x88), _mm512_shuffle_f32x4(t[2], t[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xDD));
+}
+
+// q . K(j) for 64-wide heads: 16 positions at a time, their partial vectors summed together (sum16).
+template <class KRow>
+void scores64(const float* q, KRow K, int64_t S, float scale, float* p) {
+  const __m512 q0 = _mm512_loadu_ps(q), q1 = _mm512_loadu_ps(q + 16), q2 = _mm512_loadu_ps(q + 32),
+               q3 = _mm512_loadu_ps(q + 48);
+  const auto part = [&](const float* k) {
+    return _mm512_fmadd_ps(q3, _mm512_loadu_ps(k + 48), _mm512_fmadd_ps(q2, _mm512_loadu_ps(k + 32),
+                           _mm512_fmadd_ps(q1, _mm512_loadu_ps(k + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(k)))));
+  };
+  int64_t j = 0;
+  for (; j + 16 <= S; j += 16) {
+    __m512 v[16];
+    for (int u = 0; u < 16; ++u) v[u] = part(K(j + u));
+    _mm512_storeu_ps(p + j, _mm512_mul_ps(sum16(v), _mm512_set1_ps(scale)));
+  }
+  for (; j < S; ++j) p[j] = _mm512_reduce_add_ps(part(K(j))) * scale;
+}
+#endif
+
 template <int HD, class KRow, class VRow>
 void head(const float* q, KRow K, VRow V, int64_t S, float scale, float* p, float* out, int64_t hd) {
   const int64_t d = HD > 0 ? HD : hd;
   float mx = -INFINITY;
+#if defined(__AVX512F__)
+  if (HD == 64) {
+    scores64(q, K, S, scale, p);
+    for (int64_t j = 0; j < S; ++j) mx = std::max(mx, p[j]);
+  } else
+#endif
   for (int64_t j = 0; j < S; ++j) {
     const float* kj = K(j);
     float acc = 0.f;
@@ -90,6 +131,24 @@ void head(const float* q, KRow K, VRow V, int64_t S, float scale, float* p, floa
     sum += p[j];
   }
   const float inv = 1.f / sum;
+#if defined(__AVX512F__)
+  if (HD == 64) {  // the 64 outputs stay in 4 registers over all positions
+    __m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+    for (int64_t j = 0; j < S; ++j) {
+      const __m512 pj = _mm512_set1_ps(p[j] * inv);
+      const float* vj = V(j);
+      o0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj), o0);
+      o1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 16), o1);
+      o2 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 32), o2);
+      o3 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 48), o3);
+    }
+    _mm512_storeu_ps(out, o0);
+    _mm512_storeu_ps(out + 16, o1);
+    _mm512_storeu_ps(out + 32, o2);
+    _mm512_storeu_ps(out + 48, o3);
+    return;
+  }
+#endif
   std::fill_n(out, d, 0.f);
   for (int64_t j = 0; j < S; ++j) {
     const float pj = p[j] * inv;
