@@ -10,9 +10,11 @@ residual;
 the projections are called directly (`direct`), not through their modules, and when every projection is effml's
 GEMV or torch's int4 kernel the whole block loop is one C++ call (`effml.native.decode_layers_rows`, `kernel_spec`).
 The arithmetic is the same as the modules' (fp32), so the tokens agree with the generic path
-(tests/llm/test_fastpath.py checks the logits). Taken when: `prepare` enabled it, the activations are fp32, one
-sequence in a ContiguousCache, at most 16 new tokens (decode steps and speculative verification; a prompt's
-prefill takes the generic path), and the projections fused.
+(tests/llm/test_fastpath.py checks the logits). Taken when `prepare` enabled it, the activations are fp32 and the
+projections fused, for: one sequence in a ContiguousCache, at most 16 new tokens (decode steps, speculative
+verification); the tokens of several sequences (a contiguous batch, a PagedCache, a VarlenPagedCache) when every
+projection is one of effml's kernels, up to ROWS_FLOAT rows on the float GEMV and any number on gemv_a8. The rest
+(a float model's prefill, bf16 activations) takes the generic path.
 """
 
 from __future__ import annotations
@@ -71,28 +73,32 @@ def fast_rows(model, tokens: torch.Tensor, cache) -> torch.Tensor:
     else:
         seq = torch.arange(B).repeat_interleave(T)
     pos = positions.reshape(-1).contiguous()
-    tables = None
+    tables = None  # cache.k: (L, B, Hkv, max_len, hd) contiguous, or a paged pool (L, N, bs, Hkv, hd)
     if isinstance(cache, PagedCache):
         rows = [cache.tables[s] for s in cache.seq_ids]
         nb = max(len(r) for r in rows)
         tables = torch.tensor([r + [0] * (nb - len(r)) for r in rows], dtype=torch.long)  # (S, nb)
-        k, v = cache.k, cache.v  # (L, N, bs, Hkv, hd)
-    else:
-        k, v = cache.k, cache.v  # (L, B, Hkv, max_len, hd)
     cos_t, sin_t = model.rope._table
     x = model.tok_embeddings(tokens.reshape(-1)).float()  # (B*T, C)
     norms, eps, projs = model._fast_layers
     a = model.args
-    x = ext.decode_layers_rows(x, norms, eps, projs, k, v, cos_t[pos], sin_t[pos], tables, seq, pos, a.n_heads,
-                               a.n_kv_heads)
+    x = ext.decode_layers_rows(x, norms, eps, projs, cache.k, cache.v, cos_t[pos], sin_t[pos], tables, seq, pos,
+                               a.n_heads, a.n_kv_heads)
     cache.commit(T)
     return x.reshape(B, T, -1)
 
 
 def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
-    """The last block's hidden states (1, T, C) for `tokens` (1, T), written through `cache`; None if not eligible."""
-    if not eligible(model, tokens, cache):
-        return fast_rows(model, tokens, cache) if eligible_rows(model, tokens, cache) else None
+    """The last block's hidden states (B, T, C) for `tokens` (B, T), written through `cache`; None if not eligible.
+    When every projection is one of effml's kernels, one sequence's step goes through the same C++ loop as several
+    sequences' (`fast_rows`): decoding alone, in a batch and in a speculative verification then give a token the
+    same numbers (two compiled copies of the same sums can differ in the last bit, which gemv_a8's rounding can
+    amplify). Otherwise a single sequence's step runs the fused ops from Python (`_fast_plan`)."""
+    one = eligible(model, tokens, cache)
+    if (one and model._fast_layers is not None) or eligible_rows(model, tokens, cache):
+        return fast_rows(model, tokens, cache)
+    if not one:
+        return None
     from effml import native
 
     ext = native.load()
@@ -103,18 +109,7 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
     cos, sin = cos_t[pos0:pos0 + T], sin_t[pos0:pos0 + T]  # (T, hd) contiguous rows of the table
     x = model.tok_embeddings(tokens[0]).float()  # (T, C)
     a = model.args
-    if model._fast_layers is not None:  # every projection a kernel effml's C++ loop calls: no Python per layer
-        # the several-sequence loop with one sequence: one code path for decoding alone, in a batch (continuous,
-        # static) and in a speculative verification, so a token's numbers never depend on which one ran it (two
-        # compiled copies of the same sums can differ in the last bit, which gemv_a8's rounding can amplify)
-        norms, eps, projs = model._fast_layers
-        seq, pos = torch.zeros(T, dtype=torch.long), torch.arange(pos0, pos0 + T)
-        x = ext.decode_layers_rows(x, norms, eps, projs, cache.k, cache.v, cos, sin, None, seq, pos, a.n_heads,
-                                   a.n_kv_heads)
-        cache.commit(T)
-        return x[None]
-    plan = model._fast_plan
-    for i, (n1, e1, wqkv, wo, n2, e2, w13, w2) in enumerate(plan):
+    for i, (n1, e1, wqkv, wo, n2, e2, w13, w2) in enumerate(model._fast_plan):
         y = ext.attend(wqkv(ext.rms_norm(x, n1, e1)), cos, sin, cache.k[i, 0], cache.v[i, 0], pos0, a.n_heads,
                        a.n_kv_heads)
         x = x + wo(y)
@@ -135,7 +130,6 @@ def kernel_spec(m) -> tuple | None:
         if m.bits == 4:
             return (2, packed, scale, zterm, group)
         return (3, packed, scale, None if m.bias is None else m.bias.detach().float().contiguous(), group)
-
     if isinstance(m, WeightOnlyLinear) and m.native():
         (codes, _), (_, s32) = m._prepare(), m._gemv
         return (0, codes, s32, None if m.bias is None else m.bias.detach().float().contiguous(), 0)
