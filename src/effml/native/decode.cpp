@@ -189,45 +189,22 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   return y;
 }
 
+torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                         torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
+                         const int64_t* seq, const int64_t* pos, int64_t H, int64_t Hkv);
+
+// One sequence: attend_rows' loop over a one-row contiguous cache (the same sums, so the same bits).
 torch::Tensor attend(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kc,
                      torch::Tensor vc, int64_t pos0, int64_t H, int64_t Hkv) {
-  check_f32(qkv, "attend: qkv");
-  check_f32(cos, "attend: cos");
-  check_f32(sin, "attend: sin");
-  check_f32(kc, "attend: k cache");
-  check_f32(vc, "attend: v cache");
   TORCH_CHECK(kc.dim() == 3 && vc.sizes() == kc.sizes() && kc.size(0) == Hkv && H % Hkv == 0,
               "attend: caches must be (Hkv, max_len, hd) and H a multiple of Hkv");
-  const int64_t max_len = kc.size(1), hd = kc.size(2), rep = H / Hkv, width = (H + 2 * Hkv) * hd;
+  const int64_t width = (H + 2 * Hkv) * kc.size(2);
   TORCH_CHECK(qkv.size(-1) == width, "attend: qkv's last dimension must be (H + 2 Hkv) * hd");
   const int64_t T = qkv.numel() / width;
-  TORCH_CHECK(cos.numel() == T * hd && sin.numel() == T * hd, "attend: cos/sin must be (T, hd)");
-  TORCH_CHECK(pos0 >= 0 && pos0 + T <= max_len, "attend: positions past the cache's max_len");
-  auto y = torch::empty({T, H * hd}, qkv.options());
-  const float* in = qkv.data_ptr<float>();
-  float* kp = kc.data_ptr<float>();
-  float* vp = vc.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-  std::vector<float> q(H * hd), p(pos0 + T);
-  for (int64_t t = 0; t < T; ++t) {
-    const float* row = in + t * width;
-    const float* c = cos.data_ptr<float>() + t * hd;
-    const float* s = sin.data_ptr<float>() + t * hd;
-    const int64_t pos = pos0 + t, S = pos + 1;
-    for (int64_t j = 0; j < Hkv; ++j) {
-      rope(row + (H + j) * hd, c, s, kp + (j * max_len + pos) * hd, hd);
-      std::copy_n(row + (H + Hkv + j) * hd, hd, vp + (j * max_len + pos) * hd);
-    }
-    for (int64_t h = 0; h < H; ++h) rope(row + h * hd, c, s, q.data() + h * hd, hd);
-    for (int64_t h = 0; h < H; ++h) {
-      const float* K = kp + (h / rep) * max_len * hd;
-      const float* V = vp + (h / rep) * max_len * hd;
-      any_head(q.data() + h * hd, [=](int64_t j) { return K + j * hd; }, [=](int64_t j) { return V + j * hd; }, S,
-               scale, p.data(), yp + t * H * hd + h * hd, hd);
-    }
-  }
-  return y;
+  TORCH_CHECK(pos0 >= 0 && pos0 + T <= kc.size(1), "attend: positions past the cache's max_len");
+  std::vector<int64_t> seq(T, 0), pos(T);
+  for (int64_t t = 0; t < T; ++t) pos[t] = pos0 + t;
+  return attend_idx(qkv, cos, sin, kc.unsqueeze(0), vc.unsqueeze(0), c10::nullopt, seq.data(), pos.data(), H, Hkv);
 }
 
 torch::Tensor silu_mul(const torch::Tensor& gu) {
@@ -300,6 +277,17 @@ torch::Tensor project(const Proj& p, const torch::Tensor& x) {
 torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                           torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
                           const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv) {
+  const int64_t T = qkv.size(-1) > 0 ? qkv.numel() / qkv.size(-1) : 0;
+  TORCH_CHECK(seq.scalar_type() == torch::kLong && pos.scalar_type() == torch::kLong && seq.is_contiguous() &&
+              pos.is_contiguous() && seq.numel() == T && pos.numel() == T,
+              "attend_rows: seq and pos must be contiguous int64 tensors of T entries");
+  return attend_idx(qkv, cos, sin, kc, vc, tables, seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(), H, Hkv);
+}
+
+// attend_rows with the tokens' sequences and positions as plain arrays of T entries (validated against the cache).
+torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                         torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
+                         const int64_t* sp, const int64_t* pp, int64_t H, int64_t Hkv) {
   check_f32(qkv, "attend_rows: qkv");
   check_f32(cos, "attend_rows: cos");
   check_f32(sin, "attend_rows: sin");
@@ -312,11 +300,6 @@ torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, co
   TORCH_CHECK(qkv.size(-1) == width, "attend_rows: qkv's last dimension must be (H + 2 Hkv) * hd");
   const int64_t T = qkv.numel() / width;
   TORCH_CHECK(cos.numel() == T * hd && sin.numel() == T * hd, "attend_rows: cos/sin must be (T, hd)");
-  TORCH_CHECK(seq.scalar_type() == torch::kLong && pos.scalar_type() == torch::kLong && seq.is_contiguous() &&
-              pos.is_contiguous() && seq.numel() == T && pos.numel() == T,
-              "attend_rows: seq and pos must be contiguous int64 tensors of T entries");
-  const int64_t* sp = seq.data_ptr<int64_t>();
-  const int64_t* pp = pos.data_ptr<int64_t>();
   const int64_t* tb = nullptr;
   int64_t nseq, nb = 0, bs = 0, max_len = 0;
   if (paged) {
