@@ -39,8 +39,9 @@ TARGETS = {"int8_vs_fp32": 2.0, "int4_vs_fp32": 2.5, "int4_vs_hf_fp32": 3.0, "fp
            "other_fraction": 0.60}
 
 
-def hf_in_format(hf, fmt: str):
-    """transformers' model in the format: bf16, or its nn.Linear layers as the same weight-only codes."""
+def hf_in_format(hf, fmt: str, kernel: str = "a8"):
+    """transformers' model in the format: bf16, or its nn.Linear layers as the same weight-only codes on `kernel`
+    (WeightOnlyLinear's name; effml's FormatConfig(kernel="packed") runs "a8")."""
     import torch
 
     from effml.compress.weight_only import weight_only
@@ -49,8 +50,8 @@ def hf_in_format(hf, fmt: str):
         return hf.to(torch.bfloat16)
     if fmt in ("int8", "int4"):
         bits = 8 if fmt == "int8" else 4
-        weight_only(hf, bits, 32, "a8", ("lm_head",))  # effml's FormatConfig(kernel="packed") runs "a8"
-        weight_only(hf, 8, 32, "a8")  # the head: int8, as in effml's int4 format
+        weight_only(hf, bits, 32, kernel, ("lm_head",))
+        weight_only(hf, 8, 32, kernel)  # the head: int8, as in effml's int4 format
     return hf
 
 

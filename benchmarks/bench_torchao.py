@@ -21,7 +21,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_decode import PROMPT, hf_decode  # noqa: E402
+from bench_decode import PROMPT, hf_decode, hf_in_format  # noqa: E402
 from common import print_table, write_results  # noqa: E402
 
 
@@ -61,7 +61,6 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from effml.compress.weight_only import weight_only
     from effml.llm.engine import FormatConfig, prepare, to_format
     from effml.llm.generate import GenerateConfig, generate
     from effml.llm.registry import load_model
@@ -78,9 +77,7 @@ def main() -> int:
         else:
             runs[f"HF + torchao {fmt}"] = lambda m=ao: hf_decode(m, ids, a.tokens)[0]
         for kernel in ("a8", "packed"):
-            hf = load_hf_reference()
-            weight_only(hf, bits, 32, kernel, ("lm_head",))
-            weight_only(hf, 8, 32, kernel)
+            hf = hf_in_format(load_hf_reference(), fmt, kernel)
             runs[f"HF + effml {fmt} ({kernel})"] = lambda m=hf: hf_decode(m, ids, a.tokens)[0]
         m = copy.deepcopy(lm.model)
         to_format(m, FormatConfig(fmt))
