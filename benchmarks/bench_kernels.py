@@ -1,0 +1,96 @@
+"""effml's CPU kernels one at a time on SmolLM2-135M's own shapes (1 thread): what the decode step is made of.
+
+- the 120 int4 projections of a decode step through gemv_a8 (SmolLM2 int4 g32 as effml's engine prepares it): time,
+  bytes read (codes + scales) and the rate, beside the machine's read bandwidth (effml.llm.roofline)
+- the int8 LM head (49152 x 576) through gemv_a8, 1 row
+- a prefill-sized product (64 rows) on the gate/up layer (3072 x 576, g32): gemv_a8 vs torch's
+  `_weight_int4pack_mm_for_cpu` (bf16 rows) vs an fp32 F.linear of the dequantized weight, in GMAC/s
+- the fused attention (`attend`) of one token per layer at 90 and 500 cached positions (9 query, 3 KV heads of 64)
+Minimum over repeats, interleaved where compared. Run: `flock /tmp/effml_bench.lock python benchmarks/bench_kernels.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+
+from common import print_table, write_results
+
+
+def best(fn, reps: int = 15) -> float:
+    t = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        t = min(t, time.perf_counter() - t0)
+    return t
+
+
+def main() -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    from effml import native
+    from effml.compress.weight_only import WeightOnlyLinear
+    from effml.llm.engine import FormatConfig, prepare, to_format
+    from effml.llm.registry import load_model
+    from effml.llm.roofline import read_bandwidth
+
+    ext = native.load()
+    if ext is None or not ext.a8_isa():
+        print(f"no gemv_a8 here: {native.status()}")
+        return 0
+    lm = load_model("smollm2-135m")
+    m = copy.deepcopy(lm.model)
+    to_format(m, FormatConfig("int4"))
+    prepare(m)
+    rows = []
+    layers = [q for b in m.layers for q in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13, b.feed_forward.w2)]
+    args = [q.a8() for q in layers]
+    nbytes = sum(p.numel() + s.numel() * 4 + (z.numel() * 4 if z is not None else 0) for _, p, s, z, _ in args)
+    xs = {q.in_features: torch.randn(1, q.in_features) for q in layers}
+    proj = best(lambda: [ext.gemv_a8(xs[q.in_features], p, s, z, 4, g, None)
+                         for q, (_, p, s, z, g) in zip(layers, args)])
+    bw = read_bandwidth()  # what the decode roofline divides by: best of 3 one-thread sums over 512 MiB
+    rows.append({"kernel": "120 int4 projections (gemv_a8, 1 row)", "ms": proj * 1e3,
+                 "rate": f"{nbytes / proj / 1e9:.1f} GB/s of {nbytes / 1e6:.0f} MB",
+                 "beside": f"read bandwidth {bw / 1e9:.1f} GB/s"})
+    head = m.output
+    x = torch.randn(1, head.in_features)
+    t = best(lambda: head(x))
+    hb = head.codes.numel() + head.scale.numel() * 4
+    rows.append({"kernel": "int8 head 49152 x 576 (gemv_a8, 1 row)", "ms": t * 1e3,
+                 "rate": f"{hb / t / 1e9:.1f} GB/s", "beside": ""})
+    w13 = next(q for q in layers if q.out_features == 2 * m.args.hidden_dim)  # gate/up, 3072 x 576
+    M, N, K = 64, w13.out_features, w13.in_features
+    xp = torch.randn(M, K)
+    exact = WeightOnlyLinear.from_codes(w13.codes, w13.scale, w13.zero, 4, w13.spec.group_size, kernel="torch",
+                                        act_dtype="bf16")  # the same codes on torch's int4 kernel, bf16 rows
+    wd = w13.dequantized()
+    ta = best(lambda: w13(xp), 9)
+    tt = best(lambda: exact(xp), 9)
+    tf = best(lambda: torch.nn.functional.linear(xp, wd), 9)
+    gmac = lambda s: f"{M * N * K / s / 1e9:.0f} GMAC/s"  # noqa: E731
+    rows.append({"kernel": f"prefill {M} rows, {N} x {K} int4 g32 (gemv_a8)", "ms": ta * 1e3, "rate": gmac(ta),
+                 "beside": f"torch int4 kernel {gmac(tt)}, fp32 F.linear {gmac(tf)}"})
+    H, Hkv, hd = m.args.n_heads, m.args.n_kv_heads, m.args.head_dim
+    kc, vc = torch.randn(Hkv, 1024, hd), torch.randn(Hkv, 1024, hd)
+    qkv = torch.randn(1, (H + 2 * Hkv) * hd)
+    cos, sin = torch.randn(1, hd), torch.randn(1, hd)
+    for pos in (90, 500):
+        t = best(lambda: ext.attend(qkv, cos, sin, kc, vc, pos, H, Hkv), 200)
+        rows.append({"kernel": f"attend, 1 token at {pos} positions (per layer)", "ms": t * 1e3,
+                     "rate": f"{t * 1e6:.1f} us", "beside": ""})
+    assert all(isinstance(q, WeightOnlyLinear) for q in layers)
+    print_table(f"effml kernels, SmolLM2-135M shapes, 1 thread, CPU {torch.backends.cpu.get_cpu_capability()} "
+                f"({ext.a8_isa()}), load {os.getloadavg()[0]:.1f}", rows)
+    path = write_results("kernels", {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                                     "a8_isa": ext.a8_isa(), "loadavg": os.getloadavg(), "rows": rows})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
