@@ -49,10 +49,11 @@ def test_every_format_decodes_and_says_its_kernel(model, fmt):
             assert any("LM head" in n for n in notes)
     # effml's own kernels take fp32 activations; torch's int kernels want bf16
     native = fmt == "int8" and all(q.native() or q.a8() is not None for q in wol)
-    # effml's fp32-activation GEMV (where built) runs every decode row of fp32/bf16 weights and of int8 codes
-    # that gemv_a8 does not take (int4's 97-row int8 head)
-    uses_gemv = fmt in ("fp32", "bf16") or any(q.native() for q in wol)
-    assert any("effml native GEMV" in k for k in plan.kernels) == (gemv.load() is not None and uses_gemv)
+    # effml's fp32-activation kernels (where built) run every decode row: gemv_tiles for fp32/bf16 weights, the
+    # int8 GEMV for int8 codes that gemv_a8 does not take (int4's 97-row int8 head)
+    built = gemv.load() is not None
+    assert any("effml gemv_tiles" in k for k in plan.kernels) == (built and fmt in ("fp32", "bf16"))
+    assert any("effml native GEMV" in k for k in plan.kernels) == (built and any(q.native() for q in wol))
     # with effml's fused decode ops the step stays fp32 (bf16 weights are widened in the GEMV; int4 projections
     # convert their rows inside the call); without them, bf16 where the CPU has bf16 arithmetic
     fused = fastpath.available()

@@ -98,12 +98,14 @@ def to_format(model: Transformer, config: FormatConfig) -> list[str]:
 class PackedLinear(nn.Module):
     """An nn.Linear run by the fastest kernel here for the rows it gets.
 
-    Decode rows (up to effml.native.MAX_ROWS, fp32 activations): effml's own GEMV, which reads each fp32 or bf16
-    weight once at close to the memory bandwidth (1.8-2x MKL's and oneDNN's packed kernels on SmolLM2's shapes,
-    one thread, measured here). More rows (a prefill): the weight kept in the CPU library's blocked layout, packed
-    once: fp32 through MKL's packed sgemm (`torch.ops.mkl._mkl_linear`, what torch.compile's CPU freezing pass
-    calls) for tall matrices (out > in: fused QKV, gate/up, the 49152-row head; 1.2-2.6x F.linear), bf16 through
-    oneDNN (`torch.ops.mkldnn._linear_pointwise`), F.linear otherwise."""
+    Decode rows (up to effml.native.MAX_ROWS, fp32 activations): effml's `gemv_tiles` on a copy of the weight with
+    16 output rows interleaved, in memory advised for 2 MiB pages: one weight stream at close to the memory
+    bandwidth, and up to 8 activation rows per pass over it at ~1.1-1.4x the cost of one (a speculative
+    verification, a batch; see effml/native/tiles.cpp). The copy doubles the float projections' memory (the
+    row-major weight stays for the rows below). More rows (a prefill): the weight kept in the CPU library's
+    blocked layout, packed once: fp32 through MKL's packed sgemm (`torch.ops.mkl._mkl_linear`, what torch.compile's
+    CPU freezing pass calls) for tall matrices (out > in: fused QKV, gate/up, the 49152-row head; 1.2-2.6x F.linear),
+    bf16 through oneDNN (`torch.ops.mkldnn._linear_pointwise`), F.linear otherwise."""
 
     def __init__(self, lin: nn.Linear, kind: str, gemv=None):
         super().__init__()
@@ -113,13 +115,14 @@ class PackedLinear(nn.Module):
         packed = (torch.ops.mkl._mkl_reorder_linear_weight(w, 1) if kind == "mkl"
                   else torch.ops.mkldnn._reorder_linear_weight(w, 1) if kind == "mkldnn" else None)
         self.register_buffer("packed", packed, persistent=False)
-        self._gemv = gemv if w.is_contiguous() else None  # effml.native's module, or None
+        self._gemv = gemv  # effml.native's module, or None
+        self._tiles = None if gemv is None else gemv.pack_tiles(w)  # (ceil(out/16), in, 16), the weight's dtype
         self._bias32 = None if lin.bias is None else lin.bias.detach().float().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
         x2 = x.reshape(-1, self.in_features)  # (N, in)
         if self._gemv is not None and x2.shape[0] <= MAX_ROWS:
-            y = self._gemv.gemv(x2.float().contiguous(), self.weight.detach(), None, self._bias32)  # (N, out) fp32
+            y = self._gemv.gemv_tiles(x2.float().contiguous(), self._tiles, self.out_features, self._bias32)
         elif self.kind == "mkl":
             y = torch.ops.mkl._mkl_linear(x2, self.packed, self.weight, self.bias, 1)
         elif self.kind == "mkldnn":
@@ -133,9 +136,7 @@ class PackedLinear(nn.Module):
             self.kind, f"F.linear ({str(self.weight.dtype).removeprefix('torch.')})")
         if self._gemv is None:
             return big
-        from effml import native
-
-        return f"{native.status()} for <= {MAX_ROWS} rows; {big} above"
+        return f"effml gemv_tiles ({self._gemv.tiles_isa()}, fp32 activations) for <= {MAX_ROWS} rows; {big} above"
 
 
 def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:

@@ -13,8 +13,8 @@ The arithmetic is the same as the modules' (fp32), so the tokens agree with the 
 (tests/llm/test_fastpath.py checks the logits). Taken when `prepare` enabled it, the activations are fp32 and the
 projections fused, for: one sequence in a ContiguousCache, at most 16 new tokens (decode steps, speculative
 verification); the tokens of several sequences (a contiguous batch, a PagedCache, a VarlenPagedCache) when every
-projection is one of effml's kernels, up to ROWS_FLOAT rows on the float GEMV and any number on gemv_a8. The rest
-(a float model's prefill, bf16 activations) takes the generic path.
+projection is one of effml's kernels, up to ROWS_FLOAT rows on the float one (gemv_tiles) and any number on gemv_a8.
+The rest (a float model's prefill, bf16 activations) takes the generic path.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from effml.llm.kvcache import ContiguousCache
 
 MAX_TOKENS = 16
-ROWS_FLOAT = 4  # rows of several sequences the fp32/bf16 GEMV takes (see eligible_rows)
+ROWS_FLOAT = 8  # rows of several sequences the fp32/bf16 gemv_tiles takes (see eligible_rows)
 
 
 def available() -> bool:
@@ -44,9 +44,9 @@ def eligible(model, tokens: torch.Tensor, cache) -> bool:
 def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
     """Several sequences, or a chunked prefill, through the C++ block loop (`fast_rows`): a contiguous batch cache,
     a PagedCache or a VarlenPagedCache in fp32, every projection one of effml's kernels; more than ROWS_FLOAT rows
-    only when every projection is gemv_a8 (any row count at ~the cost of one: integer dot products). effml's
-    fp32/bf16 GEMV is for a few decode rows: 8 rows of fp32 cost 3.6x one there (SmolLM2's head, measured), worse
-    than MKL in the generic path for a batch of 8."""
+    only when every projection is gemv_a8 (any row count at ~the cost of one: integer dot products). gemv_tiles
+    takes 8 rows per pass over the weights at ~1.4x the cost of one (AVX-512; 4 per pass on AVX2); a longer float
+    prefill goes to MKL's packed sgemm in the generic path."""
     from effml.llm.kvcache import PagedCache
 
     if not (getattr(model, "fast_decode", False) and model._fast_layers is not None and cache is not None
@@ -119,9 +119,10 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
 
 
 def kernel_spec(m) -> tuple | None:
-    """A projection as effml.native.decode_layers_rows takes it: (0, w, scale, bias, 0) for effml's GEMV, (1, packed,
-    scales_and_zeros, None, group) for torch's int4 kernel, (2, packed, scale, zterm, group) / (3, packed, scale,
-    bias, in) for effml's int8-activation kernel on int4 / int8 codes; None for a layer only its module can run."""
+    """A projection as effml.native.decode_layers_rows takes it: (0, codes, scale, bias, 0) for effml's int8 GEMV,
+    (1, packed, scales_and_zeros, None, group) for torch's int4 kernel, (2, packed, scale, zterm, group) / (3, packed,
+    scale, bias, in) for effml's int8-activation kernel on int4 / int8 codes, (4, tiles, None, bias, out) for
+    gemv_tiles on fp32/bf16 weights; None for a layer only its module can run."""
     from effml.compress.weight_only import WeightOnlyLinear
     from effml.llm.engine import PackedLinear
 
@@ -134,7 +135,7 @@ def kernel_spec(m) -> tuple | None:
         (codes, _), (_, s32) = m._prepare(), m._gemv
         return (0, codes, s32, None if m.bias is None else m.bias.detach().float().contiguous(), 0)
     if isinstance(m, PackedLinear) and m._gemv is not None:
-        return (0, m.weight.detach(), None, m._bias32, 0)
+        return (4, m._tiles, None, m._bias32, m.out_features)
     if isinstance(m, WeightOnlyLinear) and m.bits == 4 and m.kernel in ("packed", "torch") and m.bias is None \
             and m.act_dtype == torch.bfloat16:
         w, sz = m._prepare()
@@ -153,6 +154,8 @@ def direct(m, ext):
     kind, w, scale, bias, group = spec
     if kind == 0:
         return lambda x: ext.gemv(x, w, scale, bias)
+    if kind == 4:
+        return lambda x: ext.gemv_tiles(x, w, group, bias)
     if kind in (2, 3):
         bits, zterm, b = (4, bias, None) if kind == 2 else (8, None, bias)
         return lambda x: ext.gemv_a8(x, w, scale, zterm, bits, group, b)

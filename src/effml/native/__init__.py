@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(n) for n in ("gemv.cpp", "decode.cpp", "a8.cpp"))
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("gemv.cpp", "decode.cpp", "a8.cpp", "tiles.cpp"))
 MAX_ROWS = 16  # activation rows the GEMV handles; more rows (prefill) go to torch's blocked kernels
 _status = "not loaded yet"
 

@@ -230,6 +230,8 @@ torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w, const c10::op
 torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
                       const c10::optional<torch::Tensor>& zterm, int64_t bits, int64_t group,
                       const c10::optional<torch::Tensor>& bias);
+torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,
+                         const c10::optional<torch::Tensor>& bias);
 
 using Proj = std::tuple<int64_t, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t>;
 
@@ -261,7 +263,8 @@ torch::Tensor project(const Proj& p, const torch::Tensor& x) {
   if (kind == 0) return gemv(x, std::get<1>(p), std::get<2>(p), std::get<3>(p));
   if (kind == 2) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), std::get<3>(p), 4, std::get<4>(p), c10::nullopt);
   if (kind == 3) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), c10::nullopt, 8, std::get<4>(p), std::get<3>(p));
-  TORCH_CHECK(kind == 1 && std::get<2>(p).has_value(), "decode_layers_rows: projection kind must be 0, 1, 2 or 3");
+  if (kind == 4) return gemv_tiles(x, std::get<1>(p), std::get<4>(p), std::get<3>(p));
+  TORCH_CHECK(kind == 1 && std::get<2>(p).has_value(), "decode_layers_rows: projection kind must be 0 to 4");
   const auto y = at::_weight_int4pack_mm_for_cpu(to_bf16(x), std::get<1>(p), std::get<4>(p), *std::get<2>(p));
   TORCH_CHECK(y.scalar_type() == torch::kBFloat16 && y.is_contiguous(), "decode_layers_rows: int4 kernel output");
   return to_fp32(y);

@@ -192,6 +192,12 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
                       const c10::optional<torch::Tensor>& zterm, int64_t bits, int64_t group,
                       const c10::optional<torch::Tensor>& bias);
 
+torch::Tensor huge(const torch::Tensor& t);
+torch::Tensor pack_tiles(const torch::Tensor& w);
+torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,
+                         const c10::optional<torch::Tensor>& bias);
+std::string tiles_isa();
+
 torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                           torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
                           const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv);
@@ -207,6 +213,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("a8_isa", &a8_isa, "gemv_a8's vector ISA: 'AVX-512 VNNI', 'AVX2', or '' (a scalar reference loop)");
   m.def("pack_a8", &pack_a8, "int4 / int8 codes (N, K) into gemv_a8's 16-row interleaved layout (a8.cpp)");
   m.def("gemv_a8", &gemv_a8, "int4/int8 codes x int8-rounded activations (per 32), any number of rows (a8.cpp)");
+  m.def("huge", &huge, "a contiguous copy in memory advised for 2 MiB pages (tiles.cpp)");
+  m.def("pack_tiles", &pack_tiles, "fp32/bf16 (N, K) into gemv_tiles' 16-row interleaved (ceil(N/16), K, 16) (tiles.cpp)");
+  m.def("gemv_tiles", &gemv_tiles, "y = x @ w.T + bias from pack_tiles' layout, any number of rows (tiles.cpp)");
+  m.def("tiles_isa", &tiles_isa, "gemv_tiles' vector ISA (tiles.cpp)");
   m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * w over the last dimension (decode.cpp)");
   m.def("attend", &attend, "RoPE q/k, write k/v into the layer's cache, causal GQA attention (decode.cpp)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up output (decode.cpp)");

@@ -1,0 +1,187 @@
+// effml's float GEMV for a few rows at once (a speculative verification, a batch of decode rows), and the memory
+// its weights live in.
+//
+//   tiles = pack_tiles(w)            w (N, K) fp32 or bf16 -> (ceil(N/16), K, 16), 16 output rows interleaved
+//   y = gemv_tiles(x, tiles, N, bias?)  x (M, K) fp32, any M: y (M, N) = x @ w.T + bias
+//   h = huge(t)                      a contiguous copy of t in memory the kernel asks to back with 2 MiB pages
+//
+// Why a second layout beside gemv.cpp's row-major one: with rows of w, each output is a dot product, and R
+// activation rows mean R loads per weight vector (8 rows of SmolLM2's fp32 head cost 3.4x one row, measured). With
+// 16 outputs interleaved, one vector of w holds 16 outputs' weights for one k, and each activation row contributes
+// one broadcast scalar: up to 8 rows x 2 tiles = 16 accumulators in registers, 2 weight loads + 8 broadcasts per
+// 32 multiply-adds, a single sequential weight stream, no horizontal sums. On AMD Zen 4 (1 thread, huge pages)
+// 5 rows then cost 1.1-1.5x one row on SmolLM2's shapes instead of 1.5-3.4x.
+//
+// huge(): with 4 KiB pages a decode step's weight stream takes a TLB miss and restarts the hardware prefetcher every
+// 4 KiB; with transparent huge pages (Linux `madvise` mode, the default on many distributions) one 2 MiB page holds
+// the stream. Measured on the same machine: one fp32 row of the head at 33 GB/s instead of 24. The pages are a hint
+// (`madvise(MADV_HUGEPAGE)`); where the kernel gives ordinary pages the numbers are the same as a torch tensor's.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <algorithm>
+#include <array>
+#include <utility>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
+namespace {
+
+constexpr int TILE = 16;
+constexpr size_t HUGE_PAGE = size_t{2} << 20;
+
+#if defined(__AVX512F__)
+constexpr int LANES = 16, R_MAX = 8, NT = 2;  // 16 accumulators of the 32 zmm registers
+using vec = __m512;
+inline vec vzero() { return _mm512_setzero_ps(); }
+inline vec vset1(float a) { return _mm512_set1_ps(a); }
+inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline vec vload(const float* p) { return _mm512_load_ps(p); }
+inline vec vload(const uint16_t* p) {  // 16 bf16 -> 16 fp32 (the bf16 bits are the fp32's upper half)
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline void vstore(float* p, vec a) { _mm512_storeu_ps(p, a); }
+const char* kIsa = "AVX-512";
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int LANES = 8, R_MAX = 4, NT = 1;  // 8 accumulators + 2 weights + 1 broadcast of the 16 ymm registers
+using vec = __m256;
+inline vec vzero() { return _mm256_setzero_ps(); }
+inline vec vset1(float a) { return _mm256_set1_ps(a); }
+inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline vec vload(const float* p) { return _mm256_load_ps(p); }
+inline vec vload(const uint16_t* p) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+inline void vstore(float* p, vec a) { _mm256_storeu_ps(p, a); }
+const char* kIsa = "AVX2";
+#else
+constexpr int LANES = 1, R_MAX = 4, NT = 1;
+using vec = float;
+inline vec vzero() { return 0.f; }
+inline vec vset1(float a) { return a; }
+inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
+inline vec vload(const float* p) { return *p; }
+inline vec vload(const uint16_t* p) {
+  const uint32_t u = static_cast<uint32_t>(*p) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline void vstore(float* p, vec a) { *p = a; }
+const char* kIsa = "scalar";
+#endif
+constexpr int V = TILE / LANES;  // vectors per tile row
+
+// Tiles t0 .. t0+T-1 (T <= NT) for R activation rows. Outputs past N (the last tile's zero padding) are not written.
+template <typename W, int R, int T>
+void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, int64_t N, int64_t t0) {
+  vec acc[T * V][R];
+  for (int j = 0; j < T * V; ++j)
+    for (int r = 0; r < R; ++r) acc[j][r] = vzero();
+  const W* wt = w + t0 * K * TILE;
+  for (int64_t k = 0; k < K; ++k) {
+    vec wv[T * V];
+    for (int t = 0; t < T; ++t)
+      for (int v = 0; v < V; ++v) wv[t * V + v] = vload(wt + (t * K + k) * TILE + v * LANES);
+    for (int r = 0; r < R; ++r) {
+      const vec xb = vset1(x[r * K + k]);
+      for (int j = 0; j < T * V; ++j) acc[j][r] = vfma(xb, wv[j], acc[j][r]);
+    }
+  }
+  alignas(64) float out[TILE];
+  for (int t = 0; t < T; ++t) {
+    const int64_t n0 = (t0 + t) * TILE, n = std::min<int64_t>(TILE, N - n0);
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < V; ++v) vstore(out + v * LANES, acc[t * V + v][r]);
+      float* yr = y + r * N + n0;
+      for (int64_t i = 0; i < n; ++i) yr[i] = out[i] + (bias ? bias[n0 + i] : 0.f);
+    }
+  }
+}
+
+template <typename W>
+using PassFn = void (*)(const float*, int64_t, const W*, const float*, float*, int64_t, int64_t);
+
+template <typename W, int T, int... R>
+constexpr auto table(std::integer_sequence<int, R...>) {
+  return std::array<PassFn<W>, sizeof...(R)>{pass<W, R + 1, T>...};
+}
+
+template <typename W>
+void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, float* y, int64_t N) {
+  static constexpr auto wide = table<W, NT>(std::make_integer_sequence<int, R_MAX>{});
+  static constexpr auto one = table<W, 1>(std::make_integer_sequence<int, R_MAX>{});
+  const int64_t tiles = (N + TILE - 1) / TILE, groups = (tiles + NT - 1) / NT;
+  at::parallel_for(0, groups, 4, [&](int64_t g0, int64_t g1) {
+    for (int64_t m = 0; m < M; m += R_MAX) {
+      const int64_t r = std::min<int64_t>(R_MAX, M - m);
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t t0 = g * NT;
+        if (t0 + NT <= tiles)
+          wide[r - 1](x + m * K, K, w, bias, y + m * N, N, t0);
+        else
+          for (int64_t t = t0; t < tiles; ++t) one[r - 1](x + m * K, K, w, bias, y + m * N, N, t);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor huge(const torch::Tensor& t) {
+  const auto c = t.contiguous();
+  const size_t bytes = c.nbytes();
+  if (bytes < HUGE_PAGE) return c.clone();
+  const size_t cap = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+  void* p = std::aligned_alloc(HUGE_PAGE, cap);
+  TORCH_CHECK(p != nullptr, "huge: could not allocate ", cap, " bytes");
+#ifdef __linux__
+  madvise(p, cap, MADV_HUGEPAGE);  // before the first touch: the pages are faulted in as 2 MiB ones where THP allows
+#endif
+  std::memcpy(p, c.data_ptr(), bytes);
+  return torch::from_blob(p, c.sizes(), [](void* q) { std::free(q); }, c.options());
+}
+
+torch::Tensor pack_tiles(const torch::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && (w.scalar_type() == torch::kFloat || w.scalar_type() == torch::kBFloat16),
+              "pack_tiles: w must be an fp32 or bf16 (N, K) tensor");
+  const int64_t N = w.size(0), K = w.size(1), T = (N + TILE - 1) / TILE;
+  auto p = torch::zeros({T * TILE, K}, w.options().device(torch::kCPU));
+  p.narrow(0, 0, N).copy_(w);
+  return huge(p.view({T, TILE, K}).transpose(1, 2));  // (T, K, 16)
+}
+
+torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,
+                         const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(),
+              "gemv_tiles: x must be a contiguous fp32 (M, K) tensor");
+  const auto wt = tiles.scalar_type();
+  TORCH_CHECK(tiles.dim() == 3 && tiles.size(2) == TILE && tiles.is_contiguous() &&
+                  (wt == torch::kFloat || wt == torch::kBFloat16),
+              "gemv_tiles: tiles must be pack_tiles' contiguous (ceil(N/16), K, 16) fp32 or bf16 tensor");
+  TORCH_CHECK(tiles.size(1) == x.size(1), "gemv_tiles: x has ", x.size(1), " columns, the tiles K = ", tiles.size(1));
+  TORCH_CHECK(N > (tiles.size(0) - 1) * TILE && N <= tiles.size(0) * TILE,
+              "gemv_tiles: N = ", N, " does not match ", tiles.size(0), " tiles of 16 rows");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(tiles.data_ptr()) % 64 == 0, "gemv_tiles: tiles must be 64-byte aligned");
+  const float* bp = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat && bias->is_contiguous() && bias->numel() == N,
+                "gemv_tiles: bias must be a contiguous fp32 tensor of N = ", N, " entries");
+    bp = bias->data_ptr<float>();
+  }
+  const int64_t M = x.size(0), K = x.size(1);
+  auto y = torch::empty({M, N}, x.options());
+  if (wt == torch::kFloat)
+    run(x.data_ptr<float>(), M, K, tiles.data_ptr<float>(), bp, y.data_ptr<float>(), N);
+  else
+    run(x.data_ptr<float>(), M, K, reinterpret_cast<const uint16_t*>(tiles.data_ptr()), bp, y.data_ptr<float>(), N);
+  return y;
+}
+
+std::string tiles_isa() { return kIsa; }
