@@ -33,6 +33,11 @@ def test_generate_speculative_matches_plain_greedy(capsys):
     sub = run_json(capsys, "generate", "--model", "tiny", "--prompt", "abc", "--max-new-tokens", "20", "--ignore-eos",
                    "--speculative", "layers:0", "--gamma", "3")
     assert sub["result"]["tokens"] == plain["result"]["tokens"]
+    both = run_json(capsys, "generate", "--model", "tiny", "--prompt", "abcabcab", "--max-new-tokens", "20",
+                    "--ignore-eos", "--speculative", "lookup+tiny-draft", "--gamma", "3")
+    ref = run_json(capsys, "generate", "--model", "tiny", "--prompt", "abcabcab", "--max-new-tokens", "20",
+                   "--ignore-eos")
+    assert both["result"]["tokens"] == ref["result"]["tokens"] and both["result"]["lookup_rounds"] >= 1
 
 
 def test_generate_kernel_choice_names_the_kernel(capsys):
@@ -79,6 +84,8 @@ def test_generate_bad_input(capsys, monkeypatch):
         "tiny-v50", build(ModelArgs.preset("tiny", vocab_size=50)), CharTokenizer.ascii())})
     msg = _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "hi", "--speculative", "tiny-v50"])
     assert "draft vocabulary (50 tokens) differs from the target's (97)" in msg
+    assert "lookup[:N]+DRAFT" in _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "hi",
+                                                          "--speculative", "lookup+lookup"])
 
 
 def test_serve_bench_json_both(capsys):

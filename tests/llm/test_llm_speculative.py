@@ -203,3 +203,41 @@ def test_prompt_lookup_sampling_matches_the_targets_distribution():
     assert _chi2(spec, law) > 0.01
     assert _chi2([[2, 1]] * n, law) < 1e-6
 
+
+
+def test_lookup_first_uses_both_proposers_and_keeps_greedy_identical(target, drafts):
+    from effml.llm.speculative import LookupFirst
+
+    both = LookupFirst(drafts["independent"])
+    used = {"lookup": 0, "model": 0}
+    for prompt in ([5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [3, 1, 4, 1, 5, 9, 2, 6], [11, 12, 13, 11, 12]):
+        ref = generate(target, prompt, GenerateConfig(max_new_tokens=24)).tokens
+        for gamma in (2, "auto"):
+            res = speculative_generate(target, both, prompt, SpecConfig(gamma=gamma, max_new_tokens=24))
+            assert res.tokens == ref, (prompt, gamma)
+            used["lookup"] += res.lookup_rounds
+            used["model"] += res.draft_calls
+    assert used["lookup"] > 0 and used["model"] > 0  # both kinds of round ran (else this tests one of them only)
+
+
+def test_lookup_first_sampling_matches_the_targets_distribution():
+    from effml.llm.speculative import LookupFirst
+
+    target = build(ModelArgs.preset("tiny", vocab_size=V), seed=0, std=0.15)
+    draft = build(ModelArgs.preset("tiny", vocab_size=V, n_layers=1), seed=5, std=0.15)
+    prompt, temp, n = [1, 4, 2, 1, 4], 1.0, 400  # round 1: lookup proposes "2 1"; after a rejection, often the model
+    law = _exact_two_token_law(target, prompt, temp)
+    law = law / law.sum()
+    runs = [speculative_generate(target, LookupFirst(draft), prompt, SpecConfig(gamma=2, max_new_tokens=2,
+                                                                                temperature=temp, seed=s))
+            for s in range(n)]
+    assert sum(r.draft_calls > 0 for r in runs) > 20 and all(r.lookup_rounds >= 1 for r in runs)
+    # a correct sampler gives p > 0.01 with probability 0.99 (see the two tests above)
+    assert _chi2([r.tokens for r in runs], law) > 0.01
+
+
+def test_lookup_first_needs_a_model(target):
+    from effml.llm.speculative import LookupFirst, PromptLookup
+
+    with pytest.raises(ConfigError, match="LookupFirst's draft model"):
+        LookupFirst(PromptLookup())

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--speculative", metavar="DRAFT",
                    help="draft: lookup (prompt lookup, no model: for answers that copy the prompt), self-int4 "
                         "(the target in int4), smollm2-135m-draft (distilled here; built once), layers:0,1,29 "
-                        "(a layer subset of the target), or a model name")
+                        "(a layer subset of the target), a model name, or lookup+DRAFT (prompt lookup where the answer "
+                        "repeats the text, DRAFT elsewhere: e.g. lookup+self-int4)")
     p.add_argument("--gamma", default=None, help="with --speculative: draft tokens per target call, or 'auto' "
                                                   "(default 4)")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
@@ -123,8 +124,9 @@ def _run(args, device: str, stack) -> int:
 
     stack.enter_context(running_on(lm.model, device))  # a GPU: the model, KV cache and token ids there
     plan = prepare(lm.model)
-    if draft is not None and draft is not lm.model and hasattr(draft, "layers"):  # a model draft, not lookup
-        prepare(draft)
+    draft_model = getattr(draft, "model", draft)  # a LookupFirst's model draft
+    if draft_model is not None and draft_model is not lm.model and hasattr(draft_model, "layers"):  # not lookup
+        prepare(draft_model)
     if not args.json:
         for n in notes + plan.notes:
             err.print(f"note: {n}", style="dim", highlight=False)

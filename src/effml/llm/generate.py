@@ -160,6 +160,7 @@ class GenerateResult:
     time_s: float
     ttft_s: float  # prefill + first token
     stopped: str  # "stop_token" or "length"
+    prefill_s: float = 0.0  # the prompt's pass (all but its last token, which the first decode step feeds)
     step_times_s: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -184,6 +185,7 @@ def generate(model: Transformer, prompt: list[int], config: GenerateConfig = Gen
     t0 = time.perf_counter()
     if len(prompt) > 1:  # the prefill: all but the last token. The last is fed alone, as every later token is, so
         session.feed(prompt[:-1], last=1)  # the numbers match speculative decoding's target, which feeds it with
+    prefill = time.perf_counter() - t0
     logits = session.feed(prompt[-1:], last=1)[-1]  # its first proposal through the same decode path (V,)
     ttft = None
     stopped = "length"
@@ -200,4 +202,4 @@ def generate(model: Transformer, prompt: list[int], config: GenerateConfig = Gen
         if len(out) == config.max_new_tokens:
             break
         logits = session.feed([tok], last=1)[-1]  # (V,)
-    return GenerateResult(len(prompt), out, config.kv, time.perf_counter() - t0, ttft, stopped, times)
+    return GenerateResult(len(prompt), out, config.kv, time.perf_counter() - t0, ttft, stopped, prefill, times)

@@ -77,7 +77,18 @@ def _distilled(target: LoadedModel, progress=None):
 
 def load_draft(name: str, target: LoadedModel, progress=None):
     """A draft for `target`: a registered draft, `layers:i,j,..` (a layer subset), `lookup[:N]` (prompt lookup
-    with n-grams up to N, default 3), `self-int4` / `self-int8` (a quantized copy of the target), or a model name."""
+    with n-grams up to N, default 3), `self-int4` / `self-int8` (a quantized copy of the target), a model name, or
+    `lookup[:N]+DRAFT` (prompt lookup where the text repeats itself, DRAFT elsewhere: a LookupFirst)."""
+    if "+" in name:
+        from effml.llm.speculative import LookupFirst
+
+        first, _, rest = name.partition("+")
+        lookup = load_draft(first, target, progress) if first == "lookup" or first.startswith("lookup:") else None
+        model = load_draft(rest, target, progress) if rest and "+" not in rest else None
+        if lookup is None or model is None or not hasattr(model, "layers"):
+            raise ConfigError(f"draft {name!r}: expected lookup[:N]+DRAFT with DRAFT a model draft (e.g. "
+                              f"lookup+self-int4)")
+        return LookupFirst(model, lookup)
     if name == "lookup" or name.startswith("lookup:"):
         from effml.llm.speculative import PromptLookup
 
@@ -107,4 +118,4 @@ def load_draft(name: str, target: LoadedModel, progress=None):
     if name in MODELS:
         return load_model(name).model
     raise ConfigError(f"unknown draft {name!r}; expected one of {', '.join([*DRAFTS, *MODELS])}, lookup[:N], "
-                      f"self-int4, self-int8 or layers:i,j,..")
+                      f"self-int4, self-int8, layers:i,j,.. or lookup[:N]+DRAFT")

@@ -126,6 +126,8 @@ class SpecResult:
     verify_calls: int = 0  # passes that checked >= 1 draft token
     verify_time_s: float = 0.0
     step_s: float = 0.0  # median one-token target pass, when the run made any (auto); 0: not measured
+    lookup_rounds: int = 0  # rounds proposed by prompt lookup (PromptLookup, LookupFirst)
+    prefill_s: float = 0.0  # the prompt's pass through the target and the draft model (all but the last token)
     gamma_history: list[int] = field(default_factory=list, repr=False)
 
     @property
@@ -191,6 +193,20 @@ class PromptLookup:
         return []
 
 
+class LookupFirst:
+    """Prompt lookup where the text repeats what came before, a draft model everywhere else: each round proposes
+    the lookup's tokens when the last n-gram occurred earlier (free, point-mass law) and asks `model` otherwise.
+    Which one proposes depends only on the committed tokens, so each round's acceptance test is the usual one for
+    its proposal law and the output law stays the target's. For answers that mix copying and writing (editing,
+    grounded answers): copied spans cost no draft steps, the rest gets a model draft's higher α."""
+
+    def __init__(self, model: Transformer, lookup: PromptLookup | None = None):
+        if not isinstance(model, Transformer):
+            raise ConfigError(f"LookupFirst's draft model must be an effml.llm.model.Transformer, not "
+                              f"{type(model).__name__}")
+        self.model, self.lookup = model, lookup or PromptLookup()
+
+
 def check_pair(target: Transformer, draft: Transformer) -> None:
     """A draft must score the same vocabulary as the target (same ids, same size)."""
     vt, vd = target.args.vocab_size, draft.args.vocab_size
@@ -234,12 +250,16 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
                          on_token: Callable[[int], None] | None = None) -> SpecResult:
     prompt = [int(t) for t in prompt]
     check_request(target, prompt, config.max_new_tokens)
-    lookup = isinstance(draft, PromptLookup)
-    if not lookup and not isinstance(draft, Transformer):
-        raise ConfigError(f"the draft must be an effml.llm.model.Transformer or a PromptLookup, not "
+    if isinstance(draft, LookupFirst):
+        lookup, model = draft.lookup, draft.model
+    elif isinstance(draft, (PromptLookup, Transformer)):
+        lookup = draft if isinstance(draft, PromptLookup) else None
+        model = draft if isinstance(draft, Transformer) else None
+    else:
+        raise ConfigError(f"the draft must be an effml.llm.model.Transformer, a PromptLookup or a LookupFirst, not "
                           f"{type(draft).__name__}")
-    if not lookup:
-        check_pair(target, draft)
+    if model is not None:
+        check_pair(target, model)
     greedy = config.temperature == 0
     gen = torch.Generator().manual_seed(config.seed)
     auto = config.gamma == "auto"
@@ -247,12 +267,13 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     gamma = config.gamma if not auto else warmup[0]
     span = len(prompt) + config.max_new_tokens + config.max_gamma + 1
     ts = new_session(config.kv, target, span)
-    ds = None if lookup else new_session(config.kv, draft, span)
+    ds = None if model is None else new_session(config.kv, model, span)
     costs = CallCosts()
     tcall, dcall = _Timed(costs), _Timed()
     dist = (lambda lg: lg) if greedy else (lambda lg: next_probs(lg, config.temperature, config.top_k))
     seq, out = list(prompt), []
-    accepted = tested = proposed = verify_calls = 0
+    accepted = tested = proposed = verify_calls = lookup_rounds = 0
+    by_kind = {"lookup": [0, 0], "model": [0, 0]}  # accepted, tested per proposer (auto picks γ for each)
     verify_time = 0.0
     history = []
     t0 = time.perf_counter()
@@ -260,25 +281,34 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         ts.feed(prompt[:-1], last=1)
         if ds is not None:
             ds.feed(prompt[:-1], last=1)
+    prefill = time.perf_counter() - t0
+
+    def pick(kind: str) -> int:  # auto: warm-up γs first, then the best γ for this proposer's α and cost
+        if not auto:
+            return config.gamma
+        if len(history) < len(warmup):
+            return warmup[len(history)]
+        acc, n = by_kind[kind]
+        if not n:  # no proposal of this kind checked yet (lookup found no match in the warm-up): try the longest
+            return max(warmup)
+        c = (dcall.time / dcall.calls) / costs.t(1) if kind == "model" and dcall.calls else 0.0
+        return best_gamma(min(acc / n, 0.999), c, config.max_gamma, costs.v, min_gamma=0)
+
     while len(out) < config.max_new_tokens:
-        if auto:  # warm-up γs first, then the best γ for the running α, draft step and target t(T)
-            if len(history) < len(warmup):
-                gamma = warmup[len(history)]
-            else:
-                t1 = costs.t(1)
-                c = (dcall.time / dcall.calls) / t1 if dcall.calls else 0.0
-                alpha = min(accepted / tested, 0.999) if tested else 0.0
-                gamma = best_gamma(alpha, c, config.max_gamma, costs.v, min_gamma=0)
-        else:
-            gamma = config.gamma  # (a lookup round may have proposed fewer)
-        history.append(gamma)
         base = len(seq)  # tokens committed
-        drafts, qs = [], []
-        if lookup:  # up to γ copied tokens (none when nothing matches: a plain step), point-mass law
-            drafts = draft.propose(seq, gamma)
+        drafts, qs, kind = [], [], "model"
+        if lookup is not None:  # up to γ copied tokens, point-mass law; none when nothing matches
+            g = pick("lookup")
+            drafts = lookup.propose(seq, g) if g else []
             qs = [None] * len(drafts)
-            gamma = len(drafts)
-        for _ in range(0 if lookup else gamma):  # draft γ tokens, one call each (the first catches the draft up)
+            kind = "lookup"
+        gamma = len(drafts)
+        if not drafts and model is not None:
+            kind, gamma = "model", pick("model")
+        elif drafts:
+            lookup_rounds += 1
+        history.append(gamma)
+        for _ in range(gamma if kind == "model" else 0):  # draft γ tokens, one call each (the first catches up)
             lg = dcall(ds, seq[ds.length:] if not drafts else drafts[-1:], last=1)[-1]
             q = dist(lg)
             x = int(q.argmax()) if greedy else int(torch.multinomial(q, 1, generator=gen))
@@ -300,6 +330,8 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
                 break
             n += 1
         accepted += n
+        by_kind[kind][0] += n
+        by_kind[kind][1] += min(n + 1, gamma)
         if nxt is None:  # all γ accepted: the target's next token comes free
             nxt = int(ps[gamma].argmax()) if greedy else int(torch.multinomial(ps[gamma], 1, generator=gen))
         new = drafts[:n] + [nxt]
@@ -321,4 +353,5 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
             break
     step = statistics.median(costs.by_tokens[1]) if 0 in history and 1 in costs.by_tokens else 0.0
     return SpecResult(len(prompt), out, gamma, accepted, tested, proposed, tcall.calls, dcall.calls,
-                      dcall.time, tcall.time, time.perf_counter() - t0, verify_calls, verify_time, step, history)
+                      dcall.time, tcall.time, time.perf_counter() - t0, verify_calls, verify_time, step, lookup_rounds,
+                      prefill, history)
