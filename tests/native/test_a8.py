@@ -105,3 +105,19 @@ def test_weight_only_linear_a8_kernel(bits):
     else:  # no vector ISA for it: the exact kernels run, and the layer says which
         assert q.a8() is None and "gemv_a8" not in q.kernel_used()
         assert torch.allclose(y, ref, atol=1e-2)
+
+
+def test_prefetch_distance_changes_no_result():
+    """The software prefetch distance is a speed knob only (a hint to the CPU): every distance, including none,
+    gives the same bits, and the setter reports the distance in force."""
+    packed, sp, zp, group, _ = layer(64, 256, 4, 32, seed=11)
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(2))
+    before = ext.a8_prefetch(-1)
+    try:
+        ref = ext.gemv_a8(x, packed, sp, zp, 4, group, None)
+        for d in (0, 64, 8192):
+            assert ext.a8_prefetch(d) == d
+            assert torch.equal(ext.gemv_a8(x, packed, sp, zp, 4, group, None), ref)
+    finally:
+        ext.a8_prefetch(before)
+    assert ext.a8_prefetch(-1) == before

@@ -30,7 +30,7 @@
 namespace {
 
 constexpr int TILE = 16, BLOCK = 32;
-constexpr int PREFETCH = 2048;  // bytes ahead of the weight stream: keeps more DRAM reads in flight for one core
+int PREFETCH = 4096;  // bytes ahead of the weight stream: keeps more DRAM reads in flight for one core
 
 struct Act {  // one activation row rounded to int8 per block of 32
   std::vector<int8_t> q;
@@ -261,6 +261,11 @@ void tile_rows(int R, const uint8_t* wt, const float* sc, const float* zt, int64
 }  // namespace
 
 std::string a8_isa() { return kIsa; }
+
+int64_t a8_prefetch(int64_t bytes) {  // the prefetch distance (bytes >= 0 sets it); returns the one in force
+  if (bytes >= 0) PREFETCH = static_cast<int>(bytes);
+  return PREFETCH;
+}
 
 torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits) {
   TORCH_CHECK(bits == 4 || bits == 8, "pack_a8: bits must be 4 or 8");

@@ -1,0 +1,71 @@
+"""effml.native's gemv_tiles (fp32 / bf16 weights, 16 output rows interleaved) and huge() (tiles.cpp).
+
+Reference: the product in fp64 of the same (bf16-widened) weights. gemv_tiles sums in fp32 in k order, so it may
+differ by fp32 rounding only: |error| <= K * 2^-23 * sum_k |x_k w_k| (a loose a-priori bound for a length-K
+recursive sum; the observed error is far below it). Shapes cover an N that is not a multiple of 16 (the last
+tile's zero padding must never reach the output), several passes of rows (8 per pass on AVX-512, 4 on AVX2),
+and a bias.
+"""
+
+import pytest
+import torch
+
+from effml import native
+
+ext = native.load()
+pytestmark = pytest.mark.skipif(ext is None, reason=f"no native kernels here: {native.status()}")
+
+
+def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> None:
+    N, K = w.shape
+    y = ext.gemv_tiles(x, ext.pack_tiles(w), N, bias)
+    ref = x.double() @ w.double().T + (0 if bias is None else bias.double())
+    bound = K * 2.0 ** -23 * (x.double().abs() @ w.double().abs().T) + 1e-30
+    assert y.shape == (x.shape[0], N) and y.dtype == torch.float32
+    assert ((y.double() - ref).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("N,K,M", [(16, 32, 1), (37, 40, 3), (960, 576, 5), (100, 96, 8), (50, 64, 17)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemv_tiles_matches_the_product(N, K, M, dtype):
+    g = torch.Generator().manual_seed(N * 1000 + K + M)
+    w = torch.randn(N, K, generator=g).to(dtype)
+    x = torch.randn(M, K, generator=g)
+    _check(x, w, None)
+    _check(x, w, torch.randn(N, generator=g))
+
+
+def test_pack_tiles_layout_and_padding():
+    w = torch.arange(20 * 3, dtype=torch.float32).reshape(20, 3)  # N = 20: two tiles, the second with 12 zero rows
+    t = ext.pack_tiles(w)
+    assert t.shape == (2, 3, 16)
+    assert torch.equal(t[0, 2], w[:16, 2]) and torch.equal(t[1, 1, :4], w[16:, 1])  # tile[t][k][j] = w[16t + j][k]
+    assert not t[1, :, 4:].any()
+
+
+def test_rows_are_independent():
+    """A row's result does not depend on the rows computed beside it (same pass or not): bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    w, x = torch.randn(96, 64, generator=g), torch.randn(11, 64, generator=g)
+    t = ext.pack_tiles(w)
+    together = ext.gemv_tiles(x, t, 96, None)
+    for m in range(11):
+        assert torch.equal(ext.gemv_tiles(x[m:m + 1].contiguous(), t, 96, None)[0], together[m])
+
+
+def test_huge_is_an_equal_copy():
+    for t in (torch.randn(3, 5), torch.randn(700_000), torch.arange(600_000, dtype=torch.int32).reshape(600, 1000)):
+        h = ext.huge(t)
+        assert torch.equal(h, t) and h.is_contiguous() and h.data_ptr() != t.data_ptr()
+
+
+def test_bad_arguments_are_named():
+    t = ext.pack_tiles(torch.randn(20, 8))
+    with pytest.raises(RuntimeError, match="x has 9 columns, the tiles K = 8"):
+        ext.gemv_tiles(torch.randn(2, 9), t, 20, None)
+    with pytest.raises(RuntimeError, match="N = 40 does not match 2 tiles"):
+        ext.gemv_tiles(torch.randn(2, 8), t, 40, None)
+    with pytest.raises(RuntimeError, match="bias must be a contiguous fp32 tensor of N = 20"):
+        ext.gemv_tiles(torch.randn(2, 8), t, 20, torch.randn(19))
+    with pytest.raises(RuntimeError, match="fp32 or bf16"):
+        ext.pack_tiles(torch.ones(4, 4, dtype=torch.int8))
