@@ -58,3 +58,16 @@ def test_bad_requests(model):
         GenerateConfig(kv="ring")
     with pytest.raises(ConfigError, match="max_new_tokens"):
         GenerateConfig(max_new_tokens=0)
+
+
+def test_timings_are_ordered(model):
+    """prefill_s (the prompt's pass) <= ttft_s (prefill + first token) <= time_s; a one-token prompt has no prompt
+    pass (its token is fed by the first decode step); speculative decoding reports its prompt pass the same way."""
+    from effml.llm.speculative import SpecConfig, speculative_generate
+
+    r = generate(model, list(range(1, 30)), GenerateConfig(max_new_tokens=8))
+    assert 0 < r.prefill_s <= r.ttft_s <= r.time_s
+    assert r.step_times_s[0] == r.ttft_s and r.step_times_s == sorted(r.step_times_s)
+    assert generate(model, [5], GenerateConfig(max_new_tokens=4)).prefill_s < r.prefill_s
+    s = speculative_generate(model, model, list(range(1, 30)), SpecConfig(gamma=2, max_new_tokens=8))
+    assert 0 < s.prefill_s < s.time_s and s.target_time_s + s.draft_time_s <= s.time_s - s.prefill_s + 1e-6
