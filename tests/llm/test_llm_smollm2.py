@@ -83,6 +83,31 @@ def test_speculative_greedy_identity_with_a_quantized_target_on_the_engines_kern
                 == ref
 
 
+def test_fp32_engine_target_with_an_int4_self_draft_keeps_greedy_identity(smol):
+    """The fp32 target's verification of 5 and 8 tokens runs gemv_tiles with several rows per pass, its plain step
+    one row: each row's sums are the same instructions in the same order (tests/native/test_tiles.py checks the
+    bits), so the greedy tokens must equal generate's; LookupFirst mixes lookup and int4-draft rounds."""
+    import copy
+
+    from effml.llm.engine import FormatConfig, prepare, to_format
+    from effml.llm.prompts import grounded_prompts
+    from effml.llm.speculative import LookupFirst
+
+    model, tok = smol
+    target, draft = copy.deepcopy(model), copy.deepcopy(model)
+    prepare(target)
+    to_format(draft, FormatConfig("int4"))
+    prepare(draft)
+    both = LookupFirst(draft)
+    for text in (grounded_prompts("eval", 1, seed=2)[0], "Name three rivers."):
+        ids = tok.chat(text)
+        ref = generate(target, ids, GenerateConfig(max_new_tokens=24)).tokens
+        for gamma in (4, 7):
+            res = speculative_generate(target, both, ids, SpecConfig(gamma=gamma, max_new_tokens=24))
+            assert res.tokens == ref, (text, gamma)
+            assert res.accepted > 0  # the int4 draft agrees with the fp32 target most of the time (α ≈ 0.95)
+
+
 def test_draft_with_another_vocabulary_is_refused(smol):
     model, tok = smol
     with pytest.raises(ConfigError, match="differs from the target's \\(49152\\)"):
