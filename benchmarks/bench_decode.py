@@ -13,7 +13,7 @@ Decode tokens/s excludes the prefill: effml from its per-token timestamps, HF as
 interleave every configuration, so load from other processes hits them alike; medians over rounds. Beside the
 median, "p10-step tok/s" = 1 / the 10th-percentile decode-step time: on a shared CPU, the rate of the steps that
 other processes disturbed least (the bandwidth measurement is the best of 3 for the same reason).
-Bound: read bandwidth (measured at the start and the end: a sum over 512 MiB in 4 KiB and 2 MiB pages, 1 thread) / bytes read per token
+Bound: read bandwidth (measured at the start and the end: sums in 4 KiB and 2 MiB pages, effml.llm.roofline.read_bandwidth, 1 thread) / bytes read per token
 (weights as stored + K/V at the mean context). `--compile`: torch.compile (fullgraph, static shapes) of a
 gpt-fast style static-cache decode step vs the same step eager, interleaved, with the compile time (minutes here).
 Run: `flock /tmp/effml_bench.lock python benchmarks/bench_decode.py [--rounds 3] [--tokens 64]`.

@@ -65,7 +65,7 @@ def main() -> int:
     xs = {q.in_features: torch.randn(1, q.in_features) for q in layers}
     proj = best(lambda: [ext.gemv_a8(xs[q.in_features], p, s, z, 4, g, None)
                          for q, (_, p, s, z, g) in zip(layers, args)])
-    bw = read_bandwidth()  # what the decode roofline divides by: best of 3 one-thread sums over 512 MiB
+    bw = read_bandwidth()  # what the decode roofline divides by (effml.llm.roofline.read_bandwidth)
     rows.append({"kernel": "120 int4 projections (gemv_a8, 1 row)", "ms": proj * 1e3,
                  "rate": f"{nbytes / proj / 1e9:.1f} GB/s of {nbytes / 1e6:.0f} MB",
                  "beside": f"read bandwidth {bw / 1e9:.1f} GB/s"})

@@ -26,12 +26,12 @@ from effml.llm.model import Transformer, compute_dtype
 _BW_CACHE: dict[tuple[int, int], float] = {}
 
 
-def read_bandwidth(mib: int = 512, repeats: int = 3) -> float:
+def read_bandwidth(mib: int = 256, repeats: int = 3) -> float:
     """Main-memory read bandwidth in bytes/s: the fastest of `repeats` sums over `mib` MiB of fp32 (far larger
     than any last-level cache), on torch's current thread count (a decode step's threads). The buffer is read in
     ordinary pages and, where effml's kernels are built, in memory advised for 2 MiB pages as effml's packed weights
     are (effml.native `huge`): the faster of the two is the bound, so a step reading huge pages is not measured
-    against a slower read than its own. Cached per process."""
+    against a slower read than its own. Holds 2 x `mib` MiB while it runs; cached per process."""
     from effml import native
 
     key = (mib, torch.get_num_threads())
@@ -113,7 +113,7 @@ class DecodeRoofline:
     def to_dict(self) -> dict:
         return {**asdict(self), "bytes_per_token": self.bytes_per_token,
                 "bound_tokens_per_s": self.bound_tokens_per_s, "fraction": self.fraction,
-                "bandwidth_source": "measured: fastest of 3 sums over 512 MiB fp32, in 4 KiB and in 2 MiB pages, on "
+                "bandwidth_source": "measured: fastest of 3 sums over 256 MiB fp32, in 4 KiB and in 2 MiB pages, on "
                                     f"{torch.get_num_threads()} torch thread(s)"}
 
     def line(self) -> str:
