@@ -50,6 +50,20 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, std::vec
     r.g.assign(K / group, 0.f);
     for (int64_t b = 0; b < nb; ++b) {
       const float* xb = x + m * K + b * BLOCK;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+      // the loop below in vectors, bit for bit: max|x| is exact in any order, and vcvtps2dq rounds to nearest
+      // even as nearbyint does in the default rounding mode
+      const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+      const float a = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+      const __m512 vi = _mm512_set1_ps(inv);
+      const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+      const __m512i q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, vi)), lo), hi);
+      const __m512i q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x1, vi)), lo), hi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(r.q.data() + b * BLOCK), _mm512_cvtsepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(r.q.data() + b * BLOCK + 16), _mm512_cvtsepi32_epi8(q1));
+      const int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+#else
       float amax = 0.f;
       for (int i = 0; i < BLOCK; ++i) amax = std::max(amax, std::fabs(xb[i]));
       const float a = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
@@ -59,6 +73,7 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, std::vec
         r.q[b * BLOCK + i] = static_cast<int8_t>(std::clamp(v, -127, 127));
         s += r.q[b * BLOCK + i];
       }
+#endif
       r.a[b] = a;
       r.s[b] = s;
       r.g[b / per] += a * static_cast<float>(s);
