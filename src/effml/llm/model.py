@@ -104,6 +104,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.dtype == torch.float32:  # one fused op (not 7) computing the same in fp32
+            if x.dtype == torch.float32 and x.device.type == "cpu" and not (
+                    torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+                from effml import native
+
+                ext = native.load()  # effml's kernel: ~2 us a decode row where torch's op takes ~15-110 us here
+                if ext is not None:
+                    return ext.rms_norm(x.contiguous(), self.weight.detach(), self.eps)
             return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # as transformers: in fp32
