@@ -71,3 +71,19 @@ def test_timings_are_ordered(model):
     assert generate(model, [5], GenerateConfig(max_new_tokens=4)).prefill_s < r.prefill_s
     s = speculative_generate(model, model, list(range(1, 30)), SpecConfig(gamma=2, max_new_tokens=8))
     assert 0 < s.prefill_s < s.time_s and s.target_time_s + s.draft_time_s <= s.time_s - s.prefill_s + 1e-6
+
+
+def test_argmax_is_torchs():
+    """generate.argmax (numpy's on CPU) picks what torch.argmax picks: the lowest id among ties, NaN as largest,
+    row by row for (B, V) logits, on strided views too."""
+    from effml.llm.generate import argmax
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 97, generator=g)
+    assert argmax(x[:, -1]) == x[:, -1].argmax(-1).tolist()  # a strided (B, V) view
+    assert argmax(x[2, 1]) == int(x[2, 1].argmax())
+    tie = torch.tensor([0.5, 2.0, -1.0, 2.0])
+    assert argmax(tie) == int(tie.argmax()) == 1
+    nan = torch.tensor([0.5, 2.0, float("nan"), 9.0])
+    assert argmax(nan) == int(nan.argmax()) == 2
+    assert argmax(torch.zeros(0, 7)) == []

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from effml.errors import ConfigError
-from effml.llm.generate import check_request
+from effml.llm.generate import argmax, check_request
 from effml.llm.kvcache import ContiguousCache, KVStats, PagedCache, VarlenPagedCache, kv_bytes_per_token
 from effml.llm.model import Transformer, compute_dtype
 from effml.registries import Registry
@@ -235,7 +235,7 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
         lens = torch.tensor([len(r.prompt) for r in batch])
         logits = (yield model, (tokens,), {"cache": cache, "pick": lens - 1})[:, -1]  # (B, V)
         cache.truncate(lens.tolist())  # forget the pads: later tokens overwrite them
-        out = [[int(t)] for t in logits.argmax(-1)]
+        out = [[t] for t in argmax(logits)]
         meter.logits([r.rid for r in batch], logits)
         first = clock.now
         for _ in range(steps_out - 1):  # lock step until the longest output is done
@@ -243,8 +243,8 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
             nxt = torch.tensor([[o[-1]] for o in out])  # (B, 1)
             logits = (yield model, (nxt,), {"cache": cache})[:, -1]  # (B, V)
             meter.logits([r.rid for r in batch], logits)
-            for o, t in zip(out, logits.argmax(-1)):
-                o.append(int(t))
+            for o, t in zip(out, argmax(logits)):
+                o.append(t)
             steps += 1
         for r, o in zip(batch, out):  # everyone is answered when the batch ends
             o = o[:r.max_new_tokens]
@@ -308,7 +308,7 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
             cache.add(r.rid)
             cache.select([r.rid])
             logits = (yield model, (torch.tensor([r.prompt]),), {"cache": cache, "last": 1})[0, -1]  # (V,)
-            running[r.rid] = (r, [int(logits.argmax())], clock.now)
+            running[r.rid] = (r, [argmax(logits)], clock.now)
             meter.logits([r.rid], logits[None])
         retire()
         if not running:
@@ -319,8 +319,8 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
         nxt = torch.tensor([[running[i][1][-1]] for i in ids])  # (B, 1)
         logits = (yield model, (nxt,), {"cache": cache})[:, -1]  # (B, V)
         meter.logits(ids, logits)
-        for i, t in zip(ids, logits.argmax(-1)):
-            running[i][1].append(int(t))
+        for i, t in zip(ids, argmax(logits)):
+            running[i][1].append(t)
         steps += 1
         retire()
     return sorted(done, key=lambda r: r.rid), clock.now, steps
@@ -386,11 +386,11 @@ def _chunked(model: Transformer, trace: list[Request], cfg: EngineConfig, max_le
             st = running[rid]
             if st[3] < len(st[0].prompt):
                 st[3] += len(row)
-        for rid, t in zip(emit, logits.argmax(-1)):
+        for rid, t in zip(emit, argmax(logits)):
             st = running[rid]
             if not st[1]:
                 st[2] = clock.now  # first token
-            st[1].append(int(t))
+            st[1].append(t)
         steps += 1
         retire()
     return sorted(done, key=lambda r: r.rid), clock.now, steps

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from effml.errors import ConfigError
-from effml.llm.generate import SESSIONS, check_request, new_session, next_probs
+from effml.llm.generate import SESSIONS, argmax, check_request, new_session, next_probs
 from effml.llm.model import Transformer
 
 
@@ -233,7 +233,7 @@ class _Timed:
 def _accept(p: torch.Tensor, q: torch.Tensor, x: int, greedy: bool, gen) -> tuple[bool, int | None]:
     """One draft token x against target probs/logits p and draft probs q (V,). -> (accepted, replacement)."""
     if greedy:
-        best = int(p.argmax())
+        best = argmax(p)
         return (best == x), (None if best == x else best)
     if q is None:  # a point-mass proposal (prompt lookup): q(x) = 1
         q = torch.zeros_like(p)
@@ -311,7 +311,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         for _ in range(gamma if kind == "model" else 0):  # draft γ tokens, one call each (the first catches up)
             lg = dcall(ds, seq[ds.length:] if not drafts else drafts[-1:], last=1)[-1]
             q = dist(lg)
-            x = int(q.argmax()) if greedy else int(torch.multinomial(q, 1, generator=gen))
+            x = argmax(q) if greedy else int(torch.multinomial(q, 1, generator=gen))
             drafts.append(x)
             qs.append(q)
         t_before = tcall.time
@@ -333,7 +333,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         by_kind[kind][0] += n
         by_kind[kind][1] += min(n + 1, gamma)
         if nxt is None:  # all γ accepted: the target's next token comes free
-            nxt = int(ps[gamma].argmax()) if greedy else int(torch.multinomial(ps[gamma], 1, generator=gen))
+            nxt = argmax(ps[gamma]) if greedy else int(torch.multinomial(ps[gamma], 1, generator=gen))
         new = drafts[:n] + [nxt]
         ts.truncate(base + n)  # keep the accepted drafts' K/V; nxt is fed next round
         if ds is not None:
