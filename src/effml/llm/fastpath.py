@@ -168,7 +168,7 @@ def enable(model) -> list[str]:
     from effml import native
     from effml.llm.model import compute_dtype
 
-    model.fast_decode = False
+    model.fast_decode, model._fast_head = False, None
     if not available():
         return [f"fused decode ops unavailable: {native.status()}; the generic step runs"]
     if compute_dtype(model) != torch.float32:
@@ -183,6 +183,9 @@ def enable(model) -> list[str]:
                          direct(b.feed_forward.w13, ext), direct(b.feed_forward.w2, ext)) for b in model.layers]
     specs = [kernel_spec(p) for b in model.layers for p in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13,
                                                               b.feed_forward.w2)]
+    head = direct(model.output, ext)
+    norm_w, norm_eps = model.norm.weight.detach(), model.norm.eps
+    model._fast_head = None if head is model.output else (lambda x: ext.rms_norm(x, norm_w, norm_eps), head)
     model._fast_layers = None if any(sp is None for sp in specs) or not hasattr(ext, "decode_layers_rows") else (
         [w for b in model.layers for w in (b.attention_norm.weight.detach(), b.ffn_norm.weight.detach())],
         [e for b in model.layers for e in (float(b.attention_norm.eps), float(b.ffn_norm.eps))], specs)

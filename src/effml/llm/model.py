@@ -251,6 +251,7 @@ class Transformer(nn.Module):
         self.fast_decode = False  # engine.prepare(): decode steps through effml.llm.fastpath's fused ops
         self._fast_plan: list = []  # fastpath.enable: per layer (norm, eps, direct projections ...)
         self._fast_layers = None  # fastpath.enable: the same for effml.native.decode_layers_rows (one C++ call)
+        self._fast_head = None  # fastpath.enable: (final norm, head) as direct kernel calls on <= 16 fp32 rows
 
     @property
     def vocab_size(self) -> int:
@@ -299,7 +300,12 @@ class Transformer(nn.Module):
             x = x[:, -last:]  # (B, last, C)
         elif pick is not None:
             x = x[torch.arange(x.shape[0]), pick][:, None]  # (B, 1, C)
-        logits = self.output(self.norm(x))  # (B, T, V) or (B, T, head_tokens)
+        if self._fast_head is not None and x.dtype == torch.float32 and x.device.type == "cpu" and \
+                x.shape[0] * x.shape[1] <= 16 and not torch.is_grad_enabled():
+            norm, head = self._fast_head  # the modules' own kernels, without their Python wrappers (~40 us a step)
+            logits = head(norm(x.reshape(-1, x.shape[-1]).contiguous())).reshape(*x.shape[:-1], -1)
+        else:
+            logits = self.output(self.norm(x))  # (B, T, V) or (B, T, head_tokens)
         if self.args.head_tokens:
             full = logits.new_full((*logits.shape[:-1], self.args.vocab_size), -math.inf)  # (B, T, V)
             logits = full.index_copy_(-1, self.head_ids, logits)
