@@ -69,3 +69,5 @@ def test_bad_arguments_are_named():
         ext.gemv_tiles(torch.randn(2, 8), t, 20, torch.randn(19))
     with pytest.raises(RuntimeError, match="fp32 or bf16"):
         ext.pack_tiles(torch.ones(4, 4, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="x must be a contiguous fp32"):
+        ext.gemv_tiles(torch.randn(8, 2).T, t, 20, None)  # a transposed (non-contiguous) view

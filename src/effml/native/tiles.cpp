@@ -137,6 +137,7 @@ void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, fl
 }  // namespace
 
 torch::Tensor huge(const torch::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), "huge: a CPU tensor is needed, got one on ", t.device());
   const auto c = t.contiguous();
   const size_t bytes = c.nbytes();
   const char* off = std::getenv("EFFML_HUGE_PAGES");  // "0": ordinary pages (to measure what the pages change)
@@ -162,8 +163,9 @@ torch::Tensor pack_tiles(const torch::Tensor& w) {
 
 torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,
                          const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(),
-              "gemv_tiles: x must be a contiguous fp32 (M, K) tensor");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous() && x.device().is_cpu() &&
+                  tiles.device().is_cpu(),
+              "gemv_tiles: x must be a contiguous fp32 (M, K) CPU tensor, and the tiles on the CPU");
   const auto wt = tiles.scalar_type();
   TORCH_CHECK(tiles.dim() == 3 && tiles.size(2) == TILE && tiles.is_contiguous() &&
                   (wt == torch::kFloat || wt == torch::kBFloat16),
