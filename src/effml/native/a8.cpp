@@ -277,7 +277,8 @@ void tile_rows(int R, const uint8_t* wt, const float* sc, const float* zt, int64
 
 std::string a8_isa() { return kIsa; }
 
-int64_t a8_prefetch(int64_t bytes) {  // the prefetch distance (bytes >= 0 sets it); returns the one in force
+// The prefetch distance (bytes >= 0 sets it; set it between calls, not while a kernel runs); returns the one in force
+int64_t a8_prefetch(int64_t bytes) {
   if (bytes >= 0) PREFETCH = static_cast<int>(bytes);
   return PREFETCH;
 }
