@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import ConfigError
+from effml import native
+from effml.native import MAX_ROWS
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,6 @@ class RMSNorm(nn.Module):
         if self.weight.dtype == torch.float32:  # one fused op (not 7) computing the same in fp32
             if x.dtype == torch.float32 and x.device.type == "cpu" and not (
                     torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
-                from effml import native
-
                 ext = native.load()  # effml's kernel: ~2 us a decode row where torch's op takes ~15-110 us here
                 if ext is not None:
                     return ext.rms_norm(x.contiguous(), self.weight.detach(), self.eps)
@@ -251,7 +251,7 @@ class Transformer(nn.Module):
         self.fast_decode = False  # engine.prepare(): decode steps through effml.llm.fastpath's fused ops
         self._fast_plan: list = []  # fastpath.enable: per layer (norm, eps, direct projections ...)
         self._fast_layers = None  # fastpath.enable: the same for effml.native.decode_layers_rows (one C++ call)
-        self._fast_head = None  # fastpath.enable: (final norm, head) as direct kernel calls on <= 16 fp32 rows
+        self._fast_head = None  # fastpath.enable: (final norm, head) as direct kernel calls on <= MAX_ROWS fp32 rows
 
     @property
     def vocab_size(self) -> int:
@@ -301,7 +301,7 @@ class Transformer(nn.Module):
         elif pick is not None:
             x = x[torch.arange(x.shape[0]), pick][:, None]  # (B, 1, C)
         if self._fast_head is not None and x.dtype == torch.float32 and x.device.type == "cpu" and \
-                x.shape[0] * x.shape[1] <= 16 and not torch.is_grad_enabled():
+                x.shape[0] * x.shape[1] <= MAX_ROWS and not torch.is_grad_enabled():
             norm, head = self._fast_head  # the modules' own kernels, without their Python wrappers (~40 us a step)
             logits = head(norm(x.reshape(-1, x.shape[-1]).contiguous())).reshape(*x.shape[:-1], -1)
         else:

@@ -264,7 +264,6 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     gen = torch.Generator().manual_seed(config.seed)
     auto = config.gamma == "auto"
     warmup = [min(g, config.max_gamma) for g in config.warmup_gammas] if auto else []
-    gamma = config.gamma if not auto else warmup[0]
     span = len(prompt) + config.max_new_tokens + config.max_gamma + 1
     ts = new_session(config.kv, target, span)
     ds = None if model is None else new_session(config.kv, model, span)
@@ -272,7 +271,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     tcall, dcall = _Timed(costs), _Timed()
     dist = (lambda lg: lg) if greedy else (lambda lg: next_probs(lg, config.temperature, config.top_k))
     seq, out = list(prompt), []
-    accepted = tested = proposed = verify_calls = lookup_rounds = 0
+    proposed = verify_calls = lookup_rounds = 0
     by_kind = {"lookup": [0, 0], "model": [0, 0]}  # accepted, tested per proposer (auto picks γ for each)
     verify_time = 0.0
     history = []
@@ -323,13 +322,11 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         ps = [dist(logits[i]) for i in range(gamma + 1)]
         n, nxt = 0, None
         for i, x in enumerate(drafts):
-            tested += 1
             ok, repl = _accept(ps[i], qs[i], x, greedy, gen)
             if not ok:
                 nxt = repl
                 break
             n += 1
-        accepted += n
         by_kind[kind][0] += n
         by_kind[kind][1] += min(n + 1, gamma)
         if nxt is None:  # all γ accepted: the target's next token comes free
@@ -352,6 +349,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         if stop:
             break
     step = statistics.median(costs.by_tokens[1]) if 0 in history and 1 in costs.by_tokens else 0.0
+    accepted, tested = (sum(c) for c in zip(*by_kind.values()))
     return SpecResult(len(prompt), out, gamma, accepted, tested, proposed, tcall.calls, dcall.calls,
                       dcall.time, tcall.time, time.perf_counter() - t0, verify_calls, verify_time, step, lookup_rounds,
                       prefill, history)
