@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("gemv.cpp", "decode.cpp", "a8.cpp", "tiles.cpp"))
+HEADERS = (Path(__file__).with_name("vec.h"),)  # included by the sources: part of what the binary depends on
 MAX_ROWS = 16  # activation rows the GEMV handles; more rows (prefill) go to torch's blocked kernels
 _status = "not loaded yet"
 
@@ -48,7 +49,7 @@ def _cpu_flags() -> str:
 
 def tag() -> str:
     """What the binary depends on: the source, torch's version and ABI, the CPU's instruction sets."""
-    h = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES))
+    h = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS))
     h.update(f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}|{march()}".encode())
     return h.hexdigest()[:16]
 

@@ -29,53 +29,28 @@
 #include <sys/mman.h>
 #endif
 
+#include "vec.h"
+
 namespace {
 
 constexpr int TILE = 16;
 constexpr size_t HUGE_PAGE = size_t{2} << 20;
 
+// Rows per pass and tiles per group, per ISA: AVX-512 has 32 vector registers (8 rows x 2 tiles = 16
+// accumulators), AVX2 16 (4 rows x 1 tile of 2 vectors = 8 accumulators + 2 weights + 1 broadcast).
 #if defined(__AVX512F__)
-constexpr int LANES = 16, R_MAX = 8, NT = 2, NT_FEW = 4;  // 16 accumulators of the 32 zmm registers
-using vec = __m512;
-inline vec vzero() { return _mm512_setzero_ps(); }
-inline vec vset1(float a) { return _mm512_set1_ps(a); }
-inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline vec vload(const float* p) { return _mm512_load_ps(p); }
-inline vec vload(const uint16_t* p) {  // 16 bf16 -> 16 fp32 (the bf16 bits are the fp32's upper half)
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
-inline void vstore(float* p, vec a) { _mm512_storeu_ps(p, a); }
+constexpr int R_MAX = 8, NT = 2, NT_FEW = 4;
 const char* kIsa = "AVX-512";
 #elif defined(__AVX2__) && defined(__FMA__)
-constexpr int LANES = 8, R_MAX = 4, NT = 1, NT_FEW = 2;  // 8 accumulators + 2 weights + 1 broadcast of 16 ymm
-using vec = __m256;
-inline vec vzero() { return _mm256_setzero_ps(); }
-inline vec vset1(float a) { return _mm256_set1_ps(a); }
-inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline vec vload(const float* p) { return _mm256_load_ps(p); }
-inline vec vload(const uint16_t* p) {
-  return _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p))), 16));
-}
-inline void vstore(float* p, vec a) { _mm256_storeu_ps(p, a); }
+constexpr int R_MAX = 4, NT = 1, NT_FEW = 2;
 const char* kIsa = "AVX2";
 #else
-constexpr int LANES = 1, R_MAX = 4, NT = 1, NT_FEW = 1;
-using vec = float;
-inline vec vzero() { return 0.f; }
-inline vec vset1(float a) { return a; }
-inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
-inline vec vload(const float* p) { return *p; }
-inline vec vload(const uint16_t* p) {
-  const uint32_t u = static_cast<uint32_t>(*p) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline void vstore(float* p, vec a) { *p = a; }
+constexpr int R_MAX = 4, NT = 1, NT_FEW = 1;
 const char* kIsa = "scalar";
 #endif
+using Vec = effml_vec::Wide;
+using vec = Vec::v;
+constexpr int LANES = Vec::W;
 constexpr int V = TILE / LANES;  // vectors per tile row
 
 // Tiles t0 .. t0+T-1 (T <= NT) for R activation rows. Outputs past N (the last tile's zero padding) are not written.
@@ -83,22 +58,22 @@ template <typename W, int R, int T>
 void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, int64_t N, int64_t t0) {
   vec acc[T * V][R];
   for (int j = 0; j < T * V; ++j)
-    for (int r = 0; r < R; ++r) acc[j][r] = vzero();
+    for (int r = 0; r < R; ++r) acc[j][r] = Vec::zero();
   const W* wt = w + t0 * K * TILE;
   for (int64_t k = 0; k < K; ++k) {
     vec wv[T * V];
     for (int t = 0; t < T; ++t)
-      for (int v = 0; v < V; ++v) wv[t * V + v] = vload(wt + (t * K + k) * TILE + v * LANES);
+      for (int v = 0; v < V; ++v) wv[t * V + v] = Vec::widen(wt + (t * K + k) * TILE + v * LANES);
     for (int r = 0; r < R; ++r) {
-      const vec xb = vset1(x[r * K + k]);
-      for (int j = 0; j < T * V; ++j) acc[j][r] = vfma(xb, wv[j], acc[j][r]);
+      const vec xb = Vec::set1(x[r * K + k]);
+      for (int j = 0; j < T * V; ++j) acc[j][r] = Vec::fma(xb, wv[j], acc[j][r]);
     }
   }
   alignas(64) float out[TILE];
   for (int t = 0; t < T; ++t) {
     const int64_t n0 = (t0 + t) * TILE, n = std::min<int64_t>(TILE, N - n0);
     for (int r = 0; r < R; ++r) {
-      for (int v = 0; v < V; ++v) vstore(out + v * LANES, acc[t * V + v][r]);
+      for (int v = 0; v < V; ++v) Vec::store(out + v * LANES, acc[t * V + v][r]);
       float* yr = y + r * N + n0;
       for (int64_t i = 0; i < n; ++i) yr[i] = out[i] + (bias ? bias[n0 + i] : 0.f);
     }

@@ -1,0 +1,85 @@
+// Vector traits shared by effml's float kernels (gemv.cpp, tiles.cpp): V16 (AVX-512), V8 (AVX2 + FMA), V1
+// (scalar), each with the same operations (zero, set1, load, store, fma, sum, and widen: int8 / bf16 / fp32 weights
+// to fp32 lanes), and Wide, the widest this build has.
+#pragma once
+#include <immintrin.h>
+#include <cstdint>
+#include <cstring>
+
+namespace effml_vec {
+
+struct V1 {
+  static constexpr int W = 1;
+  using v = float;
+  static v zero() { return 0.f; }
+  static v set1(float a) { return a; }
+  static void store(float* p, v a) { *p = a; }
+  static v load(const float* p) { return *p; }
+  static v fma(v a, v b, v c) { return a * b + c; }
+  static float sum(v a) { return a; }
+  static v widen(const int8_t* p) { return static_cast<float>(*p); }
+  static v widen(const uint16_t* p) {
+    const uint32_t u = static_cast<uint32_t>(*p) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static v widen(const float* p) { return *p; }
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+struct V8 {
+  static constexpr int W = 8;
+  using v = __m256;
+  static v zero() { return _mm256_setzero_ps(); }
+  static v set1(float a) { return _mm256_set1_ps(a); }
+  static void store(float* p, v a) { _mm256_storeu_ps(p, a); }
+  static v load(const float* p) { return _mm256_loadu_ps(p); }
+  static v fma(v a, v b, v c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(v a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+  }
+  static v widen(const int8_t* p) {  // 8 int8 -> 8 fp32
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static v widen(const uint16_t* p) {  // 8 bf16 -> 8 fp32 (the bf16 bits are the fp32's upper half)
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  }
+  static v widen(const float* p) { return _mm256_loadu_ps(p); }
+};
+#endif
+
+#if defined(__AVX512F__)
+struct V16 {
+  static constexpr int W = 16;
+  using v = __m512;
+  static v zero() { return _mm512_setzero_ps(); }
+  static v set1(float a) { return _mm512_set1_ps(a); }
+  static void store(float* p, v a) { _mm512_storeu_ps(p, a); }
+  static v load(const float* p) { return _mm512_loadu_ps(p); }
+  static v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(v a) { return _mm512_reduce_add_ps(a); }
+  static v widen(const int8_t* p) {  // 16 int8 -> 16 fp32
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static v widen(const uint16_t* p) {  // 16 bf16 -> 16 fp32
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  }
+  static v widen(const float* p) { return _mm512_loadu_ps(p); }
+};
+#endif
+
+#if defined(__AVX512F__)
+using Wide = V16;
+#elif defined(__AVX2__) && defined(__FMA__)
+using Wide = V8;
+#else
+using Wide = V1;
+#endif
+
+}  // namespace effml_vec
