@@ -6,6 +6,8 @@
 - a prefill-sized product (64 rows) on the gate/up layer (3072 x 576, g32): gemv_a8 vs torch's
   `_weight_int4pack_mm_for_cpu` (bf16 rows) vs an fp32 F.linear of the dequantized weight, in GMAC/s
 - the fused attention (`attend`) of one token per layer at 90 and 500 cached positions (9 query, 3 KV heads of 64)
+- one int4 layer called again and again (its codes in L2: the kernel's rate without DRAM); gemv_a8's prefetch distance (0, 2048, 4096 bytes ahead of the code stream, interleaved); a one-thread sum over
+  256 MiB in 4 KiB and in 2 MiB pages; the greedy pick over 49152 logits, numpy (generate.argmax) vs torch.argmax
 - SmolLM2's fp32 projections and head (538 MB) for 1, 5 and 8 rows (a decode step, a speculative verification of
   γ = 4 and 7): gemv_tiles (16 outputs interleaved, what the engine runs) vs the row-major GEMV (gemv.cpp)
 Minimum over repeats, interleaved where compared. Run: `flock /tmp/effml_bench.lock python benchmarks/bench_kernels.py`.
@@ -24,16 +26,18 @@ from common import print_table, write_results
 _FLUSH = []
 
 
-def best(fn, reps: int = 15) -> float:
-    """The fastest of `reps` calls, each after reading 64 MiB of other memory: a matrix smaller than the last-level
-    cache (the 28 MB head) is read from DRAM, as in a decode step, not from the previous call's cache lines."""
+def best(fn, reps: int = 15, flush: bool = True) -> float:
+    """The fastest of `reps` calls, each after reading 64 MiB of other memory (flush): a matrix smaller than the
+    last-level cache (the 28 MB head) is read from DRAM, as in a decode step, not from the previous call's cache
+    lines. flush=False for data a step has just written (the logits the greedy pick reads)."""
     import torch
 
     if not _FLUSH:
         _FLUSH.append(torch.ones(16 * 2 ** 20))
     t = float("inf")
     for _ in range(reps):
-        _FLUSH[0].sum()
+        if flush:
+            _FLUSH[0].sum()
         t0 = time.perf_counter()
         fn()
         t = min(t, time.perf_counter() - t0)
@@ -69,6 +73,35 @@ def main() -> int:
     rows.append({"kernel": "120 int4 projections (gemv_a8, 1 row)", "ms": proj * 1e3,
                  "rate": f"{nbytes / proj / 1e9:.1f} GB/s of {nbytes / 1e6:.0f} MB",
                  "beside": f"read bandwidth {bw / 1e9:.1f} GB/s"})
+    _, p1, s1, z1, g1 = args[2]  # layer 0's gate/up (3072 x 576, 1.3 MB with its scales): again and again, in L2
+    b1 = p1.numel() + s1.numel() * 4 + z1.numel() * 4
+    t1 = best(lambda: ext.gemv_a8(xs[layers[2].in_features], p1, s1, z1, 4, g1, None), 200, False)
+    rows.append({"kernel": "one int4 gate/up layer from L2 (gemv_a8, 1 row)", "ms": t1 * 1e3,
+                 "rate": f"{b1 / t1 / 1e9:.1f} GB/s", "beside": "the kernel's own rate, without DRAM"})
+    pf0 = ext.a8_prefetch(-1)  # the software prefetch distance of gemv_a8's code stream, interleaved
+    t_pf = {d: float("inf") for d in (0, 2048, 4096)}
+    for _ in range(3):
+        for d in t_pf:
+            ext.a8_prefetch(d)
+            t_pf[d] = min(t_pf[d], best(lambda: [ext.gemv_a8(xs[q.in_features], p, s, z, 4, g, None)
+                                                 for q, (_, p, s, z, g) in zip(layers, args)], 5))
+    ext.a8_prefetch(pf0)
+    rows.append({"kernel": "the same, prefetch 0 / 2048 / 4096 B ahead", "ms": t_pf[pf0] * 1e3,
+                 "rate": " / ".join(f"{t_pf[d] * 1e3:.2f}" for d in t_pf) + " ms",
+                 "beside": f"default {pf0} B"})
+    big = torch.ones(256 * 2 ** 18)  # 256 MiB of fp32, summed in 4 KiB pages and in 2 MiB pages (native.huge)
+    pages = {"4 KiB": big, "2 MiB": ext.huge(big)}
+    t_pg = {k: best(lambda: v.sum(), 5) for k, v in pages.items()}
+    rows.append({"kernel": "one-thread sum over 256 MiB, 4 KiB / 2 MiB pages", "ms": t_pg["2 MiB"] * 1e3,
+                 "rate": " / ".join(f"{big.numel() * 4 / t / 1e9:.1f}" for t in t_pg.values()) + " GB/s",
+                 "beside": "the decode bound takes the faster"})
+    del big, pages
+    logits = torch.randn(m.args.vocab_size)
+    from effml.llm.generate import argmax
+
+    t_np, t_torch = best(lambda: argmax(logits), 200, False), best(lambda: int(logits.argmax()), 200, False)
+    rows.append({"kernel": f"greedy pick over {m.args.vocab_size} logits (generate.argmax)", "ms": t_np * 1e3,
+                 "rate": f"{t_np * 1e6:.1f} us", "beside": f"torch.argmax {t_torch * 1e6:.1f} us"})
     head = m.output
     x = torch.randn(1, head.in_features)
     t = best(lambda: head(x))
