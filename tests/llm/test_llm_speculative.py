@@ -242,3 +242,60 @@ def test_lookup_first_needs_a_model(target):
 
     with pytest.raises(ConfigError, match="LookupFirst's draft model"):
         LookupFirst(PromptLookup())
+
+
+# ---- self-speculation on the target's KV cache ------------------------------------------------------------
+def _tokens_fed(model):
+    """Count the tokens every forward of `model` is fed (a forward pre-hook on the embedding)."""
+    fed = [0]
+    model.tok_embeddings.register_forward_pre_hook(lambda m, a: fed.__setitem__(0, fed[0] + a[0].numel()))
+    return fed
+
+
+def test_a_self_int4_draft_shares_the_targets_cache_and_keeps_greedy_identical(target):
+    import copy
+
+    from effml.llm.engine import FormatConfig, prepare, to_format
+
+    prompt = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 9, 1]
+    ref = generate(target, prompt, GenerateConfig(max_new_tokens=24)).tokens
+    for kv in ("contiguous", "paged", "none"):
+        runs = {}
+        for share in (True, False):
+            draft = copy.deepcopy(target)  # the target with int4 weights: the same architecture, other numbers
+            to_format(draft, FormatConfig("int4"))
+            prepare(draft)
+            fed = _tokens_fed(draft)
+            res = speculative_generate(target, draft, prompt, SpecConfig(gamma=3, max_new_tokens=24, kv=kv,
+                                                                         share_kv=share))
+            assert res.tokens == ref, (kv, share)
+            runs[share] = (res, fed[0])
+        shared, own = runs[True], runs[False]
+        # shared: one token per draft call (the round's last committed token, then its own drafts), no prompt pass
+        if kv != "none":  # (without a cache, every call re-feeds the whole history: counted differently)
+            assert shared[1] == shared[0].draft_calls
+            # its own cache: the prompt (all but its last token) plus the catch-up of every round's accepted tokens
+            assert own[1] >= own[0].draft_calls + len(prompt) - 1
+
+
+def test_a_shared_cache_keeps_the_sampling_law_exact():
+    # a same-architecture draft with other weights reads the target's K/V for the committed tokens: its proposals
+    # are still a function of the committed tokens alone, so the output law is the target's (same test as above)
+    target = build(ModelArgs.preset("tiny", vocab_size=V), seed=0, std=0.15)
+    draft = build(ModelArgs.preset("tiny", vocab_size=V), seed=5, std=0.15)
+    prompt, temp, n = [1, 4, 2], 1.0, 400
+    law = _exact_two_token_law(target, prompt, temp)
+    assert 0.5 * (law - _exact_two_token_law(draft, prompt, temp)).abs().sum() > 0.3  # a different model
+    spec = [speculative_generate(target, draft, prompt, SpecConfig(gamma=2, max_new_tokens=2, temperature=temp,
+                                                                   seed=s, share_kv=True)).tokens for s in range(n)]
+    assert _chi2(spec, law) > 0.01
+
+
+def test_sharing_needs_the_same_architecture(target, drafts):
+    with pytest.raises(ConfigError, match="share_kv=True.*n_layers"):
+        speculative_generate(target, drafts["layer-subset"], [1, 2], SpecConfig(share_kv=True))
+    with pytest.raises(ConfigError, match="share_kv must be"):
+        SpecConfig(share_kv="yes")
+    # auto: a different architecture runs on its own cache (the layer-subset draft works as before)
+    res = speculative_generate(target, drafts["layer-subset"], [1, 2], SpecConfig(gamma=2, max_new_tokens=8))
+    assert res.tokens == generate(target, [1, 2], GenerateConfig(max_new_tokens=8)).tokens

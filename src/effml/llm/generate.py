@@ -11,6 +11,8 @@ from the same distribution.
 
 from __future__ import annotations
 
+import copy
+
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -52,7 +54,12 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Genera
 # ---- sessions: one sequence, one cache strategy ---------------------------------------------------------------
 class Session:
     def __init__(self, model: Transformer, max_len: int):
-        self.model, self.max_len, self.length = model, max_len, 0
+        self.model, self.max_len = model, max_len
+
+    @property
+    def length(self) -> int:
+        """Tokens held (read from the cache, so every view of it agrees)."""
+        raise NotImplementedError
 
     def feed(self, tokens: list[int], last: int | None = None) -> torch.Tensor:
         """Append `tokens`; return logits (T, V) for them (the last `last` only, if given)."""
@@ -60,6 +67,12 @@ class Session:
 
     def truncate(self, n: int) -> None:
         raise NotImplementedError
+
+    def view(self, model: Transformer) -> Session:
+        """The same cache, fed through `model` (same architecture): a self-speculative draft's session."""
+        other = copy.copy(self)
+        other.model = model
+        return other
 
 
 SESSIONS: Registry = Registry("KV session kind")
@@ -76,15 +89,17 @@ class RecomputeSession(Session):
         super().__init__(model, max_len)
         self.history: list[int] = []
 
+    @property
+    def length(self):
+        return len(self.history)
+
     def feed(self, tokens, last=None):
         self.history += list(tokens)
-        self.length = len(self.history)
         n = len(tokens) if last is None else last
         return self.model(torch.tensor([self.history]), last=n)[0]  # (n, V)
 
     def truncate(self, n):
         del self.history[n:]
-        self.length = n
 
 
 @session_kind("contiguous")
@@ -93,14 +108,15 @@ class ContiguousSession(Session):
         super().__init__(model, max_len)
         self.cache = ContiguousCache(model.args, 1, max_len, compute_dtype(model))
 
+    @property
+    def length(self):
+        return self.cache.lengths[0]
+
     def feed(self, tokens, last=None):
-        out = self.model(torch.tensor([list(tokens)]), cache=self.cache, last=last)[0]
-        self.length = self.cache.lengths[0]
-        return out
+        return self.model(torch.tensor([list(tokens)]), cache=self.cache, last=last)[0]
 
     def truncate(self, n):
         self.cache.truncate([n])
-        self.length = n
 
 
 @session_kind("paged")

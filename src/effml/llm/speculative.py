@@ -19,6 +19,12 @@ that, not the draft, caps the speedup at max_γ (γ+1)/v(γ) even for a perfect,
 `gamma="auto"` first tries γ = 0 (a plain target step), 1, 2, 4, 6 to measure the target's call time t(T) by the
 number of tokens T it is fed, then re-picks γ in 0..max_gamma every round by maximising the formula with the
 running α, c = draft step / t(1) and v(γ) = t(γ+1) / t(1); γ = 0 (no speculation) when nothing pays.
+
+Self-speculation (a quantized copy of the target as its draft) shares the target's KV cache (`share_kv`, on by
+default when the draft has the target's architecture): the draft attends to the target's K/V for every committed
+token and writes its own only for the tokens it drafts, which the verification pass then overwrites. No prompt pass
+through the draft, no catch-up call after a round, half the cache memory; the proposals stay a function of the
+committed tokens alone, so greedy output and the sampling law are unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 
 from effml.errors import ConfigError
 from effml.llm.generate import SESSIONS, argmax, check_request, new_session, next_probs
-from effml.llm.model import Transformer
+from effml.llm.model import Transformer, compute_dtype
 
 
 def expected_tokens_per_call(alpha: float, gamma: int) -> float:
@@ -94,6 +100,7 @@ class SpecConfig:
     stop_token: int | None = None
     seed: int = 0
     warmup_gammas: tuple[int, ...] = (0, 1, 2, 4, 6)  # auto: one round each (capped at max_gamma) before choosing
+    share_kv: bool | None = None  # the draft reads the target's KV cache; None: when the architectures match
 
     def __post_init__(self):
         if self.gamma != "auto" and (not isinstance(self.gamma, int) or self.gamma < 1):
@@ -108,6 +115,8 @@ class SpecConfig:
         if not self.warmup_gammas or 0 not in self.warmup_gammas or min(self.warmup_gammas) < 0:
             raise ConfigError(f"SpecConfig.warmup_gammas must be non-negative and include 0 (a plain target step, "
                               f"the unit of v and c), got {self.warmup_gammas}")
+        if self.share_kv not in (None, True, False):
+            raise ConfigError(f"SpecConfig.share_kv must be True, False or None (auto), got {self.share_kv!r}")
 
 
 @dataclass
@@ -215,6 +224,19 @@ def check_pair(target: Transformer, draft: Transformer) -> None:
                           f"the target's tokenizer")
 
 
+def shares_kv(target: Transformer, draft: Transformer, share: bool | None) -> bool:
+    """Whether `draft` runs on the target's KV cache: asked (share=True: an error if it cannot) or, for None,
+    whenever it can: the same architecture (a quantized copy of the target: self-speculation) and cache dtype."""
+    same = draft.args == target.args and compute_dtype(draft) == compute_dtype(target)
+    if share and not same:
+        diff = [k for k, v in draft.args.to_dict().items() if target.args.to_dict().get(k) != v]
+        what = f"ModelArgs fields {', '.join(diff)}" if diff else \
+            f"cache dtype {compute_dtype(draft)} vs {compute_dtype(target)}"
+        raise ConfigError(f"SpecConfig.share_kv=True needs a draft with the target's architecture and cache dtype; "
+                          f"they differ in {what}")
+    return same if share is None else share
+
+
 class _Timed:
     def __init__(self, costs: CallCosts | None = None):
         self.calls, self.time, self.costs = 0, 0.0, costs
@@ -266,7 +288,8 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     warmup = [min(g, config.max_gamma) for g in config.warmup_gammas] if auto else []
     span = len(prompt) + config.max_new_tokens + config.max_gamma + 1
     ts = new_session(config.kv, target, span)
-    ds = None if model is None else new_session(config.kv, model, span)
+    shared = model is not None and shares_kv(target, model, config.share_kv)
+    ds = None if model is None else ts.view(model) if shared else new_session(config.kv, model, span)
     costs = CallCosts()
     tcall, dcall = _Timed(costs), _Timed()
     dist = (lambda lg: lg) if greedy else (lambda lg: next_probs(lg, config.temperature, config.top_k))
@@ -278,7 +301,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     t0 = time.perf_counter()
     if len(prompt) > 1:  # both caches hold all but the last token; it is fed with the first proposal
         ts.feed(prompt[:-1], last=1)
-        if ds is not None:
+        if ds is not None and not shared:
             ds.feed(prompt[:-1], last=1)
     prefill = time.perf_counter() - t0
 
@@ -307,12 +330,15 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         elif drafts:
             lookup_rounds += 1
         history.append(gamma)
+        held = ts.length  # a shared cache: the draft's K/V past here are dropped before the verification
         for _ in range(gamma if kind == "model" else 0):  # draft γ tokens, one call each (the first catches up)
             lg = dcall(ds, seq[ds.length:] if not drafts else drafts[-1:], last=1)[-1]
             q = dist(lg)
             x = argmax(q) if greedy else int(torch.multinomial(q, 1, generator=gen))
             drafts.append(x)
             qs.append(q)
+        if shared and ts.length > held:
+            ts.truncate(held)
         t_before = tcall.time
         proposed += gamma
         logits = tcall(ts, seq[ts.length:] + drafts, last=gamma + 1)  # (γ+1, V): one verification pass
