@@ -158,3 +158,30 @@ def test_attend_rows_is_attend_per_sequence():
     torch.testing.assert_close(k1, k2, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="outside the cache"):
         ext.attend_rows(qkv, cos, sin, k1, v1, None, torch.tensor([0, 2, 1]), torch.tensor([3, 5, 6]), H, Hkv)
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "int4", "int8"])
+def test_the_weights_a_step_reads_lie_in_one_region_in_reading_order(model, fmt):
+    m = copy.deepcopy(model)
+    to_format(m, FormatConfig(fmt))
+    prepare(m)
+    mods = [p for b in m.layers for p in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13, b.feed_forward.w2)]
+    mods.append(m.output)
+    specs = [fastpath.kernel_spec(p) for p in mods]
+    # gemv_a8 (int4: kind 2, int8: 3) or gemv_tiles (4) for every projection; the tiny head (97 rows, not a multiple
+    # of 16) may run effml's row-major int8 GEMV (kind 0), which place() leaves where it is
+    assert all(s[0] in (2, 3, 4) for s in specs[:-1])
+    specs = [s for s in specs if s[0] in (2, 3, 4)]
+    streams = [[s[1] for s in specs]] + ([[s[2] for s in specs]] if fmt != "fp32" else [])  # codes/tiles, scales
+    for stream in streams:
+        starts = [t.data_ptr() for t in stream]
+        ends = [t.data_ptr() + t.nbytes for t in stream]
+        # each one starts on the first 64-byte line after the one before it: one sequential stream per step
+        assert all(b == -(-e // 64) * 64 for e, b in zip(ends, starts[1:])), fmt
+    if fmt != "fp32":
+        assert streams[1][0].data_ptr() == -(-(streams[0][-1].data_ptr() + streams[0][-1].nbytes) // 64) * 64
+    with torch.no_grad():
+        before = new_session("contiguous", m, 16).feed([5, 17, 42, 7])
+        assert fastpath.place(m, __import__("effml.native", fromlist=["load"]).load()) > 0  # placed again: same numbers
+        fastpath.enable(m)
+        assert torch.equal(new_session("contiguous", m, 16).feed([5, 17, 42, 7]), before)

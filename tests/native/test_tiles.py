@@ -59,6 +59,27 @@ def test_huge_is_an_equal_copy():
         assert torch.equal(h, t) and h.is_contiguous() and h.data_ptr() != t.data_ptr()
 
 
+def test_arena_places_equal_copies_back_to_back_on_64_byte_lines():
+    ts = [torch.randn(3, 5), torch.arange(600_000, dtype=torch.int32).reshape(600, 1000),
+          torch.randint(0, 255, (1001,), dtype=torch.uint8), torch.randn(8, 4).T]  # the last one non-contiguous
+    out = ext.arena(ts)
+    assert all(torch.equal(a, b) and a.is_contiguous() and a.dtype == b.dtype for a, b in zip(out, ts))
+    # 60 B -> one 64-byte line, 2.4 MB (a multiple of 64), 1001 B -> 16 lines: each starts where the last one ends
+    starts = [t.data_ptr() for t in out]
+    assert [b - a for a, b in zip(starts, starts[1:])] == [64, 2_400_000, 1024]
+    assert starts[0] % 64 == 0
+    first = out[0].clone()
+    del out[1:], ts  # the region lives as long as any view of it
+    assert torch.equal(out[0], first)
+
+
+def test_arena_with_ordinary_pages(monkeypatch):
+    monkeypatch.setenv("EFFML_HUGE_PAGES", "0")
+    a, b = ext.arena([torch.ones(10), torch.zeros(3, dtype=torch.int64)])
+    assert torch.equal(a, torch.ones(10)) and torch.equal(b, torch.zeros(3, dtype=torch.int64))
+    assert b.data_ptr() - a.data_ptr() == 64
+
+
 def test_bad_arguments_are_named():
     t = ext.pack_tiles(torch.randn(20, 8))
     with pytest.raises(RuntimeError, match="x has 9 columns, the tiles K = 8"):

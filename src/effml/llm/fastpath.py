@@ -163,6 +163,35 @@ def direct(m, ext):
     return lambda x: op(x.to(torch.bfloat16), w, group, scale).float()
 
 
+def place(model, ext) -> int:
+    """Copy the packed weights a decode step reads (gemv_a8's codes / scales / zero terms, gemv_tiles' tiles) into
+    one region in the order the step reads them: layer by layer (QKV, O, gate/up, down), then the head; the codes
+    (or tiles) of every projection back to back, then the scales, then the zero terms. A small model's projections
+    are each far below a 2 MiB page, so per-tensor copies leave them in ordinary pages and make the step hundreds of
+    short streams (`native.arena`). Returns the bytes placed."""
+    from effml.compress.weight_only import WeightOnlyLinear
+    from effml.llm.engine import PackedLinear
+
+    mods = [p for b in model.layers for p in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13,
+                                              b.feed_forward.w2)] + [model.output]
+    a8 = [m for m in mods if isinstance(m, WeightOnlyLinear) and m.a8() is not None]
+    tiled = [m for m in mods if isinstance(m, PackedLinear) and m._gemv is not None]
+    if not a8 and not tiled:
+        return 0
+    zs = [m for m in a8 if m._a8[3] is not None]
+    flat = [m._a8[1] for m in a8] + [m._tiles for m in tiled] + [m._a8[2] for m in a8] + [m._a8[3] for m in zs]
+    placed = iter(ext.arena(flat))
+    codes = {m: next(placed) for m in a8}
+    for m in tiled:
+        m._tiles = next(placed)
+    scales = {m: next(placed) for m in a8}
+    zterms = {m: next(placed) for m in zs}
+    for m in a8:
+        e, _, _, _, group = m._a8
+        m._a8 = (e, codes[m], scales[m], zterms.get(m), group)
+    return sum(t.nbytes for t in flat)
+
+
 def enable(model) -> list[str]:
     """Turn the fast path on for a prepared fp32-activation model; returns notes (why not, when it cannot)."""
     from effml import native
@@ -178,6 +207,7 @@ def enable(model) -> list[str]:
     for norm in [model.norm] + [n for b in model.layers for n in (b.attention_norm, b.ffn_norm)]:
         norm.weight.data = norm.weight.data.float()  # a bf16 model's norm weights, widened exactly (C values each)
     ext = native.load()
+    place(model, ext)
     model._fast_plan = [(b.attention_norm.weight.detach(), b.attention_norm.eps, direct(b.attention.wqkv, ext),
                          direct(b.attention.wo, ext), b.ffn_norm.weight.detach(), b.ffn_norm.eps,
                          direct(b.feed_forward.w13, ext), direct(b.feed_forward.w2, ext)) for b in model.layers]

@@ -4,6 +4,7 @@
 //   tiles = pack_tiles(w)            w (N, K) fp32 or bf16 -> (ceil(N/16), K, 16), 16 output rows interleaved
 //   y = gemv_tiles(x, tiles, N, bias?)  x (M, K) fp32, any M: y (M, N) = x @ w.T + bias
 //   h = huge(t)                      a contiguous copy of t in memory the kernel asks to back with 2 MiB pages
+//   views = arena(ts)                contiguous copies of all of ts, back to back in one such region
 //
 // Why a second layout beside gemv.cpp's row-major one: with rows of w, each output is a dot product, and R
 // activation rows mean R loads per weight vector (8 rows of SmolLM2's fp32 head cost 3.4x one row, measured). With
@@ -25,6 +26,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <vector>
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
@@ -125,6 +128,40 @@ torch::Tensor huge(const torch::Tensor& t) {
 #endif
   std::memcpy(p, c.data_ptr(), bytes);
   return torch::from_blob(p, c.sizes(), [](void* q) { std::free(q); }, c.options());
+}
+
+// One region for every weight a decode step reads, laid out in the order it reads them: a projection of a small
+// model (SmolLM2's int4 wo: 166 KB of codes) is far below a 2 MiB page, so huge() alone leaves it in ordinary pages,
+// and 360 separate buffers per step mean as many cold starts of the hardware prefetcher. Back to back, one stream
+// runs on from one projection into the next (and gemv_a8's prefetch 4 KiB ahead reaches into it). Each copy starts
+// on a 64-byte line; the region is freed when the last view of it goes.
+std::vector<torch::Tensor> arena(const std::vector<torch::Tensor>& ts) {
+  constexpr size_t LINE = 64;
+  std::vector<torch::Tensor> cs;
+  std::vector<size_t> at;
+  size_t total = 0;
+  for (const auto& t : ts) {
+    TORCH_CHECK(t.device().is_cpu(), "arena: CPU tensors are needed, got one on ", t.device());
+    cs.push_back(t.contiguous());
+    at.push_back(total);
+    total += (cs.back().nbytes() + LINE - 1) / LINE * LINE;
+  }
+  const char* off = std::getenv("EFFML_HUGE_PAGES");  // "0": ordinary pages (to measure what the pages change)
+  const bool big = !(off != nullptr && std::strcmp(off, "0") == 0);
+  const size_t align = big ? HUGE_PAGE : 4096, cap = std::max<size_t>((total + align - 1) / align * align, align);
+  void* p = std::aligned_alloc(align, cap);
+  TORCH_CHECK(p != nullptr, "arena: could not allocate ", cap, " bytes");
+#ifdef __linux__
+  if (big) madvise(p, cap, MADV_HUGEPAGE);  // before the first touch, as in huge()
+#endif
+  std::shared_ptr<void> region(p, [](void* q) { std::free(q); });
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < cs.size(); ++i) {
+    char* dst = static_cast<char*>(p) + at[i];
+    std::memcpy(dst, cs[i].data_ptr(), cs[i].nbytes());
+    out.push_back(torch::from_blob(dst, cs[i].sizes(), [region](void*) {}, cs[i].options()));
+  }
+  return out;
 }
 
 torch::Tensor pack_tiles(const torch::Tensor& w) {
