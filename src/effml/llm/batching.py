@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -84,6 +84,7 @@ class EngineConfig:
     max_len: int = 0  # 0: the trace's longest prompt + output
     stop_token: int | None = None  # a sequence that emits it is done (benchmarks leave None: fixed lengths)
     prefill_chunk: int = 64  # "chunked": prompt tokens per iteration riding along the decode rows
+    prefix_cache: bool = False  # paged engines: share the K/V of prompt blocks already computed (kvblocks.py)
 
     def __post_init__(self):
         if self.prefill_chunk <= 0:
@@ -122,6 +123,7 @@ class ServeResult:
     makespan_s: float
     steps: int
     kv: dict  # {"paged": {...}, "contiguous": {...}}: time-averaged and peak reserved vs used
+    cached_prompt_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache (not computed)
 
     @property
     def generated_tokens(self) -> int:
@@ -142,6 +144,8 @@ class ServeResult:
                 "makespan_s": self.makespan_s, "throughput_tok_s": self.throughput, "steps": self.steps,
                 "latency_p50_s": self.latency_p(50), "latency_p99_s": self.latency_p(99),
                 "ttft_p50_s": self.ttft_p(50), "ttft_p99_s": self.ttft_p(99), "kv": self.kv,
+                "prompt_tokens": sum(r.prompt_len for r in self.requests),
+                "cached_prompt_tokens": self.cached_prompt_tokens,
                 "per_request": [{**asdict(r), "tokens": len(r.tokens)} for r in self.requests]}
 
 
@@ -180,6 +184,7 @@ class _KVMeter:
     def __init__(self, bytes_per_token: float, max_len: int, on_logits=None):
         self.bpt, self.max_len, self.samples, self.live = bytes_per_token, max_len, [], []
         self.on_logits = on_logits
+        self.cached_prompt_tokens = 0  # set by a paged engine at its end (prefix caching)
 
     def logits(self, rids, logits: torch.Tensor) -> None:
         if self.on_logits is not None:
@@ -285,7 +290,7 @@ def _retire(running: dict, cache, done: list, now: float, stop: int | None, prog
 def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress, clock):
     bs = cfg.block_size
     num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
-    cache = PagedCache(model.args, num_blocks, bs, compute_dtype(model))
+    cache = PagedCache(model.args, num_blocks, bs, compute_dtype(model), prefix_cache=cfg.prefix_cache)
     pending, done, steps = list(trace), [], 0
     running: dict[int, tuple[Request, list[int], float]] = {}  # rid -> (request, tokens, first token time)
     stop = cfg.stop_token
@@ -305,9 +310,9 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
                and owed + blocks_total(pending[0]) <= cache.allocator.n_free):
             r = pending.pop(0)
             owed += blocks_total(r)
-            cache.add(r.rid)
+            held = cache.add(r.rid, r.prompt)  # > 0: a cached prefix of the prompt (prefix caching)
             cache.select([r.rid])
-            logits = (yield model, (torch.tensor([r.prompt]),), {"cache": cache, "last": 1})[0, -1]  # (V,)
+            logits = (yield model, (torch.tensor([r.prompt[held:]]),), {"cache": cache, "last": 1})[0, -1]  # (V,)
             running[r.rid] = (r, [argmax(logits)], clock.now)
             meter.logits([r.rid], logits[None])
         retire()
@@ -323,6 +328,7 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
             running[i][1].append(t)
         steps += 1
         retire()
+    meter.cached_prompt_tokens = cache.cached_tokens
     return sorted(done, key=lambda r: r.rid), clock.now, steps
 
 
@@ -341,7 +347,7 @@ def _chunked(model: Transformer, trace: list[Request], cfg: EngineConfig, max_le
     rows that emit a token (decode rows, and a prompt's last chunk)."""
     bs = cfg.block_size
     num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
-    cache = VarlenPagedCache(model.args, num_blocks, bs, compute_dtype(model))
+    cache = VarlenPagedCache(model.args, num_blocks, bs, compute_dtype(model), prefix_cache=cfg.prefix_cache)
     pending, done, steps = list(trace), [], 0
     running: dict[int, list] = {}  # rid -> [request, tokens out, first token time, prompt tokens prefilled]
     stop = cfg.stop_token
@@ -359,8 +365,7 @@ def _chunked(model: Transformer, trace: list[Request], cfg: EngineConfig, max_le
                and owed + blocks_total(pending[0]) <= cache.allocator.n_free):
             r = pending.pop(0)
             owed += blocks_total(r)
-            cache.add(r.rid)
-            running[r.rid] = [r, [], None, 0]
+            running[r.rid] = [r, [], None, cache.add(r.rid, r.prompt)]  # prefilled: a cached prefix, if any
         budget, ids, rows, emit = cfg.prefill_chunk, [], [], []
         for rid, (r, out, _, done_p) in running.items():
             if done_p < len(r.prompt):  # prefilling: the next chunk of its prompt, within the budget
@@ -393,6 +398,7 @@ def _chunked(model: Transformer, trace: list[Request], cfg: EngineConfig, max_le
             st[1].append(t)
         steps += 1
         retire()
+    meter.cached_prompt_tokens = cache.cached_tokens
     return sorted(done, key=lambda r: r.rid), clock.now, steps
 
 
@@ -415,10 +421,15 @@ def serve_side_by_side(model: Transformer, trace: list[Request], batchings=("sta
     """Serve the same trace with several engines in one process, their model calls interleaved one by one (each
     engine on its own virtual clock), so that load from other processes hits every engine alike.
 
-    progress(done, total) for one engine; progress(name, done, total) when there are several."""
+    progress(done, total) for one engine; progress(name, done, total) when there are several. A name ending in
+    "+prefix" runs a paged engine with prefix caching (continuous+prefix, chunked+prefix)."""
+    configs = []
     for b in batchings:
-        if b not in ENGINES:
-            raise ConfigError(f"batching {b!r} is not one of {', '.join(ENGINES)}")
+        base, plus, opt = b.partition("+")
+        if base not in ENGINES or (plus and (opt != "prefix" or base == "static")):
+            raise ConfigError(f"batching {b!r} is not one of {', '.join(ENGINES)}, or continuous+prefix / "
+                              f"chunked+prefix (prefix caching needs the paged cache)")
+        configs.append((base, replace(config, prefix_cache=True) if plus else config))
     if not trace:
         raise ConfigError("serve needs at least one request")
     for r in trace:
@@ -434,8 +445,10 @@ def serve_side_by_side(model: Transformer, trace: list[Request], batchings=("sta
             return None
         return progress if len(batchings) == 1 else (lambda d, n: progress(name, d, n))
 
-    gens = [ENGINES[b](model, trace, config, max_len, m, report(b), c) for b, m, c in zip(batchings, meters, clocks)]
+    gens = [ENGINES[base](model, trace, cfg, max_len, m, report(b), c)
+            for b, (base, cfg), m, c in zip(batchings, configs, meters, clocks)]
     out = {}
     for b, m, (done, makespan, steps) in zip(batchings, meters, _drive(gens, clocks)):
-        out[b] = ServeResult(b, done, makespan, steps, m.summary("contiguous" if b == "static" else "paged"))
+        out[b] = ServeResult(b, done, makespan, steps, m.summary("contiguous" if b == "static" else "paged"),
+                             m.cached_prompt_tokens)
     return out

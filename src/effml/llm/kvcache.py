@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
-from effml.errors import ConfigError, EffmlError
+from effml.errors import ConfigError
+from effml.llm.kvblocks import BlockAllocator, CacheFull, PrefixIndex
 from effml.llm.model import ModelArgs, gqa_attention
 
-
-class CacheFull(EffmlError, RuntimeError):
-    """No free block (paged) or no free slot (contiguous) for the tokens asked for."""
+__all__ = ["BlockAllocator", "CacheFull", "ContiguousCache", "KVStats", "PagedCache", "PrefixIndex", "VarlenPagedCache",
+           "kv_bytes_per_token"]
 
 
 def _visible(positions: torch.Tensor, S: int) -> torch.Tensor:
@@ -111,28 +111,6 @@ class KVStats:
                 "used_bytes": self.used_tokens * self.bytes_per_token, "waste": self.waste}
 
 
-class BlockAllocator:
-    """Fixed-size blocks handed out from a free list (LIFO: a just-freed, cache-warm block is reused first)."""
-
-    def __init__(self, num_blocks: int):
-        if num_blocks <= 0:
-            raise ConfigError(f"BlockAllocator num_blocks must be positive, got {num_blocks}")
-        self.num_blocks = num_blocks
-        self.free_list = list(range(num_blocks - 1, -1, -1))
-
-    @property
-    def n_free(self) -> int:
-        return len(self.free_list)
-
-    def allocate(self) -> int:
-        if not self.free_list:
-            raise CacheFull(f"all {self.num_blocks} KV blocks are in use")
-        return self.free_list.pop()
-
-    def free(self, blocks: list[int]) -> None:
-        self.free_list.extend(reversed(blocks))
-
-
 def _attend_gather(q, k_pool, v_pool, table, mask):
     """Index the blocks of each sequence through its block table in one gather, then attend.
 
@@ -180,7 +158,7 @@ class PagedCache:
     kind = "paged"
 
     def __init__(self, args: ModelArgs, num_blocks: int, block_size: int = 16, dtype: torch.dtype = torch.float32,
-                 kernel: str = "gather"):
+                 kernel: str = "gather", prefix_cache: bool = False):
         if block_size <= 0:
             raise ConfigError(f"PagedCache block_size must be positive, got {block_size}")
         if kernel not in PAGED_KERNELS:
@@ -195,16 +173,48 @@ class PagedCache:
         self.kernel = PAGED_KERNELS[kernel]
         self.seq_ids: list = []  # the sequences of the current batch, in batch order
         self._step = None
+        # prefix caching (kvblocks.PrefixIndex): full prompt blocks are indexed once computed, and a new sequence
+        # whose prompt starts with indexed blocks shares them instead of computing them again
+        self.prefix = PrefixIndex(self.allocator) if prefix_cache else None
+        self.prompts: dict[object, list[int]] = {}  # sequence id -> its prompt (the tokens its blocks index)
+        self.indexed: dict[object, int] = {}  # sequence id -> its first block not yet indexed
+        self.cached_tokens = 0  # prompt tokens served from the index so far
 
     # ---- sequences -------------------------------------------------------------------------------
-    def add(self, seq_id) -> None:
+    def add(self, seq_id, prompt: list[int] | None = None) -> int:
+        """A new sequence; with prefix caching and its prompt, it starts holding the longest indexed prefix of
+        the prompt (never the last token, whose logits the caller needs). Returns the tokens it holds: feed
+        prompt[returned:]."""
         if seq_id in self.tables:
             raise ConfigError(f"sequence {seq_id!r} is already in the paged cache")
         self.tables[seq_id], self.lens[seq_id] = [], 0
+        if self.prefix is None or prompt is None:
+            return 0
+        prompt = [int(t) for t in prompt]
+        blocks = self.prefix.match(prompt, self.block_size, len(prompt) - 1)
+        for b in blocks:
+            self.allocator.share(b)
+        self.tables[seq_id], self.lens[seq_id] = blocks, len(blocks) * self.block_size
+        self.prompts[seq_id], self.indexed[seq_id] = prompt, len(blocks)
+        self.cached_tokens += self.lens[seq_id]
+        return self.lens[seq_id]
 
     def free(self, seq_id) -> None:
-        self.allocator.free(self.tables.pop(seq_id))
+        self.allocator.free(self.tables.pop(seq_id), self.prefix.key_of if self.prefix else frozenset())
         del self.lens[seq_id]
+        self.prompts.pop(seq_id, None)
+        self.indexed.pop(seq_id, None)
+
+    def _index(self) -> None:
+        """Index the prompt blocks the last pass filled."""
+        for s in self.seq_ids:
+            prompt = self.prompts.get(s)
+            if prompt is None:
+                continue
+            full = min(self.lens[s], len(prompt)) // self.block_size
+            if full > self.indexed[s]:
+                self.prefix.add(self.tables[s], prompt, self.block_size, self.indexed[s], full)
+                self.indexed[s] = full
 
     def select(self, seq_ids: list) -> PagedCache:
         """Make `seq_ids` (in this order) the batch the next forward pass works on."""
@@ -254,16 +264,31 @@ class PagedCache:
         for s in self.seq_ids:
             self.lens[s] += T
         self._step = None
+        if self.prefix is not None:
+            self._index()
 
     def truncate(self, lengths: list[int]) -> None:
-        """Shorten the batch's sequences to `lengths`, returning now-unused blocks to the free list."""
+        """Shorten the batch's sequences to `lengths`, returning now-unused blocks to the free list. A kept last
+        block that is partly dropped and shared (or indexed) is copied first: the sequence writes into it next."""
+        keep_cached = self.prefix.key_of if self.prefix else frozenset()
         for s, n in zip(self.seq_ids, lengths):
             if not 0 <= n <= self.lens[s]:
                 raise ConfigError(f"truncate sequence {s!r} to {n}: it holds {self.lens[s]} tokens")
             keep = -(-n // self.block_size)
-            self.allocator.free(self.tables[s][keep:])
+            self.allocator.free(self.tables[s][keep:], keep_cached)
             del self.tables[s][keep:]
             self.lens[s] = n
+            if s in self.indexed:
+                self.indexed[s] = min(self.indexed[s], n // self.block_size)
+            last = self.tables[s][-1] if n % self.block_size else None
+            if last is not None and self.prefix is not None and (self.allocator.refs[last] > 1 or last in keep_cached):
+                if self.allocator.refs[last] == 1:
+                    self.prefix.forget(last)  # held by this sequence alone: no longer the indexed content
+                else:
+                    new = self.allocator.allocate()
+                    self.k[:, new], self.v[:, new] = self.k[:, last], self.v[:, last]
+                    self.allocator.free([last], keep_cached)
+                    self.tables[s][-1] = new
 
     def stats(self, bytes_per_token: float) -> KVStats:
         """Reserved = whole blocks held by live sequences; used = their tokens."""
@@ -319,6 +344,8 @@ class VarlenPagedCache(PagedCache):
         for s, c in zip(self.seq_ids, self.counts):
             self.lens[s] += c
         self._step = None
+        if self.prefix is not None:
+            self._index()
 
 
 def kv_bytes_per_token(args: ModelArgs, dtype: torch.dtype = torch.float32) -> int:
