@@ -104,3 +104,14 @@ def test_serve_bench_table(capsys):
                  "--batching", "continuous"]) == 0
     out = capsys.readouterr().out
     assert "continuous" in out and "throughput" in out
+
+
+def test_serve_bench_prefix_cache(capsys):
+    # the held-out prompts share openings ("What are three interesting facts about ..."): with 4-token blocks the
+    # paged engines find some of them in the pool; the static engine's contiguous cache has no prefix caching
+    d = run_json(capsys, "serve-bench", "--model", "tiny", "--requests", "8", "--rate", "100", "--mean-output", "4",
+                 "--max-output", "8", "--block-size", "4", "--batching", "all", "--prefix-cache")
+    r = d["results"]
+    assert r["continuous"]["cached_prompt_tokens"] > 0 and r["chunked"]["cached_prompt_tokens"] >= 0
+    assert r["static"]["cached_prompt_tokens"] == 0
+    assert r["continuous"]["cached_prompt_tokens"] % 4 == 0 < r["continuous"]["prompt_tokens"]

@@ -15,6 +15,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batching", choices=("static", "continuous", "chunked", "both", "all"), default="both",
                    help="engine: static, continuous, chunked (continuous with chunked prefill riding along the "
                         "decode rows), both (static + continuous, default) or all three, side by side")
+    p.add_argument("--prefix-cache", action="store_true",
+                   help="the paged engines (continuous, chunked) share the K/V of prompt blocks already in the pool "
+                        "(e.g. the chat template's system prompt) instead of computing them again")
     p.add_argument("--prefill-chunk", type=positive_int, default=64,
                    help="chunked: prompt tokens per iteration (default 64)")
     p.add_argument("--max-batch", type=positive_int, default=8, help="sequences decoded together at most (default 8)")
@@ -52,7 +55,8 @@ def run(args) -> int:
     trace = trace_for(lm, args.requests, args.rate, args.mean_output, args.max_output, args.seed)
     engines = {"both": ("static", "continuous"), "all": ("static", "continuous", "chunked")}.get(
         args.batching, (args.batching,))
-    cfg = EngineConfig(max_batch=args.max_batch, block_size=args.block_size, prefill_chunk=args.prefill_chunk)
+    cfg = EngineConfig(max_batch=args.max_batch, block_size=args.block_size, prefill_chunk=args.prefill_chunk,
+                       prefix_cache=args.prefix_cache)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
                TimeElapsedColumn())
     with running_on(lm.model, device), \

@@ -10,7 +10,7 @@ from rich.table import Table
 from effml.units import fmt_bytes
 
 SERVE_COLUMNS = ("batching", "throughput tok/s", "latency p50 s", "latency p99 s", "TTFT p50 s", "TTFT p99 s",
-                 "KV reserved vs used (waste)")
+                 "KV reserved vs used (waste)", "prompt tokens cached")
 
 
 def kv_table(r) -> Table:
@@ -45,7 +45,8 @@ def serve_table(model: str, n_requests: int, rate: float, max_batch: int, result
         own = r.kv["contiguous" if name == "static" else "paged"]
         t.add_row(name, f"{r.throughput:.1f}", f"{r.latency_p(50):.2f}", f"{r.latency_p(99):.2f}",
                   f"{r.ttft_p(50):.2f}", f"{r.ttft_p(99):.2f}",
-                  f"{own['reserved_tokens_avg']:.0f} vs {own['used_tokens_avg']:.0f} tok ({own['waste']:.1%})")
+                  f"{own['reserved_tokens_avg']:.0f} vs {own['used_tokens_avg']:.0f} tok ({own['waste']:.1%})",
+                  f"{r.cached_prompt_tokens}/{sum(q.prompt_len for q in r.requests)}")
     return t
 
 
