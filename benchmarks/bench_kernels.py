@@ -6,6 +6,7 @@
 - a prefill-sized product (64 rows) on the gate/up layer (3072 x 576, g32): gemv_a8 vs torch's
   `_weight_int4pack_mm_for_cpu` (bf16 rows) vs an fp32 F.linear of the dequantized weight, in GMAC/s
 - the fused attention (`attend`) of one token per layer at 90 and 500 cached positions (9 query, 3 KV heads of 64)
+- the same 120 projections with every tensor in its own buffer vs in the engine's one region (native.arena)
 - one int4 layer called again and again (its codes in L2: the kernel's rate without DRAM); gemv_a8's prefetch distance (0, 2048, 4096 bytes ahead of the code stream, interleaved); a one-thread sum over
   256 MiB in 4 KiB and in 2 MiB pages; the greedy pick over 49152 logits, numpy (generate.argmax) vs torch.argmax
 - SmolLM2's fp32 projections and head (538 MB) for 1, 5 and 8 rows (a decode step, a speculative verification of
@@ -73,6 +74,19 @@ def main() -> int:
     rows.append({"kernel": "120 int4 projections (gemv_a8, 1 row)", "ms": proj * 1e3,
                  "rate": f"{nbytes / proj / 1e9:.1f} GB/s of {nbytes / 1e6:.0f} MB",
                  "beside": f"read bandwidth {bw / 1e9:.1f} GB/s"})
+    # the same projections with each tensor in a buffer of its own (ordinary pages: what per-tensor copies give a
+    # tensor below 2 MiB, i.e. every SmolLM2 projection) vs the engine's one region in reading order (native.arena)
+    own = [(p.clone(), s.clone(), None if z is None else z.clone(), g) for _, p, s, z, g in args]
+    t_own, t_one = float("inf"), float("inf")
+    for _ in range(3):
+        t_own = min(t_own, best(lambda: [ext.gemv_a8(xs[q.in_features], p, s, z, 4, g, None)
+                                         for q, (p, s, z, g) in zip(layers, own)], 5))
+        t_one = min(t_one, best(lambda: [ext.gemv_a8(xs[q.in_features], p, s, z, 4, g, None)
+                                         for q, (_, p, s, z, g) in zip(layers, args)], 5))
+    rows.append({"kernel": "the same, a buffer per tensor / one region (arena)", "ms": t_one * 1e3,
+                 "rate": f"{nbytes / t_own / 1e9:.1f} / {nbytes / t_one / 1e9:.1f} GB/s",
+                 "beside": f"{t_own * 1e3:.2f} / {t_one * 1e3:.2f} ms, interleaved"})
+    del own
     _, p1, s1, z1, g1 = args[2]  # layer 0's gate/up (3072 x 576, 1.3 MB with its scales): again and again, in L2
     b1 = p1.numel() + s1.numel() * 4 + z1.numel() * 4
     t1 = best(lambda: ext.gemv_a8(xs[layers[2].in_features], p1, s1, z1, 4, g1, None), 200, False)
