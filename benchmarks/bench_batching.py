@@ -7,7 +7,7 @@ engines with prefix caching (`continuous+prefix`, `chunked+prefix`: a prompt's f
 the chat template's system prompt here, are shared instead of computed), reported, not claimed. The model is the engine's
 fp32 model (`engine.prepare`), or `--format int8|int4|bf16`; torch threads from EFFML_BENCH_THREADS (default 1).
 
-Trace: held-out chat prompts (effml.llm.prompts, 40-60 tokens with the chat template), Poisson arrivals at
+Trace: held-out chat prompts (effml.llm.prompts, 35-43 tokens with the chat template), Poisson arrivals at
 `RATE`/s (faster than either engine serves them, so throughput measures the engine, not the arrivals), output
 lengths exponential with mean 48, clipped to [4, 160] (a chat-like long tail; every request generates exactly
 its length so both engines do the same useful work). Both engines decode at most 8 sequences at a time.
