@@ -299,3 +299,19 @@ def test_sharing_needs_the_same_architecture(target, drafts):
     # auto: a different architecture runs on its own cache (the layer-subset draft works as before)
     res = speculative_generate(target, drafts["layer-subset"], [1, 2], SpecConfig(gamma=2, max_new_tokens=8))
     assert res.tokens == generate(target, [1, 2], GenerateConfig(max_new_tokens=8)).tokens
+
+
+def test_auto_gamma_goes_at_most_one_token_past_the_longest_pass_measured(target, monkeypatch):
+    # t(T) past the longest verification measured is an extrapolation, so γ may grow by at most one per round
+    # beyond the warm-up's. A chooser that always wants the longest γ it is allowed (what a perfect free draft
+    # makes the formula do) shows the allowance round by round, independent of the machine's timings
+    import effml.llm.speculative as spec
+
+    allowed = []
+    monkeypatch.setattr(spec, "best_gamma", lambda a, c, max_gamma, v, min_gamma: allowed.append(max_gamma) or
+                        max_gamma)
+    res = speculative_generate(target, target, [3, 1, 4], SpecConfig(gamma="auto", max_new_tokens=120, max_gamma=12))
+    warm = len(SpecConfig().warmup_gammas)
+    assert res.gamma_history[:warm] == [0, 1, 2, 4, 6]  # passes of 1, 2, 3, 5, 7 tokens measured
+    assert allowed[:6] == [7, 8, 9, 10, 11, 12] and set(allowed[6:]) == {12}  # then 8, 9, ... tokens, up to max_gamma
+    assert res.gamma_history[warm:warm + 6] == [7, 8, 9, 10, 11, 12]
