@@ -49,6 +49,8 @@ def test_side_by_side_serving_gives_each_engine_its_own_run(model, trace, result
         assert [r.tokens for r in both[b].requests] == [r.tokens for r in results[b].requests]
         assert both[b].batching == b and both[b].generated_tokens == results[b].generated_tokens
     assert set(seen) == {"static", "continuous"}
+    for b in ("static", "continuous"):  # the prefill-only passes: part of the engine's time, not all of it
+        assert 0 < both[b].prefill_s < both[b].makespan_s
     with pytest.raises(ConfigError, match="batching 'orca'"):
         serve_side_by_side(model, trace, ("orca",))
 
@@ -148,7 +150,7 @@ def test_chunked_prefill_gives_the_plain_greedy_tokens_in_fewer_model_calls(mode
         got = next(x for x in res.requests if x.rid == r.rid)
         assert got.tokens == ref, (r.rid, chunk)
         assert got.first_token_s >= r.arrival_s and got.finish_s >= got.first_token_s
-    assert len(res.requests) == len(trace)
+    assert len(res.requests) == len(trace) and res.prefill_s is None  # prefill rides in the decode iterations
     if chunk == 64:  # every prompt (< 30 tokens) fits one chunk: a prompt rides along a decode iteration, so
         # fewer model calls than continuous makes (its decode steps + one separate prefill per request). Compared
         # on the trace with every request arriving at t = 0: with Poisson arrivals the clock (advanced by measured

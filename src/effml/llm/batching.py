@@ -124,6 +124,7 @@ class ServeResult:
     steps: int
     kv: dict  # {"paged": {...}, "contiguous": {...}}: time-averaged and peak reserved vs used
     cached_prompt_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache (not computed)
+    prefill_s: float | None = None  # time in prefill-only passes (None: the engine mixes prefill into its steps)
 
     @property
     def generated_tokens(self) -> int:
@@ -145,7 +146,7 @@ class ServeResult:
                 "latency_p50_s": self.latency_p(50), "latency_p99_s": self.latency_p(99),
                 "ttft_p50_s": self.ttft_p(50), "ttft_p99_s": self.ttft_p(99), "kv": self.kv,
                 "prompt_tokens": sum(r.prompt_len for r in self.requests),
-                "cached_prompt_tokens": self.cached_prompt_tokens,
+                "cached_prompt_tokens": self.cached_prompt_tokens, "prefill_s": self.prefill_s,
                 "per_request": [{**asdict(r), "tokens": len(r.tokens)} for r in self.requests]}
 
 
@@ -185,6 +186,7 @@ class _KVMeter:
         self.bpt, self.max_len, self.samples, self.live = bytes_per_token, max_len, [], []
         self.on_logits = on_logits
         self.cached_prompt_tokens = 0  # set by a paged engine at its end (prefix caching)
+        self.prefill_s = 0.0  # time in passes that only prefill (static, continuous; chunked mixes them)
 
     def logits(self, rids, logits: torch.Tensor) -> None:
         if self.on_logits is not None:
@@ -238,7 +240,9 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
         for b, r in enumerate(batch):
             tokens[b, :len(r.prompt)] = torch.tensor(r.prompt)
         lens = torch.tensor([len(r.prompt) for r in batch])
+        t0 = clock.now
         logits = (yield model, (tokens,), {"cache": cache, "pick": lens - 1})[:, -1]  # (B, V)
+        meter.prefill_s += clock.now - t0
         cache.truncate(lens.tolist())  # forget the pads: later tokens overwrite them
         out = [[t] for t in argmax(logits)]
         meter.logits([r.rid for r in batch], logits)
@@ -312,7 +316,9 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
             owed += blocks_total(r)
             held = cache.add(r.rid, r.prompt)  # > 0: a cached prefix of the prompt (prefix caching)
             cache.select([r.rid])
+            t0 = clock.now
             logits = (yield model, (torch.tensor([r.prompt[held:]]),), {"cache": cache, "last": 1})[0, -1]  # (V,)
+            meter.prefill_s += clock.now - t0
             running[r.rid] = (r, [argmax(logits)], clock.now)
             meter.logits([r.rid], logits[None])
         retire()
@@ -448,7 +454,7 @@ def serve_side_by_side(model: Transformer, trace: list[Request], batchings=("sta
     gens = [ENGINES[base](model, trace, cfg, max_len, m, report(b), c)
             for b, (base, cfg), m, c in zip(batchings, configs, meters, clocks)]
     out = {}
-    for b, m, (done, makespan, steps) in zip(batchings, meters, _drive(gens, clocks)):
+    for b, (base, _), m, (done, makespan, steps) in zip(batchings, configs, meters, _drive(gens, clocks)):
         out[b] = ServeResult(b, done, makespan, steps, m.summary("contiguous" if b == "static" else "paged"),
-                             m.cached_prompt_tokens)
+                             m.cached_prompt_tokens, None if base == "chunked" else m.prefill_s)
     return out
