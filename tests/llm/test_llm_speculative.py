@@ -268,7 +268,7 @@ def test_a_self_int4_draft_shares_the_targets_cache_and_keeps_greedy_identical(t
             fed = _tokens_fed(draft)
             res = speculative_generate(target, draft, prompt, SpecConfig(gamma=3, max_new_tokens=24, kv=kv,
                                                                          share_kv=share))
-            assert res.tokens == ref, (kv, share)
+            assert res.tokens == ref and res.shared_kv == share and res.to_dict()["shared_kv"] == share, (kv, share)
             runs[share] = (res, fed[0])
         shared, own = runs[True], runs[False]
         # shared: one token per draft call (the round's last committed token, then its own drafts), no prompt pass

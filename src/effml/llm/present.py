@@ -55,5 +55,6 @@ def generation_line(res, kv: str) -> str:
     line = f"{len(res.tokens)} tokens in {res.time_s:.2f} s ({res.tokens_per_s:.1f} tok/s), kv={kv}"
     if hasattr(res, "gamma"):  # speculative
         return line + (f", γ={res.gamma}, α={res.alpha:.2f}, {res.tokens_per_target_call:.2f} tokens/target call, "
-                       f"c={res.c:.3f}, v={res.v:.2f}, formula speedup {res.formula_speedup:.2f}x")
+                       f"c={res.c:.3f}, v={res.v:.2f}, formula speedup {res.formula_speedup:.2f}x"
+                       + (", the draft on the target's KV cache" if res.shared_kv else ""))
     return line + f", time to first token {res.ttft_s:.2f} s"

@@ -138,6 +138,7 @@ class SpecResult:
     lookup_rounds: int = 0  # rounds proposed by prompt lookup (PromptLookup, LookupFirst)
     prefill_s: float = 0.0  # the prompt's pass through the target and the draft model (all but the last token)
     gamma_history: list[int] = field(default_factory=list, repr=False)
+    shared_kv: bool = False  # the draft model ran on the target's KV cache (SpecConfig.share_kv)
 
     @property
     def alpha(self) -> float:
@@ -381,4 +382,4 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     accepted, tested = (sum(c) for c in zip(*by_kind.values()))
     return SpecResult(len(prompt), out, gamma, accepted, tested, proposed, tcall.calls, dcall.calls,
                       dcall.time, tcall.time, time.perf_counter() - t0, verify_calls, verify_time, step, lookup_rounds,
-                      prefill, history)
+                      prefill, history, shared)
