@@ -115,3 +115,10 @@ def test_serve_bench_prefix_cache(capsys):
     assert r["continuous"]["cached_prompt_tokens"] > 0 and r["chunked"]["cached_prompt_tokens"] >= 0
     assert r["static"]["cached_prompt_tokens"] == 0
     assert r["continuous"]["cached_prompt_tokens"] % 4 == 0 < r["continuous"]["prompt_tokens"]
+
+
+def test_serve_bench_int4_format(capsys):
+    d = run_json(capsys, "serve-bench", "--model", "tiny", "--requests", "4", "--rate", "100", "--mean-output", "4",
+                 "--max-output", "8", "--format", "int4", "--batching", "continuous")
+    assert d["format"] == "int4" and d["results"]["continuous"]["generated_tokens"] > 0
+    assert any("int4" in k for k in d["engine"]["kernels"])  # the engine the tokens came from: int4 weights

@@ -10,6 +10,8 @@ def add_parser(sub) -> None:
                        description="Requests arrive as a Poisson process with mixed prompt and output lengths; "
                                    "report throughput (tokens/s), latency p50/p99, time to first token, KV waste.")
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default) or tiny")
+    p.add_argument("--format", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
+                   help="weight format in the engine: fp32 (default), bf16, int8 or int4 weight-only (LM head int8)")
     p.add_argument("--requests", type=positive_int, default=32, help="requests in the trace (default 32)")
     p.add_argument("--rate", type=positive_float, default=8.0, help="arrivals per second (default 8)")
     p.add_argument("--batching", choices=("static", "continuous", "chunked", "both", "all"), default="both",
@@ -50,8 +52,11 @@ def run(args) -> int:
     from effml.llm.on_device import check_device, device_dict, running_on
     from effml.models import load_llm
 
-    device = check_device(args.device)  # before loading the model
+    device = check_device(args.device, fmt=args.format)  # before loading the model
     lm = load_llm(args.model)
+    from effml.llm.engine import FormatConfig, prepare, to_format
+
+    to_format(lm.model, FormatConfig(args.format))
     trace = trace_for(lm, args.requests, args.rate, args.mean_output, args.max_output, args.seed)
     engines = {"both": ("static", "continuous"), "all": ("static", "continuous", "chunked")}.get(
         args.batching, (args.batching,))
@@ -62,6 +67,7 @@ def run(args) -> int:
     with running_on(lm.model, device), \
             Progress(*columns, console=console() if not args.json else None, transient=True,
                      disable=args.json) as bar:
+        plan = prepare(lm.model)  # fused projections, packed weights, effml's kernels: the engine `generate` runs
         tasks = {name: bar.add_task(f"{name} batching", total=len(trace)) for name in engines}
         # both engines side by side, their model calls interleaved: load from other processes hits both alike
         results = serve_side_by_side(lm.model, trace, engines, cfg,
@@ -73,7 +79,8 @@ def run(args) -> int:
     chunked = (results["chunked"].throughput / results["static"].throughput
                if {"static", "chunked"} <= set(results) else None)
     if args.json:
-        print_json({"model": lm.name, "requests": len(trace), "rate": args.rate, "max_batch": args.max_batch,
+        print_json({"model": lm.name, "format": args.format, "engine": plan.to_dict(), "requests": len(trace),
+                    "rate": args.rate, "max_batch": args.max_batch,
                     "results": summary, "continuous_over_static_throughput": ratio,
                     "chunked_over_static_throughput": chunked, "device": device_dict(device)})
         return 0
