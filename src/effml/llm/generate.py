@@ -12,7 +12,6 @@ from the same distribution.
 from __future__ import annotations
 
 import copy
-
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
