@@ -73,6 +73,17 @@ def test_arena_places_equal_copies_back_to_back_on_64_byte_lines():
     assert torch.equal(out[0], first)
 
 
+def test_arena_without_copying_gives_views_to_fill():
+    ts = [torch.randn(3, 5), torch.arange(10, dtype=torch.int64), torch.randint(0, 255, (100,), dtype=torch.uint8)]
+    views = ext.arena(ts, copy=False)  # shaped like ts, unwritten: the caller fills them one by one
+    assert [(v.shape, v.dtype) for v in views] == [(t.shape, t.dtype) for t in ts]
+    starts = [v.data_ptr() for v in views]
+    assert [b - a for a, b in zip(starts, starts[1:])] == [64, 128]  # 60 B and 80 B, each rounded to 64-byte lines
+    for v, t in zip(views, ts):
+        v.copy_(t)
+    assert all(torch.equal(v, t) for v, t in zip(views, ts))
+
+
 def test_arena_with_ordinary_pages(monkeypatch):
     monkeypatch.setenv("EFFML_HUGE_PAGES", "0")
     a, b = ext.arena([torch.ones(10), torch.zeros(3, dtype=torch.int64)])

@@ -178,18 +178,20 @@ def place(model, ext) -> int:
     tiled = [m for m in mods if isinstance(m, PackedLinear) and m._gemv is not None]
     if not a8 and not tiled:
         return 0
-    zs = [m for m in a8 if m._a8[3] is not None]
-    flat = [m._a8[1] for m in a8] + [m._tiles for m in tiled] + [m._a8[2] for m in a8] + [m._a8[3] for m in zs]
-    placed = iter(ext.arena(flat))
-    codes = {m: next(placed) for m in a8}
-    for m in tiled:
-        m._tiles = next(placed)
-    scales = {m: next(placed) for m in a8}
-    zterms = {m: next(placed) for m in zs}
-    for m in a8:
-        e, _, _, _, group = m._a8
-        m._a8 = (e, codes[m], scales[m], zterms.get(m), group)
-    return sum(t.nbytes for t in flat)
+    # the region's layout: codes (or tiles) of every projection, then the scales, then the zero terms
+    slots = [(m, 1) for m in a8] + [(m, None) for m in tiled] + [(m, 2) for m in a8] + \
+        [(m, 3) for m in a8 if m._a8[3] is not None]
+    views = ext.arena([m._tiles if i is None else m._a8[i] for m, i in slots], copy=False)
+    total = 0
+    for (m, i), view in zip(slots, views):  # fill one view, let its original go, then the next: ~one copy at a time
+        if i is None:
+            view.copy_(m._tiles)
+            m._tiles = view
+        else:
+            view.copy_(m._a8[i])
+            m._a8 = m._a8[:i] + (view,) + m._a8[i + 1:]
+        total += view.nbytes
+    return total
 
 
 def enable(model) -> list[str]:

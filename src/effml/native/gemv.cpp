@@ -142,7 +142,7 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
                       const c10::optional<torch::Tensor>& bias);
 
 torch::Tensor huge(const torch::Tensor& t);
-std::vector<torch::Tensor> arena(const std::vector<torch::Tensor>& ts);
+std::vector<torch::Tensor> arena(const std::vector<torch::Tensor>& ts, bool copy);
 torch::Tensor pack_tiles(const torch::Tensor& w);
 torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,
                          const c10::optional<torch::Tensor>& bias);
@@ -165,7 +165,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_a8", &pack_a8, "int4 / int8 codes (N, K) into gemv_a8's 16-row interleaved layout (a8.cpp)");
   m.def("gemv_a8", &gemv_a8, "int4/int8 codes x int8-rounded activations (per 32), any number of rows (a8.cpp)");
   m.def("huge", &huge, "a contiguous copy in memory advised for 2 MiB pages (tiles.cpp)");
-  m.def("arena", &arena, "contiguous copies of tensors back to back in one region advised for 2 MiB pages (tiles.cpp)");
+  m.def("arena", &arena, "contiguous copies of tensors back to back in one region advised for 2 MiB pages "
+        "(copy=False: unwritten views shaped like them; tiles.cpp)", py::arg("ts"), py::arg("copy") = true);
   m.def("pack_tiles", &pack_tiles, "fp32/bf16 (N, K) into gemv_tiles' 16-row interleaved (ceil(N/16), K, 16) (tiles.cpp)");
   m.def("gemv_tiles", &gemv_tiles, "y = x @ w.T + bias from pack_tiles' layout, any number of rows (tiles.cpp)");
   m.def("tiles_isa", &tiles_isa, "gemv_tiles' vector ISA (tiles.cpp)");

@@ -4,7 +4,7 @@
 //   tiles = pack_tiles(w)            w (N, K) fp32 or bf16 -> (ceil(N/16), K, 16), 16 output rows interleaved
 //   y = gemv_tiles(x, tiles, N, bias?)  x (M, K) fp32, any M: y (M, N) = x @ w.T + bias
 //   h = huge(t)                      a contiguous copy of t in memory the kernel asks to back with 2 MiB pages
-//   views = arena(ts)                contiguous copies of all of ts, back to back in one such region
+//   views = arena(ts, copy=True)     contiguous copies of all of ts, back to back in one such region
 //
 // Why a second layout beside gemv.cpp's row-major one: with rows of w, each output is a dot product, and R
 // activation rows mean R loads per weight vector (8 rows of SmolLM2's fp32 head cost 3.4x one row, measured). With
@@ -134,15 +134,17 @@ torch::Tensor huge(const torch::Tensor& t) {
 // model (SmolLM2's int4 wo: 166 KB of codes) is far below a 2 MiB page, so huge() alone leaves it in ordinary pages,
 // and 360 separate buffers per step mean as many cold starts of the hardware prefetcher. Back to back, one stream
 // runs on from one projection into the next (and gemv_a8's prefetch 4 KiB ahead reaches into it). Each copy starts
-// on a 64-byte line; the region is freed when the last view of it goes.
-std::vector<torch::Tensor> arena(const std::vector<torch::Tensor>& ts) {
+// on a 64-byte line; the region is freed when the last view of it goes. copy=false: views shaped like ts, not yet
+// written (the pages are only faulted in when the caller fills them: filling one and dropping its original at a
+// time keeps the peak near one copy of the weights instead of two).
+std::vector<torch::Tensor> arena(const std::vector<torch::Tensor>& ts, bool copy) {
   constexpr size_t LINE = 64;
   std::vector<torch::Tensor> cs;
   std::vector<size_t> at;
   size_t total = 0;
   for (const auto& t : ts) {
     TORCH_CHECK(t.device().is_cpu(), "arena: CPU tensors are needed, got one on ", t.device());
-    cs.push_back(t.contiguous());
+    cs.push_back(copy ? t.contiguous() : t);
     at.push_back(total);
     total += (cs.back().nbytes() + LINE - 1) / LINE * LINE;
   }
@@ -158,7 +160,7 @@ std::vector<torch::Tensor> arena(const std::vector<torch::Tensor>& ts) {
   std::vector<torch::Tensor> out;
   for (size_t i = 0; i < cs.size(); ++i) {
     char* dst = static_cast<char*>(p) + at[i];
-    std::memcpy(dst, cs[i].data_ptr(), cs[i].nbytes());
+    if (copy) std::memcpy(dst, cs[i].data_ptr(), cs[i].nbytes());
     out.push_back(torch::from_blob(dst, cs[i].sizes(), [region](void*) {}, cs[i].options()));
   }
   return out;
