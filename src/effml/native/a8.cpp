@@ -210,17 +210,21 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
         for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
         const int64_t k0 = b * BLOCK;
         if (BITS == 4) {
+          // the block's products summed in int16 and widened once: each int16 lane adds 2 nibble pairs per step
+          // over 4 steps, |sum| <= 4 * 2 * 2 * 15 * 127 = 30480 < 32767, so the sum is exact
+          __m256i p16[R];
+          for (int r = 0; r < R; ++r) p16[r] = _mm256_setzero_si256();
           for (int o = 0; o < BLOCK / 8; ++o) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + (k0 / 8 + o) * 64));
             const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             for (int r = 0; r < R; ++r) {
               const int8_t* q = acts[r].q.data() + k0 + 8 * o;
-              const __m256i p = _mm256_add_epi16(
+              p16[r] = _mm256_add_epi16(p16[r], _mm256_add_epi16(
                   _mm256_maddubs_epi16(lo, _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q))),
-                  _mm256_maddubs_epi16(hi, _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4))));
-              acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+                  _mm256_maddubs_epi16(hi, _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4)))));
             }
           }
+          for (int r = 0; r < R; ++r) acc[r] = _mm256_madd_epi16(p16[r], ones);
         } else {
           for (int o = 0; o < BLOCK / 4; ++o) {
             const __m256i v = _mm256_xor_si256(
