@@ -84,18 +84,29 @@ GROUNDED_TEMPLATES = (
 
 
 def grounded_prompts(split: str = "eval", n: int = 8, seed: int = 0, min_chars: int = 80,
-                     max_chars: int = 240) -> list[str]:
-    """`n` grounded tasks on KJV verses of `min_chars`..`max_chars` characters from the split's chapters."""
+                     max_chars: int = 240, verses: int = 1) -> list[str]:
+    """`n` grounded tasks on passages of `verses` consecutive KJV verses, `min_chars`..`max_chars` characters in
+    all, from the split's chapters (one verse: a short task; several: a document-length one)."""
     from effml.zoo.text import kjv_chapters
 
     if split not in TOPICS:
         raise ConfigError(f"prompt split {split!r} is not one of {', '.join(TOPICS)}")
+    if verses < 1 or not 0 < min_chars <= max_chars:
+        raise ConfigError(f"grounded_prompts needs verses >= 1 and 0 < min_chars <= max_chars, got {verses}, "
+                          f"{min_chars}, {max_chars}")
     every = 10  # effml.zoo.text.kjv_corpus: chapter i is validation when i % 10 == 9
     chapters = [c for i, c in enumerate(kjv_chapters()) if (i % every == every - 1) == (split == "eval")]
     rng = random.Random(seed)
     out: list[str] = []
-    while len(out) < n:
-        verses = [v for v in rng.choice(chapters).split("\n") if min_chars <= len(v) <= max_chars]
-        if verses:
-            out.append(GROUNDED_TEMPLATES[len(out) % len(GROUNDED_TEMPLATES)].format(p=rng.choice(verses)))
+    for _ in range(1000 * n):  # draws; a bound a passage length nothing in the split meets cannot hang on
+        if len(out) == n:
+            break
+        lines = rng.choice(chapters).split("\n")
+        runs = [" ".join(lines[i:i + verses]) for i in range(len(lines) - verses + 1)]
+        runs = [r for r in runs if min_chars <= len(r) <= max_chars]
+        if runs:
+            out.append(GROUNDED_TEMPLATES[len(out) % len(GROUNDED_TEMPLATES)].format(p=rng.choice(runs)))
+    if len(out) < n:
+        raise ConfigError(f"found {len(out)} of {n} passages of {verses} verses and {min_chars}-{max_chars} "
+                          f"characters in split {split!r}")
     return out
