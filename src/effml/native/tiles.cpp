@@ -112,20 +112,31 @@ void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, fl
   });
 }
 
+// EFFML_HUGE_PAGES=0: ordinary pages (to measure what the pages change)
+bool huge_pages_on() {
+  const char* off = std::getenv("EFFML_HUGE_PAGES");
+  return !(off != nullptr && std::strcmp(off, "0") == 0);
+}
+
+// `bytes` (rounded up to whole pages) aligned to and, with `big`, advised for 2 MiB pages; freed with std::free
+void* region(size_t bytes, bool big, const char* who) {
+  const size_t align = big ? HUGE_PAGE : 4096, cap = std::max<size_t>((bytes + align - 1) / align * align, align);
+  void* p = std::aligned_alloc(align, cap);
+  TORCH_CHECK(p != nullptr, who, ": could not allocate ", cap, " bytes");
+#ifdef __linux__
+  if (big) madvise(p, cap, MADV_HUGEPAGE);  // before the first touch: faulted in as 2 MiB pages where THP allows
+#endif
+  return p;
+}
+
 }  // namespace
 
 torch::Tensor huge(const torch::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), "huge: a CPU tensor is needed, got one on ", t.device());
   const auto c = t.contiguous();
   const size_t bytes = c.nbytes();
-  const char* off = std::getenv("EFFML_HUGE_PAGES");  // "0": ordinary pages (to measure what the pages change)
-  if (bytes < HUGE_PAGE || (off != nullptr && std::strcmp(off, "0") == 0)) return c.clone();
-  const size_t cap = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-  void* p = std::aligned_alloc(HUGE_PAGE, cap);
-  TORCH_CHECK(p != nullptr, "huge: could not allocate ", cap, " bytes");
-#ifdef __linux__
-  madvise(p, cap, MADV_HUGEPAGE);  // before the first touch: the pages are faulted in as 2 MiB ones where THP allows
-#endif
+  if (bytes < HUGE_PAGE || !huge_pages_on()) return c.clone();
+  void* p = region(bytes, true, "huge");
   std::memcpy(p, c.data_ptr(), bytes);
   return torch::from_blob(p, c.sizes(), [](void* q) { std::free(q); }, c.options());
 }
@@ -148,20 +159,13 @@ std::vector<torch::Tensor> arena(const std::vector<torch::Tensor>& ts, bool copy
     at.push_back(total);
     total += (cs.back().nbytes() + LINE - 1) / LINE * LINE;
   }
-  const char* off = std::getenv("EFFML_HUGE_PAGES");  // "0": ordinary pages (to measure what the pages change)
-  const bool big = !(off != nullptr && std::strcmp(off, "0") == 0);
-  const size_t align = big ? HUGE_PAGE : 4096, cap = std::max<size_t>((total + align - 1) / align * align, align);
-  void* p = std::aligned_alloc(align, cap);
-  TORCH_CHECK(p != nullptr, "arena: could not allocate ", cap, " bytes");
-#ifdef __linux__
-  if (big) madvise(p, cap, MADV_HUGEPAGE);  // before the first touch, as in huge()
-#endif
-  std::shared_ptr<void> region(p, [](void* q) { std::free(q); });
+  void* p = region(total, huge_pages_on(), "arena");
+  std::shared_ptr<void> owner(p, [](void* q) { std::free(q); });
   std::vector<torch::Tensor> out;
   for (size_t i = 0; i < cs.size(); ++i) {
     char* dst = static_cast<char*>(p) + at[i];
     if (copy) std::memcpy(dst, cs[i].data_ptr(), cs[i].nbytes());
-    out.push_back(torch::from_blob(dst, cs[i].sizes(), [region](void*) {}, cs[i].options()));
+    out.push_back(torch::from_blob(dst, cs[i].sizes(), [owner](void*) {}, cs[i].options()));
   }
   return out;
 }
