@@ -125,7 +125,7 @@ def main() -> int:
         order = formats[r % len(formats):] + formats[:r % len(formats)]
         for f in order:
             print(f"round {r + 1}/{a.rounds}: {f}", flush=True)
-            paired[f].append(_fresh_bw())
+            paired[f].append(read_bandwidth(fresh=True))
             res = generate(models[f], ids, cfg)
             tps[(f, "effml")].append((len(res.tokens) - 1) / (res.time_s - res.ttft_s))
             st = res.step_times_s
@@ -136,7 +136,7 @@ def main() -> int:
                 tps[(f, "hf")].append(t)
                 toks[(f, "hf")] = out
     load.append(os.getloadavg()[0])
-    bw.append(_fresh_bw())
+    bw.append(read_bandwidth(fresh=True))
     bandwidth = statistics.mean(bw)
     ref = toks[(formats[0], "effml")]
     rows, out = [], {}
@@ -191,13 +191,6 @@ def main() -> int:
     for k, c in claims.items():
         print(f"{k}: {c['value']:.2f} (target {c['target']}) {'holds' if c['holds'] else 'NOT MET'}")
     return claims_exit_code(claims)
-
-
-def _fresh_bw() -> float:
-    from effml.llm import roofline
-
-    roofline._BW_CACHE.clear()
-    return roofline.read_bandwidth()
 
 
 def _static_step(m, max_len: int):

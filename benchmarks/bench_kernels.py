@@ -52,6 +52,7 @@ def main() -> int:
     torch.set_num_threads(1)
     from effml import native
     from effml.compress.weight_only import WeightOnlyLinear
+    from effml.llm import fastpath
     from effml.llm.engine import FormatConfig, prepare, to_format
     from effml.llm.registry import load_model
     from effml.llm.roofline import read_bandwidth
@@ -65,7 +66,7 @@ def main() -> int:
     to_format(m, FormatConfig("int4"))
     prepare(m)
     rows = []
-    layers = [q for b in m.layers for q in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13, b.feed_forward.w2)]
+    layers = fastpath.projections(m)
     args = [q.a8() for q in layers]
     nbytes = sum(p.numel() + s.numel() * 4 + (z.numel() * 4 if z is not None else 0) for _, p, s, z, _ in args)
     xs = {q.in_features: torch.randn(1, q.in_features) for q in layers}
@@ -158,8 +159,7 @@ def main() -> int:
     assert all(isinstance(q, WeightOnlyLinear) for q in layers)
     f32 = copy.deepcopy(lm.model)
     prepare(f32)
-    mats = [q for b in f32.layers for q in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13,
-                                            b.feed_forward.w2)] + [f32.output]
+    mats = fastpath.projections(f32) + [f32.output]
     fbytes = sum(q.weight.numel() * 4 for q in mats)
     t_fp32 = {}
     for M in (1, 5, 8):

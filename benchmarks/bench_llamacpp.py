@@ -89,7 +89,6 @@ def main() -> int:
     torch.set_num_threads(1)
     from effml.llm.engine import FormatConfig, prepare, to_format
     from effml.llm.generate import GenerateConfig, generate
-    from effml.llm import roofline
     from effml.llm.registry import load_model
     from effml.llm.roofline import decode_roofline, read_bandwidth
     from effml.llm.weights import cache_root, gguf_path
@@ -126,8 +125,7 @@ def main() -> int:
             rate[c].append((len(out) - 1) / (times[-1] - times[0]))
             ttft[c].append(times[0])
             toks[c] = out
-    roofline._BW_CACHE.clear()  # measured again at the end
-    bw.append(read_bandwidth())
+    bw.append(read_bandwidth(fresh=True))  # measured again at the end
     bandwidth = statistics.mean(bw)
     ctx = len(ids) + TOKENS / 2
     kv = 2 * lm.model.args.n_layers * lm.model.args.n_kv_heads * lm.model.args.head_dim * ctx  # elements

@@ -163,6 +163,11 @@ def direct(m, ext):
     return lambda x: op(x.to(torch.bfloat16), w, group, scale).float()
 
 
+def projections(model) -> list:
+    """The projections a decode step multiplies by, in the order it reads them: per layer QKV, O, gate/up, down."""
+    return [p for b in model.layers for p in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13, b.feed_forward.w2)]
+
+
 def place(model, ext) -> int:
     """Copy the packed weights a decode step reads (gemv_a8's codes / scales / zero terms, gemv_tiles' tiles) into
     one region in the order the step reads them: layer by layer (QKV, O, gate/up, down), then the head; the codes
@@ -172,8 +177,7 @@ def place(model, ext) -> int:
     from effml.compress.weight_only import WeightOnlyLinear
     from effml.llm.engine import PackedLinear
 
-    mods = [p for b in model.layers for p in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13,
-                                              b.feed_forward.w2)] + [model.output]
+    mods = projections(model) + [model.output]
     a8 = [m for m in mods if isinstance(m, WeightOnlyLinear) and m.a8() is not None]
     tiled = [m for m in mods if isinstance(m, PackedLinear) and m._gemv is not None]
     if not a8 and not tiled:
@@ -213,8 +217,7 @@ def enable(model) -> list[str]:
     model._fast_plan = [(b.attention_norm.weight.detach(), b.attention_norm.eps, direct(b.attention.wqkv, ext),
                          direct(b.attention.wo, ext), b.ffn_norm.weight.detach(), b.ffn_norm.eps,
                          direct(b.feed_forward.w13, ext), direct(b.feed_forward.w2, ext)) for b in model.layers]
-    specs = [kernel_spec(p) for b in model.layers for p in (b.attention.wqkv, b.attention.wo, b.feed_forward.w13,
-                                                              b.feed_forward.w2)]
+    specs = [kernel_spec(p) for p in projections(model)]
     head = direct(model.output, ext)
     norm_w, norm_eps = model.norm.weight.detach(), model.norm.eps
     model._fast_head = None if head is model.output else (lambda x: ext.rms_norm(x, norm_w, norm_eps), head)

@@ -26,16 +26,17 @@ from effml.llm.model import Transformer, compute_dtype
 _BW_CACHE: dict[tuple[int, int], float] = {}
 
 
-def read_bandwidth(mib: int = 256, repeats: int = 3) -> float:
+def read_bandwidth(mib: int = 256, repeats: int = 3, fresh: bool = False) -> float:
     """Main-memory read bandwidth in bytes/s: the fastest of `repeats` sums over `mib` MiB of fp32 (far larger
     than any last-level cache), on torch's current thread count (a decode step's threads). The buffer is read in
     ordinary pages and, where effml's kernels are built, in memory advised for 2 MiB pages as effml's packed weights
     are (effml.native `huge`): the faster of the two is the bound, so a step reading huge pages is not measured
-    against a slower read than its own. Holds 2 x `mib` MiB while it runs; cached per process."""
+    against a slower read than its own. Holds 2 x `mib` MiB while it runs; cached per process (fresh=True: measured
+    again, e.g. beside each round of a benchmark on a shared machine)."""
     from effml import native
 
     key = (mib, torch.get_num_threads())
-    if key not in _BW_CACHE:
+    if fresh or key not in _BW_CACHE:
         a = torch.ones(mib * 2 ** 20 // 4)  # (n,) fp32
         ext = native.load()
         best = float("inf")

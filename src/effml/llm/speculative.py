@@ -363,7 +363,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
             nxt = argmax(ps[gamma]) if greedy else int(torch.multinomial(ps[gamma], 1, generator=gen))
         new = drafts[:n] + [nxt]
         ts.truncate(base + n)  # keep the accepted drafts' K/V; nxt is fed next round
-        if ds is not None:
+        if ds is not None and not shared:  # a shared cache went with the target's truncate
             ds.truncate(min(ds.length, base + n))
         stop = False
         for tok in new:
