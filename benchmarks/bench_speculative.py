@@ -65,6 +65,7 @@ def run_workload(name, target, draft, tok, ids, new_tokens: int = NEW_TOKENS) ->
              "α": None,
              "tokens/target call": 1.0, "c": None, "v": 1.0, "formula speedup": None, "identical": True}]
     out = {"target_tokens": sum(len(r.tokens) for r in base), "target_tokens_per_s": base_tps,
+           "lookup_agreement": lookup_agreement(ids, [r.tokens for r in base]),
            "target_decode_tokens_per_s": base_dec, "target_prefill_s": [r.prefill_s for r in base],
            "target_step_s": step, "speculative": {}}
     for gamma in GAMMAS:
@@ -96,6 +97,26 @@ def run_workload(name, target, draft, tok, ids, new_tokens: int = NEW_TOKENS) ->
             "v": v,  # a verification pass of γ+1 tokens / one plain decode step (Leviathan's formula assumes 1.0)
             "formula_speedup_v1": None if gamma == "auto" else expected_speedup(min(alpha, 0.999), used, c)}
     return rows, out
+
+
+def lookup_agreement(ids: list[list[int]], answers: list[list[int]], gamma: int = 6) -> dict:
+    """How far prompt lookup's proposals agree with the target's greedy answers, by the length n of the n-gram
+    matched (PromptLookup(min_ngram=1), n = 3 first): at every answer position, the γ tokens it would propose and
+    how many of them lead the target's own continuation (what a greedy verification accepts).
+    {n: {"positions", "mean_agreed"}}; n = 0: no match."""
+    from effml.llm.speculative import PromptLookup
+
+    lookup, by_n = PromptLookup(min_ngram=1), {}
+    for p, ans in zip(ids, answers):
+        for i in range(len(ans)):
+            n, prop = lookup.match(list(p) + ans[:i], gamma)
+            agreed = 0
+            for a, b in zip(prop, ans[i:]):
+                if a != b:
+                    break
+                agreed += 1
+            by_n.setdefault(n, []).append(agreed)
+    return {n: {"positions": len(v), "mean_agreed": statistics.mean(v)} for n, v in sorted(by_n.items())}
 
 
 def cost_curve(model, ids) -> dict:
@@ -156,7 +177,7 @@ def _drafts(names: list[str], target, tok) -> tuple[dict, dict]:
 
             rest = n.removeprefix("lookup+")
             model = drafts.get(rest) or _drafts([rest], target, tok)[0][rest]
-            drafts[n] = LookupFirst(model, PromptLookup())
+            drafts[n] = LookupFirst(model)  # its default lookup: 2- and 3-gram matches
         elif n == "lookup":
             drafts[n] = PromptLookup()
         elif n in ("self-int4", "self-int8"):
@@ -239,6 +260,13 @@ def main() -> int:
     print_table(f"SmolLM2-135M {a.target} target + drafts {', '.join(drafts)}, held-out prompts, <= {NEW_TOKENS} tokens "
                 f"{f'(grounded-long: {LONG_TOKENS}) ' if a.long else ''}"
                 f"each, greedy, {THREADS} thread(s), CPU {torch.backends.cpu.get_cpu_capability()}", rows)
+    agree: dict = {}  # prompt lookup's proposals against the target's answers, over every workload's prompts
+    for name in workloads:
+        for n, d in next(o for k, o in out.items() if k.startswith(f"{name}/"))["lookup_agreement"].items():
+            agree.setdefault(n, []).extend([d["mean_agreed"]] * d["positions"])
+    agree_rows = [{"n-gram matched": n or "none", "answer positions": len(v),
+                   "tokens agreed of 6 proposed (mean)": statistics.mean(v)} for n, v in sorted(agree.items())]
+    print_table("prompt lookup by the n-gram it matched, against the target's greedy answers", agree_rows)
     identical = all(d["identical"] for w in out.values() for d in w["speculative"].values())
     best = {w: max(o["speculative"].values(), key=lambda d: d["speedup"]) for w, o in out.items()}
     claims = {"identical_greedy_output": {"value": identical, "target": True, "holds": identical}}
@@ -259,7 +287,8 @@ def main() -> int:
                                       "pass_cost": {"context_tokens": len(ctx), "target_s": curve,
                                                     "draft_s": dcurve, "perfect_free_draft_ceiling": ceiling},
                                       "load_average": {"before": load0, "after": os.getloadavg()},
-                                      "new_tokens_by_workload": budget, "reported": reported, "claims": claims})
+                                      "new_tokens_by_workload": budget, "lookup_agreement": agree_rows,
+                                      "reported": reported, "claims": claims})
     print(f"identical greedy output on every prompt and γ: {identical}")
     # the run fails if output ever differs, or if no workload reaches 2x (each workload's result is recorded)
     ok = identical and any(c["holds"] for k, c in claims.items() if k.startswith("speedup_"))

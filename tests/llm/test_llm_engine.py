@@ -105,21 +105,34 @@ def test_format_config_is_validated():
         FormatConfig("int4", group_size=48)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_packed_linear_equals_f_linear(dtype):
+@pytest.mark.parametrize("dtype,kind", [(torch.float32, "mkl"), (torch.float32, "mkldnn"),
+                                        (torch.bfloat16, "mkldnn")])
+def test_packed_linear_equals_f_linear(dtype, kind):
     from effml.llm.engine import PackedLinear, native_bf16
 
     if dtype == torch.bfloat16 and not (native_bf16() and torch.backends.mkldnn.is_available()):
         pytest.skip("oneDNN bf16 packing is used only on CPUs with bf16 arithmetic")
-    if dtype == torch.float32 and not torch.backends.mkl.is_available():
-        pytest.skip("no MKL in this torch build")
+    if not (torch.backends.mkl if kind == "mkl" else torch.backends.mkldnn).is_available():
+        pytest.skip(f"no {kind} in this torch build")
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 96, bias=True).to(dtype)
-    kind = "mkl" if dtype == torch.float32 else "mkldnn"
     for p in (PackedLinear(lin, kind), PackedLinear(lin, kind, gemv.load())):  # library kernels; + effml's GEMV
         for x in (torch.randn(1, 64, dtype=dtype), torch.randn(2, 9, 64, dtype=dtype)):  # a decode row, a prefill
             tol = 1e-5 if dtype == torch.float32 else 2e-2  # fp32: summation order; bf16: output rounding 2^-8
             torch.testing.assert_close(p(x), lin(x), atol=tol, rtol=tol)
+
+
+def test_fp32_prefill_kernel_follows_the_cpu(monkeypatch):
+    """fp32 prefills: oneDNN's packed matmul on AVX-512 (measured faster there), MKL's on tall layers elsewhere."""
+    import effml.llm.engine as engine
+
+    if not (torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available()):
+        pytest.skip("needs both MKL and oneDNN in the torch build")
+    for cap, tall, wide in (("AVX512", "mkldnn", "mkldnn"), ("AVX2", "mkl", "plain")):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=cap: c)
+        m = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Linear(32, 8))
+        engine.pack_linears(m)
+        assert (m[0].kind, m[1].kind) == (tall, wide), cap
 
 
 def test_without_bf16_arithmetic_int4_keeps_fp32_activations_and_says_so(model, monkeypatch):

@@ -106,10 +106,35 @@ def test_call_costs_interpolate_the_median_call_time_by_tokens():
 
 
 def test_auto_measures_a_plain_step_and_reports_v(target, drafts):
-    res = speculative_generate(target, drafts["layer-subset"], [5, 6, 7], SpecConfig(gamma="auto", max_new_tokens=30))
+    res = speculative_generate(target, drafts["layer-subset"], [5, 6, 7], SpecConfig(gamma="auto", max_new_tokens=30,
+                                                                                     reuse_costs=False))
     assert res.gamma_history[:5] == [0, 1, 2, 4, 6]  # the warm-up: a plain step, then γ = 1, 2, 4, 6
     assert res.step_s > 0 and res.verify_calls == sum(g > 0 for g in res.gamma_history)
     assert res.v == pytest.approx(res.verify_time_s / res.verify_calls / res.step_s)
+
+
+def test_auto_keeps_the_targets_call_times_for_later_prompts(drafts):
+    # t(T) is the target's and the machine's: a second prompt on the same target skips the warm-up rounds whose
+    # pass lengths are already timed; reuse_costs=False warms up again. A fresh target (no shared state with the
+    # other tests) so the first call starts with nothing timed
+    from effml.llm.speculative import target_costs
+
+    t = build(ModelArgs.preset("tiny", vocab_size=97))
+    cfg = SpecConfig(gamma="auto", max_new_tokens=24)
+    first = speculative_generate(t, drafts["layer-subset"], [5, 6, 7], cfg)
+    assert first.gamma_history[:5] == [0, 1, 2, 4, 6]
+    timed = set(target_costs(t, "contiguous").by_tokens)
+    assert {1, 2, 3, 5, 7} <= timed  # the warm-up's passes: γ + 1 tokens each
+    second = speculative_generate(t, drafts["layer-subset"], [8, 9, 10], cfg)
+    assert second.gamma_history[:5] != [0, 1, 2, 4, 6] and second.step_s > 0
+    assert second.tokens == generate(t, [8, 9, 10], GenerateConfig(max_new_tokens=24)).tokens
+    again = speculative_generate(t, drafts["layer-subset"], [8, 9, 10], SpecConfig(gamma="auto", max_new_tokens=24,
+                                                                                 reuse_costs=False))
+    assert again.gamma_history[:5] == [0, 1, 2, 4, 6]
+    costs = CallCosts(keep=3)
+    for i in range(5):
+        costs.add(1, float(i))
+    assert list(costs.by_tokens[1]) == [2.0, 3.0, 4.0]  # the last `keep` calls: t(T) follows the machine's drift
 
 
 def test_vocabulary_mismatch_is_refused(target):
@@ -310,7 +335,8 @@ def test_auto_gamma_goes_at_most_one_token_past_the_longest_pass_measured(target
     allowed = []
     monkeypatch.setattr(spec, "best_gamma", lambda a, c, max_gamma, v, min_gamma: allowed.append(max_gamma) or
                         max_gamma)
-    res = speculative_generate(target, target, [3, 1, 4], SpecConfig(gamma="auto", max_new_tokens=120, max_gamma=12))
+    res = speculative_generate(target, target, [3, 1, 4], SpecConfig(gamma="auto", max_new_tokens=120, max_gamma=12,
+                                                                     reuse_costs=False))
     warm = len(SpecConfig().warmup_gammas)
     assert res.gamma_history[:warm] == [0, 1, 2, 4, 6]  # passes of 1, 2, 3, 5, 7 tokens measured
     assert allowed[:6] == [7, 8, 9, 10, 11, 12] and set(allowed[6:]) == {12}  # then 8, 9, ... tokens, up to max_gamma

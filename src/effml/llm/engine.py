@@ -103,17 +103,22 @@ class PackedLinear(nn.Module):
     bandwidth, and up to 8 activation rows per pass over it at ~1.1-1.4x the cost of one (a speculative
     verification, a batch; see effml/native/tiles.cpp). The copy doubles the float projections' memory (the
     row-major weight stays for the rows below). More rows (a prefill): the weight kept in the CPU library's
-    blocked layout, packed once: fp32 through MKL's packed sgemm (`torch.ops.mkl._mkl_linear`, what torch.compile's
-    CPU freezing pass calls) for tall matrices (out > in: fused QKV, gate/up, the 49152-row head; 1.2-2.6x F.linear),
-    bf16 through oneDNN (`torch.ops.mkldnn._linear_pointwise`), F.linear otherwise."""
+    blocked layout, packed once (`kind`): "mkldnn" = oneDNN's packed matmul (`torch.ops.mkldnn._linear_pointwise`)
+    for bf16, and for fp32 on AVX-512 CPUs (SmolLM2's shapes, 1 thread, Zen 4: 49-55 GMAC/s at 9-400 rows against
+    MKL's 25-47, 1.5-2x on 9-16 rows, the 49152-row head included); "mkl" = MKL's packed sgemm
+    (`torch.ops.mkl._mkl_linear`, what torch.compile's CPU freezing pass calls) for tall fp32 matrices elsewhere
+    (out > in: fused QKV, gate/up, the head; 1.2-2.6x F.linear); F.linear otherwise."""
 
     def __init__(self, lin: nn.Linear, kind: str, gemv=None):
         super().__init__()
         self.weight, self.bias, self.kind = lin.weight, lin.bias, kind  # the original (possibly tied) tensors
         self.in_features, self.out_features = lin.in_features, lin.out_features
         w = lin.weight.detach()
+        # oneDNN's batch-size hint: 1 picks a layout for single rows, slower for fp32 prefills (any hint >= 8
+        # measured alike at 9-400 rows); bf16 measured the same with either
+        hint = PREFILL_ROWS_HINT if w.dtype == torch.float32 else 1
         packed = (torch.ops.mkl._mkl_reorder_linear_weight(w, 1) if kind == "mkl"
-                  else torch.ops.mkldnn._reorder_linear_weight(w, 1) if kind == "mkldnn" else None)
+                  else torch.ops.mkldnn._reorder_linear_weight(w, hint) if kind == "mkldnn" else None)
         self.register_buffer("packed", packed, persistent=False)
         self._gemv = gemv  # effml.native's module, or None
         self._tiles = None if gemv is None else gemv.pack_tiles(w)  # (ceil(out/16), in, 16), the weight's dtype
@@ -132,11 +137,22 @@ class PackedLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., out)
 
     def kernel_used(self) -> str:
-        big = {"mkl": "MKL packed sgemm (fp32)", "mkldnn": "oneDNN packed matmul (bf16)"}.get(
-            self.kind, f"F.linear ({str(self.weight.dtype).removeprefix('torch.')})")
+        dt = str(self.weight.dtype).removeprefix("torch.")
+        big = {"mkl": "MKL packed sgemm (fp32)", "mkldnn": f"oneDNN packed matmul ({dt})"}.get(
+            self.kind, f"F.linear ({dt})")
         if self._gemv is None:
             return big
         return f"effml gemv_tiles ({self._gemv.tiles_isa()}, fp32 activations) for <= {MAX_ROWS} rows; {big} above"
+
+
+PREFILL_ROWS_HINT = 32  # oneDNN's batch-size hint when packing an fp32 weight for prefills
+
+
+def onednn_fp32() -> bool:
+    """Whether fp32 prefills go to oneDNN's packed matmul rather than MKL's: on AVX-512 CPUs, where it measured
+    1.1-2x faster (PackedLinear). On AVX2 (oneDNN capped at AVX2 on the same machine) it was 0.85-1.6x MKL
+    depending on the shape and rows, so MKL stays there."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
@@ -149,7 +165,9 @@ def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
         if type(m) is not nn.Linear or m.weight.dtype not in (torch.float32, torch.bfloat16):
             continue
         dt = m.weight.dtype
-        if dt == torch.float32 and m.out_features > m.in_features and torch.backends.mkl.is_available():
+        if dt == torch.float32 and torch.backends.mkldnn.is_available() and onednn_fp32():
+            kind = "mkldnn"
+        elif dt == torch.float32 and m.out_features > m.in_features and torch.backends.mkl.is_available():
             kind = "mkl"
         elif dt == torch.bfloat16 and torch.backends.mkldnn.is_available() and native_bf16():
             kind = "mkldnn"
