@@ -54,7 +54,7 @@ def test_fused_steps_give_the_generic_logits(model, fmt):
 def test_calls_it_does_not_take_run_the_generic_step(model):
     m = copy.deepcopy(model)
     prepare(m)
-    long_feed = list(range(1, fastpath.MAX_TOKENS + 2))  # 17 tokens: a prefill, the generic path
+    long_feed = list(range(1, fastpath.MAX_TOKENS + 2))  # 17 tokens: a prefill, not a single-sequence step
     s = new_session("contiguous", m, 64)
     assert not fastpath.eligible(m, torch.tensor([long_feed]), s.cache)
     assert fastpath.eligible(m, torch.tensor([[1]]), s.cache)
@@ -63,6 +63,31 @@ def test_calls_it_does_not_take_run_the_generic_step(model):
     with torch.no_grad():
         fast, slow = _feed_both(m, long_feed, [[4]], kv="paged")
     torch.testing.assert_close(fast[1], slow[1])
+
+
+@pytest.mark.parametrize("kv", ["contiguous", "paged"])
+def test_a_long_fp32_feed_takes_onednn_rows_in_the_cxx_loop(model, kv):
+    """fp32 with oneDNN's packed weights beside the tiles (AVX-512): a prefill (40 tokens) or a 12-token
+    verification runs through the C++ block loop, the rows past one gemv_tiles pass in oneDNN; the logits are the
+    generic path's (the same library matmul on the same rows, attention in C++ instead of SDPA)."""
+    from effml.llm.engine import onednn_fp32
+
+    m = copy.deepcopy(model)
+    prepare(m)
+    specs = m._fast_layers[2]
+    assert all(fastpath.many_rows(sp) for sp in specs) == (onednn_fp32() and torch.backends.mkldnn.is_available())
+    long_feed = [(7 * i) % 90 + 1 for i in range(40)]
+    s = new_session(kv, m, 64)
+    assert fastpath.eligible_rows(m, torch.tensor([long_feed]), s.cache) == all(map(fastpath.many_rows, specs))
+    with torch.no_grad():
+        fast, slow = _feed_both(m, long_feed, [[4] * 12, [9]], kv=kv)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # without the oneDNN weight (MKL's CPUs) more than ROWS_FLOAT rows are the generic path's
+    m._fast_layers = (*m._fast_layers[:2], [(k, w, None, b, n) if k == 4 else (k, w, sc, b, n)
+                                            for k, w, sc, b, n in specs])
+    assert not fastpath.eligible_rows(m, torch.tensor([long_feed]), s.cache)
+    assert fastpath.eligible_rows(m, torch.tensor([long_feed[:fastpath.ROWS_FLOAT]]), s.cache)
 
 
 def test_a_full_cache_is_the_same_error(model):

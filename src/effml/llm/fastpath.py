@@ -13,8 +13,9 @@ The arithmetic is the same as the modules' (fp32), so the tokens agree with the 
 (tests/llm/test_fastpath.py checks the logits). Taken when `prepare` enabled it, the activations are fp32 and the
 projections fused, for: one sequence in a ContiguousCache, at most 16 new tokens (decode steps, speculative
 verification); the tokens of several sequences (a contiguous batch, a PagedCache, a VarlenPagedCache) when every
-projection is one of effml's kernels, up to ROWS_FLOAT rows on the float one (gemv_tiles) and any number on gemv_a8.
-The rest (a float model's prefill, bf16 activations) takes the generic path.
+projection is one of effml's kernels, up to ROWS_FLOAT rows on the float one (gemv_tiles) and any number on gemv_a8
+or on gemv_tiles with oneDNN's packed fp32 weight beside it (AVX-512: a prefill's rows go to oneDNN inside the same
+C++ loop). The rest (a float prefill elsewhere, bf16 activations) takes the generic path.
 """
 
 from __future__ import annotations
@@ -44,18 +45,26 @@ def eligible(model, tokens: torch.Tensor, cache) -> bool:
 def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
     """Several sequences, or a chunked prefill, through the C++ block loop (`fast_rows`): a contiguous batch cache,
     a PagedCache or a VarlenPagedCache in fp32, every projection one of effml's kernels; more than ROWS_FLOAT rows
-    only when every projection is gemv_a8 (any row count at ~the cost of one: integer dot products). gemv_tiles
-    takes 8 rows per pass over the weights at ~1.4x the cost of one (AVX-512; 4 per pass on AVX2); a longer float
-    prefill goes to MKL's packed sgemm in the generic path."""
+    only when every projection takes them (`many_rows`: gemv_a8, or gemv_tiles with oneDNN's packed fp32 weight
+    for the rows past its pass, as on AVX-512). gemv_tiles takes 8 rows per pass over the weights at ~1.4x the cost
+    of one (AVX-512; 4 per pass on AVX2); elsewhere a longer float prefill goes to MKL's packed sgemm in the
+    generic path."""
     from effml.llm.kvcache import PagedCache
 
     if not (getattr(model, "fast_decode", False) and model._fast_layers is not None and cache is not None
             and (isinstance(cache, PagedCache) or type(cache) is ContiguousCache)
             and cache.k.dtype == torch.float32 and model.rope._table is not None):
         return False
-    if tokens.numel() > ROWS_FLOAT and not all(sp[0] in (2, 3) for sp in model._fast_layers[2]):
+    if tokens.numel() > ROWS_FLOAT and not all(many_rows(sp) for sp in model._fast_layers[2]):
         return False
     return max(cache.lengths, default=0) + tokens.shape[1] <= model.rope._table[0].shape[0]
+
+
+def many_rows(spec: tuple) -> bool:
+    """Whether a projection (kernel_spec) takes any number of rows at the speed of a matmul: gemv_a8 (integer dot
+    products, 8 rows per pass), or gemv_tiles with oneDNN's packed fp32 weight beside it (the C++ loop hands rows
+    past one gemv_tiles pass to oneDNN: a prefill, a verification of more than 8 tokens)."""
+    return spec[0] in (2, 3) or (spec[0] == 4 and spec[2] is not None)
 
 
 def fast_rows(model, tokens: torch.Tensor, cache) -> torch.Tensor:
@@ -134,8 +143,9 @@ def kernel_spec(m) -> tuple | None:
     if isinstance(m, WeightOnlyLinear) and m.native():
         (codes, _), (_, s32) = m._prepare(), m._gemv
         return (0, codes, s32, None if m.bias is None else m.bias.detach().float().contiguous(), 0)
-    if isinstance(m, PackedLinear) and m._gemv is not None:
-        return (4, m._tiles, None, m._bias32, m.out_features)
+    if isinstance(m, PackedLinear) and m._gemv is not None:  # + oneDNN's packed fp32 weight for more rows, if any
+        big = m.packed if m.kind == "mkldnn" and m.weight.dtype == torch.float32 else None
+        return (4, m._tiles, big, m._bias32, m.out_features)
     if isinstance(m, WeightOnlyLinear) and m.bits == 4 and m.kernel in ("packed", "torch") and m.bias is None \
             and m.act_dtype == torch.bfloat16:
         w, sz = m._prepare()

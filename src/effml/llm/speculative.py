@@ -227,9 +227,10 @@ class LookupFirst:
     grounded answers): copied spans cost no draft steps, the rest gets a model draft's higher α.
 
     The default lookup matches 2- and 3-grams only (`LOOKUP_FIRST_MIN_NGRAM`): a single repeated token says
-    little about what follows. On SmolLM2-135M's greedy answers to 10 held-out prompts (bench_speculative's
-    lookup table), 6 tokens proposed after a 1-gram match agreed with the target for 0.5 tokens on average, after
-    a 2-gram 2.0, after a 3-gram 4.1, where a model draft's α ≈ 0.8 gives ~2.4 of 4."""
+    little about what follows. On SmolLM2-135M's greedy answers to bench_speculative's 6 held-out prompts (its
+    lookup table, 306 answer positions), the 6 tokens proposed after a 1-gram match led the target's own
+    continuation by 0.46 tokens on average, after a 2-gram by 2.0, after a 3-gram by 4.5; the int4 self-draft's
+    α ≈ 0.95 gives ~3.7 of 4."""
 
     def __init__(self, model: Transformer, lookup: PromptLookup | None = None):
         if not isinstance(model, Transformer):
