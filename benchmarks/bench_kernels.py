@@ -12,6 +12,8 @@
   256 MiB in 4 KiB and in 2 MiB pages; the greedy pick over 49152 logits, numpy (generate.argmax) vs torch.argmax
 - SmolLM2's fp32 projections and head (538 MB) for 1, 5 and 8 rows (a decode step, a speculative verification of
   γ = 4 and 7): gemv_tiles (16 outputs interleaved, what the engine runs) vs the row-major GEMV (gemv.cpp)
+- fp32 prefills: layer 0's projections at 9-400 rows through oneDNN's and MKL's packed matmuls and F.linear; a
+  prompt of 39 and of 85 tokens through the engine vs the generic Python layer loop
 Minimum over repeats, interleaved where compared. Run: `flock /tmp/effml_bench.lock python benchmarks/bench_kernels.py`.
 """
 
@@ -44,6 +46,57 @@ def best(fn, reps: int = 15, flush: bool = True) -> float:
         fn()
         t = min(t, time.perf_counter() - t0)
     return t
+
+
+def fp32_prefill_rows(f32) -> list[dict]:
+    """fp32 prefills: layer 0's four projections (QKV, O, gate/up, down) at 9-400 rows through F.linear, MKL's
+    packed sgemm and oneDNN's packed matmul (GMAC/s over the four), interleaved; then whole prompts of 39 and 85
+    tokens through the engine (prepare: on AVX-512 the C++ block loop with oneDNN's rows, `fastpath.many_rows`)
+    vs the generic Python layer loop over the same modules (fast_decode off)."""
+    import torch
+    import torch.nn.functional as F
+
+    from effml.llm import fastpath
+    from effml.llm.generate import new_session
+
+    ws = [q.weight.detach() for q in fastpath.projections(f32)[:4]]
+    mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, 1) for w in ws]
+    dnn = [torch.ops.mkldnn._reorder_linear_weight(w, 32) for w in ws]
+    rows = []
+    for M in (9, 16, 80, 400):
+        xs = [torch.randn(M, w.shape[1]) for w in ws]
+        macs = M * sum(w.numel() for w in ws)
+        calls = {"oneDNN packed": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+                                           for x, p in zip(xs, dnn)],
+                 "MKL packed": lambda: [torch.ops.mkl._mkl_linear(x, p, w, None, 1) for x, p, w in zip(xs, mkl, ws)],
+                 "F.linear": lambda: [F.linear(x, w) for x, w in zip(xs, ws)]}
+        t = {k: float("inf") for k in calls}
+        for _ in range(3):
+            for k, fn in calls.items():
+                t[k] = min(t[k], best(fn, 5, False))
+        rows.append({"kernel": f"fp32 prefill product, {M} rows, layer 0's 4 projections", "ms": t["oneDNN packed"] * 1e3,
+                     "rate": " / ".join(f"{macs / v / 1e9:.0f}" for v in t.values()) + " GMAC/s",
+                     "beside": " / ".join(calls)})
+    for n in (39, 85):
+        ids = [(7 * i) % 5000 + 100 for i in range(n)]
+
+        def prompt(fast: bool) -> float:
+            f32.fast_decode = fast
+            s = new_session("contiguous", f32, n + 1)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                s.feed(ids, last=1)
+            return time.perf_counter() - t0
+        t = {True: float("inf"), False: float("inf")}
+        for _ in range(5):
+            for fast in t:
+                t[fast] = min(t[fast], prompt(fast))
+        f32.fast_decode = True
+        rows.append({"kernel": f"fp32 prompt of {n} tokens (engine)", "ms": t[True] * 1e3,
+                     "rate": f"{n * sum(w.numel() for w in ws) * len(f32.layers) / t[True] / 1e9:.0f} GMAC/s",
+                     "beside": f"generic layer loop {t[False] * 1e3:.1f} ms; C++ loop takes it: "
+                               f"{fastpath.eligible_rows(f32, torch.tensor([ids]), new_session('contiguous', f32, n + 1).cache)}"})
+    return rows
 
 
 def main() -> int:
@@ -173,6 +226,7 @@ def main() -> int:
         rows.append({"kernel": f"fp32 projections + head, {name}", "ms": one * 1e3,
                      "rate": f"{fbytes / one / 1e9:.1f} GB/s of {fbytes / 1e6:.0f} MB (1 row)",
                      "beside": f"5 rows {t_fp32[name, 5] / one:.2f}x, 8 rows {t_fp32[name, 8] / one:.2f}x one row"})
+    rows += fp32_prefill_rows(f32)
     print_table(f"effml kernels, SmolLM2-135M shapes, 1 thread, CPU {torch.backends.cpu.get_cpu_capability()} "
                 f"({ext.a8_isa()}), load {os.getloadavg()[0]:.1f}", rows)
     path = write_results("kernels", {"cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -67,9 +67,9 @@ def test_calls_it_does_not_take_run_the_generic_step(model):
 
 @pytest.mark.parametrize("kv", ["contiguous", "paged"])
 def test_a_long_fp32_feed_takes_onednn_rows_in_the_cxx_loop(model, kv):
-    """fp32 with oneDNN's packed weights beside the tiles (AVX-512): a prefill (40 tokens) or a 12-token
-    verification runs through the C++ block loop, the rows past one gemv_tiles pass in oneDNN; the logits are the
-    generic path's (the same library matmul on the same rows, attention in C++ instead of SDPA)."""
+    """fp32 with oneDNN's packed weights beside the tiles (AVX-512): a prefill (40 tokens) runs through the C++
+    block loop with its projections in oneDNN, a 12-token verification in gemv_tiles (two passes); the logits are
+    the generic path's (the same library matmul on the same rows, attention in C++ instead of SDPA)."""
     from effml.llm.engine import onednn_fp32
 
     m = copy.deepcopy(model)

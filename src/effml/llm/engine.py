@@ -104,8 +104,8 @@ class PackedLinear(nn.Module):
     verification, a batch; see effml/native/tiles.cpp). The copy doubles the float projections' memory (the
     row-major weight stays for the rows below). More rows (a prefill): the weight kept in the CPU library's
     blocked layout, packed once (`kind`): "mkldnn" = oneDNN's packed matmul (`torch.ops.mkldnn._linear_pointwise`)
-    for bf16, and for fp32 on AVX-512 CPUs (SmolLM2's shapes, 1 thread, Zen 4: 49-55 GMAC/s at 9-400 rows against
-    MKL's 25-47, 1.5-2x on 9-16 rows, the 49152-row head included); "mkl" = MKL's packed sgemm
+    for bf16, and for fp32 on AVX-512 CPUs (bench_kernels, SmolLM2's shapes, 1 thread, Zen 4: 37-54 GMAC/s at 9-400
+    rows against MKL's 17-46, 1.5-2x at 9-16 rows); "mkl" = MKL's packed sgemm
     (`torch.ops.mkl._mkl_linear`, what torch.compile's CPU freezing pass calls) for tall fp32 matrices elsewhere
     (out > in: fused QKV, gate/up, the head; 1.2-2.6x F.linear); F.linear otherwise."""
 
@@ -150,8 +150,8 @@ PREFILL_ROWS_HINT = 32  # oneDNN's batch-size hint when packing an fp32 weight f
 
 def onednn_fp32() -> bool:
     """Whether fp32 prefills go to oneDNN's packed matmul rather than MKL's: on AVX-512 CPUs, where it measured
-    1.1-2x faster (PackedLinear). On AVX2 (oneDNN capped at AVX2 on the same machine) it was 0.85-1.6x MKL
-    depending on the shape and rows, so MKL stays there."""
+    1.2-2x faster (bench_kernels' fp32 prefill rows). Elsewhere MKL stays: oneDNN capped at AVX2 on the same
+    machine was faster at 9-16 rows but slower on some shapes at 80+, and no AVX2-only CPU was measured."""
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 

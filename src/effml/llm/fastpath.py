@@ -14,8 +14,8 @@ The arithmetic is the same as the modules' (fp32), so the tokens agree with the 
 projections fused, for: one sequence in a ContiguousCache, at most 16 new tokens (decode steps, speculative
 verification); the tokens of several sequences (a contiguous batch, a PagedCache, a VarlenPagedCache) when every
 projection is one of effml's kernels, up to ROWS_FLOAT rows on the float one (gemv_tiles) and any number on gemv_a8
-or on gemv_tiles with oneDNN's packed fp32 weight beside it (AVX-512: a prefill's rows go to oneDNN inside the same
-C++ loop). The rest (a float prefill elsewhere, bf16 activations) takes the generic path.
+or on gemv_tiles with oneDNN's packed fp32 weight beside it (AVX-512: a prefill's rows, more than 16, go to oneDNN
+inside the same C++ loop). The rest (a float prefill elsewhere, bf16 activations) takes the generic path.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
 
 def many_rows(spec: tuple) -> bool:
     """Whether a projection (kernel_spec) takes any number of rows at the speed of a matmul: gemv_a8 (integer dot
-    products, 8 rows per pass), or gemv_tiles with oneDNN's packed fp32 weight beside it (the C++ loop hands rows
-    past one gemv_tiles pass to oneDNN: a prefill, a verification of more than 8 tokens)."""
+    products, 8 rows per pass), or gemv_tiles with oneDNN's packed fp32 weight beside it (the C++ loop hands calls
+    of more than 16 rows to oneDNN: a prefill)."""
     return spec[0] in (2, 3) or (spec[0] == 4 and spec[2] is not None)
 
 

@@ -208,6 +208,3 @@ torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int
 }
 
 std::string tiles_isa() { return kIsa; }
-
-// Activation rows gemv_tiles takes per pass over the weights (8 on AVX-512, 4 otherwise)
-int64_t tiles_rows() { return R_MAX; }
