@@ -246,6 +246,30 @@ def test_lookup_first_uses_both_proposers_and_keeps_greedy_identical(target, dra
     assert used["lookup"] > 0 and used["model"] > 0  # both kinds of round ran (else this tests one of them only)
 
 
+def test_auto_gives_a_round_to_the_proposer_that_promises_more(target, drafts, monkeypatch):
+    # γ = auto with both proposers: where the lookup matches, the round still goes to the model draft when its
+    # measured α and cost promise more. The formula is replaced by a fixed verdict (model: `model_gain`, lookup:
+    # 1.0; γ = 4 for both) so the outcome does not depend on this machine's timings
+    import effml.llm.speculative as spec
+    from effml.llm.speculative import LookupFirst, PromptLookup
+
+    both = LookupFirst(drafts["independent"], PromptLookup(min_ngram=1))
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6, 7, 5, 6]
+    ref = generate(target, prompt, GenerateConfig(max_new_tokens=40)).tokens
+    warm = len(SpecConfig().warmup_gammas)
+    monkeypatch.setattr(spec, "best_gamma", lambda a, c, max_gamma, v, min_gamma: 4)
+    lookups = {}
+    for model_gain in (3.0, 0.5):
+        monkeypatch.setattr(spec, "expected_speedup", lambda a, g, c, v=1.0, m=model_gain: m if c > 0 else 1.0)
+        res = speculative_generate(target, both, prompt, SpecConfig(gamma="auto", max_new_tokens=40,
+                                                                    reuse_costs=False))
+        assert res.tokens == ref
+        lookups[model_gain] = res.lookup_rounds
+    # the model promising more: lookup only in the warm-up rounds (where no verdict exists yet) and the first
+    # round after it, before the model's α was measured; promising less: lookup wherever it matches
+    assert lookups[3.0] <= warm + 1 < lookups[0.5]
+
+
 def test_lookup_first_sampling_matches_the_targets_distribution():
     from effml.llm.speculative import LookupFirst
 

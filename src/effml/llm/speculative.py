@@ -31,6 +31,7 @@ committed tokens alone, so greedy output and the sampling law are unchanged.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import weakref
@@ -224,7 +225,10 @@ class LookupFirst:
     the lookup's tokens when the last n-gram occurred earlier (free, point-mass law) and asks `model` otherwise.
     Which one proposes depends only on the committed tokens, so each round's acceptance test is the usual one for
     its proposal law and the output law stays the target's. For answers that mix copying and writing (editing,
-    grounded answers): copied spans cost no draft steps, the rest gets a model draft's higher α.
+    grounded answers): copied spans cost no draft steps, the rest gets a model draft's higher α. With γ = "auto"
+    a round where both can propose goes to the one whose measured α and cost promise the larger speedup (the
+    lookup's α kept per length of the n-gram matched), so a weak match no longer displaces a strong model draft;
+    the choice depends only on past rounds, so each round's test stays exact.
 
     The default lookup matches 2- and 3-grams only (`LOOKUP_FIRST_MIN_NGRAM`): a single repeated token says
     little about what follows. On SmolLM2-135M's greedy answers to bench_speculative's 6 held-out prompts (its
@@ -330,7 +334,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     dist = (lambda lg: lg) if greedy else (lambda lg: next_probs(lg, config.temperature, config.top_k))
     seq, out = list(prompt), []
     proposed = verify_calls = lookup_rounds = 0
-    by_kind = {"lookup": [0, 0], "model": [0, 0]}  # accepted, tested per proposer (auto picks γ for each)
+    by_kind: dict[str, list[int]] = {}  # accepted, tested per proposer: "model", "lookup:n" (an n-gram match)
     verify_time = 0.0
     history = []
     t0 = time.perf_counter()
@@ -340,25 +344,35 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
             ds.feed(prompt[:-1], last=1)
     prefill = time.perf_counter() - t0
 
-    idle = {"lookup": 0, "model": 0}  # auto: rounds in a row a proposer was given γ = 0
+    idle: dict[str, int] = {}  # auto: rounds in a row a proposer was given γ = 0
+    first = min(max(config.warmup_gammas), config.max_gamma)
 
-    def pick(kind: str) -> int:  # auto: warm-up γs first, then the best γ for this proposer's α and cost
+    def choose(kind: str) -> tuple[int, float]:
+        """(γ, expected speedup) for a proposer: the fixed γ or a warm-up round's (speedup unknown: inf), the
+        longest warm-up γ for a proposer not checked yet (inf), else the best γ for its α and cost."""
         if not auto:
-            return config.gamma
+            return config.gamma, math.inf
         if len(history) < len(warmup):
-            return warmup[len(history)]
-        acc, n = by_kind[kind]
-        if not n:  # no proposal of this kind checked yet (lookup found no match in the warm-up): try the longest
-            return min(max(config.warmup_gammas), config.max_gamma)
+            return warmup[len(history)], math.inf
+        acc, n = by_kind.get(kind, (0, 0))
+        if not n:
+            return first, math.inf
         c = (dcall.time / dcall.calls) / costs.t(1) if kind == "model" and dcall.calls else 0.0
         # at most one token past the longest pass measured: t(T) beyond it is an extrapolation, and a kernel that
         # takes 8 rows per pass costs ~1.9x at 9 tokens what it does at 8 (the slope before does not show it)
         limit = min(config.max_gamma, max(costs.by_tokens))
         # α with Laplace's prior, (accepted + 1) / (tested + 2): one rejected first token (0 of 1) reads as 1/3,
-        # not 0. γ = 0 tests nothing, so α would never be revised once it is chosen: after RETEST_AFTER such
-        # rounds in a row, one γ = 1 round tests the proposer again (the text may have turned to what it predicts)
-        g = best_gamma(min((acc + 1) / (n + 2), 0.999), c, limit, costs.v, min_gamma=0)
-        idle[kind] = idle[kind] + 1 if g == 0 else 0
+        # not 0
+        a = min((acc + 1) / (n + 2), 0.999)
+        g = best_gamma(a, c, limit, costs.v, min_gamma=0)
+        return g, (expected_speedup(a, g, c, costs.v(g)) if g else 1.0)
+
+    def retest(kind: str, g: int) -> int:
+        """γ = 0 tests nothing, so α would never be revised once it is chosen: after RETEST_AFTER such rounds in a
+        row, one γ = 1 round tests the proposer again (the text may have turned to what it predicts)."""
+        if not auto or len(history) < len(warmup):
+            return g
+        idle[kind] = idle.get(kind, 0) + 1 if g == 0 else 0
         if idle[kind] > RETEST_AFTER:
             idle[kind], g = 0, 1
         return g
@@ -367,13 +381,18 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         base = len(seq)  # tokens committed
         drafts, qs, kind = [], [], "model"
         if lookup is not None:  # up to γ copied tokens, point-mass law; none when nothing matches
-            g = pick("lookup")
-            drafts = lookup.propose(seq, g) if g else []
-            qs = [None] * len(drafts)
-            kind = "lookup"
+            n_gram, found = lookup.match(seq, config.max_gamma)
+            if found:
+                kind = f"lookup:{n_gram}"  # α per match length: a 3-gram's proposals hold far more often than a 2-gram's
+                g, gain = choose(kind)
+                if model is not None and gain < choose("model")[1]:  # auto: the model draft promises more here
+                    kind = "model"
+                else:
+                    drafts = found[:retest(kind, g)]
+                    qs = [None] * len(drafts)
         gamma = len(drafts)
         if not drafts and model is not None:
-            kind, gamma = "model", pick("model")
+            kind, gamma = "model", retest("model", choose("model")[0])
         elif drafts:
             lookup_rounds += 1
         history.append(gamma)
@@ -400,8 +419,9 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
                 nxt = repl
                 break
             n += 1
-        by_kind[kind][0] += n
-        by_kind[kind][1] += min(n + 1, gamma)
+        tally = by_kind.setdefault(kind, [0, 0])
+        tally[0] += n
+        tally[1] += min(n + 1, gamma)
         if nxt is None:  # all γ accepted: the target's next token comes free
             nxt = argmax(ps[gamma]) if greedy else int(torch.multinomial(ps[gamma], 1, generator=gen))
         new = drafts[:n] + [nxt]
@@ -422,7 +442,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         if stop:
             break
     step = statistics.median(costs.by_tokens[1]) if auto and 1 in costs.by_tokens else 0.0
-    accepted, tested = (sum(c) for c in zip(*by_kind.values()))
+    accepted, tested = sum(a for a, _ in by_kind.values()), sum(t for _, t in by_kind.values())
     return SpecResult(len(prompt), out, gamma, accepted, tested, proposed, tcall.calls, dcall.calls,
                       dcall.time, tcall.time, time.perf_counter() - t0, verify_calls, verify_time, step, lookup_rounds,
                       prefill, history, shared)
