@@ -258,16 +258,17 @@ def test_auto_gives_a_round_to_the_proposer_that_promises_more(target, drafts, m
     ref = generate(target, prompt, GenerateConfig(max_new_tokens=40)).tokens
     warm = len(SpecConfig().warmup_gammas)
     monkeypatch.setattr(spec, "best_gamma", lambda a, c, max_gamma, v, min_gamma: 4)
-    lookups = {}
+    lookups, rounds = {}, {}
     for model_gain in (3.0, 0.5):
         monkeypatch.setattr(spec, "expected_speedup", lambda a, g, c, v=1.0, m=model_gain: m if c > 0 else 1.0)
         res = speculative_generate(target, both, prompt, SpecConfig(gamma="auto", max_new_tokens=40,
                                                                     reuse_costs=False))
         assert res.tokens == ref
-        lookups[model_gain] = res.lookup_rounds
-    # the model promising more: lookup only in the warm-up rounds (where no verdict exists yet) and the first
-    # round after it, before the model's α was measured; promising less: lookup wherever it matches
-    assert lookups[3.0] <= warm + 1 < lookups[0.5]
+        lookups[model_gain], rounds[model_gain] = res.lookup_rounds, len(res.gamma_history)
+    # the model promising more: lookup in the warm-up rounds (no verdict yet), the first round after it (the
+    # model's α not measured yet) and one round in RETEST_AFTER + 1 after that (its α kept measured); promising
+    # less: lookup wherever it matches
+    assert lookups[3.0] <= warm + 1 + (rounds[3.0] - warm) // (spec.RETEST_AFTER + 1) < lookups[0.5]
 
 
 def test_lookup_first_sampling_matches_the_targets_distribution():

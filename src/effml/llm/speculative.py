@@ -46,7 +46,7 @@ from effml.llm.generate import SESSIONS, argmax, check_request, new_session, nex
 from effml.llm.model import Transformer, compute_dtype
 
 
-RETEST_AFTER = 4  # auto: γ = 0 rounds in a row before a proposer is tested again with γ = 1
+RETEST_AFTER = 4  # auto: rounds in a row a proposer goes untested (γ = 0, or a lookup passed over) before it is again
 
 
 def expected_tokens_per_call(alpha: float, gamma: int) -> float:
@@ -227,8 +227,9 @@ class LookupFirst:
     its proposal law and the output law stays the target's. For answers that mix copying and writing (editing,
     grounded answers): copied spans cost no draft steps, the rest gets a model draft's higher α. With γ = "auto"
     a round where both can propose goes to the one whose measured α and cost promise the larger speedup (the
-    lookup's α kept per length of the n-gram matched), so a weak match no longer displaces a strong model draft;
-    the choice depends only on past rounds, so each round's test stays exact.
+    lookup's α kept per length of the n-gram matched; a lookup passed over RETEST_AFTER times in a row proposes
+    the next round, so its α keeps being measured), so a weak match no longer displaces a strong model draft; the
+    choice depends only on past rounds, so each round's test stays exact.
 
     The default lookup matches 2- and 3-grams only (`LOOKUP_FIRST_MIN_NGRAM`): a single repeated token says
     little about what follows. On SmolLM2-135M's greedy answers to bench_speculative's 6 held-out prompts (its
@@ -345,6 +346,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     prefill = time.perf_counter() - t0
 
     idle: dict[str, int] = {}  # auto: rounds in a row a proposer was given γ = 0
+    passed: dict[str, int] = {}  # auto: rounds in a row a matching lookup was passed over for the model draft
     first = min(max(config.warmup_gammas), config.max_gamma)
 
     def choose(kind: str) -> tuple[int, float]:
@@ -385,9 +387,13 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
             if found:
                 kind = f"lookup:{n_gram}"  # α per match length: a 3-gram's proposals hold far more often than a 2-gram's
                 g, gain = choose(kind)
-                if model is not None and gain < choose("model")[1]:  # auto: the model draft promises more here
+                # auto: the model draft promises more here; a lookup passed over RETEST_AFTER times in a row gets
+                # the next round anyway (an α read off a round or two must not shut it out for the whole answer)
+                passed[kind] = passed.get(kind, 0) + 1 if model is not None and gain < choose("model")[1] else 0
+                if 0 < passed[kind] <= RETEST_AFTER:
                     kind = "model"
                 else:
+                    passed[kind] = 0
                     drafts = found[:retest(kind, g)]
                     qs = [None] * len(drafts)
         gamma = len(drafts)
