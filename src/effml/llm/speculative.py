@@ -46,7 +46,7 @@ from effml.llm.generate import SESSIONS, argmax, check_request, new_session, nex
 from effml.llm.model import Transformer, compute_dtype
 
 
-RETEST_AFTER = 4  # auto: rounds in a row a proposer goes untested (γ = 0, or a lookup passed over) before it is again
+RETEST_AFTER = 4  # auto: rounds in a row a proposer may go untested (γ = 0, or a lookup passed over)
 
 
 def expected_tokens_per_call(alpha: float, gamma: int) -> float:
@@ -385,7 +385,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         if lookup is not None:  # up to γ copied tokens, point-mass law; none when nothing matches
             n_gram, found = lookup.match(seq, config.max_gamma)
             if found:
-                kind = f"lookup:{n_gram}"  # α per match length: a 3-gram's proposals hold far more often than a 2-gram's
+                kind = f"lookup:{n_gram}"  # α per match length: a 3-gram's proposals hold more often than a 2-gram's
                 g, gain = choose(kind)
                 # auto: the model draft promises more here; a lookup passed over RETEST_AFTER times in a row gets
                 # the next round anyway (an α read off a round or two must not shut it out for the whole answer)
