@@ -246,6 +246,20 @@ def test_lookup_first_uses_both_proposers_and_keeps_greedy_identical(target, dra
     assert used["lookup"] > 0 and used["model"] > 0  # both kinds of round ran (else this tests one of them only)
 
 
+def test_auto_retests_a_draft_it_stopped_using(target, drafts, monkeypatch):
+    # γ = 0 tests nothing, so α is never revised once auto chooses it: after RETEST_AFTER plain steps in a row one
+    # γ = 1 round tests the draft again. A formula that always prefers plain steps shows the pattern
+    import effml.llm.speculative as spec
+
+    monkeypatch.setattr(spec, "best_gamma", lambda a, c, max_gamma, v, min_gamma: 0)
+    cfg = SpecConfig(gamma="auto", max_new_tokens=30, reuse_costs=False)
+    res = speculative_generate(target, drafts["independent"], [3, 1, 4], cfg)
+    warm, k = len(SpecConfig().warmup_gammas), spec.RETEST_AFTER
+    after = res.gamma_history[warm:]
+    assert after[:2 * (k + 1)] == ([0] * k + [1]) * 2
+    assert res.tokens == generate(target, [3, 1, 4], GenerateConfig(max_new_tokens=30)).tokens
+
+
 def test_auto_gives_a_round_to_the_proposer_that_promises_more(target, drafts, monkeypatch):
     # γ = auto with both proposers: where the lookup matches, the round still goes to the model draft when its
     # measured α and cost promise more. The formula is replaced by a fixed verdict (model: `model_gain`, lookup:
