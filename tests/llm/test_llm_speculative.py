@@ -103,6 +103,8 @@ def test_call_costs_interpolate_the_median_call_time_by_tokens():
     # t(1) = median(0.1, 0.3) = 0.2; t(3) between 2 and 5: 0.25 + 0.15/3 = 0.3; t(8): last slope 0.05/token
     assert costs.t(1) == pytest.approx(0.2) and costs.t(3) == pytest.approx(0.3)
     assert costs.t(8) == pytest.approx(0.55) and costs.v(4) == pytest.approx(2.0)
+    costs.add(1, 0.5)  # the medians are kept between adds: a new call is counted at once, median(0.1, 0.3, 0.5)
+    assert costs.t(1) == pytest.approx(0.3) and costs.v(4) == pytest.approx(0.4 / 0.3)
 
 
 def test_auto_measures_a_plain_step_and_reports_v(target, drafts):

@@ -75,12 +75,17 @@ class CallCosts:
     def __init__(self, keep: int = 64):
         self.by_tokens: dict[int, deque[float]] = {}
         self.keep = keep
+        self._med: dict[int, float] | None = None  # the medians by T, until the next add
 
     def add(self, tokens: int, seconds: float) -> None:
         self.by_tokens.setdefault(tokens, deque(maxlen=self.keep)).append(seconds)
+        self._med = None
 
     def t(self, tokens: int) -> float:
-        med = {n: statistics.median(s) for n, s in sorted(self.by_tokens.items())}
+        # auto-γ asks for t(T) ~50 times a round (every γ it weighs) and adds one call a round: sort once per add
+        if self._med is None:
+            self._med = {n: statistics.median(s) for n, s in sorted(self.by_tokens.items())}
+        med = self._med
         if not med:
             raise ConfigError("CallCosts: no call measured yet")
         if tokens in med:
@@ -447,7 +452,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
                 break
         if stop:
             break
-    step = statistics.median(costs.by_tokens[1]) if auto and 1 in costs.by_tokens else 0.0
+    step = costs.t(1) if auto and 1 in costs.by_tokens else 0.0
     accepted, tested = sum(a for a, _ in by_kind.values()), sum(t for _, t in by_kind.values())
     return SpecResult(len(prompt), out, gamma, accepted, tested, proposed, tcall.calls, dcall.calls,
                       dcall.time, tcall.time, time.perf_counter() - t0, verify_calls, verify_time, step, lookup_rounds,
