@@ -200,13 +200,20 @@ class PagedCache:
         return self.lens[seq_id]
 
     def free(self, seq_id) -> None:
-        self.allocator.free(self.tables.pop(seq_id), self.prefix.key_of if self.prefix else frozenset())
+        self.allocator.free(self.tables.pop(seq_id), self._cached_blocks)
         del self.lens[seq_id]
         self.prompts.pop(seq_id, None)
         self.indexed.pop(seq_id, None)
 
+    @property
+    def _cached_blocks(self):
+        """Blocks holding an indexed prefix (the allocator hands them out last once free)."""
+        return self.prefix.key_of if self.prefix is not None else frozenset()
+
     def _index(self) -> None:
-        """Index the prompt blocks the last pass filled."""
+        """Index the prompt blocks the last pass filled (prefix caching)."""
+        if self.prefix is None:
+            return
         for s in self.seq_ids:
             prompt = self.prompts.get(s)
             if prompt is None:
@@ -264,13 +271,12 @@ class PagedCache:
         for s in self.seq_ids:
             self.lens[s] += T
         self._step = None
-        if self.prefix is not None:
-            self._index()
+        self._index()
 
     def truncate(self, lengths: list[int]) -> None:
         """Shorten the batch's sequences to `lengths`, returning now-unused blocks to the free list. A kept last
         block that is partly dropped and shared (or indexed) is copied first: the sequence writes into it next."""
-        keep_cached = self.prefix.key_of if self.prefix else frozenset()
+        keep_cached = self._cached_blocks
         for s, n in zip(self.seq_ids, lengths):
             if not 0 <= n <= self.lens[s]:
                 raise ConfigError(f"truncate sequence {s!r} to {n}: it holds {self.lens[s]} tokens")
@@ -344,8 +350,7 @@ class VarlenPagedCache(PagedCache):
         for s, c in zip(self.seq_ids, self.counts):
             self.lens[s] += c
         self._step = None
-        if self.prefix is not None:
-            self._index()
+        self._index()
 
 
 def kv_bytes_per_token(args: ModelArgs, dtype: torch.dtype = torch.float32) -> int:
