@@ -127,6 +127,11 @@ class ServeResult:
     prefill_s: float | None = None  # time in prefill-only passes (None: the engine mixes prefill into its steps)
 
     @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens of every request (cached_prompt_tokens of them came from the prefix cache)."""
+        return sum(r.prompt_len for r in self.requests)
+
+    @property
     def generated_tokens(self) -> int:
         return sum(len(r.tokens) for r in self.requests)
 
@@ -145,7 +150,7 @@ class ServeResult:
                 "makespan_s": self.makespan_s, "throughput_tok_s": self.throughput, "steps": self.steps,
                 "latency_p50_s": self.latency_p(50), "latency_p99_s": self.latency_p(99),
                 "ttft_p50_s": self.ttft_p(50), "ttft_p99_s": self.ttft_p(99), "kv": self.kv,
-                "prompt_tokens": sum(r.prompt_len for r in self.requests),
+                "prompt_tokens": self.prompt_tokens,
                 "cached_prompt_tokens": self.cached_prompt_tokens, "prefill_s": self.prefill_s,
                 "per_request": [{**asdict(r), "tokens": len(r.tokens)} for r in self.requests]}
 

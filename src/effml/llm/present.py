@@ -46,7 +46,7 @@ def serve_table(model: str, n_requests: int, rate: float, max_batch: int, result
         t.add_row(name, f"{r.throughput:.1f}", f"{r.latency_p(50):.2f}", f"{r.latency_p(99):.2f}",
                   f"{r.ttft_p(50):.2f}", f"{r.ttft_p(99):.2f}",
                   f"{own['reserved_tokens_avg']:.0f} vs {own['used_tokens_avg']:.0f} tok ({own['waste']:.1%})",
-                  f"{r.cached_prompt_tokens}/{sum(q.prompt_len for q in r.requests)}")
+                  f"{r.cached_prompt_tokens}/{r.prompt_tokens}")
     return t
 
 
