@@ -45,6 +45,7 @@ def main() -> int:
                     "serve (a faster format needs a faster trace, or throughput measures the arrivals)")
     ap.add_argument("--format", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
                     help="the model's weight format in effml's engine (int8/int4: gemv_a8 where the CPU has it)")
+    ap.add_argument("--out", default=None, help="results file stem (default llm_batching[_format])")
     args = ap.parse_args()
     N_REQUESTS = args.requests
     import torch
@@ -114,9 +115,9 @@ def main() -> int:
     print(f"continuous / static throughput = {ratio:.2f}x, chunked / static = {chunked:.2f}x; with prefix caching "
           f"{prefix['continuous+prefix']:.2f}x / {prefix['chunked+prefix']:.2f}x; paged waste {paged['waste']:.1%} "
           f"vs contiguous max-length reservation {resv['waste']:.1%}")
-    write_results("llm_batching" + ("" if args.format == "fp32" else f"_{args.format}"), {
+    write_results(args.out or "llm_batching" + ("" if args.format == "fp32" else f"_{args.format}"), {
                                    "format": args.format, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                   "threads": torch.get_num_threads(), "load_average_end": os.getloadavg(),"trace": {"n_requests": N_REQUESTS, "rate": args.rate, "mean_output": MEAN_OUT,
+                                   "threads": torch.get_num_threads(), "load_average_end": os.getloadavg(), "trace": {"n_requests": N_REQUESTS, "rate": args.rate, "mean_output": MEAN_OUT,
                                              "max_output": MAX_OUT, "max_batch": MAX_BATCH, "block_size": BLOCK},
                                    "results": {k: v.to_dict() for k, v in res.items()}, "prefix_caching": info,
                                    "claims": claims})
