@@ -11,9 +11,11 @@
 - one int4 layer called again and again (its codes in L2: the kernel's rate without DRAM); gemv_a8's prefetch distance (0, 2048, 4096 bytes ahead of the code stream, interleaved); a one-thread sum over
   256 MiB in 4 KiB and in 2 MiB pages; the greedy pick over 49152 logits, numpy (generate.argmax) vs torch.argmax
 - SmolLM2's fp32 projections and head (538 MB) for 1, 5 and 8 rows (a decode step, a speculative verification of
-  γ = 4 and 7): gemv_tiles (16 outputs interleaved, what the engine runs) vs the row-major GEMV (gemv.cpp)
-- fp32 prefills: layer 0's projections at 9-400 rows through oneDNN's and MKL's packed matmuls and F.linear; a
-  prompt of 39 and of 85 tokens through the engine vs the generic Python layer loop
+  γ = 4 and 7): gemv_tiles (16 outputs interleaved, what the engine runs) vs the row-major GEMV (gemv.cpp); 9 and
+  16 rows in one gemv_tiles call (blocks of 8 rows per group of tiles, the group's weights from L2 after the first
+  block) vs in calls of 8 rows (a whole pass over the weights each)
+- fp32 prefills: layer 0's projections at 9-400 rows through gemv_tiles, oneDNN's and MKL's packed matmuls and
+  F.linear; a prompt of 39 and of 85 tokens through the engine vs the generic Python layer loop
 Minimum over repeats, interleaved where compared. Run: `flock /tmp/effml_bench.lock python benchmarks/bench_kernels.py`.
 """
 
@@ -49,24 +51,29 @@ def best(fn, reps: int = 15, flush: bool = True) -> float:
 
 
 def fp32_prefill_rows(f32) -> list[dict]:
-    """fp32 prefills: layer 0's four projections (QKV, O, gate/up, down) at 9-400 rows through F.linear, MKL's
-    packed sgemm and oneDNN's packed matmul (GMAC/s over the four), interleaved; then whole prompts of 39 and 85
-    tokens through the engine (prepare: on AVX-512 the C++ block loop with oneDNN's rows, `fastpath.many_rows`)
-    vs the generic Python layer loop over the same modules (fast_decode off)."""
+    """fp32 prefills: layer 0's four projections (QKV, O, gate/up, down) at 9-400 rows through effml's gemv_tiles
+    (what the engine runs), oneDNN's packed matmul, MKL's packed sgemm and F.linear (GMAC/s over the four),
+    interleaved; then whole prompts of 39 and 85 tokens through the engine (prepare: the C++ block loop,
+    `fastpath.many_rows`) vs the generic Python layer loop over the same modules (fast_decode off)."""
     import torch
     import torch.nn.functional as F
 
     from effml.llm import fastpath
     from effml.llm.generate import new_session
 
-    ws = [q.weight.detach() for q in fastpath.projections(f32)[:4]]
+    from effml import native
+
+    ext = native.load()
+    mods = fastpath.projections(f32)[:4]
+    ws = [q.weight.detach() for q in mods]
     mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, 1) for w in ws]
     dnn = [torch.ops.mkldnn._reorder_linear_weight(w, 32) for w in ws]
     rows = []
-    for M in (9, 16, 80, 400):
+    for M in (9, 16, 40, 80, 400):
         xs = [torch.randn(M, w.shape[1]) for w in ws]
         macs = M * sum(w.numel() for w in ws)
-        calls = {"oneDNN packed": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+        calls = {"gemv_tiles": lambda: [ext.gemv_tiles(x, q._tiles, q.out_features, None) for x, q in zip(xs, mods)],
+                 "oneDNN packed": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
                                            for x, p in zip(xs, dnn)],
                  "MKL packed": lambda: [torch.ops.mkl._mkl_linear(x, p, w, None, 1) for x, p, w in zip(xs, mkl, ws)],
                  "F.linear": lambda: [F.linear(x, w) for x, w in zip(xs, ws)]}
@@ -75,7 +82,7 @@ def fp32_prefill_rows(f32) -> list[dict]:
             for k, fn in calls.items():
                 t[k] = min(t[k], best(fn, 5, False))
         rows.append({"kernel": f"fp32 prefill product, {M} rows, layer 0's 4 projections",
-                     "ms": t["oneDNN packed"] * 1e3,
+                     "ms": t["gemv_tiles"] * 1e3,
                      "rate": " / ".join(f"{macs / v / 1e9:.0f}" for v in t.values()) + " GMAC/s",
                      "beside": " / ".join(calls)})
     for n in (39, 85):
@@ -101,8 +108,13 @@ def fp32_prefill_rows(f32) -> list[dict]:
 
 
 def main() -> int:
+    import argparse
+
     import torch
 
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="kernels", help="results file stem (e.g. kernels_avx2 for an AVX2 build)")
+    opts = ap.parse_args()
     torch.set_num_threads(1)
     from effml import native
     from effml.compress.weight_only import WeightOnlyLinear
@@ -216,21 +228,30 @@ def main() -> int:
     mats = fastpath.projections(f32) + [f32.output]
     fbytes = sum(q.weight.numel() * 4 for q in mats)
     t_fp32 = {}
-    for M in (1, 5, 8):
+    for M in (1, 5, 8, 9, 16):
         xs = {q.in_features: torch.randn(M, q.in_features) for q in mats}
-        for name, call in (("gemv_tiles", lambda q: ext.gemv_tiles(xs[q.in_features], q._tiles, q.out_features,
-                                                                     None)),
-                           ("row-major gemv", lambda q: ext.gemv(xs[q.in_features], q.weight.detach(), None, None))):
+        calls = [("gemv_tiles", lambda q: ext.gemv_tiles(xs[q.in_features], q._tiles, q.out_features, None))]
+        if M <= 8:
+            calls.append(("row-major gemv", lambda q: ext.gemv(xs[q.in_features], q.weight.detach(), None, None)))
+        else:  # the same rows in calls of 8: one whole pass over the weights per call
+            calls.append(("gemv_tiles, calls of 8 rows", lambda q: [
+                ext.gemv_tiles(xs[q.in_features][m:m + 8].contiguous(), q._tiles, q.out_features, None)
+                for m in range(0, M, 8)]))
+        for name, call in calls:
             t_fp32[name, M] = best(lambda: [call(q) for q in mats], 7)
     for name in ("gemv_tiles", "row-major gemv"):
         one = t_fp32[name, 1]
+        more = (f"; 9 rows {t_fp32[name, 9] / one:.2f}x, 16 rows {t_fp32[name, 16] / one:.2f}x (in calls of 8 rows: "
+                f"{t_fp32['gemv_tiles, calls of 8 rows', 9] / one:.2f}x, "
+                f"{t_fp32['gemv_tiles, calls of 8 rows', 16] / one:.2f}x)" if name == "gemv_tiles" else "")
         rows.append({"kernel": f"fp32 projections + head, {name}", "ms": one * 1e3,
                      "rate": f"{fbytes / one / 1e9:.1f} GB/s of {fbytes / 1e6:.0f} MB (1 row)",
-                     "beside": f"5 rows {t_fp32[name, 5] / one:.2f}x, 8 rows {t_fp32[name, 8] / one:.2f}x one row"})
+                     "beside": f"5 rows {t_fp32[name, 5] / one:.2f}x, 8 rows {t_fp32[name, 8] / one:.2f}x one row"
+                               + more})
     rows += fp32_prefill_rows(f32)
     print_table(f"effml kernels, SmolLM2-135M shapes, 1 thread, CPU {torch.backends.cpu.get_cpu_capability()} "
                 f"({ext.a8_isa()}), load {os.getloadavg()[0]:.1f}", rows)
-    path = write_results("kernels", {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    path = write_results(opts.out, {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                      "a8_isa": ext.a8_isa(), "loadavg": os.getloadavg(), "rows": rows})
     print(f"wrote {path}")
     return 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from effml.llm import fastpath
-from effml.llm.engine import FormatConfig, prepare, to_format
+from effml.llm.engine import FormatConfig, PackedLinear, prepare, to_format
 from effml.llm.generate import GenerateConfig, generate, new_session
 from effml.llm.kvcache import CacheFull
 
@@ -66,26 +66,24 @@ def test_calls_it_does_not_take_run_the_generic_step(model):
 
 
 @pytest.mark.parametrize("kv", ["contiguous", "paged"])
-def test_a_long_fp32_feed_takes_onednn_rows_in_the_cxx_loop(model, kv):
-    """fp32 with oneDNN's packed weights beside the tiles (AVX-512): a prefill (40 tokens) runs through the C++
-    block loop with its projections in oneDNN, a 12-token verification in gemv_tiles (two passes); the logits are
-    the generic path's (the same library matmul on the same rows, attention in C++ instead of SDPA)."""
-    from effml.llm.engine import onednn_fp32
-
+def test_a_long_fp32_feed_takes_the_cxx_loop(model, kv):
+    """fp32: gemv_tiles takes any number of rows, so a prefill (40 tokens) and a 12-token verification run through
+    the C++ block loop; the logits are the generic path's (the same gemv_tiles sums through PackedLinear, attention
+    in C++ instead of SDPA). Tiles of bf16 weights take at most ROWS_FLOAT rows there (oneDNN's bf16 matmul in the
+    generic path is faster for more)."""
     m = copy.deepcopy(model)
     prepare(m)
     specs = m._fast_layers[2]
-    assert all(fastpath.many_rows(sp) for sp in specs) == (onednn_fp32() and torch.backends.mkldnn.is_available())
+    assert all(sp[0] == 4 and sp[2] is None for sp in specs) and all(map(fastpath.many_rows, specs))
+    assert all(isinstance(p, PackedLinear) and p.packed is None for p in fastpath.projections(m))  # no library copy
     long_feed = [(7 * i) % 90 + 1 for i in range(40)]
     s = new_session(kv, m, 64)
-    assert fastpath.eligible_rows(m, torch.tensor([long_feed]), s.cache) == all(map(fastpath.many_rows, specs))
+    assert fastpath.eligible_rows(m, torch.tensor([long_feed]), s.cache)
     with torch.no_grad():
         fast, slow = _feed_both(m, long_feed, [[4] * 12, [9]], kv=kv)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    # without the oneDNN weight (MKL's CPUs) more than ROWS_FLOAT rows are the generic path's
-    m._fast_layers = (*m._fast_layers[:2], [(k, w, None, b, n) if k == 4 else (k, w, sc, b, n)
-                                            for k, w, sc, b, n in specs])
+    m._fast_layers = (*m._fast_layers[:2], [(k, w.to(torch.bfloat16), sc, b, n) for k, w, sc, b, n in specs])
     assert not fastpath.eligible_rows(m, torch.tensor([long_feed]), s.cache)
     assert fastpath.eligible_rows(m, torch.tensor([long_feed[:fastpath.ROWS_FLOAT]]), s.cache)
 

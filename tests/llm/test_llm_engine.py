@@ -123,16 +123,25 @@ def test_packed_linear_equals_f_linear(dtype, kind):
 
 
 def test_fp32_prefill_kernel_follows_the_cpu(monkeypatch):
-    """fp32 prefills: oneDNN's packed matmul on AVX-512 (measured faster there), MKL's on tall layers elsewhere."""
+    """fp32 prefills: effml's gemv_tiles for every row count where its kernels load (no library copy of the weight);
+    without them oneDNN's packed matmul on AVX-512 (measured faster there), MKL's on tall layers elsewhere."""
     import effml.llm.engine as engine
 
     if not (torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available()):
         pytest.skip("needs both MKL and oneDNN in the torch build")
-    for cap, tall, wide in (("AVX512", "mkldnn", "mkldnn"), ("AVX2", "mkl", "plain")):
+    if gemv.load() is not None:
+        m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 32))
+        engine.pack_linears(m)
+        assert all(p.kind == "plain" and p.packed is None for p in m)
+        x = torch.randn(40, 32)  # a prefill's rows: gemv_tiles' sums, not a library matmul's
+        ref = x.double() @ m[0].weight.double().T + m[0].bias.double()
+        assert torch.allclose(m[0](x).double(), ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(gemv, "load", lambda: None)
+    for cap, tall, wide in (("AVX512", "mkldnn", "mkldnn"), ("AVX2", "mkl", None)):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=cap: c)
         m = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Linear(32, 8))
         engine.pack_linears(m)
-        assert (m[0].kind, m[1].kind) == (tall, wide), cap
+        assert (m[0].kind, getattr(m[1], "kind", None)) == (tall, wide), cap
 
 
 def test_without_bf16_arithmetic_int4_keeps_fp32_activations_and_says_so(model, monkeypatch):

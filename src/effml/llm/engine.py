@@ -98,16 +98,18 @@ def to_format(model: Transformer, config: FormatConfig) -> list[str]:
 class PackedLinear(nn.Module):
     """An nn.Linear run by the fastest kernel here for the rows it gets.
 
-    Decode rows (up to effml.native.MAX_ROWS, fp32 activations): effml's `gemv_tiles` on a copy of the weight with
-    16 output rows interleaved, in memory advised for 2 MiB pages: one weight stream at close to the memory
-    bandwidth, and up to 8 activation rows per pass over it at ~1.1-1.4x the cost of one (a speculative
-    verification, a batch; see effml/native/tiles.cpp). The copy doubles the float projections' memory (the
-    row-major weight stays for the rows below). More rows (a prefill): the weight kept in the CPU library's
-    blocked layout, packed once (`kind`): "mkldnn" = oneDNN's packed matmul (`torch.ops.mkldnn._linear_pointwise`)
-    for bf16, and for fp32 on AVX-512 CPUs (bench_kernels, SmolLM2's shapes, 1 thread, Zen 4: 37-54 GMAC/s at 9-400
-    rows against MKL's 17-46, 1.5-2x at 9-16 rows); "mkl" = MKL's packed sgemm
-    (`torch.ops.mkl._mkl_linear`, what torch.compile's CPU freezing pass calls) for tall fp32 matrices elsewhere
-    (out > in: fused QKV, gate/up, the head; 1.2-2.6x F.linear); F.linear otherwise."""
+    fp32 weights, with effml's kernels built: effml's `gemv_tiles` for every row count, on a copy of the weight
+    with 16 output rows interleaved in memory advised for 2 MiB pages: decode rows at close to the memory bandwidth,
+    up to 8 activation rows per pass over a group of tiles at ~1.1-1.4x the cost of one (a speculative verification,
+    a batch), and more rows in blocks of 8 over each group while it sits in L2 (a prefill at the FMA units' rate:
+    bench_kernels, SmolLM2's layer-0 shapes, 1 thread, Zen 4: 44-55 GMAC/s at 9-400 rows, against oneDNN's packed
+    matmul 32-54 and MKL's packed sgemm 16-47; AVX2 33-49 against MKL's 17-43). See effml/native/tiles.cpp. The
+    copy doubles the float projections' memory (the row-major weight stays: the tied embedding, the generic path).
+    bf16 weights: `gemv_tiles` up to effml.native.MAX_ROWS rows, more in the CPU library's blocked layout packed
+    once (`kind`): "mkldnn" = oneDNN's packed matmul (`torch.ops.mkldnn._linear_pointwise`) where the CPU has bf16
+    arithmetic, else gemv_tiles for every row count too. Without effml's kernels, fp32 prefills go to oneDNN on
+    AVX-512 and to MKL's packed sgemm (`torch.ops.mkl._mkl_linear`, what torch.compile's CPU freezing pass calls)
+    for tall matrices elsewhere (out > in: fused QKV, gate/up, the head); F.linear otherwise."""
 
     def __init__(self, lin: nn.Linear, kind: str, gemv=None):
         super().__init__()
@@ -126,7 +128,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
         x2 = x.reshape(-1, self.in_features)  # (N, in)
-        if self._gemv is not None and x2.shape[0] <= MAX_ROWS:
+        if self._gemv is not None and (x2.shape[0] <= MAX_ROWS or self.packed is None):
             y = self._gemv.gemv_tiles(x2.float().contiguous(), self._tiles, self.out_features, self._bias32)
         elif self.kind == "mkl":
             y = torch.ops.mkl._mkl_linear(x2, self.packed, self.weight, self.bias, 1)
@@ -142,16 +144,17 @@ class PackedLinear(nn.Module):
             self.kind, f"F.linear ({dt})")
         if self._gemv is None:
             return big
-        return f"effml gemv_tiles ({self._gemv.tiles_isa()}, fp32 activations) for <= {MAX_ROWS} rows; {big} above"
+        tiles = f"effml gemv_tiles ({self._gemv.tiles_isa()}, fp32 activations)"
+        return tiles if self.packed is None else f"{tiles} for <= {MAX_ROWS} rows; {big} above"
 
 
 PREFILL_ROWS_HINT = 32  # oneDNN's batch-size hint when packing an fp32 weight for prefills
 
 
 def onednn_fp32() -> bool:
-    """Whether fp32 prefills go to oneDNN's packed matmul rather than MKL's: on AVX-512 CPUs, where it measured
-    1.2-2x faster (bench_kernels' fp32 prefill rows). Elsewhere MKL stays: oneDNN capped at AVX2 on the same
-    machine was faster at 9-16 rows but slower on some shapes at 80+, and no AVX2-only CPU was measured."""
+    """Without effml's kernels, whether fp32 prefills go to oneDNN's packed matmul rather than MKL's: on AVX-512
+    CPUs, where it measured 1.2-2x faster (bench_kernels' fp32 prefill rows). Elsewhere MKL stays: oneDNN capped at
+    AVX2 on the same machine was faster at 9-16 rows but slower on some shapes at 80+."""
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
@@ -165,7 +168,9 @@ def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
         if type(m) is not nn.Linear or m.weight.dtype not in (torch.float32, torch.bfloat16):
             continue
         dt = m.weight.dtype
-        if dt == torch.float32 and torch.backends.mkldnn.is_available() and onednn_fp32():
+        if dt == torch.float32 and gemv is not None:
+            kind = "plain"  # gemv_tiles for every row count: no library copy
+        elif dt == torch.float32 and torch.backends.mkldnn.is_available() and onednn_fp32():
             kind = "mkldnn"
         elif dt == torch.float32 and m.out_features > m.in_features and torch.backends.mkl.is_available():
             kind = "mkl"

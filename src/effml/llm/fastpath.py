@@ -13,9 +13,8 @@ The arithmetic is the same as the modules' (fp32), so the tokens agree with the 
 (tests/llm/test_fastpath.py checks the logits). Taken when `prepare` enabled it, the activations are fp32 and the
 projections fused, for: one sequence in a ContiguousCache, at most 16 new tokens (decode steps, speculative
 verification); the tokens of several sequences (a contiguous batch, a PagedCache, a VarlenPagedCache) when every
-projection is one of effml's kernels, up to ROWS_FLOAT rows on the float one (gemv_tiles) and any number on gemv_a8
-or on gemv_tiles with oneDNN's packed fp32 weight beside it (AVX-512: a prefill's rows, more than 16, go to oneDNN
-inside the same C++ loop). The rest (a float prefill elsewhere, bf16 activations) takes the generic path.
+projection is one of effml's kernels: any number on gemv_a8 and on gemv_tiles over fp32 weights (a prefill's rows
+too), up to ROWS_FLOAT on bf16 tiles. The rest (a bf16 prefill, bf16 activations) takes the generic path.
 """
 
 from __future__ import annotations
@@ -45,10 +44,9 @@ def eligible(model, tokens: torch.Tensor, cache) -> bool:
 def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
     """Several sequences, or a chunked prefill, through the C++ block loop (`fast_rows`): a contiguous batch cache,
     a PagedCache or a VarlenPagedCache in fp32, every projection one of effml's kernels; more than ROWS_FLOAT rows
-    only when every projection takes them (`many_rows`: gemv_a8, or gemv_tiles with oneDNN's packed fp32 weight
-    for the rows past its pass, as on AVX-512). gemv_tiles takes 8 rows per pass over the weights at ~1.4x the cost
-    of one (AVX-512; 4 per pass on AVX2); elsewhere a longer float prefill goes to MKL's packed sgemm in the
-    generic path."""
+    only when every projection takes them at a matmul's speed (`many_rows`: gemv_a8, gemv_tiles on fp32 weights).
+    gemv_tiles takes 8 rows per pass over the weights at ~1.4x the cost of one (AVX-512; 4 per pass on AVX2); a
+    longer bf16 prefill goes to oneDNN's bf16 matmul in the generic path."""
     from effml.llm.kvcache import PagedCache
 
     if not (getattr(model, "fast_decode", False) and model._fast_layers is not None and cache is not None
@@ -62,9 +60,10 @@ def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
 
 def many_rows(spec: tuple) -> bool:
     """Whether a projection (kernel_spec) takes any number of rows at the speed of a matmul: gemv_a8 (integer dot
-    products, 8 rows per pass), or gemv_tiles with oneDNN's packed fp32 weight beside it (the C++ loop hands calls
-    of more than 16 rows to oneDNN: a prefill)."""
-    return spec[0] in (2, 3) or (spec[0] == 4 and spec[2] is not None)
+    products, 8 rows per pass), or gemv_tiles on fp32 weights (blocks of 8 rows over each group of tiles held in
+    L2: a prefill at 45-54 GMAC/s on one Zen 4 core, AVX-512 or AVX2). bf16 tiles are widened at every use, which
+    oneDNN's bf16 matmul beats on a prefill."""
+    return spec[0] in (2, 3) or (spec[0] == 4 and spec[1].dtype == torch.float32)
 
 
 def fast_rows(model, tokens: torch.Tensor, cache) -> torch.Tensor:
@@ -143,9 +142,8 @@ def kernel_spec(m) -> tuple | None:
     if isinstance(m, WeightOnlyLinear) and m.native():
         (codes, _), (_, s32) = m._prepare(), m._gemv
         return (0, codes, s32, None if m.bias is None else m.bias.detach().float().contiguous(), 0)
-    if isinstance(m, PackedLinear) and m._gemv is not None:  # + oneDNN's packed fp32 weight for more rows, if any
-        big = m.packed if m.kind == "mkldnn" and m.weight.dtype == torch.float32 else None
-        return (4, m._tiles, big, m._bias32, m.out_features)
+    if isinstance(m, PackedLinear) and m._gemv is not None:
+        return (4, m._tiles, None, m._bias32, m.out_features)
     if isinstance(m, WeightOnlyLinear) and m.bits == 4 and m.kernel in ("packed", "torch") and m.bias is None \
             and m.act_dtype == torch.bfloat16:
         w, sz = m._prepare()

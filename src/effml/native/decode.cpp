@@ -16,9 +16,9 @@
 //       norm -> gate/up -> silu_mul -> down + residual. A projection is
 //       (0, w, scale?, bias?, 0): effml's GEMV (int8 codes with scale, bf16 or fp32 w), or (1, packed, scales
 //       and zeros, None, group): torch's int4 kernel on bf16 rows, or a8.cpp's int8-activation GEMV: (2, packed,
-//       scale, zterm, group) for int4 codes, (3, packed, scale, bias?, K) for int8 codes.
+//       scale, zterm, group) for int4 codes, (3, packed, scale, bias?, K) for int8 codes, or (4, tiles, None, bias?,
+//       N): tiles.cpp's gemv_tiles on fp32 / bf16 weights, any number of rows.
 #include <torch/extension.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <cstdint>
 #include <tuple>
 #include <algorithm>
@@ -270,31 +270,13 @@ void add_into(torch::Tensor& x, const torch::Tensor& y) {
   for (int64_t i = 0; i < x.numel(); ++i) xp[i] += yp[i];
 }
 
-constexpr int64_t kTileRowsMax = 16;  // effml.native.MAX_ROWS: the rows PackedLinear gives gemv_tiles too
-
-// x @ w.T + bias through oneDNN's packed fp32 matmul (torch.ops.mkldnn._linear_pointwise, the weight packed by
-// torch.ops.mkldnn._reorder_linear_weight): the rows of a prefill
-torch::Tensor onednn_linear(const torch::Tensor& x, const torch::Tensor& packed,
-                            const c10::optional<torch::Tensor>& bias) {
-  static const c10::OperatorHandle op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
-  std::vector<c10::IValue> stack{x, packed, bias.has_value() ? c10::IValue(*bias) : c10::IValue(),
-                                 c10::IValue(std::string("none")), c10::IValue(c10::List<c10::optional<at::Scalar>>()),
-                                 c10::IValue(std::string(""))};
-  op.callBoxed(&stack);
-  return stack[0].toTensor();
-}
-
 torch::Tensor project(const Proj& p, const torch::Tensor& x) {
   const int64_t kind = std::get<0>(p);
   if (kind == 0) return gemv(x, std::get<1>(p), std::get<2>(p), std::get<3>(p));
   if (kind == 2) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), std::get<3>(p), 4, std::get<4>(p), c10::nullopt);
   if (kind == 3) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), c10::nullopt, 8, std::get<4>(p), std::get<3>(p));
-  // (4, tiles, oneDNN weight, bias, N): up to 16 rows gemv_tiles (two passes over tiles it reads once from DRAM:
-  // SmolLM2 fp32, a verification of 9 / 12 / 16 tokens measured 1.9 / 2.3 / 2.6 steps there, 2.2 / 2.6 / 3.0 in
-  // oneDNN), more rows oneDNN (a prefill)
-  if (kind == 4 && std::get<2>(p).has_value() && x.size(0) > kTileRowsMax)
-    return onednn_linear(x, *std::get<2>(p), std::get<3>(p));
+  // (4, tiles, None, bias, N): gemv_tiles for any number of rows (a prefill's in blocks of 8 over each group of
+  // tiles held in L2)
   if (kind == 4) return gemv_tiles(x, std::get<1>(p), std::get<4>(p), std::get<3>(p));
   TORCH_CHECK(kind == 1 && std::get<2>(p).has_value(), "decode_layers_rows: projection kind must be 0 to 4");
   const auto y = at::_weight_int4pack_mm_for_cpu(to_bf16(x), std::get<1>(p), std::get<4>(p), *std::get<2>(p));
