@@ -58,10 +58,9 @@ def fp32_prefill_rows(f32) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
+    from effml import native
     from effml.llm import fastpath
     from effml.llm.generate import new_session
-
-    from effml import native
 
     ext = native.load()
     mods = fastpath.projections(f32)[:4]

@@ -61,8 +61,8 @@ def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
 def many_rows(spec: tuple) -> bool:
     """Whether a projection (kernel_spec) takes any number of rows at the speed of a matmul: gemv_a8 (integer dot
     products, 8 rows per pass), or gemv_tiles on fp32 weights (blocks of 8 rows over each group of tiles held in
-    L2: a prefill at 45-54 GMAC/s on one Zen 4 core, AVX-512 or AVX2). bf16 tiles are widened at every use, which
-    oneDNN's bf16 matmul beats on a prefill."""
+    L2: a prefill at 44-55 GMAC/s on one Zen 4 core at 9-400 rows, 33-49 built for AVX2; bench_kernels). bf16
+    tiles are widened at every use: oneDNN's bf16 matmul takes a bf16 prefill in the generic path."""
     return spec[0] in (2, 3) or (spec[0] == 4 and spec[1].dtype == torch.float32)
 
 

@@ -1,5 +1,5 @@
-// effml's float GEMV for a few rows at once (a speculative verification, a batch of decode rows), and the memory
-// its weights live in.
+// effml's float GEMV for a few rows at once (a speculative verification, a batch of decode rows) and for many (a
+// prefill), and the memory its weights live in.
 //
 //   tiles = pack_tiles(w)            w (N, K) fp32 or bf16 -> (ceil(N/16), K, 16), 16 output rows interleaved
 //   y = gemv_tiles(x, tiles, N, bias?)  x (M, K) fp32, any M: y (M, N) = x @ w.T + bias
@@ -100,9 +100,10 @@ void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, fl
   static constexpr auto few = table<W, NT_FEW>(std::make_integer_sequence<int, 2>{});
   static constexpr auto one = table<W, 1>(std::make_integer_sequence<int, R_MAX>{});
   const int64_t tiles = (N + TILE - 1) / TILE;
-  // Groups of CHUNK tiles outer, blocks of R_MAX rows inner: more than R_MAX rows (a verification of 9-16 tokens)
-  // read a group's weights from memory once and from L2 for the blocks after the first (CHUNK tiles of K = 1536:
-  // 384 KiB), instead of one whole pass over the weights per block. Each row's sums are the same in any block.
+  // Groups of CHUNK tiles outer, blocks of R_MAX rows inner: more than R_MAX rows (a verification of 9-16 tokens, a
+  // prefill) read a group's weights from memory once and from L2 for the blocks after the first (CHUNK tiles of
+  // K = 1536: 384 KiB), instead of one whole pass over the weights per block; the FMA units then set the rate.
+  // Each row's sums are the same in any block.
   constexpr int64_t CHUNK = NT_FEW > NT ? NT_FEW : NT;
   static_assert(CHUNK % NT == 0 && CHUNK % NT_FEW == 0, "a chunk holds whole groups of either width");
   at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
