@@ -365,8 +365,9 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         if not n:
             return first, math.inf
         c = (dcall.time / dcall.calls) / costs.t(1) if kind == "model" and dcall.calls else 0.0
-        # at most one token past the longest pass measured: t(T) beyond it is an extrapolation, and a kernel that
-        # takes 8 rows per pass costs ~1.9x at 9 tokens what it does at 8 (the slope before does not show it)
+        # at most one token past the longest pass measured: t(T) beyond it is an extrapolation, and a kernel's next
+        # block of rows costs more than the slope before it shows (gemv_tiles, 8 rows a block: SmolLM2 fp32 at 9
+        # tokens ~1.2x its cost at 8; 4 rows a block on AVX2: 1.3x at 5 tokens against 4)
         limit = min(config.max_gamma, max(costs.by_tokens))
         # α with Laplace's prior, (accepted + 1) / (tested + 2): one rejected first token (0 of 1) reads as 1/3,
         # not 0
