@@ -90,7 +90,6 @@ void tile_scalar(int bits, const uint8_t* wt, const float* sc, const float* zt, 
     for (int row = 0; row < TILE; ++row) {
       float out = 0.f;
       for (int64_t g = 0; g < ng; ++g) {
-        float gacc = 0.f;
         for (int64_t b = g * per; b < (g + 1) * per; ++b) {
           int32_t acc = 0;
           for (int64_t k = b * BLOCK; k < (b + 1) * BLOCK; k += step) {
@@ -104,10 +103,9 @@ void tile_scalar(int bits, const uint8_t* wt, const float* sc, const float* zt, 
             }
           }
           if (bits == 8) acc -= 128 * x.s[b];
-          gacc += static_cast<float>(acc) * x.a[b];
+          out = std::fma(static_cast<float>(acc), sc[g * TILE + row] * x.a[b], out);
         }
-        out += gacc * sc[g * TILE + row];
-        if (bits == 4) out += zt[g * TILE + row] * x.g[g];
+        if (bits == 4) out = std::fma(zt[g * TILE + row], x.g[g], out);
       }
       y[r * N + n0 + row] = out + (bias ? bias[n0 + row] : 0.f);
     }
@@ -124,17 +122,23 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
                float* y, int64_t N, int64_t n0, const float* bias) {
   const int64_t ng = K / group, per = group / BLOCK;
   const __m512i low = _mm512_set1_epi8(0x0F);
+  // the rows' arrays once, in registers or on the stack: not through each std::vector in the inner loop
+  const int8_t* qp[R];
+  const float *ap[R], *gp[R];
+  const int32_t* sp[R];
+  for (int r = 0; r < R; ++r) qp[r] = acts[r].q.data(), ap[r] = acts[r].a.data(), gp[r] = acts[r].g.data(),
+                              sp[r] = acts[r].s.data();
+  // accumulator chains per row: vpdpbusd's latency (4 cycles) over one dependent chain per row would bound one or
+  // two rows; 4 chains for one row, 2 for two, the rows' own chains interleave beyond that
+  constexpr int NA = R == 1 ? 4 : R == 2 ? 2 : 1;
   __m512 out[R];
   for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
   for (int64_t g = 0; g < ng; ++g) {
-    __m512 gacc[R];
-    for (int r = 0; r < R; ++r) gacc[r] = _mm512_setzero_ps();
+    const __m512 s = _mm512_loadu_ps(sc + g * TILE);
     for (int64_t b = g * per; b < (g + 1) * per; ++b) {
-      // one row: two accumulators (even / odd steps), as vpdpbusd's 4-cycle latency would otherwise bound the
-      // chain; several rows: their chains interleave, and the registers go to the rows (8 rows: 24 of 32)
-      constexpr bool two = R == 1;
-      __m512i acc[R], acc2[R];
-      for (int r = 0; r < R; ++r) acc[r] = acc2[r] = _mm512_setzero_si512();
+      __m512i acc[R][NA];
+      for (int r = 0; r < R; ++r)
+        for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_si512();
       const int64_t k0 = b * BLOCK;
       if (BITS == 4) {
         for (int o = 0; o < BLOCK / 8; ++o) {
@@ -142,13 +146,11 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
           _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 8 + o) * 64 + PREFETCH), _MM_HINT_T0);
           const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
           for (int r = 0; r < R; ++r) {
-            const int8_t* q = acts[r].q.data() + k0 + 8 * o;
-            acc[r] = _mm512_dpbusd_epi32(acc[r], lo, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q)));
-            const __m512i xh = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4));
-            if (two)
-              acc2[r] = _mm512_dpbusd_epi32(acc2[r], hi, xh);
-            else
-              acc[r] = _mm512_dpbusd_epi32(acc[r], hi, xh);
+            const int8_t* q = qp[r] + k0 + 8 * o;
+            __m512i& a0 = acc[r][(2 * o) % NA];
+            a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q)));
+            __m512i& a1 = acc[r][(2 * o + 1) % NA];
+            a1 = _mm512_dpbusd_epi32(a1, hi, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4)));
           }
         }
       } else {
@@ -158,26 +160,25 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
           _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 4 + o) * 64 + PREFETCH), _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 4 + o + 1) * 64 + PREFETCH), _MM_HINT_T0);
           for (int r = 0; r < R; ++r) {
-            const int8_t* q = acts[r].q.data() + k0 + 4 * o;
-            acc[r] = _mm512_dpbusd_epi32(acc[r], v, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q)));
-            const __m512i x2 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4));
-            if (two)
-              acc2[r] = _mm512_dpbusd_epi32(acc2[r], v2, x2);
-            else
-              acc[r] = _mm512_dpbusd_epi32(acc[r], v2, x2);
+            const int8_t* q = qp[r] + k0 + 4 * o;
+            __m512i& a0 = acc[r][o % NA];
+            a0 = _mm512_dpbusd_epi32(a0, v, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q)));
+            __m512i& a1 = acc[r][(o + 1) % NA];
+            a1 = _mm512_dpbusd_epi32(a1, v2, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4)));
           }
         }
-        for (int r = 0; r < R; ++r) acc[r] = _mm512_sub_epi32(acc[r], _mm512_set1_epi32(128 * acts[r].s[b]));
+        for (int r = 0; r < R; ++r) acc[r][0] = _mm512_sub_epi32(acc[r][0], _mm512_set1_epi32(128 * sp[r][b]));
       }
-      if (two) acc[0] = _mm512_add_epi32(acc[0], acc2[0]);
-      for (int r = 0; r < R; ++r)
-        gacc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_set1_ps(acts[r].a[b]), gacc[r]);
+      // out += acc * (a_b * s), no float accumulator per group beside out: with one, 8 rows' state (3 vectors a
+      // row) was spilled to the stack, a store-to-load round trip on every accumulator chain
+      for (int r = 0; r < R; ++r) {
+        for (int a = 1; a < NA; ++a) acc[r][0] = _mm512_add_epi32(acc[r][0], acc[r][a]);
+        out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][0]), _mm512_mul_ps(s, _mm512_set1_ps(ap[r][b])), out[r]);
+      }
     }
-    const __m512 s = _mm512_loadu_ps(sc + g * TILE);
-    for (int r = 0; r < R; ++r) out[r] = _mm512_fmadd_ps(gacc[r], s, out[r]);
     if (BITS == 4) {
       const __m512 z = _mm512_loadu_ps(zt + g * TILE);
-      for (int r = 0; r < R; ++r) out[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(acts[r].g[g]), out[r]);
+      for (int r = 0; r < R; ++r) out[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(gp[r][g]), out[r]);
     }
   }
   const __m512 bv = bias ? _mm512_loadu_ps(bias + n0) : _mm512_setzero_ps();
@@ -186,7 +187,7 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
 
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr const char* kIsa = "AVX2";
-constexpr int R_MAX = 4;  // 16 ymm registers: 3 per row
+constexpr int R_MAX = 4;  // 16 ymm registers: a row takes 2 per half (its int16 sums and its outputs)
 
 // AVX2 (no VNNI): 8 rows per 256-bit vector, so a 16-row tile in two halves (bytes 0-31 / 32-63 of each 64-byte
 // step). u8 x s8 -> int16 pairs (vpmaddubsw) -> int32 (vpmaddwd with ones). int4: |15 * 127 * 2| fits int16, so
@@ -198,57 +199,79 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
                float* y, int64_t N, int64_t n0, const float* bias) {
   const int64_t ng = K / group, per = group / BLOCK;
   const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(-128);
-  for (int half = 0; half < 2; ++half) {
-    const uint8_t* wh = wt + half * 32;
-    __m256 out[R];
-    for (int r = 0; r < R; ++r) out[r] = _mm256_setzero_ps();
+  // halves per pass: both for one or two rows (two independent chains per row, each broadcast serves both halves);
+  // one at a time for more rows, whose state would not fit 16 registers twice
+  constexpr int H = R <= 2 ? 2 : 1;
+  for (int h0 = 0; h0 < 2; h0 += H) {
+    __m256 out[R][H];
+    for (int r = 0; r < R; ++r)
+      for (int h = 0; h < H; ++h) out[r][h] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
-      __m256 gacc[R];
-      for (int r = 0; r < R; ++r) gacc[r] = _mm256_setzero_ps();
+      __m256 s[H];
+      for (int h = 0; h < H; ++h) s[h] = _mm256_loadu_ps(sc + g * TILE + (h0 + h) * 8);
       for (int64_t b = g * per; b < (g + 1) * per; ++b) {
-        __m256i acc[R];
-        for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
+        __m256i acc[R][H];
         const int64_t k0 = b * BLOCK;
         if (BITS == 4) {
           // the block's products summed in int16 and widened once: each int16 lane adds 2 nibble pairs per step
           // over 4 steps, |sum| <= 4 * 2 * 2 * 15 * 127 = 30480 < 32767, so the sum is exact
-          __m256i p16[R];
-          for (int r = 0; r < R; ++r) p16[r] = _mm256_setzero_si256();
+          __m256i p16[R][H];
+          for (int r = 0; r < R; ++r)
+            for (int h = 0; h < H; ++h) p16[r][h] = _mm256_setzero_si256();
           for (int o = 0; o < BLOCK / 8; ++o) {
-            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + (k0 / 8 + o) * 64));
-            const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            __m256i lo[H], hi[H];
+            for (int h = 0; h < H; ++h) {
+              const __m256i v =
+                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + (k0 / 8 + o) * 64 + (h0 + h) * 32));
+              lo[h] = _mm256_and_si256(v, low);
+              hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            }
             for (int r = 0; r < R; ++r) {
               const int8_t* q = acts[r].q.data() + k0 + 8 * o;
-              p16[r] = _mm256_add_epi16(p16[r], _mm256_add_epi16(
-                  _mm256_maddubs_epi16(lo, _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q))),
-                  _mm256_maddubs_epi16(hi, _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4)))));
+              const __m256i xl = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q));
+              const __m256i xh = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4));
+              for (int h = 0; h < H; ++h)
+                p16[r][h] = _mm256_add_epi16(p16[r][h], _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], xl),
+                                                                         _mm256_maddubs_epi16(hi[h], xh)));
             }
           }
-          for (int r = 0; r < R; ++r) acc[r] = _mm256_madd_epi16(p16[r], ones);
+          for (int r = 0; r < R; ++r)
+            for (int h = 0; h < H; ++h) acc[r][h] = _mm256_madd_epi16(p16[r][h], ones);
         } else {
+          for (int r = 0; r < R; ++r)
+            for (int h = 0; h < H; ++h) acc[r][h] = _mm256_setzero_si256();
           for (int o = 0; o < BLOCK / 4; ++o) {
-            const __m256i v = _mm256_xor_si256(
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + (k0 / 4 + o) * 64)), flip);
-            const __m256i a = _mm256_sign_epi8(v, v);  // |w|
+            __m256i v[H], a[H];
+            for (int h = 0; h < H; ++h) {
+              v[h] = _mm256_xor_si256(
+                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + (k0 / 4 + o) * 64 + (h0 + h) * 32)), flip);
+              a[h] = _mm256_sign_epi8(v[h], v[h]);  // |w|
+            }
             for (int r = 0; r < R; ++r) {
-              const int8_t* q = acts[r].q.data() + k0 + 4 * o;
-              const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q)), v);
-              acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(a, sx), ones));
+              const __m256i x = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(acts[r].q.data() + k0 + 4 * o));
+              for (int h = 0; h < H; ++h)
+                acc[r][h] = _mm256_add_epi32(
+                    acc[r][h], _mm256_madd_epi16(_mm256_maddubs_epi16(a[h], _mm256_sign_epi8(x, v[h])), ones));
             }
           }
         }
-        for (int r = 0; r < R; ++r)
-          gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(acts[r].a[b]), gacc[r]);
+        for (int r = 0; r < R; ++r) {  // out += acc * (a_b * s), as the AVX-512 kernel
+          const __m256 ab = _mm256_set1_ps(acts[r].a[b]);
+          for (int h = 0; h < H; ++h)
+            out[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), _mm256_mul_ps(s[h], ab), out[r][h]);
+        }
       }
-      const __m256 s = _mm256_loadu_ps(sc + g * TILE + half * 8);
-      for (int r = 0; r < R; ++r) out[r] = _mm256_fmadd_ps(gacc[r], s, out[r]);
       if (BITS == 4) {
-        const __m256 z = _mm256_loadu_ps(zt + g * TILE + half * 8);
-        for (int r = 0; r < R; ++r) out[r] = _mm256_fmadd_ps(z, _mm256_set1_ps(acts[r].g[g]), out[r]);
+        for (int h = 0; h < H; ++h) {
+          const __m256 z = _mm256_loadu_ps(zt + g * TILE + (h0 + h) * 8);
+          for (int r = 0; r < R; ++r) out[r][h] = _mm256_fmadd_ps(z, _mm256_set1_ps(acts[r].g[g]), out[r][h]);
+        }
       }
     }
-    const __m256 bv = bias ? _mm256_loadu_ps(bias + n0 + half * 8) : _mm256_setzero_ps();
-    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * N + n0 + half * 8, _mm256_add_ps(out[r], bv));
+    for (int h = 0; h < H; ++h) {
+      const __m256 bv = bias ? _mm256_loadu_ps(bias + n0 + (h0 + h) * 8) : _mm256_setzero_ps();
+      for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * N + n0 + (h0 + h) * 8, _mm256_add_ps(out[r][h], bv));
+    }
   }
 }
 #else
