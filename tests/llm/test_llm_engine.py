@@ -144,6 +144,44 @@ def test_fp32_prefill_kernel_follows_the_cpu(monkeypatch):
         assert (m[0].kind, getattr(m[1], "kind", None)) == (tall, wide), cap
 
 
+def test_a_refused_library_packing_falls_back_to_gemv_tiles_and_says_so(model, monkeypatch):
+    """oneDNN may refuse a bf16 packing the CPU flags promised (ONEDNN_MAX_CPU_ISA=AVX2 on a bf16 CPU:
+    "bf16 path needs the cpu support avx_ne_convert or avx512bw..."). With effml's kernels the fused step feeds fp32
+    rows, so a bare bf16 nn.Linear left behind would fail on the first prompt: gemv_tiles takes every row count,
+    and the plan names the failure once for all layers."""
+    import effml.llm.engine as engine
+
+    if gemv.load() is None:
+        pytest.skip(f"needs effml's kernels: {gemv.status()}")
+
+    class Refused(engine.PackedLinear):
+        def __init__(self, lin, kind, g=None):
+            if kind != "plain":
+                raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx512bw")
+            super().__init__(lin, kind, g)
+
+    monkeypatch.setattr(engine, "native_bf16", lambda: True)
+    monkeypatch.setattr(engine, "PackedLinear", Refused)
+    m = copy.deepcopy(model)
+    to_format(m, FormatConfig("bf16"))
+    plan = prepare(m)
+    linears = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+    assert not linears and all(p.kind == "plain" for p in m.modules() if isinstance(p, Refused))
+    failed = [n for n in plan.notes if n.startswith("packing for mkldnn failed")]
+    assert len(failed) == 1 and "gemv_tiles takes every row count" in failed[0] and "avx512bw" in failed[0]
+    # the engine a CPU without bf16 arithmetic gets (gemv_tiles for every row count): the same bits, on a 37-token
+    # prompt (> 16 rows: the rows that went to oneDNN) and in generation
+    monkeypatch.setattr(engine, "native_bf16", lambda: False)
+    ref = copy.deepcopy(model)
+    to_format(ref, FormatConfig("bf16"))
+    prepare(ref)
+    prompt = list(range(3, 40))
+    with torch.no_grad():
+        assert torch.equal(m(torch.tensor([prompt])), ref(torch.tensor([prompt])))
+    cfg = GenerateConfig(max_new_tokens=4)
+    assert generate(m, prompt, cfg).tokens == generate(ref, prompt, cfg).tokens
+
+
 def test_without_bf16_arithmetic_int4_keeps_fp32_activations_and_says_so(model, monkeypatch):
     """An AVX2-only CPU (no avx512_bf16, no AMX): the step stays fp32, each quantized projection converts."""
     import effml.llm.engine as engine
