@@ -13,11 +13,11 @@ SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key
              intermediate_size=128, vocab_size=97, max_position_embeddings=128)
 
 
-def _hf(kind: str, tie: bool):
+def _hf(kind: str, tie: bool, **extra):
     import transformers as tf
 
     cfg = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[kind](
-        **SMALL, tie_word_embeddings=tie, rope_theta=500.0)
+        **{**SMALL, "tie_word_embeddings": tie, "rope_theta": 500.0, **extra})
     torch.manual_seed(0)
     cls = {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM, "mistral": tf.MistralForCausalLM}[kind]
     hf = cls(cfg).eval()
@@ -49,6 +49,41 @@ def test_saved_checkpoint_loads_with_logits_matching_transformers(tmp_path, kind
     assert from_transformers(hf)(ids).sub(ref).abs().max() < 2e-4
 
 
+# Llama 3.1/3.2's scaling at this model's scale: with head_dim 16 and theta 500, the 8 wavelengths run from 6.3 to
+# ~2000 positions; original context 64 with low / high factors 1 / 4 puts them in all three bands (kept: < 16,
+# interpolated: 16..64, divided by `factor`: > 64), so a wrong band or a missing smoothing shows in the logits
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize("scaling", [LLAMA3, {"rope_type": "linear", "factor": 4.0}], ids=["llama3", "linear"])
+def test_rope_scaling_checkpoints_match_transformers(tmp_path, scaling):
+    from effml.llm.rope import RoPE
+
+    hf = _hf("llama", True, rope_scaling=scaling)
+    hf.save_pretrained(tmp_path)
+    model, _ = load_checkpoint(tmp_path)
+    assert model.args.rope_scaling is not None and model.args.rope_scaling.kind == scaling["rope_type"]
+    plain = RoPE(model.args.head_dim, model.args.rope_theta).inv_freq
+    changed = (model.rope.inv_freq != plain)
+    assert changed.any() and (scaling["rope_type"] == "linear" or not changed.all())  # llama3 keeps the fast ones
+    assert torch.equal(model.rope.inv_freq, hf.model.rotary_emb.inv_freq)  # the same frequencies, bit for bit
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26, 43, 38, 32, 79, 50, 28, 84, 19] * 3])
+    with torch.no_grad():  # 60 positions: the slow frequencies' rotations differ from unscaled ones by then
+        ours, ref = model(ids), hf(ids).logits
+    # fp32 sums in another order over 60 positions: logits of O(10) agree to ~3e-5 relative
+    torch.testing.assert_close(ours, ref, atol=5e-4, rtol=1e-4)
+    hf_out = hf.generate(ids[:, :8], max_new_tokens=8, do_sample=False, pad_token_id=0)[0, 8:].tolist()
+    assert generate(model, ids[0, :8].tolist(), GenerateConfig(max_new_tokens=8)).tokens == hf_out
+    from effml.llm.engine import prepare
+
+    prepare(model)  # the engine's RoPE table (and effml's fused step where its kernels build) from the same frequencies
+    assert generate(model, ids[0, :8].tolist(), GenerateConfig(max_new_tokens=8)).tokens == hf_out
+    from effml.llm.model import ModelArgs
+
+    assert ModelArgs.from_dict(model.args.to_dict()) == model.args  # the scaling survives a round trip
+
+
 def test_smollm2_cache_directory_is_an_hf_checkpoint():
     from effml.llm.weights import converted_dir, ensure_converted, load_smollm2
 
@@ -76,8 +111,12 @@ def test_bad_checkpoints_are_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match="architecture 'GPT2LMHeadModel' is not supported"):
         load_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], **SMALL,
-                                                      "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}))
-    with pytest.raises(ConfigError, match="RoPE scaling 'llama3' is not implemented"):
+                                                      "rope_scaling": {"rope_type": "yarn", "factor": 8.0}}))
+    with pytest.raises(ConfigError, match="RoPE scaling 'yarn' is not implemented"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], **SMALL,
+                                                      "rope_scaling": {"rope_type": "llama3"}}))
+    with pytest.raises(ConfigError, match="rope_scaling 'llama3' has no 'factor'"):
         load_checkpoint(tmp_path)
 
 

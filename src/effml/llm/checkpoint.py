@@ -4,11 +4,11 @@
     lm = load_checkpoint_llm("path/to/dir")          # LoadedModel for `effml generate --model PATH`
     model = from_transformers(hf_model)              # LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM
 
-Supported: Llama (SmolLM, TinyLlama, Llama 2/3 without long-context RoPE scaling), Qwen2 (biased q/k/v) and Mistral
-(within its sliding window: the context is capped at it). Refused by name: other architectures (GPT-2, BERT, ...),
-RoPE scaling (llama3, yarn, linear, dynamic), activations other than SiLU, MLP or output-projection biases, and a
-head_dim other than hidden_size / heads. Weights are read with safetensors (no pickle); `pytorch_model.bin` is
-not loaded.
+Supported: Llama (SmolLM, TinyLlama, Llama 2, Llama 3 / 3.1 / 3.2 with their `llama3` RoPE scaling, `linear` RoPE
+scaling), Qwen2 (biased q/k/v) and Mistral (within its sliding window: the context is capped at it). Refused by
+name: other architectures (GPT-2, BERT, ...), other RoPE scalings (yarn, dynamic, longrope), activations other than
+SiLU, MLP or output-projection biases, and a head_dim other than hidden_size / heads. Weights are read with
+safetensors (no pickle); `pytorch_model.bin` is not loaded.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from effml.errors import ConfigError, ModelError
 from effml.llm.model import ModelArgs, Transformer, no_init
+from effml.llm.rope import ROPE_SCALINGS, RopeScaling
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}
 
@@ -39,8 +40,16 @@ def args_from_config(config: dict, where: str = "checkpoint") -> ModelArgs:
     arch = _architecture(config, where)
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    scaling = None
     if rope_type not in (None, "default"):
-        raise ConfigError(f"{where}: RoPE scaling {rope_type!r} is not implemented in effml's decoder")
+        if rope_type not in ROPE_SCALINGS:
+            raise ConfigError(f"{where}: RoPE scaling {rope_type!r} is not implemented in effml's decoder "
+                              f"(implemented: {', '.join(ROPE_SCALINGS)})")
+        if "factor" not in rope:
+            raise ConfigError(f"{where}: rope_scaling {rope_type!r} has no 'factor'")
+        extra = {k: rope[k] for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+                 if rope_type == "llama3" and k in rope}
+        scaling = RopeScaling(rope_type, float(rope["factor"]), **extra)
     if config.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"{where}: activation {config.get('hidden_act')!r} is not supported (SwiGLU with SiLU only)")
     if config.get("mlp_bias"):
@@ -60,7 +69,7 @@ def args_from_config(config: dict, where: str = "checkpoint") -> ModelArgs:
                      hidden_dim=config["intermediate_size"], norm_eps=float(config.get("rms_norm_eps", 1e-6)),
                      rope_theta=float(theta), max_seq_len=ctx,
                      tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-                     qkv_bias=arch == "Qwen2ForCausalLM")
+                     qkv_bias=arch == "Qwen2ForCausalLM", rope_scaling=scaling)
 
 
 def _hf_to_ours(name: str, where: str) -> str | None:

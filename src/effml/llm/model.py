@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import ConfigError
+from effml.llm.rope import RoPE, RopeScaling
 from effml import native
 from effml.native import MAX_ROWS
 
@@ -40,6 +41,7 @@ class ModelArgs:
     tie_embeddings: bool = True
     head_tokens: int = 0  # > 0: the LM head scores only this many token ids (a draft's frequent tokens)
     qkv_bias: bool = False  # q, k, v projections with a bias (Qwen2)
+    rope_scaling: RopeScaling | None = None  # long-context RoPE scaling (Llama 3.1/3.2's llama3, linear)
 
     def __post_init__(self):
         for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "max_seq_len"):
@@ -74,6 +76,8 @@ class ModelArgs:
         extra = set(d) - known
         if extra:
             raise ConfigError(f"ModelArgs: unknown field(s) {', '.join(sorted(extra))}")
+        if isinstance(d.get("rope_scaling"), dict):  # to_dict's form
+            d = {**d, "rope_scaling": RopeScaling(**d["rope_scaling"])}
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -115,28 +119,6 @@ class RMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # as transformers: in fp32
         return (self.weight * h.to(x.dtype)).to(x.dtype)  # a no-op cast unless weights and activations differ
-
-
-class RoPE(nn.Module):
-    """Rotary embeddings in the rotate-half layout of transformers' Llama (what the GGUF loader restores)."""
-
-    def __init__(self, head_dim: int, theta: float):
-        super().__init__()
-        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (hd/2,)
-        self.register_buffer("inv_freq", inv, persistent=False)
-        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin (max_len, hd), built once
-
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._table is not None and int(positions.max()) < self._table[0].shape[0]:
-            cos, sin = self._table  # the same values, looked up: a decode step computes no trig
-            return cos[positions], sin[positions]  # (B, T, hd)
-        freqs = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
-        return emb.cos(), emb.sin()
-
-    def build_table(self, max_len: int) -> None:
-        cos, sin = self.forward(torch.arange(max_len)[None])  # (1, max_len, hd)
-        self._table = (cos[0], sin[0])
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -246,7 +228,7 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight  # one tensor
         if args.head_tokens:  # row i of the head scores token head_ids[i]; the rest get -inf
             self.register_buffer("head_ids", torch.arange(args.head_tokens))
-        self.rope = RoPE(args.head_dim, args.rope_theta)
+        self.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling)
         self.act_dtype: torch.dtype | None = None  # activations' dtype when it differs from the embedding's
         self.fast_decode = False  # engine.prepare(): decode steps through effml.llm.fastpath's fused ops
         self._fast_plan: list = []  # fastpath.enable: per layer (norm, eps, direct projections ...)
