@@ -367,6 +367,31 @@ def test_sharing_needs_the_same_architecture(target, drafts):
     assert res.tokens == generate(target, [1, 2], GenerateConfig(max_new_tokens=8)).tokens
 
 
+@pytest.mark.parametrize("curve", ["flat", "steps of 4"])
+def test_an_untested_proposer_starts_at_the_gamma_its_costs_favour(target, curve):
+    """A proposer with no verdict yet gets the γ the formula picks for α = FIRST_ALPHA on the target's measured
+    call times: long where a long pass costs little, short where passes past 4 tokens cost a second block of rows
+    (gemv_tiles' 4-row passes on AVX2). The times are given (a fresh CallCosts with every warm-up pass recorded, so
+    no warm-up round runs): the choice, not this machine's timings, is under test."""
+    import copy
+
+    import effml.llm.speculative as spec
+    from effml.llm.speculative import FIRST_ALPHA, PromptLookup, best_gamma
+
+    t = copy.deepcopy(target)  # its own entry in the per-target cost table
+    ratios = {"flat": [1.0, 1.02, 1.05, 1.08, 1.12, 1.16, 1.2],
+              "steps of 4": [1.0, 1.1, 1.2, 1.3, 1.9, 2.0, 2.3]}[curve]  # t(T) / t(1) for T = 1..7
+    costs = spec.target_costs(t, "contiguous")
+    for T, r in enumerate(ratios, start=1):
+        costs.add(T, 0.02 * r)
+    want = best_gamma(FIRST_ALPHA, 0.0, 7, costs.v, min_gamma=1)
+    assert want == (7 if curve == "flat" else 3)  # the two regimes this rule separates
+    prompt = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14] * 3  # a 3-gram match with a long continuation
+    res = speculative_generate(t, PromptLookup(), prompt, SpecConfig(gamma="auto", max_new_tokens=8))
+    assert res.gamma_history[0] == want
+    assert res.tokens == generate(t, prompt, GenerateConfig(max_new_tokens=8)).tokens
+
+
 def test_auto_gamma_goes_at_most_one_token_past_the_longest_pass_measured(target, monkeypatch):
     # t(T) past the longest verification measured is an extrapolation, so γ may grow by at most one per round
     # beyond the warm-up's. A chooser that always wants the longest γ it is allowed (what a perfect free draft

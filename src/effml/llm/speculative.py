@@ -18,7 +18,9 @@ once). On a 2-core CPU it does not: fp32 matmuls with 2-8 rows are already compu
 that, not the draft, caps the speedup at max_γ (γ+1)/v(γ) even for a perfect, free draft.
 `gamma="auto"` first tries γ = 0 (a plain target step), 1, 2, 4, 6 to measure the target's call time t(T) by the
 number of tokens T it is fed, then re-picks γ in 0..max_gamma every round by maximising the formula with the
-running α, c = draft step / t(1) and v(γ) = t(γ+1) / t(1); γ = 0 (no speculation) when nothing pays. The times
+running α, c = draft step / t(1) and v(γ) = t(γ+1) / t(1); γ = 0 (no speculation) when nothing pays. A proposer
+with no verdict yet (the model draft, a lookup's match of each n-gram length) gets its first round at the γ the
+formula picks for an optimistic α = 0.8 (`FIRST_ALPHA`) on the same measured times. The times
 belong to the target and the machine, not the prompt: later calls on the same target keep them (the last 64 of
 each T, `SpecConfig.reuse_costs`) and skip the warm-up rounds already timed; α starts afresh with each prompt.
 
@@ -47,6 +49,10 @@ from effml.llm.model import Transformer, compute_dtype
 
 
 RETEST_AFTER = 4  # auto: rounds in a row a proposer may go untested (γ = 0, or a lookup passed over)
+# auto: the α a proposer's first round is sized for, on the target's measured call times: optimistic, so a long
+# first round where a long pass costs little (AVX-512 fp32 SmolLM2: 5-6 for a lookup, 4 for the int4 draft), a short
+# one where a pass past 4 tokens costs a second block of rows (gemv_tiles on AVX2: 3 and 2-3)
+FIRST_ALPHA = 0.8
 
 
 def expected_tokens_per_call(alpha: float, gamma: int) -> float:
@@ -352,23 +358,23 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
 
     idle: dict[str, int] = {}  # auto: rounds in a row a proposer was given γ = 0
     passed: dict[str, int] = {}  # auto: rounds in a row a matching lookup was passed over for the model draft
-    first = min(max(config.warmup_gammas), config.max_gamma)
 
     def choose(kind: str) -> tuple[int, float]:
-        """(γ, expected speedup) for a proposer: the fixed γ or a warm-up round's (speedup unknown: inf), the
-        longest warm-up γ for a proposer not checked yet (inf), else the best γ for its α and cost."""
+        """(γ, expected speedup) for a proposer: the fixed γ or a warm-up round's (speedup unknown: inf); for a
+        proposer not checked yet the best γ ≥ 1 at α = FIRST_ALPHA (inf: it gets the round), else the best γ for its
+        α and cost."""
         if not auto:
             return config.gamma, math.inf
         if len(history) < len(warmup):
             return warmup[len(history)], math.inf
         acc, n = by_kind.get(kind, (0, 0))
-        if not n:
-            return first, math.inf
         c = (dcall.time / dcall.calls) / costs.t(1) if kind == "model" and dcall.calls else 0.0
         # at most one token past the longest pass measured: t(T) beyond it is an extrapolation, and a kernel's next
         # block of rows costs more than the slope before it shows (gemv_tiles, 8 rows a block: SmolLM2 fp32 at 9
         # tokens ~1.2x its cost at 8; 4 rows a block on AVX2: 1.3x at 5 tokens against 4)
         limit = min(config.max_gamma, max(costs.by_tokens))
+        if not n:
+            return best_gamma(FIRST_ALPHA, c, limit, costs.v, min_gamma=1), math.inf
         # α with Laplace's prior, (accepted + 1) / (tested + 2): one rejected first token (0 of 1) reads as 1/3,
         # not 0
         a = min((acc + 1) / (n + 2), 0.999)
