@@ -16,6 +16,8 @@
   block) vs in calls of 8 rows (a whole pass over the weights each)
 - fp32 prefills: layer 0's projections at 9-400 rows through gemv_tiles, oneDNN's and MKL's packed matmuls and
   F.linear; a prompt of 39 and of 85 tokens through the engine vs the generic Python layer loop
+- the compute roofs on this thread, measured: the fp32 FMA rate (GMAC/s) and vpdpbusd's int8 rate where the build
+  has AVX-512 VNNI
 Minimum over repeats, interleaved where compared. Run: `flock /tmp/effml_bench.lock python benchmarks/bench_kernels.py`.
 """
 
@@ -248,6 +250,15 @@ def main() -> int:
                      "beside": f"5 rows {t_fp32[name, 5] / one:.2f}x, 8 rows {t_fp32[name, 8] / one:.2f}x one row"
                                + more})
     rows += fp32_prefill_rows(f32)
+    # the compute roofs, measured on this thread (native fma_rate / vnni_rate: 12 independent chains, 0.2 s each,
+    # best of 3): what the prefill rows above are held against
+    fma = max(ext.fma_rate(0.2) for _ in range(3))
+    vnni = max(ext.vnni_rate(0.2) for _ in range(3))
+    rows.append({"kernel": f"the FMA units ({ext.tiles_isa()} fp32 FMA, 12 chains)", "ms": None,
+                 "rate": f"{fma / 1e9:.1f} GMAC/s", "beside": "the fp32 prefill rows' compute roof"})
+    rows.append({"kernel": "vpdpbusd (int8 x uint8, 12 chains)", "ms": None,
+                 "rate": f"{vnni / 1e9:.1f} GMAC/s" if vnni else "n/a (no AVX-512 VNNI)",
+                 "beside": "the int4 prefill row's integer roof" if vnni else ""})
     print_table(f"effml kernels, SmolLM2-135M shapes, 1 thread, CPU {torch.backends.cpu.get_cpu_capability()} "
                 f"({ext.a8_isa()}), load {os.getloadavg()[0]:.1f}", rows)
     path = write_results(opts.out, {"cpu_capability": torch.backends.cpu.get_cpu_capability(),

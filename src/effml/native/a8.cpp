@@ -23,6 +23,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -303,6 +304,34 @@ void tile_rows(int R, const uint8_t* wt, const float* sc, const float* zt, int64
 }  // namespace
 
 std::string a8_isa() { return kIsa; }
+
+// vpdpbusd's rate on the calling thread, measured as fma_rate is (12 independent chains, about `seconds`):
+// int8 multiply-adds per second (64 per instruction); 0 where the build has no AVX-512 VNNI.
+double vnni_rate(double seconds) {
+#if R_MAX_8
+  constexpr int CH = 12, INNER = 1024;
+  __m512i acc[CH];
+  for (int j = 0; j < CH; ++j) acc[j] = _mm512_set1_epi32(j);
+  const __m512i w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(5);
+  int64_t n = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double dt = 0;
+  do {
+    for (int i = 0; i < INNER; ++i)
+      for (int j = 0; j < CH; ++j) acc[j] = _mm512_dpbusd_epi32(acc[j], w, x);
+    n += INNER;
+    dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (dt < seconds);
+  __m512i t = acc[0];
+  for (int j = 1; j < CH; ++j) t = _mm512_add_epi32(t, acc[j]);
+  volatile int32_t sink = _mm512_reduce_add_epi32(t);
+  (void)sink;
+  return static_cast<double>(n) * CH * 64 / dt;
+#else
+  (void)seconds;
+  return 0.0;
+#endif
+}
 
 // The prefetch distance (bytes >= 0 sets it; set it between calls, not while a kernel runs); returns the one in force
 int64_t a8_prefetch(int64_t bytes) {

@@ -147,6 +147,8 @@ torch::Tensor pack_tiles(const torch::Tensor& w);
 torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,
                          const c10::optional<torch::Tensor>& bias);
 std::string tiles_isa();
+double fma_rate(double seconds);
+double vnni_rate(double seconds);
 
 torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                           torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
@@ -170,6 +172,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_tiles", &pack_tiles, "fp32/bf16 (N, K) into gemv_tiles' 16-row interleaved (ceil(N/16), K, 16) (tiles.cpp)");
   m.def("gemv_tiles", &gemv_tiles, "y = x @ w.T + bias from pack_tiles' layout, any number of rows (tiles.cpp)");
   m.def("tiles_isa", &tiles_isa, "gemv_tiles' vector ISA (tiles.cpp)");
+  m.def("fma_rate", &fma_rate, "fp32 multiply-adds per second of this build's widest FMA, one thread, measured for "
+        "about `seconds` (tiles.cpp)");
+  m.def("vnni_rate", &vnni_rate, "int8 multiply-adds per second of vpdpbusd, one thread, measured; 0 without "
+        "AVX-512 VNNI (a8.cpp)");
   m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * w over the last dimension (decode.cpp)");
   m.def("attend", &attend, "RoPE q/k, write k/v into the layer's cache, causal GQA attention (decode.cpp)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up output (decode.cpp)");

@@ -22,6 +22,7 @@
 #include <immintrin.h>
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <utility>
 #include <cstdint>
 #include <cstdlib>
@@ -217,3 +218,27 @@ torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int
 }
 
 std::string tiles_isa() { return kIsa; }
+
+// The FMA units' rate on the calling thread, measured: 12 independent chains of this build's widest fp32 FMA for
+// about `seconds` (more chains than the FMA latency x pipes, so throughput, not latency, sets it). Returns
+// multiply-adds per second (lanes x instructions): the compute roof gemv_tiles' prefill rows are held against.
+double fma_rate(double seconds) {
+  constexpr int CH = 12, INNER = 1024;
+  vec acc[CH];
+  for (int j = 0; j < CH; ++j) acc[j] = Vec::set1(1.0f + 1e-3f * j);
+  const vec a = Vec::set1(0.9999999f), b = Vec::set1(1e-7f);
+  int64_t n = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double dt = 0;
+  do {
+    for (int i = 0; i < INNER; ++i)
+      for (int j = 0; j < CH; ++j) acc[j] = Vec::fma(acc[j], a, b);
+    n += INNER;
+    dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (dt < seconds);
+  float keep = 0;
+  for (int j = 0; j < CH; ++j) keep += Vec::sum(acc[j]);
+  volatile float sink = keep;  // the chains' results are used: none of the work is dead
+  (void)sink;
+  return static_cast<double>(n) * CH * LANES / dt;
+}
