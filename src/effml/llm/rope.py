@@ -54,7 +54,6 @@ class RopeScaling:
                            band, out)
 
 
-
 class RoPE(nn.Module):
     """Rotary embeddings in the rotate-half layout of transformers' Llama (what the GGUF loader restores)."""
 
