@@ -47,6 +47,10 @@ def test_saved_checkpoint_loads_with_logits_matching_transformers(tmp_path, kind
     hf_out = hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)[0, 8:].tolist()
     assert out == hf_out
     assert from_transformers(hf)(ids).sub(ref).abs().max() < 2e-4
+    from effml.llm.engine import prepare
+
+    prepare(model)  # fused q/k/v (with Qwen2's biases), effml's kernels and C++ step where they build: same tokens
+    assert generate(model, ids[0].tolist(), GenerateConfig(max_new_tokens=8)).tokens == hf_out
 
 
 # Llama 3.1/3.2's scaling at this model's scale: with head_dim 16 and theta 500, the 8 wavelengths run from 6.3 to
@@ -63,6 +67,7 @@ def test_rope_scaling_checkpoints_match_transformers(tmp_path, scaling):
     hf = _hf("llama", True, rope_scaling=scaling)
     hf.save_pretrained(tmp_path)
     model, _ = load_checkpoint(tmp_path)
+    assert from_transformers(hf).args.rope_scaling == model.args.rope_scaling  # the in-memory path reads it too
     assert model.args.rope_scaling is not None and model.args.rope_scaling.kind == scaling["rope_type"]
     plain = RoPE(model.args.head_dim, model.args.rope_theta).inv_freq
     changed = (model.rope.inv_freq != plain)
