@@ -308,7 +308,7 @@ std::string a8_isa() { return kIsa; }
 // vpdpbusd's rate on the calling thread, measured as fma_rate is (12 independent chains, about `seconds`):
 // int8 multiply-adds per second (64 per instruction); 0 where the build has no AVX-512 VNNI.
 double vnni_rate(double seconds) {
-#if R_MAX_8
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)  // the VNNI kernel's condition
   constexpr int CH = 12, INNER = 1024;
   __m512i acc[CH];
   for (int j = 0; j < CH; ++j) acc[j] = _mm512_set1_epi32(j);
