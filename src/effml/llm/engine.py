@@ -163,7 +163,7 @@ def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
     from effml import native
 
     gemv = native.load() if next(model.parameters()).device.type == "cpu" else None
-    names, failed = [], {}  # (kind, error, what runs instead) -> layer names
+    names, failed = [], {}  # (kind, error) -> layer names
     for name, m in list(model.named_modules()):
         if type(m) is not nn.Linear or m.weight.dtype not in (torch.float32, torch.bfloat16):
             continue
@@ -187,16 +187,16 @@ def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
             # path needs, e.g. ONEDNN_MAX_CPU_ISA=AVX2 on a CPU whose flags report bf16): with effml's kernels,
             # gemv_tiles takes every row count, as for fp32 (a bare nn.Linear would get the fp32 rows the fused
             # step feeds it); without them F.linear stays. Either way the plan says so.
-            instead = "effml's gemv_tiles takes every row count" if gemv is not None else "F.linear kept"
-            failed.setdefault((kind, str(e).strip().splitlines()[0][:200], instead), []).append(name)
+            failed.setdefault((kind, str(e).strip().splitlines()[0][:200]), []).append(name)
             if gemv is None:
                 continue
             packed = PackedLinear(m, "plain", gemv)
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, packed)
         names.append(name)
+    instead = "effml's gemv_tiles takes every row count" if gemv is not None else "F.linear kept"
     notes = [f"packing for {kind} failed on {len(who)} layer(s) ({who[0]}{', ...' if len(who) > 1 else ''}: {err}); "
-             f"{instead}" for (kind, err, instead), who in failed.items()]
+             f"{instead}" for (kind, err), who in failed.items()]
     return names, notes
 
 

@@ -23,10 +23,11 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include "vec.h"
 
 namespace {
 
@@ -313,20 +314,15 @@ double vnni_rate(double seconds) {
   __m512i acc[CH];
   for (int j = 0; j < CH; ++j) acc[j] = _mm512_set1_epi32(j);
   const __m512i w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(5);
-  int64_t n = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  double dt = 0;
-  do {
+  const double bursts = effml_vec::bursts_per_second(seconds, [&] {
     for (int i = 0; i < INNER; ++i)
       for (int j = 0; j < CH; ++j) acc[j] = _mm512_dpbusd_epi32(acc[j], w, x);
-    n += INNER;
-    dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  } while (dt < seconds);
+  });
   __m512i t = acc[0];
   for (int j = 1; j < CH; ++j) t = _mm512_add_epi32(t, acc[j]);
   volatile int32_t sink = _mm512_reduce_add_epi32(t);
   (void)sink;
-  return static_cast<double>(n) * CH * 64 / dt;
+  return bursts * INNER * CH * 64;
 #else
   (void)seconds;
   return 0.0;

@@ -22,7 +22,6 @@
 #include <immintrin.h>
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <utility>
 #include <cstdint>
 #include <cstdlib>
@@ -227,18 +226,13 @@ double fma_rate(double seconds) {
   vec acc[CH];
   for (int j = 0; j < CH; ++j) acc[j] = Vec::set1(1.0f + 1e-3f * j);
   const vec a = Vec::set1(0.9999999f), b = Vec::set1(1e-7f);
-  int64_t n = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  double dt = 0;
-  do {
+  const double bursts = effml_vec::bursts_per_second(seconds, [&] {
     for (int i = 0; i < INNER; ++i)
       for (int j = 0; j < CH; ++j) acc[j] = Vec::fma(acc[j], a, b);
-    n += INNER;
-    dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  } while (dt < seconds);
+  });
   float keep = 0;
   for (int j = 0; j < CH; ++j) keep += Vec::sum(acc[j]);
   volatile float sink = keep;  // the chains' results are used: none of the work is dead
   (void)sink;
-  return static_cast<double>(n) * CH * LANES / dt;
+  return bursts * INNER * CH * LANES;
 }

@@ -1,8 +1,10 @@
 // Vector traits shared by effml's float kernels (gemv.cpp, tiles.cpp): V16 (AVX-512), V8 (AVX2 + FMA), V1
 // (scalar), each with the same operations (zero, set1, load, store, fma, sum, and widen: int8 / bf16 / fp32 weights
-// to fp32 lanes), and Wide, the widest this build has.
+// to fp32 lanes), and Wide, the widest this build has; bursts_per_second, the timing loop of the measured compute
+// roofs (tiles.cpp, a8.cpp).
 #pragma once
 #include <immintrin.h>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 
@@ -73,6 +75,21 @@ struct V16 {
   static v widen(const float* p) { return _mm512_loadu_ps(p); }
 };
 #endif
+
+// Calls of `burst` per second, `burst` run again and again for about `seconds`: the timing loop of the measured
+// compute roofs (tiles.cpp's fma_rate, a8.cpp's vnni_rate), each burst long enough that the clock reads are noise.
+template <typename F>
+double bursts_per_second(double seconds, F&& burst) {
+  int64_t n = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double dt = 0;
+  do {
+    burst();
+    ++n;
+    dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (dt < seconds);
+  return static_cast<double>(n) / dt;
+}
 
 #if defined(__AVX512F__)
 using Wide = V16;
