@@ -116,12 +116,12 @@ def main() -> int:
     print(f"continuous / static throughput = {ratio:.2f}x, chunked / static = {chunked:.2f}x; with prefix caching "
           f"{prefix['continuous+prefix']:.2f}x / {prefix['chunked+prefix']:.2f}x; paged waste {paged['waste']:.1%} "
           f"vs contiguous max-length reservation {resv['waste']:.1%}")
+    trace_cfg = {"n_requests": N_REQUESTS, "rate": args.rate, "mean_output": MEAN_OUT, "max_output": MAX_OUT,
+                 "max_batch": MAX_BATCH, "block_size": BLOCK}
     write_results(args.out or "llm_batching" + ("" if args.format == "fp32" else f"_{args.format}"), {
-                                   "format": args.format, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                   "threads": torch.get_num_threads(), "load_average_end": os.getloadavg(), "trace": {"n_requests": N_REQUESTS, "rate": args.rate, "mean_output": MEAN_OUT,
-                                             "max_output": MAX_OUT, "max_batch": MAX_BATCH, "block_size": BLOCK},
-                                   "results": {k: v.to_dict() for k, v in res.items()}, "prefix_caching": info,
-                                   "claims": claims})
+                  "format": args.format, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                  "threads": torch.get_num_threads(), "load_average_end": os.getloadavg(), "trace": trace_cfg,
+                  "results": {k: v.to_dict() for k, v in res.items()}, "prefix_caching": info, "claims": claims})
     return claims_exit_code(claims)
 
 

@@ -8,7 +8,8 @@
 - the fused attention (`attend`) of one token per layer at 8, 90 and 500 cached positions (9 query, 3 KV heads of
   64): as in a step (its code warm, the K/V cache cold), all warm, all cold
 - the same 120 projections with every tensor in its own buffer vs in the engine's one region (native.arena)
-- one int4 layer called again and again (its codes in L2: the kernel's rate without DRAM); gemv_a8's prefetch distance (0, 2048, 4096 bytes ahead of the code stream, interleaved); a one-thread sum over
+- one int4 layer called again and again (its 1.3 MB of codes in L2 and L3: the kernel's rate without DRAM);
+  gemv_a8's prefetch distance (0, 2048, 4096 bytes ahead of the code stream, interleaved); a one-thread sum over
   256 MiB in 4 KiB and in 2 MiB pages; the greedy pick over 49152 logits, numpy (generate.argmax) vs torch.argmax
 - SmolLM2's fp32 projections and head (538 MB) for 1, 5 and 8 rows (a decode step, a speculative verification of
   γ = 4 and 7): gemv_tiles (16 outputs interleaved, what the engine runs) vs the row-major GEMV (gemv.cpp); 9 and
