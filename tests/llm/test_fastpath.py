@@ -51,6 +51,29 @@ def test_fused_steps_give_the_generic_logits(model, fmt):
     assert generate(m, [5, 17, 42], GenerateConfig(max_new_tokens=10)).tokens == ref
 
 
+@pytest.mark.parametrize("fmt", ["fp32", "int8", "int4"])
+def test_qk_norms_and_wide_heads_run_in_the_fused_step(fmt):
+    """Qwen3's shape: 4 heads of 32 in a 64-wide model, each q and k head RMS-normed before RoPE; the C++ layer loop
+    applies the norms (a loop that skipped them would give other logits: the weights below are far from 1)."""
+    from effml.llm.model import ModelArgs, build
+
+    m = build(ModelArgs.preset("tiny", head_size=32, qk_norm=True))
+    with torch.no_grad():
+        for b in m.layers:
+            b.attention.q_norm.weight.normal_(1, 0.5)
+            b.attention.k_norm.weight.normal_(1, 0.5)
+    to_format(m, FormatConfig(fmt))
+    prepare(m)
+    assert m._fast_layers is not None and len(m._fast_layers[3]) == 2 * m.args.n_layers  # the q/k norm weights
+    with torch.no_grad():
+        fast, slow = _feed_both(m, [5, 17, 42, 7], [[3], [9, 1, 2, 60], [11]])
+        for a, b in zip(fast, slow):  # fp32 sums in another order, as above
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        m._fast_layers[3][0].fill_(1.0)  # layer 0's q norm dropped: the fused step's logits move
+        moved, _ = _feed_both(m, [5, 17, 42, 7], [])
+    assert (moved[0] - fast[0]).abs().max() > 1e-2
+
+
 def test_calls_it_does_not_take_run_the_generic_step(model):
     m = copy.deepcopy(model)
     prepare(m)

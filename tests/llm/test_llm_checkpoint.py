@@ -1,4 +1,5 @@
-"""Hugging Face checkpoint directories (Llama, Qwen2, Mistral, SmolLM2) load into effml's decoder; bad ones refused."""
+"""Hugging Face checkpoint directories (Llama, Qwen2, Qwen3, Mistral, SmolLM2) load into effml's decoder; bad ones
+refused."""
 
 import json
 
@@ -16,10 +17,11 @@ SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key
 def _hf(kind: str, tie: bool, **extra):
     import transformers as tf
 
-    cfg = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[kind](
-        **{**SMALL, "tie_word_embeddings": tie, "rope_theta": 500.0, **extra})
+    cfg = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "mistral": tf.MistralConfig}[
+        kind](**{**SMALL, "tie_word_embeddings": tie, "rope_theta": 500.0, **extra})
     torch.manual_seed(0)
-    cls = {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM, "mistral": tf.MistralForCausalLM}[kind]
+    cls = {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM, "qwen3": tf.Qwen3ForCausalLM,
+           "mistral": tf.MistralForCausalLM}[kind]
     hf = cls(cfg).eval()
     with torch.no_grad():  # random init at std 0.02 is near-uniform; wider weights make logits differ clearly
         for p in hf.parameters():
@@ -27,14 +29,26 @@ def _hf(kind: str, tie: bool, **extra):
         if kind == "qwen2":  # its q/k/v biases start at 0: give them values so that a dropped bias shows
             for layer in hf.model.layers:
                 layer.self_attn.q_proj.bias.normal_(0, 0.5)
+        if kind == "qwen3":  # its q/k norm weights start at 1 (5 after the scaling): per-channel values show a swap
+            for layer in hf.model.layers:
+                layer.self_attn.q_norm.weight.normal_(1, 0.5)
+                layer.self_attn.k_norm.weight.normal_(1, 0.5)
     return hf
 
 
-@pytest.mark.parametrize("kind, tie", [("llama", False), ("llama", True), ("qwen2", False), ("mistral", False)])
-def test_saved_checkpoint_loads_with_logits_matching_transformers(tmp_path, kind, tie):
-    hf = _hf(kind, tie)
+# Qwen3's heads are wider than hidden_size / heads (Qwen3-0.6B: 16 heads of 128 in 1024): head_dim 32 against
+# 64 / 4 = 16 here; a Llama with heads narrower than that (head_dim 8) as Mistral Nemo-style configs have
+@pytest.mark.parametrize("kind, tie, extra", [("llama", False, {}), ("llama", True, {}), ("qwen2", False, {}),
+                                              ("mistral", False, {}), ("qwen3", True, {"head_dim": 32}),
+                                              ("qwen3", False, {"head_dim": 16}), ("llama", False, {"head_dim": 8})],
+                         ids=["llama", "llama-tied", "qwen2", "mistral", "qwen3-hd32", "qwen3", "llama-hd8"])
+def test_saved_checkpoint_loads_with_logits_matching_transformers(tmp_path, kind, tie, extra):
+    hf = _hf(kind, tie, **extra)
     hf.save_pretrained(tmp_path)  # config.json + model.safetensors
     model, tok = load_checkpoint(tmp_path)
+    assert model.args.head_dim == hf.config.to_dict().get("head_dim", 16)
+    assert model.args.qk_norm == (kind == "qwen3")
+    assert model.args.params() == sum(p.numel() for p in hf.parameters())  # the count, from the args alone
     assert tok is None  # no tokenizer files written
     ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79]])
     with torch.no_grad():
@@ -51,6 +65,13 @@ def test_saved_checkpoint_loads_with_logits_matching_transformers(tmp_path, kind
 
     prepare(model)  # fused q/k/v (with Qwen2's biases), effml's kernels and C++ step where they build: same tokens
     assert generate(model, ids[0].tolist(), GenerateConfig(max_new_tokens=8)).tokens == hf_out
+    from effml.llm.batching import EngineConfig, Request, serve
+
+    # several sequences in one pass over the paged cache (the C++ rows loop, q/k norms included): the same tokens
+    trace = [Request(0, 0.0, tuple(ids[0].tolist()), 8), Request(1, 0.0, tuple(ids[0, :5].tolist()), 8)]
+    alone = generate(model, ids[0, :5].tolist(), GenerateConfig(max_new_tokens=8)).tokens
+    got = {r.rid: r.tokens for r in serve(model, trace, "chunked", EngineConfig(max_batch=2, block_size=4)).requests}
+    assert got == {0: hf_out, 1: alone}
 
 
 # Llama 3.1/3.2's scaling at this model's scale: with head_dim 16 and theta 500, the 8 wavelengths run from 6.3 to

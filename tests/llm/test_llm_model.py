@@ -21,13 +21,29 @@ def test_smollm2_preset_has_the_published_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 134_515_008  # the tied head is one tensor
 
 
+def test_qwen3_heads_wider_than_dim_over_heads_give_the_published_parameter_count():
+    # Qwen3-0.6B config.json: hidden 1024, 28 layers, 16 heads of head_dim 128 (16·128 = 2048 > 1024), 8 KV heads,
+    # intermediate 3072, vocab 151936, tied, q/k norms. Per layer: q 1024·2048 + k, v 2·1024·1024 + o 2048·1024
+    # + q/k norms 2·128 + MLP 3·1024·3072 + 2 norms 2·1024 = 15,730,944; 28 layers + final norm 1024 =
+    # 440,467,456 ("0.44B non-embedding" on its model card); + embedding 151936·1024 = 596,049,920 ("0.6B")
+    args = ModelArgs(dim=1024, n_layers=28, n_heads=16, n_kv_heads=8, vocab_size=151936, hidden_dim=3072,
+                     head_size=128, qk_norm=True, rope_theta=1e6, norm_eps=1e-6)
+    assert args.head_dim == 128
+    assert args.params() == 596_049_920
+    assert args.params() - args.vocab_size * args.dim == 440_467_456
+    with pytest.raises(ConfigError, match="head_size"):  # 1000 / 16 heads is no width: the error says what to set
+        ModelArgs(dim=1000, n_heads=16, n_kv_heads=8)
+
+
 def test_tiny_param_count_matches_the_module():
     model = build("tiny")
     assert sum(p.numel() for p in model.parameters()) == model.args.params()
 
 
-@pytest.mark.parametrize("bad, field", [({"dim": 0}, "dim"), ({"dim": 63}, "n_heads"), ({"n_kv_heads": 3}, "n_kv_heads"),
-                                        ({"head_tokens": 5}, "tie_embeddings"), ({"norm_eps": 0.0}, "norm_eps")])
+@pytest.mark.parametrize("bad, field", [({"dim": 0}, "dim"), ({"dim": 63}, "n_heads"),
+                                        ({"n_kv_heads": 3}, "n_kv_heads"), ({"head_tokens": 5}, "tie_embeddings"),
+                                        ({"norm_eps": 0.0}, "norm_eps"), ({"head_size": -2}, "head_size"),
+                                        ({"head_size": 7}, "even")])
 def test_args_validation_names_the_field(bad, field):
     with pytest.raises(ConfigError, match=field):
         ModelArgs.preset("tiny", **bad)

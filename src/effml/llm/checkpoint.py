@@ -2,13 +2,14 @@
 
     model, tok = load_checkpoint("path/to/dir")     # config.json + *.safetensors (+ tokenizer files, optional)
     lm = load_checkpoint_llm("path/to/dir")          # LoadedModel for `effml generate --model PATH`
-    model = from_transformers(hf_model)              # LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM
+    model = from_transformers(hf_model)              # Llama / Qwen2 / Qwen3 / Mistral ...ForCausalLM
 
 Supported: Llama (SmolLM, TinyLlama, Llama 2, Llama 3 / 3.1 / 3.2 with their `llama3` RoPE scaling, `linear` RoPE
-scaling), Qwen2 (biased q/k/v) and Mistral (within its sliding window: the context is capped at it). Refused by
-name: other architectures (GPT-2, BERT, ...), other RoPE scalings (yarn, dynamic, longrope), activations other than
-SiLU, MLP or output-projection biases, and a head_dim other than hidden_size / heads. Weights are read with
-safetensors (no pickle); `pytorch_model.bin` is not loaded.
+scaling), Qwen2 (biased q/k/v), Qwen3 (per-head q/k RMSNorm, heads wider than hidden_size / heads) and Mistral
+(within its sliding window: the context is capped at it); an explicit `head_dim` in any of them. Refused by name:
+other architectures (GPT-2, BERT, Qwen3-MoE, ...), other RoPE scalings (yarn, dynamic, longrope), activations other
+than SiLU, and MLP or output-projection biases. Weights are read with safetensors (no pickle); `pytorch_model.bin`
+is not loaded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from effml.errors import ConfigError, ModelError
 from effml.llm.model import ModelArgs, Transformer, no_init
 from effml.llm.rope import ROPE_SCALINGS, RopeScaling
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                 "MistralForCausalLM": "mistral"}
 
 
 def _architecture(cfg: dict, where: str) -> str:
@@ -54,11 +56,10 @@ def args_from_config(config: dict, where: str = "checkpoint") -> ModelArgs:
         raise ConfigError(f"{where}: activation {config.get('hidden_act')!r} is not supported (SwiGLU with SiLU only)")
     if config.get("mlp_bias"):
         raise ConfigError(f"{where}: MLP biases (mlp_bias=true) are not supported")
-    if arch == "LlamaForCausalLM" and config.get("attention_bias"):
+    if arch in ("LlamaForCausalLM", "Qwen3ForCausalLM") and config.get("attention_bias"):
         raise ConfigError(f"{where}: attention_bias=true (an o_proj bias) is not supported")
     heads, dim = config["num_attention_heads"], config["hidden_size"]
-    if config.get("head_dim") not in (None, dim // heads):
-        raise ConfigError(f"{where}: head_dim {config['head_dim']} differs from hidden_size / heads = {dim // heads}")
+    hd = config.get("head_dim") or dim // heads
     ctx = config.get("max_position_embeddings", 2048)
     windowed = arch == "MistralForCausalLM" or config.get("use_sliding_window")
     window = config.get("sliding_window") if windowed else None
@@ -69,7 +70,8 @@ def args_from_config(config: dict, where: str = "checkpoint") -> ModelArgs:
                      hidden_dim=config["intermediate_size"], norm_eps=float(config.get("rms_norm_eps", 1e-6)),
                      rope_theta=float(theta), max_seq_len=ctx,
                      tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-                     qkv_bias=arch == "Qwen2ForCausalLM", rope_scaling=scaling)
+                     qkv_bias=arch == "Qwen2ForCausalLM", rope_scaling=scaling,
+                     head_size=0 if heads * hd == dim else hd, qk_norm=arch == "Qwen3ForCausalLM")
 
 
 def _hf_to_ours(name: str, where: str) -> str | None:
@@ -149,7 +151,7 @@ def load_checkpoint_llm(path: str | Path):
 
 
 def from_transformers(hf) -> Transformer:
-    """effml's decoder with the weights of an in-memory transformers Llama/Qwen2/Mistral model (fp32)."""
+    """effml's decoder with the weights of an in-memory transformers Llama/Qwen2/Qwen3/Mistral model (fp32)."""
     cfg = hf.config.to_dict()
     cfg.setdefault("architectures", [type(hf).__name__])
     if not cfg["architectures"]:

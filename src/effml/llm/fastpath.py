@@ -88,10 +88,10 @@ def fast_rows(model, tokens: torch.Tensor, cache) -> torch.Tensor:
         tables = torch.tensor([r + [0] * (nb - len(r)) for r in rows], dtype=torch.long)  # (S, nb)
     cos_t, sin_t = model.rope._table
     x = model.tok_embeddings(tokens.reshape(-1)).float()  # (B*T, C)
-    norms, eps, projs = model._fast_layers
+    norms, eps, projs, *qk = model._fast_layers  # qk: [q/k norm weights, eps] for a Qwen3-style model
     a = model.args
     x = ext.decode_layers_rows(x, norms, eps, projs, cache.k, cache.v, cos_t[pos], sin_t[pos], tables, seq, pos,
-                               a.n_heads, a.n_kv_heads)
+                               a.n_heads, a.n_kv_heads, *(qk or ([], 0.0)))
     cache.commit(T)
     return x.reshape(B, T, -1)
 
@@ -105,7 +105,7 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
     one = eligible(model, tokens, cache)
     if (one and model._fast_layers is not None) or eligible_rows(model, tokens, cache):
         return fast_rows(model, tokens, cache)
-    if not one:
+    if not one or model.args.qk_norm:  # the Python loop below has no per-head q/k norm: the generic step
         return None
     from effml import native
 
@@ -218,7 +218,8 @@ def enable(model) -> list[str]:
         return []  # bf16 activations: the generic step (the fused ops are fp32)
     if not all(b.attention.fused and b.feed_forward.fused for b in model.layers):
         return ["fused decode ops need fused QKV and gate/up projections; the generic step runs"]
-    for norm in [model.norm] + [n for b in model.layers for n in (b.attention_norm, b.ffn_norm)]:
+    qk = [n for b in model.layers for n in ((b.attention.q_norm, b.attention.k_norm) if b.attention.qk_norm else ())]
+    for norm in [model.norm] + [n for b in model.layers for n in (b.attention_norm, b.ffn_norm)] + qk:
         norm.weight.data = norm.weight.data.float()  # a bf16 model's norm weights, widened exactly (C values each)
     ext = native.load()
     place(model, ext)
@@ -231,6 +232,10 @@ def enable(model) -> list[str]:
     model._fast_head = None if head is model.output else (lambda x: ext.rms_norm(x, norm_w, norm_eps), head)
     model._fast_layers = None if any(sp is None for sp in specs) or not hasattr(ext, "decode_layers_rows") else (
         [w for b in model.layers for w in (b.attention_norm.weight.detach(), b.ffn_norm.weight.detach())],
-        [e for b in model.layers for e in (float(b.attention_norm.eps), float(b.ffn_norm.eps))], specs)
+        [e for b in model.layers for e in (float(b.attention_norm.eps), float(b.ffn_norm.eps))], specs,
+        *(([n.weight.detach() for n in qk], float(model.args.norm_eps)) if qk else ()))
     model.fast_decode = True
+    if qk and model._fast_layers is None:
+        return ["a model with per-head q/k norms (Qwen3) decodes through the fused C++ loop only when every "
+                "projection is one of effml's kernels; these are not: the generic step runs"]
     return []

@@ -161,9 +161,9 @@ def check_request(model: Transformer, prompt: list[int], max_new_tokens: int) ->
     longer than the context."""
     if not isinstance(model, Transformer):
         raise ConfigError(f"effml's engine runs effml.llm.model.Transformer, not {type(model).__name__}: convert a "
-                          f"transformers Llama/Qwen2/Mistral model with effml.llm.checkpoint.from_transformers(model) "
-                          f"(or load its directory with load_checkpoint); other architectures run in transformers' "
-                          f"own generate")
+                          f"transformers Llama/Qwen2/Qwen3/Mistral model with "
+                          f"effml.llm.checkpoint.from_transformers(model) (or load its directory with "
+                          f"load_checkpoint); other architectures run in transformers' own generate")
     if len(prompt) == 0:
         raise ConfigError("the prompt is empty: give at least one token")
     V = model.args.vocab_size

@@ -42,17 +42,22 @@ class ModelArgs:
     head_tokens: int = 0  # > 0: the LM head scores only this many token ids (a draft's frequent tokens)
     qkv_bias: bool = False  # q, k, v projections with a bias (Qwen2)
     rope_scaling: RopeScaling | None = None  # long-context RoPE scaling (Llama 3.1/3.2's llama3, linear)
+    head_size: int = 0  # width of an attention head; 0: dim // n_heads (Qwen3 and Mistral Nemo set their own)
+    qk_norm: bool = False  # RMSNorm over each query and key head before RoPE (Qwen3)
 
     def __post_init__(self):
         for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "max_seq_len"):
             if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
                 raise ConfigError(f"ModelArgs.{f} must be a positive int, got {getattr(self, f)!r}")
-        if self.dim % self.n_heads:
-            raise ConfigError(f"ModelArgs.dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if not isinstance(self.head_size, int) or self.head_size < 0:
+            raise ConfigError(f"ModelArgs.head_size must be an int >= 0 (0: dim // n_heads), got {self.head_size!r}")
+        if not self.head_size and self.dim % self.n_heads:
+            raise ConfigError(f"ModelArgs.dim={self.dim} is not divisible by n_heads={self.n_heads} (set head_size "
+                              f"for heads of another width)")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"ModelArgs.n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        if (self.dim // self.n_heads) % 2:
-            raise ConfigError(f"ModelArgs head_dim={self.dim // self.n_heads} must be even for RoPE")
+        if self.head_dim % 2:
+            raise ConfigError(f"ModelArgs head_dim={self.head_dim} must be even for RoPE")
         if not (0 <= self.head_tokens <= self.vocab_size):
             raise ConfigError(f"ModelArgs.head_tokens={self.head_tokens} must be in [0, vocab_size={self.vocab_size}]")
         if self.head_tokens and self.tie_embeddings:
@@ -62,7 +67,7 @@ class ModelArgs:
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelArgs:
@@ -85,9 +90,10 @@ class ModelArgs:
 
     def params(self) -> int:
         """Parameter count (tied embeddings counted once)."""
-        d, L, hd = self.dim, self.n_layers, self.head_dim
-        attn = d * d + 2 * d * self.n_kv_heads * hd + d * d  # wq, wk, wv, wo
-        attn += (d + 2 * self.n_kv_heads * hd) if self.qkv_bias else 0
+        d, L, hd, inner = self.dim, self.n_layers, self.head_dim, self.n_heads * self.head_dim
+        attn = d * inner + 2 * d * self.n_kv_heads * hd + inner * d  # wq, wk, wv, wo
+        attn += (inner + 2 * self.n_kv_heads * hd) if self.qkv_bias else 0
+        attn += 2 * hd if self.qk_norm else 0  # q_norm, k_norm weights
         per_layer = attn + 3 * d * self.hidden_dim + 2 * d  # + SwiGLU (w1, w2, w3) + 2 RMSNorm weights
         head = 0 if self.tie_embeddings else (self.head_tokens or self.vocab_size) * d
         return self.vocab_size * d + L * per_layer + d + head
@@ -166,6 +172,9 @@ class Attention(nn.Module):
         self.wk = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=a.qkv_bias)
         self.wv = nn.Linear(a.dim, a.n_kv_heads * self.hd, bias=a.qkv_bias)
         self.wo = nn.Linear(a.n_heads * self.hd, a.dim, bias=False)
+        self.qk_norm = a.qk_norm
+        if a.qk_norm:  # Qwen3: each head's q and k normalised over its hd values (one weight shared by the heads)
+            self.q_norm, self.k_norm = RMSNorm(self.hd, a.norm_eps), RMSNorm(self.hd, a.norm_eps)
         self.fused = False  # fuse_projections(): one wqkv matmul instead of wq, wk, wv
 
     def forward(self, x, cos, sin, cache, layer: int) -> torch.Tensor:
@@ -173,12 +182,18 @@ class Attention(nn.Module):
         if self.fused:
             H = self.n_heads
             qkv = self.wqkv(x).view(B, T, H + 2 * self.n_kv, self.hd)  # (B, T, H + 2 H_kv, hd)
-            qk = _rotate_bthd(qkv[:, :, :H + self.n_kv], cos, sin)  # (B, T, H + H_kv, hd)
+            qk = qkv[:, :, :H + self.n_kv]  # (B, T, H + H_kv, hd)
+            if self.qk_norm:
+                qk = torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), 2)
+            qk = _rotate_bthd(qk, cos, sin)
             q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)  # (B, H, T, hd), (B, H_kv, T, hd)
             v = qkv[:, :, H + self.n_kv:].transpose(1, 2)  # (B, H_kv, T, hd)
         else:
-            q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-            k = self.wk(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
+            q = self.wq(x).view(B, T, self.n_heads, self.hd)  # (B, T, H, hd)
+            k = self.wk(x).view(B, T, self.n_kv, self.hd)  # (B, T, H_kv, hd)
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, H_kv, T, hd)
             v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, H_kv, T, hd)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         if cache is None:

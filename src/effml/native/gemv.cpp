@@ -157,7 +157,8 @@ torch::Tensor decode_layers_rows(torch::Tensor x, const std::vector<torch::Tenso
                                  const std::vector<double>& eps, const std::vector<Proj>& projs,
                                  const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& cos,
                                  const torch::Tensor& sin, const c10::optional<torch::Tensor>& tables,
-                                 const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv);
+                                 const torch::Tensor& seq, const torch::Tensor& pos, int64_t H, int64_t Hkv,
+                                 const std::vector<torch::Tensor>& qk_norms, double qk_eps);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "y = (x @ w.T) [* scale] + bias: w int8 (with scale), bf16 or fp32; x fp32, M <= 16 rows");
