@@ -1,5 +1,5 @@
-"""Hugging Face checkpoint directories (Llama, Qwen2, Qwen3, Mistral, SmolLM2) load into effml's decoder; bad ones
-refused."""
+"""Hugging Face checkpoint directories (Llama, Qwen2, Qwen3, Mistral, Phi-3, SmolLM2) load into effml's decoder;
+bad ones refused."""
 
 import json
 
@@ -17,11 +17,12 @@ SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key
 def _hf(kind: str, tie: bool, **extra):
     import transformers as tf
 
-    cfg = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "mistral": tf.MistralConfig}[
-        kind](**{**SMALL, "tie_word_embeddings": tie, "rope_theta": 500.0, **extra})
+    cfg = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "mistral": tf.MistralConfig,
+           "phi3": tf.Phi3Config}[kind](**{**SMALL, "tie_word_embeddings": tie, "rope_theta": 500.0, "pad_token_id": 0,
+                                          "bos_token_id": 1, "eos_token_id": 2, **extra})
     torch.manual_seed(0)
     cls = {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM, "qwen3": tf.Qwen3ForCausalLM,
-           "mistral": tf.MistralForCausalLM}[kind]
+           "mistral": tf.MistralForCausalLM, "phi3": tf.Phi3ForCausalLM}[kind]
     hf = cls(cfg).eval()
     with torch.no_grad():  # random init at std 0.02 is near-uniform; wider weights make logits differ clearly
         for p in hf.parameters():
@@ -40,8 +41,9 @@ def _hf(kind: str, tie: bool, **extra):
 # 64 / 4 = 16 here; a Llama with heads narrower than that (head_dim 8) as Mistral Nemo-style configs have
 @pytest.mark.parametrize("kind, tie, extra", [("llama", False, {}), ("llama", True, {}), ("qwen2", False, {}),
                                               ("mistral", False, {}), ("qwen3", True, {"head_dim": 32}),
-                                              ("qwen3", False, {"head_dim": 16}), ("llama", False, {"head_dim": 8})],
-                         ids=["llama", "llama-tied", "qwen2", "mistral", "qwen3-hd32", "qwen3", "llama-hd8"])
+                                              ("qwen3", False, {"head_dim": 16}), ("llama", False, {"head_dim": 8}),
+                                              ("phi3", False, {"sliding_window": 100})],
+                         ids=["llama", "llama-tied", "qwen2", "mistral", "qwen3-hd32", "qwen3", "llama-hd8", "phi3"])
 def test_saved_checkpoint_loads_with_logits_matching_transformers(tmp_path, kind, tie, extra):
     hf = _hf(kind, tie, **extra)
     hf.save_pretrained(tmp_path)  # config.json + model.safetensors
@@ -49,6 +51,7 @@ def test_saved_checkpoint_loads_with_logits_matching_transformers(tmp_path, kind
     assert model.args.head_dim == hf.config.to_dict().get("head_dim", 16)
     assert model.args.qk_norm == (kind == "qwen3")
     assert model.args.params() == sum(p.numel() for p in hf.parameters())  # the count, from the args alone
+    assert model.args.max_seq_len == (100 if kind == "phi3" else 128)  # Phi-3's sliding window caps the context
     assert tok is None  # no tokenizer files written
     ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79]])
     with torch.no_grad():
@@ -144,6 +147,17 @@ def test_bad_checkpoints_are_refused_by_name(tmp_path):
                                                       "rope_scaling": {"rope_type": "llama3"}}))
     with pytest.raises(ConfigError, match="rope_scaling 'llama3' has no 'factor'"):
         load_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Phi3ForCausalLM"], **SMALL,
+                                                      "partial_rotary_factor": 0.75}))  # Phi-4-mini's
+    with pytest.raises(ConfigError, match=r"partial_rotary_factor=0.75 \(RoPE on part of each head\)"):
+        load_checkpoint(tmp_path)
+    from effml.errors import ModelError
+    from effml.llm.checkpoint import from_state_dict
+
+    # a fused q|k|v of the wrong height (here 64 rows where 4 heads of 16 + 2 x 2 KV heads of 16 make 128)
+    cfg = {"architectures": ["Phi3ForCausalLM"], **SMALL}
+    with pytest.raises(ModelError, match=r"layers.0.self_attn.qkv_proj.weight: 64 rows, .* 64 \+ 32 \+ 32"):
+        from_state_dict(cfg, {"model.layers.0.self_attn.qkv_proj.weight": torch.zeros(64, 64)})
 
 
 def test_transformers_models_the_engine_cannot_run_are_refused_clearly():

@@ -2,13 +2,15 @@
 
     model, tok = load_checkpoint("path/to/dir")     # config.json + *.safetensors (+ tokenizer files, optional)
     lm = load_checkpoint_llm("path/to/dir")          # LoadedModel for `effml generate --model PATH`
-    model = from_transformers(hf_model)              # Llama / Qwen2 / Qwen3 / Mistral ...ForCausalLM
+    model = from_transformers(hf_model)              # Llama / Qwen2 / Qwen3 / Mistral / Phi-3 ...ForCausalLM
 
 Supported: Llama (SmolLM, TinyLlama, Llama 2, Llama 3 / 3.1 / 3.2 with their `llama3` RoPE scaling, `linear` RoPE
 scaling), Qwen2 (biased q/k/v), Qwen3 (per-head q/k RMSNorm, heads wider than hidden_size / heads) and Mistral
-(within its sliding window: the context is capped at it); an explicit `head_dim` in any of them. Refused by name:
-other architectures (GPT-2, BERT, Qwen3-MoE, ...), other RoPE scalings (yarn, dynamic, longrope), activations other
-than SiLU, and MLP or output-projection biases. Weights are read with safetensors (no pickle); `pytorch_model.bin`
+(within its sliding window: the context is capped at it), Phi-3 (fused qkv_proj and gate_up_proj, split on load;
+context capped at its sliding window too); an explicit `head_dim` in any of them. Refused by name: other
+architectures (GPT-2, BERT, Qwen3-MoE, ...), other RoPE scalings (yarn, dynamic, longrope: Phi-3's 128k
+variants), RoPE on part of a head (partial_rotary_factor < 1), activations other than SiLU, and MLP or
+output-projection biases. Weights are read with safetensors (no pickle); `pytorch_model.bin`
 is not loaded.
 """
 
@@ -24,7 +26,8 @@ from effml.llm.model import ModelArgs, Transformer, no_init
 from effml.llm.rope import ROPE_SCALINGS, RopeScaling
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-                 "MistralForCausalLM": "mistral"}
+                 "MistralForCausalLM": "mistral", "Phi3ForCausalLM": "phi3"}
+WINDOWED = ("MistralForCausalLM", "Phi3ForCausalLM")  # a `sliding_window` in their config applies to every layer
 
 
 def _architecture(cfg: dict, where: str) -> str:
@@ -52,6 +55,9 @@ def args_from_config(config: dict, where: str = "checkpoint") -> ModelArgs:
         extra = {k: rope[k] for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
                  if rope_type == "llama3" and k in rope}
         scaling = RopeScaling(rope_type, float(rope["factor"]), **extra)
+    partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise ConfigError(f"{where}: partial_rotary_factor={partial} (RoPE on part of each head) is not supported")
     if config.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"{where}: activation {config.get('hidden_act')!r} is not supported (SwiGLU with SiLU only)")
     if config.get("mlp_bias"):
@@ -61,7 +67,7 @@ def args_from_config(config: dict, where: str = "checkpoint") -> ModelArgs:
     heads, dim = config["num_attention_heads"], config["hidden_size"]
     hd = config.get("head_dim") or dim // heads
     ctx = config.get("max_position_embeddings", 2048)
-    windowed = arch == "MistralForCausalLM" or config.get("use_sliding_window")
+    windowed = arch in WINDOWED or config.get("use_sliding_window")
     window = config.get("sliding_window") if windowed else None
     ctx = min(ctx, window) if window else ctx  # inside the window, sliding-window attention is full attention
     theta = rope.get("rope_theta", config.get("rope_theta") or 10000.0)
@@ -85,11 +91,30 @@ def _hf_to_ours(name: str, where: str) -> str | None:
         raise ModelError(f"{where}: unexpected parameter {name!r} for a Llama-family decoder") from None
 
 
+def _split_fused(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """Phi-3's fused projections as Llama's: qkv_proj rows [q | k | v] and gate_up_proj rows [gate | up]."""
+    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+    fused = {"self_attn.qkv_proj.weight": (("q_proj", "k_proj", "v_proj"), [q, kv, kv]),
+             "mlp.gate_up_proj.weight": (("gate_proj", "up_proj"), [args.hidden_dim] * 2)}
+    out = {}
+    for k, v in state.items():
+        suffix = next((f for f in fused if k.endswith(f)), None)
+        if suffix is None:
+            out[k] = v
+            continue
+        names, rows = fused[suffix]
+        if v.shape[0] != sum(rows):
+            raise ModelError(f"{k}: {v.shape[0]} rows, but the config's shapes make {' + '.join(map(str, rows))}")
+        base = k[:-len(suffix)] + suffix.split(".")[0] + "."
+        out.update({base + n + ".weight": part for n, part in zip(names, v.split(rows))})
+    return out
+
+
 def from_state_dict(config: dict, state: dict[str, torch.Tensor], where: str = "checkpoint",
                     dtype: torch.dtype = torch.float32) -> Transformer:
     args = args_from_config(config, where)
     ours = {}
-    for k, v in state.items():
+    for k, v in _split_fused(state, args).items():
         n = _hf_to_ours(k, where)
         if n is not None:
             ours[n] = v.to(dtype)
@@ -151,7 +176,7 @@ def load_checkpoint_llm(path: str | Path):
 
 
 def from_transformers(hf) -> Transformer:
-    """effml's decoder with the weights of an in-memory transformers Llama/Qwen2/Qwen3/Mistral model (fp32)."""
+    """effml's decoder with the weights of an in-memory transformers Llama/Qwen2/Qwen3/Mistral/Phi-3 model (fp32)."""
     cfg = hf.config.to_dict()
     cfg.setdefault("architectures", [type(hf).__name__])
     if not cfg["architectures"]:

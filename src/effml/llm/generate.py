@@ -161,7 +161,7 @@ def check_request(model: Transformer, prompt: list[int], max_new_tokens: int) ->
     longer than the context."""
     if not isinstance(model, Transformer):
         raise ConfigError(f"effml's engine runs effml.llm.model.Transformer, not {type(model).__name__}: convert a "
-                          f"transformers Llama/Qwen2/Qwen3/Mistral model with "
+                          f"transformers Llama/Qwen2/Qwen3/Mistral/Phi-3 model with "
                           f"effml.llm.checkpoint.from_transformers(model) (or load its directory with "
                           f"load_checkpoint); other architectures run in transformers' own generate")
     if len(prompt) == 0:
