@@ -124,6 +124,26 @@ def test_smollm2_cache_directory_is_an_hf_checkpoint():
         assert torch.equal(model(ids), ref(ids))  # the same tensors, the same code path
 
 
+def test_a_tokenizer_without_a_chat_template_is_refused_by_name(tmp_path):
+    """A base model's directory (tokenizer files, no chat_template.jinja): the chat wrapping says to feed raw text
+    instead of failing inside transformers."""
+    import shutil
+
+    from effml.llm.checkpoint import load_checkpoint_llm
+    from effml.llm.weights import converted_dir, ensure_converted
+
+    ensure_converted()
+    for f in converted_dir().iterdir():
+        if f.name != "chat_template.jinja":
+            shutil.copy(f, tmp_path)
+    lm = load_checkpoint_llm(tmp_path)
+    with pytest.raises(ConfigError, match=rf"tokenizer '{tmp_path.name}' has no chat template .* --raw"):
+        lm.tokenizer.chat("Hi")
+    from effml.llm.weights import Tokenizer
+
+    assert lm.tokenizer.encode("Hi") == Tokenizer.from_dir(converted_dir()).encode("Hi")  # plain text still encodes
+
+
 def test_bad_checkpoints_are_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match="is not a directory"):
         load_checkpoint(tmp_path / "missing")

@@ -178,6 +178,10 @@ class Tokenizer:
     def chat(self, prompt: str) -> list[int]:
         """The prompt wrapped in the model's chat template with the assistant turn opened."""
         _check_prompt(prompt)
+        if not getattr(self.hf, "chat_template", None):
+            raise ConfigError(f"tokenizer {self.name!r} has no chat template (a base model, or a directory without "
+                              f"its chat_template.jinja): feed the prompt as plain text (`effml generate --raw`, "
+                              f"Tokenizer.encode)")
         out = self.hf.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
