@@ -87,9 +87,15 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
+    ap.add_argument("--hf-formats", default=None, help="formats transformers' generate runs in (default: every "
+                    "shipped format; a model of ~1 B parameters: fp32 alone, each HF copy costs its weights in memory)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of a static-cache decode "
                                                                 "step (minutes per format)")
     ap.add_argument("--out", default="llm_decode")
+    ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default), a local Hugging Face checkpoint "
+                    "directory (Llama / Qwen2 / Qwen3 / Mistral / Phi-3; its chat template, else the prompt as plain "
+                    "text), or a bundled config name (effml.configs: qwen3-0.6b, llama-3.2-1b, ...): random weights "
+                    "at the published shape, SmolLM2's tokenizer for the prompt; HF generate runs on the same weights")
     a = ap.parse_args()
     import torch
 
@@ -103,17 +109,42 @@ def main() -> int:
     formats = a.formats.split(",")
     load = [os.getloadavg()[0]]
     bw = [read_bandwidth()]
-    lm = load_model("smollm2-135m")
-    ids = lm.tokenizer.chat(PROMPT)
+    from effml import configs
+
+    if a.model == "smollm2-135m":
+        lm, reference = load_model(a.model), load_hf_reference
+    elif a.model in configs.available():  # the speed of a published shape: what a step reads does not depend on values
+        from effml.llm.checkpoint import from_transformers
+        from effml.llm.registry import LoadedModel
+
+        def reference():  # transformers' own init at the published shape, seeded: the same weights every call
+            torch.manual_seed(0)
+            return configs.build(configs.load(a.model), device="cpu")
+
+        lm = LoadedModel(f"{a.model} (random weights)", from_transformers(reference()),
+                         load_model("smollm2-135m").tokenizer)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        from effml.llm.checkpoint import load_checkpoint_llm
+
+        lm = load_checkpoint_llm(a.model)
+        reference = lambda: AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()  # noqa: E731
+    ids = lm.tokenizer.chat(PROMPT) if getattr(lm.tokenizer.hf, "chat_template", None) else \
+        lm.tokenizer.encode(PROMPT)
+    source, n_params, name = lm.model, lm.model.args.params(), lm.name
+    hf_formats = formats if a.hf_formats is None else a.hf_formats.split(",")
+    del lm  # the formats below are copies: the source goes after the last one
     models, plans, notes, hfs = {}, {}, {}, {}
-    for f in formats:
-        m = copy.deepcopy(lm.model)
+    for i, f in enumerate(formats):
+        m = copy.deepcopy(source) if i < len(formats) - 1 else source
         fmt, _, kernel = f.partition("-")  # "int8-torch": int8 on torch's kernels only (the A/B reference)
         notes[f] = to_format(m, FormatConfig(fmt, kernel=kernel or "packed"))
         plans[f] = prepare(m)
         models[f] = m
-        if not a.no_hf and not kernel:  # HF generate beside the formats as shipped (not the -torch references)
-            hfs[f] = hf_in_format(load_hf_reference(), fmt)
+        del m
+        if not a.no_hf and not kernel and f in hf_formats:  # HF beside the shipped formats (not -torch references)
+            hfs[f] = hf_in_format(reference(), fmt)
     cfg = GenerateConfig(max_new_tokens=a.tokens)
     for m in models.values():
         generate(m, ids, GenerateConfig(max_new_tokens=4))  # warm-up (first-call packing, allocator)
@@ -161,7 +192,7 @@ def main() -> int:
         rows.append(row)
         out[f] = {**row, "paired_bandwidth_Bps": paired[f], "p10_step_fraction_of_bound": fast / rl.bound_tokens_per_s, "roofline": rl.to_dict(), "plan": plans[f].to_dict(), "notes": notes[f],
                   "effml_rounds": tps[(f, "effml")], "hf_rounds": tps[(f, "hf")]}
-    print_table(f"SmolLM2-135M decode, 1 thread, {a.tokens} tokens, CPU {torch.backends.cpu.get_cpu_capability()}"
+    print_table(f"{name} decode, 1 thread, {a.tokens} tokens, CPU {torch.backends.cpu.get_cpu_capability()}"
                 f", {bandwidth / 1e9:.1f} GB/s read, load {load[0]:.1f}-{load[1]:.1f}", rows)
     claims = {}
     if base:
@@ -182,7 +213,7 @@ def main() -> int:
     from effml import native
 
     native.load()
-    path = write_results(a.out, {"tokens": a.tokens, "rounds": a.rounds, "prompt": PROMPT, "native_bf16": native_bf16(),
+    path = write_results(a.out, {"model": name, "params": n_params, "tokens": a.tokens, "rounds": a.rounds, "prompt": PROMPT, "native_bf16": native_bf16(),
                                  "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                  "native_kernels": native.status(), "native_march": native.march(),
                                  "loadavg_start_end": load, "bandwidth_Bps_start_end": bw, "formats": out,

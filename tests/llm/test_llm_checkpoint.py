@@ -113,6 +113,28 @@ def test_rope_scaling_checkpoints_match_transformers(tmp_path, scaling):
     assert ModelArgs.from_dict(model.args.to_dict()) == model.args  # the scaling survives a round trip
 
 
+def test_bundled_llm_configs_give_their_published_parameter_counts():
+    """Every bundled causal-LM config of an architecture the decoder runs (Llama 2 / 3 / 3.2, Mistral, SmolLM2,
+    Qwen3) maps to ModelArgs with the published parameter count (the JSONs cite it; tests/configs checks the same
+    number against transformers' own model); the others (Mixtral's experts, GPT-2) are refused by name."""
+    from effml import configs
+    from effml.llm.checkpoint import ARCHITECTURES, args_from_config
+
+    ran = []
+    for name in configs.available():
+        cfg = configs.load(name)
+        if cfg.task != "causal-lm":
+            continue
+        arch = (cfg.hf_config.get("architectures") or [""])[0]
+        if arch not in ARCHITECTURES:
+            with pytest.raises(ConfigError, match=f"architecture '{arch}' is not supported"):
+                args_from_config(cfg.hf_config, name)
+            continue
+        assert args_from_config(cfg.hf_config, name).params() == cfg.published_params, name
+        ran.append(name)
+    assert {"llama-2-7b", "llama-3-8b", "llama-3.2-1b", "mistral-7b", "qwen3-0.6b"} <= set(ran)
+
+
 def test_smollm2_cache_directory_is_an_hf_checkpoint():
     from effml.llm.weights import converted_dir, ensure_converted, load_smollm2
 

@@ -200,6 +200,24 @@ def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
     return names, notes
 
 
+def release_freed_memory() -> bool:
+    """Hand the heap's freed pages back to the OS (glibc's malloc_trim; False where there is none). Packing copies
+    every projection (tiles, int4 codes) and then copies those into one region (fastpath.place); glibc keeps the
+    freed originals in the process's heap, since freeing large blocks raises its mmap threshold: a prepared
+    Qwen3-0.6B-shaped fp32 model held 7.2 GB resident for 4.8 GB of live tensors, 5.2 GB after the trim."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # musl and others: no malloc_trim
+        return False
+
+
 @dataclass
 class EnginePlan:
     format: str
@@ -267,5 +285,6 @@ def prepare(model: Transformer) -> EnginePlan:
         kernels.append("effml fused decode ops (rms_norm, RoPE + cache write + attention, silu*up): up to "
                        f"{fastpath.MAX_TOKENS} tokens of one sequence in a contiguous cache")
     notes += pnotes
+    release_freed_memory()
     return EnginePlan(fmt, torch.backends.cpu.get_cpu_capability(), bf16,
                       str(compute_dtype(model)).removeprefix("torch."), len(fused), kernels, notes + knotes)
