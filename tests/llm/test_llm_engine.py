@@ -105,6 +105,24 @@ def test_format_config_is_validated():
         FormatConfig("int4", group_size=48)
 
 
+def test_converting_a_prepared_model_is_refused_not_silently_skipped(model):
+    """prepare() packs fp32 projections into PackedLinear, which weight quantization does not see: to_format on
+    it used to return no notes and leave every layer fp32. Now it (and a self-int4 draft of it) names the order."""
+    from effml.llm.registry import LoadedModel, load_draft
+
+    m = copy.deepcopy(model)
+    prepare(m)
+    with pytest.raises(ConfigError, match=r"to_format needs a model engine.prepare has not run on .* then prepare"):
+        to_format(m, FormatConfig("int4"))
+    assert weights_format(m) == "fp32"
+    with pytest.raises(ConfigError, match=r"draft 'self-int4' \(a quantized copy of the target\) needs a model"):
+        load_draft("self-int4", LoadedModel("tiny", m, None))
+    fresh = copy.deepcopy(model)  # the order that works: convert, then prepare
+    to_format(fresh, FormatConfig("int4"))
+    prepare(fresh)
+    assert weights_format(fresh) == "int4"
+
+
 @pytest.mark.parametrize("dtype,kind", [(torch.float32, "mkl"), (torch.float32, "mkldnn"),
                                         (torch.bfloat16, "mkldnn")])
 def test_packed_linear_equals_f_linear(dtype, kind):

@@ -69,10 +69,21 @@ def weights_format(model: nn.Module) -> str:
     return "bf16" if model.tok_embeddings.weight.dtype == torch.bfloat16 else "fp32"
 
 
+def check_unprepared(model: nn.Module, what: str) -> None:
+    """A model `prepare` has run on holds its projections as the engine's packed copies (PackedLinear), which weight
+    quantization does not see: converting it would leave it fp32 without a word. Refused by name instead."""
+    packed = [n for n, m in model.named_modules() if isinstance(m, PackedLinear)]
+    if packed or getattr(model, "fast_decode", False):
+        raise ConfigError(f"{what} needs a model engine.prepare has not run on ({len(packed)} projections are "
+                          f"already packed, e.g. {packed[0] if packed else 'the fused decode step'}): convert the "
+                          f"weights first, then prepare (to_format(model, ...); prepare(model))")
+
+
 def to_format(model: Transformer, config: FormatConfig) -> list[str]:
     """Convert the model's weights in place; returns notes (which layers, which kernels, any slow path)."""
     from effml.compress.weight_only import weight_only
 
+    check_unprepared(model, "to_format")
     if weights_format(model) != "fp32":
         raise ConfigError(f"to_format needs an fp32 model, this one is {weights_format(model)}")
     if config.format == "fp32":

@@ -100,8 +100,9 @@ def load_draft(name: str, target: LoadedModel, progress=None):
     if name in ("self-int4", "self-int8"):
         import copy
 
-        from effml.llm.engine import FormatConfig, to_format
+        from effml.llm.engine import FormatConfig, check_unprepared, to_format
 
+        check_unprepared(target.model, f"draft {name!r} (a quantized copy of the target)")
         draft = copy.deepcopy(target.model)
         to_format(draft, FormatConfig(name.removeprefix("self-")))
         return draft
