@@ -169,7 +169,7 @@ def main() -> int:
     load.append(os.getloadavg()[0])
     bw.append(read_bandwidth(fresh=True))
     bandwidth = statistics.mean(bw)
-    ref = toks[(formats[0], "effml")]
+    ref = toks[("fp32" if "fp32" in formats else formats[0], "effml")]
     rows, out = [], {}
     med = {k: statistics.median(v) for k, v in tps.items() if v}
     base = med.get(("fp32", "effml"))
