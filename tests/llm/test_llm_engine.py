@@ -105,6 +105,23 @@ def test_format_config_is_validated():
         FormatConfig("int4", group_size=48)
 
 
+def test_a_prepared_float_model_holds_its_projections_once(model):
+    """gemv_tiles' packed copy serves every row count, so the row-major weights go (the model's memory once, not
+    twice); a head tied to the embedding keeps its tensor (the embedding reads it), and the logits stay."""
+    from effml.llm.engine import PackedLinear
+
+    m = copy.deepcopy(model)
+    prepare(m)
+    packed = [p for p in m.modules() if isinstance(p, PackedLinear)]
+    if not any(p._tiles is not None for p in packed):
+        pytest.skip("effml's kernels are not built here: the library paths read the row-major weights")
+    assert m.output.weight is m.tok_embeddings.weight  # tied (the tiny preset): kept
+    assert all(p.weight is None for p in packed if p is not m.output)
+    ids = [5, 17, 42, 7]
+    assert generate(m, ids, GenerateConfig(max_new_tokens=6)).tokens == \
+        generate(model, ids, GenerateConfig(max_new_tokens=6)).tokens
+
+
 def test_converting_a_prepared_model_is_refused_not_silently_skipped(model):
     """prepare() packs fp32 projections into PackedLinear, which weight quantization does not see: to_format on
     it used to return no notes and leave every layer fp32. Now it (and a self-int4 draft of it) names the order."""
@@ -149,10 +166,12 @@ def test_fp32_prefill_kernel_follows_the_cpu(monkeypatch):
         pytest.skip("needs both MKL and oneDNN in the torch build")
     if gemv.load() is not None:
         m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 32))
+        w = m[0].weight.detach().clone()
         engine.pack_linears(m)
         assert all(p.kind == "plain" and p.packed is None for p in m)
+        assert all(p.weight is None for p in m)  # nothing reads the row-major copy now: released, not kept twice
         x = torch.randn(40, 32)  # a prefill's rows: gemv_tiles' sums, not a library matmul's
-        ref = x.double() @ m[0].weight.double().T + m[0].bias.double()
+        ref = x.double() @ w.double().T + m[0].bias.double()
         assert torch.allclose(m[0](x).double(), ref, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(gemv, "load", lambda: None)
     for cap, tall, wide in (("AVX512", "mkldnn", "mkldnn"), ("AVX2", "mkl", None)):

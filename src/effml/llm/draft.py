@@ -63,6 +63,9 @@ class DraftConfig:
 def layer_subset(target: Transformer, layers: tuple[int, ...], head_ids: torch.Tensor | None = None) -> Transformer:
     """A draft of the target's blocks `layers` (copies), its final norm and embedding (shared tensor), and an LM
     head over `head_ids` (rows of the target's output matrix; all tokens if None)."""
+    from effml.llm.engine import check_unprepared
+
+    check_unprepared(target, "layer_subset")  # a prepared target's projections are packed copies, not weights
     a = target.args
     if max(layers) >= a.n_layers:
         raise ConfigError(f"draft layers {layers} outside the target's {a.n_layers} blocks")

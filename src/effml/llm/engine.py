@@ -13,6 +13,7 @@ effml.compress.weight_only). A format the CPU has no fast kernel for still runs,
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -115,7 +116,8 @@ class PackedLinear(nn.Module):
     a batch), and more rows in blocks of 8 over each group while it sits in L2 (a prefill at the FMA units' rate:
     bench_kernels, SmolLM2's layer-0 shapes, 1 thread, Zen 4: 44-55 GMAC/s at 9-400 rows, against oneDNN's packed
     matmul 32-54 and MKL's packed sgemm 16-47; AVX2 33-49 against MKL's 17-43). See effml/native/tiles.cpp. The
-    copy doubles the float projections' memory (the row-major weight stays: the tied embedding, the generic path).
+    row-major weight is then never read again and `pack_linears` drops it (`release_weight`), unless another module
+    shares it (a head tied to the embedding): a prepared float model holds its projections once, not twice.
     bf16 weights: `gemv_tiles` up to effml.native.MAX_ROWS rows, more in the CPU library's blocked layout packed
     once (`kind`): "mkldnn" = oneDNN's packed matmul (`torch.ops.mkldnn._linear_pointwise`) where the CPU has bf16
     arithmetic, else gemv_tiles for every row count too. Without effml's kernels, fp32 prefills go to oneDNN on
@@ -125,6 +127,7 @@ class PackedLinear(nn.Module):
     def __init__(self, lin: nn.Linear, kind: str, gemv=None):
         super().__init__()
         self.weight, self.bias, self.kind = lin.weight, lin.bias, kind  # the original (possibly tied) tensors
+        self.dtype = lin.weight.dtype
         self.in_features, self.out_features = lin.in_features, lin.out_features
         w = lin.weight.detach()
         # oneDNN's batch-size hint: 1 picks a layout for single rows, slower for fp32 prefills (any hint >= 8
@@ -144,13 +147,24 @@ class PackedLinear(nn.Module):
         elif self.kind == "mkl":
             y = torch.ops.mkl._mkl_linear(x2, self.packed, self.weight, self.bias, 1)
         elif self.kind == "mkldnn":
-            y = torch.ops.mkldnn._linear_pointwise(x2.to(self.weight.dtype), self.packed, self.bias, "none", [], "")
+            y = torch.ops.mkldnn._linear_pointwise(x2.to(self.dtype), self.packed, self.bias, "none", [], "")
         else:
-            y = F.linear(x2.to(self.weight.dtype), self.weight, self.bias)
+            y = F.linear(x2.to(self.dtype), self.weight, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., out)
 
+    def weight_unread(self) -> bool:
+        """Whether forward never reads the row-major weight: gemv_tiles takes every row count, or it takes the few
+        rows and oneDNN's packed copy the rest."""
+        return (self._gemv is not None and self.packed is None) or (self.kind == "mkldnn" and self.packed is not None)
+
+    def release_weight(self) -> None:
+        """Drop the row-major weight (forward runs on the packed copies alone; see weight_unread)."""
+        if not self.weight_unread():
+            raise ConfigError(f"PackedLinear ({self.kind}) still reads its row-major weight: it cannot be released")
+        self.weight = None
+
     def kernel_used(self) -> str:
-        dt = str(self.weight.dtype).removeprefix("torch.")
+        dt = str(self.dtype).removeprefix("torch.")
         big = {"mkl": "MKL packed sgemm (fp32)", "mkldnn": f"oneDNN packed matmul ({dt})"}.get(
             self.kind, f"F.linear ({dt})")
         if self._gemv is None:
@@ -174,6 +188,7 @@ def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
     from effml import native
 
     gemv = native.load() if next(model.parameters()).device.type == "cpu" else None
+    holders = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))  # > 1: shared (tied head)
     names, failed = [], {}  # (kind, error) -> layer names
     for name, m in list(model.named_modules()):
         if type(m) is not nn.Linear or m.weight.dtype not in (torch.float32, torch.bfloat16):
@@ -202,6 +217,8 @@ def pack_linears(model: nn.Module) -> tuple[list[str], list[str]]:
             if gemv is None:
                 continue
             packed = PackedLinear(m, "plain", gemv)
+        if packed.weight_unread() and holders[id(m.weight)] == 1:
+            packed.release_weight()  # the packed copy replaces it: the model's projections in memory once
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, packed)
         names.append(name)
@@ -215,7 +232,8 @@ def release_freed_memory() -> bool:
     """Hand the heap's freed pages back to the OS (glibc's malloc_trim; False where there is none). Packing copies
     every projection (tiles, int4 codes) and then copies those into one region (fastpath.place); glibc keeps the
     freed originals in the process's heap, since freeing large blocks raises its mmap threshold: a prepared
-    Qwen3-0.6B-shaped fp32 model held 7.2 GB resident for 4.8 GB of live tensors, 5.2 GB after the trim."""
+    Qwen3-0.6B-shaped fp32 model (2.4 GB of weights) held 6.5 GB resident for 3.0 GB of live tensors (the tiles
+    and the tied embedding), 3.5 GB after the trim."""
     import ctypes
     import ctypes.util
     import sys
@@ -270,8 +288,8 @@ def prepare(model: Transformer) -> EnginePlan:
     for m in wol:
         m._prepare()  # pack int4 codes and convert scales now, not inside the first request's prefill
     notes = []
-    plain = [n for n, m in model.named_modules() if type(m) in (nn.Linear, PackedLinear) and
-             m.weight.dtype != torch.bfloat16]
+    plain = [n for n, m in model.named_modules() if (type(m) is nn.Linear and m.weight.dtype != torch.bfloat16) or
+             (type(m) is PackedLinear and m.dtype != torch.bfloat16)]
     from effml.llm import fastpath
 
     torch_kernels = [m for m in wol if not m.native() and m.a8() is None]  # effml's own GEMVs take fp32 rows

@@ -57,6 +57,7 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 def weight_bytes_per_token(model: Transformer) -> int:
     """Bytes of weights one decode step reads (see the module docstring); shared tensors counted once."""
     from effml.compress.weight_only import WeightOnlyLinear
+    from effml.llm.engine import PackedLinear
 
     seen: set[int] = set()
     total = 0
@@ -73,6 +74,11 @@ def weight_bytes_per_token(model: Transformer) -> int:
             act = torch.empty(0, dtype=m.act_dtype).element_size()
             per_group = 1 if m.bits == 8 else 2  # scale (+ zero folded with it for int4)
             once(m.codes, m.codes.numel() * m.bits // 8 + m.scale.numel() * per_group * act)
+            if m.bias is not None:
+                once(m.bias, _tensor_bytes(m.bias))
+        elif isinstance(m, PackedLinear):  # what its decode rows read: gemv_tiles' copy, else the weight
+            w = m._tiles if m._tiles is not None else m.weight
+            once(w, _tensor_bytes(w))
             if m.bias is not None:
                 once(m.bias, _tensor_bytes(m.bias))
         elif isinstance(m, nn.Linear):
