@@ -67,7 +67,7 @@ def fp32_prefill_rows(f32) -> list[dict]:
 
     ext = native.load()
     mods = fastpath.projections(f32)[:4]
-    ws = [q.weight.detach() for q in mods]
+    ws = [f32.rowmajor[id(q)] for q in mods]  # main() kept them before prepare dropped them
     mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, 1) for w in ws]
     dnn = [torch.ops.mkldnn._reorder_linear_weight(w, 32) for w in ws]
     rows = []
@@ -122,6 +122,7 @@ def main() -> int:
     from effml.compress.weight_only import WeightOnlyLinear
     from effml.llm import fastpath
     from effml.llm.engine import FormatConfig, prepare, to_format
+    from effml.llm.model import fuse_projections
     from effml.llm.registry import load_model
     from effml.llm.roofline import read_bandwidth
 
@@ -226,15 +227,18 @@ def main() -> int:
                      "beside": f"warm {warm * 1e6:.1f} us, all cold {t * 1e6:.1f} us"})
     assert all(isinstance(q, WeightOnlyLinear) for q in layers)
     f32 = copy.deepcopy(lm.model)
+    fuse_projections(f32)  # the engine's shapes; their row-major weights kept here (prepare drops them)
+    rowmajor = {n: m.weight.detach() for n, m in f32.named_modules() if isinstance(m, torch.nn.Linear)}
     prepare(f32)
+    f32.rowmajor = {id(m): rowmajor[n] for n, m in f32.named_modules() if n in rowmajor}  # module -> weight
     mats = fastpath.projections(f32) + [f32.output]
-    fbytes = sum(q.weight.numel() * 4 for q in mats)
+    fbytes = sum(f32.rowmajor[id(q)].numel() * 4 for q in mats)
     t_fp32 = {}
     for M in (1, 5, 8, 9, 16):
         xs = {q.in_features: torch.randn(M, q.in_features) for q in mats}
         calls = [("gemv_tiles", lambda q: ext.gemv_tiles(xs[q.in_features], q._tiles, q.out_features, None))]
         if M <= 8:
-            calls.append(("row-major gemv", lambda q: ext.gemv(xs[q.in_features], q.weight.detach(), None, None)))
+            calls.append(("row-major gemv", lambda q: ext.gemv(xs[q.in_features], f32.rowmajor[id(q)], None, None)))
         else:  # the same rows in calls of 8: one whole pass over the weights per call
             calls.append(("gemv_tiles, calls of 8 rows", lambda q: [
                 ext.gemv_tiles(xs[q.in_features][m:m + 8].contiguous(), q._tiles, q.out_features, None)
