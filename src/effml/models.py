@@ -213,8 +213,15 @@ def model_builder(spec: str, *, source: str = "zoo", flag: str = "--model") -> C
 
 
 def load_llm(spec: str, *, flag: str = "--model"):
-    """The LLM commands' model: an effml.llm registry NAME (smollm2-135m, tiny) or package.module:callable
-    returning a LoadedModel (name, model, tokenizer); errors name the flag and spec."""
+    """The LLM commands' model: a local Hugging Face checkpoint directory (config.json + *.safetensors + tokenizer;
+    effml.llm.checkpoint), an effml.llm registry NAME (smollm2-135m, tiny) or package.module:callable returning a
+    LoadedModel (name, model, tokenizer); errors name the flag and spec."""
+    from pathlib import Path
+
+    if Path(spec).is_dir() or "/" in spec and ":" not in spec:
+        from effml.llm.checkpoint import load_checkpoint_llm
+
+        return load_checkpoint_llm(spec)
     lm = model_builder(spec, source="llm", flag=flag)()
     if not all(hasattr(lm, a) for a in ("name", "model", "tokenizer")):
         raise ConfigError(f"{flag} {spec} returned a {type(lm).__name__}; an LLM spec must return an "

@@ -122,3 +122,40 @@ def test_serve_bench_int4_format(capsys):
                  "--max-output", "8", "--format", "int4", "--batching", "continuous")
     assert d["format"] == "int4" and d["results"]["continuous"]["generated_tokens"] > 0
     assert any("int4" in k for k in d["engine"]["kernels"])  # the engine the tokens came from: int4 weights
+
+
+def test_generate_and_serve_bench_take_a_checkpoint_directory(capsys, tmp_path):
+    """`--model DIR` in both LLM commands: a small random Qwen3 saved by transformers with SmolLM2's tokenizer
+    files (its vocabulary, 49152 ids); greedy `generate` equals transformers' greedy generate on the same ids."""
+    import shutil
+
+    import torch
+    import transformers as tf
+
+    from effml.llm.weights import converted_dir, ensure_converted
+
+    ensure_converted()
+    cfg = tf.Qwen3Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, intermediate_size=64, vocab_size=49152, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    hf = tf.Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():  # std 0.02 init gives near-uniform logits, where a summation order can flip an argmax
+        for p in hf.parameters():
+            p.mul_(5)
+    hf.save_pretrained(tmp_path)
+    for f in converted_dir().iterdir():
+        if f.name != "config.json" and not f.name.endswith(".safetensors"):
+            shutil.copy(f, tmp_path)
+    d = run_json(capsys, "generate", "--model", str(tmp_path), "--prompt", "Hi", "--max-new-tokens", "6",
+                 "--ignore-eos")
+    from effml.llm.weights import Tokenizer
+
+    ids = torch.tensor([Tokenizer.from_dir(tmp_path).chat("Hi")])  # what the command feeds: the chat template
+    assert d["result"]["new_tokens"] == 6 and d["result"]["prompt_tokens"] == ids.shape[1]
+    ref = hf.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert d["result"]["tokens"] == ref[0, ids.shape[1]:].tolist()
+    s = run_json(capsys, "serve-bench", "--model", str(tmp_path), "--requests", "4", "--rate", "100",
+                 "--mean-output", "4", "--max-output", "8", "--batching", "all")
+    got = {name: r["generated_tokens"] for name, r in s["results"].items()}
+    assert set(got) == {"static", "continuous", "chunked"} and len(set(got.values())) == 1  # the same work

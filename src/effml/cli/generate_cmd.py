@@ -87,6 +87,7 @@ def _run(args, device: str, stack) -> int:
     from effml.llm.engine import FormatConfig, prepare, to_format
     from effml.llm.registry import load_draft
     from effml.llm.speculative import SpecConfig, speculative_generate
+    from effml.models import load_llm
 
     err = Console(stderr=True)
     if args.gamma is not None and not args.speculative:
@@ -94,7 +95,7 @@ def _run(args, device: str, stack) -> int:
                           f"target call)")
     with err.status(f"loading {args.model} (the first SmolLM2 run converts the GGUF once, ~1 min)",
                     spinner="dots") if not args.json else _null():
-        lm = _load(args.model)
+        lm = load_llm(args.model)
     tok = lm.tokenizer
     if not args.prompt.strip():
         raise ConfigError("--prompt is empty: give the text to continue or answer")
@@ -155,18 +156,6 @@ def _run(args, device: str, stack) -> int:
         console().print(f"decode {roof.line()}; format {args.format}, {', '.join(plan.kernels)}", style="dim",
                         highlight=False)
     return 0
-
-
-def _load(spec: str):
-    """A checkpoint directory (config.json + safetensors) or a registry name / module:callable (effml.models)."""
-    from pathlib import Path
-
-    from effml.llm.checkpoint import load_checkpoint_llm
-    from effml.models import load_llm
-
-    if Path(spec).is_dir() or "/" in spec and ":" not in spec:
-        return load_checkpoint_llm(spec)
-    return load_llm(spec)
 
 
 def _roofline(model, res, prompt_len: int):

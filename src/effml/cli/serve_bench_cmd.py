@@ -9,7 +9,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve-bench", help="static vs continuous batching on a Poisson request trace",
                        description="Requests arrive as a Poisson process with mixed prompt and output lengths; "
                                    "report throughput (tokens/s), latency p50/p99, time to first token, KV waste.")
-    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default) or tiny")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="smollm2-135m (default), tiny, package.module:callable, or a local Hugging Face checkpoint "
+                        "directory (config.json + *.safetensors + tokenizer with a chat template; Llama, Qwen2, "
+                        "Qwen3, Mistral, Phi-3)")
     p.add_argument("--format", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
                    help="weight format in the engine: fp32 (default), bf16, int8 or int4 weight-only (LM head int8)")
     p.add_argument("--requests", type=positive_int, default=32, help="requests in the trace (default 32)")
