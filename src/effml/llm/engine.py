@@ -278,7 +278,11 @@ def _kernels(model: nn.Module) -> tuple[list[str], list[str]]:
 
 
 def prepare(model: Transformer) -> EnginePlan:
-    """Ready `model` for decoding, in place (idempotent): fused projections, activation dtype, RoPE table."""
+    """Ready `model` for decoding, in place (idempotent): fused projections, activation dtype, RoPE table.
+
+    One way: the float projections then live only in their packed copies (PackedLinear.release_weight), so convert
+    the format first (`to_format`, which refuses a prepared model) and keep an unprepared copy to save or compress
+    further (a prepared model's state_dict holds no projection weights; deepcopy it before, not after)."""
     from effml.compress.weight_only import WeightOnlyLinear
 
     fused = fuse_projections(model)
