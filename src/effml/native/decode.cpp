@@ -306,7 +306,7 @@ torch::Tensor project(const Proj& p, const torch::Tensor& x) {
 
 // Several sequences in one pass (continuous batching; chunked prefill): token t of T belongs to sequence seq[t] at
 // position pos[t]. The cache is contiguous, k (B, Hkv, max_len, hd) with sequence s in row s (tables None), or
-// paged, a pool k (N, bs, Hkv, hd) holding sequence s's positions in the blocks tables[s] (S, nb) (effml.llm's
+// paged, a pool k (N, Hkv, bs, hd) holding sequence s's positions in the blocks tables[s] (S, nb) (effml.llm's
 // PagedCache layout). Every new token's K/V is written first, then each token attends to its own sequence's
 // positions 0..pos[t]: the same numbers as `attend` gives each sequence alone.
 torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -329,8 +329,8 @@ torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, con
   check_f32(kc, "attend_rows: k cache");
   check_f32(vc, "attend_rows: v cache");
   const bool paged = tables.has_value();
-  TORCH_CHECK(kc.dim() == 4 && vc.sizes() == kc.sizes() && kc.size(paged ? 2 : 1) == Hkv && H % Hkv == 0,
-              "attend_rows: caches must be (B, Hkv, max_len, hd) or a paged pool (N, bs, Hkv, hd)");
+  TORCH_CHECK(kc.dim() == 4 && vc.sizes() == kc.sizes() && kc.size(1) == Hkv && H % Hkv == 0,
+              "attend_rows: caches must be (B, Hkv, max_len, hd) or a paged pool (N, Hkv, bs, hd)");
   const int64_t hd = kc.size(3), rep = H / Hkv, width = (H + 2 * Hkv) * hd;
   TORCH_CHECK(qkv.size(-1) == width, "attend_rows: qkv's last dimension must be (H + 2 Hkv) * hd");
   const int64_t T = qkv.numel() / width;
@@ -341,7 +341,7 @@ torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, con
     TORCH_CHECK(tables->scalar_type() == torch::kLong && tables->dim() == 2 && tables->is_contiguous(),
                 "attend_rows: tables must be a contiguous int64 (S, nb) tensor");
     tb = tables->data_ptr<int64_t>();
-    nseq = tables->size(0), nb = tables->size(1), bs = kc.size(1);
+    nseq = tables->size(0), nb = tables->size(1), bs = kc.size(2);
   } else {
     nseq = kc.size(0), max_len = kc.size(2);
   }
@@ -354,8 +354,19 @@ torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, con
         TORCH_CHECK(tb[sp[t] * nb + b] >= 0 && tb[sp[t] * nb + b] < kc.size(0), "attend_rows: block table entry");
     longest = std::max(longest, pp[t] + 1);
   }
+  // paged: each sequence's position -> the float offset of its row for KV head 0, once per call (a division and a
+  // table lookup per position), not at every head's read of every position
+  std::vector<int64_t> row0;
+  if (paged) {
+    row0.assign(nseq * longest, 0);
+    for (int64_t s = 0; s < nseq; ++s)
+      for (int64_t p = 0; p < longest && p / bs < nb; ++p)
+        row0[s * longest + p] = (tb[s * nb + p / bs] * Hkv * bs + p % bs) * hd;
+  }
+  const int64_t* r0 = row0.data();
+  const int64_t head_stride = paged ? bs * hd : max_len * hd;  // from KV head j to j + 1
   const auto at = [=](int64_t s, int64_t j, int64_t p) {  // float offset of (sequence, KV head, position)
-    return paged ? ((tb[s * nb + p / bs] * bs + p % bs) * Hkv + j) * hd : ((s * Hkv + j) * max_len + p) * hd;
+    return paged ? r0[s * longest + p] + j * head_stride : ((s * Hkv + j) * max_len + p) * hd;
   };
   auto y = torch::empty({T, H * hd}, qkv.options());
   const float* in = qkv.data_ptr<float>();
