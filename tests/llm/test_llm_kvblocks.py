@@ -97,14 +97,14 @@ def test_truncating_into_a_shared_block_copies_it_first(model):
     _prefill(model, cache, "a", p)
     _prefill(model, cache, "b", p)  # shares blocks 0 and 1
     shared = cache.tables["a"][1]
-    before = cache.k[:, shared].clone()
+    before = cache.k[:, :, shared].clone()
     cache.select(["b"])
     cache.truncate([6])  # b keeps tokens 0..5: half of the shared block 1, which it will write into next
     assert cache.tables["b"][1] != shared and cache.allocator.refs[shared] == 1
-    torch.testing.assert_close(cache.k[:, cache.tables["b"][1], :, :2], before[:, :, :2])
+    torch.testing.assert_close(cache.k[:, :, cache.tables["b"][1], :2], before[:, :, :2])
     with torch.no_grad():
         model(torch.tensor([[50, 51]]), cache=cache)  # b writes positions 6, 7
-    assert torch.equal(cache.k[:, shared], before)  # a's block is untouched
+    assert torch.equal(cache.k[:, :, shared], before)  # a's block is untouched
 
 
 def test_allocator_reference_counts():

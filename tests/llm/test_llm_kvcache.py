@@ -82,7 +82,7 @@ def test_append_is_copy_free_only_the_new_rows_change(model, tokens):
         k_before, ptr = cache.k.clone(), cache.k.data_ptr()
         model(tokens[:1, 6:7], cache=cache)
     assert cache.k.data_ptr() == ptr  # the pool is written in place, never reallocated or concatenated
-    changed = (cache.k != k_before).any(-1).any(2)  # (L, N, H_kv, bs, hd) -> (L, N, bs): which slots changed
+    changed = (cache.k != k_before).any(-1).any(1)  # (L, H_kv, N, bs, hd) -> (L, N, bs): which slots changed
     block, offset = cache.tables[0][6 // 4], 6 % 4  # token 6 lives in the 2nd block at offset 2
     a = model.args
     assert changed.sum() == a.n_layers and changed[:, block, offset].all()  # one slot per layer, nothing else

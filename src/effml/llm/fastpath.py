@@ -81,7 +81,7 @@ def fast_rows(model, tokens: torch.Tensor, cache) -> torch.Tensor:
     else:
         seq = torch.arange(B).repeat_interleave(T)
     pos = positions.reshape(-1).contiguous()
-    tables = None  # cache.k: (L, B, Hkv, max_len, hd) contiguous, or a paged pool (L, N, Hkv, bs, hd)
+    tables = None  # cache.k: (L, B, Hkv, max_len, hd) contiguous, or a paged pool (L, Hkv, N, bs, hd)
     if isinstance(cache, PagedCache):
         rows = [cache.tables[s] for s in cache.seq_ids]
         nb = max(len(r) for r in rows)

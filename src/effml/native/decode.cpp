@@ -210,7 +210,8 @@ struct QKNorm {
 
 torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                          torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
-                         const int64_t* seq, const int64_t* pos, int64_t H, int64_t Hkv, QKNorm qk = {});
+                         const int64_t* seq, const int64_t* pos, int64_t H, int64_t Hkv, QKNorm qk = {},
+                         std::vector<int64_t>* rows = nullptr);
 
 // One sequence: attend_rows' loop over a one-row contiguous cache (the same sums, so the same bits).
 torch::Tensor attend(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kc,
@@ -306,7 +307,7 @@ torch::Tensor project(const Proj& p, const torch::Tensor& x) {
 
 // Several sequences in one pass (continuous batching; chunked prefill): token t of T belongs to sequence seq[t] at
 // position pos[t]. The cache is contiguous, k (B, Hkv, max_len, hd) with sequence s in row s (tables None), or
-// paged, a pool k (N, Hkv, bs, hd) holding sequence s's positions in the blocks tables[s] (S, nb) (effml.llm's
+// paged, a pool k (Hkv, N, bs, hd) holding sequence s's positions in the blocks tables[s] (S, nb) (effml.llm's
 // PagedCache layout). Every new token's K/V is written first, then each token attends to its own sequence's
 // positions 0..pos[t]: the same numbers as `attend` gives each sequence alone.
 torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -322,26 +323,27 @@ torch::Tensor attend_rows(const torch::Tensor& qkv, const torch::Tensor& cos, co
 // attend_rows with the tokens' sequences and positions as plain arrays of T entries (validated against the cache).
 torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                          torch::Tensor kc, torch::Tensor vc, const c10::optional<torch::Tensor>& tables,
-                         const int64_t* sp, const int64_t* pp, int64_t H, int64_t Hkv, QKNorm qk) {
+                         const int64_t* sp, const int64_t* pp, int64_t H, int64_t Hkv, QKNorm qk,
+                         std::vector<int64_t>* rows) {
   check_f32(qkv, "attend_rows: qkv");
   check_f32(cos, "attend_rows: cos");
   check_f32(sin, "attend_rows: sin");
   check_f32(kc, "attend_rows: k cache");
   check_f32(vc, "attend_rows: v cache");
   const bool paged = tables.has_value();
-  TORCH_CHECK(kc.dim() == 4 && vc.sizes() == kc.sizes() && kc.size(1) == Hkv && H % Hkv == 0,
-              "attend_rows: caches must be (B, Hkv, max_len, hd) or a paged pool (N, Hkv, bs, hd)");
+  TORCH_CHECK(kc.dim() == 4 && vc.sizes() == kc.sizes() && kc.size(paged ? 0 : 1) == Hkv && H % Hkv == 0,
+              "attend_rows: caches must be (B, Hkv, max_len, hd) or a paged pool (Hkv, N, bs, hd)");
   const int64_t hd = kc.size(3), rep = H / Hkv, width = (H + 2 * Hkv) * hd;
   TORCH_CHECK(qkv.size(-1) == width, "attend_rows: qkv's last dimension must be (H + 2 Hkv) * hd");
   const int64_t T = qkv.numel() / width;
   TORCH_CHECK(cos.numel() == T * hd && sin.numel() == T * hd, "attend_rows: cos/sin must be (T, hd)");
   const int64_t* tb = nullptr;
-  int64_t nseq, nb = 0, bs = 0, max_len = 0;
+  int64_t nseq, nb = 0, bs = 0, max_len = 0, nblocks = 0;
   if (paged) {
     TORCH_CHECK(tables->scalar_type() == torch::kLong && tables->dim() == 2 && tables->is_contiguous(),
                 "attend_rows: tables must be a contiguous int64 (S, nb) tensor");
     tb = tables->data_ptr<int64_t>();
-    nseq = tables->size(0), nb = tables->size(1), bs = kc.size(2);
+    nseq = tables->size(0), nb = tables->size(1), bs = kc.size(2), nblocks = kc.size(1);
   } else {
     nseq = kc.size(0), max_len = kc.size(2);
   }
@@ -351,20 +353,23 @@ torch::Tensor attend_idx(const torch::Tensor& qkv, const torch::Tensor& cos, con
                 "attend_rows: token ", t, " (sequence ", sp[t], ", position ", pp[t], ") is outside the cache");
     if (paged)
       for (int64_t b = 0; b <= pp[t] / bs; ++b)
-        TORCH_CHECK(tb[sp[t] * nb + b] >= 0 && tb[sp[t] * nb + b] < kc.size(0), "attend_rows: block table entry");
+        TORCH_CHECK(tb[sp[t] * nb + b] >= 0 && tb[sp[t] * nb + b] < nblocks, "attend_rows: block table entry");
     longest = std::max(longest, pp[t] + 1);
   }
-  // paged: each sequence's position -> the float offset of its row for KV head 0, once per call (a division and a
-  // table lookup per position), not at every head's read of every position
-  std::vector<int64_t> row0;
-  if (paged) {
+  // paged: each sequence's position -> the float offset of its row for KV head 0 (a division and a table lookup
+  // per position), once per call, not at every head's read of every position; once per step when the caller keeps
+  // `rows` across the layers (decode_layers_rows: every layer has the same tables and positions)
+  std::vector<int64_t> own;
+  std::vector<int64_t>& row0 = rows ? *rows : own;
+  if (paged && row0.empty()) {
     row0.assign(nseq * longest, 0);
     for (int64_t s = 0; s < nseq; ++s)
       for (int64_t p = 0; p < longest && p / bs < nb; ++p)
-        row0[s * longest + p] = (tb[s * nb + p / bs] * Hkv * bs + p % bs) * hd;
+        row0[s * longest + p] = (tb[s * nb + p / bs] * bs + p % bs) * hd;
   }
+  TORCH_CHECK(!paged || static_cast<int64_t>(row0.size()) == nseq * longest, "attend_rows: stale row offsets");
   const int64_t* r0 = row0.data();
-  const int64_t head_stride = paged ? bs * hd : max_len * hd;  // from KV head j to j + 1
+  const int64_t head_stride = paged ? nblocks * bs * hd : max_len * hd;  // from KV head j to j + 1
   const auto at = [=](int64_t s, int64_t j, int64_t p) {  // float offset of (sequence, KV head, position)
     return paged ? r0[s * longest + p] + j * head_stride : ((s * Hkv + j) * max_len + p) * hd;
   };
@@ -418,13 +423,14 @@ torch::Tensor decode_layers_rows(torch::Tensor x, const std::vector<torch::Tenso
               pos.is_contiguous() && seq.numel() == T && pos.numel() == T,
               "decode_layers_rows: seq and pos must be contiguous int64 tensors of one entry per row of x");
   x = x.clone(at::MemoryFormat::Contiguous);  // the residual stream, added to in place (add_into)
+  std::vector<int64_t> rows;  // a paged cache's row offsets: computed at layer 0, the same for every layer
   for (int64_t l = 0; l < L; ++l) {
     auto h = rms_norm(x, norms[2 * l], eps[2 * l]);
     QKNorm qk;
     if (!qk_norms.empty())
       qk = {qk_norms[2 * l].data_ptr<float>(), qk_norms[2 * l + 1].data_ptr<float>(), static_cast<float>(qk_eps)};
     auto y = attend_idx(project(projs[4 * l], h), cos, sin, k.select(0, l), v.select(0, l), tables,
-                        seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(), H, Hkv, qk);
+                        seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(), H, Hkv, qk, &rows);
     add_into(x, project(projs[4 * l + 1], y));
     h = rms_norm(x, norms[2 * l + 1], eps[2 * l + 1]);
     add_into(x, project(projs[4 * l + 3], silu_mul(project(projs[4 * l + 2], h))));
