@@ -63,11 +63,13 @@ def _rotate(x, cos, sin):  # rotate-half RoPE, as effml.llm.model: x (..., T, hd
 
 
 @pytest.mark.parametrize("T", [1, 4])
-def test_attend_is_rope_cache_write_and_causal_gqa_attention(T):
-    """H=6 query heads over Hkv=2 KV heads, 5 tokens already cached, T new ones: the cache rows and the output are
-    what RoPE + SDPA over the same cache give (query t sees positions 0..5+t)."""
+@pytest.mark.parametrize("hd, pos0", [(16, 5), (64, 37), (128, 37)])
+def test_attend_is_rope_cache_write_and_causal_gqa_attention(T, hd, pos0):
+    """H=6 query heads over Hkv=2 KV heads, pos0 tokens already cached, T new ones: the cache rows and the output
+    are what RoPE + SDPA over the same cache give (query t sees positions 0..pos0+t). Head sizes 64 and 128 take
+    the vector score path (16 positions at a time: 38-41 positions are two blocks and a tail), 16 the generic one."""
     g = torch.Generator().manual_seed(T)
-    H, Hkv, hd, L, pos0 = 6, 2, 16, 32, 5
+    H, Hkv, L = 6, 2, 64
     kc, vc = torch.randn(Hkv, L, hd, generator=g), torch.randn(Hkv, L, hd, generator=g)
     k_ref, v_ref = kc.clone(), vc.clone()
     qkv = torch.randn(T, (H + 2 * Hkv) * hd, generator=g)

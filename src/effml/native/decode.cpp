@@ -99,14 +99,17 @@ inline __m512 sum16(const __m512* v) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xDD));
 }
 
-// q . K(j) for 64-wide heads: 16 positions at a time, their partial vectors summed together (sum16).
-template <class KRow>
-void scores64(const float* q, KRow K, int64_t S, float scale, float* p) {
-  const __m512 q0 = _mm512_loadu_ps(q), q1 = _mm512_loadu_ps(q + 16), q2 = _mm512_loadu_ps(q + 32),
-               q3 = _mm512_loadu_ps(q + 48);
+// q . K(j) for 64- or 128-wide heads (HD / 16 vectors): 16 positions at a time, their partial vectors summed
+// together (sum16).
+template <int HD, class KRow>
+void scores(const float* q, KRow K, int64_t S, float scale, float* p) {
+  constexpr int NV = HD / 16;
+  __m512 qv[NV];
+  for (int i = 0; i < NV; ++i) qv[i] = _mm512_loadu_ps(q + 16 * i);
   const auto part = [&](const float* k) {
-    return _mm512_fmadd_ps(q3, _mm512_loadu_ps(k + 48), _mm512_fmadd_ps(q2, _mm512_loadu_ps(k + 32),
-                           _mm512_fmadd_ps(q1, _mm512_loadu_ps(k + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(k)))));
+    __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+    for (int i = 1; i < NV; ++i) acc = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k + 16 * i), acc);
+    return acc;
   };
   int64_t j = 0;
   for (; j + 16 <= S; j += 16) {
@@ -123,8 +126,8 @@ void head(const float* q, KRow K, VRow V, int64_t S, float scale, float* p, floa
   const int64_t d = HD > 0 ? HD : hd;
   float mx = -INFINITY;
 #if defined(__AVX512F__)
-  if (HD == 64) {
-    scores64(q, K, S, scale, p);
+  if (HD == 64 || HD == 128) {
+    scores<HD == 128 ? 128 : 64>(q, K, S, scale, p);
     for (int64_t j = 0; j < S; ++j) mx = std::max(mx, p[j]);
   } else
 #endif
@@ -144,20 +147,16 @@ void head(const float* q, KRow K, VRow V, int64_t S, float scale, float* p, floa
   }
   const float inv = 1.f / sum;
 #if defined(__AVX512F__)
-  if (HD == 64) {  // the 64 outputs stay in 4 registers over all positions
-    __m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+  if (HD == 64 || HD == 128) {  // the outputs stay in HD / 16 registers over all positions
+    constexpr int NV = HD == 128 ? 8 : 4;
+    __m512 o[NV];
+    for (int i = 0; i < NV; ++i) o[i] = _mm512_setzero_ps();
     for (int64_t j = 0; j < S; ++j) {
       const __m512 pj = _mm512_set1_ps(p[j] * inv);
       const float* vj = V(j);
-      o0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj), o0);
-      o1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 16), o1);
-      o2 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 32), o2);
-      o3 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 48), o3);
+      for (int i = 0; i < NV; ++i) o[i] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 16 * i), o[i]);
     }
-    _mm512_storeu_ps(out, o0);
-    _mm512_storeu_ps(out + 16, o1);
-    _mm512_storeu_ps(out + 32, o2);
-    _mm512_storeu_ps(out + 48, o3);
+    for (int i = 0; i < NV; ++i) _mm512_storeu_ps(out + 16 * i, o[i]);
     return;
   }
 #endif
