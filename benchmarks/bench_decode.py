@@ -213,7 +213,8 @@ def main() -> int:
     from effml import native
 
     native.load()
-    path = write_results(a.out, {"model": name, "params": n_params, "tokens": a.tokens, "rounds": a.rounds, "prompt": PROMPT, "native_bf16": native_bf16(),
+    path = write_results(a.out, {"model": name, "params": n_params, "tokens": a.tokens, "rounds": a.rounds,
+                                 "prompt": PROMPT, "native_bf16": native_bf16(),
                                  "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                  "native_kernels": native.status(), "native_march": native.march(),
                                  "loadavg_start_end": load, "bandwidth_Bps_start_end": bw, "formats": out,

@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
                        description="Generate with a KV cache (paged, contiguous or none), optionally speculatively.")
     p.add_argument("--model", default="smollm2-135m",
                    help="smollm2-135m (default), tiny, tiny-draft, package.module:callable, or a local Hugging Face "
-                        "checkpoint directory (config.json + *.safetensors + tokenizer; Llama, Qwen2, Qwen3, Mistral, Phi-3)")
+                        "checkpoint directory (config.json + *.safetensors + tokenizer; Llama, Qwen2, Qwen3, Mistral, "
+                        "Phi-3)")
     p.add_argument("--format", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
                    help="weight format in the engine: fp32 (default), bf16, int8 or int4 weight-only (LM head int8)")
     p.add_argument("--group-size", type=positive_int, default=32, help="int4 group size (32, 64, 128; default 32)")
