@@ -122,6 +122,18 @@ def test_a_prepared_float_model_holds_its_projections_once(model):
         generate(model, ids, GenerateConfig(max_new_tokens=6)).tokens
 
 
+def test_without_effml_kernels_prepare_keeps_the_weights_the_roofline_counts(model, monkeypatch):
+    """Without effml's kernels the library packings (oneDNN, MKL) are opaque copies: the row-major weights stay,
+    and the roofline counts them as for the unprepared model (it crashed on a released weight before)."""
+    from effml.llm.engine import PackedLinear
+
+    monkeypatch.setattr(gemv, "load", lambda: None)
+    m = copy.deepcopy(model)
+    prepare(m)
+    assert all(p.weight is not None for p in m.modules() if isinstance(p, PackedLinear))
+    assert weight_bytes_per_token(m) == model.args.params() * 4  # fp32, tied head: every parameter once
+
+
 def test_converting_a_prepared_model_is_refused_not_silently_skipped(model):
     """prepare() packs fp32 projections into PackedLinear, which weight quantization does not see: to_format on
     it used to return no notes and leave every layer fp32. Now it (and a self-int4 draft of it) names the order."""

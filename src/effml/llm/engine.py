@@ -153,9 +153,10 @@ class PackedLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., out)
 
     def weight_unread(self) -> bool:
-        """Whether forward never reads the row-major weight: gemv_tiles takes every row count, or it takes the few
-        rows and oneDNN's packed copy the rest."""
-        return (self._gemv is not None and self.packed is None) or (self.kind == "mkldnn" and self.packed is not None)
+        """Whether forward never reads the row-major weight and the tiles stand for it (what a decode row reads, as
+        the roofline counts): gemv_tiles takes every row count, or the few rows with oneDNN's packed copy the rest.
+        Without effml's kernels the library's opaque packing alone would be left, so the weight stays."""
+        return self._tiles is not None and (self.packed is None or self.kind == "mkldnn")
 
     def release_weight(self) -> None:
         """Drop the row-major weight (forward runs on the packed copies alone; see weight_unread)."""
