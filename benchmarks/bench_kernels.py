@@ -53,11 +53,12 @@ def best(fn, reps: int = 15, flush: bool = True) -> float:
     return t
 
 
-def fp32_prefill_rows(f32) -> list[dict]:
+def fp32_prefill_rows(f32, rowmajor: dict) -> list[dict]:
     """fp32 prefills: layer 0's four projections (QKV, O, gate/up, down) at 9-400 rows through effml's gemv_tiles
     (what the engine runs), oneDNN's packed matmul, MKL's packed sgemm and F.linear (GMAC/s over the four),
     interleaved; then whole prompts of 39 and 85 tokens through the engine (prepare: the C++ block loop,
-    `fastpath.many_rows`) vs the generic Python layer loop over the same modules (fast_decode off)."""
+    `fastpath.many_rows`) vs the generic Python layer loop over the same modules (fast_decode off). rowmajor:
+    id(projection) -> its row-major weight, kept before prepare dropped it."""
     import torch
     import torch.nn.functional as F
 
@@ -67,7 +68,7 @@ def fp32_prefill_rows(f32) -> list[dict]:
 
     ext = native.load()
     mods = fastpath.projections(f32)[:4]
-    ws = [f32.rowmajor[id(q)] for q in mods]  # main() kept them before prepare dropped them
+    ws = [rowmajor[id(q)] for q in mods]  # main() kept them before prepare dropped them
     mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, 1) for w in ws]
     dnn = [torch.ops.mkldnn._reorder_linear_weight(w, 32) for w in ws]
     rows = []
@@ -230,15 +231,15 @@ def main() -> int:
     fuse_projections(f32)  # the engine's shapes; their row-major weights kept here (prepare drops them)
     rowmajor = {n: m.weight.detach() for n, m in f32.named_modules() if isinstance(m, torch.nn.Linear)}
     prepare(f32)
-    f32.rowmajor = {id(m): rowmajor[n] for n, m in f32.named_modules() if n in rowmajor}  # module -> weight
+    rowmajor = {id(m): rowmajor[n] for n, m in f32.named_modules() if n in rowmajor}  # module -> weight
     mats = fastpath.projections(f32) + [f32.output]
-    fbytes = sum(f32.rowmajor[id(q)].numel() * 4 for q in mats)
+    fbytes = sum(rowmajor[id(q)].numel() * 4 for q in mats)
     t_fp32 = {}
     for M in (1, 5, 8, 9, 16):
         xs = {q.in_features: torch.randn(M, q.in_features) for q in mats}
         calls = [("gemv_tiles", lambda q: ext.gemv_tiles(xs[q.in_features], q._tiles, q.out_features, None))]
         if M <= 8:
-            calls.append(("row-major gemv", lambda q: ext.gemv(xs[q.in_features], f32.rowmajor[id(q)], None, None)))
+            calls.append(("row-major gemv", lambda q: ext.gemv(xs[q.in_features], rowmajor[id(q)], None, None)))
         else:  # the same rows in calls of 8: one whole pass over the weights per call
             calls.append(("gemv_tiles, calls of 8 rows", lambda q: [
                 ext.gemv_tiles(xs[q.in_features][m:m + 8].contiguous(), q._tiles, q.out_features, None)
@@ -254,7 +255,7 @@ def main() -> int:
                      "rate": f"{fbytes / one / 1e9:.1f} GB/s of {fbytes / 1e6:.0f} MB (1 row)",
                      "beside": f"5 rows {t_fp32[name, 5] / one:.2f}x, 8 rows {t_fp32[name, 8] / one:.2f}x one row"
                                + more})
-    rows += fp32_prefill_rows(f32)
+    rows += fp32_prefill_rows(f32, rowmajor)
     # the compute roofs, measured on this thread (native fma_rate / vnni_rate: 12 independent chains, 0.2 s each,
     # best of 3): what the prefill rows above are held against
     fma = max(ext.fma_rate(0.2) for _ in range(3))

@@ -106,7 +106,8 @@ def test_a_long_fp32_feed_takes_the_cxx_loop(model, kv):
         fast, slow = _feed_both(m, long_feed, [[4] * 12, [9]], kv=kv)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    m._fast_layers = (*m._fast_layers[:2], [(k, w.to(torch.bfloat16), sc, b, n) for k, w, sc, b, n in specs])
+    m._fast_layers = (*m._fast_layers[:2], [(k, w.to(torch.bfloat16), sc, b, n) for k, w, sc, b, n in specs],
+                      *m._fast_layers[3:])
     assert not fastpath.eligible_rows(m, torch.tensor([long_feed]), s.cache)
     assert fastpath.eligible_rows(m, torch.tensor([long_feed[:fastpath.ROWS_FLOAT]]), s.cache)
 

@@ -88,10 +88,10 @@ def fast_rows(model, tokens: torch.Tensor, cache) -> torch.Tensor:
         tables = torch.tensor([r + [0] * (nb - len(r)) for r in rows], dtype=torch.long)  # (S, nb)
     cos_t, sin_t = model.rope._table
     x = model.tok_embeddings(tokens.reshape(-1)).float()  # (B*T, C)
-    norms, eps, projs, *qk = model._fast_layers  # qk: [q/k norm weights, eps] for a Qwen3-style model
+    norms, eps, projs, qk_norms, qk_eps = model._fast_layers  # qk_norms: [] unless Qwen3-style q/k norms
     a = model.args
     x = ext.decode_layers_rows(x, norms, eps, projs, cache.k, cache.v, cos_t[pos], sin_t[pos], tables, seq, pos,
-                               a.n_heads, a.n_kv_heads, *(qk or ([], 0.0)))
+                               a.n_heads, a.n_kv_heads, qk_norms, qk_eps)
     cache.commit(T)
     return x.reshape(B, T, -1)
 
@@ -233,7 +233,7 @@ def enable(model) -> list[str]:
     model._fast_layers = None if any(sp is None for sp in specs) or not hasattr(ext, "decode_layers_rows") else (
         [w for b in model.layers for w in (b.attention_norm.weight.detach(), b.ffn_norm.weight.detach())],
         [e for b in model.layers for e in (float(b.attention_norm.eps), float(b.ffn_norm.eps))], specs,
-        *(([n.weight.detach() for n in qk], float(model.args.norm_eps)) if qk else ()))
+        [n.weight.detach() for n in qk], float(model.args.norm_eps))
     model.fast_decode = True
     if qk and model._fast_layers is None:
         return ["a model with per-head q/k norms (Qwen3) decodes through the fused C++ loop only when every "

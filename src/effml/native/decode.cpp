@@ -71,8 +71,8 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return acc;
 }
 
-// x's hd values RMS-normalised and scaled by w into out (rms_norm's arithmetic, so the generic path's numbers);
-// x itself when w is nullptr (no norm)
+// x's hd values RMS-normalised and scaled by w into out: one row of rms_norm, and Qwen3's per-head q/k norm with
+// the same arithmetic (so the generic path's numbers); x itself when w is nullptr (no norm)
 inline const float* head_norm(const float* x, const float* w, float eps, float* out, int64_t hd) {
   if (w == nullptr) return x;
   const float r = 1.f / std::sqrt(dot(x, x, hd) / static_cast<float>(hd) + eps);
@@ -190,13 +190,7 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  for (int64_t t = 0, T = x.numel() / C; t < T; ++t) {
-    const float* xr = xp + t * C;
-    float* yr = yp + t * C;
-    const float r = 1.f / std::sqrt(dot(xr, xr, C) / static_cast<float>(C) + static_cast<float>(eps));
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * r * wp[c];
-  }
+  for (int64_t t = 0, T = x.numel() / C; t < T; ++t) head_norm(xp + t * C, wp, static_cast<float>(eps), yp + t * C, C);
   return y;
 }
 
