@@ -1,10 +1,10 @@
-"""effml.native's gemv_tiles (fp32 / bf16 weights, 16 output rows interleaved) and huge() (tiles.cpp).
+"""effml.native's gemv_tiles (fp32 / bf16 weights, tiles_width() output rows interleaved) and huge() (tiles.cpp).
 
 Reference: the product in fp64 of the same (bf16-widened) weights. gemv_tiles sums in fp32 in k order, so it may
 differ by fp32 rounding only: |error| <= K * 2^-23 * sum_k |x_k w_k| (a loose a-priori bound for a length-K
-recursive sum; the observed error is far below it). Shapes cover an N that is not a multiple of 16 (the last
-tile's zero padding must never reach the output), several passes of rows (8 per pass on AVX-512, 4 on AVX2),
-and a bias.
+recursive sum; the observed error is far below it). Shapes cover an N that is not a multiple of the width (the last
+group's zero padding must never reach the output), a number of groups that is odd (one or two rows take two groups
+per pass: the last one alone), several passes of rows (8 per pass on AVX-512, 4 on AVX2), and a bias.
 """
 
 import pytest
@@ -25,7 +25,8 @@ def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> None:
     assert ((y.double() - ref).abs() <= bound).all()
 
 
-@pytest.mark.parametrize("N,K,M", [(16, 32, 1), (37, 40, 3), (960, 576, 5), (100, 96, 8), (50, 64, 17)])
+@pytest.mark.parametrize("N,K,M", [(16, 32, 1), (37, 40, 3), (960, 576, 5), (100, 96, 8), (50, 64, 17), (80, 24, 2),
+                                   (96, 16, 1), (200, 48, 12)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gemv_tiles_matches_the_product(N, K, M, dtype):
     g = torch.Generator().manual_seed(N * 1000 + K + M)
@@ -36,10 +37,13 @@ def test_gemv_tiles_matches_the_product(N, K, M, dtype):
 
 
 def test_pack_tiles_layout_and_padding():
-    w = torch.arange(20 * 3, dtype=torch.float32).reshape(20, 3)  # N = 20: two tiles, the second with 12 zero rows
+    W = ext.tiles_width()  # 32 on AVX-512 (two vectors), 16 on AVX2
+    assert W == {"AVX-512": 32, "AVX2": 16, "scalar": 16}[ext.tiles_isa()]
+    N = W + 4  # two groups, the second with W - 4 zero rows
+    w = torch.arange(N * 3, dtype=torch.float32).reshape(N, 3)
     t = ext.pack_tiles(w)
-    assert t.shape == (2, 3, 16)
-    assert torch.equal(t[0, 2], w[:16, 2]) and torch.equal(t[1, 1, :4], w[16:, 1])  # tile[t][k][j] = w[16t + j][k]
+    assert t.shape == (2, 3, W)
+    assert torch.equal(t[0, 2], w[:W, 2]) and torch.equal(t[1, 1, :4], w[W:, 1])  # tiles[g][k][j] = w[W g + j][k]
     assert not t[1, :, 4:].any()
 
 
@@ -92,13 +96,14 @@ def test_arena_with_ordinary_pages(monkeypatch):
 
 
 def test_bad_arguments_are_named():
-    t = ext.pack_tiles(torch.randn(20, 8))
+    W = ext.tiles_width()
+    t = ext.pack_tiles(torch.randn(W - 4, 8))  # one group
     with pytest.raises(RuntimeError, match="x has 9 columns, the tiles K = 8"):
-        ext.gemv_tiles(torch.randn(2, 9), t, 20, None)
-    with pytest.raises(RuntimeError, match="N = 40 does not match 2 tiles"):
-        ext.gemv_tiles(torch.randn(2, 8), t, 40, None)
-    with pytest.raises(RuntimeError, match="bias must be a contiguous fp32 tensor of N = 20"):
-        ext.gemv_tiles(torch.randn(2, 8), t, 20, torch.randn(19))
+        ext.gemv_tiles(torch.randn(2, 9), t, W - 4, None)
+    with pytest.raises(RuntimeError, match=f"N = {W + 1} does not match 1 tiles of {W} rows"):
+        ext.gemv_tiles(torch.randn(2, 8), t, W + 1, None)
+    with pytest.raises(RuntimeError, match=f"bias must be a contiguous fp32 tensor of N = {W - 4}"):
+        ext.gemv_tiles(torch.randn(2, 8), t, W - 4, torch.randn(W - 5))
     with pytest.raises(RuntimeError, match="fp32 or bf16"):
         ext.pack_tiles(torch.ones(4, 4, dtype=torch.int8))
     with pytest.raises(RuntimeError, match="x must be a contiguous fp32"):

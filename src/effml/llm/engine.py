@@ -137,7 +137,7 @@ class PackedLinear(nn.Module):
                   else torch.ops.mkldnn._reorder_linear_weight(w, hint) if kind == "mkldnn" else None)
         self.register_buffer("packed", packed, persistent=False)
         self._gemv = gemv  # effml.native's module, or None
-        self._tiles = None if gemv is None else gemv.pack_tiles(w)  # (ceil(out/16), in, 16), the weight's dtype
+        self._tiles = None if gemv is None else gemv.pack_tiles(w)  # (ceil(out/W), in, W), the weight's dtype
         self._bias32 = None if lin.bias is None else lin.bias.detach().float().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)

@@ -147,6 +147,7 @@ torch::Tensor pack_tiles(const torch::Tensor& w);
 torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,
                          const c10::optional<torch::Tensor>& bias);
 std::string tiles_isa();
+int64_t tiles_width();
 double fma_rate(double seconds);
 double vnni_rate(double seconds);
 
@@ -170,9 +171,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("huge", &huge, "a contiguous copy in memory advised for 2 MiB pages (tiles.cpp)");
   m.def("arena", &arena, "contiguous copies of tensors back to back in one region advised for 2 MiB pages "
         "(copy=False: unwritten views shaped like them; tiles.cpp)", py::arg("ts"), py::arg("copy") = true);
-  m.def("pack_tiles", &pack_tiles, "fp32/bf16 (N, K) into gemv_tiles' 16-row interleaved (ceil(N/16), K, 16) (tiles.cpp)");
+  m.def("pack_tiles", &pack_tiles,
+        "fp32/bf16 (N, K) into gemv_tiles' layout (ceil(N/W), K, W), W = tiles_width() outputs interleaved "
+        "(tiles.cpp)");
   m.def("gemv_tiles", &gemv_tiles, "y = x @ w.T + bias from pack_tiles' layout, any number of rows (tiles.cpp)");
   m.def("tiles_isa", &tiles_isa, "gemv_tiles' vector ISA (tiles.cpp)");
+  m.def("tiles_width", &tiles_width, "outputs interleaved in pack_tiles' layout: 32 on AVX-512, 16 otherwise");
   m.def("fma_rate", &fma_rate, "fp32 multiply-adds per second of this build's widest FMA, one thread, measured for "
         "about `seconds` (tiles.cpp)");
   m.def("vnni_rate", &vnni_rate, "int8 multiply-adds per second of vpdpbusd, one thread, measured; 0 without "

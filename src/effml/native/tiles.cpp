@@ -1,17 +1,20 @@
 // effml's float GEMV for a few rows at once (a speculative verification, a batch of decode rows) and for many (a
 // prefill), and the memory its weights live in.
 //
-//   tiles = pack_tiles(w)            w (N, K) fp32 or bf16 -> (ceil(N/16), K, 16), 16 output rows interleaved
+//   tiles = pack_tiles(w)            w (N, K) fp32 or bf16 -> (ceil(N/WIDTH), K, WIDTH), WIDTH output rows interleaved
 //   y = gemv_tiles(x, tiles, N, bias?)  x (M, K) fp32, any M: y (M, N) = x @ w.T + bias
+//   tiles_width()                    WIDTH: 32 on AVX-512 (two vectors of 16), 16 on AVX2 and scalar builds
 //   h = huge(t)                      a contiguous copy of t in memory the kernel asks to back with 2 MiB pages
 //   views = arena(ts, copy=True)     contiguous copies of all of ts, back to back in one such region
 //
 // Why a second layout beside gemv.cpp's row-major one: with rows of w, each output is a dot product, and R
 // activation rows mean R loads per weight vector (8 rows of SmolLM2's fp32 head cost 3.4x one row, measured). With
-// 16 outputs interleaved, one vector of w holds 16 outputs' weights for one k, and each activation row contributes
-// one broadcast scalar: up to 8 rows x 2 tiles = 16 accumulators in registers, 2 weight loads + 8 broadcasts per
-// 32 multiply-adds, a single sequential weight stream, no horizontal sums. On AMD Zen 4 (1 thread, huge pages)
-// 5 rows then cost 1.1-1.5x one row on SmolLM2's shapes instead of 1.5-3.4x.
+// WIDTH outputs interleaved, one vector of w holds 16 outputs' weights for one k, and each activation row contributes
+// one broadcast scalar: up to 8 rows x 2 vectors = 16 accumulators in registers, 2 weight loads + 8 broadcasts per
+// 32 multiply-adds, no horizontal sums. A pass over one group reads ONE sequential stream (each k's WIDTH weights
+// are one 128-byte run on AVX-512): with the 16-wide tiles read two at a time (two streams K * 64 bytes apart), 5
+// rows cost 1.21x one row and 8 rows 1.42x over SmolLM2's fp32 projections and head; with one stream 0.96x and 1.20x
+// (AMD Zen 4, 1 thread, huge pages, measured side by side), and one row 4% less.
 //
 // huge(): with 4 KiB pages a decode step's weight stream takes a TLB miss and restarts the hardware prefetcher every
 // 4 KiB; with transparent huge pages (Linux `madvise` mode, the default on many distributions) one 2 MiB page holds
@@ -36,47 +39,50 @@
 
 namespace {
 
-constexpr int TILE = 16;
 constexpr size_t HUGE_PAGE = size_t{2} << 20;
 
-// Rows per pass and tiles per group, per ISA: AVX-512 has 32 vector registers (8 rows x 2 tiles = 16
-// accumulators), AVX2 16 (4 rows x 1 tile of 2 vectors = 8 accumulators + 2 weights + 1 broadcast).
+// Rows per pass, and the group width (outputs interleaved) = vectors per group x lanes, per ISA: AVX-512 has 32
+// vector registers (8 rows x 2 vectors = 16 accumulators), AVX2 16 (4 rows x 2 vectors = 8 accumulators + 2
+// weights + 1 broadcast). One or two rows take two groups per pass (FEW), whose few accumulator chains would
+// otherwise wait on the FMA latency (4 cycles) instead of the weight stream (bf16 decode: 68 vs 82 tok/s on
+// SmolLM2 with twice the vectors per pass for one row).
 #if defined(__AVX512F__)
-constexpr int R_MAX = 8, NT = 2, NT_FEW = 4;
+constexpr int R_MAX = 8, VG = 2, FEW = 2;
 const char* kIsa = "AVX-512";
 #elif defined(__AVX2__) && defined(__FMA__)
-constexpr int R_MAX = 4, NT = 1, NT_FEW = 2;
+constexpr int R_MAX = 4, VG = 2, FEW = 2;
 const char* kIsa = "AVX2";
 #else
-constexpr int R_MAX = 4, NT = 1, NT_FEW = 1;
+constexpr int R_MAX = 4, VG = 16, FEW = 1;
 const char* kIsa = "scalar";
 #endif
 using Vec = effml_vec::Wide;
 using vec = Vec::v;
 constexpr int LANES = Vec::W;
-constexpr int V = TILE / LANES;  // vectors per tile row
+constexpr int WIDTH = VG * LANES;  // outputs per group: 32 (AVX-512), 16 (AVX2, scalar)
 
-// Tiles t0 .. t0+T-1 (T <= NT) for R activation rows. Outputs past N (the last tile's zero padding) are not written.
-template <typename W, int R, int T>
-void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, int64_t N, int64_t t0) {
-  vec acc[T * V][R];
-  for (int j = 0; j < T * V; ++j)
+// Groups g0 .. g0+P-1 (P <= FEW) for R activation rows. Outputs past N (the last group's zero padding) are not
+// written.
+template <typename W, int R, int P>
+void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, int64_t N, int64_t g0) {
+  vec acc[P * VG][R];
+  for (int j = 0; j < P * VG; ++j)
     for (int r = 0; r < R; ++r) acc[j][r] = Vec::zero();
-  const W* wt = w + t0 * K * TILE;
+  const W* wg = w + g0 * K * WIDTH;
   for (int64_t k = 0; k < K; ++k) {
-    vec wv[T * V];
-    for (int t = 0; t < T; ++t)
-      for (int v = 0; v < V; ++v) wv[t * V + v] = Vec::widen(wt + (t * K + k) * TILE + v * LANES);
+    vec wv[P * VG];
+    for (int p = 0; p < P; ++p)
+      for (int v = 0; v < VG; ++v) wv[p * VG + v] = Vec::widen(wg + (p * K + k) * WIDTH + v * LANES);
     for (int r = 0; r < R; ++r) {
       const vec xb = Vec::set1(x[r * K + k]);
-      for (int j = 0; j < T * V; ++j) acc[j][r] = Vec::fma(xb, wv[j], acc[j][r]);
+      for (int j = 0; j < P * VG; ++j) acc[j][r] = Vec::fma(xb, wv[j], acc[j][r]);
     }
   }
-  alignas(64) float out[TILE];
-  for (int t = 0; t < T; ++t) {
-    const int64_t n0 = (t0 + t) * TILE, n = std::min<int64_t>(TILE, N - n0);
+  alignas(64) float out[WIDTH];
+  for (int p = 0; p < P; ++p) {
+    const int64_t n0 = (g0 + p) * WIDTH, n = std::min<int64_t>(WIDTH, N - n0);
     for (int r = 0; r < R; ++r) {
-      for (int v = 0; v < V; ++v) Vec::store(out + v * LANES, acc[t * V + v][r]);
+      for (int v = 0; v < VG; ++v) Vec::store(out + v * LANES, acc[p * VG + v][r]);
       float* yr = y + r * N + n0;
       for (int64_t i = 0; i < n; ++i) yr[i] = out[i] + (bias ? bias[n0 + i] : 0.f);
     }
@@ -86,36 +92,31 @@ void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, in
 template <typename W>
 using PassFn = void (*)(const float*, int64_t, const W*, const float*, float*, int64_t, int64_t);
 
-template <typename W, int T, int... R>
+template <typename W, int P, int... R>
 constexpr auto table(std::integer_sequence<int, R...>) {
-  return std::array<PassFn<W>, sizeof...(R)>{pass<W, R + 1, T>...};
+  return std::array<PassFn<W>, sizeof...(R)>{pass<W, R + 1, P>...};
 }
 
-// Rows per pass R (up to R_MAX) over groups of tiles: NT tiles, or NT_FEW for one or two rows, whose few
-// accumulator chains would otherwise wait on the FMA latency (4 cycles) instead of the weight stream (bf16 decode:
-// 68 vs 82 tok/s on SmolLM2 with 2 tiles per pass for one row).
 template <typename W>
 void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, float* y, int64_t N) {
-  static constexpr auto wide = table<W, NT>(std::make_integer_sequence<int, R_MAX>{});
-  static constexpr auto few = table<W, NT_FEW>(std::make_integer_sequence<int, 2>{});
-  static constexpr auto one = table<W, 1>(std::make_integer_sequence<int, R_MAX>{});
-  const int64_t tiles = (N + TILE - 1) / TILE;
-  // Groups of CHUNK tiles outer, blocks of R_MAX rows inner: more than R_MAX rows (a verification of 9-16 tokens, a
-  // prefill) read a group's weights from memory once and from L2 for the blocks after the first (CHUNK tiles of
+  static constexpr auto wide = table<W, 1>(std::make_integer_sequence<int, R_MAX>{});
+  static constexpr auto few = table<W, FEW>(std::make_integer_sequence<int, 2>{});
+  const int64_t groups = (N + WIDTH - 1) / WIDTH;
+  // Chunks of FEW groups outer, blocks of R_MAX rows inner: more than R_MAX rows (a verification of 9-16 tokens, a
+  // prefill) read a chunk's weights from memory once and from L2 for the blocks after the first (2 groups of 32 at
   // K = 1536: 384 KiB), instead of one whole pass over the weights per block; the FMA units then set the rate.
-  // Each row's sums are the same in any block.
-  constexpr int64_t CHUNK = NT_FEW > NT ? NT_FEW : NT;
-  static_assert(CHUNK % NT == 0 && CHUNK % NT_FEW == 0, "a chunk holds whole groups of either width");
-  at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
-    for (int64_t c = t0; c < t1; c += CHUNK) {
-      const int64_t c1 = std::min(c + CHUNK, t1);
+  // (Prefetching the next chunk into L2 during those blocks measured no faster at 16-80 rows and up to 1.7x slower
+  // at 9-12: the hardware prefetcher already runs ahead.) Each row's sums are the same in any block.
+  at::parallel_for(0, (groups + FEW - 1) / FEW, 8, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t g0 = c * FEW, g1 = std::min(g0 + FEW, groups);
       for (int64_t m = 0; m < M; m += R_MAX) {
         const int64_t r = std::min<int64_t>(R_MAX, M - m);
-        const int64_t nt = r <= 2 ? NT_FEW : NT;
-        const auto fn = r <= 2 ? few[r - 1] : wide[r - 1];
-        int64_t t = c;
-        for (; t + nt <= c1; t += nt) fn(x + m * K, K, w, bias, y + m * N, N, t);
-        for (; t < c1; ++t) one[r - 1](x + m * K, K, w, bias, y + m * N, N, t);
+        if (r <= 2 && g1 - g0 == FEW) {
+          few[r - 1](x + m * K, K, w, bias, y + m * N, N, g0);
+          continue;
+        }
+        for (int64_t g = g0; g < g1; ++g) wide[r - 1](x + m * K, K, w, bias, y + m * N, N, g);
       }
     }
   });
@@ -182,10 +183,10 @@ std::vector<torch::Tensor> arena(const std::vector<torch::Tensor>& ts, bool copy
 torch::Tensor pack_tiles(const torch::Tensor& w) {
   TORCH_CHECK(w.dim() == 2 && (w.scalar_type() == torch::kFloat || w.scalar_type() == torch::kBFloat16),
               "pack_tiles: w must be an fp32 or bf16 (N, K) tensor");
-  const int64_t N = w.size(0), K = w.size(1), T = (N + TILE - 1) / TILE;
-  auto p = torch::zeros({T * TILE, K}, w.options().device(torch::kCPU));
+  const int64_t N = w.size(0), K = w.size(1), G = (N + WIDTH - 1) / WIDTH;
+  auto p = torch::zeros({G * WIDTH, K}, w.options().device(torch::kCPU));
   p.narrow(0, 0, N).copy_(w);
-  return huge(p.view({T, TILE, K}).transpose(1, 2));  // (T, K, 16)
+  return huge(p.view({G, WIDTH, K}).transpose(1, 2));  // (G, K, WIDTH)
 }
 
 torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,
@@ -194,12 +195,13 @@ torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int
                   tiles.device().is_cpu(),
               "gemv_tiles: x must be a contiguous fp32 (M, K) CPU tensor, and the tiles on the CPU");
   const auto wt = tiles.scalar_type();
-  TORCH_CHECK(tiles.dim() == 3 && tiles.size(2) == TILE && tiles.is_contiguous() &&
+  TORCH_CHECK(tiles.dim() == 3 && tiles.size(2) == WIDTH && tiles.is_contiguous() &&
                   (wt == torch::kFloat || wt == torch::kBFloat16),
-              "gemv_tiles: tiles must be pack_tiles' contiguous (ceil(N/16), K, 16) fp32 or bf16 tensor");
+              "gemv_tiles: tiles must be pack_tiles' contiguous (ceil(N/", WIDTH, "), K, ", WIDTH,
+              ") fp32 or bf16 tensor");
   TORCH_CHECK(tiles.size(1) == x.size(1), "gemv_tiles: x has ", x.size(1), " columns, the tiles K = ", tiles.size(1));
-  TORCH_CHECK(N > (tiles.size(0) - 1) * TILE && N <= tiles.size(0) * TILE,
-              "gemv_tiles: N = ", N, " does not match ", tiles.size(0), " tiles of 16 rows");
+  TORCH_CHECK(N > (tiles.size(0) - 1) * WIDTH && N <= tiles.size(0) * WIDTH,
+              "gemv_tiles: N = ", N, " does not match ", tiles.size(0), " tiles of ", WIDTH, " rows");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(tiles.data_ptr()) % 64 == 0, "gemv_tiles: tiles must be 64-byte aligned");
   const float* bp = nullptr;
   if (bias.has_value()) {
@@ -217,6 +219,8 @@ torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int
 }
 
 std::string tiles_isa() { return kIsa; }
+
+int64_t tiles_width() { return WIDTH; }
 
 // The FMA units' rate on the calling thread, measured: 12 independent chains of this build's widest fp32 FMA for
 // about `seconds` (more chains than the FMA latency x pipes, so throughput, not latency, sets it). Returns
