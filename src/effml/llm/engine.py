@@ -111,11 +111,11 @@ class PackedLinear(nn.Module):
     """An nn.Linear run by the fastest kernel here for the rows it gets.
 
     fp32 weights, with effml's kernels built: effml's `gemv_tiles` for every row count, on a copy of the weight
-    with 16 output rows interleaved in memory advised for 2 MiB pages: decode rows at close to the memory bandwidth,
-    up to 8 activation rows per pass over a group of tiles at ~1.1-1.4x the cost of one (a speculative verification,
-    a batch), and more rows in blocks of 8 over each group while it sits in L2 (a prefill at the FMA units' rate:
-    bench_kernels, SmolLM2's layer-0 shapes, 1 thread, Zen 4: 44-55 GMAC/s at 9-400 rows, against oneDNN's packed
-    matmul 32-54 and MKL's packed sgemm 16-47; AVX2 33-49 against MKL's 17-43). See effml/native/tiles.cpp. The
+    with 32 output rows interleaved (16 on AVX2) in memory advised for 2 MiB pages: decode rows at close to the
+    memory bandwidth, up to 12 activation rows per pass over a group (6 on AVX2; a speculative verification, a
+    batch: bench_kernels' fp32 rows give the cost against one row), and more rows in blocks over each chunk of groups
+    while it sits in L2 (a prefill at the FMA units' rate: bench_kernels' fp32 prefill rows, against oneDNN's packed
+    matmul and MKL's packed sgemm). See effml/native/tiles.cpp. The
     row-major weight is then never read again and `pack_linears` drops it (`release_weight`), unless another module
     shares it (a head tied to the embedding): a prepared float model holds its projections once, not twice.
     bf16 weights: `gemv_tiles` up to effml.native.MAX_ROWS rows, more in the CPU library's blocked layout packed

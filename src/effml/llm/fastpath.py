@@ -45,7 +45,7 @@ def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
     """Several sequences, or a chunked prefill, through the C++ block loop (`fast_rows`): a contiguous batch cache,
     a PagedCache or a VarlenPagedCache in fp32, every projection one of effml's kernels; more than ROWS_FLOAT rows
     only when every projection takes them at a matmul's speed (`many_rows`: gemv_a8, gemv_tiles on fp32 weights).
-    gemv_tiles takes 8 rows per pass over the weights at ~1.4x the cost of one (AVX-512; 4 per pass on AVX2); a
+    gemv_tiles takes up to 12 rows per pass over the weights (AVX-512; 6 on AVX2), 8 at ~1.2x the cost of one; a
     longer bf16 prefill goes to oneDNN's bf16 matmul in the generic path."""
     from effml.llm.kvcache import PagedCache
 
@@ -60,8 +60,8 @@ def eligible_rows(model, tokens: torch.Tensor, cache) -> bool:
 
 def many_rows(spec: tuple) -> bool:
     """Whether a projection (kernel_spec) takes any number of rows at the speed of a matmul: gemv_a8 (integer dot
-    products, 8 rows per pass), or gemv_tiles on fp32 weights (blocks of 8 rows over each group of tiles held in
-    L2: a prefill at 44-55 GMAC/s on one Zen 4 core at 9-400 rows, 33-49 built for AVX2; bench_kernels). bf16
+    products, 8 rows per pass), or gemv_tiles on fp32 weights (blocks of up to 12 rows, 6 on AVX2, over each chunk of
+    groups held in L2: a prefill at the FMA units' rate; bench_kernels' fp32 prefill rows). bf16
     tiles are widened at every use: oneDNN's bf16 matmul takes a bf16 prefill in the generic path."""
     return spec[0] in (2, 3) or (spec[0] == 4 and spec[1].dtype == torch.float32)
 

@@ -51,7 +51,7 @@ from effml.llm.model import Transformer, compute_dtype
 RETEST_AFTER = 4  # auto: rounds in a row a proposer may go untested (γ = 0, or a lookup passed over)
 # auto: the α a proposer's first round is sized for, on the target's measured call times: optimistic, so a long
 # first round where a long pass costs little (AVX-512 fp32 SmolLM2: 5-6 for a lookup, 4 for the int4 draft), a short
-# one where a pass past 4 tokens costs a second block of rows (gemv_tiles on AVX2: 3 and 2-3)
+# one where a longer pass costs a second block of rows (gemv_tiles on AVX2 when it took 4 rows a block: 3 and 2-3)
 FIRST_ALPHA = 0.8
 
 
@@ -370,8 +370,8 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
         acc, n = by_kind.get(kind, (0, 0))
         c = (dcall.time / dcall.calls) / costs.t(1) if kind == "model" and dcall.calls else 0.0
         # at most one token past the longest pass measured: t(T) beyond it is an extrapolation, and a kernel's next
-        # block of rows costs more than the slope before it shows (gemv_tiles, 8 rows a block: SmolLM2 fp32 at 9
-        # tokens ~1.2x its cost at 8; 4 rows a block on AVX2: 1.3x at 5 tokens against 4)
+        # block of rows costs more than the slope before it shows (gemv_tiles on AVX2, 6 rows a block: SmolLM2 fp32
+        # at 7 tokens 1.2x its cost at 6)
         limit = min(config.max_gamma, max(costs.by_tokens))
         if not n:
             return best_gamma(FIRST_ALPHA, c, limit, costs.v, min_gamma=1), math.inf

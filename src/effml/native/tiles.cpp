@@ -10,11 +10,12 @@
 // Why a second layout beside gemv.cpp's row-major one: with rows of w, each output is a dot product, and R
 // activation rows mean R loads per weight vector (8 rows of SmolLM2's fp32 head cost 3.4x one row, measured). With
 // WIDTH outputs interleaved, one vector of w holds 16 outputs' weights for one k, and each activation row contributes
-// one broadcast scalar: up to 8 rows x 2 vectors = 16 accumulators in registers, 2 weight loads + 8 broadcasts per
-// 32 multiply-adds, no horizontal sums. A pass over one group reads ONE sequential stream (each k's WIDTH weights
+// one broadcast scalar: up to 12 rows x 2 vectors = 24 accumulators in registers, 2 weight loads + 12 broadcasts
+// per 48 multiply-adds, no horizontal sums. A pass over one group reads ONE sequential stream (each k's WIDTH weights
 // are one 128-byte run on AVX-512): with the 16-wide tiles read two at a time (two streams K * 64 bytes apart), 5
 // rows cost 1.21x one row and 8 rows 1.42x over SmolLM2's fp32 projections and head; with one stream 0.96x and 1.20x
-// (AMD Zen 4, 1 thread, huge pages, measured side by side), and one row 4% less.
+// (AMD Zen 4, 1 thread, huge pages, measured side by side), and one row 4% less. 12 rows a pass instead of 8:
+// 9 and 10 rows in one pass at 1.35x and 1.50x one row (1.56x and ~1.7x as 8 + 1 and 8 + 2).
 //
 // huge(): with 4 KiB pages a decode step's weight stream takes a TLB miss and restarts the hardware prefetcher every
 // 4 KiB; with transparent huge pages (Linux `madvise` mode, the default on many distributions) one 2 MiB page holds
@@ -42,18 +43,24 @@ namespace {
 constexpr size_t HUGE_PAGE = size_t{2} << 20;
 
 // Rows per pass, and the group width (outputs interleaved) = vectors per group x lanes, per ISA: AVX-512 has 32
-// vector registers (8 rows x 2 vectors = 16 accumulators), AVX2 16 (4 rows x 2 vectors = 8 accumulators + 2
-// weights + 1 broadcast). One or two rows take two groups per pass (FEW), whose few accumulator chains would
-// otherwise wait on the FMA latency (4 cycles) instead of the weight stream (bf16 decode: 68 vs 82 tok/s on
-// SmolLM2 with twice the vectors per pass for one row).
+// vector registers (12 rows x 2 vectors = 24 accumulators + 2 weights), AVX2 16 (6 rows x 2 vectors = 12
+// accumulators + 2 weights + 1 broadcast). One or two rows take two groups per pass (FEW), whose few accumulator
+// chains would otherwise wait on the FMA latency (4 cycles) instead of the weight stream (bf16 decode: 68 vs 82
+// tok/s on SmolLM2 with twice the vectors per pass for one row). More rows than a pass takes go in blocks (below):
+// EVEN splits them into near-equal blocks (AVX-512: 16 rows as 8 + 8 cost 2.27x one row, 12 + 4 2.60x), else
+// full blocks first (AVX2: 5 rows as 4 + 1 cost 1.59x, 3 + 2 1.76x, when a pass took 4): measured on SmolLM2's
+// fp32 projections and head, 1 thread, Zen 4.
 #if defined(__AVX512F__)
-constexpr int R_MAX = 8, VG = 2, FEW = 2;
+constexpr int R_MAX = 12, VG = 2, FEW = 2;
+constexpr bool EVEN = true;
 const char* kIsa = "AVX-512";
 #elif defined(__AVX2__) && defined(__FMA__)
-constexpr int R_MAX = 4, VG = 2, FEW = 2;
+constexpr int R_MAX = 6, VG = 2, FEW = 2;
+constexpr bool EVEN = false;
 const char* kIsa = "AVX2";
 #else
 constexpr int R_MAX = 4, VG = 16, FEW = 1;
+constexpr bool EVEN = false;
 const char* kIsa = "scalar";
 #endif
 using Vec = effml_vec::Wide;
@@ -102,21 +109,23 @@ void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, fl
   static constexpr auto wide = table<W, 1>(std::make_integer_sequence<int, R_MAX>{});
   static constexpr auto few = table<W, FEW>(std::make_integer_sequence<int, 2>{});
   const int64_t groups = (N + WIDTH - 1) / WIDTH;
-  // Chunks of FEW groups outer, blocks of R_MAX rows inner: more than R_MAX rows (a verification of 9-16 tokens, a
+  // Chunks of FEW groups outer, blocks of at most R_MAX rows inner: more than R_MAX rows (a verification of 9-16 tokens, a
   // prefill) read a chunk's weights from memory once and from L2 for the blocks after the first (2 groups of 32 at
   // K = 1536: 384 KiB), instead of one whole pass over the weights per block; the FMA units then set the rate.
   // (Prefetching the next chunk into L2 during those blocks measured no faster at 16-80 rows and up to 1.7x slower
   // at 9-12: the hardware prefetcher already runs ahead.) Each row's sums are the same in any block.
+  const int64_t blocks = (M + R_MAX - 1) / R_MAX;
+  const int64_t base = EVEN ? M / blocks : R_MAX, extra = EVEN ? M % blocks : 0;
   at::parallel_for(0, (groups + FEW - 1) / FEW, 8, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t g0 = c * FEW, g1 = std::min(g0 + FEW, groups);
-      for (int64_t m = 0; m < M; m += R_MAX) {
-        const int64_t r = std::min<int64_t>(R_MAX, M - m);
-        if (r <= 2 && g1 - g0 == FEW) {
+      for (int64_t b = 0, m = 0; b < blocks; ++b) {
+        const int64_t r = std::min(M - m, base + (b < extra ? 1 : 0));
+        if (r <= 2 && g1 - g0 == FEW)
           few[r - 1](x + m * K, K, w, bias, y + m * N, N, g0);
-          continue;
-        }
-        for (int64_t g = g0; g < g1; ++g) wide[r - 1](x + m * K, K, w, bias, y + m * N, N, g);
+        else
+          for (int64_t g = g0; g < g1; ++g) wide[r - 1](x + m * K, K, w, bias, y + m * N, N, g);
+        m += r;
       }
     }
   });
