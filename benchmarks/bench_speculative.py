@@ -13,7 +13,7 @@ retrieval-augmented answers). Per workload and draft: the target alone vs specul
 γ = auto; α, tokens per target call, c = draft step / target step, v = verification pass / target step, and the
 measured speedup beside (1−α^(γ+1))/((1−α)(γc+v)) (Leviathan et al. take v = 1); transformers' generate on the
 same weights beside (alone and with its own prompt lookup, `prompt_lookup_num_tokens=10`).
-First, the cost of a target pass by the number of tokens it is fed, t(T) / t(1), T = 1..9 (interleaved): the
+First, the cost of a target pass by the number of tokens it is fed, t(T) / t(1), T = 1..13 (interleaved): the
 ceiling max_γ (γ+1) / v(γ) is what a perfect (α = 1), free (c = 0) draft would reach on this machine.
 Claims: greedy output identical token for token (must hold); speedup >= 2x grounded, >= 1.5x chat. `--long` adds
 document-length grounded tasks (passages of 4 verses, answers up to 200 tokens), reported beside the claims: how
@@ -34,7 +34,7 @@ from common import print_table, write_results
 
 NEW_TOKENS, GAMMAS = 64, (1, 2, 4, "auto")
 LONG_TOKENS, LONG_VERSES, LONG_CHARS = 200, 4, (350, 700)  # --long: document-length grounded tasks
-COST_TOKENS, COST_REPS = tuple(range(1, 10)), 7
+COST_TOKENS, COST_REPS = tuple(range(1, 14)), 7
 THREADS = int(os.environ.get("EFFML_BENCH_THREADS", "2"))  # torch threads
 MIN_SPEEDUP = 2.0
 
