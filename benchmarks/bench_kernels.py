@@ -12,9 +12,10 @@
   gemv_a8's prefetch distance (0, 2048, 4096 bytes ahead of the code stream, interleaved); a one-thread sum over
   256 MiB in 4 KiB and in 2 MiB pages; the greedy pick over 49152 logits, numpy (generate.argmax) vs torch.argmax
 - SmolLM2's fp32 projections and head (538 MB) for 1, 5 and 8 rows (a decode step, a speculative verification of
-  γ = 4 and 7): gemv_tiles (16 outputs interleaved, what the engine runs) vs the row-major GEMV (gemv.cpp); 9 and
-  16 rows in one gemv_tiles call (blocks of 8 rows per group of tiles, the group's weights from L2 after the first
-  block) vs in calls of 8 rows (a whole pass over the weights each)
+  γ = 4 and 7): gemv_tiles (32 outputs interleaved on AVX-512, 16 on AVX2: what the engine runs) vs the row-major
+  GEMV (gemv.cpp); 9, 12 and 16 rows in one gemv_tiles call (up to 12 rows a pass on AVX-512, 6 on AVX2; more in
+  blocks over each chunk of groups, its weights from L2 after the first block) vs in calls of 8 rows (a whole pass
+  over the weights each)
 - fp32 prefills: layer 0's projections at 9-400 rows through gemv_tiles, oneDNN's and MKL's packed matmuls and
   F.linear; a prompt of 39 and of 85 tokens through the engine vs the generic Python layer loop
 - the compute roofs on this thread, measured: the fp32 FMA rate (GMAC/s) and vpdpbusd's int8 rate where the build
@@ -235,7 +236,7 @@ def main() -> int:
     mats = fastpath.projections(f32) + [f32.output]
     fbytes = sum(rowmajor[id(q)].numel() * 4 for q in mats)
     t_fp32 = {}
-    for M in (1, 5, 8, 9, 16):
+    for M in (1, 5, 8, 9, 12, 16):
         xs = {q.in_features: torch.randn(M, q.in_features) for q in mats}
         calls = [("gemv_tiles", lambda q: ext.gemv_tiles(xs[q.in_features], q._tiles, q.out_features, None))]
         if M <= 8:
@@ -248,9 +249,10 @@ def main() -> int:
             t_fp32[name, M] = best(lambda: [call(q) for q in mats], 7)
     for name in ("gemv_tiles", "row-major gemv"):
         one = t_fp32[name, 1]
-        more = (f"; 9 rows {t_fp32[name, 9] / one:.2f}x, 16 rows {t_fp32[name, 16] / one:.2f}x (in calls of 8 rows: "
-                f"{t_fp32['gemv_tiles, calls of 8 rows', 9] / one:.2f}x, "
-                f"{t_fp32['gemv_tiles, calls of 8 rows', 16] / one:.2f}x)" if name == "gemv_tiles" else "")
+        more = (f"; 9 / 12 / 16 rows {t_fp32[name, 9] / one:.2f}x / {t_fp32[name, 12] / one:.2f}x / "
+                f"{t_fp32[name, 16] / one:.2f}x (in calls of 8 rows: " + " / ".join(
+                    f"{t_fp32['gemv_tiles, calls of 8 rows', m] / one:.2f}x" for m in (9, 12, 16)) + ")"
+                if name == "gemv_tiles" else "")
         rows.append({"kernel": f"fp32 projections + head, {name}", "ms": one * 1e3,
                      "rate": f"{fbytes / one / 1e9:.1f} GB/s of {fbytes / 1e6:.0f} MB (1 row)",
                      "beside": f"5 rows {t_fp32[name, 5] / one:.2f}x, 8 rows {t_fp32[name, 8] / one:.2f}x one row"
