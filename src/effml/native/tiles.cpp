@@ -46,21 +46,17 @@ constexpr size_t HUGE_PAGE = size_t{2} << 20;
 // vector registers (12 rows x 2 vectors = 24 accumulators + 2 weights), AVX2 16 (6 rows x 2 vectors = 12
 // accumulators + 2 weights + 1 broadcast). One or two rows take two groups per pass (FEW), whose few accumulator
 // chains would otherwise wait on the FMA latency (4 cycles) instead of the weight stream (bf16 decode: 68 vs 82
-// tok/s on SmolLM2 with twice the vectors per pass for one row). More rows than a pass takes go in blocks (below):
-// EVEN splits them into near-equal blocks (AVX-512: 16 rows as 8 + 8 cost 2.27x one row, 12 + 4 2.60x), else
-// full blocks first (AVX2: 5 rows as 4 + 1 cost 1.59x, 3 + 2 1.76x, when a pass took 4): measured on SmolLM2's
-// fp32 projections and head, 1 thread, Zen 4.
+// tok/s on SmolLM2 with twice the vectors per pass for one row). More rows than a pass takes go in near-equal
+// blocks (below): 16 rows as 8 + 8 cost 2.27x one row on AVX-512, as 12 + 4 2.60x; AVX2 9 rows as 5 + 4 2.04x, as
+// 6 + 3 2.24x (SmolLM2's fp32 projections and head, 1 thread, Zen 4).
 #if defined(__AVX512F__)
 constexpr int R_MAX = 12, VG = 2, FEW = 2;
-constexpr bool EVEN = true;
 const char* kIsa = "AVX-512";
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr int R_MAX = 6, VG = 2, FEW = 2;
-constexpr bool EVEN = false;
 const char* kIsa = "AVX2";
 #else
 constexpr int R_MAX = 4, VG = 16, FEW = 1;
-constexpr bool EVEN = false;
 const char* kIsa = "scalar";
 #endif
 using Vec = effml_vec::Wide;
@@ -115,12 +111,12 @@ void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, fl
   // (Prefetching the next chunk into L2 during those blocks measured no faster at 16-80 rows and up to 1.7x slower
   // at 9-12: the hardware prefetcher already runs ahead.) Each row's sums are the same in any block.
   const int64_t blocks = (M + R_MAX - 1) / R_MAX;
-  const int64_t base = EVEN ? M / blocks : R_MAX, extra = EVEN ? M % blocks : 0;
+  const int64_t base = M / blocks, extra = M % blocks;
   at::parallel_for(0, (groups + FEW - 1) / FEW, 8, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t g0 = c * FEW, g1 = std::min(g0 + FEW, groups);
       for (int64_t b = 0, m = 0; b < blocks; ++b) {
-        const int64_t r = std::min(M - m, base + (b < extra ? 1 : 0));
+        const int64_t r = base + (b < extra ? 1 : 0);
         if (r <= 2 && g1 - g0 == FEW)
           few[r - 1](x + m * K, K, w, bias, y + m * N, N, g0);
         else
