@@ -21,8 +21,37 @@ def machine() -> dict:
         "threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "last_level_cache": _last_level_cache(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's name as the OS reports it (Linux /proc/cpuinfo), e.g. 'AMD EPYC 9R14' or 'Intel(R) Xeon(R) ...':
+    results from different hosts of one cloud differ by CPU model, not only by ISA."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _last_level_cache() -> str | None:
+    """The largest cache level's size as sysfs reports it (e.g. '32768K'); None where sysfs has no cache entries."""
+    caches = sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"))
+    best = None
+    for c in caches:
+        try:
+            level = int((c / "level").read_text())
+            size = (c / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if best is None or level > best[0]:
+            best = (level, size)
+    return None if best is None else best[1]
 
 
 def print_table(title: str, rows: list[dict]) -> None:

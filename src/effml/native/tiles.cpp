@@ -110,6 +110,7 @@ void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, fl
   // K = 1536: 384 KiB), instead of one whole pass over the weights per block; the FMA units then set the rate.
   // (Prefetching the next chunk into L2 during those blocks measured no faster at 16-80 rows and up to 1.7x slower
   // at 9-12: the hardware prefetcher already runs ahead.) Each row's sums are the same in any block.
+  if (M == 0) return;  // no rows (a chunked-prefill step where no prompt ends: the head gets none)
   const int64_t blocks = (M + R_MAX - 1) / R_MAX;
   const int64_t base = M / blocks, extra = M % blocks;
   at::parallel_for(0, (groups + FEW - 1) / FEW, 8, [&](int64_t c0, int64_t c1) {
