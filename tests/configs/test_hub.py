@@ -135,8 +135,9 @@ def test_cli_commands_take_a_folder_and_a_cached_hub_id(argv, tmp_path, monkeypa
 
 def test_a_hanging_name_lookup_is_bounded(monkeypatch):
     # a resolver that never answers: create_connection's timeout does not cover the DNS lookup, the probe does
-    def hang(*a, **k):
+    def hang(*a, **k):  # the abandoned probe thread ends as a real lookup would, with an OSError
         time.sleep(30)
+        raise socket.gaierror("lookup timed out")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     t0 = time.perf_counter()

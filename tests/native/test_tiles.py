@@ -44,6 +44,29 @@ def test_no_rows_give_an_empty_product():
     assert y.shape == (0, 40)
 
 
+def test_prefetch_distance_changes_no_result():
+    """The software prefetch only hints the memory system: every distance gives the same bits (0 = none)."""
+    g = torch.Generator().manual_seed(5)
+    w, x = torch.randn(200, 48, generator=g), torch.randn(9, 48, generator=g)
+    t = ext.pack_tiles(w)
+    before = ext.tiles_prefetch(-1)
+    try:
+        ys = []
+        for pf in (0, 64, 2048, 1 << 20):  # 1 MiB: far past the end of these tiles (a prefetch never faults)
+            assert ext.tiles_prefetch(pf) == pf
+            ys.append(ext.gemv_tiles(x, t, 200, None))
+    finally:
+        ext.tiles_prefetch(before)
+    assert all(torch.equal(ys[0], y) for y in ys[1:])
+
+
+def test_read_sum_is_the_sum():
+    # 1..n in fp32: exact integers below 2^24, the sum n(n+1)/2 = 500500 for n = 1000 (an odd tail past 4 vectors)
+    assert ext.read_sum(torch.arange(1, 1001, dtype=torch.float32)) == 500500.0
+    with pytest.raises(RuntimeError, match="read_sum: t must be a contiguous fp32"):
+        ext.read_sum(torch.ones(4, dtype=torch.float64))
+
+
 def test_pack_tiles_layout_and_padding():
     W = ext.tiles_width()  # 32 on AVX-512 (two vectors), 16 on AVX2
     assert W == {"AVX-512": 32, "AVX2": 16, "scalar": 16}[ext.tiles_isa()]

@@ -27,11 +27,13 @@ _BW_CACHE: dict[tuple[int, int], float] = {}
 
 
 def read_bandwidth(mib: int = 256, repeats: int = 3, fresh: bool = False) -> float:
-    """Main-memory read bandwidth in bytes/s: the fastest of `repeats` sums over `mib` MiB of fp32 (far larger
-    than any last-level cache), on torch's current thread count (a decode step's threads). The buffer is read in
+    """Main-memory read bandwidth in bytes/s: the fastest of `repeats` sums over `mib` MiB of fp32, on torch's
+    current thread count (a decode step's threads). 256 MiB is past the cache one core is given on the hosts
+    measured, even where the OS reports a larger shared L3 (an Intel Xeon VM reporting 480 MiB read 28 GB/s at
+    64 MiB and 15.5-15.8 GB/s from 128 MiB to 2 GiB); a model whose weights do fit in cache can beat the bound. The buffer is read in
     ordinary pages and, where effml's kernels are built, in memory advised for 2 MiB pages as effml's packed weights
-    are (effml.native `huge`): the faster of the two is the bound, so a step reading huge pages is not measured
-    against a slower read than its own. Holds 2 x `mib` MiB while it runs; cached per process (fresh=True: measured
+    are (effml.native `huge`), there also by effml's own read loop with the software prefetch its weight passes
+    issue (`read_sum`): the fastest is the bound, so a step is not measured against a slower read than its own. Holds 2 x `mib` MiB while it runs; cached per process (fresh=True: measured
     again, e.g. beside each round of a benchmark on a shared machine)."""
     from effml import native
 
@@ -40,11 +42,15 @@ def read_bandwidth(mib: int = 256, repeats: int = 3, fresh: bool = False) -> flo
         a = torch.ones(mib * 2 ** 20 // 4)  # (n,) fp32
         ext = native.load()
         best = float("inf")
-        for buf in (a, *(() if ext is None else (ext.huge(a),))):
-            buf.sum()  # touch every page once
+        reads = [a.sum]
+        if ext is not None:
+            h = ext.huge(a)
+            reads += [h.sum, lambda: ext.read_sum(h)]
+        for read in reads:
+            read()  # touch every page once
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                buf.sum()
+                read()
                 best = min(best, time.perf_counter() - t0)
         _BW_CACHE[key] = a.numel() * 4 / best
     return _BW_CACHE[key]
@@ -120,7 +126,8 @@ class DecodeRoofline:
     def to_dict(self) -> dict:
         return {**asdict(self), "bytes_per_token": self.bytes_per_token,
                 "bound_tokens_per_s": self.bound_tokens_per_s, "fraction": self.fraction,
-                "bandwidth_source": "measured: fastest of 3 sums over 256 MiB fp32, in 4 KiB and in 2 MiB pages, on "
+                "bandwidth_source": "measured: fastest of 3 sums over 256 MiB fp32, in 4 KiB and in 2 MiB pages "
+                                    "(torch's sum and effml's prefetching read), on "
                                     f"{torch.get_num_threads()} torch thread(s)"}
 
     def line(self) -> str:
