@@ -29,6 +29,7 @@ import copy
 import os
 import sys
 import time
+from functools import partial
 
 from common import print_table, write_results
 
@@ -179,9 +180,11 @@ def main() -> int:
     big = torch.ones(256 * 2 ** 18)  # 256 MiB of fp32, summed in 4 KiB pages and in 2 MiB pages (native.huge)
     pages = {"4 KiB": big, "2 MiB": ext.huge(big)}
     t_pg = {k: best(lambda: v.sum(), 5) for k, v in pages.items()}
-    rows.append({"kernel": "one-thread sum over 256 MiB, 4 KiB / 2 MiB pages", "ms": t_pg["2 MiB"] * 1e3,
+    t_pg["effml"] = best(partial(ext.read_sum, pages["2 MiB"]), 5)  # vector loads + the passes' software prefetch
+    rows.append({"kernel": "one-thread sum over 256 MiB: torch 4 KiB / 2 MiB pages, effml read_sum 2 MiB",
+                 "ms": t_pg["2 MiB"] * 1e3,
                  "rate": " / ".join(f"{big.numel() * 4 / t / 1e9:.1f}" for t in t_pg.values()) + " GB/s",
-                 "beside": "the decode bound takes the faster"})
+                 "beside": f"the decode bound takes the fastest (tiles prefetch {ext.tiles_prefetch(-1)} B)"})
     del big, pages
     logits = torch.randn(m.args.vocab_size)
     from effml.llm.generate import argmax
@@ -245,8 +248,16 @@ def main() -> int:
             calls.append(("gemv_tiles, calls of 8 rows", lambda q: [
                 ext.gemv_tiles(xs[q.in_features][m:m + 8].contiguous(), q._tiles, q.out_features, None)
                 for m in range(0, M, 8)]))
+        if M in (1, 8):  # gemv_tiles without its software prefetch (what it issues is per CPU vendor)
+            calls.append(("gemv_tiles, prefetch 0", lambda q: ext.gemv_tiles(xs[q.in_features], q._tiles,
+                                                                              q.out_features, None)))
         for name, call in calls:
-            t_fp32[name, M] = best(lambda: [call(q) for q in mats], 7)
+            pf = ext.tiles_prefetch(-1)  # the default (it returns the distance in force after setting)
+            ext.tiles_prefetch(0 if name.endswith("prefetch 0") else pf)
+            try:
+                t_fp32[name, M] = best(lambda: [call(q) for q in mats], 7)
+            finally:
+                ext.tiles_prefetch(pf)
     for name in ("gemv_tiles", "row-major gemv"):
         one = t_fp32[name, 1]
         more = (f"; 9 / 12 / 16 rows {t_fp32[name, 9] / one:.2f}x / {t_fp32[name, 12] / one:.2f}x / "
@@ -257,6 +268,12 @@ def main() -> int:
                      "rate": f"{fbytes / one / 1e9:.1f} GB/s of {fbytes / 1e6:.0f} MB (1 row)",
                      "beside": f"5 rows {t_fp32[name, 5] / one:.2f}x, 8 rows {t_fp32[name, 8] / one:.2f}x one row"
                                + more})
+        if name == "gemv_tiles":
+            no_pf = [t_fp32["gemv_tiles, prefetch 0", m] for m in (1, 8)]
+            rows.append({"kernel": "the same, no software prefetch", "ms": no_pf[0] * 1e3,
+                         "rate": f"{fbytes / no_pf[0] / 1e9:.1f} GB/s (1 row)",
+                         "beside": f"8 rows {no_pf[1] * 1e3:.1f} ms; with {ext.tiles_prefetch(-1)} B: "
+                                   f"{one * 1e3:.1f} / {t_fp32[name, 8] * 1e3:.1f} ms"})
     rows += fp32_prefill_rows(f32, rowmajor)
     # the compute roofs, measured on this thread (native fma_rate / vnni_rate: 12 independent chains, 0.2 s each,
     # best of 3): what the prefill rows above are held against
