@@ -14,6 +14,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict:
     import torch
 
+    from effml.hardware.calibrate import cpu_name
+
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -21,22 +23,10 @@ def machine() -> dict:
         "threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_name(),  # hosts of one cloud differ by CPU model, not only by ISA
         "last_level_cache": _last_level_cache(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-
-
-def _cpu_model() -> str:
-    """The CPU's name as the OS reports it (Linux /proc/cpuinfo), e.g. 'AMD EPYC 9R14' or 'Intel(R) Xeon(R) ...':
-    results from different hosts of one cloud differ by CPU model, not only by ISA."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _last_level_cache() -> str | None:

@@ -265,7 +265,7 @@ def calibrate(config: CalibrateConfig | None = None, progress: Progress | None =
         progress("done", 1.0)
     finally:
         torch.set_num_threads(old_threads)
-    cpu = _cpu_name()
+    cpu = cpu_name()
     raw = {
         "name": f"local ({cpu}, {torch.backends.cpu.get_cpu_capability()}, {config.threads or old_threads} threads)",
         "kind": "cpu", "memory_level": "dram", "energy_ref_dtype": "fp32",
@@ -346,7 +346,8 @@ def fmt_mb(n: float) -> str:
     return f"{n / 1e6:.3g} MB"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's name as the OS reports it (Linux /proc/cpuinfo 'model name'), else platform's guess."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
