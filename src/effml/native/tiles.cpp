@@ -72,7 +72,11 @@ constexpr int WIDTH = VG * LANES;  // outputs per group: 32 (AVX-512), 16 (AVX2,
 // row 0.89x the time without it, 5 / 8 rows 0.74x / 0.72x, a 40-row prefill 0.84x; bf16 8 rows 0.60x (768-3072 B
 // all helped; 2048 best overall). AMD Zen 4: no gain measured, none issued (its hardware prefetcher already kept
 // one row at 30 GB/s). tiles_prefetch() sets it.
-int TILES_PREFETCH = __builtin_cpu_is("intel") ? 2048 : 0;
+static int default_prefetch() {
+  __builtin_cpu_init();  // a static initializer may run before libgcc's CPU data is filled in
+  return __builtin_cpu_is("intel") ? 2048 : 0;
+}
+int TILES_PREFETCH = default_prefetch();
 
 template <typename W, int R, int P>
 void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, int64_t N, int64_t g0) {
