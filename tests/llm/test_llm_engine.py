@@ -163,7 +163,11 @@ def test_packed_linear_equals_f_linear(dtype, kind):
         pytest.skip(f"no {kind} in this torch build")
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 96, bias=True).to(dtype)
-    for p in (PackedLinear(lin, kind), PackedLinear(lin, kind, gemv.load())):  # library kernels; + effml's GEMV
+    try:
+        packs = (PackedLinear(lin, kind), PackedLinear(lin, kind, gemv.load()))  # library kernels; + effml's GEMV
+    except RuntimeError as e:  # oneDNN held below its bf16 ISA (ONEDNN_MAX_CPU_ISA=AVX2): pack_linears' fallback
+        pytest.skip(f"{kind} refuses this packing here: {str(e).splitlines()[0]}")
+    for p in packs:
         for x in (torch.randn(1, 64, dtype=dtype), torch.randn(2, 9, 64, dtype=dtype)):  # a decode row, a prefill
             tol = 1e-5 if dtype == torch.float32 else 2e-2  # fp32: summation order; bf16: output rounding 2^-8
             torch.testing.assert_close(p(x), lin(x), atol=tol, rtol=tol)
