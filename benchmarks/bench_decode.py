@@ -13,7 +13,8 @@ Decode tokens/s excludes the prefill: effml from its per-token timestamps, HF as
 interleave every configuration, so load from other processes hits them alike; medians over rounds. Beside the
 median, "p10-step tok/s" = 1 / the 10th-percentile decode-step time: on a shared CPU, the rate of the steps that
 other processes disturbed least (the bandwidth measurement is the best of 3 for the same reason).
-Bound: read bandwidth (measured at the start and the end: sums in 4 KiB and 2 MiB pages, effml.llm.roofline.read_bandwidth, 1 thread) / bytes read per token
+Bound: read bandwidth (measured at the start and the end: sums in 4 KiB and 2 MiB pages and effml's prefetching
+read, effml.llm.roofline.read_bandwidth, on the run's threads) / bytes read per token
 (weights as stored + K/V at the mean context). "of bound, paired": each round against the bandwidth measured just
 before it, median over rounds (a shared host's other tenants take memory bandwidth for seconds at a time). `--compile`: torch.compile (fullgraph, static shapes) of a
 gpt-fast style static-cache decode step vs the same step eager, interleaved, with the compile time (minutes here).
@@ -91,6 +92,9 @@ def main() -> int:
                     "shipped format; a model of ~1 B parameters: fp32 alone, each HF copy costs its weights in memory)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of a static-cache decode "
                                                                 "step (minutes per format)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("EFFML_BENCH_THREADS", "1")),
+                    help="torch threads (default 1, or EFFML_BENCH_THREADS): effml's kernels split their output "
+                         "groups over them, the bound is read on as many")
     ap.add_argument("--out", default="llm_decode")
     ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default), a local Hugging Face checkpoint "
                     "directory (Llama / Qwen2 / Qwen3 / Mistral / Phi-3; its chat template, else the prompt as plain "
@@ -99,7 +103,7 @@ def main() -> int:
     a = ap.parse_args()
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     from effml.llm.engine import FormatConfig, native_bf16, prepare, to_format
     from effml.llm.generate import GenerateConfig, generate
     from effml.llm.registry import load_model
@@ -192,7 +196,8 @@ def main() -> int:
         rows.append(row)
         out[f] = {**row, "paired_bandwidth_Bps": paired[f], "p10_step_fraction_of_bound": fast / rl.bound_tokens_per_s, "roofline": rl.to_dict(), "plan": plans[f].to_dict(), "notes": notes[f],
                   "effml_rounds": tps[(f, "effml")], "hf_rounds": tps[(f, "hf")]}
-    print_table(f"{name} decode, 1 thread, {a.tokens} tokens, CPU {torch.backends.cpu.get_cpu_capability()}"
+    print_table(f"{name} decode, {a.threads} thread{'s' * (a.threads > 1)}, {a.tokens} tokens, "
+                f"CPU {torch.backends.cpu.get_cpu_capability()}"
                 f", {bandwidth / 1e9:.1f} GB/s read, load {load[0]:.1f}-{load[1]:.1f}", rows)
     claims = {}
     if base:

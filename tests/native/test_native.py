@@ -136,3 +136,31 @@ def test_measured_compute_roofs_are_physical():
         assert 64 * 1e8 < vnni < 64 * 2 * 6e9
     else:
         assert vnni == 0.0
+
+
+def test_kernels_split_work_over_torch_threads_with_the_same_bits():
+    """The kernels are linked with OpenMP (without it at::parallel_for is inline and serial: every kernel ran on one
+    thread whatever torch.get_num_threads() said), and a split changes which thread computes an output, never its
+    sum: 1 and 2 threads give the same bits. The matrices are large enough to split: each thread is handed at
+    least 256 KiB of weights (vec.h grain_for) and these hold 2-8 MiB."""
+    from pathlib import Path
+
+    from tests.native.test_a8 import layer
+
+    assert b"libgomp" in Path(ext.__file__).read_bytes()  # DT_NEEDED: resolved to the libgomp torch loaded
+    g = torch.Generator().manual_seed(11)
+    w, x = torch.randn(2048, 512, generator=g), torch.randn(5, 512, generator=g)  # 4 MiB fp32
+    t = ext.pack_tiles(w)
+    packed, sp, zp, group, _ = layer(4096, 2048, 4, 32, seed=12)  # 4 MiB of int4 codes
+    xa = torch.randn(3, 2048, generator=g)
+    calls = [lambda: ext.gemv_tiles(x, t, 2048, None), lambda: ext.gemv(x, w, None, None),
+             lambda: ext.gemv_a8(xa, packed, sp, zp, 4, group, None)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [c() for c in calls]
+        torch.set_num_threads(2)
+        two = [c() for c in calls]
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))

@@ -18,6 +18,10 @@ from effml.errors import EffmlError
 # this 2-core box at load 2.4, `effml train --model mlp` took 194 ms per step, 7.9 ms with PASSIVE. An
 # explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# ... but not at once: a decode step makes ~120 short parallel calls back to back, and a worker asleep after each
+# costs ~50 us to wake (SmolLM2 fp32, 2 threads: 40 tok/s asleep, 57 with ~30 us of spinning first; libgomp spins
+# ~100 per microsecond). libgomp's own default is ~3 ms.
+os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 # subcommand -> module defining add_parser(subparsers) and run(args) -> int
 COMMANDS: dict[str, str] = {

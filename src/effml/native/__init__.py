@@ -50,8 +50,17 @@ def _cpu_flags() -> str:
 def tag() -> str:
     """What the binary depends on: the source, torch's version and ABI, the CPU's instruction sets."""
     h = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS))
-    h.update(f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}|{march()}".encode())
+    h.update(f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}|{cflags()}|{LDFLAGS}".encode())
     return h.hexdigest()[:16]
+
+
+# -fopenmp: at::parallel_for is inline, and without it the kernels' loops over output groups run on one thread
+# whatever torch.get_num_threads() says; the link resolves to the libgomp torch has already loaded
+LDFLAGS = ["-fopenmp"]
+
+
+def cflags() -> list[str]:
+    return ["-O3", f"-march={march()}", "-fno-math-errno", "-fopenmp-simd", "-fopenmp"]
 
 
 def march() -> str:
@@ -86,8 +95,7 @@ def load():
         out.mkdir(parents=True, exist_ok=True)
         _clear_stale_lock(out)
         ext = cpp_extension.load(f"effml_native_{tag()}", [str(p) for p in SOURCES], build_directory=str(out),
-                                 verbose=False, extra_cflags=["-O3", f"-march={march()}", "-fno-math-errno",
-                                                              "-fopenmp-simd"])
+                                 verbose=False, extra_cflags=cflags(), extra_ldflags=LDFLAGS)
     except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a read-only cache: torch's kernels run instead
         first = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
         _status = f"effml's native kernels could not be built ({type(e).__name__}: {first}); torch's kernels run"

@@ -396,7 +396,8 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
   const float* sp = scale.data_ptr<float>();
   const float* zp = zterm ? zterm->data_ptr<float>() : nullptr;
   const int64_t ng = K / group, tile_bytes = TILE * K * bits / 8;
-  at::parallel_for(0, N / TILE, 4, [&](int64_t t0, int64_t t1) {
+  const int64_t passes = (M + R_MAX - 1) / R_MAX;
+  at::parallel_for(0, N / TILE, effml_vec::grain_for(tile_bytes * passes), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const uint8_t* wt = wp + t * tile_bytes;
       const float* sc = sp + t * ng * TILE;

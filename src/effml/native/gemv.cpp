@@ -82,7 +82,8 @@ constexpr RowsFn<T> kRows[R_MAX] = {rows<T, 1>, rows<T, 2>, rows<T, 3>, rows<T, 
 
 template <typename T>
 void run(const float* xp, int64_t M, int64_t K, const T* wp, const float* sp, const float* bp, float* yp, int64_t N) {
-  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+  const int64_t row_bytes = K * static_cast<int64_t>(sizeof(T)) * ((M + R_MAX - 1) / R_MAX);
+  at::parallel_for(0, N, std::max<int64_t>(64, effml_vec::grain_for(row_bytes)), [&](int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < M; m += R_MAX) {
       const int64_t r = std::min<int64_t>(R_MAX, M - m);
       kRows<T>[r - 1](xp + m * K, K, wp, sp, bp, yp + m * N, N, n0, n1);

@@ -130,7 +130,8 @@ void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, fl
   if (M == 0) return;  // no rows (a chunked-prefill step where no prompt ends: the head gets none)
   const int64_t blocks = (M + R_MAX - 1) / R_MAX;
   const int64_t base = M / blocks, extra = M % blocks;
-  at::parallel_for(0, (groups + FEW - 1) / FEW, 8, [&](int64_t c0, int64_t c1) {
+  const int64_t chunk_bytes = FEW * K * WIDTH * static_cast<int64_t>(sizeof(W)) * blocks;  // read once per block
+  at::parallel_for(0, (groups + FEW - 1) / FEW, effml_vec::grain_for(chunk_bytes), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t g0 = c * FEW, g1 = std::min(g0 + FEW, groups);
       for (int64_t b = 0, m = 0; b < blocks; ++b) {
