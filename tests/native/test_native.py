@@ -164,3 +164,15 @@ def test_kernels_split_work_over_torch_threads_with_the_same_bits():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_no_rows_give_an_empty_product_in_every_kernel():
+    """M = 0 (a chunked-prefill step where no prompt ends asks the head for no rows): (0, N), not a division by
+    zero in the row split or the threads' grain."""
+    from tests.native.test_a8 import layer
+
+    w = torch.randn(40, 64)
+    packed, sp, zp, group, _ = layer(32, 64, 4, 32, seed=1)
+    assert ext.gemv(torch.empty(0, 64), w, None, None).shape == (0, 40)
+    assert ext.gemv_tiles(torch.empty(0, 64), ext.pack_tiles(w), 40, None).shape == (0, 40)
+    assert ext.gemv_a8(torch.empty(0, 64), packed, sp, zp, 4, group, None).shape == (0, 32)

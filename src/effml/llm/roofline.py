@@ -30,11 +30,12 @@ def read_bandwidth(mib: int = 256, repeats: int = 3, fresh: bool = False) -> flo
     """Main-memory read bandwidth in bytes/s: the fastest of `repeats` sums over `mib` MiB of fp32, on torch's
     current thread count (a decode step's threads). 256 MiB is past the cache one core is given on the hosts
     measured, even where the OS reports a larger shared L3 (an Intel Xeon VM reporting 480 MiB read 28 GB/s at
-    64 MiB and 15.5-15.8 GB/s from 128 MiB to 2 GiB); a model whose weights do fit in cache can beat the bound. The buffer is read in
-    ordinary pages and, where effml's kernels are built, in memory advised for 2 MiB pages as effml's packed weights
-    are (effml.native `huge`), there also by effml's own read loop with the software prefetch its weight passes
-    issue (`read_sum`): the fastest is the bound, so a step is not measured against a slower read than its own. Holds 2 x `mib` MiB while it runs; cached per process (fresh=True: measured
-    again, e.g. beside each round of a benchmark on a shared machine)."""
+    64 MiB and 15.5-15.8 GB/s from 128 MiB to 2 GiB); a model whose weights do fit in cache can beat the bound.
+    The buffer is read in ordinary pages and, where effml's kernels are built, in memory advised for 2 MiB pages as
+    effml's packed weights are (effml.native `huge`), there also by effml's own read loop with the software
+    prefetch its weight passes issue (`read_sum`): the fastest is the bound, so a step is not measured against a
+    slower read than its own. Holds 2 x `mib` MiB while it runs; cached per process (fresh=True: measured again,
+    e.g. beside each round of a benchmark on a shared machine)."""
     from effml import native
 
     key = (mib, torch.get_num_threads())

@@ -65,8 +65,6 @@ using vec = Vec::v;
 constexpr int LANES = Vec::W;
 constexpr int WIDTH = VG * LANES;  // outputs per group: 32 (AVX-512), 16 (AVX2, scalar)
 
-// Groups g0 .. g0+P-1 (P <= FEW) for R activation rows. Outputs past N (the last group's zero padding) are not
-// written.
 // Software prefetch, bytes ahead of the weight stream, shared by a pass's streams (per CPU vendor, measured on
 // SmolLM2's fp32 projections and head, 1 thread, huge pages). Intel Xeon (AVX-512, 15.8 GB/s one-thread read): one
 // row 0.89x the time without it, 5 / 8 rows 0.74x / 0.72x, a 40-row prefill 0.84x; bf16 8 rows 0.60x (768-3072 B
@@ -78,6 +76,8 @@ static int default_prefetch() {
 }
 int TILES_PREFETCH = default_prefetch();
 
+// Groups g0 .. g0+P-1 (P <= FEW) for R activation rows. Outputs past N (the last group's zero padding) are not
+// written.
 template <typename W, int R, int P>
 void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, int64_t N, int64_t g0) {
   vec acc[P * VG][R];
