@@ -249,8 +249,7 @@ def main() -> int:
                 ext.gemv_tiles(xs[q.in_features][m:m + 8].contiguous(), q._tiles, q.out_features, None)
                 for m in range(0, M, 8)]))
         if M in (1, 8):  # gemv_tiles without its software prefetch (what it issues is per CPU vendor)
-            calls.append(("gemv_tiles, prefetch 0", lambda q: ext.gemv_tiles(xs[q.in_features], q._tiles,
-                                                                              q.out_features, None)))
+            calls.append(("gemv_tiles, prefetch 0", calls[0][1]))
         for name, call in calls:
             pf = ext.tiles_prefetch(-1)  # the default (it returns the distance in force after setting)
             ext.tiles_prefetch(0 if name.endswith("prefetch 0") else pf)

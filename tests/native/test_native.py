@@ -174,5 +174,5 @@ def test_no_rows_give_an_empty_product_in_every_kernel():
     w = torch.randn(40, 64)
     packed, sp, zp, group, _ = layer(32, 64, 4, 32, seed=1)
     assert ext.gemv(torch.empty(0, 64), w, None, None).shape == (0, 40)
-    assert ext.gemv_tiles(torch.empty(0, 64), ext.pack_tiles(w), 40, None).shape == (0, 40)
+    assert ext.gemv_tiles(torch.empty(0, 64), ext.pack_tiles(w), 40, torch.randn(40)).shape == (0, 40)
     assert ext.gemv_a8(torch.empty(0, 64), packed, sp, zp, 4, group, None).shape == (0, 32)

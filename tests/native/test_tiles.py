@@ -4,7 +4,8 @@ Reference: the product in fp64 of the same (bf16-widened) weights. gemv_tiles su
 differ by fp32 rounding only: |error| <= K * 2^-23 * sum_k |x_k w_k| (a loose a-priori bound for a length-K
 recursive sum; the observed error is far below it). Shapes cover an N that is not a multiple of the width (the last
 group's zero padding must never reach the output), a number of groups that is odd (one or two rows take two groups
-per pass: the last one alone), several passes of rows (12 per pass on AVX-512, 6 on AVX2), no rows, and a bias.
+per pass: the last one alone), several passes of rows (12 per pass on AVX-512, 6 on AVX2), and a bias (no rows:
+test_native).
 """
 
 import pytest
@@ -34,14 +35,6 @@ def test_gemv_tiles_matches_the_product(N, K, M, dtype):
     x = torch.randn(M, K, generator=g)
     _check(x, w, None)
     _check(x, w, torch.randn(N, generator=g))
-
-
-def test_no_rows_give_an_empty_product():
-    """M = 0 (a chunked-prefill step in which no prompt ends asks the head for no rows): (0, N), not a crash (the
-    near-equal row split divides by the number of row blocks)."""
-    w = torch.randn(40, 24)
-    y = ext.gemv_tiles(torch.empty(0, 24), ext.pack_tiles(w), 40, torch.randn(40))
-    assert y.shape == (0, 40)
 
 
 def test_prefetch_distance_changes_no_result():

@@ -107,7 +107,8 @@ using Wide = V1;
 // ~30 us first (GOMP_SPINCOUNT), which a decode step's back-to-back calls stay within.
 inline int64_t grain_for(int64_t unit_bytes) {
   constexpr int64_t MIN_BYTES = int64_t{1} << 18;
-  return unit_bytes >= MIN_BYTES ? 1 : (MIN_BYTES + unit_bytes - 1) / std::max<int64_t>(unit_bytes, 1);  // 0 rows: 0
+  // no rows (0 bytes): a grain past any range, so no split and no division by zero
+  return unit_bytes >= MIN_BYTES ? 1 : (MIN_BYTES + unit_bytes - 1) / std::max<int64_t>(unit_bytes, 1);
 }
 
 }  // namespace effml_vec
