@@ -4,8 +4,8 @@ Reference: the product in fp64 of the same (bf16-widened) weights. gemv_tiles su
 differ by fp32 rounding only: |error| <= K * 2^-23 * sum_k |x_k w_k| (a loose a-priori bound for a length-K
 recursive sum; the observed error is far below it). Shapes cover an N that is not a multiple of the width (the last
 group's zero padding must never reach the output), a number of groups that is odd (one or two rows take two groups
-per pass: the last one alone), several passes of rows (12 per pass on AVX-512, 6 on AVX2), and a bias (no rows:
-test_native).
+per pass: the last one alone; one row of bf16 four, then two, then one), several passes of rows (12 per pass on
+AVX-512, 6 on AVX2), and a bias (no rows: test_native).
 """
 
 import pytest
@@ -27,7 +27,7 @@ def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> None:
 
 
 @pytest.mark.parametrize("N,K,M", [(16, 32, 1), (37, 40, 3), (960, 576, 5), (100, 96, 8), (50, 64, 17), (80, 24, 2),
-                                   (96, 16, 1), (200, 48, 12)])
+                                   (96, 16, 1), (200, 48, 12), (300, 64, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gemv_tiles_matches_the_product(N, K, M, dtype):
     g = torch.Generator().manual_seed(N * 1000 + K + M)
@@ -71,14 +71,32 @@ def test_pack_tiles_layout_and_padding():
     assert not t[1, :, 4:].any()
 
 
-def test_rows_are_independent():
-    """A row's result does not depend on the rows computed beside it (same pass or not): bit for bit."""
-    g = torch.Generator().manual_seed(3)
-    w, x = torch.randn(96, 64, generator=g), torch.randn(11, 64, generator=g)
+def test_pack_tiles_bf16_pairs():
+    """bf16 tiles of the vector builds: each k's W weights in pairs, 32-bit lane i = (output i, output W/2 + i), so one
+    load gives both vectors; the scalar build keeps them in order."""
+    W = ext.tiles_width()
+    N = W + 4
+    w = torch.arange(N * 3, dtype=torch.float32).reshape(N, 3).to(torch.bfloat16)  # integers < 256: exact in bf16
     t = ext.pack_tiles(w)
-    together = ext.gemv_tiles(x, t, 96, None)
+    assert t.shape == (2, 3, W) and t.dtype == torch.bfloat16
+    if ext.tiles_isa() == "scalar":
+        assert torch.equal(t[0, 2], w[:W, 2])
+        return
+    half = W // 2
+    assert torch.equal(t[0, 2, 0::2], w[:half, 2]) and torch.equal(t[0, 2, 1::2], w[half:W, 2])
+    assert torch.equal(t[1, 1, 0:8:2], w[W:, 1]) and not t[1, :, 8:].any() and not t[1, :, 1::2].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_are_independent(dtype):
+    """A row's result does not depend on the rows computed beside it (same pass or not; one row of bf16 takes four
+    groups a pass, more rows two or one): bit for bit. 300 outputs: 10 groups of 32 (AVX-512), 19 of 16 (AVX2)."""
+    g = torch.Generator().manual_seed(3)
+    w, x = torch.randn(300, 64, generator=g).to(dtype), torch.randn(11, 64, generator=g)
+    t = ext.pack_tiles(w)
+    together = ext.gemv_tiles(x, t, 300, None)
     for m in range(11):
-        assert torch.equal(ext.gemv_tiles(x[m:m + 1].contiguous(), t, 96, None)[0], together[m])
+        assert torch.equal(ext.gemv_tiles(x[m:m + 1].contiguous(), t, 300, None)[0], together[m])
 
 
 def test_huge_is_an_equal_copy():

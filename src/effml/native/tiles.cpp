@@ -2,6 +2,7 @@
 // prefill), and the memory its weights live in.
 //
 //   tiles = pack_tiles(w)            w (N, K) fp32 or bf16 -> (ceil(N/WIDTH), K, WIDTH), WIDTH output rows interleaved
+//                                    (bf16 on AVX-512 / AVX2: in pairs, see PAIRED)
 //   y = gemv_tiles(x, tiles, N, bias?)  x (M, K) fp32, any M: y (M, N) = x @ w.T + bias
 //   tiles_width()                    WIDTH: 32 on AVX-512 (two vectors of 16), 16 on AVX2 and scalar builds
 //   tiles_prefetch(bytes) / read_sum(t)  the software prefetch distance; a sum read as the passes read
@@ -32,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 #ifdef __linux__
 #include <sys/mman.h>
@@ -64,6 +66,11 @@ using Vec = effml_vec::Wide;
 using vec = Vec::v;
 constexpr int LANES = Vec::W;
 constexpr int WIDTH = VG * LANES;  // outputs per group: 32 (AVX-512), 16 (AVX2, scalar)
+// bf16 tiles of the vector builds hold each k's WIDTH weights in pairs: 32-bit lane i = (output i, output LANES + i),
+// so one load and a shift / a mask give both vectors (Vec::widen_pairs). Zero-extending 16 bf16 to 16 fp32 lanes
+// is a cross-lane shuffle, one port on Intel: measured below. fp32 tiles (and the scalar build's) are in order.
+template <typename W>
+constexpr bool PAIRED = std::is_same_v<W, uint16_t> && VG == 2;
 
 // Software prefetch, bytes ahead of the weight stream, shared by a pass's streams (per CPU vendor, measured on
 // SmolLM2's fp32 projections and head, 1 thread, huge pages). Intel Xeon (AVX-512, 15.8 GB/s one-thread read): one
@@ -76,7 +83,7 @@ static int default_prefetch() {
 }
 int TILES_PREFETCH = default_prefetch();
 
-// Groups g0 .. g0+P-1 (P <= FEW) for R activation rows. Outputs past N (the last group's zero padding) are not
+// Groups g0 .. g0+P-1 (P <= 2 FEW) for R activation rows. Outputs past N (the last group's zero padding) are not
 // written.
 template <typename W, int R, int P>
 void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, int64_t N, int64_t g0) {
@@ -91,8 +98,12 @@ void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, in
         for (int64_t b = 0; b < static_cast<int64_t>(WIDTH * sizeof(W)); b += 64)
           _mm_prefetch(reinterpret_cast<const char*>(wg + (p * K + k) * WIDTH + pf) + b, _MM_HINT_T0);
     vec wv[P * VG];
-    for (int p = 0; p < P; ++p)
-      for (int v = 0; v < VG; ++v) wv[p * VG + v] = Vec::widen(wg + (p * K + k) * WIDTH + v * LANES);
+    for (int p = 0; p < P; ++p) {
+      if constexpr (PAIRED<W>)
+        Vec::widen_pairs(wg + (p * K + k) * WIDTH, wv[p * VG], wv[p * VG + 1]);
+      else
+        for (int v = 0; v < VG; ++v) wv[p * VG + v] = Vec::widen(wg + (p * K + k) * WIDTH + v * LANES);
+    }
     for (int r = 0; r < R; ++r) {
       const vec xb = Vec::set1(x[r * K + k]);
       for (int j = 0; j < P * VG; ++j) acc[j][r] = Vec::fma(xb, wv[j], acc[j][r]);
@@ -121,25 +132,34 @@ template <typename W>
 void run(const float* x, int64_t M, int64_t K, const W* w, const float* bias, float* y, int64_t N) {
   static constexpr auto wide = table<W, 1>(std::make_integer_sequence<int, R_MAX>{});
   static constexpr auto few = table<W, FEW>(std::make_integer_sequence<int, 2>{});
-  const int64_t groups = (N + WIDTH - 1) / WIDTH;
-  // Chunks of FEW groups outer, blocks of at most R_MAX rows inner: more than R_MAX rows (a verification of 9-16 tokens, a
-  // prefill) read a chunk's weights from memory once and from L2 for the blocks after the first (2 groups of 32 at
+  // one row of bf16 weights: twice FEW groups a pass. Its FMA chains (2 per group) wait on the FMA latency, and a
+  // bf16 weight vector is half the bytes of an fp32 one: with FEW groups, 1 row of a 512 x 576 layer in L2 ran at
+  // 45 GB/s on AVX2 (fp32: 110), below what the kernel needs to keep up with DRAM
+  constexpr int FEW1 = sizeof(W) == 2 ? 2 * FEW : FEW;
+  static constexpr PassFn<W> one = pass<W, 1, FEW1>;
+  const int64_t groups = (N + WIDTH - 1) / WIDTH, C = M == 1 ? FEW1 : FEW;
+  // Chunks of C groups outer, blocks of at most R_MAX rows inner: more than R_MAX rows (a verification of 9-16 tokens,
+  // a prefill) read a chunk's weights from memory once and from L2 for the blocks after the first (2 groups of 32 at
   // K = 1536: 384 KiB), instead of one whole pass over the weights per block; the FMA units then set the rate.
   // (Prefetching the next chunk into L2 during those blocks measured no faster at 16-80 rows and up to 1.7x slower
-  // at 9-12: the hardware prefetcher already runs ahead.) Each row's sums are the same in any block.
+  // at 9-12: the hardware prefetcher already runs ahead.) Each row's sums are the same in any block and any pass.
   if (M == 0) return;  // no rows (a chunked-prefill step where no prompt ends: the head gets none)
   const int64_t blocks = (M + R_MAX - 1) / R_MAX;
   const int64_t base = M / blocks, extra = M % blocks;
-  const int64_t chunk_bytes = FEW * K * WIDTH * static_cast<int64_t>(sizeof(W)) * blocks;  // read once per block
-  at::parallel_for(0, (groups + FEW - 1) / FEW, effml_vec::grain_for(chunk_bytes), [&](int64_t c0, int64_t c1) {
+  const int64_t chunk_bytes = C * K * WIDTH * static_cast<int64_t>(sizeof(W)) * blocks;  // read once per block
+  at::parallel_for(0, (groups + C - 1) / C, effml_vec::grain_for(chunk_bytes), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const int64_t g0 = c * FEW, g1 = std::min(g0 + FEW, groups);
+      const int64_t g1 = std::min((c + 1) * C, groups);
       for (int64_t b = 0, m = 0; b < blocks; ++b) {
         const int64_t r = base + (b < extra ? 1 : 0);
-        if (r <= 2 && g1 - g0 == FEW)
-          few[r - 1](x + m * K, K, w, bias, y + m * N, N, g0);
-        else
-          for (int64_t g = g0; g < g1; ++g) wide[r - 1](x + m * K, K, w, bias, y + m * N, N, g);
+        const float* xm = x + m * K;
+        float* ym = y + m * N;
+        int64_t g = c * C;  // the widest pass that fits the chunk's groups left, then narrower ones
+        if (r == 1 && FEW1 != FEW)
+          for (; g + FEW1 <= g1; g += FEW1) one(xm, K, w, bias, ym, N, g);
+        if (r <= 2)
+          for (; g + FEW <= g1; g += FEW) few[r - 1](xm, K, w, bias, ym, N, g);
+        for (; g < g1; ++g) wide[r - 1](xm, K, w, bias, ym, N, g);
         m += r;
       }
     }
@@ -210,7 +230,10 @@ torch::Tensor pack_tiles(const torch::Tensor& w) {
   const int64_t N = w.size(0), K = w.size(1), G = (N + WIDTH - 1) / WIDTH;
   auto p = torch::zeros({G * WIDTH, K}, w.options().device(torch::kCPU));
   p.narrow(0, 0, N).copy_(w);
-  return huge(p.view({G, WIDTH, K}).transpose(1, 2));  // (G, K, WIDTH)
+  auto t = p.view({G, WIDTH, K}).transpose(1, 2);  // (G, K, WIDTH): tiles[g][k][j] = w[WIDTH g + j][k]
+  if (PAIRED<uint16_t> && w.scalar_type() == torch::kBFloat16)  // in pairs: tiles[g][k][2i + h] = w[WIDTH g + LANES h + i][k]
+    t = t.reshape({G, K, VG, LANES}).transpose(2, 3).reshape({G, K, WIDTH});
+  return huge(t);
 }
 
 torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,

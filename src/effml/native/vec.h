@@ -28,6 +28,7 @@ struct V1 {
     return f;
   }
   static v widen(const float* p) { return *p; }
+  static void widen_pairs(const uint16_t* p, v& lo, v& hi) { lo = widen(p), hi = widen(p + 1); }  // as V8's, W = 1
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -53,6 +54,13 @@ struct V8 {
         _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
   }
   static v widen(const float* p) { return _mm256_loadu_ps(p); }
+  // 16 bf16 in pairs (32-bit lane i: value i in its low half, value 8 + i in its high half) -> 2 x 8 fp32: one load
+  // and one operation per vector, where widen() takes a load, a cross-lane zero-extension and a shift
+  static void widen_pairs(const uint16_t* p, v& lo, v& hi) {
+    const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    lo = _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+    hi = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
 };
 #endif
 
@@ -74,6 +82,11 @@ struct V16 {
         _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
   }
   static v widen(const float* p) { return _mm512_loadu_ps(p); }
+  static void widen_pairs(const uint16_t* p, v& lo, v& hi) {  // 32 bf16 in pairs (as V8's) -> 2 x 16 fp32
+    const __m512i u = _mm512_loadu_si512(p);
+    lo = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+    hi = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
 };
 #endif
 
