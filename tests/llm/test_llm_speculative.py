@@ -287,6 +287,52 @@ def test_auto_gives_a_round_to_the_proposer_that_promises_more(target, drafts, m
     assert lookups[3.0] <= warm + 1 + (rounds[3.0] - warm) // (spec.RETEST_AFTER + 1) < lookups[0.5]
 
 
+def test_a_lookup_retested_after_being_passed_over_gets_a_first_rounds_gamma(target, drafts, monkeypatch):
+    # a lookup passed over RETEST_AFTER times proposes the next round at the γ of a first round (α = FIRST_ALPHA),
+    # not at the short γ its own low α picks: a copying span must be able to prove itself. best_gamma is replaced
+    # by a verdict that tells the two apart (5 at FIRST_ALPHA, 2 otherwise) and the model always promises more
+    import effml.llm.speculative as spec
+    from effml.llm.speculative import FIRST_ALPHA, LookupFirst, PromptLookup
+
+    both = LookupFirst(drafts["independent"], PromptLookup(min_ngram=1))
+    found, match = [], both.lookup.match
+    monkeypatch.setattr(both.lookup, "match", lambda seq, g: found.append(len(match(seq, g)[1])) or match(seq, g))
+    monkeypatch.setattr(spec, "best_gamma", lambda a, c, max_gamma, v, min_gamma: 5 if a == FIRST_ALPHA else 2)
+    monkeypatch.setattr(spec, "expected_speedup", lambda a, g, c, v=1.0: 3.0 if c > 0 else 1.0)
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6, 7, 5, 6]
+    res = speculative_generate(target, both, prompt, SpecConfig(gamma="auto", max_new_tokens=40, reuse_costs=False))
+    assert res.tokens == generate(target, prompt, GenerateConfig(max_new_tokens=40)).tokens
+    warm = len(SpecConfig().warmup_gammas)
+    sized = [i for i in range(warm, len(res.gamma_history)) if res.gamma_history[i] != 2]
+    # every such round is a lookup's at the first-round γ (its proposal may be shorter); its first + >= 2 retests
+    assert all(found[i] and res.gamma_history[i] == min(5, found[i]) for i in sized) and len(sized) >= 3
+
+
+def test_auto_carries_the_draft_models_alpha_to_later_prompts(target, drafts):
+    # α of a draft model is the pair's (unlike a lookup's, the text's): auto keeps its tally from earlier calls,
+    # scaled down to PRIOR_TOKENS tested, as pseudo-counts that the result's own counts leave out
+    import copy
+
+    import effml.llm.speculative as spec
+
+    t, d = copy.deepcopy(target), drafts["layer-subset"]  # a fresh entry in the per-target tables
+    cfg = SpecConfig(gamma="auto", max_new_tokens=24)
+    first = speculative_generate(t, d, [5, 6, 7], cfg)
+    prior = spec.model_prior(t, d, (0.0, 0))
+    scale = min(1.0, spec.PRIOR_TOKENS / first.tested)
+    assert first.tested > 0 and prior == pytest.approx([first.accepted * scale, first.tested * scale])
+    acc0, n0 = prior
+    second = speculative_generate(t, d, [8, 9, 10], cfg)
+    assert second.tokens == generate(t, [8, 9, 10], GenerateConfig(max_new_tokens=24)).tokens
+    scale = min(1.0, spec.PRIOR_TOKENS / (n0 + second.tested))
+    assert spec.model_prior(t, d, (0.0, 0)) == pytest.approx([(acc0 + second.accepted) * scale,
+                                                               (n0 + second.tested) * scale])
+    before = list(spec.model_prior(t, d, (0.0, 0)))
+    speculative_generate(t, d, [8, 9, 10], SpecConfig(gamma="auto", max_new_tokens=24, reuse_costs=False))
+    assert spec.model_prior(t, d, (0.0, 0)) == before  # reuse_costs=False: neither read nor kept
+    assert spec.model_prior(t, d, (1.0, 0)) == [0.0, 0.0]  # sampling's law has its own tally
+
+
 def test_lookup_first_sampling_matches_the_targets_distribution():
     from effml.llm.speculative import LookupFirst
 

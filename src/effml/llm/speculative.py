@@ -22,7 +22,11 @@ running α, c = draft step / t(1) and v(γ) = t(γ+1) / t(1); γ = 0 (no specula
 with no verdict yet (the model draft, a lookup's match of each n-gram length) gets its first round at the γ the
 formula picks for an optimistic α = 0.8 (`FIRST_ALPHA`) on the same measured times. The times
 belong to the target and the machine, not the prompt: later calls on the same target keep them (the last 64 of
-each T, `SpecConfig.reuse_costs`) and skip the warm-up rounds already timed; α starts afresh with each prompt.
+each T, `SpecConfig.reuse_costs`) and skip the warm-up rounds already timed. So does a draft model's α (the pair's:
+its tally from earlier prompts, scaled to PRIOR_TOKENS tested, starts the next; with ~10 rounds a prompt, one early
+rejection read afresh each time held SmolLM2's int4 draft at γ 1-2 for half an answer), while a lookup's α, the
+text's, starts afresh with each prompt; a lookup passed over for the model RETEST_AFTER times is retested at a
+first round's γ.
 
 Self-speculation (a quantized copy of the target as its draft) shares the target's KV cache (`share_kv`, on by
 default when the draft has the target's architecture): the draft attends to the target's K/V for every committed
@@ -121,7 +125,7 @@ class SpecConfig:
     seed: int = 0
     warmup_gammas: tuple[int, ...] = (0, 1, 2, 4, 6)  # auto: one round each (capped at max_gamma) before choosing
     share_kv: bool | None = None  # the draft reads the target's KV cache; None: when the architectures match
-    reuse_costs: bool = True  # auto: keep the target's t(T) from earlier calls (same kv), warm up only what's new
+    reuse_costs: bool = True  # auto: keep the target's t(T) (same kv) and the draft model's α from earlier calls
 
     def __post_init__(self):
         if self.gamma != "auto" and (not isinstance(self.gamma, int) or self.gamma < 1):
@@ -286,6 +290,23 @@ def target_costs(target: Transformer, kv: str) -> CallCosts:
     return _COSTS.setdefault(target, {}).setdefault(kv, CallCosts())
 
 
+_ALPHAS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # target -> {draft model -> {law: tally}}
+PRIOR_TOKENS = 32  # auto: the draft model's tally from earlier calls weighs as this many tested tokens at most
+
+
+def model_prior(target: Transformer, model: Transformer, law: tuple) -> list[float]:
+    """A draft model's [accepted, tested] drafts on `target` from earlier calls under the same sampling law (auto-γ
+    starts a prompt from it: α is a property of the pair, unlike a lookup's, which is the text's), scaled down
+    to PRIOR_TOKENS tested so that the current prompt soon outweighs it; [0, 0] the first time."""
+    return _ALPHAS.setdefault(target, weakref.WeakKeyDictionary()).setdefault(model, {}).setdefault(law, [0.0, 0.0])
+
+
+def _keep_prior(prior: list[float], tally: list[int]) -> None:
+    acc, n = prior[0] + tally[0], prior[1] + tally[1]
+    scale = min(1.0, PRIOR_TOKENS / n) if n else 1.0
+    prior[:] = [acc * scale, n * scale]
+
+
 class _Timed:
     def __init__(self, costs: CallCosts | None = None):
         self.calls, self.time, self.costs = 0, 0.0, costs
@@ -356,24 +377,29 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
             ds.feed(prompt[:-1], last=1)
     prefill = time.perf_counter() - t0
 
+    # auto, reuse_costs: the draft model's α on this target from earlier prompts (pseudo-counts, not in the result)
+    prior = model_prior(target, model, (config.temperature, config.top_k)) if auto and config.reuse_costs and \
+        model is not None else [0.0, 0.0]
     idle: dict[str, int] = {}  # auto: rounds in a row a proposer was given γ = 0
     passed: dict[str, int] = {}  # auto: rounds in a row a matching lookup was passed over for the model draft
 
-    def choose(kind: str) -> tuple[int, float]:
+    def choose(kind: str, retesting: bool = False) -> tuple[int, float]:
         """(γ, expected speedup) for a proposer: the fixed γ or a warm-up round's (speedup unknown: inf); for a
-        proposer not checked yet the best γ ≥ 1 at α = FIRST_ALPHA (inf: it gets the round), else the best γ for its
-        α and cost."""
+        proposer not checked yet, or one retested after being passed over, the best γ ≥ 1 at α = FIRST_ALPHA (inf:
+        it gets the round), else the best γ for its α and cost."""
         if not auto:
             return config.gamma, math.inf
         if len(history) < len(warmup):
             return warmup[len(history)], math.inf
         acc, n = by_kind.get(kind, (0, 0))
+        if kind == "model":
+            acc, n = acc + prior[0], n + prior[1]
         c = (dcall.time / dcall.calls) / costs.t(1) if kind == "model" and dcall.calls else 0.0
         # at most one token past the longest pass measured: t(T) beyond it is an extrapolation, and a kernel's next
         # block of rows costs more than the slope before it shows (gemv_tiles on AVX2, 6 rows a block: SmolLM2 fp32
         # at 7 tokens 1.2x its cost at 6)
         limit = min(config.max_gamma, max(costs.by_tokens))
-        if not n:
+        if not n or retesting:
             return best_gamma(FIRST_ALPHA, c, limit, costs.v, min_gamma=1), math.inf
         # α with Laplace's prior, (accepted + 1) / (tested + 2): one rejected first token (0 of 1) reads as 1/3,
         # not 0
@@ -400,11 +426,14 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
                 kind = f"lookup:{n_gram}"  # α per match length: a 3-gram's proposals hold more often than a 2-gram's
                 g, gain = choose(kind)
                 # auto: the model draft promises more here; a lookup passed over RETEST_AFTER times in a row gets
-                # the next round anyway (an α read off a round or two must not shut it out for the whole answer)
+                # the next round anyway (an α read off a round or two must not shut it out for the whole answer),
+                # sized as a first round: at the γ its own low α picks (1-2), a copying span could never prove itself
                 passed[kind] = passed.get(kind, 0) + 1 if model is not None and gain < choose("model")[1] else 0
                 if 0 < passed[kind] <= RETEST_AFTER:
                     kind = "model"
                 else:
+                    if passed[kind]:
+                        g = choose(kind, retesting=True)[0]
                     passed[kind] = 0
                     drafts = found[:retest(kind, g)]
                     qs = [None] * len(drafts)
@@ -459,6 +488,8 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
                 break
         if stop:
             break
+    if auto and config.reuse_costs and model is not None and "model" in by_kind:
+        _keep_prior(prior, by_kind["model"])
     step = costs.t(1) if auto and 1 in costs.by_tokens else 0.0
     accepted, tested = sum(a for a, _ in by_kind.values()), sum(t for _, t in by_kind.values())
     return SpecResult(len(prompt), out, gamma, accepted, tested, proposed, tcall.calls, dcall.calls,
