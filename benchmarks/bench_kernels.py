@@ -16,6 +16,8 @@
   GEMV (gemv.cpp); 9, 12 and 16 rows in one gemv_tiles call (up to 12 rows a pass on AVX-512, 6 on AVX2; more in
   blocks over each chunk of groups, its weights from L2 after the first block) vs in calls of 8 rows (a whole pass
   over the weights each)
+- the same weights as bf16 tiles, 1 and 8 rows; a 512 x 576 slice of the gate/up layer in L2, 1 row, bf16 vs fp32
+  (the kernel's own rate without DRAM)
 - fp32 prefills: layer 0's projections at 9-400 rows through gemv_tiles, oneDNN's and MKL's packed matmuls and
   F.linear; a prompt of 39 and of 85 tokens through the engine vs the generic Python layer loop
 - the compute roofs on this thread, measured: the fp32 FMA rate (GMAC/s) and vpdpbusd's int8 rate where the build
@@ -273,6 +275,23 @@ def main() -> int:
                          "rate": f"{fbytes / no_pf[0] / 1e9:.1f} GB/s (1 row)",
                          "beside": f"8 rows {no_pf[1] * 1e3:.1f} ms; with {ext.tiles_prefetch(-1)} B: "
                                    f"{one * 1e3:.1f} / {t_fp32[name, 8] * 1e3:.1f} ms"})
+    # bf16 tiles (in pairs: one load and a shift / a mask per two vectors; one row takes four groups a pass)
+    b16 = [ext.pack_tiles(rowmajor[id(q)].to(torch.bfloat16)) for q in mats]
+    t_b16 = {}
+    for M in (1, 8):
+        xs = {q.in_features: torch.randn(M, q.in_features) for q in mats}
+        t_b16[M] = best(lambda: [ext.gemv_tiles(xs[q.in_features], t, q.out_features, None) for q, t in zip(mats, b16)],
+                        7)
+    w_l2 = rowmajor[id(mats[2])][:512].contiguous()  # 512 x 576 of the gate/up: 0.6 MB bf16, 1.2 MB fp32, in L2
+    x1 = torch.randn(1, w_l2.shape[1])
+    t_l2 = {dt: best(partial(ext.gemv_tiles, x1, ext.pack_tiles(w_l2.to(dt)), 512, None), 300, False)
+            for dt in (torch.bfloat16, torch.float32)}
+    rows.append({"kernel": "bf16 projections + head, gemv_tiles", "ms": t_b16[1] * 1e3,
+                 "rate": f"{fbytes / 2 / t_b16[1] / 1e9:.1f} GB/s of {fbytes / 2e6:.0f} MB (1 row)",
+                 "beside": f"8 rows {t_b16[8] / t_b16[1]:.2f}x one row; a 512 x 576 layer in L2, 1 row: bf16 "
+                           f"{w_l2.numel() * 2 / t_l2[torch.bfloat16] / 1e9:.1f} GB/s, fp32 "
+                           f"{w_l2.numel() * 4 / t_l2[torch.float32] / 1e9:.1f} GB/s (the kernel's own rate)"})
+    b16.clear()
     rows += fp32_prefill_rows(f32, rowmajor)
     # the compute roofs, measured on this thread (native fma_rate / vnni_rate: 12 independent chains, 0.2 s each,
     # best of 3): what the prefill rows above are held against
