@@ -299,9 +299,12 @@ double read_sum(const torch::Tensor& t) {
 // multiply-adds per second (lanes x instructions): the compute roof gemv_tiles' prefill rows are held against.
 double fma_rate(double seconds) {
   constexpr int CH = 12, INNER = 1024;
+  // the operands through volatiles: with constants, the scalar build (plain float a * b + c, no intrinsics) had the
+  // whole loop evaluated at compile time and timed an empty burst (484 G "FMAs" a second)
+  volatile float a0 = 0.9999999f, b0 = 1e-7f, c0 = 1.0f;
   vec acc[CH];
-  for (int j = 0; j < CH; ++j) acc[j] = Vec::set1(1.0f + 1e-3f * j);
-  const vec a = Vec::set1(0.9999999f), b = Vec::set1(1e-7f);
+  for (int j = 0; j < CH; ++j) acc[j] = Vec::set1(c0 + 1e-3f * j);
+  const vec a = Vec::set1(a0), b = Vec::set1(b0);
   const double bursts = effml_vec::bursts_per_second(seconds, [&] {
     for (int i = 0; i < INNER; ++i)
       for (int j = 0; j < CH; ++j) acc[j] = Vec::fma(acc[j], a, b);
