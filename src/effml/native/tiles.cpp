@@ -67,8 +67,10 @@ using vec = Vec::v;
 constexpr int LANES = Vec::W;
 constexpr int WIDTH = VG * LANES;  // outputs per group: 32 (AVX-512), 16 (AVX2, scalar)
 // bf16 tiles of the vector builds hold each k's WIDTH weights in pairs: 32-bit lane i = (output i, output LANES + i),
-// so one load and a shift / a mask give both vectors (Vec::widen_pairs). Zero-extending 16 bf16 to 16 fp32 lanes
-// is a cross-lane shuffle, one port on Intel: measured below. fp32 tiles (and the scalar build's) are in order.
+// so one load and a shift / a mask give both vectors (Vec::widen_pairs), where zero-extending each half is a
+// cross-lane shuffle (one port on Intel). With four groups a pass for one row (run), a 512 x 576 bf16 layer in L2,
+// one row, side by side: 44.7 -> 58.0 GB/s on AVX2, 59.2 -> 73.9 on AVX-512 (Xeon VM). fp32 tiles (and the scalar
+// build's) are in order.
 template <typename W>
 constexpr bool PAIRED = std::is_same_v<W, uint16_t> && VG == 2;
 
@@ -231,7 +233,7 @@ torch::Tensor pack_tiles(const torch::Tensor& w) {
   auto p = torch::zeros({G * WIDTH, K}, w.options().device(torch::kCPU));
   p.narrow(0, 0, N).copy_(w);
   auto t = p.view({G, WIDTH, K}).transpose(1, 2);  // (G, K, WIDTH): tiles[g][k][j] = w[WIDTH g + j][k]
-  if (PAIRED<uint16_t> && w.scalar_type() == torch::kBFloat16)  // in pairs: tiles[g][k][2i + h] = w[WIDTH g + LANES h + i][k]
+  if (PAIRED<uint16_t> && w.scalar_type() == torch::kBFloat16)  // pairs: [g][k][2i + h] = w[WIDTH g + LANES h + i][k]
     t = t.reshape({G, K, VG, LANES}).transpose(2, 3).reshape({G, K, WIDTH});
   return huge(t);
 }
