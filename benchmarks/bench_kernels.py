@@ -8,7 +8,7 @@
 - the fused attention (`attend`) of one token per layer at 8, 90 and 500 cached positions (9 query, 3 KV heads of
   64): as in a step (its code warm, the K/V cache cold), all warm, all cold
 - the same 120 projections with every tensor in its own buffer vs in the engine's one region (native.arena)
-- one int4 layer called again and again (its 1.3 MB of codes in L2 and L3: the kernel's rate without DRAM);
+- one int4 layer called again and again (its 1.1 MB of codes and scales in L2 and L3: the kernel's rate without DRAM);
   gemv_a8's prefetch distance (0, 2048, 4096 bytes ahead of the code stream, interleaved); a one-thread sum over
   256 MiB in 4 KiB and in 2 MiB pages; the greedy pick over 49152 logits, numpy (generate.argmax) vs torch.argmax
 - SmolLM2's fp32 projections and head (538 MB) for 1, 5 and 8 rows (a decode step, a speculative verification of
@@ -142,30 +142,29 @@ def main() -> int:
     rows = []
     layers = fastpath.projections(m)
     args = [q.a8() for q in layers]
-    nbytes = sum(p.numel() + s.numel() * 4 + (z.numel() * 4 if z is not None else 0) for _, p, s, z, _ in args)
+    nbytes = sum(p.numel() for _, p, _ in args)  # codes with their bf16 scales and zero terms
     xs = {q.in_features: torch.randn(1, q.in_features) for q in layers}
-    proj = best(lambda: [ext.gemv_a8(xs[q.in_features], p, s, z, 4, g, None)
-                         for q, (_, p, s, z, g) in zip(layers, args)])
+    proj = best(lambda: [ext.gemv_a8(xs[q.in_features], p, 4, g, None) for q, (_, p, g) in zip(layers, args)])
     bw = read_bandwidth()  # what the decode roofline divides by (effml.llm.roofline.read_bandwidth)
     rows.append({"kernel": "120 int4 projections (gemv_a8, 1 row)", "ms": proj * 1e3,
                  "rate": f"{nbytes / proj / 1e9:.1f} GB/s of {nbytes / 1e6:.0f} MB",
                  "beside": f"read bandwidth {bw / 1e9:.1f} GB/s"})
     # the same projections with each tensor in a buffer of its own (ordinary pages: what per-tensor copies give a
     # tensor below 2 MiB, i.e. every SmolLM2 projection) vs the engine's one region in reading order (native.arena)
-    own = [(p.clone(), s.clone(), None if z is None else z.clone(), g) for _, p, s, z, g in args]
+    own = [(p.clone(), g) for _, p, g in args]
     t_own, t_one = float("inf"), float("inf")
     for _ in range(3):
-        t_own = min(t_own, best(lambda: [ext.gemv_a8(xs[q.in_features], p, s, z, 4, g, None)
-                                         for q, (p, s, z, g) in zip(layers, own)], 5))
-        t_one = min(t_one, best(lambda: [ext.gemv_a8(xs[q.in_features], p, s, z, 4, g, None)
-                                         for q, (_, p, s, z, g) in zip(layers, args)], 5))
+        t_own = min(t_own, best(lambda: [ext.gemv_a8(xs[q.in_features], p, 4, g, None)
+                                         for q, (p, g) in zip(layers, own)], 5))
+        t_one = min(t_one, best(lambda: [ext.gemv_a8(xs[q.in_features], p, 4, g, None)
+                                         for q, (_, p, g) in zip(layers, args)], 5))
     rows.append({"kernel": "the same, a buffer per tensor / one region (arena)", "ms": t_one * 1e3,
                  "rate": f"{nbytes / t_own / 1e9:.1f} / {nbytes / t_one / 1e9:.1f} GB/s",
                  "beside": f"{t_own * 1e3:.2f} / {t_one * 1e3:.2f} ms, interleaved"})
     own.clear()  # the copies go (the region stays with the model)
-    _, p1, s1, z1, g1 = args[2]  # layer 0's gate/up (3072 x 576, 1.3 MB with its scales): again and again, in L2
-    b1 = p1.numel() + s1.numel() * 4 + z1.numel() * 4
-    t1 = best(lambda: ext.gemv_a8(xs[layers[2].in_features], p1, s1, z1, 4, g1, None), 200, False)
+    _, p1, g1 = args[2]  # layer 0's gate/up (3072 x 576, 1.1 MB with its scales): again and again, in L2
+    b1 = p1.numel()
+    t1 = best(lambda: ext.gemv_a8(xs[layers[2].in_features], p1, 4, g1, None), 200, False)
     rows.append({"kernel": "one int4 gate/up layer from L2 (gemv_a8, 1 row)", "ms": t1 * 1e3,
                  "rate": f"{b1 / t1 / 1e9:.1f} GB/s", "beside": "the kernel's own rate, without DRAM"})
     pf0 = ext.a8_prefetch(-1)  # the software prefetch distance of gemv_a8's code stream, interleaved
@@ -173,8 +172,8 @@ def main() -> int:
     for _ in range(3):
         for d in t_pf:
             ext.a8_prefetch(d)
-            t_pf[d] = min(t_pf[d], best(lambda: [ext.gemv_a8(xs[q.in_features], p, s, z, 4, g, None)
-                                                 for q, (_, p, s, z, g) in zip(layers, args)], 5))
+            t_pf[d] = min(t_pf[d], best(lambda: [ext.gemv_a8(xs[q.in_features], p, 4, g, None)
+                                                 for q, (_, p, g) in zip(layers, args)], 5))
     ext.a8_prefetch(pf0)
     rows.append({"kernel": "the same, prefetch 0 / 2048 / 4096 B ahead", "ms": t_pf[pf0] * 1e3,
                  "rate": " / ".join(f"{t_pf[d] * 1e3:.2f}" for d in t_pf) + " ms",
@@ -197,7 +196,7 @@ def main() -> int:
     head = m.output
     x = torch.randn(1, head.in_features)
     t = best(lambda: head(x))
-    hb = head.codes.numel() + head.scale.numel() * 4
+    hb = head.a8()[1].numel() if head.a8() is not None else head.codes.numel() + head.scale.numel() * 4
     rows.append({"kernel": "int8 head 49152 x 576 (gemv_a8, 1 row)", "ms": t * 1e3,
                  "rate": f"{hb / t / 1e9:.1f} GB/s", "beside": ""})
     w13 = next(q for q in layers if q.out_features == 2 * m.args.hidden_dim)  # gate/up, 3072 x 576

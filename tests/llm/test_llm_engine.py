@@ -79,11 +79,20 @@ def test_roofline_counts_stored_bytes(model):
     m = copy.deepcopy(model)
     to_format(m, FormatConfig("int8"))
     act = torch.empty(0, dtype=fast_act_dtype() or torch.float32).element_size()
-    linears = [(q.out_features, q.in_features) for q in m.modules() if hasattr(q, "codes")]
-    # int8: a byte per weight + one scale per output row (in the activation dtype); the embedding: one row;
-    # the 2 norms per layer + the final norm in fp32
-    expect = sum(o * i + o * act for o, i in linears) + a.dim * 4 + (2 * a.n_layers + 1) * a.dim * 4
+    linears = [(q.out_features, q.in_features, q.a8() is not None) for q in m.modules() if hasattr(q, "codes")]
+    # int8: a byte per weight + one scale per output row (fp32 in gemv_a8's packing, else in the activation
+    # dtype); the embedding: one row; the 2 norms per layer + the final norm in fp32
+    expect = sum(o * i + o * (4 if a8 else act) for o, i, a8 in linears) + a.dim * 4 + (2 * a.n_layers + 1) * a.dim * 4
     assert weight_bytes_per_token(m) == expect
+    m4 = copy.deepcopy(model)
+    to_format(m4, FormatConfig("int4", group_size=32))
+    linears = [(q.out_features, q.in_features, q.bits, q.a8() is not None) for q in m4.modules() if hasattr(q, "codes")]
+    assert {b for *_, b, _ in linears} == {4, 8}  # int4 projections, the int8 head
+    # int4 g32: half a byte per weight + per group of 32 a scale and a zero term, 2 bytes each (bf16 in gemv_a8's
+    # packing; torch's kernel reads them in the activation dtype); the int8 head as above
+    expect = sum(o * i // 2 + o * i // 32 * 2 * (2 if a8 else act) if b == 4 else o * i + o * (4 if a8 else act)
+                 for o, i, b, a8 in linears) + a.dim * 4 + (2 * a.n_layers + 1) * a.dim * 4
+    assert weight_bytes_per_token(m4) == expect
     r = decode_roofline(model, tokens_per_s=10.0, context=100, bandwidth=1e9)
     kv = 2 * a.n_layers * a.n_kv_heads * a.head_dim * 4 * 100
     assert r.kv_bytes == kv and r.bound_tokens_per_s == pytest.approx(1e9 / (a.params() * 4 + kv))

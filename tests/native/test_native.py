@@ -151,10 +151,10 @@ def test_kernels_split_work_over_torch_threads_with_the_same_bits():
     g = torch.Generator().manual_seed(11)
     w, x = torch.randn(2048, 512, generator=g), torch.randn(5, 512, generator=g)  # 4 MiB fp32
     t = ext.pack_tiles(w)
-    packed, sp, zp, group, _ = layer(4096, 2048, 4, 32, seed=12)  # 4 MiB of int4 codes
+    packed, group, _ = layer(4096, 2048, 4, 32, seed=12)  # 4 MiB of int4 codes
     xa = torch.randn(3, 2048, generator=g)
     calls = [lambda: ext.gemv_tiles(x, t, 2048, None), lambda: ext.gemv(x, w, None, None),
-             lambda: ext.gemv_a8(xa, packed, sp, zp, 4, group, None)]
+             lambda: ext.gemv_a8(xa, packed, 4, group, None)]
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -172,7 +172,7 @@ def test_no_rows_give_an_empty_product_in_every_kernel():
     from tests.native.test_a8 import layer
 
     w = torch.randn(40, 64)
-    packed, sp, zp, group, _ = layer(32, 64, 4, 32, seed=1)
+    packed, group, _ = layer(32, 64, 4, 32, seed=1)
     assert ext.gemv(torch.empty(0, 64), w, None, None).shape == (0, 40)
     assert ext.gemv_tiles(torch.empty(0, 64), ext.pack_tiles(w), 40, torch.randn(40)).shape == (0, 40)
-    assert ext.gemv_a8(torch.empty(0, 64), packed, sp, zp, 4, group, None).shape == (0, 32)
+    assert ext.gemv_a8(torch.empty(0, 64), packed, 4, group, None).shape == (0, 32)

@@ -42,6 +42,7 @@ from effml.native import MAX_ROWS
 WEIGHT_KERNELS = ("packed", "a8", "torch", "dequant")
 INT_KERNELS = ("packed", "a8", "torch")  # the integer kernels (not "dequant")
 ACT_DTYPES = ("auto", "fp32", "bf16")
+FP16_TINY, FP16_MAX = 2.0 ** -14, 65504.0  # fp16's normal range: gemv_a8 stores int4 scales and zero terms in fp16
 FAST_CAPABILITIES = ("AVX2", "AVX512", "AMX")  # prefixes of get_cpu_capability() with vectorized int8/int4 kernels
 
 
@@ -208,7 +209,7 @@ class WeightOnlyLinear(nn.Module):
         return self._gemv is not None
 
     def a8(self) -> tuple | None:
-        """gemv_a8's arguments (ext, packed codes, scale, zterm, group) when this layer runs effml's
+        """gemv_a8's arguments (ext, packed codes with their scales, group) when this layer runs effml's
         int8-activation kernel (kernel "a8", an AVX-512 VNNI or AVX2 build, out % 16 == 0, in % 32 == 0,
         group % 32 == 0)."""
         self._prepare()
@@ -218,14 +219,18 @@ class WeightOnlyLinear(nn.Module):
         group = self.in_features if self.bits == 8 else self.spec.group_size
         if not (ext.a8_isa() and self.out_features % 16 == 0 and self.in_features % 32 == 0 and group % 32 == 0):
             return
-        t = self.out_features // 16  # gemv_a8's layout: 16 output rows interleaved, scales (tiles, groups, 16)
-        scale = self.scale.float().reshape(t, 16, -1).transpose(1, 2).contiguous()
-        zterm = None if self.bits == 8 else \
-            (-self.scale.float() * self.zero.float()).reshape(t, 16, -1).transpose(1, 2).contiguous()
+        scale = self.scale.float().contiguous()  # (out, groups)
+        zterm = None if self.bits == 8 else (-self.scale.float() * self.zero.float()).contiguous()
+        if zterm is not None and not (scale.min() >= FP16_TINY and scale.max() <= FP16_MAX
+                                      and zterm.abs().max() <= FP16_MAX):  # gemv_a8 holds them in fp16
+            self.note = (f"{self.name}: int4 scales in [{scale.min():.3g}, {scale.max():.3g}] (zero terms up to "
+                         f"{zterm.abs().max():.3g}) are outside fp16's normal range, which gemv_a8 stores them in: "
+                         "torch's int4 kernel runs this layer")
+            return
+        packed = ext.pack_a8(self.codes.contiguous(), self.bits, scale, zterm, group)  # int4: fp16 scale, zero term
         # in memory advised for 2 MiB pages (effml/native/tiles.cpp): the weight stream reads faster without a TLB
         # miss and a prefetcher restart every 4 KiB
-        self._a8 = (ext, ext.huge(ext.pack_a8(self.codes.contiguous(), self.bits)), ext.huge(scale),
-                    None if zterm is None else ext.huge(zterm), group)
+        self._a8 = (ext, ext.huge(packed), group)
 
     def _prepare(self):
         if self._prepared is None:
@@ -257,9 +262,9 @@ class WeightOnlyLinear(nn.Module):
         w, s = self._prepare()
         x2 = x.reshape(-1, self.in_features)  # (N, in)
         if self._a8 is not None:  # every row count: up to 8 rows per pass, 3x torch's int4 kernel at a prefill here
-            ext, packed, scale, zterm, group = self._a8
+            ext, packed, group = self._a8
             bias = None if self.bias is None else self.bias.float()
-            y = ext.gemv_a8(x2.float().contiguous(), packed, scale, zterm, self.bits, group, bias)  # (N, out) fp32
+            y = ext.gemv_a8(x2.float().contiguous(), packed, self.bits, group, bias)  # (N, out) fp32
             return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         if self._gemv is not None and x2.shape[0] <= MAX_ROWS:
             ext, s32 = self._gemv

@@ -128,17 +128,17 @@ def fast_hidden(model, tokens: torch.Tensor, cache) -> torch.Tensor | None:
 
 def kernel_spec(m) -> tuple | None:
     """A projection as effml.native.decode_layers_rows takes it: (0, codes, scale, bias, 0) for effml's int8 GEMV,
-    (1, packed, scales_and_zeros, None, group) for torch's int4 kernel, (2, packed, scale, zterm, group) / (3, packed,
-    scale, bias, in) for effml's int8-activation kernel on int4 / int8 codes, (4, tiles, None, bias, out) for
-    gemv_tiles on fp32/bf16 weights; None for a layer only its module can run."""
+    (1, packed, scales_and_zeros, None, group) for torch's int4 kernel, (2, packed, None, None, group) / (3, packed,
+    None, bias, in) for effml's int8-activation kernel on int4 / int8 codes (packed with their scales), (4, tiles,
+    None, bias, out) for gemv_tiles on fp32/bf16 weights; None for a layer only its module can run."""
     from effml.compress.weight_only import WeightOnlyLinear
     from effml.llm.engine import PackedLinear
 
     if isinstance(m, WeightOnlyLinear) and m.a8() is not None and (m.bits == 8 or m.bias is None):
-        _, packed, scale, zterm, group = m.a8()
+        _, packed, group = m.a8()
         if m.bits == 4:
-            return (2, packed, scale, zterm, group)
-        return (3, packed, scale, None if m.bias is None else m.bias.detach().float().contiguous(), group)
+            return (2, packed, None, None, group)
+        return (3, packed, None, None if m.bias is None else m.bias.detach().float().contiguous(), group)
     if isinstance(m, WeightOnlyLinear) and m.native():
         (codes, _), (_, s32) = m._prepare(), m._gemv
         return (0, codes, s32, None if m.bias is None else m.bias.detach().float().contiguous(), 0)
@@ -165,8 +165,8 @@ def direct(m, ext):
     if kind == 4:
         return lambda x: ext.gemv_tiles(x, w, group, bias)
     if kind in (2, 3):
-        bits, zterm, b = (4, bias, None) if kind == 2 else (8, None, bias)
-        return lambda x: ext.gemv_a8(x, w, scale, zterm, bits, group, b)
+        bits = 4 if kind == 2 else 8
+        return lambda x: ext.gemv_a8(x, w, bits, group, bias)
     op = torch.ops.aten._weight_int4pack_mm_for_cpu
     return lambda x: op(x.to(torch.bfloat16), w, group, scale).float()
 
@@ -177,31 +177,27 @@ def projections(model) -> list:
 
 
 def place(model, ext) -> int:
-    """Copy the packed weights a decode step reads (gemv_a8's codes / scales / zero terms, gemv_tiles' tiles) into
-    one region in the order the step reads them: layer by layer (QKV, O, gate/up, down), then the head; the codes
-    (or tiles) of every projection back to back, then the scales, then the zero terms. A small model's projections
-    are each far below a 2 MiB page, so per-tensor copies leave them in ordinary pages and make the step hundreds of
-    short streams (`native.arena`). Returns the bytes placed."""
+    """Copy the packed weights a decode step reads (gemv_a8's codes with their scales, gemv_tiles' tiles) into
+    one region in the order the step reads them: layer by layer (QKV, O, gate/up, down), then the head. A small
+    model's projections are each far below a 2 MiB page, so per-tensor copies leave them in ordinary pages and make
+    the step hundreds of short streams (`native.arena`). Returns the bytes placed."""
     from effml.compress.weight_only import WeightOnlyLinear
     from effml.llm.engine import PackedLinear
 
-    mods = projections(model) + [model.output]
-    a8 = [m for m in mods if isinstance(m, WeightOnlyLinear) and m.a8() is not None]
-    tiled = [m for m in mods if isinstance(m, PackedLinear) and m._gemv is not None]
-    if not a8 and not tiled:
+    mods = [m for m in projections(model) + [model.output]
+            if (isinstance(m, WeightOnlyLinear) and m.a8() is not None)
+            or (isinstance(m, PackedLinear) and m._gemv is not None)]
+    if not mods:
         return 0
-    # the region's layout: codes (or tiles) of every projection, then the scales, then the zero terms
-    slots = [(m, 1) for m in a8] + [(m, None) for m in tiled] + [(m, 2) for m in a8] + \
-        [(m, 3) for m in a8 if m._a8[3] is not None]
-    views = ext.arena([m._tiles if i is None else m._a8[i] for m, i in slots], copy=False)
+    views = ext.arena([m._a8[1] if isinstance(m, WeightOnlyLinear) else m._tiles for m in mods], copy=False)
     total = 0
-    for (m, i), view in zip(slots, views):  # fill one view, let its original go, then the next: ~one copy at a time
-        if i is None:
+    for m, view in zip(mods, views):  # fill one view, let its original go, then the next: ~one copy at a time
+        if isinstance(m, WeightOnlyLinear):
+            view.copy_(m._a8[1])
+            m._a8 = (m._a8[0], view, m._a8[2])
+        else:
             view.copy_(m._tiles)
             m._tiles = view
-        else:
-            view.copy_(m._a8[i])
-            m._a8 = m._a8[:i] + (view,) + m._a8[i + 1:]
         total += view.nbytes
     return total
 

@@ -7,8 +7,9 @@
     r.bound_tokens_per_s, r.fraction              # e.g. 59.6 tok/s, 0.52
 
 Bytes per token: each projection's weights as stored (fp32/bf16 elements; int8/int4 codes at 1 byte / half a byte
-plus their scales and zero points), the norms, one embedding row (the full table only when it doubles as the LM
-head), and K and V of every cached token of every layer (2 · layers · kv_heads · head_dim · context · bytes).
+plus their scales and zero points: exactly gemv_a8's packed tensor where a layer runs it), the norms, one embedding
+row (the full table only when it doubles as the LM head), and K and V of every cached token of every layer
+(2 · layers · kv_heads · head_dim · context · bytes).
 """
 
 from __future__ import annotations
@@ -78,9 +79,13 @@ def weight_bytes_per_token(model: Transformer) -> int:
     embeddings = []
     for m in model.modules():
         if isinstance(m, WeightOnlyLinear):
-            act = torch.empty(0, dtype=m.act_dtype).element_size()
-            per_group = 1 if m.bits == 8 else 2  # scale (+ zero folded with it for int4)
-            once(m.codes, m.codes.numel() * m.bits // 8 + m.scale.numel() * per_group * act)
+            a8 = m.a8() if m.kernel == "a8" else None
+            if a8 is not None:  # gemv_a8's one tensor: the codes with their scales (int4: and zero terms) in it
+                once(m.codes, a8[1].nbytes)
+            else:  # the codes + their scales (int4: + zero points) in the activation dtype, as torch's kernels read
+                act = torch.empty(0, dtype=m.act_dtype).element_size()
+                per_group = 1 if m.bits == 8 else 2
+                once(m.codes, m.codes.numel() * m.bits // 8 + m.scale.numel() * per_group * act)
             if m.bias is not None:
                 once(m.bias, _tensor_bytes(m.bias))
         elif isinstance(m, PackedLinear):  # what its decode rows read: gemv_tiles' copy, else the weight

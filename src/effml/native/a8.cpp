@@ -1,10 +1,11 @@
 // effml's int8-activation GEMV for int4 / int8 weight codes (decode rows, llama.cpp's Q8_0 activations).
 //
-//   packed = pack_a8(codes, bits)       codes (N, K): int4 codes 0..15 (uint8) or int8 codes (-127..127)
-//   y = gemv_a8(x, packed, scale, zterm, bits, group, bias?)
+//   packed = pack_a8(codes, bits, scale, zterm, group)
+//       codes (N, K): int4 codes 0..15 (uint8) or int8 codes (-127..127); scale (N, K/group) fp32 per output row and
+//       group; zterm the same shape, -scale * zero (int4, whose zero point is a float), or None (int8, symmetric:
+//       zero = 0, group = K). Returns (N/16, K/group * (64 + 2 group bits)) uint8: everything the kernel reads.
+//   y = gemv_a8(x, packed, bits, group, bias?)
 //       x (M, K) fp32, any M (decode rows, a verification, a prefill: up to 8 rows per pass over a weight tile);
-//       scale (N/16, K/group, 16) fp32 per output row and group; zterm the same shape,
-//       -scale * zero (int4, whose zero point is a float) or None (int8, symmetric: zero = 0).
 //       y[m, n] = sum_g scale[n, g] * sum_{k in g} (code[n, k] - zero[n, g]) * xd[m, k]
 //   xd is x rounded to int8 per block of 32 (xd = a_b * xq, a_b = max|x_b| / 127, xq = round(x / a_b)): the
 //   weights' arithmetic is exact, the activations carry an int8 rounding (relative error <= 1/254 of the block's
@@ -13,10 +14,17 @@
 //   x 4 inputs), so an int4 weight costs ~0.1 instruction instead of the ~0.4 of widening it to fp32; a decode step
 //   is then bound by reading the weights, not by the arithmetic.
 //
-// Packed layout (16 output rows interleaved, so each 32-bit lane of a vector is one output row):
-//   int4: [N/16][K/8][16 rows][4 bytes]: byte j of row r holds k = 8o + j (low nibble) and k = 8o + 4 + j (high)
-//   int8: [N/16][K/4][16 rows][4 bytes]: code + 128 as uint8 (vpdpbusd takes unsigned weights, signed activations;
-//         the 128 * sum(xq) this adds is taken off in integers per block)
+// Packed layout: per tile of 16 output rows (interleaved, so each 32-bit lane of a vector is one output row), per
+// group of `group` inputs, a 64-byte head and then the group's codes, so a tile is one stream:
+//   head, int4: the 16 rows' scales, then their zero terms, as fp16 (32 + 32 bytes; llama.cpp's Q4_1 keeps its two
+//         per-group values so: in fp32 they were a third of the bytes an int4 decode step read, group 32);
+//         int8: the 16 rows' scales as fp32 (one group per row: 64 bytes per 16 x K codes)
+//   codes, int4: [group/8][16 rows][4 bytes]: byte j of row r holds k = 8o + j (low nibble) and k = 8o + 4 + j (high)
+//         int8: [group/4][16 rows][4 bytes]: code + 128 as uint8 (vpdpbusd takes unsigned weights, signed
+//         activations; the 128 * sum(xq) this adds is taken off in integers per block)
+// The fp16 scale and zero term (round to nearest even) put the int4 weight within 2^-11 |scale * code| + 2^-11 |zterm|
+// + 2^-25 of the layer's fp32 dequantized one; pack_a8 refuses a scale outside fp16's normal range [2^-14, 65504] or
+// a zero term past 65504 (effml then runs torch's kernel for that layer and says so).
 // AVX2 CPUs without VNNI run the same sums with vpmaddubsw + vpmaddwd (tile_simd below); elsewhere a scalar loop
 // does the same arithmetic (tests), and effml routes layers here only where a8_isa() names a vector ISA.
 #include <torch/extension.h>
@@ -25,13 +33,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "vec.h"
 
 namespace {
 
-constexpr int TILE = 16, BLOCK = 32;
+constexpr int TILE = 16, BLOCK = 32, HEAD = 64;  // HEAD: a group's scales (and zero terms) ahead of its codes
 int PREFETCH = 4096;  // bytes ahead of the weight stream: keeps more DRAM reads in flight for one core
 
 struct Act {  // one activation row rounded to int8 per block of 32
@@ -111,19 +120,36 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, std::vec
   }
 }
 
+// The bytes of one group in the packed layout: its head and 16 rows x group codes
+inline int64_t group_bytes(int64_t bits, int64_t group) { return HEAD + TILE * group * bits / 8; }
+
+inline float fp16_at(const uint8_t* p, int i) {  // the i-th fp16 of a head, widened exactly
+  uint16_t u;
+  std::memcpy(&u, p + 2 * i, 2);
+  return static_cast<float>(c10::Half(u, c10::Half::from_bits()));
+}
+
 // Scalar reference: the same sums in the same order of integer / float steps as the vector kernel below.
-void tile_scalar(int bits, const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group,
-                 const Act* acts, int R, float* y, int64_t N, int64_t n0, const float* bias) {
-  const int64_t ng = K / group, per = group / BLOCK, step = bits == 4 ? 8 : 4;
+void tile_scalar(int bits, const uint8_t* wt, int64_t K, int64_t group, const Act* acts, int R, float* y, int64_t N,
+                 int64_t n0, const float* bias) {
+  const int64_t ng = K / group, per = group / BLOCK, step = bits == 4 ? 8 : 4, gb = group_bytes(bits, group);
   for (int r = 0; r < R; ++r) {
     const Act& x = acts[r];
     for (int row = 0; row < TILE; ++row) {
       float out = 0.f;
       for (int64_t g = 0; g < ng; ++g) {
+        const uint8_t* head = wt + g * gb;
+        const uint8_t* codes = head + HEAD;
+        float s;
+        if (bits == 4) {
+          s = fp16_at(head, row);
+        } else {
+          std::memcpy(&s, head + 4 * row, 4);
+        }
         for (int64_t b = g * per; b < (g + 1) * per; ++b) {
           int32_t acc = 0;
           for (int64_t k = b * BLOCK; k < (b + 1) * BLOCK; k += step) {
-            const uint8_t* wb = wt + (k / step) * 64 + row * 4;
+            const uint8_t* wb = codes + ((k - g * group) / step) * 64 + row * 4;
             for (int j = 0; j < 4; ++j) {
               if (bits == 4) {
                 acc += (wb[j] & 15) * x.q[k + j] + (wb[j] >> 4) * x.q[k + 4 + j];
@@ -133,9 +159,9 @@ void tile_scalar(int bits, const uint8_t* wt, const float* sc, const float* zt, 
             }
           }
           if (bits == 8) acc -= 128 * x.s[b];
-          out = std::fma(static_cast<float>(acc), sc[g * TILE + row] * x.a[b], out);
+          out = std::fma(static_cast<float>(acc), s * x.a[b], out);
         }
-        if (bits == 4) out = std::fma(zt[g * TILE + row], x.g[g], out);
+        if (bits == 4) out = std::fma(fp16_at(head, TILE + row), x.g[g], out);
       }
       y[r * N + n0 + row] = out + (bias ? bias[n0 + row] : 0.f);
     }
@@ -148,9 +174,9 @@ constexpr const char* kIsa = "AVX-512 VNNI";
 constexpr int R_MAX = 8;  // activation rows per pass over a weight tile (a verification of up to 8 tokens: one pass)
 
 template <int BITS, int R>
-void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group, const Act* acts,
-               float* y, int64_t N, int64_t n0, const float* bias) {
-  const int64_t ng = K / group, per = group / BLOCK;
+void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Act* acts, float* y, int64_t N, int64_t n0,
+               const float* bias) {
+  const int64_t ng = K / group, per = group / BLOCK, gb = group_bytes(BITS, group);
   const __m512i low = _mm512_set1_epi8(0x0F);
   // the rows' arrays once, in registers or on the stack: not through each std::vector in the inner loop
   const int8_t* qp[R];
@@ -164,16 +190,20 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
   __m512 out[R];
   for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
   for (int64_t g = 0; g < ng; ++g) {
-    const __m512 s = _mm512_loadu_ps(sc + g * TILE);
+    const uint8_t* head = wt + g * gb;
+    _mm_prefetch(reinterpret_cast<const char*>(head + PREFETCH), _MM_HINT_T0);
+    const __m512 s = BITS == 4 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(head)))
+                               : _mm512_loadu_ps(reinterpret_cast<const float*>(head));
     for (int64_t b = g * per; b < (g + 1) * per; ++b) {
       __m512i acc[R][NA];
       for (int r = 0; r < R; ++r)
         for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_si512();
       const int64_t k0 = b * BLOCK;
+      const uint8_t* cb = head + HEAD + (k0 - g * group) * BITS * 2;  // the block's codes: 16 rows x 32 inputs
       if (BITS == 4) {
         for (int o = 0; o < BLOCK / 8; ++o) {
-          const __m512i v = _mm512_loadu_si512(wt + (k0 / 8 + o) * 64);
-          _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 8 + o) * 64 + PREFETCH), _MM_HINT_T0);
+          const __m512i v = _mm512_loadu_si512(cb + o * 64);
+          _mm_prefetch(reinterpret_cast<const char*>(cb + o * 64 + PREFETCH), _MM_HINT_T0);
           const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
           for (int r = 0; r < R; ++r) {
             const int8_t* q = qp[r] + k0 + 8 * o;
@@ -185,10 +215,10 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
         }
       } else {
         for (int o = 0; o < BLOCK / 4; o += 2) {
-          const __m512i v = _mm512_loadu_si512(wt + (k0 / 4 + o) * 64);
-          const __m512i v2 = _mm512_loadu_si512(wt + (k0 / 4 + o + 1) * 64);
-          _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 4 + o) * 64 + PREFETCH), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 4 + o + 1) * 64 + PREFETCH), _MM_HINT_T0);
+          const __m512i v = _mm512_loadu_si512(cb + o * 64);
+          const __m512i v2 = _mm512_loadu_si512(cb + (o + 1) * 64);
+          _mm_prefetch(reinterpret_cast<const char*>(cb + o * 64 + PREFETCH), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(cb + (o + 1) * 64 + PREFETCH), _MM_HINT_T0);
           for (int r = 0; r < R; ++r) {
             const int8_t* q = qp[r] + k0 + 4 * o;
             __m512i& a0 = acc[r][o % NA];
@@ -207,7 +237,7 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
       }
     }
     if (BITS == 4) {
-      const __m512 z = _mm512_loadu_ps(zt + g * TILE);
+      const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(head + HEAD / 2)));
       for (int r = 0; r < R; ++r) out[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(gp[r][g]), out[r]);
     }
   }
@@ -215,7 +245,7 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + n0, _mm512_add_ps(out[r], bv));
 }
 
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)  // every AVX2 CPU has F16C (fp16 <-> fp32)
 constexpr const char* kIsa = "AVX2";
 constexpr int R_MAX = 4;  // 16 ymm registers: a row takes 2 per half (its int16 sums and its outputs)
 
@@ -225,9 +255,9 @@ constexpr int R_MAX = 4;  // 16 ymm registers: a row takes 2 per half (its int16
 // (xor 0x80) and multiplied as |w| x sign(w) * x (llama.cpp's trick: 127 * 127 * 2 fits int16, where the +128
 // unsigned codes would saturate), so no 128 * sum(xq) correction.
 template <int BITS, int R>
-void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group, const Act* acts,
-               float* y, int64_t N, int64_t n0, const float* bias) {
-  const int64_t ng = K / group, per = group / BLOCK;
+void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Act* acts, float* y, int64_t N, int64_t n0,
+               const float* bias) {
+  const int64_t ng = K / group, per = group / BLOCK, gb = group_bytes(BITS, group);
   const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(-128);
   // halves per pass: both for one or two rows (two independent chains per row, each broadcast serves both halves);
   // one at a time for more rows, whose state would not fit 16 registers twice
@@ -237,11 +267,16 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
     for (int r = 0; r < R; ++r)
       for (int h = 0; h < H; ++h) out[r][h] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
+      const uint8_t* head = wt + g * gb;
+      if (h0 == 0) _mm_prefetch(reinterpret_cast<const char*>(head + PREFETCH), _MM_HINT_T0);
       __m256 s[H];
-      for (int h = 0; h < H; ++h) s[h] = _mm256_loadu_ps(sc + g * TILE + (h0 + h) * 8);
+      for (int h = 0; h < H; ++h)
+        s[h] = BITS == 4 ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(head + (h0 + h) * 16)))
+                         : _mm256_loadu_ps(reinterpret_cast<const float*>(head) + (h0 + h) * 8);
       for (int64_t b = g * per; b < (g + 1) * per; ++b) {
         __m256i acc[R][H];
         const int64_t k0 = b * BLOCK;
+        const uint8_t* cb = head + HEAD + (k0 - g * group) * BITS * 2;  // the block's codes: 16 rows x 32 inputs
         if (BITS == 4) {
           // the block's products summed in int16 and widened once: each int16 lane adds 2 nibble pairs per step
           // over 4 steps, |sum| <= 4 * 2 * 2 * 15 * 127 = 30480 < 32767, so the sum is exact
@@ -251,10 +286,9 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
           for (int o = 0; o < BLOCK / 8; ++o) {
             __m256i lo[H], hi[H];
             if (h0 == 0)  // the first pass over the tile's halves reads it from memory; the second from L1/L2
-              _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 8 + o) * 64 + PREFETCH), _MM_HINT_T0);
+              _mm_prefetch(reinterpret_cast<const char*>(cb + o * 64 + PREFETCH), _MM_HINT_T0);
             for (int h = 0; h < H; ++h) {
-              const __m256i v =
-                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + (k0 / 8 + o) * 64 + (h0 + h) * 32));
+              const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cb + o * 64 + (h0 + h) * 32));
               lo[h] = _mm256_and_si256(v, low);
               hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             }
@@ -275,10 +309,10 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
           for (int o = 0; o < BLOCK / 4; ++o) {
             __m256i v[H], a[H];
             if (h0 == 0)
-              _mm_prefetch(reinterpret_cast<const char*>(wt + (k0 / 4 + o) * 64 + PREFETCH), _MM_HINT_T0);
+              _mm_prefetch(reinterpret_cast<const char*>(cb + o * 64 + PREFETCH), _MM_HINT_T0);
             for (int h = 0; h < H; ++h) {
               v[h] = _mm256_xor_si256(
-                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + (k0 / 4 + o) * 64 + (h0 + h) * 32)), flip);
+                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cb + o * 64 + (h0 + h) * 32)), flip);
               a[h] = _mm256_sign_epi8(v[h], v[h]);  // |w|
             }
             for (int r = 0; r < R; ++r) {
@@ -297,7 +331,8 @@ void tile_simd(const uint8_t* wt, const float* sc, const float* zt, int64_t K, i
       }
       if (BITS == 4) {
         for (int h = 0; h < H; ++h) {
-          const __m256 z = _mm256_loadu_ps(zt + g * TILE + (h0 + h) * 8);
+          const __m256 z =
+              _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(head + HEAD / 2 + (h0 + h) * 16)));
           for (int r = 0; r < R; ++r) out[r][h] = _mm256_fmadd_ps(z, _mm256_set1_ps(acts[r].g[g]), out[r][h]);
         }
       }
@@ -313,22 +348,22 @@ constexpr const char* kIsa = "";
 constexpr int R_MAX = 4;
 #endif
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 template <int BITS>
-void tile_rows(int R, const uint8_t* wt, const float* sc, const float* zt, int64_t K, int64_t group,
-               const Act* acts, float* y, int64_t N, int64_t n0, const float* bias) {
+void tile_rows(int R, const uint8_t* wt, int64_t K, int64_t group, const Act* acts, float* y, int64_t N, int64_t n0,
+               const float* bias) {
   switch (R) {
-    case 1: return tile_simd<BITS, 1>(wt, sc, zt, K, group, acts, y, N, n0, bias);
-    case 2: return tile_simd<BITS, 2>(wt, sc, zt, K, group, acts, y, N, n0, bias);
-    case 3: return tile_simd<BITS, 3>(wt, sc, zt, K, group, acts, y, N, n0, bias);
-    case 4: return tile_simd<BITS, 4>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 1: return tile_simd<BITS, 1>(wt, K, group, acts, y, N, n0, bias);
+    case 2: return tile_simd<BITS, 2>(wt, K, group, acts, y, N, n0, bias);
+    case 3: return tile_simd<BITS, 3>(wt, K, group, acts, y, N, n0, bias);
+    case 4: return tile_simd<BITS, 4>(wt, K, group, acts, y, N, n0, bias);
 #if R_MAX_8
-    case 5: return tile_simd<BITS, 5>(wt, sc, zt, K, group, acts, y, N, n0, bias);
-    case 6: return tile_simd<BITS, 6>(wt, sc, zt, K, group, acts, y, N, n0, bias);
-    case 7: return tile_simd<BITS, 7>(wt, sc, zt, K, group, acts, y, N, n0, bias);
-    default: return tile_simd<BITS, 8>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    case 5: return tile_simd<BITS, 5>(wt, K, group, acts, y, N, n0, bias);
+    case 6: return tile_simd<BITS, 6>(wt, K, group, acts, y, N, n0, bias);
+    case 7: return tile_simd<BITS, 7>(wt, K, group, acts, y, N, n0, bias);
+    default: return tile_simd<BITS, 8>(wt, K, group, acts, y, N, n0, bias);
 #else
-    default: return tile_simd<BITS, 4>(wt, sc, zt, K, group, acts, y, N, n0, bias);
+    default: return tile_simd<BITS, 4>(wt, K, group, acts, y, N, n0, bias);
 #endif
   }
 }
@@ -367,7 +402,8 @@ int64_t a8_prefetch(int64_t bytes) {
   return PREFETCH;
 }
 
-torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits) {
+torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits, const torch::Tensor& scale,
+                      const c10::optional<torch::Tensor>& zterm, int64_t group) {
   TORCH_CHECK(bits == 4 || bits == 8, "pack_a8: bits must be 4 or 8");
   TORCH_CHECK(codes.dim() == 2 && codes.is_contiguous() &&
               codes.scalar_type() == (bits == 4 ? torch::kByte : torch::kChar),
@@ -375,28 +411,54 @@ torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits) {
   const int64_t N = codes.size(0), K = codes.size(1);
   TORCH_CHECK(N % TILE == 0 && K % BLOCK == 0, "pack_a8: N must be a multiple of 16 and K of 32, got (", N, ", ", K,
               ")");
-  auto out = torch::empty({N * K * bits / 8}, codes.options().dtype(torch::kByte));
+  TORCH_CHECK(group > 0 && group % BLOCK == 0 && K % group == 0 && (bits == 4 || group == K), "pack_a8: group ",
+              group, " must be a multiple of 32 that divides K = ", K, bits == 8 ? " and equal K for int8 codes" : "");
+  const int64_t ng = K / group;
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous() && scale.dim() == 2 &&
+              scale.size(0) == N && scale.size(1) == ng, "pack_a8: scale must be a contiguous fp32 (N, K/group) = (",
+              N, ", ", ng, ") tensor");
+  TORCH_CHECK((bits == 4) == zterm.has_value(), "pack_a8: int4 takes zterm, int8 none");
+  if (zterm) TORCH_CHECK(zterm->sizes() == scale.sizes() && zterm->scalar_type() == torch::kFloat &&
+                         zterm->is_contiguous(), "pack_a8: zterm must be shaped like scale");
+  const int64_t gb = group_bytes(bits, group), step = bits == 4 ? 8 : 4;
+  auto out = torch::empty({N / TILE, ng * gb}, codes.options().dtype(torch::kByte));
   uint8_t* o = out.data_ptr<uint8_t>();
-  const int64_t step = bits == 4 ? 8 : 4;
+  const float* sp = scale.data_ptr<float>();
+  const float* zp = zterm ? zterm->data_ptr<float>() : nullptr;
   for (int64_t t = 0; t < N / TILE; ++t)
-    for (int64_t c = 0; c < K / step; ++c)
-      for (int row = 0; row < TILE; ++row)
-        for (int j = 0; j < 4; ++j) {
-          const int64_t n = t * TILE + row, k = c * step + j;
-          uint8_t v;
-          if (bits == 4) {
-            const uint8_t* p = codes.data_ptr<uint8_t>() + n * K;
-            v = static_cast<uint8_t>((p[k] & 15) | ((p[k + 4] & 15) << 4));
-          } else {
-            v = static_cast<uint8_t>(codes.data_ptr<int8_t>()[n * K + k] + 128);
-          }
-          o[((t * (K / step) + c) * TILE + row) * 4 + j] = v;
+    for (int64_t g = 0; g < ng; ++g) {
+      uint8_t* head = o + (t * ng + g) * gb;
+      for (int row = 0; row < TILE; ++row) {
+        const int64_t i = (t * TILE + row) * ng + g;
+        if (bits == 4) {  // round to nearest even (c10::Half's conversion)
+          TORCH_CHECK(sp[i] >= 6.103515625e-05f && sp[i] <= 65504.f && std::fabs(zp[i]) <= 65504.f, "pack_a8: row ",
+                      t * TILE + row, " group ", g, ": scale ", sp[i], " / zero term ", zp[i],
+                      " outside fp16's range (scale in [2^-14, 65504], |zero term| <= 65504)");
+          const uint16_t s = c10::Half(sp[i]).x, z = c10::Half(zp[i]).x;
+          std::memcpy(head + 2 * row, &s, 2);
+          std::memcpy(head + HEAD / 2 + 2 * row, &z, 2);
+        } else {
+          std::memcpy(head + 4 * row, sp + i, 4);
         }
+      }
+      for (int64_t c = 0; c < group / step; ++c)
+        for (int row = 0; row < TILE; ++row)
+          for (int j = 0; j < 4; ++j) {
+            const int64_t n = t * TILE + row, k = g * group + c * step + j;
+            uint8_t v;
+            if (bits == 4) {
+              const uint8_t* p = codes.data_ptr<uint8_t>() + n * K;
+              v = static_cast<uint8_t>((p[k] & 15) | ((p[k + 4] & 15) << 4));
+            } else {
+              v = static_cast<uint8_t>(codes.data_ptr<int8_t>()[n * K + k] + 128);
+            }
+            head[HEAD + (c * TILE + row) * 4 + j] = v;
+          }
+    }
   return out;
 }
 
-torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
-                      const c10::optional<torch::Tensor>& zterm, int64_t bits, int64_t group,
+torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, int64_t bits, int64_t group,
                       const c10::optional<torch::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(),
               "gemv_a8: x must be a contiguous fp32 (M, K) tensor");
@@ -404,15 +466,11 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
   const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(group > 0 && group % BLOCK == 0 && K % group == 0, "gemv_a8: group ", group,
               " must be a multiple of 32 that divides K = ", K);
-  TORCH_CHECK(scale.dim() == 3 && scale.size(1) == K / group && scale.size(2) == TILE &&
-              scale.scalar_type() == torch::kFloat && scale.is_contiguous(),
-              "gemv_a8: scale must be a contiguous fp32 (N/16, K/group, 16) tensor");
-  const int64_t N = scale.size(0) * TILE;
-  TORCH_CHECK(packed.scalar_type() == torch::kByte && packed.numel() == N * K * bits / 8,
-              "gemv_a8: packed codes do not match N x K at ", bits, " bits");
-  TORCH_CHECK((bits == 4) == zterm.has_value(), "gemv_a8: int4 takes zterm, int8 none");
-  if (zterm) TORCH_CHECK(zterm->sizes() == scale.sizes() && zterm->scalar_type() == torch::kFloat &&
-                         zterm->is_contiguous(), "gemv_a8: zterm must be shaped like scale");
+  const int64_t ng = K / group, tile_bytes = ng * group_bytes(bits, group);
+  TORCH_CHECK(packed.scalar_type() == torch::kByte && packed.dim() == 2 && packed.is_contiguous() &&
+              packed.size(1) == tile_bytes, "gemv_a8: packed must be pack_a8's contiguous (N/16, ", tile_bytes,
+              ") uint8 tensor for int", bits, " codes of K = ", K, " in groups of ", group, ", got ", packed.sizes());
+  const int64_t N = packed.size(0) * TILE;
   const float* bp = nullptr;
   if (bias) {
     TORCH_CHECK(bias->scalar_type() == torch::kFloat && bias->is_contiguous() && bias->numel() == N,
@@ -425,24 +483,19 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const
   auto y = torch::empty({M, N}, x.options());
   float* yp = y.data_ptr<float>();
   const uint8_t* wp = packed.data_ptr<uint8_t>();
-  const float* sp = scale.data_ptr<float>();
-  const float* zp = zterm ? zterm->data_ptr<float>() : nullptr;
-  const int64_t ng = K / group, tile_bytes = TILE * K * bits / 8;
   const int64_t passes = (M + R_MAX - 1) / R_MAX;
   at::parallel_for(0, N / TILE, effml_vec::grain_for(tile_bytes * passes), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const uint8_t* wt = wp + t * tile_bytes;
-      const float* sc = sp + t * ng * TILE;
-      const float* zt = zp ? zp + t * ng * TILE : nullptr;
       for (int64_t m = 0; m < M; m += R_MAX) {  // the tile (16 rows x K codes) stays in L1/L2 between passes
         const int R = static_cast<int>(std::min<int64_t>(R_MAX, M - m));
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
         if (bits == 4)
-          tile_rows<4>(R, wt, sc, zt, K, group, acts.data() + m, yp + m * N, N, t * TILE, bp);
+          tile_rows<4>(R, wt, K, group, acts.data() + m, yp + m * N, N, t * TILE, bp);
         else
-          tile_rows<8>(R, wt, sc, zt, K, group, acts.data() + m, yp + m * N, N, t * TILE, bp);
+          tile_rows<8>(R, wt, K, group, acts.data() + m, yp + m * N, N, t * TILE, bp);
 #else
-        tile_scalar(static_cast<int>(bits), wt, sc, zt, K, group, acts.data() + m, R, yp + m * N, N, t * TILE, bp);
+        tile_scalar(static_cast<int>(bits), wt, K, group, acts.data() + m, R, yp + m * N, N, t * TILE, bp);
 #endif
       }
     }

@@ -17,8 +17,8 @@
 //       norm -> gate/up -> silu_mul -> down + residual. A projection is
 //       (0, w, scale?, bias?, 0): effml's GEMV (int8 codes with scale, bf16 or fp32 w), or (1, packed, scales
 //       and zeros, None, group): torch's int4 kernel on bf16 rows, or a8.cpp's int8-activation GEMV: (2, packed,
-//       scale, zterm, group) for int4 codes, (3, packed, scale, bias?, K) for int8 codes, or (4, tiles, None, bias?,
-//       N): tiles.cpp's gemv_tiles on fp32 / bf16 weights, any number of rows.
+//       None, None, group) for int4 codes, (3, packed, None, bias?, K) for int8 codes (pack_a8's tensor holds the
+//       scales), or (4, tiles, None, bias?, N): tiles.cpp's gemv_tiles on fp32 / bf16 weights, any number of rows.
 #include <torch/extension.h>
 #include <cstdint>
 #include <tuple>
@@ -240,8 +240,7 @@ torch::Tensor silu_mul(const torch::Tensor& gu) {
 
 torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& scale,
                    const c10::optional<torch::Tensor>& bias);
-torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
-                      const c10::optional<torch::Tensor>& zterm, int64_t bits, int64_t group,
+torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, int64_t bits, int64_t group,
                       const c10::optional<torch::Tensor>& bias);
 torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int64_t N,
                          const c10::optional<torch::Tensor>& bias);
@@ -285,8 +284,8 @@ void add_into(torch::Tensor& x, const torch::Tensor& y) {
 torch::Tensor project(const Proj& p, const torch::Tensor& x) {
   const int64_t kind = std::get<0>(p);
   if (kind == 0) return gemv(x, std::get<1>(p), std::get<2>(p), std::get<3>(p));
-  if (kind == 2) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), std::get<3>(p), 4, std::get<4>(p), c10::nullopt);
-  if (kind == 3) return gemv_a8(x, std::get<1>(p), *std::get<2>(p), c10::nullopt, 8, std::get<4>(p), std::get<3>(p));
+  if (kind == 2) return gemv_a8(x, std::get<1>(p), 4, std::get<4>(p), c10::nullopt);
+  if (kind == 3) return gemv_a8(x, std::get<1>(p), 8, std::get<4>(p), std::get<3>(p));
   // (4, tiles, None, bias, N): gemv_tiles for any number of rows (a prefill's in blocks of 8 over each group of
   // tiles held in L2)
   if (kind == 4) return gemv_tiles(x, std::get<1>(p), std::get<4>(p), std::get<3>(p));

@@ -137,9 +137,9 @@ using Proj = std::tuple<int64_t, torch::Tensor, c10::optional<torch::Tensor>, c1
 
 std::string a8_isa();
 int64_t a8_prefetch(int64_t bytes);
-torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits);
-torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
-                      const c10::optional<torch::Tensor>& zterm, int64_t bits, int64_t group,
+torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits, const torch::Tensor& scale,
+                      const c10::optional<torch::Tensor>& zterm, int64_t group);
+torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, int64_t bits, int64_t group,
                       const c10::optional<torch::Tensor>& bias);
 
 torch::Tensor huge(const torch::Tensor& t);
@@ -169,7 +169,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", &isa, "the vector ISA this build uses");
   m.def("a8_isa", &a8_isa, "gemv_a8's vector ISA: 'AVX-512 VNNI', 'AVX2', or '' (a scalar reference loop)");
   m.def("a8_prefetch", &a8_prefetch, "gemv_a8's software prefetch distance in bytes: set it (>= 0), read it (-1)");
-  m.def("pack_a8", &pack_a8, "int4 / int8 codes (N, K) into gemv_a8's 16-row interleaved layout (a8.cpp)");
+  m.def("pack_a8", &pack_a8, "int4 / int8 codes (N, K), their scales (and zero terms) into gemv_a8's layout (a8.cpp)");
   m.def("gemv_a8", &gemv_a8, "int4/int8 codes x int8-rounded activations (per 32), any number of rows (a8.cpp)");
   m.def("huge", &huge, "a contiguous copy in memory advised for 2 MiB pages (tiles.cpp)");
   m.def("arena", &arena, "contiguous copies of tensors back to back in one region advised for 2 MiB pages "
