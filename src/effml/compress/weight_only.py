@@ -287,8 +287,9 @@ class WeightOnlyLinear(nn.Module):
         op = "torch._weight_int8pack_mm" if self.bits == 8 else "aten._weight_int4pack_mm_for_cpu"
         torch_op = f"{op} ({str(self.act_dtype).removeprefix('torch.')} activations, CPU {cpu_capability()})"
         if self.a8() is not None:
-            return (f"effml gemv_a8 ({self._a8[0].a8_isa()}, int{self.bits} codes x activations rounded to int8 per "
-                    f"32)")
+            scales = "fp16 group scales" if self.bits == 4 else "fp32 row scales"
+            return (f"effml gemv_a8 ({self._a8[0].a8_isa()}, int{self.bits} codes with {scales} x activations rounded "
+                    "to int8 per 32)")
         if self.native():
             from effml import native as gemv
 
