@@ -17,7 +17,7 @@
 // Packed layout: per tile of 16 output rows (interleaved, so each 32-bit lane of a vector is one output row), per
 // group of `group` inputs, a 64-byte head and then the group's codes, so a tile is one stream:
 //   head, int4: the 16 rows' scales, then their zero terms, as fp16 (32 + 32 bytes; llama.cpp's Q4_1 keeps its two
-//         per-group values so: in fp32 they were a third of the bytes an int4 decode step read, group 32);
+//         per-group values so: in fp32 they were a third of an int4 layer's bytes at group 32);
 //         int8: the 16 rows' scales as fp32 (one group per row: 64 bytes per 16 x K codes)
 //   codes, int4: [group/8][16 rows][4 bytes]: byte j of row r holds k = 8o + j (low nibble) and k = 8o + 4 + j (high)
 //         int8: [group/4][16 rows][4 bytes]: code + 128 as uint8 (vpdpbusd takes unsigned weights, signed
