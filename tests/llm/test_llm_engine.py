@@ -88,7 +88,7 @@ def test_roofline_counts_stored_bytes(model):
     to_format(m4, FormatConfig("int4", group_size=32))
     linears = [(q.out_features, q.in_features, q.bits, q.a8() is not None) for q in m4.modules() if hasattr(q, "codes")]
     assert {b for *_, b, _ in linears} == {4, 8}  # int4 projections, the int8 head
-    # int4 g32: half a byte per weight + per group of 32 a scale and a zero term, 2 bytes each (bf16 in gemv_a8's
+    # int4 g32: half a byte per weight + per group of 32 a scale and a zero term, 2 bytes each (fp16 in gemv_a8's
     # packing; torch's kernel reads them in the activation dtype); the int8 head as above
     expect = sum(o * i // 2 + o * i // 32 * 2 * (2 if a8 else act) if b == 4 else o * i + o * (4 if a8 else act)
                  for o, i, b, a8 in linears) + a.dim * 4 + (2 * a.n_layers + 1) * a.dim * 4

@@ -2,10 +2,10 @@
 
 Two references: (1) the same arithmetic in fp64 (the kernel's activation rounding reproduced here, then the exact
 product with the weights as packed: int4 scales and zero terms in fp16): the kernel may differ only by fp32
-rounding; (2) the exact weight-only product with fp32 activations: the difference is the activation rounding, bounded by sum_k |w[n, k]| * a_b / 2 (each rounded value
-is off by at most half its block's step a_b = max|x_b| / 127). The build's own ISA runs them: AVX-512 VNNI or AVX2
-(the two kinds of CPU this project runs on; `EFFML_NATIVE_MARCH=haswell` tests the AVX2 version on an AVX-512
-machine), the scalar loop elsewhere.
+rounding; (2) the exact weight-only product with fp32 activations: the difference is the activation rounding,
+bounded by sum_k |w[n, k]| * a_b / 2 (each rounded value is off by at most half its block's step
+a_b = max|x_b| / 127). The build's own ISA runs them: AVX-512 VNNI or AVX2 (the two kinds of CPU this project runs
+on; `EFFML_NATIVE_MARCH=haswell` tests the AVX2 version on an AVX-512 machine), the scalar loop elsewhere.
 """
 
 import pytest
