@@ -9,8 +9,9 @@
   64): as in a step (its code warm, the K/V cache cold), all warm, all cold
 - the same 120 projections with every tensor in its own buffer vs in the engine's one region (native.arena)
 - one int4 layer called again and again (its 1.1 MB of codes and scales in L2 and L3: the kernel's rate without DRAM);
-  gemv_a8's prefetch distance (0, 2048, 4096 bytes ahead of the code stream, interleaved); a one-thread sum over
-  256 MiB in 4 KiB and in 2 MiB pages; the greedy pick over 49152 logits, numpy (generate.argmax) vs torch.argmax
+  gemv_a8's prefetch distances (none; into L1 only; into L1 and L2 at 1-4 KiB and 8-32 KiB ahead of the code
+  stream, interleaved); a one-thread sum over 256 MiB in 4 KiB and in 2 MiB pages; the greedy pick over 49152
+  logits, numpy (generate.argmax) vs torch.argmax
 - SmolLM2's fp32 projections and head (538 MB) for 1, 5 and 8 rows (a decode step, a speculative verification of
   γ = 4 and 7): gemv_tiles (32 outputs interleaved on AVX-512, 16 on AVX2: what the engine runs) vs the row-major
   GEMV (gemv.cpp); 9, 12 and 16 rows in one gemv_tiles call (up to 12 rows a pass on AVX-512, 6 on AVX2; more in
@@ -167,17 +168,18 @@ def main() -> int:
     t1 = best(lambda: ext.gemv_a8(xs[layers[2].in_features], p1, 4, g1, None), 200, False)
     rows.append({"kernel": "one int4 gate/up layer from L2 (gemv_a8, 1 row)", "ms": t1 * 1e3,
                  "rate": f"{b1 / t1 / 1e9:.1f} GB/s", "beside": "the kernel's own rate, without DRAM"})
-    pf0 = ext.a8_prefetch(-1)  # the software prefetch distance of gemv_a8's code stream, interleaved
-    t_pf = {d: float("inf") for d in (0, 2048, 4096)}
+    pf0 = tuple(ext.a8_prefetch())  # gemv_a8's software prefetch distances (into L1, into L2), interleaved
+    t_pf = {d: float("inf") for d in ((0, 0), (4096, 0), (1024, 8192), (4096, 8192), (1024, 32768))}
+    t_pf.setdefault(pf0, float("inf"))
     for _ in range(3):
         for d in t_pf:
-            ext.a8_prefetch(d)
+            ext.a8_prefetch(*d)
             t_pf[d] = min(t_pf[d], best(lambda: [ext.gemv_a8(xs[q.in_features], p, 4, g, None)
                                                  for q, (_, p, g) in zip(layers, args)], 5))
-    ext.a8_prefetch(pf0)
-    rows.append({"kernel": "the same, prefetch 0 / 2048 / 4096 B ahead", "ms": t_pf[pf0] * 1e3,
-                 "rate": " / ".join(f"{t_pf[d] * 1e3:.2f}" for d in t_pf) + " ms",
-                 "beside": f"default {pf0} B"})
+    ext.a8_prefetch(*pf0)
+    rows.append({"kernel": "the same, prefetch " + " / ".join(f"{a}+{b}" for a, b in t_pf) + " B ahead (L1+L2)",
+                 "ms": t_pf[pf0] * 1e3, "rate": " / ".join(f"{t_pf[d] * 1e3:.2f}" for d in t_pf) + " ms",
+                 "beside": f"default {pf0[0]}+{pf0[1]} B"})
     big = torch.ones(256 * 2 ** 18)  # 256 MiB of fp32, summed in 4 KiB pages and in 2 MiB pages (native.huge)
     pages = {"4 KiB": big, "2 MiB": ext.huge(big)}
     t_pg = {k: best(lambda: v.sum(), 5) for k, v in pages.items()}

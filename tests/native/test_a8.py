@@ -172,16 +172,18 @@ def test_weight_only_linear_a8_kernel(bits):
 
 
 def test_prefetch_distance_changes_no_result():
-    """The software prefetch distance is a speed knob only (a hint to the CPU): every distance, including none,
-    gives the same bits, and the setter reports the distance in force."""
+    """The software prefetch distances (into L1, into L2) are speed knobs only (hints to the CPU): every pair,
+    including none, gives the same bits; the setter reports the pair in force and -1 leaves a distance as it is."""
     packed, group, _ = layer(64, 256, 4, 32, seed=11)
     x = torch.randn(5, 256, generator=torch.Generator().manual_seed(2))
-    before = ext.a8_prefetch(-1)
+    before = ext.a8_prefetch()
+    assert len(before) == 2 and all(d >= 0 for d in before)
     try:
         ref = ext.gemv_a8(x, packed, 4, group, None)
-        for d in (0, 64, 8192):
-            assert ext.a8_prefetch(d) == d
+        for l1, l2 in ((0, 0), (64, 0), (8192, 0), (0, 8192), (1024, 1 << 20)):  # 1 MiB: far past the layer's end
+            assert tuple(ext.a8_prefetch(l1, l2)) == (l1, l2)
             assert torch.equal(ext.gemv_a8(x, packed, 4, group, None), ref)
+        assert tuple(ext.a8_prefetch(l2=4096)) == (1024, 4096)  # l1 left as it was
     finally:
-        ext.a8_prefetch(before)
-    assert ext.a8_prefetch(-1) == before
+        ext.a8_prefetch(*before)
+    assert tuple(ext.a8_prefetch()) == tuple(before)
