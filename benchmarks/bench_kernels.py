@@ -187,7 +187,8 @@ def main() -> int:
     rows.append({"kernel": "one-thread sum over 256 MiB: torch 4 KiB / 2 MiB pages, effml read_sum 2 MiB",
                  "ms": t_pg["2 MiB"] * 1e3,
                  "rate": " / ".join(f"{big.numel() * 4 / t / 1e9:.1f}" for t in t_pg.values()) + " GB/s",
-                 "beside": f"the decode bound takes the fastest (tiles prefetch {ext.tiles_prefetch(-1)} B)"})
+                 "beside": "the decode bound takes the fastest (read_sum: L1 prefetch "
+                           f"{ext.tiles_prefetch()[0]} B ahead)"})
     del big, pages
     logits = torch.randn(m.args.vocab_size)
     from effml.llm.generate import argmax
@@ -254,12 +255,12 @@ def main() -> int:
         if M in (1, 8):  # gemv_tiles without its software prefetch (what it issues is per CPU vendor)
             calls.append(("gemv_tiles, prefetch 0", calls[0][1]))
         for name, call in calls:
-            pf = ext.tiles_prefetch(-1)  # the default (it returns the distance in force after setting)
-            ext.tiles_prefetch(0 if name.endswith("prefetch 0") else pf)
+            pf = tuple(ext.tiles_prefetch())  # the defaults (into L1, into L2; it returns the pair in force)
+            ext.tiles_prefetch(*((0, 0) if name.endswith("prefetch 0") else pf))
             try:
                 t_fp32[name, M] = best(lambda: [call(q) for q in mats], 7)
             finally:
-                ext.tiles_prefetch(pf)
+                ext.tiles_prefetch(*pf)
     for name in ("gemv_tiles", "row-major gemv"):
         one = t_fp32[name, 1]
         more = (f"; 9 / 12 / 16 rows {t_fp32[name, 9] / one:.2f}x / {t_fp32[name, 12] / one:.2f}x / "
@@ -274,7 +275,8 @@ def main() -> int:
             no_pf = [t_fp32["gemv_tiles, prefetch 0", m] for m in (1, 8)]
             rows.append({"kernel": "the same, no software prefetch", "ms": no_pf[0] * 1e3,
                          "rate": f"{fbytes / no_pf[0] / 1e9:.1f} GB/s (1 row)",
-                         "beside": f"8 rows {no_pf[1] * 1e3:.1f} ms; with {ext.tiles_prefetch(-1)} B: "
+                         "beside": f"8 rows {no_pf[1] * 1e3:.1f} ms; with "
+                                   f"{'+'.join(map(str, ext.tiles_prefetch()))} B (L1+L2): "
                                    f"{one * 1e3:.1f} / {t_fp32[name, 8] * 1e3:.1f} ms"})
     # bf16 tiles (in pairs: one load and a shift / a mask per two vectors; one row takes four groups a pass)
     b16 = [ext.pack_tiles(rowmajor[id(q)].to(torch.bfloat16)) for q in mats]

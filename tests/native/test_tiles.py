@@ -38,18 +38,22 @@ def test_gemv_tiles_matches_the_product(N, K, M, dtype):
 
 
 def test_prefetch_distance_changes_no_result():
-    """The software prefetch only hints the memory system: every distance gives the same bits (0 = none)."""
+    """The software prefetches (into L1, into L2) only hint the memory system: every pair of distances gives the same
+    bits (0 = none); the setter returns the pair in force and -1 leaves a distance as it is."""
     g = torch.Generator().manual_seed(5)
     w, x = torch.randn(200, 48, generator=g), torch.randn(9, 48, generator=g)
     t = ext.pack_tiles(w)
-    before = ext.tiles_prefetch(-1)
+    before = tuple(ext.tiles_prefetch())
     try:
         ys = []
-        for pf in (0, 64, 2048, 1 << 20):  # 1 MiB: far past the end of these tiles (a prefetch never faults)
-            assert ext.tiles_prefetch(pf) == pf
+        # 1 MiB: far past the end of these tiles (a prefetch never faults)
+        for pf in ((0, 0), (64, 0), (2048, 8192), (0, 1 << 20), (1 << 20, 64)):
+            assert tuple(ext.tiles_prefetch(*pf)) == pf
             ys.append(ext.gemv_tiles(x, t, 200, None))
+        assert tuple(ext.tiles_prefetch(l1=128)) == (128, 64)
     finally:
-        ext.tiles_prefetch(before)
+        ext.tiles_prefetch(*before)
+    assert tuple(ext.tiles_prefetch()) == before
     assert all(torch.equal(ys[0], y) for y in ys[1:])
 
 

@@ -149,7 +149,7 @@ torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int
                          const c10::optional<torch::Tensor>& bias);
 std::string tiles_isa();
 int64_t tiles_width();
-int64_t tiles_prefetch(int64_t bytes);
+std::tuple<int64_t, int64_t> tiles_prefetch(int64_t l1, int64_t l2);
 double read_sum(const torch::Tensor& t);
 double fma_rate(double seconds);
 double vnni_rate(double seconds);
@@ -180,7 +180,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(tiles.cpp)");
   m.def("gemv_tiles", &gemv_tiles, "y = x @ w.T + bias from pack_tiles' layout, any number of rows (tiles.cpp)");
   m.def("tiles_isa", &tiles_isa, "gemv_tiles' vector ISA (tiles.cpp)");
-  m.def("tiles_prefetch", &tiles_prefetch, "gemv_tiles' software prefetch distance in bytes: set it (>= 0), read it (-1)");
+  m.def("tiles_prefetch", &tiles_prefetch, "gemv_tiles' software prefetch distances into L1 and L2 in bytes: set one "
+        "(>= 0; 0 = none), leave it (-1); returns both", py::arg("l1") = -1, py::arg("l2") = -1);
   m.def("read_sum", &read_sum, "sum of a contiguous fp32 tensor read as gemv_tiles reads weights (tiles.cpp)");
   m.def("tiles_width", &tiles_width, "outputs interleaved in pack_tiles' layout: 32 on AVX-512, 16 otherwise");
   m.def("fma_rate", &fma_rate, "fp32 multiply-adds per second of this build's widest FMA, one thread, measured for "

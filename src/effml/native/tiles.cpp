@@ -5,7 +5,7 @@
 //                                    (bf16 on AVX-512 / AVX2: in pairs, see PAIRED)
 //   y = gemv_tiles(x, tiles, N, bias?)  x (M, K) fp32, any M: y (M, N) = x @ w.T + bias
 //   tiles_width()                    WIDTH: 32 on AVX-512 (two vectors of 16), 16 on AVX2 and scalar builds
-//   tiles_prefetch(bytes) / read_sum(t)  the software prefetch distance; a sum read as the passes read
+//   tiles_prefetch(l1, l2) / read_sum(t)  the software prefetch distances; a sum read as the passes read
 //   h = huge(t)                      a contiguous copy of t in memory the kernel asks to back with 2 MiB pages
 //   views = arena(ts, copy=True)     contiguous copies of all of ts, back to back in one such region
 //
@@ -34,6 +34,7 @@
 #include <cstring>
 #include <memory>
 #include <type_traits>
+#include <tuple>
 #include <vector>
 #ifdef __linux__
 #include <sys/mman.h>
@@ -78,12 +79,21 @@ constexpr bool PAIRED = std::is_same_v<W, uint16_t> && VG == 2;
 // SmolLM2's fp32 projections and head, 1 thread, huge pages). Intel Xeon (AVX-512, 15.8 GB/s one-thread read): one
 // row 0.89x the time without it, 5 / 8 rows 0.74x / 0.72x, a 40-row prefill 0.84x; bf16 8 rows 0.60x (768-3072 B
 // all helped; 2048 best overall). AMD Zen 4: no gain measured, none issued (its hardware prefetcher already kept
-// one row at 30 GB/s). tiles_prefetch() sets it.
-static int default_prefetch() {
+// one row at 30 GB/s). A second prefetch of every line into L2 (prefetcht2, TILES_PREFETCH_L2 bytes ahead, as
+// gemv_a8 issues): decode on the same Xeon, alternating runs (results/llm_decode_xeon_tiles_l2_prefetch_ab.json),
+// 8 KiB ahead: AVX2 build fp32 77-78% -> 84-91% of the bound, bf16 69-71% -> 72-75% (the AVX2 pass issues twice
+// the instructions per byte of the AVX-512 one); AVX-512 fp32 77-83% -> 75-80%, bf16 71-74% -> 70-74%, no gain:
+// issued by the AVX2 build on Intel only. tiles_prefetch() sets both.
+static bool intel() {
   __builtin_cpu_init();  // a static initializer may run before libgcc's CPU data is filled in
-  return __builtin_cpu_is("intel") ? 2048 : 0;
+  return __builtin_cpu_is("intel");
 }
-int TILES_PREFETCH = default_prefetch();
+int TILES_PREFETCH = intel() ? 2048 : 0;
+#if defined(__AVX512F__)
+int TILES_PREFETCH_L2 = 0;
+#else
+int TILES_PREFETCH_L2 = intel() ? 8192 : 0;
+#endif
 
 // Groups g0 .. g0+P-1 (P <= 2 FEW) for R activation rows. Outputs past N (the last group's zero padding) are not
 // written.
@@ -94,11 +104,16 @@ void pass(const float* x, int64_t K, const W* w, const float* bias, float* y, in
     for (int r = 0; r < R; ++r) acc[j][r] = Vec::zero();
   const W* wg = w + g0 * K * WIDTH;
   const int64_t pf = TILES_PREFETCH / P / static_cast<int64_t>(sizeof(W));  // per stream: P streams share it
+  const int64_t pf2 = TILES_PREFETCH_L2 / P / static_cast<int64_t>(sizeof(W));
   for (int64_t k = 0; k < K; ++k) {
     if (pf > 0)
       for (int p = 0; p < P; ++p)
         for (int64_t b = 0; b < static_cast<int64_t>(WIDTH * sizeof(W)); b += 64)
           _mm_prefetch(reinterpret_cast<const char*>(wg + (p * K + k) * WIDTH + pf) + b, _MM_HINT_T0);
+    if (pf2 > 0)
+      for (int p = 0; p < P; ++p)
+        for (int64_t b = 0; b < static_cast<int64_t>(WIDTH * sizeof(W)); b += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(wg + (p * K + k) * WIDTH + pf2) + b, _MM_HINT_T2);
     vec wv[P * VG];
     for (int p = 0; p < P; ++p) {
       if constexpr (PAIRED<W>)
@@ -270,13 +285,15 @@ torch::Tensor gemv_tiles(const torch::Tensor& x, const torch::Tensor& tiles, int
 std::string tiles_isa() { return kIsa; }
 
 int64_t tiles_width() { return WIDTH; }
-int64_t tiles_prefetch(int64_t bytes) {
-  if (bytes >= 0) TILES_PREFETCH = static_cast<int>(bytes);
-  return TILES_PREFETCH;
+std::tuple<int64_t, int64_t> tiles_prefetch(int64_t l1, int64_t l2) {
+  if (l1 >= 0) TILES_PREFETCH = static_cast<int>(l1);
+  if (l2 >= 0) TILES_PREFETCH_L2 = static_cast<int>(l2);
+  return {TILES_PREFETCH, TILES_PREFETCH_L2};
 }
 
-// The sum of a contiguous fp32 tensor read as a pass reads its weights (vector loads, the same software prefetch):
-// the rate one core's weight stream can reach, beside torch's sum, for the decode roofline's bandwidth.
+// The sum of a contiguous fp32 tensor read as a pass reads its weights (vector loads, the same L1 prefetch; no L2
+// prefetch, with which this plain read ran 8-10% slower on the Xeon VM): the rate one core's weight stream can
+// reach, beside torch's sum, for the decode roofline's bandwidth.
 double read_sum(const torch::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous(),
               "read_sum: t must be a contiguous fp32 CPU tensor");
