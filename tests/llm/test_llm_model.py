@@ -88,6 +88,28 @@ def test_last_and_pick_select_positions_of_the_full_output():
         torch.testing.assert_close(model(x, pick=pick)[:, 0], full[torch.arange(3), pick])
 
 
+def test_last_zero_fills_the_cache_without_the_head():
+    """last=0 (a prompt's pass before its last token): no logits and no LM head call, the same cache as last=1, so
+    the next token's logits are bit-identical either way; a negative count is refused by name."""
+    from effml.llm.generate import new_session
+
+    model = build("tiny", std=0.3).eval()
+    prompt = torch.randint(0, model.vocab_size, (9,), generator=torch.Generator().manual_seed(4)).tolist()
+    calls = []
+    model.output.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        outs = []
+        for last in (0, 1):
+            s = new_session("contiguous", model, 16)
+            before = len(calls)
+            lg = s.feed(prompt[:-1], last=last)
+            assert lg.shape == (last, model.vocab_size) and len(calls) - before == last  # the head ran only for 1
+            outs.append(s.feed(prompt[-1:], last=1)[-1])
+        assert torch.equal(outs[0], outs[1])
+        with pytest.raises(ConfigError, match="last=-1"):
+            model(torch.tensor([prompt]), last=-1)
+
+
 def test_causality_a_later_token_never_changes_earlier_logits():
     model = build("tiny", std=0.3)
     x = torch.randint(0, model.vocab_size, (1, 10), generator=torch.Generator().manual_seed(2))

@@ -61,7 +61,7 @@ class Session:
         raise NotImplementedError
 
     def feed(self, tokens: list[int], last: int | None = None) -> torch.Tensor:
-        """Append `tokens`; return logits (T, V) for them (the last `last` only, if given)."""
+        """Append `tokens`; return logits (T, V) for them (the last `last` only, if given; none for 0)."""
         raise NotImplementedError
 
     def truncate(self, n: int) -> None:
@@ -207,10 +207,10 @@ def generate(model: Transformer, prompt: list[int], config: GenerateConfig = Gen
     out: list[int] = []
     times = []
     t0 = time.perf_counter()
-    if len(prompt) > 1:  # the prefill: all but the last token. The last is fed alone, as every later token is, so
-        session.feed(prompt[:-1], last=1)  # the numbers match speculative decoding's target, which feeds it with
+    if len(prompt) > 1:  # the prefill: all but the last token, into the cache (no logits). The last is fed alone, as
+        session.feed(prompt[:-1], last=0)  # every later token is, so the numbers match speculative decoding's target,
     prefill = time.perf_counter() - t0
-    logits = session.feed(prompt[-1:], last=1)[-1]  # its first proposal through the same decode path (V,)
+    logits = session.feed(prompt[-1:], last=1)[-1]  # which feeds it with its first proposal, the same path (V,)
     ttft = None
     stopped = "length"
     while True:

@@ -371,10 +371,10 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt: list[i
     verify_time = 0.0
     history = []
     t0 = time.perf_counter()
-    if len(prompt) > 1:  # both caches hold all but the last token; it is fed with the first proposal
-        ts.feed(prompt[:-1], last=1)
+    if len(prompt) > 1:  # both caches hold all but the last token (no logits); it is fed with the first proposal
+        ts.feed(prompt[:-1], last=0)
         if ds is not None and not shared:
-            ds.feed(prompt[:-1], last=1)
+            ds.feed(prompt[:-1], last=0)
     prefill = time.perf_counter() - t0
 
     # auto, reuse_costs: the draft model's α on this target from earlier prompts (pseudo-counts, not in the result)
