@@ -168,7 +168,11 @@ def test_weight_only_linear_a8_kernel(bits):
         assert q.a8() is not None and f"gemv_a8 ({ext.a8_isa()}" in q.kernel_used()
     else:  # no vector ISA for it: the exact kernels run, and the layer says which
         assert q.a8() is None and "gemv_a8" not in q.kernel_used()
-        assert torch.allclose(y, ref, atol=1e-2)
+        # torch's int4 kernel takes bf16 activations (each within 2^-9 of itself) and returns bf16 (2^-9 of the
+        # result); int8's exact GEMV is fp32 throughout. Twice those relative steps bound the difference (an
+        # absolute 1e-2 failed ~1 run in 6 with unseeded inputs: the bf16 sums of 256 terms reach ~0.01)
+        xa = x.reshape(-1, 256).abs() @ q.dequantized().abs().T
+        assert ((y - ref).abs() <= 2.0 ** -8 * (xa.reshape(2, 5, 64) + ref.abs()) + 1e-5).all()
 
 
 def test_prefetch_distance_changes_no_result():
