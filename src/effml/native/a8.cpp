@@ -52,11 +52,7 @@ constexpr int TILE = 16, BLOCK = 32, HEAD = 64;  // HEAD: a group's scales (and 
 // 67-72%; AVX2 build int4 59-70% -> 70-74%, int8 59-64% -> 65-66%. 32 KiB ahead gained less; a plain sum
 // (read_sum) gains nothing from it. AMD EPYC (Zen 4): the L1 prefetch 4 KiB ahead was measured (120 projections
 // 3.07 ms vs 3.21 at 2 KiB, 3.70 with none); the L2 prefetch is not measured there and not issued.
-static bool intel() {
-  __builtin_cpu_init();  // a static initializer may run before libgcc's CPU data is filled in
-  return __builtin_cpu_is("intel");
-}
-int PREFETCH = intel() ? 1024 : 4096, PREFETCH_L2 = intel() ? 8192 : 0;
+int PREFETCH = effml_vec::intel() ? 1024 : 4096, PREFETCH_L2 = effml_vec::intel() ? 8192 : 0;
 
 inline void prefetch_line(const uint8_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH), _MM_HINT_T0);

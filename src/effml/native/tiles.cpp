@@ -84,15 +84,11 @@ constexpr bool PAIRED = std::is_same_v<W, uint16_t> && VG == 2;
 // 8 KiB ahead: AVX2 build fp32 77-78% -> 84-91% of the bound, bf16 69-71% -> 72-75% (the AVX2 pass issues twice
 // the instructions per byte of the AVX-512 one); AVX-512 fp32 77-83% -> 75-80%, bf16 71-74% -> 70-74%, no gain:
 // issued by the AVX2 build on Intel only. tiles_prefetch() sets both.
-static bool intel() {
-  __builtin_cpu_init();  // a static initializer may run before libgcc's CPU data is filled in
-  return __builtin_cpu_is("intel");
-}
-int TILES_PREFETCH = intel() ? 2048 : 0;
-#if defined(__AVX512F__)
-int TILES_PREFETCH_L2 = 0;
+int TILES_PREFETCH = effml_vec::intel() ? 2048 : 0;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+int TILES_PREFETCH_L2 = effml_vec::intel() ? 8192 : 0;
 #else
-int TILES_PREFETCH_L2 = intel() ? 8192 : 0;
+int TILES_PREFETCH_L2 = 0;
 #endif
 
 // Groups g0 .. g0+P-1 (P <= 2 FEW) for R activation rows. Outputs past N (the last group's zero padding) are not

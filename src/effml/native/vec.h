@@ -1,7 +1,7 @@
 // Vector traits shared by effml's float kernels (gemv.cpp, tiles.cpp): V16 (AVX-512), V8 (AVX2 + FMA), V1
 // (scalar), each with the same operations (zero, set1, load, store, fma, sum, and widen: int8 / bf16 / fp32 weights
 // to fp32 lanes), and Wide, the widest this build has; bursts_per_second, the timing loop of the measured compute
-// roofs (tiles.cpp, a8.cpp).
+// roofs (tiles.cpp, a8.cpp); intel(), the vendor the prefetch distances are chosen by.
 #pragma once
 #include <immintrin.h>
 #include <algorithm>
@@ -122,6 +122,12 @@ inline int64_t grain_for(int64_t unit_bytes) {
   constexpr int64_t MIN_BYTES = int64_t{1} << 18;
   // no rows (0 bytes): a grain past any range, so no split and no division by zero
   return unit_bytes >= MIN_BYTES ? 1 : (MIN_BYTES + unit_bytes - 1) / std::max<int64_t>(unit_bytes, 1);
+}
+
+// Whether this is an Intel CPU: the software prefetch distances (tiles.cpp, a8.cpp) were measured per vendor
+inline bool intel() {
+  __builtin_cpu_init();  // a static initializer may run before libgcc's CPU data is filled in
+  return __builtin_cpu_is("intel");
 }
 
 }  // namespace effml_vec
