@@ -90,7 +90,7 @@ def test_last_and_pick_select_positions_of_the_full_output():
 
 def test_last_zero_fills_the_cache_without_the_head():
     """last=0 (a prompt's pass before its last token): no logits and no LM head call, the same cache as last=1, so
-    the next token's logits are bit-identical either way; a negative count is refused by name."""
+    the next token's logits are bit-identical either way; a count below 0 or past the tokens fed is refused."""
     from effml.llm.generate import new_session
 
     model = build("tiny", std=0.3).eval()
@@ -106,8 +106,9 @@ def test_last_zero_fills_the_cache_without_the_head():
             assert lg.shape == (last, model.vocab_size) and len(calls) - before == last  # the head ran only for 1
             outs.append(s.feed(prompt[-1:], last=1)[-1])
         assert torch.equal(outs[0], outs[1])
-        with pytest.raises(ConfigError, match="last=-1"):
-            model(torch.tensor([prompt]), last=-1)
+        for bad in (-1, len(prompt) + 1):  # no such number of positions
+            with pytest.raises(ConfigError, match=f"last={bad}: .* 0 to the {len(prompt)} tokens fed"):
+                model(torch.tensor([prompt]), last=bad)
 
 
 def test_causality_a_later_token_never_changes_earlier_logits():

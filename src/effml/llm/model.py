@@ -293,8 +293,9 @@ class Transformer(nn.Module):
         cache); pick (B,) int64: only position pick[b] of row b (B, 1, V) (a right-padded batch's last real tokens).
         The LM head is the largest matmul: skip what nobody reads.
         """
-        if last is not None and last < 0:
-            raise ConfigError(f"last={last}: the number of last positions to score must be >= 0")
+        if last is not None and not 0 <= last <= tokens.shape[1]:
+            raise ConfigError(f"last={last}: the number of last positions to score must be 0 to the {tokens.shape[1]} "
+                              f"tokens fed")
         x = self.hidden(tokens, cache)  # (B, T, C)
         if last == 0:  # SmolLM2's fp32 head is 113 MB: ~6 ms of a prompt's pass read for logits nobody reads
             return x.new_zeros((x.shape[0], 0, self.args.vocab_size), dtype=torch.float32)
