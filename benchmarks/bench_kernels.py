@@ -3,8 +3,9 @@
 - the 120 int4 projections of a decode step through gemv_a8 (SmolLM2 int4 g32 as effml's engine prepares it): time,
   bytes read (codes + scales) and the rate, beside the machine's read bandwidth (effml.llm.roofline)
 - the int8 LM head (49152 x 576) through gemv_a8, 1 row
-- a prefill-sized product (64 rows) on the gate/up layer (3072 x 576, g32): gemv_a8 vs torch's
-  `_weight_int4pack_mm_for_cpu` (bf16 rows) vs an fp32 F.linear of the dequantized weight, in GMAC/s
+- a prefill-sized product (64 rows) on the gate/up layer (3072 x 576, g32): gemv_a8 (its AMX kernel where the CPU
+  has one, beside its AVX-512 VNNI kernel) vs torch's `_weight_int4pack_mm_for_cpu` (bf16 rows) vs an fp32 F.linear
+  of the dequantized weight, in GMAC/s
 - the fused attention (`attend`) of one token per layer at 8, 90 and 500 cached positions (9 query, 3 KV heads of
   64): as in a step (its code warm, the K/V cache cold), all warm, all cold
 - the same 120 projections with every tensor in its own buffer vs in the engine's one region (native.arena)
@@ -208,12 +209,22 @@ def main() -> int:
     exact = WeightOnlyLinear.from_codes(w13.codes, w13.scale, w13.zero, 4, w13.spec.group_size, kernel="torch",
                                         act_dtype="bf16")  # the same codes on torch's int4 kernel, bf16 rows
     wd = w13.dequantized()
+    amx_rows = ext.a8_amx()  # 0: no AMX kernel here; else 64 rows run it
     ta = best(lambda: w13(xp), 9)
+    tv = ta
+    if amx_rows:  # the same product on the AVX-512 VNNI kernel, side by side
+        ext.a8_amx(0)
+        try:
+            tv = best(lambda: w13(xp), 9)
+        finally:
+            ext.a8_amx(amx_rows)
     tt = best(lambda: exact(xp), 9)
     tf = best(lambda: torch.nn.functional.linear(xp, wd), 9)
     gmac = lambda s: f"{M * N * K / s / 1e9:.0f} GMAC/s"  # noqa: E731
-    rows.append({"kernel": f"prefill {M} rows, {N} x {K} int4 g32 (gemv_a8)", "ms": ta * 1e3, "rate": gmac(ta),
-                 "beside": f"torch int4 kernel {gmac(tt)}, fp32 F.linear {gmac(tf)}"})
+    rows.append({"kernel": f"prefill {M} rows, {N} x {K} int4 g32 (gemv_a8{', AMX' if amx_rows else ''})",
+                 "ms": ta * 1e3, "rate": gmac(ta),
+                 "beside": (f"its vector kernel {gmac(tv)}, " if amx_rows else "")
+                 + f"torch int4 kernel {gmac(tt)}, fp32 F.linear {gmac(tf)}"})
     H, Hkv, hd = m.args.n_heads, m.args.n_kv_heads, m.args.head_dim
     kc, vc = torch.randn(Hkv, 1024, hd), torch.randn(Hkv, 1024, hd)
     qkv = torch.randn(1, (H + 2 * Hkv) * hd)

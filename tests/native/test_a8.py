@@ -191,3 +191,42 @@ def test_prefetch_distance_changes_no_result():
     finally:
         ext.a8_prefetch(*before)
     assert tuple(ext.a8_prefetch()) == tuple(before)
+
+
+AMX = ext is not None and ext.a8_amx() > 0
+
+
+def test_amx_threshold_is_a_knob_and_zero_without_amx():
+    """a8_amx(rows) sets the fewest rows that run the AMX kernel (amx.cpp) and reports it; it reports 0 (never) where
+    the build, the CPU or the OS gives no AMX, whatever is asked."""
+    before = ext.a8_amx()
+    try:
+        assert ext.a8_amx(5) == (5 if AMX else 0)
+        assert ext.a8_amx() == (5 if AMX else 0)  # -1 leaves it
+        assert ext.a8_amx(0) == 0
+    finally:
+        ext.a8_amx(before)
+    assert ext.a8_amx() == before
+
+
+@pytest.mark.skipif(not AMX, reason="no AMX kernel here (build without -mamx-int8, a CPU without AMX, or the OS "
+                                    "refused the tile state)")
+@pytest.mark.parametrize("bits,group", [(4, 32), (4, 128), (8, None)])
+@pytest.mark.parametrize("M", [1, 16, 23, 40])  # 23, 40: a last pass of 7 and 8 rows (zero rows fill the tile)
+def test_amx_kernel_gives_the_vector_kernels_bits(bits, group, M):
+    """The AMX kernel's integer sums are exact and its float steps are the VNNI kernel's, in the same order: every
+    output is the same bits as the vector kernel's (so a prefill through AMX and a decode through VNNI agree)."""
+    N, K = 80, 256
+    packed, group, _ = layer(N, K, bits, group or K, seed=M + bits)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)) * 2
+    x[:, 3] = -30.0
+    bias = torch.randn(N)
+    before = ext.a8_amx()
+    try:
+        ext.a8_amx(0)
+        vec = ext.gemv_a8(x, packed, bits, group, bias)
+        ext.a8_amx(1)
+        amx = ext.gemv_a8(x, packed, bits, group, bias)
+    finally:
+        ext.a8_amx(before)
+    assert torch.equal(amx, vec)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(n) for n in ("gemv.cpp", "decode.cpp", "a8.cpp", "tiles.cpp"))
-HEADERS = (Path(__file__).with_name("vec.h"),)  # included by the sources: part of what the binary depends on
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("gemv.cpp", "decode.cpp", "a8.cpp", "amx.cpp", "tiles.cpp"))
+HEADERS = tuple(Path(__file__).with_name(n) for n in ("vec.h", "a8.h"))  # included by the sources: part of what the binary depends on
 MAX_ROWS = 16  # activation rows the GEMV handles; more rows (prefill) go to torch's blocked kernels
 _status = "not loaded yet"
 

@@ -37,11 +37,10 @@
 #include <tuple>
 #include <vector>
 
+#include "a8.h"
 #include "vec.h"
 
-namespace {
-
-constexpr int TILE = 16, BLOCK = 32, HEAD = 64;  // HEAD: a group's scales (and zero terms) ahead of its codes
+namespace effml_a8 {
 
 // Software prefetch of the weight stream, every 64-byte line twice: into L1 PREFETCH bytes ahead and into L2
 // PREFETCH_L2 bytes ahead (0: none). With the L1 prefetch alone the kernel's time was about its DRAM time plus its
@@ -54,27 +53,34 @@ constexpr int TILE = 16, BLOCK = 32, HEAD = 64;  // HEAD: a group's scales (and 
 // 3.07 ms vs 3.21 at 2 KiB, 3.70 with none); the L2 prefetch is not measured there and not issued.
 int PREFETCH = effml_vec::intel() ? 1024 : 4096, PREFETCH_L2 = effml_vec::intel() ? 8192 : 0;
 
-inline void prefetch_line(const uint8_t* p) {
-  _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH), _MM_HINT_T0);
-  if (PREFETCH_L2 > 0) _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_L2), _MM_HINT_T2);
-}
+}  // namespace effml_a8
 
-struct Act {  // one activation row rounded to int8 per block of 32
+namespace {
+
+using namespace effml_a8;
+
+// gemv_a8 with at least this many rows runs amx.cpp's kernel where there is one (0: never): a8_amx() sets it
+int64_t AMX_ROWS = 16;
+
+struct ActBuf {  // the storage behind Rows (a8.h), reused across calls
   std::vector<int8_t> q;
-  std::vector<float> a;      // block scale
-  std::vector<int32_t> s;    // block sum of q
-  std::vector<float> g;      // per weight group: sum of the rounded values (a_b * sum q)
+  std::vector<float> a, g;
+  std::vector<int32_t> s;
 };
 
-void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, std::vector<Act>& out) {
-  out.resize(M);
-  const int64_t nb = K / BLOCK, per = group / BLOCK;
+// x (M, K) rounded to int8 per block of 32 into buf, with zero rows from M up to `rows` (the AMX kernel reads 16
+// rows at a time)
+Rows quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, int64_t rows, ActBuf& buf) {
+  const int64_t nb = K / BLOCK, per = group / BLOCK, ng = K / group;
+  buf.q.resize(rows * K);
+  std::fill(buf.q.begin() + M * K, buf.q.end(), int8_t{0});
+  buf.a.assign(rows * nb, 0.f);
+  buf.s.assign(rows * nb, 0);
+  buf.g.assign(rows * ng, 0.f);
   for (int64_t m = 0; m < M; ++m) {
-    Act& r = out[m];
-    r.q.resize(K);
-    r.a.resize(nb);
-    r.s.resize(nb);
-    r.g.assign(K / group, 0.f);
+    int8_t* rq = buf.q.data() + m * K;
+    float *ra = buf.a.data() + m * nb, *rg = buf.g.data() + m * ng;
+    int32_t* rs = buf.s.data() + m * nb;
     for (int64_t b = 0; b < nb; ++b) {
       const float* xb = x + m * K + b * BLOCK;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -87,8 +93,8 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, std::vec
       const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
       const __m512i q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, vi)), lo), hi);
       const __m512i q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x1, vi)), lo), hi);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(r.q.data() + b * BLOCK), _mm512_cvtsepi32_epi8(q0));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(r.q.data() + b * BLOCK + 16), _mm512_cvtsepi32_epi8(q1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(rq + b * BLOCK), _mm512_cvtsepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(rq + b * BLOCK + 16), _mm512_cvtsepi32_epi8(q1));
       const int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
 #elif defined(__AVX2__)
       // the same in 8-lane vectors (one call per decode projection: the scalar loop was ~3% of an int4 step)
@@ -111,7 +117,7 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, std::vec
         q[i] = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(xs[i], vi)), lo), hi);
       // packs work within 128-bit lanes: int32 -> int16 -> int8 leaves the 4-byte runs in the order 0 2 4 6 1 3 5 7
       const __m256i b8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(r.q.data() + b * BLOCK),
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(rq + b * BLOCK),
                           _mm256_permutevar8x32_epi32(b8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
       const __m256i t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
       __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
@@ -125,19 +131,17 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, std::vec
       int32_t s = 0;
       for (int i = 0; i < BLOCK; ++i) {
         const int v = static_cast<int>(std::nearbyint(xb[i] * inv));
-        r.q[b * BLOCK + i] = static_cast<int8_t>(std::clamp(v, -127, 127));
-        s += r.q[b * BLOCK + i];
+        rq[b * BLOCK + i] = static_cast<int8_t>(std::clamp(v, -127, 127));
+        s += rq[b * BLOCK + i];
       }
 #endif
-      r.a[b] = a;
-      r.s[b] = s;
-      r.g[b / per] += a * static_cast<float>(s);
+      ra[b] = a;
+      rs[b] = s;
+      rg[b / per] += a * static_cast<float>(s);
     }
   }
+  return {buf.q.data(), buf.a.data(), buf.s.data(), buf.g.data(), K, nb, ng};
 }
-
-// The bytes of one group in the packed layout: its head and 16 rows x group codes
-inline int64_t group_bytes(int64_t bits, int64_t group) { return HEAD + TILE * group * bits / 8; }
 
 inline float fp16_at(const uint8_t* p, int i) {  // the i-th fp16 of a head, widened exactly
   uint16_t u;
@@ -146,11 +150,13 @@ inline float fp16_at(const uint8_t* p, int i) {  // the i-th fp16 of a head, wid
 }
 
 // Scalar reference: the same sums in the same order of integer / float steps as the vector kernel below.
-void tile_scalar(int bits, const uint8_t* wt, int64_t K, int64_t group, const Act* acts, int R, float* y, int64_t N,
+void tile_scalar(int bits, const uint8_t* wt, int64_t K, int64_t group, const Rows& x, int R, float* y, int64_t N,
                  int64_t n0, const float* bias) {
   const int64_t ng = K / group, per = group / BLOCK, step = bits == 4 ? 8 : 4, gb = group_bytes(bits, group);
   for (int r = 0; r < R; ++r) {
-    const Act& x = acts[r];
+    const int8_t* q = x.q + r * K;
+    const float *a = x.a + r * x.nb, *gs = x.g + r * ng;
+    const int32_t* bs = x.s + r * x.nb;
     for (int row = 0; row < TILE; ++row) {
       float out = 0.f;
       for (int64_t g = 0; g < ng; ++g) {
@@ -168,16 +174,16 @@ void tile_scalar(int bits, const uint8_t* wt, int64_t K, int64_t group, const Ac
             const uint8_t* wb = codes + ((k - g * group) / step) * 64 + row * 4;
             for (int j = 0; j < 4; ++j) {
               if (bits == 4) {
-                acc += (wb[j] & 15) * x.q[k + j] + (wb[j] >> 4) * x.q[k + 4 + j];
+                acc += (wb[j] & 15) * q[k + j] + (wb[j] >> 4) * q[k + 4 + j];
               } else {
-                acc += wb[j] * x.q[k + j];
+                acc += wb[j] * q[k + j];
               }
             }
           }
-          if (bits == 8) acc -= 128 * x.s[b];
-          out = std::fma(static_cast<float>(acc), s * x.a[b], out);
+          if (bits == 8) acc -= 128 * bs[b];
+          out = std::fma(static_cast<float>(acc), s * a[b], out);
         }
-        if (bits == 4) out = std::fma(fp16_at(head, TILE + row), x.g[g], out);
+        if (bits == 4) out = std::fma(fp16_at(head, TILE + row), gs[g], out);
       }
       y[r * N + n0 + row] = out + (bias ? bias[n0 + row] : 0.f);
     }
@@ -190,7 +196,7 @@ constexpr const char* kIsa = "AVX-512 VNNI";
 constexpr int R_MAX = 8;  // activation rows per pass over a weight tile (a verification of up to 8 tokens: one pass)
 
 template <int BITS, int R>
-void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Act* acts, float* y, int64_t N, int64_t n0,
+void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Rows& x, float* y, int64_t N, int64_t n0,
                const float* bias) {
   const int64_t ng = K / group, per = group / BLOCK, gb = group_bytes(BITS, group);
   const __m512i low = _mm512_set1_epi8(0x0F);
@@ -198,8 +204,7 @@ void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Act* acts, flo
   const int8_t* qp[R];
   const float *ap[R], *gp[R];
   const int32_t* sp[R];
-  for (int r = 0; r < R; ++r) qp[r] = acts[r].q.data(), ap[r] = acts[r].a.data(), gp[r] = acts[r].g.data(),
-                              sp[r] = acts[r].s.data();
+  for (int r = 0; r < R; ++r) qp[r] = x.q + r * K, ap[r] = x.a + r * x.nb, gp[r] = x.g + r * ng, sp[r] = x.s + r * x.nb;
   // accumulator chains per row: vpdpbusd's latency (4 cycles) over one dependent chain per row would bound one or
   // two rows; 4 chains for one row, 2 for two, the rows' own chains interleave beyond that
   constexpr int NA = R == 1 ? 4 : R == 2 ? 2 : 1;
@@ -271,7 +276,7 @@ constexpr int R_MAX = 4;  // 16 ymm registers: a row takes 2 per half (its int16
 // (xor 0x80) and multiplied as |w| x sign(w) * x (llama.cpp's trick: 127 * 127 * 2 fits int16, where the +128
 // unsigned codes would saturate), so no 128 * sum(xq) correction.
 template <int BITS, int R>
-void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Act* acts, float* y, int64_t N, int64_t n0,
+void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Rows& x, float* y, int64_t N, int64_t n0,
                const float* bias) {
   const int64_t ng = K / group, per = group / BLOCK, gb = group_bytes(BITS, group);
   const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(-128);
@@ -309,7 +314,7 @@ void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Act* acts, flo
               hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             }
             for (int r = 0; r < R; ++r) {
-              const int8_t* q = acts[r].q.data() + k0 + 8 * o;
+              const int8_t* q = x.q + r * K + k0 + 8 * o;
               const __m256i xl = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q));
               const __m256i xh = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q + 4));
               for (int h = 0; h < H; ++h)
@@ -332,15 +337,15 @@ void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Act* acts, flo
               a[h] = _mm256_sign_epi8(v[h], v[h]);  // |w|
             }
             for (int r = 0; r < R; ++r) {
-              const __m256i x = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(acts[r].q.data() + k0 + 4 * o));
+              const __m256i xb = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(x.q + r * K + k0 + 4 * o));
               for (int h = 0; h < H; ++h)
                 acc[r][h] = _mm256_add_epi32(
-                    acc[r][h], _mm256_madd_epi16(_mm256_maddubs_epi16(a[h], _mm256_sign_epi8(x, v[h])), ones));
+                    acc[r][h], _mm256_madd_epi16(_mm256_maddubs_epi16(a[h], _mm256_sign_epi8(xb, v[h])), ones));
             }
           }
         }
         for (int r = 0; r < R; ++r) {  // out += acc * (a_b * s), as the AVX-512 kernel
-          const __m256 ab = _mm256_set1_ps(acts[r].a[b]);
+          const __m256 ab = _mm256_set1_ps(x.a[r * x.nb + b]);
           for (int h = 0; h < H; ++h)
             out[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), _mm256_mul_ps(s[h], ab), out[r][h]);
         }
@@ -349,7 +354,7 @@ void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Act* acts, flo
         for (int h = 0; h < H; ++h) {
           const __m256 z =
               _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(head + HEAD / 2 + (h0 + h) * 16)));
-          for (int r = 0; r < R; ++r) out[r][h] = _mm256_fmadd_ps(z, _mm256_set1_ps(acts[r].g[g]), out[r][h]);
+          for (int r = 0; r < R; ++r) out[r][h] = _mm256_fmadd_ps(z, _mm256_set1_ps(x.g[r * ng + g]), out[r][h]);
         }
       }
     }
@@ -366,20 +371,20 @@ constexpr int R_MAX = 4;
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 template <int BITS>
-void tile_rows(int R, const uint8_t* wt, int64_t K, int64_t group, const Act* acts, float* y, int64_t N, int64_t n0,
+void tile_rows(int R, const uint8_t* wt, int64_t K, int64_t group, const Rows& x, float* y, int64_t N, int64_t n0,
                const float* bias) {
   switch (R) {
-    case 1: return tile_simd<BITS, 1>(wt, K, group, acts, y, N, n0, bias);
-    case 2: return tile_simd<BITS, 2>(wt, K, group, acts, y, N, n0, bias);
-    case 3: return tile_simd<BITS, 3>(wt, K, group, acts, y, N, n0, bias);
-    case 4: return tile_simd<BITS, 4>(wt, K, group, acts, y, N, n0, bias);
+    case 1: return tile_simd<BITS, 1>(wt, K, group, x, y, N, n0, bias);
+    case 2: return tile_simd<BITS, 2>(wt, K, group, x, y, N, n0, bias);
+    case 3: return tile_simd<BITS, 3>(wt, K, group, x, y, N, n0, bias);
+    case 4: return tile_simd<BITS, 4>(wt, K, group, x, y, N, n0, bias);
 #if R_MAX_8
-    case 5: return tile_simd<BITS, 5>(wt, K, group, acts, y, N, n0, bias);
-    case 6: return tile_simd<BITS, 6>(wt, K, group, acts, y, N, n0, bias);
-    case 7: return tile_simd<BITS, 7>(wt, K, group, acts, y, N, n0, bias);
-    default: return tile_simd<BITS, 8>(wt, K, group, acts, y, N, n0, bias);
+    case 5: return tile_simd<BITS, 5>(wt, K, group, x, y, N, n0, bias);
+    case 6: return tile_simd<BITS, 6>(wt, K, group, x, y, N, n0, bias);
+    case 7: return tile_simd<BITS, 7>(wt, K, group, x, y, N, n0, bias);
+    default: return tile_simd<BITS, 8>(wt, K, group, x, y, N, n0, bias);
 #else
-    default: return tile_simd<BITS, 4>(wt, K, group, acts, y, N, n0, bias);
+    default: return tile_simd<BITS, 4>(wt, K, group, x, y, N, n0, bias);
 #endif
   }
 }
@@ -418,6 +423,13 @@ std::tuple<int64_t, int64_t> a8_prefetch(int64_t l1, int64_t l2) {
   if (l1 >= 0) PREFETCH = static_cast<int>(l1);
   if (l2 >= 0) PREFETCH_L2 = static_cast<int>(l2);
   return {PREFETCH, PREFETCH_L2};
+}
+
+// The fewest rows gemv_a8 hands to the AMX kernel (amx.cpp; 0: never); rows >= 0 sets it (between calls). Returns
+// the value in force: 0 where there is no AMX kernel (this build, this CPU or this kernel's permission)
+int64_t a8_amx(int64_t rows) {
+  if (rows >= 0) AMX_ROWS = rows;
+  return amx_ready() ? AMX_ROWS : 0;
 }
 
 torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits, const torch::Tensor& scale,
@@ -495,25 +507,26 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, int64
                 "gemv_a8: bias must be a contiguous fp32 tensor of N entries");
     bp = bias->data_ptr<float>();
   }
-  thread_local std::vector<Act> buffer;  // reused across calls: a decode step makes ~120 of them
-  std::vector<Act>& acts = buffer;  // the calling thread's (the parallel workers below read it through this name)
-  quantize_rows(x.data_ptr<float>(), M, K, group, acts);
+  const bool amx = AMX_ROWS > 0 && M >= AMX_ROWS && amx_ready();
+  thread_local ActBuf buffer;  // reused across calls: a decode step makes ~120 of them
+  const Rows acts = quantize_rows(x.data_ptr<float>(), M, K, group, amx ? (M + TILE - 1) / TILE * TILE : M, buffer);
   auto y = torch::empty({M, N}, x.options());
   float* yp = y.data_ptr<float>();
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const int64_t passes = (M + R_MAX - 1) / R_MAX;
   at::parallel_for(0, N / TILE, effml_vec::grain_for(tile_bytes * passes), [&](int64_t t0, int64_t t1) {
+    if (amx) return amx_tiles(static_cast<int>(bits), wp, t0, t1, tile_bytes, group, acts, M, yp, N, bp);
     for (int64_t t = t0; t < t1; ++t) {
       const uint8_t* wt = wp + t * tile_bytes;
       for (int64_t m = 0; m < M; m += R_MAX) {  // the tile (16 rows x K codes) stays in L1/L2 between passes
         const int R = static_cast<int>(std::min<int64_t>(R_MAX, M - m));
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
         if (bits == 4)
-          tile_rows<4>(R, wt, K, group, acts.data() + m, yp + m * N, N, t * TILE, bp);
+          tile_rows<4>(R, wt, K, group, acts.from(m), yp + m * N, N, t * TILE, bp);
         else
-          tile_rows<8>(R, wt, K, group, acts.data() + m, yp + m * N, N, t * TILE, bp);
+          tile_rows<8>(R, wt, K, group, acts.from(m), yp + m * N, N, t * TILE, bp);
 #else
-        tile_scalar(static_cast<int>(bits), wt, K, group, acts.data() + m, R, yp + m * N, N, t * TILE, bp);
+        tile_scalar(static_cast<int>(bits), wt, K, group, acts.from(m), R, yp + m * N, N, t * TILE, bp);
 #endif
       }
     }

@@ -137,6 +137,7 @@ using Proj = std::tuple<int64_t, torch::Tensor, c10::optional<torch::Tensor>, c1
 
 std::string a8_isa();
 std::tuple<int64_t, int64_t> a8_prefetch(int64_t l1, int64_t l2);
+int64_t a8_amx(int64_t rows);
 torch::Tensor pack_a8(const torch::Tensor& codes, int64_t bits, const torch::Tensor& scale,
                       const c10::optional<torch::Tensor>& zterm, int64_t group);
 torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, int64_t bits, int64_t group,
@@ -170,6 +171,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("a8_isa", &a8_isa, "gemv_a8's vector ISA: 'AVX-512 VNNI', 'AVX2', or '' (a scalar reference loop)");
   m.def("a8_prefetch", &a8_prefetch, "gemv_a8's software prefetch distances into L1 and L2 in bytes: set one (>= 0; "
         "0 = none), leave it (-1); returns both", py::arg("l1") = -1, py::arg("l2") = -1);
+  m.def("a8_amx", &a8_amx, "the fewest rows gemv_a8 hands to its AMX kernel (amx.cpp): set it (>= 0; 0 = never), "
+        "leave it (-1); returns it, 0 where this build, CPU or OS gives no AMX", py::arg("rows") = -1);
   m.def("pack_a8", &pack_a8, "int4 / int8 codes (N, K), their scales (and zero terms) into gemv_a8's layout (a8.cpp)");
   m.def("gemv_a8", &gemv_a8, "int4/int8 codes x int8-rounded activations (per 32), any number of rows (a8.cpp)");
   m.def("huge", &huge, "a contiguous copy in memory advised for 2 MiB pages (tiles.cpp)");
