@@ -5,7 +5,8 @@
 //       group; zterm the same shape, -scale * zero (int4, whose zero point is a float), or None (int8, symmetric:
 //       zero = 0, group = K). Returns (N/16, K/group * (64 + 2 group bits)) uint8: everything the kernel reads.
 //   y = gemv_a8(x, packed, bits, group, bias?)
-//       x (M, K) fp32, any M (decode rows, a verification, a prefill: up to 8 rows per pass over a weight tile);
+//       x (M, K) fp32, any M (decode rows, a verification, a prefill: up to 8 rows per pass over a weight tile;
+//       16 rows and more on amx.cpp's tiles where the CPU has AMX-INT8, bit for bit the same);
 //       y[m, n] = sum_g scale[n, g] * sum_{k in g} (code[n, k] - zero[n, g]) * xd[m, k]
 //   xd is x rounded to int8 per block of 32 (xd = a_b * xq, a_b = max|x_b| / 127, xq = round(x / a_b)): the
 //   weights' arithmetic is exact, the activations carry an int8 rounding (relative error <= 1/254 of the block's

@@ -9,8 +9,8 @@
 // sum, converted, times (scale * a_b), added to the row's output by one fma, and per group the zero term's fma, in
 // the same order, so every output is bit-identical to the VNNI / AVX2 / scalar kernels' (tests/native/test_a8.py).
 // Blocks are pipelined two deep (the tile unit computes block b while the vector units take block b-2's sums out
-// of memory: a tile store read back at once stalls on it), and a weight tile is unpacked once into an L1 buffer
-// for all passes of 16 rows over it.
+// of memory, so no tile store is read back at once), and a weight tile is unpacked once into an L1 buffer for all
+// passes of 16 rows over it. The vector work per row and block is then most of the time.
 // Linux hands the tile state to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM); effml asks on first use
 // and runs a8.cpp's kernels where it is refused.
 #include <immintrin.h>
