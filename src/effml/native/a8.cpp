@@ -75,9 +75,11 @@ Rows quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, int64_t 
   const int64_t nb = K / BLOCK, per = group / BLOCK, ng = K / group;
   buf.q.resize(rows * K);
   std::fill(buf.q.begin() + M * K, buf.q.end(), int8_t{0});
-  buf.a.assign(rows * nb, 0.f);
-  buf.s.assign(rows * nb, 0);
-  buf.g.assign(rows * ng, 0.f);
+  buf.a.resize(rows * nb);  // the rows below write theirs; the padding rows are zeros
+  buf.s.resize(rows * nb);
+  std::fill(buf.a.begin() + M * nb, buf.a.end(), 0.f);
+  std::fill(buf.s.begin() + M * nb, buf.s.end(), 0);
+  buf.g.assign(rows * ng, 0.f);  // summed into below
   for (int64_t m = 0; m < M; ++m) {
     int8_t* rq = buf.q.data() + m * K;
     float *ra = buf.a.data() + m * nb, *rg = buf.g.data() + m * ng;
@@ -214,8 +216,7 @@ void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Rows& x, float
   for (int64_t g = 0; g < ng; ++g) {
     const uint8_t* head = wt + g * gb;
     prefetch_line(head);
-    const __m512 s = BITS == 4 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(head)))
-                               : _mm512_loadu_ps(reinterpret_cast<const float*>(head));
+    const __m512 s = head_scales(BITS, head);
     for (int64_t b = g * per; b < (g + 1) * per; ++b) {
       __m512i acc[R][NA];
       for (int r = 0; r < R; ++r)
@@ -259,7 +260,7 @@ void tile_simd(const uint8_t* wt, int64_t K, int64_t group, const Rows& x, float
       }
     }
     if (BITS == 4) {
-      const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(head + HEAD / 2)));
+      const __m512 z = head_zterms(head);
       for (int r = 0; r < R; ++r) out[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(gp[r][g]), out[r]);
     }
   }

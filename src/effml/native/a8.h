@@ -33,6 +33,18 @@ inline void prefetch_line(const uint8_t* p) {
   if (PREFETCH_L2 > 0) _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_L2), _MM_HINT_T2);
 }
 
+#if defined(__AVX512F__)
+// A group head's 16 scales (int4: fp16, widened exactly; int8: fp32) and its 16 zero terms (int4 only), one per
+// output row of the tile: what the AVX-512 kernel and the AMX kernel both read, so both apply the same values
+inline __m512 head_scales(int bits, const uint8_t* head) {
+  return bits == 4 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(head)))
+                   : _mm512_loadu_ps(reinterpret_cast<const float*>(head));
+}
+inline __m512 head_zterms(const uint8_t* head) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(head + HEAD / 2)));
+}
+#endif
+
 // amx.cpp. amx_ready(): this build has the AMX kernel, the CPU has AMX-INT8 and Linux granted this process the tile
 // state (asked once). amx_tiles(): y for weight tiles [t0, t1) and all M rows of x, which holds zero rows up to a
 // multiple of 16; every output bit-identical to a8.cpp's kernels (the same integer sums, the same float steps).

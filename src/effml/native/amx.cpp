@@ -95,15 +95,14 @@ void amx_tiles(int bits, const uint8_t* wp, int64_t t0, int64_t t1, int64_t tile
       auto take = [&](int64_t b) {  // out += sums of block b * (scale * a_b), then the group's zero term
         const int64_t g = b / per;
         const uint8_t* head = wt + g * gb;
-        const __m512 s = bits == 4 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(head)))
-                                   : _mm512_loadu_ps(reinterpret_cast<const float*>(head));
+        const __m512 s = head_scales(bits, head);
         const int32_t* c = sums[b & 3];
         for (int r = 0; r < TILE; ++r) {
           const __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(c + r * TILE));
           out[r] = _mm512_fmadd_ps(v, _mm512_mul_ps(s, _mm512_set1_ps(r0.a[r * nb + b])), out[r]);
         }
         if (bits == 4 && b % per == per - 1) {
-          const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(head + HEAD / 2)));
+          const __m512 z = head_zterms(head);
           for (int r = 0; r < TILE; ++r) out[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(r0.g[r * x.ng + g]), out[r]);
         }
       };
