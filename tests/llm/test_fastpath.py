@@ -165,9 +165,11 @@ def test_several_sequences_in_one_pass_give_each_sequences_own_logits(model, fmt
                 cache.add(i)
                 cache.select_varlen([i], [len(p)]) if kind == "varlen" else cache.select([i])
                 out.append(m(torch.tensor([p]), cache=cache))  # each prompt's prefill
-            if kind == "varlen":  # one flat row: 1 token of sequence 0, 2 of 1, 1 of 2
-                cache.select_varlen([0, 1, 2], [1, 2, 1])
+            if kind == "varlen":  # one flat row: 1 token of sequence 0, 2 of 1, 1 of 2; then a (B, 1) step on
+                cache.select_varlen([0, 1, 2], [1, 2, 1])  # the same cache (the continuous engine's decode)
                 out.append(m(torch.tensor([[21, 22, 30, 23]]), cache=cache))
+                cache.select([0, 1, 2])
+                out.append(m(torch.tensor([[24], [25], [26]]), cache=cache))
             else:
                 cache.select([0, 1, 2])
                 out.append(m(torch.tensor(steps), cache=cache))

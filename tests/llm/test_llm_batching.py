@@ -82,6 +82,23 @@ def test_continuous_runs_fewer_decode_steps(model, trace):
     assert max(lens) - 1 <= res["continuous"].steps < res["static"].steps
 
 
+def test_continuous_prefills_the_requests_it_admits_together_in_one_pass(model, trace, monkeypatch):
+    # every request at t = 0, 4 slots: the first iteration admits 4 requests and prefills their prompts in one pass
+    # (the flat row holds all 4 prompts; the head scores each prompt's last position); later ones come as slots free
+    import effml.llm.batching as batching
+
+    passes, real = [], batching._logits_at
+    monkeypatch.setattr(batching, "_logits_at", lambda m, flat, c, idx: passes.append((flat.shape[1], len(idx)))
+                        or real(m, flat, c, idx))
+    burst = [dataclasses.replace(r, arrival_s=0.0) for r in trace]
+    res = serve(model, burst, "continuous", EngineConfig(max_batch=4, block_size=4))
+    assert passes[0] == (sum(len(r.prompt) for r in burst[:4]), 4)
+    assert sum(n for _, n in passes) == len(burst) and len(passes) < len(burst)
+    for r in burst:  # and each gets plain generate()'s greedy tokens
+        ref = generate(model, list(r.prompt), GenerateConfig(max_new_tokens=r.max_new_tokens)).tokens
+        assert next(x for x in res.requests if x.rid == r.rid).tokens == ref
+
+
 def test_kv_accounting_paged_waste_is_below_one_block_per_sequence(results, trace):
     kv = results["continuous"].kv
     paged, resv = kv["paged"], kv["max_len_reservation"]
@@ -141,7 +158,8 @@ def test_bad_input(model):
 
 
 @pytest.mark.parametrize("chunk", [5, 64])
-def test_chunked_prefill_gives_the_plain_greedy_tokens_in_fewer_model_calls(model, trace, results, chunk):
+def test_chunked_prefill_gives_the_plain_greedy_tokens_in_fewer_model_calls(model, trace, results, chunk,
+                                                                            monkeypatch):
     """Prompt chunks ride along the decode rows in one forward: same tokens as generate(), and the prefill
     forwards the continuous engine makes separately (one per request) disappear into the decode iterations."""
     res = serve(model, trace, "chunked", EngineConfig(max_batch=4, block_size=4, prefill_chunk=chunk))
@@ -152,12 +170,17 @@ def test_chunked_prefill_gives_the_plain_greedy_tokens_in_fewer_model_calls(mode
         assert got.first_token_s >= r.arrival_s and got.finish_s >= got.first_token_s
     assert len(res.requests) == len(trace) and res.prefill_s is None  # prefill rides in the decode iterations
     if chunk == 64:  # every prompt (< 30 tokens) fits one chunk: a prompt rides along a decode iteration, so
-        # fewer model calls than continuous makes (its decode steps + one separate prefill per request). Compared
-        # on the trace with every request arriving at t = 0: with Poisson arrivals the clock (advanced by measured
-        # wall time) decides how many requests each iteration sees, so the step counts would depend on the load.
+        # fewer model calls than continuous makes (its decode steps + its separate prefill passes). Compared on the
+        # trace with every request arriving at t = 0: with Poisson arrivals the clock (advanced by measured wall
+        # time) decides how many requests each iteration sees, so the step counts would depend on the load.
+        import effml.llm.batching as batching
+
+        calls, real = [], batching._logits_at
         burst = [dataclasses.replace(r, arrival_s=0.0) for r in trace]
         cfg = EngineConfig(max_batch=4, block_size=4, prefill_chunk=chunk)
-        assert serve(model, burst, "chunked", cfg).steps < serve(model, burst, "continuous", cfg).steps + len(trace)
+        chunked = serve(model, burst, "chunked", cfg).steps
+        monkeypatch.setattr(batching, "_logits_at", lambda *a: calls.append(1) or real(*a))
+        assert chunked < serve(model, burst, "continuous", cfg).steps + len(calls)
     with pytest.raises(ConfigError, match="prefill_chunk must be positive"):
         EngineConfig(prefill_chunk=0)
 
@@ -175,10 +198,11 @@ def test_prefix_caching_serves_shared_prompt_blocks_from_the_pool(model):
         ref = generate(model, list(r.prompt), GenerateConfig(max_new_tokens=r.max_new_tokens)).tokens
         for name, out in res.items():
             assert next(x for x in out.requests if x.rid == r.rid).tokens == ref, (name, r.rid)
-    # continuous prefills one admitted request at a time (in arrival order), so request i finds the longest run of
-    # full blocks it shares with an earlier prompt j: at most j's full prompt blocks, and never its own last token
-    # (the pool is large enough that nothing is evicted). The system prompt alone gives 3 blocks (12 tokens; its
-    # 13th token shares a block with the question); a repeated prompt gives more
+    # arrivals 100 s apart: each request comes to an idle engine and is prefilled alone (in arrival order), so
+    # request i finds the longest run of full blocks it shares with an earlier prompt j: at most j's full prompt
+    # blocks, and never its own last token (the pool is large enough that nothing is evicted; freed blocks keep
+    # their index). The system prompt alone gives 3 blocks (12 tokens; its 13th token shares a block with the
+    # question); a repeated prompt gives more
     def shared_blocks(a, b):
         n = 0
         while n < min(len(a) - 1, len(b)) // 4 and a[4 * n:4 * n + 4] == b[4 * n:4 * n + 4]:
@@ -188,10 +212,13 @@ def test_prefix_caching_serves_shared_prompt_blocks_from_the_pool(model):
     order = sorted(trace, key=lambda r: r.arrival_s)
     want = sum(4 * max(shared_blocks(r.prompt, e.prompt) for e in order[:i]) for i, r in enumerate(order) if i)
     assert want >= 12 * (len(trace) - 1)
-    assert res["continuous+prefix"].cached_prompt_tokens == want
+    spaced = [dataclasses.replace(r, arrival_s=100.0 * i) for i, r in enumerate(order)]
+    assert serve(model, spaced, "continuous+prefix", cfg).cached_prompt_tokens == want
     assert res["continuous"].cached_prompt_tokens == 0
-    # chunked admits several requests before their first chunk runs: those find nothing yet
-    assert 0 < res["chunked+prefix"].cached_prompt_tokens <= want
+    # at 100 requests/s both engines admit several requests in one iteration, before any of their prompts ran:
+    # those find nothing from each other
+    for name in ("continuous+prefix", "chunked+prefix"):
+        assert 0 < res[name].cached_prompt_tokens <= want, name
     with pytest.raises(ConfigError, match="prefix caching needs the paged cache"):
         serve_side_by_side(model, trace, ("static+prefix",), cfg)
     with pytest.raises(ConfigError, match="'continuous\\+lru'"):

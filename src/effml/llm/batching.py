@@ -9,9 +9,9 @@ longest, prefill them together, decode in lock step until the longest output is 
 is answered when the batch ends, and new arrivals wait for it. Contiguous cache of B x (longest prompt + longest
 output).
 
-Continuous (Orca, Yu et al. 2022; vLLM): every iteration admits waiting requests into free slots (prefilling each),
-runs one decode step for all running sequences, and retires finished ones at once, returning their blocks to the
-paged cache's free list.
+Continuous (Orca, Yu et al. 2022; vLLM): every iteration admits waiting requests into free slots (the prompts of
+all it admits in one prefill pass, as vLLM's scheduler does), runs one decode step for all running sequences, and
+retires finished ones at once, returning their blocks to the paged cache's free list.
 
 Time: a virtual clock advanced by the measured wall time of each model call, and jumped forward to the next
 arrival when the engine is idle (no sleeping). Arrivals are Poisson (exponential gaps at `rate` per second);
@@ -29,7 +29,7 @@ import torch
 
 from effml.errors import ConfigError
 from effml.llm.generate import argmax, check_request
-from effml.llm.kvcache import ContiguousCache, KVStats, PagedCache, VarlenPagedCache, kv_bytes_per_token
+from effml.llm.kvcache import ContiguousCache, KVStats, VarlenPagedCache, kv_bytes_per_token
 from effml.llm.model import Transformer, compute_dtype
 from effml.registries import Registry
 
@@ -299,7 +299,7 @@ def _retire(running: dict, cache, done: list, now: float, stop: int | None, prog
 def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress, clock):
     bs = cfg.block_size
     num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
-    cache = PagedCache(model.args, num_blocks, bs, compute_dtype(model), prefix_cache=cfg.prefix_cache)
+    cache = VarlenPagedCache(model.args, num_blocks, bs, compute_dtype(model), prefix_cache=cfg.prefix_cache)
     pending, done, steps = list(trace), [], 0
     running: dict[int, tuple[Request, list[int], float]] = {}  # rid -> (request, tokens, first token time)
     stop = cfg.stop_token
@@ -315,17 +315,24 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
         # admit arrived requests while a slot is free and the blocks every running sequence may still need
         # (to its last token) leave room for the newcomer's whole request: nobody ever stalls or is preempted
         owed = sum(blocks_total(r) - len(cache.tables[rid]) for rid, (r, _, _) in running.items())
-        while (pending and pending[0].arrival_s <= clock.now and len(running) < cfg.max_batch
+        admitted, rows = [], []
+        while (pending and pending[0].arrival_s <= clock.now and len(running) + len(admitted) < cfg.max_batch
                and owed + blocks_total(pending[0]) <= cache.allocator.n_free):
             r = pending.pop(0)
             owed += blocks_total(r)
             held = cache.add(r.rid, r.prompt)  # > 0: a cached prefix of the prompt (prefix caching)
-            cache.select([r.rid])
+            admitted.append(r)
+            rows.append(list(r.prompt[held:]))
+        if admitted:  # their prompts in one pass (vLLM's prefill step): every weight read once for all of them
+            cache.select_varlen([r.rid for r in admitted], [len(t) for t in rows])
+            ends = torch.tensor([len(t) for t in rows]).cumsum(0) - 1  # (admitted,) each prompt's last position
+            flat = torch.tensor([[t for row in rows for t in row]])  # (1, Σ prompt tokens)
             t0 = clock.now
-            logits = (yield model, (torch.tensor([r.prompt[held:]]),), {"cache": cache, "last": 1})[0, -1]  # (V,)
+            logits = yield _logits_at, (model, flat, cache, ends), {}  # (admitted, V)
             meter.prefill_s += clock.now - t0
-            running[r.rid] = (r, [argmax(logits)], clock.now)
-            meter.logits([r.rid], logits[None])
+            for r, t in zip(admitted, argmax(logits)):
+                running[r.rid] = (r, [t], clock.now)
+            meter.logits([r.rid for r in admitted], logits)
         retire()
         if not running:
             continue

@@ -76,7 +76,7 @@ def fast_rows(model, tokens: torch.Tensor, cache) -> torch.Tensor:
     ext = native.load()
     B, T = tokens.shape
     positions = cache.begin(T)  # (B, T) or (1, T); allocates blocks, raises CacheFull like the generic path
-    if isinstance(cache, VarlenPagedCache):
+    if isinstance(cache, VarlenPagedCache) and cache.counts is not None:
         seq = torch.repeat_interleave(torch.arange(len(cache.seq_ids)), torch.tensor(cache.counts))
     else:
         seq = torch.arange(B).repeat_interleave(T)

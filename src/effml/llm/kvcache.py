@@ -317,7 +317,15 @@ class PagedCache:
 class VarlenPagedCache(PagedCache):
     """A PagedCache whose forward pass carries a different number of new tokens per sequence, flattened into one
     row (1, T = Σ counts): decode sequences add 1 token, prefilling ones a chunk of their prompt. The projections
-    and MLP then run one matmul per layer for all of them; attention runs per sequence over its own blocks."""
+    and MLP then run one matmul per layer for all of them; attention runs per sequence over its own blocks.
+    `select_varlen(ids, counts)` sets up such a pass; `select(ids)` a (B, T) pass, run as PagedCache runs it."""
+
+    counts: list[int] | None = None  # None: select()ed, a (B, T) pass as PagedCache runs it
+
+    def select(self, seq_ids: list) -> VarlenPagedCache:
+        super().select(seq_ids)
+        self.counts = None
+        return self
 
     def select_varlen(self, seq_ids: list, counts: list[int]) -> VarlenPagedCache:
         if len(seq_ids) != len(counts) or any(c <= 0 for c in counts):
@@ -327,6 +335,8 @@ class VarlenPagedCache(PagedCache):
         return self
 
     def begin(self, T: int) -> torch.Tensor:
+        if self.counts is None:
+            return super().begin(T)
         if T != sum(self.counts):
             raise ConfigError(f"VarlenPagedCache: a pass of {T} tokens, but the selected counts sum to "
                               f"{sum(self.counts)}")
@@ -351,6 +361,8 @@ class VarlenPagedCache(PagedCache):
         return torch.cat(positions)[None]  # (1, T)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.counts is None:
+            return super().attend(layer, q, k, v)
         slots, segs = self._step  # q: (1, H, T, hd); k, v: (1, H_kv, T, hd)
         kp, vp = self.k[layer], self.v[layer]  # (H_kv, N, bs, hd)
         _write(kp, slots, self.block_size, k[0].transpose(0, 1))  # (T, H_kv, hd) into their slots
@@ -358,6 +370,8 @@ class VarlenPagedCache(PagedCache):
         return torch.cat([self.kernel(q[:, :, a:b], kp, vp, table, mask) for a, b, table, mask in segs], 2)
 
     def commit(self, T: int) -> None:
+        if self.counts is None:
+            return super().commit(T)
         for s, c in zip(self.seq_ids, self.counts):
             self.lens[s] += c
         self._step = None

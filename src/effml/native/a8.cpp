@@ -510,17 +510,21 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, int64
     bp = bias->data_ptr<float>();
   }
   const bool amx = AMX_ROWS > 0 && M >= AMX_ROWS && amx_ready();
+  // AMX takes rows 16 at a time; a last group of up to R_MAX rows is one vector pass over each weight tile instead
+  // of a tile pass padded with zero rows (40 rows: 32 on the tiles + 8, not 48)
+  const int64_t rest = amx && M % TILE <= R_MAX ? M % TILE : 0, M_amx = amx ? M - rest : 0;
   thread_local ActBuf buffer;  // reused across calls: a decode step makes ~120 of them
-  const Rows acts = quantize_rows(x.data_ptr<float>(), M, K, group, amx ? (M + TILE - 1) / TILE * TILE : M, buffer);
+  const int64_t rows = amx && !rest ? (M + TILE - 1) / TILE * TILE : M;  // zero rows up to the last AMX group
+  const Rows acts = quantize_rows(x.data_ptr<float>(), M, K, group, rows, buffer);
   auto y = torch::empty({M, N}, x.options());
   float* yp = y.data_ptr<float>();
   const uint8_t* wp = packed.data_ptr<uint8_t>();
-  const int64_t passes = (M + R_MAX - 1) / R_MAX;
+  const int64_t passes = amx ? (M_amx / TILE + (rest > 0)) : (M + R_MAX - 1) / R_MAX;
   at::parallel_for(0, N / TILE, effml_vec::grain_for(tile_bytes * passes), [&](int64_t t0, int64_t t1) {
-    if (amx) return amx_tiles(static_cast<int>(bits), wp, t0, t1, tile_bytes, group, acts, M, yp, N, bp);
+    if (amx) amx_tiles(static_cast<int>(bits), wp, t0, t1, tile_bytes, group, acts, M_amx, yp, N, bp);
     for (int64_t t = t0; t < t1; ++t) {
       const uint8_t* wt = wp + t * tile_bytes;
-      for (int64_t m = 0; m < M; m += R_MAX) {  // the tile (16 rows x K codes) stays in L1/L2 between passes
+      for (int64_t m = M_amx; m < M; m += R_MAX) {  // the tile (16 rows x K codes) stays in L1/L2 between passes
         const int R = static_cast<int>(std::min<int64_t>(R_MAX, M - m));
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
         if (bits == 4)

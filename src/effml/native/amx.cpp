@@ -8,9 +8,10 @@
 // The rest stays on the vector units and is a8.cpp's arithmetic step for step: per block of 32 the exact integer
 // sum, converted, times (scale * a_b), added to the row's output by one fma, and per group the zero term's fma, in
 // the same order, so every output is bit-identical to the VNNI / AVX2 / scalar kernels' (tests/native/test_a8.py).
-// Blocks are pipelined two deep (the tile unit computes block b while the vector units take block b-2's sums out
-// of memory, so no tile store is read back at once), and a weight tile is unpacked once into an L1 buffer for all
-// passes of 16 rows over it. The vector work per row and block is then most of the time.
+// Blocks are pipelined: block b's product runs on one of two sets of A/B tiles into one of four C tiles while
+// block b-2's C is stored and the vector units take block b-4's sums out of memory (tiles are not renamed: with one
+// set, each store waited out its product's latency, a third of the kernel's time on 40 rows), and a weight tile is
+// unpacked once into an L1 buffer for all passes of 16 rows over it.
 // Linux hands the tile state to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM); effml asks on first use
 // and runs a8.cpp's kernels where it is refused.
 #include <immintrin.h>
@@ -37,13 +38,34 @@ struct alignas(64) TileConfig {  // ldtilecfg's 64 bytes, palette 1
   uint8_t rows[16] = {};
 };
 
-// Tiles: 0 = A (16 activation rows x 32 int8), 1 = B (8 rows of 16 outputs x 4 inputs), 2 = C (16 x 16 int32)
+// Tiles: two sets of A (0, 3: 16 activation rows x 32 int8) and B (1, 4: 8 rows of 16 outputs x 4 inputs), four
+// C (2, 5, 6, 7: 16 x 16 int32)
 TileConfig config() {
   TileConfig c;
-  c.rows[0] = TILE, c.colsb[0] = BLOCK;
-  c.rows[1] = BLOCK / 4, c.colsb[1] = 64;
-  c.rows[2] = TILE, c.colsb[2] = 64;
+  for (int t : {0, 3}) c.rows[t] = TILE, c.colsb[t] = BLOCK;
+  for (int t : {1, 4}) c.rows[t] = BLOCK / 4, c.colsb[t] = 64;
+  for (int t : {2, 5, 6, 7}) c.rows[t] = TILE, c.colsb[t] = 64;
   return c;
+}
+
+// C = A x B for one block (the tile intrinsics take their tile numbers as literals: a macro, not a template)
+#define EFFML_AMX_PRODUCT(A, B, C, a, stride, b) \
+  do {                                           \
+    _tile_loadd(A, a, stride);                   \
+    _tile_loadd(B, b, 64);                       \
+    _tile_zero(C);                               \
+    _tile_dpbssd(C, A, B);                       \
+  } while (0)
+
+// Block d's C tile (d % 4) into its slot of the ring of sums
+inline void store(int64_t d, int32_t (*sums)[TILE * TILE]) {
+  int32_t* c = sums[d & 3];
+  switch (d & 3) {
+    case 0: _tile_stored(2, c, TILE * 4); break;
+    case 1: _tile_stored(5, c, TILE * 4); break;
+    case 2: _tile_stored(6, c, TILE * 4); break;
+    default: _tile_stored(7, c, TILE * 4);
+  }
 }
 
 // A weight tile's codes as tile B's rows, 512 bytes per block of 32 inputs, every line prefetched as a8.cpp does
@@ -82,7 +104,7 @@ void amx_tiles(int bits, const uint8_t* wp, int64_t t0, int64_t t1, int64_t tile
   thread_local std::vector<uint8_t> bbuf;  // tile B for every block of a weight tile
   bbuf.resize(nb * 512 + 64);
   uint8_t* bb = bbuf.data() + (64 - reinterpret_cast<uintptr_t>(bbuf.data()) % 64) % 64;  // 64-byte aligned
-  alignas(64) int32_t sums[4][TILE * TILE];  // C of blocks b .. b-3
+  alignas(64) int32_t sums[4][TILE * TILE];  // the sums of blocks b-2 .. b-4
   const TileConfig cfg = config();
   _tile_loadconfig(&cfg);  // per call: the tile configuration is the calling thread's
   for (int64_t t = t0; t < t1; ++t) {
@@ -106,15 +128,24 @@ void amx_tiles(int bits, const uint8_t* wp, int64_t t0, int64_t t1, int64_t tile
           for (int r = 0; r < TILE; ++r) out[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(r0.g[r * x.ng + g]), out[r]);
         }
       };
+      // Block b's product on the tile set b % 2 (A, B = 0, 1 or 3, 4) into the C tile b % 4 (2, 5, 6, 7), and
+      // block b-2's C stored only now: tiles are not renamed, so storing a product at once (or reusing its tiles
+      // for the next block) waits out the product's whole latency; two blocks behind, it is long done. The
+      // vector units take block b-4's sums out of memory, stored one block earlier.
       for (int64_t b = 0; b < nb; ++b) {
-        _tile_loadd(0, r0.q + b * BLOCK, K);
-        _tile_loadd(1, bb + b * 512, 64);
-        _tile_zero(2);
-        _tile_dpbssd(2, 0, 1);
-        _tile_stored(2, sums[b & 3], TILE * 4);
-        if (b >= 2) take(b - 2);
+        const int8_t* qa = r0.q + b * BLOCK;
+        const uint8_t* qb = bb + b * 512;
+        switch (b & 3) {
+          case 0: EFFML_AMX_PRODUCT(0, 1, 2, qa, K, qb); break;
+          case 1: EFFML_AMX_PRODUCT(3, 4, 5, qa, K, qb); break;
+          case 2: EFFML_AMX_PRODUCT(0, 1, 6, qa, K, qb); break;
+          default: EFFML_AMX_PRODUCT(3, 4, 7, qa, K, qb);
+        }
+        if (b >= 2) store(b - 2, sums);
+        if (b >= 4) take(b - 4);
       }
-      for (int64_t b = std::max<int64_t>(nb - 2, 0); b < nb; ++b) take(b);
+      for (int64_t d = std::max<int64_t>(nb - 2, 0); d < nb; ++d) store(d, sums);
+      for (int64_t d = std::max<int64_t>(nb - 4, 0); d < nb; ++d) take(d);
       const __m512 bv = bias ? _mm512_loadu_ps(bias + t * TILE) : _mm512_setzero_ps();
       const int R = static_cast<int>(std::min<int64_t>(TILE, M - m0));
       for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + (m0 + r) * N + t * TILE, _mm512_add_ps(out[r], bv));
