@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(n) for n in ("gemv.cpp", "decode.cpp", "a8.cpp", "amx.cpp", "tiles.cpp"))
+SOURCES = tuple(Path(__file__).with_name(n)
+                for n in ("gemv.cpp", "decode.cpp", "a8.cpp", "a8_rows.cpp", "amx.cpp", "tiles.cpp"))
 # included by the sources: part of what the binary depends on
 HEADERS = tuple(Path(__file__).with_name(n) for n in ("vec.h", "a8.h"))
 MAX_ROWS = 16  # activation rows the GEMV handles; more rows (prefill) go to torch's blocked kernels

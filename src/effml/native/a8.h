@@ -1,5 +1,6 @@
-// What gemv_a8's kernels share (a8.cpp: AVX-512 VNNI / AVX2 / scalar; amx.cpp: AMX tiles for prefill rows): the
-// packed layout's sizes, the activation rows rounded to int8, and the software prefetch of the weight stream.
+// What gemv_a8's parts share (a8.cpp: packing, rounding the activations, the entry point; a8_rows.cpp: the AVX-512
+// VNNI / AVX2 / scalar kernels; amx.cpp: AMX tiles for prefill rows): the packed layout's sizes, the activation rows
+// rounded to int8, the software prefetch of the weight stream, and the kernels' entry points.
 #pragma once
 
 #include <immintrin.h>
@@ -44,6 +45,20 @@ inline __m512 head_zterms(const uint8_t* head) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(head + HEAD / 2)));
 }
 #endif
+
+// a8_rows.cpp: the vector kernels. R_MAX rows per pass over a weight tile (AVX-512: a verification of up to 8
+// tokens in one pass; AVX2: 16 ymm registers, a row takes 2 per half, its int16 sums and its outputs).
+// vector_tiles(): y for weight tiles [t0, t1) and rows [m0, M) of x, R_MAX rows per pass over each tile;
+// vector_isa(): which kernel ("AVX-512 VNNI", "AVX2", or "" for the scalar loop).
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define EFFML_A8_R_MAX 8  // a macro too: a8_rows.cpp's #if picks its row-count cases by it
+#else
+#define EFFML_A8_R_MAX 4
+#endif
+constexpr int R_MAX = EFFML_A8_R_MAX;
+const char* vector_isa();
+void vector_tiles(int bits, const uint8_t* wp, int64_t t0, int64_t t1, int64_t tile_bytes, int64_t group,
+                  const Rows& x, int64_t m0, int64_t M, float* y, int64_t N, const float* bias);
 
 // amx.cpp. amx_ready(): this build has the AMX kernel, the CPU has AMX-INT8 and Linux granted this process the tile
 // state (asked once). amx_tiles(): y for weight tiles [t0, t1) and all M rows of x, which holds zero rows up to a

@@ -1,11 +1,11 @@
 // gemv_a8's kernel for prefill rows on CPUs with AMX-INT8 (Intel Xeon since Sapphire Rapids): the same product as
-// a8.cpp's kernels, y[m, n] = sum_g scale[n, g] * sum_{k in g} (code[n, k] - zero[n, g]) * xd[m, k], with its
+// a8_rows.cpp's kernels, y[m, n] = sum_g scale[n, g] * sum_{k in g} (code[n, k] - zero[n, g]) * xd[m, k], with its
 // integer dot products on the tile unit. One TDPBSSD multiplies 16 activation rows x 32 inputs (tile A, int8, read
 // straight from the rounded rows) by 32 inputs x 16 output rows (tile B, the codes as signed bytes): 8192
 // multiply-adds, where vpdpbusd does 64. Tile B is pack_a8's layout as it stands: a 64-byte step of 16 rows x 4
 // inputs is one row of B (int4: the low nibbles are inputs 8o..8o+3, the high ones 8o+4..8o+7, so a block of 32
 // inputs unpacks to B's 8 rows in order; int8: the codes + 128 with the top bit flipped back).
-// The rest stays on the vector units and is a8.cpp's arithmetic step for step: per block of 32 the exact integer
+// The rest stays on the vector units and is a8_rows.cpp's arithmetic step for step: per block of 32 the exact integer
 // sum, converted, times (scale * a_b), added to the row's output by one fma, and per group the zero term's fma, in
 // the same order, so every output is bit-identical to the VNNI / AVX2 / scalar kernels' (tests/native/test_a8.py).
 // Blocks are pipelined: block b's product runs on one of two sets of A/B tiles into one of four C tiles while
@@ -15,7 +15,7 @@
 // passes of 16 rows over it. The tile work and the vector work do not overlap on the Xeon measured: each alone
 // runs at about twice the kernel's rate, so the per-row vector steps bound what AMX gains in this number format.
 // Linux hands the tile state to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM); effml asks on first use
-// and runs a8.cpp's kernels where it is refused.
+// and runs a8_rows.cpp's kernels where it is refused.
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -70,7 +70,7 @@ inline void store(int64_t d, int32_t (*sums)[TILE * TILE]) {
   }
 }
 
-// A weight tile's codes as tile B's rows, 512 bytes per block of 32 inputs, every line prefetched as a8.cpp does
+// A weight tile's codes as tile B's rows, 512 bytes per block of 32 inputs, every line prefetched as a8_rows.cpp does
 void unpack(int bits, const uint8_t* wt, int64_t K, int64_t group, uint8_t* out) {
   const int64_t per = group / BLOCK, gb = group_bytes(bits, group);
   const __m512i low = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(-128);
