@@ -97,6 +97,20 @@ def test_continuous_prefills_the_requests_it_admits_together_in_one_pass(model, 
     for r in burst:  # and each gets plain generate()'s greedy tokens
         ref = generate(model, list(r.prompt), GenerateConfig(max_new_tokens=r.max_new_tokens)).tokens
         assert next(x for x in res.requests if x.rid == r.rid).tokens == ref
+    # a token budget per pass (vLLM's max_num_batched_tokens): the first pass takes prompts while they fit (at least
+    # one, however long), and the rest of the 4 free slots fill on the next iterations
+    budget = len(burst[0].prompt) + len(burst[1].prompt)
+    passes.clear()
+    tight = serve(model, burst, "continuous", EngineConfig(max_batch=4, block_size=4, max_prefill_tokens=budget))
+    fit = 2 + (sum(len(r.prompt) for r in burst[:3]) <= budget)
+    assert passes[0] == (sum(len(r.prompt) for r in burst[:fit]), fit)
+    assert all(n <= budget or k == 1 for n, k in passes) and sum(k for _, k in passes) == len(burst)
+    assert [r.tokens for r in tight.requests] == [r.tokens for r in res.requests]
+    passes.clear()
+    serve(model, burst[:2], "continuous", EngineConfig(max_batch=4, max_prefill_tokens=1))  # longer than the budget
+    assert passes == [(len(burst[0].prompt), 1), (len(burst[1].prompt), 1)]
+    with pytest.raises(ConfigError, match="max_prefill_tokens must be positive"):
+        EngineConfig(max_prefill_tokens=0)
 
 
 def test_kv_accounting_paged_waste_is_below_one_block_per_sequence(results, trace):
@@ -181,7 +195,7 @@ def test_chunked_prefill_gives_the_plain_greedy_tokens_in_fewer_model_calls(mode
         chunked = serve(model, burst, "chunked", cfg).steps
         monkeypatch.setattr(batching, "_logits_at", lambda *a: calls.append(1) or real(*a))
         assert chunked < serve(model, burst, "continuous", cfg).steps + len(calls)
-    with pytest.raises(ConfigError, match="prefill_chunk must be positive"):
+    with pytest.raises(ConfigError, match="prefill_chunk and max_prefill_tokens must be positive"):
         EngineConfig(prefill_chunk=0)
 
 

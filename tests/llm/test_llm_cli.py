@@ -99,6 +99,17 @@ def test_serve_bench_json_both(capsys):
     assert "paged" in co["kv"] and "contiguous" in st["kv"]
 
 
+def test_serve_bench_prefill_budget(capsys):
+    # --max-prefill-tokens 1: every prompt is longer than the budget, so each prefills alone; the same work is done
+    args = ["serve-bench", "--model", "tiny", "--requests", "6", "--rate", "100", "--mean-output", "4",
+            "--max-output", "8", "--batching", "continuous"]
+    alone = run_json(capsys, *args, "--max-prefill-tokens", "1")["results"]["continuous"]
+    joint = run_json(capsys, *args)["results"]["continuous"]
+    assert alone["generated_tokens"] == joint["generated_tokens"] and alone["prompt_tokens"] == joint["prompt_tokens"]
+    assert main([*args, "--max-prefill-tokens", "0"]) == 2  # a bad command line: one stderr line naming the flag
+    assert "--max-prefill-tokens" in capsys.readouterr().err
+
+
 def test_serve_bench_table(capsys):
     assert main(["serve-bench", "--model", "tiny", "--requests", "4", "--rate", "100", "--mean-output", "4",
                  "--batching", "continuous"]) == 0

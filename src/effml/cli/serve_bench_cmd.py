@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
                         "(e.g. the chat template's system prompt) instead of computing them again")
     p.add_argument("--prefill-chunk", type=positive_int, default=64,
                    help="chunked: prompt tokens per iteration (default 64)")
+    p.add_argument("--max-prefill-tokens", type=positive_int, default=2048,
+                   help="continuous: prompt tokens in one joint prefill pass of the requests admitted together "
+                        "(default 2048; a longer prompt runs alone)")
     p.add_argument("--max-batch", type=positive_int, default=8, help="sequences decoded together at most (default 8)")
     p.add_argument("--mean-output", type=positive_float, default=48,
                    help="mean output length, exponential (default 48)")
@@ -64,7 +67,7 @@ def run(args) -> int:
     engines = {"both": ("static", "continuous"), "all": ("static", "continuous", "chunked")}.get(
         args.batching, (args.batching,))
     cfg = EngineConfig(max_batch=args.max_batch, block_size=args.block_size, prefill_chunk=args.prefill_chunk,
-                       prefix_cache=args.prefix_cache)
+                       max_prefill_tokens=args.max_prefill_tokens, prefix_cache=args.prefix_cache)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
                TimeElapsedColumn())
     with running_on(lm.model, device), \

@@ -84,11 +84,15 @@ class EngineConfig:
     max_len: int = 0  # 0: the trace's longest prompt + output
     stop_token: int | None = None  # a sequence that emits it is done (benchmarks leave None: fixed lengths)
     prefill_chunk: int = 64  # "chunked": prompt tokens per iteration riding along the decode rows
+    # "continuous": prompt tokens in one joint prefill pass at most (vLLM's max_num_batched_tokens); a request past
+    # it waits for the next iteration, one longer than the budget alone still runs alone
+    max_prefill_tokens: int = 2048
     prefix_cache: bool = False  # paged engines: share the K/V of prompt blocks already computed (kvblocks.py)
 
     def __post_init__(self):
-        if self.prefill_chunk <= 0:
-            raise ConfigError(f"EngineConfig.prefill_chunk must be positive, got {self.prefill_chunk}")
+        if self.prefill_chunk <= 0 or self.max_prefill_tokens <= 0:
+            raise ConfigError(f"EngineConfig.prefill_chunk and max_prefill_tokens must be positive, got "
+                              f"{self.prefill_chunk}, {self.max_prefill_tokens}")
         if self.max_batch <= 0 or self.block_size <= 0 or self.num_blocks < 0 or self.max_len < 0:
             raise ConfigError(f"EngineConfig: max_batch and block_size must be positive, num_blocks and max_len "
                               f">= 0; got {self.max_batch}, {self.block_size}, {self.num_blocks}, {self.max_len}")
@@ -317,7 +321,8 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
         owed = sum(blocks_total(r) - len(cache.tables[rid]) for rid, (r, _, _) in running.items())
         admitted, rows = [], []
         while (pending and pending[0].arrival_s <= clock.now and len(running) + len(admitted) < cfg.max_batch
-               and owed + blocks_total(pending[0]) <= cache.allocator.n_free):
+               and owed + blocks_total(pending[0]) <= cache.allocator.n_free
+               and (not admitted or sum(map(len, rows)) + len(pending[0].prompt) <= cfg.max_prefill_tokens)):
             r = pending.pop(0)
             owed += blocks_total(r)
             held = cache.add(r.rid, r.prompt)  # > 0: a cached prefix of the prompt (prefix caching)
