@@ -81,6 +81,7 @@ def main() -> int:
                      "throughput tok/s": r.throughput, "× static": r.throughput / res["static"].throughput,
                      "latency p50 s": r.latency_p(50), "latency p99 s": r.latency_p(99), "TTFT p50 s": r.ttft_p(50),
                      "TTFT p99 s": r.ttft_p(99), "decode steps": r.steps, "prefill s": r.prefill_s,
+                     "prefill passes": r.prefill_passes,
                      "KV waste": own["waste"],
                      "prompt tok cached": f"{r.cached_prompt_tokens}/{r.prompt_tokens}"})
     print_table(f"SmolLM2-135M {args.format}: {N_REQUESTS} requests, Poisson {args.rate}/s, max batch {MAX_BATCH}", rows)

@@ -79,6 +79,7 @@ def test_continuous_runs_fewer_decode_steps(model, trace):
     res = serve_side_by_side(model, burst, ("static", "continuous"), EngineConfig(max_batch=4, block_size=4))
     lens = [r.max_new_tokens for r in burst]
     assert res["static"].steps == sum(max(lens[i:i + 4]) - 1 for i in range(0, len(lens), 4))
+    assert res["static"].prefill_passes == 16 / 4  # one per batch of 4
     assert max(lens) - 1 <= res["continuous"].steps < res["static"].steps
 
 
@@ -93,7 +94,8 @@ def test_continuous_prefills_the_requests_it_admits_together_in_one_pass(model, 
     burst = [dataclasses.replace(r, arrival_s=0.0) for r in trace]
     res = serve(model, burst, "continuous", EngineConfig(max_batch=4, block_size=4))
     assert passes[0] == (sum(len(r.prompt) for r in burst[:4]), 4)
-    assert sum(n for _, n in passes) == len(burst) and len(passes) < len(burst)
+    assert sum(n for _, n in passes) == len(burst) and len(passes) < len(burst) == 16
+    assert res.prefill_passes == len(passes) and res.to_dict()["prefill_passes"] == len(passes)
     for r in burst:  # and each gets plain generate()'s greedy tokens
         ref = generate(model, list(r.prompt), GenerateConfig(max_new_tokens=r.max_new_tokens)).tokens
         assert next(x for x in res.requests if x.rid == r.rid).tokens == ref
@@ -182,7 +184,7 @@ def test_chunked_prefill_gives_the_plain_greedy_tokens_in_fewer_model_calls(mode
         got = next(x for x in res.requests if x.rid == r.rid)
         assert got.tokens == ref, (r.rid, chunk)
         assert got.first_token_s >= r.arrival_s and got.finish_s >= got.first_token_s
-    assert len(res.requests) == len(trace) and res.prefill_s is None  # prefill rides in the decode iterations
+    assert len(res.requests) == len(trace) and res.prefill_s is res.prefill_passes is None  # prefill rides in the steps
     if chunk == 64:  # every prompt (< 30 tokens) fits one chunk: a prompt rides along a decode iteration, so
         # fewer model calls than continuous makes (its decode steps + its separate prefill passes). Compared on the
         # trace with every request arriving at t = 0: with Poisson arrivals the clock (advanced by measured wall

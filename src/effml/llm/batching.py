@@ -129,6 +129,7 @@ class ServeResult:
     kv: dict  # {"paged": {...}, "contiguous": {...}}: time-averaged and peak reserved vs used
     cached_prompt_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache (not computed)
     prefill_s: float | None = None  # time in prefill-only passes (None: the engine mixes prefill into its steps)
+    prefill_passes: int | None = None  # how many (static: one per batch; continuous: one per admitting iteration)
 
     @property
     def prompt_tokens(self) -> int:
@@ -156,6 +157,7 @@ class ServeResult:
                 "ttft_p50_s": self.ttft_p(50), "ttft_p99_s": self.ttft_p(99), "kv": self.kv,
                 "prompt_tokens": self.prompt_tokens,
                 "cached_prompt_tokens": self.cached_prompt_tokens, "prefill_s": self.prefill_s,
+                "prefill_passes": self.prefill_passes,
                 "per_request": [{**asdict(r), "tokens": len(r.tokens)} for r in self.requests]}
 
 
@@ -196,6 +198,7 @@ class _KVMeter:
         self.on_logits = on_logits
         self.cached_prompt_tokens = 0  # set by a paged engine at its end (prefix caching)
         self.prefill_s = 0.0  # time in passes that only prefill (static, continuous; chunked mixes them)
+        self.prefill_passes = 0
 
     def logits(self, rids, logits: torch.Tensor) -> None:
         if self.on_logits is not None:
@@ -252,6 +255,7 @@ def _static(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len
         t0 = clock.now
         logits = (yield model, (tokens,), {"cache": cache, "pick": lens - 1})[:, -1]  # (B, V)
         meter.prefill_s += clock.now - t0
+        meter.prefill_passes += 1
         cache.truncate(lens.tolist())  # forget the pads: later tokens overwrite them
         out = [[t] for t in argmax(logits)]
         meter.logits([r.rid for r in batch], logits)
@@ -335,6 +339,7 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
             t0 = clock.now
             logits = yield _logits_at, (model, flat, cache, ends), {}  # (admitted, V)
             meter.prefill_s += clock.now - t0
+            meter.prefill_passes += 1
             for r, t in zip(admitted, argmax(logits)):
                 running[r.rid] = (r, [t], clock.now)
             meter.logits([r.rid for r in admitted], logits)
@@ -473,5 +478,6 @@ def serve_side_by_side(model: Transformer, trace: list[Request], batchings=("sta
     out = {}
     for b, (base, _), m, (done, makespan, steps) in zip(batchings, configs, meters, _drive(gens, clocks)):
         out[b] = ServeResult(b, done, makespan, steps, m.summary("contiguous" if b == "static" else "paged"),
-                             m.cached_prompt_tokens, None if base == "chunked" else m.prefill_s)
+                             m.cached_prompt_tokens, *((None, None) if base == "chunked" else
+                                                       (m.prefill_s, m.prefill_passes)))
     return out
