@@ -213,8 +213,9 @@ def test_amx_threshold_is_a_knob_and_zero_without_amx():
                                     "refused the tile state)")
 @pytest.mark.parametrize("bits,group", [(4, 32), (4, 128), (8, None)])
 @pytest.mark.parametrize("K", [256, 160, 32])  # 8, 5 (odd) and 1 blocks of 32 through the kernel's block pipeline
-# 12, 29: a last group of 12 and 13 rows, filled with zero rows; 23, 40: a last 7 and 8 rows, one vector pass
-@pytest.mark.parametrize("M", [12, 16, 23, 29, 40])
+# 12, 29: a last group of 12 and 13 rows, filled with zero rows; 23, 40: a last 7 and 8 rows, one vector pass;
+# 5: no group of 16 at all (the threshold at 1 here), the vector pass alone
+@pytest.mark.parametrize("M", [5, 12, 16, 23, 29, 40])
 def test_amx_kernel_gives_the_vector_kernels_bits(bits, group, K, M):
     """The AMX kernel's integer sums are exact and its float steps are the VNNI kernel's, in the same order: every
     output is the same bits as the vector kernel's (so a prefill through AMX and a decode through VNNI agree)."""

@@ -276,7 +276,7 @@ torch::Tensor gemv_a8(const torch::Tensor& x, const torch::Tensor& packed, int64
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const int64_t passes = amx ? (M_amx / TILE + (rest > 0)) : (M + R_MAX - 1) / R_MAX;
   at::parallel_for(0, N / TILE, effml_vec::grain_for(tile_bytes * passes), [&](int64_t t0, int64_t t1) {
-    if (amx) amx_tiles(static_cast<int>(bits), wp, t0, t1, tile_bytes, group, acts, M_amx, yp, N, bp);
+    if (M_amx > 0) amx_tiles(static_cast<int>(bits), wp, t0, t1, tile_bytes, group, acts, M_amx, yp, N, bp);
     if (M_amx < M) vector_tiles(static_cast<int>(bits), wp, t0, t1, tile_bytes, group, acts, M_amx, M, yp, N, bp);
   });
   return y;

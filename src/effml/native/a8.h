@@ -61,8 +61,8 @@ void vector_tiles(int bits, const uint8_t* wp, int64_t t0, int64_t t1, int64_t t
                   const Rows& x, int64_t m0, int64_t M, float* y, int64_t N, const float* bias);
 
 // amx.cpp. amx_ready(): this build has the AMX kernel, the CPU has AMX-INT8 and Linux granted this process the tile
-// state (asked once). amx_tiles(): y for weight tiles [t0, t1) and all M rows of x, which holds zero rows up to a
-// multiple of 16; every output bit-identical to a8.cpp's kernels (the same integer sums, the same float steps).
+// state (asked once). amx_tiles(): y for weight tiles [t0, t1) and rows [0, M) of x, which holds zero rows up to a
+// multiple of 16; every output bit-identical to a8_rows.cpp's kernels (the same integer sums, the same float steps).
 bool amx_ready();
 void amx_tiles(int bits, const uint8_t* wp, int64_t t0, int64_t t1, int64_t tile_bytes, int64_t group,
                const Rows& x, int64_t M, float* y, int64_t N, const float* bias);
