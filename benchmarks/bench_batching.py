@@ -52,12 +52,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("EFFML_BENCH_THREADS", "1")))
-    from effml.llm.batching import (
-        EngineConfig,
-        TraceConfig,
-        poisson_trace,
-        serve_side_by_side,
-    )
+    from effml.llm.batching import serve_side_by_side
+    from effml.llm.serving import EngineConfig, TraceConfig, poisson_trace
     from effml.llm.prompts import prompts
     from effml.llm.weights import load_smollm2
 

@@ -43,7 +43,8 @@ def run_workload(name, target, draft, tok, ids, new_tokens: int = NEW_TOKENS) ->
     """Per prompt, the target alone and every γ back to back (rotating order): drifting load from other
     processes hits all configurations alike."""
     from effml.llm.generate import GenerateConfig, generate
-    from effml.llm.speculative import SpecConfig, expected_speedup, speculative_generate
+    from effml.llm.autogamma import expected_speedup
+    from effml.llm.speculative import SpecConfig, speculative_generate
 
     configs = ("target", *GAMMAS)
     res: dict = {c: [] for c in configs}
@@ -104,7 +105,7 @@ def lookup_agreement(ids: list[list[int]], answers: list[list[int]], gamma: int 
     matched (PromptLookup(min_ngram=1), n = 3 first): at every answer position, the γ tokens it would propose and
     how many of them lead the target's own continuation (what a greedy verification accepts).
     {n: {"positions", "mean_agreed"}}; n = 0: no match."""
-    from effml.llm.speculative import PromptLookup
+    from effml.llm.lookup import PromptLookup
 
     lookup, by_n = PromptLookup(min_ngram=1), {}
     for p, ans in zip(ids, answers):
@@ -167,13 +168,13 @@ def _drafts(names: list[str], target, tok) -> tuple[dict, dict]:
     import copy
 
     from effml.llm.engine import FormatConfig, prepare, to_format
-    from effml.llm.speculative import PromptLookup
+    from effml.llm.lookup import PromptLookup
 
     drafts, build = {}, {}
     for n in names:
         t0 = time.perf_counter()
         if n.startswith("lookup+"):  # LookupFirst over a model draft built above (or here)
-            from effml.llm.speculative import LookupFirst
+            from effml.llm.lookup import LookupFirst
 
             rest = n.removeprefix("lookup+")
             model = drafts.get(rest) or _drafts([rest], target, tok)[0][rest]

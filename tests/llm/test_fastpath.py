@@ -58,20 +58,26 @@ def test_qk_norms_and_wide_heads_run_in_the_fused_step(fmt):
     from effml.llm.model import ModelArgs, build
 
     m = build(ModelArgs.preset("tiny", head_size=32, qk_norm=True))
+    g = torch.Generator().manual_seed(0)  # (the global generator's state here depends on the tests run before)
     with torch.no_grad():
         for b in m.layers:
-            b.attention.q_norm.weight.normal_(1, 0.5)
-            b.attention.k_norm.weight.normal_(1, 0.5)
+            b.attention.q_norm.weight.normal_(1, 0.5, generator=g)
+            b.attention.k_norm.weight.normal_(1, 0.5, generator=g)
     to_format(m, FormatConfig(fmt))
     prepare(m)
     assert m._fast_layers is not None and len(m._fast_layers[3]) == 2 * m.args.n_layers  # the q/k norm weights
+    # fp32 sums in another order, as above. int4 runs gemv_a8, which rounds each activation to int8 (per 32): a
+    # last-bit difference from the other order can move one activation by a whole int8 step, about 1% of its
+    # block's largest, and the logits by up to ~2e-3 (12 seeds of these norm weights: ten within 2e-7, two at
+    # 3.5e-4 and 1.9e-3); dropping one layer's q norm moves them by 0.07-0.29 in the same 12 seeds
+    tol = 5e-3 if fmt == "int4" else 1e-4
     with torch.no_grad():
         fast, slow = _feed_both(m, [5, 17, 42, 7], [[3], [9, 1, 2, 60], [11]])
-        for a, b in zip(fast, slow):  # fp32 sums in another order, as above
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=tol)
         m._fast_layers[3][0].fill_(1.0)  # layer 0's q norm dropped: the fused step's logits move
         moved, _ = _feed_both(m, [5, 17, 42, 7], [])
-    assert (moved[0] - fast[0]).abs().max() > 1e-2
+    assert (moved[0] - fast[0]).abs().max() > max(1e-2, 10 * tol)
 
 
 def test_calls_it_does_not_take_run_the_generic_step(model):

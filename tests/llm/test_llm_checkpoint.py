@@ -68,7 +68,8 @@ def test_saved_checkpoint_loads_with_logits_matching_transformers(tmp_path, kind
 
     prepare(model)  # fused q/k/v (with Qwen2's biases), effml's kernels and C++ step where they build: same tokens
     assert generate(model, ids[0].tolist(), GenerateConfig(max_new_tokens=8)).tokens == hf_out
-    from effml.llm.batching import EngineConfig, Request, serve
+    from effml.llm.batching import serve
+    from effml.llm.serving import EngineConfig, Request
 
     # several sequences in one pass over the paged cache (the C++ rows loop, q/k norms included): the same tokens
     trace = [Request(0, 0.0, tuple(ids[0].tolist()), 8), Request(1, 0.0, tuple(ids[0, :5].tolist()), 8)]

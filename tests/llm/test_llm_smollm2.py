@@ -69,7 +69,7 @@ def test_speculative_greedy_identity_with_a_quantized_target_on_the_engines_kern
 
     from effml.llm.engine import FormatConfig, prepare, to_format
     from effml.llm.prompts import grounded_prompts
-    from effml.llm.speculative import PromptLookup
+    from effml.llm.lookup import PromptLookup
 
     model, tok = smol
     m = copy.deepcopy(model)
@@ -91,7 +91,7 @@ def test_fp32_engine_target_with_an_int4_self_draft_keeps_greedy_identity(smol):
 
     from effml.llm.engine import FormatConfig, prepare, to_format
     from effml.llm.prompts import grounded_prompts
-    from effml.llm.speculative import LookupFirst
+    from effml.llm.lookup import LookupFirst
 
     model, tok = smol
     target, draft = copy.deepcopy(model), copy.deepcopy(model)
@@ -121,7 +121,8 @@ def test_every_engine_gives_the_same_tokens_on_the_engines_kernels(smol):
     ~600 in one channel: one flip moves a logit by ~1): one C++ loop serves them all, rows rounded on their own."""
     import copy
 
-    from effml.llm.batching import EngineConfig, TraceConfig, poisson_trace, serve_side_by_side
+    from effml.llm.batching import serve_side_by_side
+    from effml.llm.serving import EngineConfig, TraceConfig, poisson_trace
     from effml.llm.engine import FormatConfig, prepare, to_format
     from effml.llm.prompts import prompts
 

@@ -8,14 +8,8 @@ from effml.errors import ConfigError
 from effml.llm.draft import layer_subset
 from effml.llm.generate import GenerateConfig, generate, next_probs
 from effml.llm.model import ModelArgs, build
-from effml.llm.speculative import (
-    CallCosts,
-    SpecConfig,
-    best_gamma,
-    expected_speedup,
-    expected_tokens_per_call,
-    speculative_generate,
-)
+from effml.llm.autogamma import CallCosts
+from effml.llm.speculative import SpecConfig, speculative_generate
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,40 +67,6 @@ def test_counters_are_consistent(target, drafts):
     assert d["alpha"] == res.accepted / res.tested and d["new_tokens"] == 30
 
 
-def test_formula_values():
-    # (1 − 0.8^5) / (1 − 0.8) = 0.67232 / 0.2 = 3.3616 tokens per call; / (4·0.05 + 1) = 2.8013x
-    assert expected_tokens_per_call(0.8, 4) == pytest.approx(3.3616)
-    assert expected_speedup(0.8, 4, 0.05) == pytest.approx(3.3616 / 1.2)
-    assert expected_tokens_per_call(1.0, 4) == 5
-    # α = 0.8, c = 0.05: speedups for γ = 5, 6, 7, 8: 3.689/1.25 = 2.951, 3.951/1.3 = 3.039, 4.161/1.35 = 3.082,
-    # 4.329/1.4 = 3.092, γ=9: 4.463/1.45 = 3.078 -> γ* = 8
-    assert best_gamma(0.8, 0.05) == 8
-    # a draft as slow as the target (c = 1) never pays for itself beyond γ = 1: 1.8/2 = 0.9 > 2.44/3 = 0.81
-    assert best_gamma(0.8, 1.0) == 1
-    assert best_gamma(0.99, 0.01, max_gamma=12) == 12
-
-
-def test_formula_with_a_verification_pass_that_costs_more_than_a_step():
-    # a CPU where a pass over γ+1 tokens costs v(γ) = 1 + 0.5γ steps: α = 0.8, c = 0.05, γ = 4 gives
-    # 3.3616 / (4·0.05 + 3) = 1.0505x instead of 2.80x; γ = 1: 1.8 / 1.55 = 1.1613, γ = 2: 2.44 / 2.1 = 1.1619
-    v = lambda g: 1 + 0.5 * g
-    assert expected_speedup(0.8, 4, 0.05, v(4)) == pytest.approx(3.3616 / 3.2)
-    assert best_gamma(0.8, 0.05, verify_cost=v, min_gamma=0) == 2
-    # α = 0.3: γ = 1 gives 1.3 / 1.55 = 0.84 < 1, so no speculation (γ = 0, a plain step) is best
-    assert best_gamma(0.3, 0.05, verify_cost=v, min_gamma=0) == 0
-
-
-def test_call_costs_interpolate_the_median_call_time_by_tokens():
-    costs = CallCosts()
-    for n, t in ((1, 0.1), (1, 0.3), (2, 0.25), (5, 0.4)):
-        costs.add(n, t)
-    # t(1) = median(0.1, 0.3) = 0.2; t(3) between 2 and 5: 0.25 + 0.15/3 = 0.3; t(8): last slope 0.05/token
-    assert costs.t(1) == pytest.approx(0.2) and costs.t(3) == pytest.approx(0.3)
-    assert costs.t(8) == pytest.approx(0.55) and costs.v(4) == pytest.approx(2.0)
-    costs.add(1, 0.5)  # the medians are kept between adds: a new call is counted at once, median(0.1, 0.3, 0.5)
-    assert costs.t(1) == pytest.approx(0.3) and costs.v(4) == pytest.approx(0.4 / 0.3)
-
-
 def test_auto_measures_a_plain_step_and_reports_v(target, drafts):
     res = speculative_generate(target, drafts["layer-subset"], [5, 6, 7], SpecConfig(gamma="auto", max_new_tokens=30,
                                                                                      reuse_costs=False))
@@ -119,7 +79,7 @@ def test_auto_keeps_the_targets_call_times_for_later_prompts(drafts):
     # t(T) is the target's and the machine's: a second prompt on the same target skips the warm-up rounds whose
     # pass lengths are already timed; reuse_costs=False warms up again. A fresh target (no shared state with the
     # other tests) so the first call starts with nothing timed
-    from effml.llm.speculative import target_costs
+    from effml.llm.autogamma import target_costs
 
     t = build(ModelArgs.preset("tiny", vocab_size=97))
     cfg = SpecConfig(gamma="auto", max_new_tokens=24)
@@ -203,11 +163,9 @@ def test_sampling_matches_the_targets_distribution():
 
 
 def test_prompt_lookup_proposes_the_latest_continuation_and_keeps_greedy_identical(target):
-    from effml.llm.speculative import PromptLookup
+    from effml.llm.lookup import PromptLookup
 
-    lk = PromptLookup(max_ngram=3)
-    assert lk.propose([7, 1, 2, 3, 9, 1, 2, 3, 4, 5, 1, 2, 3], 2) == [4, 5]  # latest "1 2 3" is followed by 4 5
-    assert lk.propose([1, 2, 3], 4) == []  # nothing earlier matches: no proposal (a plain step)
+    lk = PromptLookup(max_ngram=3)  # its matching: test_llm_lookup.py
     for prompt in ([5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [3, 1, 4, 1, 5, 9, 2, 6], [11]):
         ref = generate(target, prompt, GenerateConfig(max_new_tokens=24)).tokens
         for gamma in (2, "auto"):
@@ -216,7 +174,7 @@ def test_prompt_lookup_proposes_the_latest_continuation_and_keeps_greedy_identic
 
 
 def test_prompt_lookup_sampling_matches_the_targets_distribution():
-    from effml.llm.speculative import PromptLookup
+    from effml.llm.lookup import PromptLookup
 
     target = build(ModelArgs.preset("tiny", vocab_size=V), seed=0, std=0.15)
     prompt, temp, n = [1, 4, 2, 1, 4], 1.0, 400  # the lookup proposes "2 1" (what followed "1 4") every time
@@ -234,7 +192,7 @@ def test_prompt_lookup_sampling_matches_the_targets_distribution():
 
 
 def test_lookup_first_uses_both_proposers_and_keeps_greedy_identical(target, drafts):
-    from effml.llm.speculative import LookupFirst
+    from effml.llm.lookup import LookupFirst
 
     both = LookupFirst(drafts["independent"])
     used = {"lookup": 0, "model": 0}
@@ -267,7 +225,7 @@ def test_auto_gives_a_round_to_the_proposer_that_promises_more(target, drafts, m
     # measured α and cost promise more. The formula is replaced by a fixed verdict (model: `model_gain`, lookup:
     # 1.0; γ = 4 for both) so the outcome does not depend on this machine's timings
     import effml.llm.speculative as spec
-    from effml.llm.speculative import LookupFirst, PromptLookup
+    from effml.llm.lookup import LookupFirst, PromptLookup
 
     both = LookupFirst(drafts["independent"], PromptLookup(min_ngram=1))
     prompt = [5, 6, 7, 5, 6, 7, 5, 6, 7, 5, 6]
@@ -292,7 +250,8 @@ def test_a_lookup_retested_after_being_passed_over_gets_a_first_rounds_gamma(tar
     # not at the short γ its own low α picks: a copying span must be able to prove itself. best_gamma is replaced
     # by a verdict that tells the two apart (5 at FIRST_ALPHA, 2 otherwise) and the model always promises more
     import effml.llm.speculative as spec
-    from effml.llm.speculative import FIRST_ALPHA, LookupFirst, PromptLookup
+    from effml.llm.autogamma import FIRST_ALPHA
+    from effml.llm.lookup import LookupFirst, PromptLookup
 
     both = LookupFirst(drafts["independent"], PromptLookup(min_ngram=1))
     found, match = [], both.lookup.match
@@ -313,7 +272,7 @@ def test_auto_carries_the_draft_models_alpha_to_later_prompts(target, drafts):
     # scaled down to PRIOR_TOKENS tested, as pseudo-counts that the result's own counts leave out
     import copy
 
-    import effml.llm.speculative as spec
+    import effml.llm.autogamma as spec
 
     t, d = copy.deepcopy(target), drafts["layer-subset"]  # a fresh entry in the per-target tables
     cfg = SpecConfig(gamma="auto", max_new_tokens=24)
@@ -334,7 +293,7 @@ def test_auto_carries_the_draft_models_alpha_to_later_prompts(target, drafts):
 
 
 def test_lookup_first_sampling_matches_the_targets_distribution():
-    from effml.llm.speculative import LookupFirst
+    from effml.llm.lookup import LookupFirst
 
     target = build(ModelArgs.preset("tiny", vocab_size=V), seed=0, std=0.15)
     draft = build(ModelArgs.preset("tiny", vocab_size=V, n_layers=1), seed=5, std=0.15)
@@ -347,13 +306,6 @@ def test_lookup_first_sampling_matches_the_targets_distribution():
     assert sum(r.draft_calls > 0 for r in runs) > 20 and all(r.lookup_rounds >= 1 for r in runs)
     # a correct sampler gives p > 0.01 with probability 0.99 (see the two tests above)
     assert _chi2([r.tokens for r in runs], law) > 0.01
-
-
-def test_lookup_first_needs_a_model(target):
-    from effml.llm.speculative import LookupFirst, PromptLookup
-
-    with pytest.raises(ConfigError, match="LookupFirst's draft model"):
-        LookupFirst(PromptLookup())
 
 
 # ---- self-speculation on the target's KV cache ------------------------------------------------------------
@@ -422,7 +374,8 @@ def test_an_untested_proposer_starts_at_the_gamma_its_costs_favour(target, curve
     import copy
 
     import effml.llm.speculative as spec
-    from effml.llm.speculative import FIRST_ALPHA, PromptLookup, best_gamma
+    from effml.llm.autogamma import FIRST_ALPHA, best_gamma
+    from effml.llm.lookup import PromptLookup
 
     t = copy.deepcopy(target)  # its own entry in the per-target cost table
     ratios = {"flat": [1.0, 1.02, 1.05, 1.08, 1.12, 1.16, 1.2],

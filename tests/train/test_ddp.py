@@ -30,3 +30,12 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
 def test_world_size_below_one():
     with pytest.raises(ConfigError, match="nproc .* must be an integer >= 1, got 0"):
         launch(RunConfig(**RUN), TrainConfig(), nproc=0)
+
+
+def test_a_workers_error_is_named_in_the_launch_error():
+    # torchrun's own summary ends its stderr (which rank, exit code); the worker's exception comes before it
+    from effml.train.ddp import LaunchError
+
+    bad = {**RUN, "model_kwargs": (("n_layer", 2), ("n_embd", 32), ("n_head", 3))}
+    with pytest.raises(LaunchError, match="n_embd=32 is not divisible by n_head=3"):
+        launch(RunConfig(**bad), TrainConfig(micro_batch=4), nproc=2)

@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
 
 def trace_for(lm, n: int, rate: float, mean_output: float, max_output: int, seed: int):
     """Held-out chat prompts (SmolLM2) or short ASCII prompts (toy models), Poisson arrivals."""
-    from effml.llm.batching import TraceConfig, poisson_trace
+    from effml.llm.serving import TraceConfig, poisson_trace
     from effml.llm.prompts import prompts
 
     texts = prompts("eval", 64, seed)
@@ -54,7 +54,8 @@ def trace_for(lm, n: int, rate: float, mean_output: float, max_output: int, seed
 def run(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from effml.llm.batching import EngineConfig, serve_side_by_side
+    from effml.llm.batching import serve_side_by_side
+    from effml.llm.serving import EngineConfig
     from effml.llm.on_device import check_device, device_dict, running_on
     from effml.models import load_llm
 

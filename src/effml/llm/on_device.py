@@ -7,7 +7,7 @@
 The engine's tensors are made by torch's factory functions (KV caches, token ids, masks, the RoPE table), so
 the model is moved to the GPU and those calls run under `torch.device(device)` as the default device. Token
 times are exact on the GPU: each step reads its token back (`int(argmax)`), which waits for the GPU; the
-serving engines' model calls are synchronised before their clock stops (effml.llm.batching._drive).
+serving engines' model calls are synchronised before their clock stops (effml.llm.serving._drive).
 
 What has no CUDA path is refused, never run on the CPU instead: the int8/int4 weight-only formats (packed CPU
 kernels; effml.study.on_device.NO_CUDA_KERNEL says why) and speculative decoding (its drafts are built and run

@@ -79,7 +79,7 @@ def load_draft(name: str, target: LoadedModel, progress=None):
     with n-grams up to N, default 3), `self-int4` / `self-int8` (a quantized copy of the target), a model name, or
     `lookup[:N]+DRAFT` (prompt lookup where the text repeats itself, DRAFT elsewhere: a LookupFirst)."""
     if "+" in name:
-        from effml.llm.speculative import LOOKUP_FIRST_MIN_NGRAM, LookupFirst, PromptLookup
+        from effml.llm.lookup import LOOKUP_FIRST_MIN_NGRAM, LookupFirst, PromptLookup
 
         first, _, rest = name.partition("+")
         lookup = load_draft(first, target, progress) if first == "lookup" or first.startswith("lookup:") else None
@@ -90,7 +90,7 @@ def load_draft(name: str, target: LoadedModel, progress=None):
         # beside a model draft, a 1-token match is too weak a hint to skip the model (LookupFirst)
         return LookupFirst(model, PromptLookup(lookup.max_ngram, min(LOOKUP_FIRST_MIN_NGRAM, lookup.max_ngram)))
     if name == "lookup" or name.startswith("lookup:"):
-        from effml.llm.speculative import PromptLookup
+        from effml.llm.lookup import PromptLookup
 
         try:
             n = int(name.removeprefix("lookup:")) if ":" in name else 3

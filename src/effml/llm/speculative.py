@@ -38,10 +38,7 @@ committed tokens alone, so greedy output and the sampling law are unchanged.
 from __future__ import annotations
 
 import math
-import statistics
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -49,68 +46,19 @@ import torch
 
 from effml.errors import ConfigError
 from effml.llm.generate import SESSIONS, argmax, check_request, new_session, next_probs
+from effml.llm.autogamma import (
+    FIRST_ALPHA,
+    RETEST_AFTER,
+    CallCosts,
+    _keep_prior,
+    best_gamma,
+    expected_speedup,
+    expected_tokens_per_call,
+    model_prior,
+    target_costs,
+)
+from effml.llm.lookup import LookupFirst, PromptLookup
 from effml.llm.model import Transformer, compute_dtype
-
-
-RETEST_AFTER = 4  # auto: rounds in a row a proposer may go untested (γ = 0, or a lookup passed over)
-# auto: the α a proposer's first round is sized for, on the target's measured call times: optimistic, so a long
-# first round where a long pass costs little (AVX-512 fp32 SmolLM2: 5-6 for a lookup, 4 for the int4 draft), a short
-# one where a longer pass costs a second block of rows (gemv_tiles on AVX2 when it took 4 rows a block: 3 and 2-3)
-FIRST_ALPHA = 0.8
-
-
-def expected_tokens_per_call(alpha: float, gamma: int) -> float:
-    """(1 − α^(γ+1)) / (1 − α): accepted drafts + the target's own token, per target call."""
-    return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
-
-
-def expected_speedup(alpha: float, gamma: int, c: float, v: float = 1.0) -> float:
-    """(1 − α^(γ+1)) / ((1 − α)(γc + v)): wall-time speedup over the target alone; c = draft step / target step,
-    v = the verification pass (γ+1 tokens) / target step (Leviathan et al.: 1)."""
-    return expected_tokens_per_call(alpha, gamma) / (gamma * c + v)
-
-
-def best_gamma(alpha: float, c: float, max_gamma: int = 12, verify_cost: Callable[[int], float] | None = None,
-               min_gamma: int = 1) -> int:
-    """The γ in min_gamma..max_gamma with the largest expected speedup (ties: the smaller γ); verify_cost(γ) = v
-    (1 for every γ if None). γ = 0 is plain decoding: speedup 1 / v(0) = 1."""
-    v = verify_cost or (lambda g: 1.0)
-    return max(range(min_gamma, max_gamma + 1), key=lambda g: (round(expected_speedup(alpha, g, c, v(g)), 9), -g))
-
-
-class CallCosts:
-    """A model's call time by the number of tokens fed, t(T) (medians of the last `keep` calls of each T),
-    interpolated linearly between measured T and extrapolated with the last slope; v(γ) = t(γ+1) / t(1)."""
-
-    def __init__(self, keep: int = 64):
-        self.by_tokens: dict[int, deque[float]] = {}
-        self.keep = keep
-        self._med: dict[int, float] | None = None  # the medians by T, until the next add
-
-    def add(self, tokens: int, seconds: float) -> None:
-        self.by_tokens.setdefault(tokens, deque(maxlen=self.keep)).append(seconds)
-        self._med = None
-
-    def t(self, tokens: int) -> float:
-        # auto-γ asks for t(T) ~50 times a round (every γ it weighs) and adds one call a round: sort once per add
-        if self._med is None:
-            self._med = {n: statistics.median(s) for n, s in sorted(self.by_tokens.items())}
-        med = self._med
-        if not med:
-            raise ConfigError("CallCosts: no call measured yet")
-        if tokens in med:
-            return med[tokens]
-        lo, hi = [n for n in med if n < tokens], [n for n in med if n > tokens]
-        if lo and hi:
-            a, b = lo[-1], hi[0]
-            return med[a] + (med[b] - med[a]) * (tokens - a) / (b - a)
-        if len(lo) >= 2:
-            a, b = lo[-2], lo[-1]
-            return med[b] + max(0.0, (med[b] - med[a]) / (b - a)) * (tokens - b)
-        return med[(lo or hi)[-1 if lo else 0]]
-
-    def v(self, gamma: int) -> float:
-        return self.t(gamma + 1) / self.t(1)
 
 
 @dataclass(frozen=True)
@@ -207,59 +155,6 @@ class SpecResult:
                 "formula_speedup": self.formula_speedup}
 
 
-class PromptLookup:
-    """A draft without a model (prompt-lookup decoding, Saxena 2023): find the latest earlier occurrence of the
-    sequence's last n tokens (n = max_ngram down to min_ngram) and propose the tokens that followed it. Free to
-    run (c ≈ 0) and right whenever the answer copies its input (editing, quoting, retrieval-grounded answers).
-    Its proposal law is a point mass, so rejection sampling stays exact: accept x with probability p(x), else
-    sample from p with x removed."""
-
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
-        if not 1 <= min_ngram <= max_ngram:
-            raise ConfigError(f"PromptLookup needs 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
-        self.max_ngram, self.min_ngram = max_ngram, min_ngram
-
-    def propose(self, seq: list[int], gamma: int) -> list[int]:
-        return self.match(seq, gamma)[1]
-
-    def match(self, seq: list[int], gamma: int) -> tuple[int, list[int]]:
-        """(n, proposal): the length of the n-gram matched (0: none) and the up to γ tokens that followed it."""
-        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
-            tail = seq[-n:]
-            for start in range(len(seq) - n - 1, -1, -1):  # latest match first, never the tail itself
-                if seq[start:start + n] == tail:
-                    return n, seq[start + n:start + n + gamma]
-        return 0, []
-
-
-LOOKUP_FIRST_MIN_NGRAM = 2  # LookupFirst's default: a 1-token match leaves the round to the model draft
-
-
-class LookupFirst:
-    """Prompt lookup where the text repeats what came before, a draft model everywhere else: each round proposes
-    the lookup's tokens when the last n-gram occurred earlier (free, point-mass law) and asks `model` otherwise.
-    Which one proposes depends only on the committed tokens, so each round's acceptance test is the usual one for
-    its proposal law and the output law stays the target's. For answers that mix copying and writing (editing,
-    grounded answers): copied spans cost no draft steps, the rest gets a model draft's higher α. With γ = "auto"
-    a round where both can propose goes to the one whose measured α and cost promise the larger speedup (the
-    lookup's α kept per length of the n-gram matched; a lookup passed over RETEST_AFTER times in a row proposes
-    the next round, so its α keeps being measured), so a weak match no longer displaces a strong model draft; the
-    choice depends only on past rounds, so each round's test stays exact.
-
-    The default lookup matches 2- and 3-grams only (`LOOKUP_FIRST_MIN_NGRAM`): a single repeated token says
-    little about what follows. On SmolLM2-135M's greedy answers to bench_speculative's 6 held-out prompts (its
-    lookup table, 306 answer positions), the 6 tokens proposed after a 1-gram match led the target's own
-    continuation by 0.46 tokens on average, after a 2-gram by 2.0, after a 3-gram by 4.5; the int4 self-draft's
-    α ≈ 0.95 gives ~3.5 of 4."""
-
-    def __init__(self, model: Transformer, lookup: PromptLookup | None = None):
-        if not isinstance(model, Transformer):
-            raise ConfigError(f"LookupFirst's draft model must be an effml.llm.model.Transformer, not "
-                              f"{type(model).__name__}")
-        self.model = model
-        self.lookup = lookup or PromptLookup(min_ngram=LOOKUP_FIRST_MIN_NGRAM)
-
-
 def check_pair(target: Transformer, draft: Transformer) -> None:
     """A draft must score the same vocabulary as the target (same ids, same size)."""
     vt, vd = target.args.vocab_size, draft.args.vocab_size
@@ -279,32 +174,6 @@ def shares_kv(target: Transformer, draft: Transformer, share: bool | None) -> bo
         raise ConfigError(f"SpecConfig.share_kv=True needs a draft with the target's architecture and cache dtype; "
                           f"they differ in {what}")
     return same if share is None else share
-
-
-_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # target -> {kv: CallCosts}
-
-
-def target_costs(target: Transformer, kv: str) -> CallCosts:
-    """The call times t(T) measured on `target` with a `kv` cache by earlier speculative_generate calls (auto-γ
-    keeps them: they are the machine's and the model's, not the prompt's); a fresh CallCosts the first time."""
-    return _COSTS.setdefault(target, {}).setdefault(kv, CallCosts())
-
-
-_ALPHAS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # target -> {draft model -> {law: tally}}
-PRIOR_TOKENS = 32  # auto: the draft model's tally from earlier calls weighs as this many tested tokens at most
-
-
-def model_prior(target: Transformer, model: Transformer, law: tuple) -> list[float]:
-    """A draft model's [accepted, tested] drafts on `target` from earlier calls under the same sampling law (auto-γ
-    starts a prompt from it: α is a property of the pair, unlike a lookup's, which is the text's), scaled down
-    to PRIOR_TOKENS tested so that the current prompt soon outweighs it; [0, 0] the first time."""
-    return _ALPHAS.setdefault(target, weakref.WeakKeyDictionary()).setdefault(model, {}).setdefault(law, [0.0, 0.0])
-
-
-def _keep_prior(prior: list[float], tally: list[int]) -> None:
-    acc, n = prior[0] + tally[0], prior[1] + tally[1]
-    scale = min(1.0, PRIOR_TOKENS / n) if n else 1.0
-    prior[:] = [acc * scale, n * scale]
 
 
 class _Timed:

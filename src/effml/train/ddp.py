@@ -50,7 +50,11 @@ def launch(run: RunConfig, config: TrainConfig, nproc: int, timeout_s: float = 9
         except subprocess.TimeoutExpired:
             raise LaunchError(f"torchrun with {nproc} processes did not finish in {timeout_s:.0f} s") from None
         if proc.returncode != 0 or not out.exists():
-            tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip() and "USDT" not in ln][-3:]
+            lines = [ln.strip() for ln in (proc.stderr or "").splitlines() if ln.strip() and "USDT" not in ln]
+            # torchrun ends with its own summary (which rank, which signal); the cause is what a worker wrote
+            # before it: its exception or the C++ runtime's abort message
+            cause = [ln for ln in lines if any(k in ln for k in ("Error", "error:", "terminate called", "what()"))]
+            tail = list(dict.fromkeys(cause[-3:] + lines[-3:]))
             raise LaunchError(f"torchrun with {nproc} processes failed (exit {proc.returncode}): " + " | ".join(tail))
         return TrainResult.from_dict(json.loads(out.read_text()))
 
