@@ -19,6 +19,9 @@ waste at every block size is reported.
 Trace length: with 24 requests (3 static batches) a third of the continuous run is the drain at the end, where
 fewer than 8 sequences are live; 48 requests (the default) is closer to a server's steady state. Both are
 reported in benchmarks/results (llm_batching.json is the last run; `--requests 24` reproduces the short one).
+Where gemv_a8 has an AMX kernel (Intel Xeon since Sapphire Rapids) prompts of 16+ rows run on it; `--no-amx` keeps
+them on the vector kernels, as an AVX-512 VNNI CPU without tiles (AMD EPYC Zen 4) runs them (`amx_rows` in the
+results: 0 = no AMX).
 Run: `flock /tmp/effml_bench.lock python benchmarks/bench_batching.py [--requests 48]` (2-4 minutes here; the
 README's runs at the default 16/s; at 4/s the 48 arrivals span ~12 s, most of the continuous engine's makespan).
 """
@@ -47,11 +50,20 @@ def main() -> int:
     ap.add_argument("--format", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
                     help="the model's weight format in effml's engine (int8/int4: gemv_a8 where the CPU has it)")
     ap.add_argument("--out", default=None, help="results file stem (default llm_batching[_format])")
+    ap.add_argument("--no-amx", action="store_true", help="gemv_a8's vector kernels only, also for prompts: what "
+                    "an AVX-512 VNNI CPU without AMX tiles (AMD EPYC Zen 4, Intel Ice Lake) runs")
     args = ap.parse_args()
     N_REQUESTS = args.requests
     import torch
 
     torch.set_num_threads(int(os.environ.get("EFFML_BENCH_THREADS", "1")))
+    load_start = os.getloadavg()
+    from effml import native
+
+    ext = native.load()
+    if ext is not None and args.no_amx:
+        ext.a8_amx(0)
+    amx_rows = ext.a8_amx() if ext is not None else 0  # gemv_a8 rows from which AMX runs; 0: never (none here)
     from effml.llm.batching import serve_side_by_side
     from effml.llm.serving import EngineConfig, TraceConfig, poisson_trace
     from effml.llm.prompts import prompts
@@ -117,7 +129,8 @@ def main() -> int:
                  "max_batch": MAX_BATCH, "block_size": BLOCK}
     write_results(args.out or "llm_batching" + ("" if args.format == "fp32" else f"_{args.format}"), {
                   "format": args.format, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                  "threads": torch.get_num_threads(), "load_average_end": os.getloadavg(), "trace": trace_cfg,
+                  "threads": torch.get_num_threads(), "amx_rows": amx_rows, "load_average_start": load_start,
+                  "load_average_end": os.getloadavg(), "trace": trace_cfg,
                   "results": {k: v.to_dict() for k, v in res.items()}, "prefix_caching": info, "claims": claims})
     return claims_exit_code(claims)
 
