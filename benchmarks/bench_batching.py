@@ -65,8 +65,8 @@ def main() -> int:
         ext.a8_amx(0)
     amx_rows = ext.a8_amx() if ext is not None else 0  # gemv_a8 rows from which AMX runs; 0: never (none here)
     from effml.llm.batching import serve_side_by_side
-    from effml.llm.serving import EngineConfig, TraceConfig, poisson_trace
     from effml.llm.prompts import prompts
+    from effml.llm.serving import EngineConfig, TraceConfig, poisson_trace
     from effml.llm.weights import load_smollm2
 
     from effml.llm.engine import FormatConfig, prepare, to_format

@@ -5,10 +5,10 @@ import torch
 from scipy.stats import chisquare
 
 from effml.errors import ConfigError
+from effml.llm.autogamma import CallCosts
 from effml.llm.draft import layer_subset
 from effml.llm.generate import GenerateConfig, generate, next_probs
 from effml.llm.model import ModelArgs, build
-from effml.llm.autogamma import CallCosts
 from effml.llm.speculative import SpecConfig, speculative_generate
 
 

@@ -21,7 +21,6 @@ RETEST_AFTER = 4  # auto: rounds in a row a proposer may go untested (γ = 0, or
 FIRST_ALPHA = 0.8
 
 
-
 def expected_tokens_per_call(alpha: float, gamma: int) -> float:
     """(1 − α^(γ+1)) / (1 − α): accepted drafts + the target's own token, per target call."""
     return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)

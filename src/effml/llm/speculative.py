@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from effml.errors import ConfigError
-from effml.llm.generate import SESSIONS, argmax, check_request, new_session, next_probs
 from effml.llm.autogamma import (
     FIRST_ALPHA,
     RETEST_AFTER,
@@ -57,6 +56,7 @@ from effml.llm.autogamma import (
     model_prior,
     target_costs,
 )
+from effml.llm.generate import SESSIONS, argmax, check_request, new_session, next_probs
 from effml.llm.lookup import LookupFirst, PromptLookup
 from effml.llm.model import Transformer, compute_dtype
 
