@@ -1,5 +1,6 @@
 """Serving a request trace: static batching vs continuous (iteration-level) batching on the paged cache.
 
+    from effml.llm.serving import EngineConfig, TraceConfig, poisson_trace
     trace = poisson_trace(prompts, TraceConfig(n_requests=48, rate=8.0, mean_output=48))
     result = serve(model, trace, "continuous", EngineConfig(max_batch=8))
     result.throughput, result.latency_p(99), result.ttft_p(50), result.kv
