@@ -125,19 +125,18 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
         # admit arrived requests while a slot is free and the blocks every running sequence may still need
         # (to its last token) leave room for the newcomer's whole request: nobody ever stalls or is preempted
         owed = sum(blocks_total(r) - len(cache.tables[rid]) for rid, (r, _, _) in running.items())
-        admitted, rows = [], []
+        admitted, rows, queued = [], [], 0  # queued: the prompt tokens of `rows`
         while (pending and pending[0].arrival_s <= clock.now and len(running) + len(admitted) < cfg.max_batch
                and owed + blocks_total(pending[0]) <= cache.allocator.n_free
-               and (not admitted or sum(map(len, rows)) + len(pending[0].prompt) <= cfg.max_prefill_tokens)):
+               and (not admitted or queued + len(pending[0].prompt) <= cfg.max_prefill_tokens)):
             r = pending.pop(0)
             owed += blocks_total(r)
             held = cache.add(r.rid, r.prompt)  # > 0: a cached prefix of the prompt (prefix caching)
             admitted.append(r)
             rows.append(list(r.prompt[held:]))
+            queued += len(rows[-1])
         if admitted:  # their prompts in one pass (vLLM's prefill step): every weight read once for all of them
-            cache.select_varlen([r.rid for r in admitted], [len(t) for t in rows])
-            ends = torch.tensor([len(t) for t in rows]).cumsum(0) - 1  # (admitted,) each prompt's last position
-            flat = torch.tensor([[t for row in rows for t in row]])  # (1, Σ prompt tokens)
+            flat, ends = _flat_pass(cache, [r.rid for r in admitted], rows)  # ends: each prompt's last position
             t0 = clock.now
             logits = yield _logits_at, (model, flat, cache, ends), {}  # (admitted, V)
             meter.prefill_s += clock.now - t0
@@ -160,6 +159,14 @@ def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max
         retire()
     meter.cached_prompt_tokens = cache.cached_tokens
     return sorted(done, key=lambda r: r.rid), clock.now, steps
+
+
+def _flat_pass(cache: VarlenPagedCache, ids: list, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Select sequences `ids` for one pass that feeds sequence ids[i] the tokens rows[i]: the flat token row
+    (1, Σ len) and the position of each row's last token in it (len(rows),)."""
+    lens = [len(t) for t in rows]
+    cache.select_varlen(ids, lens)
+    return torch.tensor([[t for row in rows for t in row]]), torch.tensor(lens).cumsum(0) - 1
 
 
 def _logits_at(model: Transformer, tokens: torch.Tensor, cache, idx: torch.Tensor) -> torch.Tensor:
@@ -210,11 +217,9 @@ def _chunked(model: Transformer, trace: list[Request], cfg: EngineConfig, max_le
                 rows.append([out[-1]])
                 emit.append(rid)
             ids.append(rid)
-        cache.select_varlen(ids, [len(t) for t in rows])
+        flat, ends = _flat_pass(cache, ids, rows)  # (1, T), (rows,)
         meter.add(cache.stats(meter.bpt), cache.lengths)
-        ends = torch.tensor([len(t) for t in rows]).cumsum(0) - 1  # (rows,) last position of each row
         idx = ends[[i for i, rid in enumerate(ids) if rid in emit]]  # (emitting rows,)
-        flat = torch.tensor([[t for row in rows for t in row]])  # (1, T)
         logits = yield _logits_at, (model, flat, cache, idx), {}  # (emitting rows, V)
         meter.logits(emit, logits)
         for rid, row in zip(ids, rows):
