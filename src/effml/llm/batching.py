@@ -94,6 +94,16 @@ def _blocks_needed(trace: list[Request], bs: int, num_blocks: int):
     return blocks_total
 
 
+def _paged_pool(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int):
+    """The paged engines' cache (cfg.num_blocks, or the contiguous reservation's memory: max_batch x
+    ceil(max_len / block_size) blocks) and blocks_total(request), checked first against the pool's size."""
+    bs = cfg.block_size
+    num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
+    blocks_total = _blocks_needed(trace, bs, num_blocks)
+    cache = VarlenPagedCache(model.args, num_blocks, bs, compute_dtype(model), prefix_cache=cfg.prefix_cache)
+    return cache, blocks_total
+
+
 def _retire(running: dict, cache, done: list, now: float, stop: int | None, progress, n: int) -> None:
     """Finished sequences (running[rid] = (request, tokens out, first-token time, ...); a sequence still prefilling
     has no tokens yet) leave at once and return their blocks."""
@@ -107,14 +117,10 @@ def _retire(running: dict, cache, done: list, now: float, stop: int | None, prog
 
 @engine("continuous")
 def _continuous(model: Transformer, trace: list[Request], cfg: EngineConfig, max_len: int, meter, progress, clock):
-    bs = cfg.block_size
-    num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
-    cache = VarlenPagedCache(model.args, num_blocks, bs, compute_dtype(model), prefix_cache=cfg.prefix_cache)
+    cache, blocks_total = _paged_pool(model, trace, cfg, max_len)
     pending, done, steps = list(trace), [], 0
     running: dict[int, tuple[Request, list[int], float]] = {}  # rid -> (request, tokens, first token time)
     stop = cfg.stop_token
-
-    blocks_total = _blocks_needed(trace, bs, num_blocks)
 
     def retire() -> None:
         _retire(running, cache, done, clock.now, stop, progress, len(trace))
@@ -182,14 +188,10 @@ def _chunked(model: Transformer, trace: list[Request], cfg: EngineConfig, max_le
     of admitted sequences still prefilling. The projections and MLP read their weights once per iteration for all
     rows (one matmul per layer); attention runs per sequence over its paged blocks; the LM head scores only the
     rows that emit a token (decode rows, and a prompt's last chunk)."""
-    bs = cfg.block_size
-    num_blocks = cfg.num_blocks or cfg.max_batch * -(-max_len // bs)
-    cache = VarlenPagedCache(model.args, num_blocks, bs, compute_dtype(model), prefix_cache=cfg.prefix_cache)
+    cache, blocks_total = _paged_pool(model, trace, cfg, max_len)
     pending, done, steps = list(trace), [], 0
     running: dict[int, list] = {}  # rid -> [request, tokens out, first token time, prompt tokens prefilled]
     stop = cfg.stop_token
-
-    blocks_total = _blocks_needed(trace, bs, num_blocks)
 
     def retire() -> None:
         _retire(running, cache, done, clock.now, stop, progress, len(trace))
